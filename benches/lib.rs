@@ -1,0 +1,1 @@
+//! Benchmarks are binaries under benches/; see README.

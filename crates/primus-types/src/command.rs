@@ -1,0 +1,160 @@
+//! What goes through the Raft log.
+//!
+//! A log entry carries a [`Request`]: who asked, when (the proposer's wall clock, so
+//! that applying is deterministic on every node), and a typed [`Command`].
+//!
+//! Compatibility rules, so that logs written today stay readable:
+//! * `Command` is externally tagged by variant name; a new command is a new variant.
+//!   Existing variants are never renamed or removed.
+//! * New fields on an existing variant carry `#[serde(default)]`.
+//! * `Request::format` is bumped only if the meaning of an existing field changes;
+//!   a node refuses entries of a format it does not know (see `Request::check_format`).
+
+use crate::names::{ClusterName, InstanceAddr};
+use crate::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// The entry format this build writes and the newest it can read.
+pub const REQUEST_FORMAT: u32 = 1;
+
+fn format_v1() -> u32 {
+    1
+}
+
+/// Who asked for a command, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Origin {
+    /// Free text from the client, e.g. `primusctl root@ops-1`, or `primusd` for
+    /// decisions the coordinator took itself.
+    pub actor: String,
+    /// The coordinator that received the request from the client.
+    pub via_node: NodeId,
+}
+
+/// Per-cluster settings stored with the registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ClusterSettings {
+    /// Overrides the global `automatic_failover` for this cluster when set.
+    #[serde(default)]
+    pub automatic_failover: Option<bool>,
+}
+
+/// A state-machine command. See the module docs for the compatibility rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Add a cluster to the registry. Refused if the name is taken.
+    RegisterCluster {
+        name: ClusterName,
+        seeds: Vec<InstanceAddr>,
+        #[serde(default)]
+        settings: ClusterSettings,
+    },
+    /// Remove a cluster from the registry. Refused if it does not exist.
+    UnregisterCluster { name: ClusterName },
+}
+
+impl Command {
+    /// One line for the audit log and for operators.
+    pub fn summary(&self) -> String {
+        match self {
+            Command::RegisterCluster { name, seeds, .. } => {
+                let seeds: Vec<String> = seeds.iter().map(ToString::to_string).collect();
+                format!("register cluster {name} seeds [{}]", seeds.join(", "))
+            }
+            Command::UnregisterCluster { name } => format!("unregister cluster {name}"),
+        }
+    }
+}
+
+/// The application payload of a Raft log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    #[serde(default = "format_v1")]
+    pub format: u32,
+    pub origin: Origin,
+    /// Proposer's wall clock in ms since the Unix epoch; recorded, never compared.
+    pub proposed_at_ms: u64,
+    pub command: Command,
+}
+
+impl Request {
+    pub fn new(command: Command, origin: Origin) -> Self {
+        let proposed_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Request { format: REQUEST_FORMAT, origin, proposed_at_ms, command }
+    }
+
+    /// Entries from a newer primus are refused rather than misread.
+    pub fn check_format(&self) -> Result<(), Rejection> {
+        if self.format > REQUEST_FORMAT {
+            Err(Rejection::UnsupportedFormat { found: self.format, supported: REQUEST_FORMAT })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (by {} via node {})", self.command.summary(), self.origin.actor, self.origin.via_node)
+    }
+}
+
+/// Why the state machine refused a committed command. The entry stays in the log
+/// (and in the audit trail); the refusal is the command's deterministic result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("cluster {0} is already registered")]
+    ClusterExists(ClusterName),
+    #[error("cluster {0} is not registered")]
+    ClusterNotFound(ClusterName),
+    #[error("a cluster needs at least one seed instance")]
+    NoSeeds,
+    #[error("log entry format {found} is newer than this primusd understands ({supported}); upgrade this node")]
+    UnsupportedFormat { found: u32, supported: u32 },
+}
+
+/// The result of applying one log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Applied; nothing to report beyond success.
+    Done,
+    /// Committed but refused by the state machine.
+    Rejected(Rejection),
+    /// A blank or membership entry (no application command).
+    Internal,
+}
+
+impl Response {
+    pub fn into_result(self) -> Result<(), Rejection> {
+        match self {
+            Response::Rejected(r) => Err(r),
+            Response::Done | Response::Internal => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_entries_decode_without_optional_fields() {
+        // An entry as the first release wrote it: no `format`, no `settings`.
+        let json = r#"{"origin":{"actor":"a","via_node":1},"proposed_at_ms":5,
+            "command":{"RegisterCluster":{"name":"c1","seeds":["h:1"]}}}"#;
+        let r: Request = serde_json::from_str(json).unwrap();
+        assert_eq!(r.format, 1);
+        assert!(matches!(r.command, Command::RegisterCluster { .. }));
+        assert!(r.check_format().is_ok());
+    }
+
+    #[test]
+    fn newer_format_is_refused_not_misread() {
+        let mut r = Request::new(Command::UnregisterCluster { name: "c".parse().unwrap() }, Origin::default());
+        r.format = REQUEST_FORMAT + 1;
+        assert!(matches!(r.check_format(), Err(Rejection::UnsupportedFormat { .. })));
+    }
+}
