@@ -1,0 +1,1 @@
+//! primusd process groups.

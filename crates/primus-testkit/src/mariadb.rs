@@ -1,0 +1,1 @@
+//! MariaDB sandboxes: see module docs once written.
