@@ -1,1 +1,255 @@
-//! placeholder
+//! Client for a primus coordinator group.
+//!
+//! Give it every coordinator's `host:port`; it finds one that answers, and moves on
+//! to the next when one is down. Writes may be sent to any node: followers forward
+//! them to the leader. A call is retried (with backoff and jitter) only when it
+//! certainly did not take effect — the endpoint was unreachable, or the group had
+//! no leader — and never past the overall timeout.
+
+use primus_proto::v1::coordinator_client::CoordinatorClient;
+pub use primus_proto::v1::*;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no endpoints given (use --endpoints HOST:PORT,... or PRIMUS_ENDPOINTS)")]
+    NoEndpoints,
+    #[error("bad endpoint {endpoint:?}: {reason}")]
+    BadEndpoint { endpoint: String, reason: String },
+    #[error("no coordinator answered within {timeout_ms} ms ({details})")]
+    Unreachable { timeout_ms: u128, details: String },
+    #[error("the group has no leader right now ({0}); a majority of coordinators may be down")]
+    NoLeader(String),
+    #[error("{endpoint}: {message}")]
+    Rpc { endpoint: String, code: Code, message: String },
+}
+
+impl ClientError {
+    /// The gRPC code behind the error, if the server answered.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Rpc { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Overall deadline of one client call, retries included.
+    pub timeout: Duration,
+    /// TCP connect timeout per endpoint.
+    pub connect_timeout: Duration,
+    /// Recorded in the audit log as who asked.
+    pub actor: String,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions { timeout: Duration::from_secs(10), connect_timeout: Duration::from_millis(1000), actor: default_actor() }
+    }
+}
+
+/// `primus-client user@host`, for the audit trail.
+pub fn default_actor() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    format!("{user}@{host}")
+}
+
+pub struct Client {
+    endpoints: Vec<(String, Channel)>,
+    /// Index of the endpoint that answered last; tried first next time.
+    preferred: AtomicUsize,
+    opts: ClientOptions,
+}
+
+/// Whether a failed call certainly had no effect and another endpoint may be tried.
+fn retryable(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::Unknown) || (s.code() == Code::Cancelled && s.message().contains("connect"))
+}
+
+impl Client {
+    pub fn new(endpoints: &[String], opts: ClientOptions) -> Result<Client, ClientError> {
+        let endpoints: Vec<String> =
+            endpoints.iter().flat_map(|e| e.split(',')).map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+        if endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let mut out = Vec::new();
+        for e in endpoints {
+            let url = if e.contains("://") { e.clone() } else { format!("http://{e}") };
+            let ch = Endpoint::from_shared(url)
+                .map_err(|err| ClientError::BadEndpoint { endpoint: e.clone(), reason: err.to_string() })?
+                .connect_timeout(opts.connect_timeout)
+                .tcp_nodelay(true)
+                .connect_lazy();
+            out.push((e, ch));
+        }
+        Ok(Client { endpoints: out, preferred: AtomicUsize::new(0), opts })
+    }
+
+    pub fn actor(&self) -> &str {
+        &self.opts.actor
+    }
+
+    /// Run `f` against endpoints until one answers, retrying while that is safe.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<(String, T), ClientError>
+    where
+        F: Fn(CoordinatorClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.opts.timeout;
+        let n = self.endpoints.len();
+        let mut attempt = 0u32;
+        let mut last_errors: Vec<String> = Vec::new();
+        let mut saw_no_leader = None;
+        loop {
+            let start = self.preferred.load(Ordering::Relaxed);
+            for k in 0..n {
+                let i = (start + k) % n;
+                let (name, ch) = &self.endpoints[i];
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    break;
+                }
+                let client = CoordinatorClient::new(ch.clone());
+                match tokio::time::timeout(remaining, f(client, remaining)).await {
+                    Ok(Ok(v)) => {
+                        self.preferred.store(i, Ordering::Relaxed);
+                        return Ok((name.clone(), v));
+                    }
+                    Ok(Err(s)) if retryable(&s) => {
+                        tracing::debug!(endpoint = %name, code = ?s.code(), message = s.message(), "endpoint failed; trying next");
+                        if s.message().contains("knows no leader") || s.message().contains("is not the leader") {
+                            saw_no_leader = Some(s.message().to_string());
+                        }
+                        last_errors.push(format!("{name}: {}", short(s.message())));
+                    }
+                    Ok(Err(s)) => {
+                        return Err(ClientError::Rpc { endpoint: name.clone(), code: s.code(), message: s.message().to_string() })
+                    }
+                    Err(_) => last_errors.push(format!("{name}: timed out")),
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                last_errors.dedup();
+                let details = last_errors.iter().rev().take(n).cloned().collect::<Vec<_>>().join("; ");
+                return Err(match saw_no_leader {
+                    Some(m) => ClientError::NoLeader(short(&m)),
+                    None => ClientError::Unreachable { timeout_ms: self.opts.timeout.as_millis(), details },
+                });
+            }
+            attempt += 1;
+            let base = Duration::from_millis((50u64 << attempt.min(5)).min(1000));
+            let jitter = Duration::from_millis(rand::random::<u64>() % (base.as_millis() as u64 / 2 + 1));
+            tokio::time::sleep((base + jitter).min(remaining)).await;
+        }
+    }
+
+    /// This node's view, from whichever endpoint answers first.
+    pub async fn node_status(&self) -> Result<GetStatusResponse, ClientError> {
+        self.call(|mut c, t| async move { c.get_status(req(GetStatusRequest {}, t)).await.map(|r| r.into_inner()) })
+            .await
+            .map(|(_, v)| v)
+    }
+
+    /// The group as its leader sees it (with every member's matched index).
+    pub async fn status(&self) -> Result<GetStatusResponse, ClientError> {
+        let deadline = Instant::now() + self.opts.timeout;
+        loop {
+            let s = self.node_status().await?;
+            if s.role == Role::Leader as i32 {
+                return Ok(s);
+            }
+            if s.leader_id.is_some() && !s.leader_addr.is_empty() {
+                let leader = Client::new(&[s.leader_addr.clone()], self.opts.clone())?;
+                match leader.node_status().await {
+                    Ok(ls) if ls.role == Role::Leader as i32 => return Ok(ls),
+                    _ => {}
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::NoLeader(format!(
+                    "node {} answered but knows no leader (role {:?}, term {})",
+                    s.node_id,
+                    Role::try_from(s.role).unwrap_or(Role::Unspecified),
+                    s.term
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn add_member(&self, id: u64, addr: &str, datacenter: &str) -> Result<AddMemberResponse, ClientError> {
+        let r = AddMemberRequest { id, addr: addr.to_string(), datacenter: datacenter.to_string() };
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.add_member(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
+    pub async fn remove_member(&self, id: u64) -> Result<RemoveMemberResponse, ClientError> {
+        self.call(|mut c, t| async move { c.remove_member(req(RemoveMemberRequest { id }, t)).await.map(|r| r.into_inner()) })
+            .await
+            .map(|(_, v)| v)
+    }
+
+    pub async fn register_cluster(
+        &self,
+        name: &str,
+        seeds: &[String],
+        settings: ClusterSettings,
+    ) -> Result<RegisterClusterResponse, ClientError> {
+        let r = RegisterClusterRequest {
+            name: name.to_string(),
+            seeds: seeds.to_vec(),
+            settings: Some(settings),
+            actor: self.opts.actor.clone(),
+        };
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.register_cluster(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
+    pub async fn unregister_cluster(&self, name: &str) -> Result<UnregisterClusterResponse, ClientError> {
+        let r = UnregisterClusterRequest { name: name.to_string(), actor: self.opts.actor.clone() };
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.unregister_cluster(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
+    pub async fn list_clusters(&self, consistency: ReadConsistency) -> Result<ListClustersResponse, ClientError> {
+        let r = ListClustersRequest { consistency: consistency as i32 };
+        self.call(|mut c, t| async move { c.list_clusters(req(r, t)).await.map(|r| r.into_inner()) }).await.map(|(_, v)| v)
+    }
+
+    pub async fn audit(&self, limit: u32, consistency: ReadConsistency) -> Result<AuditResponse, ClientError> {
+        let r = AuditRequest { limit, consistency: consistency as i32 };
+        self.call(|mut c, t| async move { c.audit(req(r, t)).await.map(|r| r.into_inner()) }).await.map(|(_, v)| v)
+    }
+}
+
+fn req<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(timeout);
+    r
+}
+
+/// First line of an error message, without tonic's nested transport noise.
+fn short(m: &str) -> String {
+    m.lines().next().unwrap_or(m).chars().take(200).collect()
+}

@@ -1,0 +1,306 @@
+//! `primusctl`: talk to a primus coordinator group.
+//!
+//! Every command accepts `--endpoints` (or `PRIMUS_ENDPOINTS`), `--output table|json`
+//! and `--timeout`. Any endpoint will do: writes are forwarded to the leader. When
+//! nothing answers, or the group has no leader, primusctl says so in one line and
+//! exits with status 1 (2 for usage errors).
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use primus_client::{Client, ClientOptions, ClusterSettings, ReadConsistency, Role};
+use serde_json::{json, Value};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "primusctl", version, about = "Operate a primus coordinator group", long_about = None)]
+struct Cli {
+    /// Coordinator gRPC endpoints, comma-separated HOST:PORT list. Any subset that
+    /// includes one live node works; writes are forwarded to the leader.
+    #[arg(long, env = "PRIMUS_ENDPOINTS", global = true, default_value = "127.0.0.1:7101")]
+    endpoints: String,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, global = true, default_value = "table")]
+    output: Output,
+    /// Overall deadline per command, retries included (e.g. 10s, 500ms).
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Verbose client logging to stderr.
+    #[arg(long, short = 'v', global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Show the coordinator group as its leader sees it: term, commit index, members.
+    Status,
+    /// Add or remove coordinators.
+    #[command(subcommand)]
+    Members(MembersCmd),
+    /// Register, list and remove MySQL/MariaDB clusters.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Show the audit trail: every command the group applied, who asked, and the outcome.
+    Audit {
+        /// How many of the most recent records to show.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MembersCmd {
+    /// Add a coordinator: it joins as a learner, catches up (from a snapshot if the
+    /// log was purged), then becomes a voter. Start its primusd first, with an empty
+    /// data_dir and no initial_members.
+    Add {
+        id: u64,
+        /// Its gRPC HOST:PORT as peers should reach it.
+        addr: String,
+        #[arg(long, default_value = "default")]
+        datacenter: String,
+    },
+    /// Remove a coordinator from the group (voter or learner).
+    Remove { id: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Register a cluster by one or more seed instances.
+    Add {
+        name: String,
+        /// HOST:PORT of an instance of the cluster; repeat for several.
+        #[arg(long = "seed", required = true)]
+        seeds: Vec<String>,
+        /// Turn automatic failover off (or on) for this cluster, overriding the global setting.
+        #[arg(long)]
+        automatic_failover: Option<bool>,
+    },
+    /// List registered clusters.
+    List {
+        /// Answer from the contacted node's local state without asking the leader (may be stale).
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Unregister a cluster.
+    Remove { name: String },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map(|i| s.split_at(i)).unwrap_or((s, "s"));
+    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?} (use e.g. 10s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s or m)")),
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("duration {s:?} must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn role_name(r: i32) -> &'static str {
+    match Role::try_from(r).unwrap_or(Role::Unspecified) {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Learner => "learner",
+        Role::Candidate => "candidate",
+        Role::Uninitialized => "uninitialized",
+        Role::Unspecified => "unknown",
+    }
+}
+
+/// Print rows as aligned columns.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_uppercase()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let opts = ClientOptions { timeout: cli.timeout, ..Default::default() };
+    let client = Client::new(&[cli.endpoints.clone()], opts)?;
+    let json_out = cli.output == Output::Json;
+    let print_json = |v: Value| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    match cli.cmd {
+        Cmd::Status => {
+            let s = client.status().await?;
+            if json_out {
+                let members: Vec<Value> = s
+                    .members
+                    .iter()
+                    .map(|m| {
+                        json!({"id": m.id, "addr": m.addr, "datacenter": m.datacenter,
+                               "role": role_name(m.role), "matched_index": m.matched_index})
+                    })
+                    .collect();
+                print_json(json!({
+                    "leader_id": s.leader_id, "leader_addr": s.leader_addr, "term": s.term,
+                    "commit_index": s.commit_index, "applied_index": s.applied_index,
+                    "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
+                    "served_by": s.node_id, "members": members,
+                }));
+            } else {
+                println!(
+                    "leader: node {} at {}   term: {}   commit index: {}   applied: {}   snapshot: {}",
+                    opt(s.leader_id),
+                    s.leader_addr,
+                    s.term,
+                    opt(s.commit_index),
+                    opt(s.applied_index),
+                    opt(s.snapshot_index)
+                );
+                let rows = s
+                    .members
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.id.to_string(),
+                            m.addr.clone(),
+                            m.datacenter.clone(),
+                            role_name(m.role).to_string(),
+                            opt(m.matched_index),
+                        ]
+                    })
+                    .collect();
+                table(&["id", "addr", "datacenter", "role", "matched_index"], rows);
+            }
+        }
+        Cmd::Members(MembersCmd::Add { id, addr, datacenter }) => {
+            if !json_out {
+                eprintln!("adding node {id} at {addr} as a learner; waiting for it to catch up, then promoting it to voter…");
+            }
+            let r = client.add_member(id, &addr, &datacenter).await?;
+            if json_out {
+                print_json(json!({"added": id, "addr": addr, "datacenter": datacenter, "log_index": r.log_index}));
+            } else {
+                println!("node {id} is now a voter (log index {})", r.log_index);
+            }
+        }
+        Cmd::Members(MembersCmd::Remove { id }) => {
+            let r = client.remove_member(id).await?;
+            if json_out {
+                print_json(json!({"removed": id, "log_index": r.log_index}));
+            } else {
+                println!("node {id} removed (log index {})", r.log_index);
+            }
+        }
+        Cmd::Cluster(ClusterCmd::Add { name, seeds, automatic_failover }) => {
+            let r = client.register_cluster(&name, &seeds, ClusterSettings { automatic_failover }).await?;
+            if json_out {
+                print_json(json!({"cluster": name, "seeds": seeds, "log_index": r.log_index}));
+            } else {
+                println!("cluster {name} registered (log index {})", r.log_index);
+            }
+        }
+        Cmd::Cluster(ClusterCmd::List { stale }) => {
+            let c = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
+            let r = client.list_clusters(c).await?;
+            if json_out {
+                let clusters: Vec<Value> = r
+                    .clusters
+                    .iter()
+                    .map(|c| {
+                        json!({"name": c.name, "seeds": c.seeds, "registered_at_index": c.registered_at_index,
+                               "registered_at_ms": c.registered_at_ms, "registered_by": c.registered_by,
+                               "automatic_failover": c.settings.as_ref().and_then(|s| s.automatic_failover)})
+                    })
+                    .collect();
+                print_json(json!({"clusters": clusters, "applied_index": r.applied_index, "served_by": r.served_by}));
+            } else if r.clusters.is_empty() {
+                println!("no clusters registered");
+            } else {
+                let rows = r
+                    .clusters
+                    .iter()
+                    .map(|c| vec![c.name.clone(), c.seeds.join(","), c.registered_at_index.to_string(), c.registered_by.clone()])
+                    .collect();
+                table(&["name", "seeds", "registered_at_index", "registered_by"], rows);
+            }
+        }
+        Cmd::Cluster(ClusterCmd::Remove { name }) => {
+            let r = client.unregister_cluster(&name).await?;
+            if json_out {
+                print_json(json!({"removed": name, "log_index": r.log_index}));
+            } else {
+                println!("cluster {name} unregistered (log index {})", r.log_index);
+            }
+        }
+        Cmd::Audit { limit } => {
+            let r = client.audit(limit, ReadConsistency::Linearizable).await?;
+            if json_out {
+                let recs: Vec<Value> = r
+                    .records
+                    .iter()
+                    .map(|a| {
+                        json!({"index": a.index, "term": a.term, "time_ms": a.time_ms, "actor": a.actor,
+                               "via_node": a.via_node, "summary": a.summary, "outcome": a.outcome})
+                    })
+                    .collect();
+                print_json(json!({"records": recs}));
+            } else {
+                let rows = r
+                    .records
+                    .iter()
+                    .map(|a| {
+                        vec![a.index.to_string(), a.term.to_string(), a.actor.clone(), a.summary.clone(), a.outcome.clone()]
+                    })
+                    .collect();
+                table(&["index", "term", "actor", "command", "outcome"], rows);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.verbose {
+        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("debug,h2=info,tower=info,hyper=info").init();
+    }
+    let json_out = cli.output == Output::Json;
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start runtime") {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("primusctl: error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json_out {
+                println!("{}", json!({"error": format!("{e:#}")}));
+            }
+            eprintln!("primusctl: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+

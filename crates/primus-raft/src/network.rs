@@ -1,0 +1,199 @@
+//! Outgoing half of the peer network: openraft's `RaftNetworkFactory` over tonic.
+
+use crate::faults::Faults;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use primus_proto::raft::raft_client::RaftClient;
+use primus_proto::raft::RaftRequest;
+use primus_types::{Member, NodeId, TypeConfig};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest gRPC message a peer accepts (snapshot chunks and entry batches stay well below).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// Upper bound for one AppendEntries or Vote RPC (openraft may ask for less).
+    pub rpc_timeout: Duration,
+    /// Upper bound for one snapshot chunk.
+    pub snapshot_timeout: Duration,
+    /// TCP connect timeout to a peer.
+    pub connect_timeout: Duration,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            rpc_timeout: Duration::from_millis(1000),
+            snapshot_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Factory of peer connections; cheap to clone, channels shared across clones.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    me: NodeId,
+    cfg: NetworkConfig,
+    faults: Arc<Faults>,
+    channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+}
+
+impl PeerNetwork {
+    pub fn new(me: NodeId, cfg: NetworkConfig, faults: Arc<Faults>) -> Self {
+        PeerNetwork { me, cfg, faults, channels: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    /// The reused channel to `target` at `addr` (re-created if the address changed).
+    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((a, ch)) = map.get(&target) {
+            if a == addr {
+                return Ok(ch.clone());
+            }
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+            .connect_timeout(self.cfg.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        map.insert(target, (addr.to_string(), ch.clone()));
+        Ok(ch)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConnection {
+        let client = self.channel(target, &node.addr).map(|ch| {
+            RaftClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+        });
+        PeerConnection {
+            me: self.me,
+            target,
+            addr: node.addr.clone(),
+            client,
+            cfg: self.cfg.clone(),
+            faults: self.faults.clone(),
+        }
+    }
+}
+
+/// One openraft replication stream's view of a peer.
+pub struct PeerConnection {
+    me: NodeId,
+    target: NodeId,
+    addr: String,
+    client: Result<RaftClient<Channel>, String>,
+    cfg: NetworkConfig,
+    faults: Arc<Faults>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Msg(String);
+
+type RpcErr<E> = RPCError<NodeId, Member, RaftError<NodeId, E>>;
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(&mut self, kind: RPCTypes, ttl: Duration, req: &Req) -> Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let timeout_err =
+            || RPCError::Timeout(Timeout { action: kind, id: self.me, target: self.target, timeout: ttl });
+        if self.faults.is_dropped(self.target) {
+            // A silent partition: nothing comes back until the caller gives up.
+            tokio::time::sleep(ttl).await;
+            return Err(timeout_err());
+        }
+        let client = match &self.client {
+            Ok(c) => c.clone(),
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(e.clone())))),
+        };
+        let payload = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let request = RaftRequest { from: self.me, to: self.target, payload };
+        let fut = async move {
+            let mut client = client;
+            match kind {
+                RPCTypes::Vote => client.vote(request).await,
+                RPCTypes::AppendEntries => client.append_entries(request).await,
+                RPCTypes::InstallSnapshot => client.install_snapshot(request).await,
+            }
+        };
+        let reply = match tokio::time::timeout(ttl, fut).await {
+            Err(_) => return Err(timeout_err()),
+            Ok(Err(status)) => return Err(self.map_status(status, timeout_err)),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let decoded: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply.payload).map_err(|e| {
+            RPCError::Network(NetworkError::new(&Msg(format!("undecodable reply from node {}: {e}", self.target))))
+        })?;
+        decoded.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                Member { addr: self.addr.clone(), datacenter: String::new() },
+                e,
+            ))
+        })
+    }
+
+    fn map_status<E: std::error::Error>(
+        &self,
+        status: tonic::Status,
+        timeout_err: impl FnOnce() -> RpcErr<E>,
+    ) -> RpcErr<E> {
+        let msg = Msg(format!("node {} at {}: {}: {}", self.target, self.addr, status.code(), status.message()));
+        match status.code() {
+            // Connection refused, peer down, or it refused us (fault injection): back off.
+            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&msg)),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => timeout_err(),
+            _ => RPCError::Network(NetworkError::new(&msg)),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        let ttl = option.hard_ttl().min(self.cfg.rpc_timeout);
+        self.call(RPCTypes::AppendEntries, ttl, &rpc).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        let ttl = self.cfg.snapshot_timeout;
+        self.call(RPCTypes::InstallSnapshot, ttl, &rpc).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        let ttl = option.hard_ttl().min(self.cfg.rpc_timeout);
+        self.call(RPCTypes::Vote, ttl, &rpc).await
+    }
+}

@@ -1,0 +1,74 @@
+//! Incoming half of the peer network: the `Raft` gRPC service.
+
+use crate::faults::Faults;
+use primus_proto::raft::raft_server::Raft as RaftRpc;
+use primus_proto::raft::{FaultReply, FaultRequest, RaftReply, RaftRequest};
+use primus_types::{NodeId, Raft};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct RaftService {
+    me: NodeId,
+    raft: Raft,
+    faults: Arc<Faults>,
+}
+
+impl RaftService {
+    pub fn new(me: NodeId, raft: Raft, faults: Arc<Faults>) -> Self {
+        RaftService { me, raft, faults }
+    }
+
+    /// Checks the envelope and decodes the openraft request inside it.
+    fn open<T: DeserializeOwned>(&self, req: Request<RaftRequest>, what: &str) -> Result<T, Status> {
+        let req = req.into_inner();
+        if req.to != self.me {
+            return Err(Status::failed_precondition(format!(
+                "{what} for node {} reached node {}: peer address map is wrong",
+                req.to, self.me
+            )));
+        }
+        if self.faults.is_dropped(req.from) {
+            return Err(Status::unavailable(format!("fault injection: traffic from node {} dropped", req.from)));
+        }
+        serde_json::from_slice(&req.payload).map_err(|e| {
+            tracing::warn!(from = req.from, error = %e, "undecodable {what} payload");
+            Status::invalid_argument(format!("undecodable {what} payload: {e}"))
+        })
+    }
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Response<RaftReply>, Status> {
+    serde_json::to_vec(value)
+        .map(|payload| Response::new(RaftReply { payload }))
+        .map_err(|e| Status::internal(format!("cannot encode reply: {e}")))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let rpc = self.open(req, "AppendEntries")?;
+        reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let rpc = self.open(req, "Vote")?;
+        reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let rpc = self.open(req, "InstallSnapshot")?;
+        reply(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn set_faults(&self, req: Request<FaultRequest>) -> Result<Response<FaultReply>, Status> {
+        let req = req.into_inner();
+        if !self.faults.set_dropped(req.drop_peers) {
+            return Err(Status::permission_denied(
+                "fault injection is disabled (start primusd with PRIMUS_FAULT_INJECTION=1 to enable it in tests)",
+            ));
+        }
+        Ok(Response::new(FaultReply { drop_peers: self.faults.dropped() }))
+    }
+}
