@@ -1,0 +1,313 @@
+//! Behaviour of the sled store through its public API: openraft's own storage
+//! suite, restarts, snapshots, format versioning and corrupt data.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder, StorageError};
+use primus_store::{LogStore, StateMachineStore, StoreError, FORMAT_VERSION};
+use primus_types::{Command, Entry, LogId, NodeId, Origin, Request, Response, TypeConfig, Vote};
+use tempfile::TempDir;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn lid(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn register(term: u64, index: u64, name: &str) -> Entry {
+    let command = Command::RegisterCluster {
+        name: name.parse().expect("valid cluster name"),
+        seeds: vec!["db1.example:3306".parse().expect("valid address")],
+        settings: Default::default(),
+    };
+    Entry {
+        log_id: lid(term, index),
+        payload: EntryPayload::Normal(Request::new(
+            command,
+            Origin {
+                actor: "test".into(),
+                via_node: 1,
+            },
+        )),
+    }
+}
+
+fn membership(term: u64, index: u64, voters: &[NodeId]) -> Entry {
+    let voters: BTreeSet<NodeId> = voters.iter().copied().collect();
+    Entry {
+        log_id: lid(term, index),
+        payload: EntryPayload::Membership(Membership::new(vec![voters], ())),
+    }
+}
+
+fn blank(term: u64, index: u64) -> Entry {
+    Entry {
+        log_id: lid(term, index),
+        payload: EntryPayload::Blank,
+    }
+}
+
+struct SledBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
+        let dir = tempfile::tempdir()
+            .map_err(|e| StorageError::from_io_error(openraft::ErrorSubject::Store, openraft::ErrorVerb::Write, e))?;
+        let (log, sm) =
+            primus_store::open(dir.path()).map_err(|e| StorageError::from(openraft::StorageIOError::write(&e)))?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn sled_store_passes_openraft_suite() -> TestResult {
+    Suite::test_all(SledBuilder)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_preserves_log_vote_committed_and_state_machine() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let entries = vec![
+        membership(1, 1, &[1, 2, 3]),
+        register(1, 2, "alpha"),
+        register(1, 3, "beta"),
+        register(1, 4, "alpha"), // refused: already registered
+        blank(2, 5),
+    ];
+    {
+        let (mut log, mut sm) = primus_store::open(dir.path())?;
+        assert!(log.is_fresh()?, "a new directory is fresh");
+        log.blocking_append(entries.clone()).await?;
+        log.save_vote(&Vote::new(2, 1)).await?;
+        log.save_committed(Some(lid(2, 5))).await?;
+        let responses = sm.apply(entries.clone()).await?;
+        assert_eq!(responses[0], Response::Internal);
+        assert_eq!(responses[1], Response::Done);
+        assert_eq!(responses[2], Response::Done);
+        assert!(matches!(responses[3], Response::Rejected(_)));
+        assert_eq!(responses[4], Response::Internal);
+        log.purge(lid(1, 1)).await?;
+        assert!(!log.is_fresh()?);
+    }
+
+    let (mut log, mut sm) = primus_store::open(dir.path())?;
+    assert!(!log.is_fresh()?, "a used directory is not fresh");
+    assert_eq!(log.read_vote().await?, Some(Vote::new(2, 1)));
+    assert_eq!(log.read_committed().await?, Some(lid(2, 5)));
+    let state = log.get_log_state().await?;
+    assert_eq!(state.last_purged_log_id, Some(lid(1, 1)));
+    assert_eq!(state.last_log_id, Some(lid(2, 5)));
+    let got = log.try_get_log_entries(..).await?;
+    assert_eq!(
+        got,
+        entries[1..].to_vec(),
+        "entries after the purged one, in order, unchanged"
+    );
+
+    let (applied, members) = sm.applied_state().await?;
+    assert_eq!(applied, Some(lid(2, 5)));
+    assert_eq!(members.log_id(), &Some(lid(1, 1)));
+    assert_eq!(members.voter_ids().collect::<Vec<_>>(), vec![1, 2, 3]);
+
+    let view = sm.state().cloned();
+    assert_eq!(view.last_applied, Some(lid(2, 5)));
+    let names: Vec<String> = view.registry.clusters.keys().map(|n| n.to_string()).collect();
+    assert_eq!(names, vec!["alpha", "beta"]);
+    assert_eq!(
+        view.registry.clusters.values().next().map(|c| c.registered_at_index),
+        Some(2)
+    );
+    // Audit: the membership change and the three commands (blank entries are not audited).
+    assert_eq!(
+        view.registry.audit.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert!(
+        view.registry.audit[&1].summary.contains("voters {1, 2, 3}"),
+        "{}",
+        view.registry.audit[&1].summary
+    );
+    assert!(view.registry.audit[&4].outcome.contains("already registered"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_survives_restart_and_installs_on_fresh_store() -> TestResult {
+    let leader_dir = tempfile::tempdir()?;
+    let entries = vec![
+        membership(1, 1, &[1, 2]),
+        register(1, 2, "alpha"),
+        register(1, 3, "beta"),
+    ];
+    let built = {
+        let (_log, mut sm) = primus_store::open(leader_dir.path())?;
+        sm.apply(entries).await?;
+        let snapshot = sm.get_snapshot_builder().await.build_snapshot().await?;
+        assert_eq!(snapshot.meta.last_log_id, Some(lid(1, 3)));
+        assert!(
+            snapshot.meta.snapshot_id.starts_with("1-3-"),
+            "{}",
+            snapshot.meta.snapshot_id
+        );
+        snapshot
+    };
+
+    // The snapshot is still the current one after a restart.
+    let (_log, mut sm) = primus_store::open(leader_dir.path())?;
+    let current = sm.get_current_snapshot().await?.ok_or("snapshot lost on restart")?;
+    assert_eq!(current.meta, built.meta);
+    assert_eq!(current.snapshot.get_ref(), built.snapshot.get_ref());
+
+    // A fresh follower installs it and then holds the same state, also across a restart.
+    let follower_dir = tempfile::tempdir()?;
+    {
+        let (_flog, mut fsm) = primus_store::open(follower_dir.path())?;
+        // State the snapshot does not have must disappear.
+        fsm.apply([register(1, 1, "stale")]).await?;
+        let mut receiving = fsm.begin_receiving_snapshot().await?;
+        *receiving = *current.snapshot;
+        fsm.install_snapshot(&current.meta, receiving).await?;
+        assert_eq!(fsm.state().cloned(), sm.state().cloned());
+    }
+    let (_flog, mut fsm) = primus_store::open(follower_dir.path())?;
+    assert_eq!(fsm.state().cloned(), sm.state().cloned());
+    assert!(!fsm
+        .state()
+        .cloned()
+        .registry
+        .clusters
+        .keys()
+        .any(|n| n.to_string() == "stale"));
+    let installed = fsm
+        .get_current_snapshot()
+        .await?
+        .ok_or("installed snapshot lost on restart")?;
+    assert_eq!(installed.meta, built.meta);
+    Ok(())
+}
+
+/// Rewrites the stored format version behind the store's back.
+fn set_format_version(path: &Path, version: &[u8]) -> TestResult {
+    let db = sled::open(path)?;
+    db.open_tree("meta")?.insert("format_version", version)?;
+    db.flush()?;
+    Ok(())
+}
+
+#[test]
+fn newer_data_format_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    drop(primus_store::open(dir.path())?);
+    set_format_version(dir.path(), &(FORMAT_VERSION + 1).to_be_bytes())?;
+
+    let err = primus_store::open(dir.path())
+        .err()
+        .ok_or("a newer format must be refused")?;
+    assert!(
+        matches!(err, StoreError::UnsupportedFormat { found, supported } if found == FORMAT_VERSION + 1 && supported == FORMAT_VERSION),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("format version {}", FORMAT_VERSION + 1)), "{msg}");
+    assert!(msg.contains(&format!("supports version {FORMAT_VERSION}")), "{msg}");
+
+    // An unknown (older, never released) version is refused too.
+    set_format_version(dir.path(), &0u32.to_be_bytes())?;
+    assert!(matches!(
+        primus_store::open(dir.path()),
+        Err(StoreError::UnsupportedFormat { found: 0, .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn data_without_format_version_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    {
+        let db = sled::open(dir.path())?;
+        db.open_tree("raft_log")?.insert(1u64.to_be_bytes(), b"{}".as_slice())?;
+        db.flush()?;
+    }
+    assert!(matches!(
+        primus_store::open(dir.path()),
+        Err(StoreError::MissingFormatVersion)
+    ));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_log_value_is_a_storage_error_not_a_panic() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    {
+        let (mut log, _sm) = primus_store::open(dir.path())?;
+        log.blocking_append([blank(1, 1), blank(1, 2), blank(1, 3)]).await?;
+    }
+    {
+        let db = sled::open(dir.path())?;
+        db.open_tree("raft_log")?
+            .insert(2u64.to_be_bytes(), b"\x00not json".as_slice())?;
+        db.flush()?;
+    }
+    let (mut log, _sm) = primus_store::open(dir.path())?;
+    assert_eq!(
+        log.try_get_log_entries(1..2).await?.len(),
+        1,
+        "intact entries stay readable"
+    );
+    let err = log
+        .try_get_log_entries(1..4)
+        .await
+        .err()
+        .ok_or("a corrupt entry must be an error")?;
+    assert!(err.to_string().contains('2'), "{err}");
+
+    // The same for the last entry, which get_log_state decodes.
+    {
+        drop((log, _sm));
+        let db = sled::open(dir.path())?;
+        db.open_tree("raft_log")?
+            .insert(3u64.to_be_bytes(), b"[1,2]".as_slice())?;
+        db.flush()?;
+    }
+    let (mut log, _sm) = primus_store::open(dir.path())?;
+    assert!(log.get_log_state().await.is_err());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_removes_the_tail_durably_and_purge_survives_restart() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    {
+        let (mut log, _sm) = primus_store::open(dir.path())?;
+        log.blocking_append((1..=10).map(|i| blank(1, i))).await?;
+        log.truncate(lid(1, 8)).await?;
+        log.purge(lid(1, 3)).await?;
+        log.blocking_append([blank(2, 8)]).await?;
+    }
+    let (mut log, _sm) = primus_store::open(dir.path())?;
+    let ids: Vec<LogId> = log
+        .try_get_log_entries(..)
+        .await?
+        .into_iter()
+        .map(|e| e.log_id)
+        .collect();
+    let mut want: Vec<LogId> = (4..=7).map(|i| lid(1, i)).collect();
+    want.push(lid(2, 8));
+    assert_eq!(ids, want);
+    let state = log.get_log_state().await?;
+    assert_eq!(state.last_purged_log_id, Some(lid(1, 3)));
+    assert_eq!(state.last_log_id, Some(lid(2, 8)));
+    Ok(())
+}
+
+#[test]
+fn a_directory_cannot_be_opened_twice() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let _open = primus_store::open(dir.path())?;
+    assert!(matches!(primus_store::open(dir.path()), Err(StoreError::Sled(_))));
+    Ok(())
+}
