@@ -2,15 +2,14 @@
 //!
 //! Why this shape:
 //! * **One sled database, several trees** (`raft_log`, `raft_state`,
-//!   `state_machine`, `snapshot`, `meta`; see [`format`](crate::format)): one
+//!   `state_machine`, `snapshot`, `meta`; layout in `src/format.rs`): one
 //!   write-ahead log means one `fsync` makes everything durable, and sled
 //!   recovers its operations in order, which the crash reasoning in
-//!   [`log_store`](crate::log_store) and [`state_machine`](crate::state_machine)
-//!   relies on.
-//! * **One flusher thread** ([`flusher`](crate::flusher)): openraft's `append`
-//!   callback must fire only once entries are on disk. A dedicated thread calls
-//!   sled's blocking `flush` for every append queued so far (group commit), so
-//!   no tokio worker ever waits for a disk and many commits share one fsync.
+//!   `src/log_store.rs` and `src/state_machine.rs` relies on.
+//! * **One flusher thread** (`src/flusher.rs`): openraft's `append` callback
+//!   must fire only once entries are on disk. A dedicated thread calls sled's
+//!   blocking `flush` for every append queued so far (group commit), so no
+//!   tokio worker ever waits for a disk and many commits share one fsync.
 //! * **A format version** written at creation: a directory written by a newer
 //!   primus is refused with [`StoreError::UnsupportedFormat`] rather than misread.
 //!

@@ -278,6 +278,23 @@ async fn corrupt_log_value_is_a_storage_error_not_a_panic() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn corrupt_state_machine_value_is_refused_at_open() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    drop(primus_store::open(dir.path())?);
+    {
+        let db = sled::open(dir.path())?;
+        db.open_tree("state_machine")?
+            .insert("c/alpha", b"{not json".as_slice())?;
+        db.flush()?;
+    }
+    let err = primus_store::open(dir.path())
+        .err()
+        .ok_or("a corrupt state machine must be refused")?;
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncate_removes_the_tail_durably_and_purge_survives_restart() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -309,5 +326,88 @@ fn a_directory_cannot_be_opened_twice() -> TestResult {
     let dir = tempfile::tempdir()?;
     let _open = primus_store::open(dir.path())?;
     assert!(matches!(primus_store::open(dir.path()), Err(StoreError::Sled(_))));
+    Ok(())
+}
+
+/// Set by `acknowledged_appends_survive_sigkill` for the child process it starts.
+const CHILD_DIR_ENV: &str = "PRIMUS_STORE_TEST_CHILD_DIR";
+
+/// Child half of `acknowledged_appends_survive_sigkill`: appends and reports each
+/// acknowledged index until it is killed. Does nothing when run on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process for acknowledged_appends_survive_sigkill"]
+async fn child_appends_until_killed() -> TestResult {
+    use std::io::Write;
+    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
+        return Ok(());
+    };
+    let (mut log, mut sm) = primus_store::open(Path::new(&dir))?;
+    log.save_vote(&Vote::new(7, 1)).await?;
+    println!("acked vote");
+    for i in 1..=100_000u64 {
+        let entry = register(1, i, &format!("c{i}"));
+        log.blocking_append([entry.clone()]).await?;
+        sm.apply([entry]).await?;
+        println!("acked {i}");
+        std::io::stdout().flush()?;
+    }
+    Ok(())
+}
+
+/// A process crash (SIGKILL mid-stream) loses no acknowledged append or vote and
+/// leaves a state machine that is a consistent prefix of the log. This does not
+/// simulate power loss (the kernel's page cache survives a SIGKILL); that part of
+/// durability rests on the callbacks waiting for `fsync`, which
+/// `append_callback_fires_only_after_flush` (in `src/tests.rs`) checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_appends_survive_sigkill() -> TestResult {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir()?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "child_appends_until_killed",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR_ENV, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no child stdout")?;
+    let mut last_acked = 0u64;
+    let mut vote_acked = false;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        // The harness may print "test child_appends_until_killed ... " before the first line.
+        if line.ends_with("acked vote") {
+            vote_acked = true;
+        } else if let Some((_, i)) = line.rsplit_once("acked ") {
+            last_acked = i.parse()?;
+            if last_acked >= 300 {
+                break;
+            }
+        }
+    }
+    // SIGKILL: whatever sled still held in its in-process buffers is lost.
+    child.kill()?;
+    child.wait()?;
+    assert!(vote_acked && last_acked >= 300, "child stopped early at {last_acked}");
+
+    let (mut log, mut sm) = primus_store::open(dir.path())?;
+    assert_eq!(log.read_vote().await?, Some(Vote::new(7, 1)));
+    let entries = log.try_get_log_entries(1..=last_acked).await?;
+    assert_eq!(entries.len() as u64, last_acked, "every acknowledged entry survives");
+    assert!(entries.iter().enumerate().all(|(i, e)| e.log_id.index == i as u64 + 1));
+    // The state machine is not flushed on its own: it may lag, but never leads the log
+    // and is always a consistent prefix (one cluster per applied entry).
+    let (applied, _) = sm.applied_state().await?;
+    let last_log = log.get_log_state().await?.last_log_id;
+    assert!(
+        applied <= last_log,
+        "state machine {applied:?} ahead of log {last_log:?}"
+    );
+    let clusters = sm.state().read(|s| s.registry.clusters.len() as u64);
+    assert_eq!(clusters, applied.map_or(0, |a| a.index));
     Ok(())
 }
