@@ -1,1 +1,26 @@
-//! placeholder
+//! Everything primus reads from MySQL/MariaDB, and the few statements it sends them.
+//!
+//! Failure diagnosis is holistic: whether a primary is dead is decided from what the primary
+//! *and its replicas* say (can they reach it? are their IO threads connecting? what GTIDs did
+//! they receive? is the heartbeat row advancing?). This crate turns servers into typed,
+//! serialisable facts for that diagnosis and knows each flavor's dialect:
+//!
+//! * [`gtid`]: GTID sets of both flavors and their algebra (errant transactions, who is ahead).
+//! * [`flavor`]: flavor/version detection and every version-dependent SQL statement.
+//! * [`status`]: typed `SHOW REPLICA STATUS` / `SHOW SLAVE HOSTS` rows.
+//! * [`probe`]: one reused connection per instance, one round trip per probe, strict timeouts,
+//!   an [`probe::Observation`] out.
+//! * [`heartbeat`]: the `primus.heartbeat` row coordinators write on the primary and read on
+//!   every replica to see replication progress end to end.
+
+pub mod flavor;
+pub mod gtid;
+pub mod heartbeat;
+pub mod probe;
+pub mod status;
+
+pub use flavor::{Flavor, ServerInfo, Version};
+pub use gtid::{AnyGtidSet, GtidOrdering, GtidSetOps, MariaGtidSet, MySqlGtidSet};
+pub use heartbeat::{HeartbeatRow, HeartbeatTable};
+pub use probe::{Observation, ProbeConfig, ProbeError, ProbeStage, Prober, Secret};
+pub use status::{ConnectedReplica, IoThreadState, ReplicaStatus, StatusRow};
