@@ -63,7 +63,7 @@ pub struct AppliedState {
 ///
 /// Take it with [`StateMachineStore::state`] before handing the store to
 /// openraft. Reads never wait for disk; they may briefly wait for an `apply`.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct StateHandle {
     inner: Arc<RwLock<AppliedState>>,
 }
