@@ -1,1 +1,19 @@
-//! placeholder
+//! primusd: configuration, node wiring and the client-facing gRPC service.
+
+pub mod config;
+pub mod node;
+pub mod service;
+
+/// An error that decides the process exit code: 2 for configuration errors, 1 otherwise.
+#[derive(Debug, thiserror::Error)]
+#[error("{inner}")]
+pub struct ExitError {
+    pub code: i32,
+    inner: String,
+}
+
+impl ExitError {
+    pub fn config(e: config::ConfigError) -> Self {
+        ExitError { code: 2, inner: e.to_string() }
+    }
+}

@@ -10,3 +10,15 @@ pub mod coordinator;
 pub mod mariadb;
 pub mod ports;
 pub mod proxy;
+
+/// A raw peer-protocol client, for tests that send malformed Raft messages.
+pub fn raft_client(
+    ch: tonic::transport::Channel,
+) -> primus_proto::raft::raft_client::RaftClient<tonic::transport::Channel> {
+    primus_proto::raft::raft_client::RaftClient::new(ch)
+}
+
+/// A Raft envelope addressed to `to` with an arbitrary payload.
+pub fn raft_request(to: u64, payload: Vec<u8>) -> primus_proto::raft::RaftRequest {
+    primus_proto::raft::RaftRequest { from: 999, to, payload }
+}

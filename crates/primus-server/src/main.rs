@@ -1,0 +1,99 @@
+//! `primusd --config FILE`: one coordinator of a primus Raft group.
+
+use anyhow::Context;
+use clap::Parser;
+use primus_server::config::Config;
+use primus_server::ExitError;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// primusd — a failover coordinator for MySQL/MariaDB replication.
+///
+/// Three or five primusd nodes form a Raft group that stores topology and failover
+/// decisions. See docs/config.md for every configuration key and
+/// docs/architecture.md for how the group bootstraps and changes membership.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Path to the TOML configuration file.
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    /// Log format: `text` for people, `json` for log shippers.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
+    #[arg(long, default_value = "info,openraft=warn")]
+    log: String,
+    /// Check the configuration and exit (0 when valid, 2 otherwise).
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn init_logging(format: &str, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; stop with kill -9 only");
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("primusd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // A founding node must be listed in initial_members; find out before touching data_dir.
+    if !primus_server::node::has_store(&cfg.data_dir) {
+        if let Err(e) = cfg.check_bootstrap(&args.config) {
+            eprintln!("primusd: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if args.check_config {
+        println!("primusd: {} is valid", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&args.log_format, &args.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the tokio runtime") {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("primusd: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(primus_server::node::run(cfg, &args.config, shutdown_signal()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e.downcast_ref::<ExitError>().map(|x| x.code).unwrap_or(1);
+            eprintln!("primusd: {e:#}");
+            tracing::error!(error = %format!("{e:#}"), "primusd exiting");
+            ExitCode::from(code as u8)
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Wiring of one primusd node: store, Raft, network, gRPC server, bootstrap and shutdown.
+
+use crate::config::Config;
+use crate::service::CoordinatorService;
+use anyhow::Context;
+use primus_proto::raft::raft_server::RaftServer;
+use primus_proto::v1::coordinator_server::CoordinatorServer;
+use primus_raft::{Faults, NetworkConfig, PeerNetwork, RaftService};
+use primus_types::state::Registry;
+use primus_types::{NodeId, Raft};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Shared by the gRPC services of one node.
+pub struct NodeCtx {
+    pub id: NodeId,
+    pub cfg: Config,
+    pub raft: Raft,
+    state: primus_store::StateHandle,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl NodeCtx {
+    /// Read the local state machine (not linearizable by itself). Returns the
+    /// applied index alongside the closure's result.
+    pub fn read_state<R>(&self, f: impl FnOnce(&Registry) -> R) -> (u64, R) {
+        self.state.read(|s| (s.last_applied.map(|l| l.index).unwrap_or(0), f(&s.registry)))
+    }
+
+    /// Highest log index known committed: on the leader, the index a majority of
+    /// voters hold (from replication progress); elsewhere, what was applied.
+    pub fn committed_index(&self) -> Option<u64> {
+        let m = self.raft.metrics().borrow().clone();
+        let applied = m.last_applied.map(|l| l.index);
+        let Some(repl) = m.replication.as_ref() else { return applied };
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let mut matched: Vec<u64> = voters
+            .iter()
+            .map(|v| if *v == m.id { m.last_log_index.unwrap_or(0) } else { repl.get(v).and_then(|l| l.map(|l| l.index)).unwrap_or(0) })
+            .collect();
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum = matched.get(voters.len() / 2).copied();
+        quorum.max(applied)
+    }
+
+    /// A reused channel to another coordinator's gRPC endpoint (for forwarding).
+    pub fn channel_to(&self, addr: &str) -> Result<Channel, tonic::Status> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = map.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| tonic::Status::internal(format!("bad leader address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_millis(self.cfg.raft.connect_timeout_ms))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+}
+
+/// Whether `data_dir` already holds a Raft store (a restart, not a first start).
+pub fn has_store(data_dir: &std::path::Path) -> bool {
+    std::fs::read_dir(data_dir.join("raft")).map(|mut d| d.next().is_some()).unwrap_or(false)
+}
+
+/// Run a node until `shutdown` resolves. Errors here are startup errors.
+pub async fn run(cfg: Config, config_path: &std::path::Path, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let fault_injection = std::env::var("PRIMUS_FAULT_INJECTION").map(|v| v == "1").unwrap_or(false);
+    let faults = Arc::new(Faults::new(fault_injection));
+    if fault_injection {
+        tracing::warn!("fault injection is ENABLED (PRIMUS_FAULT_INJECTION=1): for tests only");
+    }
+
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    let store_dir = cfg.data_dir.join("raft");
+    let (log, sm) = tokio::task::spawn_blocking(move || primus_store::open(&store_dir))
+        .await
+        .context("store open task")?
+        .with_context(|| format!("cannot open the Raft store in {}", cfg.data_dir.display()))?;
+    let fresh = log.is_fresh().context("cannot read the Raft store")?;
+    let state = sm.state();
+    if fresh {
+        cfg.check_bootstrap(config_path).map_err(crate::ExitError::config)?;
+    }
+
+    let raft_config = Arc::new(cfg.openraft_config().map_err(|e| {
+        crate::ExitError::config(crate::config::ConfigError::Invalid {
+            path: config_path.to_path_buf(),
+            key: "raft".into(),
+            message: e,
+        })
+    })?);
+    let net_cfg = NetworkConfig {
+        rpc_timeout: Duration::from_millis(cfg.raft.rpc_timeout_ms),
+        snapshot_timeout: Duration::from_millis(cfg.raft.snapshot_timeout_ms),
+        connect_timeout: Duration::from_millis(cfg.raft.connect_timeout_ms),
+    };
+    let network = PeerNetwork::new(cfg.node_id, net_cfg, faults.clone());
+    let raft = Raft::new(cfg.node_id, raft_config, network, log, sm)
+        .await
+        .context("cannot start the Raft node")?;
+
+    let listen: std::net::SocketAddr = cfg.listen.parse().context("listen")?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (key `listen`)"))?;
+
+    let ctx = Arc::new(NodeCtx {
+        id: cfg.node_id,
+        cfg: cfg.clone(),
+        raft: raft.clone(),
+        state,
+        channels: Mutex::new(HashMap::new()),
+    });
+
+    if fresh && !cfg.initial_members.is_empty() {
+        // Every founding member initialises with the same membership; whichever
+        // wins the first election replicates it. A node that already received a
+        // vote or log from a faster peer gets NotAllowed, which is fine.
+        match raft.initialize(cfg.initial_membership()).await {
+            Ok(()) => tracing::info!(members = ?cfg.initial_membership().keys().collect::<Vec<_>>(), "group initialised"),
+            Err(e) => tracing::info!(error = %e, "initialisation not needed (a peer got there first)"),
+        }
+    } else if fresh {
+        tracing::info!(node_id = cfg.node_id, "empty data_dir and no initial_members: waiting to be added with `primusctl members add`");
+    } else {
+        tracing::info!(node_id = cfg.node_id, "recovered from data_dir; initial_members ignored");
+    }
+
+    let coordinator = CoordinatorServer::new(CoordinatorService::new(ctx.clone()))
+        .max_decoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES);
+    let peer = RaftServer::new(RaftService::new(cfg.node_id, raft.clone(), faults))
+        .max_decoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES);
+    tracing::info!(node_id = cfg.node_id, %listen, data_dir = %cfg.data_dir.display(), "primusd serving");
+
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .timeout(Duration::from_millis(cfg.raft.membership_timeout_ms + 5000))
+        .add_service(coordinator)
+        .add_service(peer)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("gRPC server failed")?;
+
+    tracing::info!("shutting down Raft");
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown reported an error");
+    }
+    tracing::info!("primusd stopped cleanly");
+    Ok(())
+}

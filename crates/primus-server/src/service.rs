@@ -1,0 +1,382 @@
+//! The client-facing `Coordinator` gRPC service.
+//!
+//! Writes and linearizable reads must run on the leader. A follower that receives
+//! one forwards it to the leader it knows (once: a forwarded request is marked and
+//! never forwarded again, so a stale leader view cannot make a loop). When no leader
+//! is known the call fails with `UNAVAILABLE` and the client tries another endpoint.
+
+use crate::node::NodeCtx;
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use primus_proto::v1::coordinator_client::CoordinatorClient;
+use primus_proto::v1::coordinator_server::Coordinator;
+use primus_proto::v1::*;
+use primus_types::{ClusterName, Command, InstanceAddr, Member, NodeId, Origin, Rejection};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+const FORWARDED: &str = "x-primus-forwarded";
+const LEADER_HINT: &str = "x-primus-leader";
+
+pub struct CoordinatorService {
+    node: Arc<NodeCtx>,
+}
+
+impl CoordinatorService {
+    pub fn new(node: Arc<NodeCtx>) -> Self {
+        CoordinatorService { node }
+    }
+}
+
+/// Why a leader-only operation did not happen here.
+enum NotHere {
+    /// Another node leads (or nobody does, `None`).
+    Forward(Option<(NodeId, String)>),
+    Failed(Status),
+}
+
+impl From<Status> for NotHere {
+    fn from(s: Status) -> Self {
+        NotHere::Failed(s)
+    }
+}
+
+fn forward_target(f: &ForwardToLeader<NodeId, Member>) -> Option<(NodeId, String)> {
+    match (f.leader_id, &f.leader_node) {
+        (Some(id), Some(node)) => Some((id, node.addr.clone())),
+        _ => None,
+    }
+}
+
+fn rejection_status(r: Rejection) -> Status {
+    let msg = r.to_string();
+    match r {
+        Rejection::ClusterExists(_) => Status::already_exists(msg),
+        Rejection::ClusterNotFound(_) => Status::not_found(msg),
+        Rejection::NoSeeds => Status::invalid_argument(msg),
+        Rejection::UnsupportedFormat { .. } => Status::failed_precondition(msg),
+    }
+}
+
+fn no_leader(me: NodeId) -> Status {
+    Status::unavailable(format!(
+        "node {me} knows no leader: the group is electing one or has lost its quorum; retry or try another endpoint"
+    ))
+}
+
+impl CoordinatorService {
+    fn is_forwarded<T>(req: &Request<T>) -> bool {
+        req.metadata().contains_key(FORWARDED)
+    }
+
+    async fn leader_client(&self, addr: &str) -> Result<CoordinatorClient<tonic::transport::Channel>, Status> {
+        let ch = self.node.channel_to(addr)?;
+        Ok(CoordinatorClient::new(ch))
+    }
+
+    /// Resolve a `NotHere` into a forwarded call, or a final status.
+    async fn forward<Req, Resp, F, Fut>(&self, not_here: NotHere, forwarded: bool, req: Req, call: F) -> Result<Resp, Status>
+    where
+        F: FnOnce(CoordinatorClient<tonic::transport::Channel>, Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        match not_here {
+            NotHere::Failed(s) => Err(s),
+            NotHere::Forward(None) => Err(no_leader(self.node.id)),
+            NotHere::Forward(Some((leader, addr))) => {
+                if forwarded {
+                    let mut s = Status::unavailable(format!(
+                        "node {} is not the leader (node {leader} at {addr} is, as far as it knows)",
+                        self.node.id
+                    ));
+                    if let Ok(v) = addr.parse() {
+                        s.metadata_mut().insert(LEADER_HINT, v);
+                    }
+                    return Err(s);
+                }
+                tracing::debug!(leader, %addr, "forwarding request to leader");
+                let client = self.leader_client(&addr).await?;
+                let mut request = Request::new(req);
+                request.set_timeout(self.node.cfg.raft.write_timeout() + std::time::Duration::from_secs(1));
+                request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from(self.node.id));
+                call(client, request).await.map(Response::into_inner).map_err(|s| {
+                    if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) && s.message().contains("transport") {
+                        Status::unavailable(format!("leader node {leader} at {addr} is unreachable from node {}: {}", self.node.id, s.message()))
+                    } else {
+                        s
+                    }
+                })
+            }
+        }
+    }
+
+    async fn write(&self, command: Command, actor: String) -> Result<u64, NotHere> {
+        let req = primus_types::Request::new(command, Origin { actor, via_node: self.node.id });
+        let timeout = self.node.cfg.raft.write_timeout();
+        match tokio::time::timeout(timeout, self.node.raft.client_write(req)).await {
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "not committed within {} ms: the leader may have lost its quorum; the write may still commit later",
+                timeout.as_millis()
+            ))
+            .into()),
+            Ok(Ok(resp)) => match resp.data.into_result() {
+                Ok(()) => Ok(resp.log_id.index),
+                Err(r) => Err(rejection_status(r).into()),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(NotHere::Forward(forward_target(&f))),
+            Ok(Err(e)) => Err(Status::unavailable(format!("write failed: {e}")).into()),
+        }
+    }
+
+    async fn linearizable(&self) -> Result<(), NotHere> {
+        let timeout = self.node.cfg.raft.write_timeout();
+        match tokio::time::timeout(timeout, self.node.raft.ensure_linearizable()).await {
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "could not confirm leadership with a quorum within {} ms",
+                timeout.as_millis()
+            ))
+            .into()),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => Err(NotHere::Forward(forward_target(&f))),
+            Ok(Err(e)) => Err(Status::unavailable(format!("cannot confirm leadership: {e}")).into()),
+        }
+    }
+
+    async fn change_membership(&self, change: ChangeMembers<NodeId, Member>) -> Result<u64, NotHere> {
+        let timeout = self.node.cfg.raft.membership_timeout();
+        let r = tokio::time::timeout(timeout, self.node.raft.change_membership(change, false)).await;
+        membership_result(r, timeout)
+    }
+}
+
+type MembershipResult = Result<
+    Result<openraft::raft::ClientWriteResponse<primus_types::TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, Member>>>,
+    tokio::time::error::Elapsed,
+>;
+
+fn membership_result(r: MembershipResult, timeout: std::time::Duration) -> Result<u64, NotHere> {
+    match r {
+        Err(_) => Err(Status::deadline_exceeded(format!("membership change not done within {} ms", timeout.as_millis())).into()),
+        Ok(Ok(resp)) => Ok(resp.log_id.index),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(NotHere::Forward(forward_target(&f))),
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+            let msg = e.to_string();
+            Err(match e {
+                ChangeMembershipError::InProgress(_) => Status::aborted(format!("{msg}; retry when it is done")),
+                _ => Status::failed_precondition(msg),
+            }
+            .into())
+        }
+        Ok(Err(e)) => Err(Status::unavailable(format!("membership change failed: {e}")).into()),
+    }
+}
+
+fn role_of(state: ServerState) -> Role {
+    match state {
+        ServerState::Leader => Role::Leader,
+        ServerState::Follower => Role::Follower,
+        ServerState::Learner => Role::Learner,
+        ServerState::Candidate => Role::Candidate,
+        ServerState::Shutdown => Role::Unspecified,
+    }
+}
+
+fn parse_seeds(seeds: &[String]) -> Result<Vec<InstanceAddr>, Status> {
+    if seeds.is_empty() {
+        return Err(Status::invalid_argument("a cluster needs at least one seed (--seed HOST:PORT)"));
+    }
+    seeds.iter().map(|s| s.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))).collect()
+}
+
+fn parse_name(name: &str) -> Result<ClusterName, Status> {
+    name.parse().map_err(|e: primus_types::NameError| Status::invalid_argument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn get_status(&self, _req: Request<GetStatusRequest>) -> Result<Response<GetStatusResponse>, Status> {
+        let m = self.node.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let initialized = m.membership_config.log_id().is_some() || !voters.is_empty();
+        let role = if !initialized { Role::Uninitialized } else { role_of(m.state) };
+        let matched = m.replication.clone().unwrap_or_default();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let role = if !voters.contains(id) {
+                    Role::Learner
+                } else if m.current_leader == Some(*id) {
+                    Role::Leader
+                } else {
+                    Role::Follower
+                };
+                let matched_index = if *id == m.id && m.state == ServerState::Leader {
+                    m.last_log_index
+                } else {
+                    matched.get(id).and_then(|l| l.map(|l| l.index))
+                };
+                MemberStatus { id: *id, addr: node.addr.clone(), datacenter: node.datacenter.clone(), role: role as i32, matched_index }
+            })
+            .collect();
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()))
+            .unwrap_or_default();
+        let applied = m.last_applied.map(|l| l.index);
+        let committed = self.node.committed_index().max(applied);
+        Ok(Response::new(GetStatusResponse {
+            node_id: m.id,
+            role: role as i32,
+            term: m.current_term,
+            leader_id: m.current_leader,
+            leader_addr,
+            commit_index: committed,
+            applied_index: applied,
+            last_log_index: m.last_log_index,
+            snapshot_index: m.snapshot.map(|l| l.index),
+            members,
+            datacenter: self.node.cfg.datacenter.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+
+    async fn add_member(&self, req: Request<AddMemberRequest>) -> Result<Response<AddMemberResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        if r.id == 0 {
+            return Err(Status::invalid_argument("member id must be greater than 0"));
+        }
+        crate::config::check_host_port(&r.addr).map_err(Status::invalid_argument)?;
+        let node = Member { addr: r.addr.clone(), datacenter: r.datacenter.clone() };
+        let timeout = self.node.cfg.raft.membership_timeout();
+        // Learner first: it receives the log (or a snapshot) without counting toward
+        // quorum, so a slow newcomer never stalls commits. Then promote it.
+        let learner = tokio::time::timeout(timeout, self.node.raft.add_learner(r.id, node, true)).await;
+        let result = match membership_result(learner, timeout) {
+            Ok(_) => self.change_membership(ChangeMembers::AddVoterIds([r.id].into())).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(log_index) => {
+                tracing::info!(member = r.id, addr = %r.addr, log_index, "member added as voter");
+                Ok(Response::new(AddMemberResponse { log_index }))
+            }
+            Err(nh) => self.forward(nh, forwarded, r, |mut c, q| async move { c.add_member(q).await }).await.map(Response::new),
+        }
+    }
+
+    async fn remove_member(&self, req: Request<RemoveMemberRequest>) -> Result<Response<RemoveMemberResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let m = self.node.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let is_voter = membership.voter_ids().any(|v| v == r.id);
+        let known = membership.get_node(&r.id).is_some();
+        let result = if !known {
+            Err(NotHere::Failed(Status::not_found(format!("node {} is not a member of the group", r.id))))
+        } else if is_voter {
+            self.change_membership(ChangeMembers::RemoveVoters([r.id].into())).await
+        } else {
+            self.change_membership(ChangeMembers::RemoveNodes([r.id].into())).await
+        };
+        match result {
+            Ok(log_index) => {
+                tracing::info!(member = r.id, log_index, "member removed");
+                Ok(Response::new(RemoveMemberResponse { log_index }))
+            }
+            Err(nh) => {
+                self.forward(nh, forwarded, r, |mut c, q| async move { c.remove_member(q).await }).await.map(Response::new)
+            }
+        }
+    }
+
+    async fn register_cluster(
+        &self,
+        req: Request<RegisterClusterRequest>,
+    ) -> Result<Response<RegisterClusterResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let name = parse_name(&r.name)?;
+        let seeds = parse_seeds(&r.seeds)?;
+        let settings = primus_types::ClusterSettings {
+            automatic_failover: r.settings.as_ref().and_then(|s| s.automatic_failover),
+        };
+        let cmd = Command::RegisterCluster { name, seeds, settings };
+        match self.write(cmd, r.actor.clone()).await {
+            Ok(log_index) => Ok(Response::new(RegisterClusterResponse { log_index })),
+            Err(nh) => {
+                self.forward(nh, forwarded, r, |mut c, q| async move { c.register_cluster(q).await }).await.map(Response::new)
+            }
+        }
+    }
+
+    async fn unregister_cluster(
+        &self,
+        req: Request<UnregisterClusterRequest>,
+    ) -> Result<Response<UnregisterClusterResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let name = parse_name(&r.name)?;
+        match self.write(Command::UnregisterCluster { name }, r.actor.clone()).await {
+            Ok(log_index) => Ok(Response::new(UnregisterClusterResponse { log_index })),
+            Err(nh) => {
+                self.forward(nh, forwarded, r, |mut c, q| async move { c.unregister_cluster(q).await }).await.map(Response::new)
+            }
+        }
+    }
+
+    async fn list_clusters(&self, req: Request<ListClustersRequest>) -> Result<Response<ListClustersResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        if r.consistency() == ReadConsistency::Linearizable {
+            if let Err(nh) = self.linearizable().await {
+                return self.forward(nh, forwarded, r, |mut c, q| async move { c.list_clusters(q).await }).await.map(Response::new);
+            }
+        }
+        let (applied, clusters) = self.node.read_state(|s| {
+            s.clusters
+                .values()
+                .map(|c| ClusterInfo {
+                    name: c.name.to_string(),
+                    seeds: c.seeds.iter().map(ToString::to_string).collect(),
+                    settings: Some(primus_proto::v1::ClusterSettings { automatic_failover: c.settings.automatic_failover }),
+                    registered_at_index: c.registered_at_index,
+                    registered_at_ms: c.registered_at_ms,
+                    registered_by: c.registered_by.clone(),
+                })
+                .collect()
+        });
+        Ok(Response::new(ListClustersResponse { clusters, applied_index: applied, served_by: self.node.id }))
+    }
+
+    async fn audit(&self, req: Request<AuditRequest>) -> Result<Response<AuditResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        if r.consistency() == ReadConsistency::Linearizable {
+            if let Err(nh) = self.linearizable().await {
+                return self.forward(nh, forwarded, r, |mut c, q| async move { c.audit(q).await }).await.map(Response::new);
+            }
+        }
+        let limit = if r.limit == 0 { 100 } else { r.limit as usize };
+        let (_, mut records): (u64, Vec<primus_proto::v1::AuditRecord>) = self.node.read_state(|s| {
+            s.audit
+                .values()
+                .rev()
+                .take(limit)
+                .map(|a| primus_proto::v1::AuditRecord {
+                    index: a.index,
+                    term: a.term,
+                    time_ms: a.time_ms,
+                    actor: a.actor.clone(),
+                    via_node: a.via_node,
+                    summary: a.summary.clone(),
+                    outcome: a.outcome.clone(),
+                })
+                .collect()
+        });
+        records.reverse();
+        Ok(Response::new(AuditResponse { records }))
+    }
+}

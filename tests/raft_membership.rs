@@ -1,0 +1,107 @@
+//! Adding a node after the log was purged (it catches up from a snapshot) and
+//! removing one, while writes keep committing.
+
+use primus_client::Role;
+use primus_integration_tests::{register, wait_has_all};
+use primus_testkit::coordinator::{bin, CoordinatorGroup, GroupOptions, RaftTuning};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_member_catches_up_from_snapshot_and_removal_keeps_group_writable() -> anyhow::Result<()> {
+    let raft = RaftTuning { snapshot_every_entries: 50, keep_logs_after_snapshot: 0, ..Default::default() };
+    let mut g = CoordinatorGroup::start(GroupOptions { nodes: 3, raft, ..Default::default() })?;
+    g.wait_leader(&[], Duration::from_secs(20)).await?;
+    let client = g.client(Duration::from_secs(10))?;
+    let mut acked = BTreeSet::new();
+    for i in 0..120 {
+        register(&client, &format!("seed-{i}")).await?;
+        acked.insert(format!("seed-{i}"));
+    }
+    // The log behind the snapshot is purged on the leader.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = client.status().await?;
+        if s.snapshot_index.unwrap_or(0) >= 50 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no snapshot built after 120 entries: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Background writer: must keep committing through both membership changes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let during = Arc::new(Mutex::new(BTreeSet::new()));
+    let failures = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, during, failures) = (stop.clone(), during.clone(), failures.clone());
+        let c = g.client(Duration::from_secs(10))?;
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("during-{i}");
+                i += 1;
+                match register(&c, &name).await {
+                    Ok(_) => {
+                        during.lock().unwrap().insert(name);
+                    }
+                    Err(_) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    // Node 4 starts empty, waits, and is added with primusctl.
+    let addr4 = g.spawn_joining_node(4)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s4 = g.status_of(4).await?;
+    assert_eq!(s4.role, Role::Uninitialized as i32, "joining node should wait to be added, is {s4:?}");
+    let out = std::process::Command::new(bin("primusctl")?)
+        .args(["--endpoints", &g.endpoints_except(&[4]), "--timeout", "60s", "members", "add", "4", &addr4])
+        .args(["--datacenter", "dc4"])
+        .output()?;
+    assert!(out.status.success(), "members add failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    wait_has_all(&g, 4, &acked, Duration::from_secs(20)).await?;
+    let s4 = g.status_of(4).await?;
+    assert_eq!(s4.role, Role::Follower as i32);
+    assert!(s4.snapshot_index.unwrap_or(0) >= 50, "node 4 did not receive a snapshot: {s4:?}");
+    let status = g.client(Duration::from_secs(5))?.status().await?;
+    assert_eq!(status.members.len(), 4);
+    assert!(status.members.iter().any(|m| m.id == 4 && m.role == Role::Follower as i32 && m.datacenter == "dc4"));
+
+    // Remove a follower that is not the leader.
+    let (leader, _) = g.wait_leader(&[], Duration::from_secs(5)).await?;
+    let victim = (1..=3).find(|i| *i != leader).unwrap_or(1);
+    let out = std::process::Command::new(bin("primusctl")?)
+        .args(["--endpoints", &g.endpoints(), "members", "remove", &victim.to_string()])
+        .output()?;
+    assert!(out.status.success(), "members remove failed: {}", String::from_utf8_lossy(&out.stderr));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await?;
+
+    let status = g.client_for(&[leader], Duration::from_secs(5))?.status().await?;
+    assert_eq!(status.members.len(), 3, "{status:?}");
+    assert!(!status.members.iter().any(|m| m.id == victim));
+    let during = during.lock().unwrap().clone();
+    println!(
+        "writes during membership changes: {} committed, {} failed",
+        during.len(),
+        failures.load(Ordering::Relaxed)
+    );
+    assert!(during.len() >= 10, "writes did not keep committing during membership changes");
+    let all: BTreeSet<String> = acked.union(&during).cloned().collect();
+    for id in [leader, 4] {
+        wait_has_all(&g, id, &all, Duration::from_secs(10)).await?;
+    }
+    // The group still commits without the removed node.
+    g.kill9(victim)?;
+    register(&g.client_for(&[leader, 4], Duration::from_secs(5))?, "after-remove").await?;
+    Ok(())
+}
