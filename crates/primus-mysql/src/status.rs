@@ -67,7 +67,8 @@ pub enum StatusError {
 pub enum IoThreadState {
     /// Connected to the source and receiving.
     Yes,
-    /// Started, but not (yet, or any more) connected to the source.
+    /// Started, but not (yet, or any more) connected to the source. MariaDB's transient
+    /// `Preparing` is reported as this too.
     Connecting,
     /// Stopped.
     No,
@@ -260,9 +261,16 @@ impl ReplicaStatus {
         let io_s = required(row, "Replica_IO_Running", IO_RUNNING)?;
         let io_running = match io_s.trim().to_ascii_lowercase().as_str() {
             "yes" => IoThreadState::Yes,
-            "connecting" => IoThreadState::Connecting,
+            // MariaDB shows "Preparing" briefly between connecting and reading events.
+            "connecting" | "preparing" => IoThreadState::Connecting,
             "no" => IoThreadState::No,
-            _ => return Err(bad("Replica_IO_Running", io_s, "expected Yes, No or Connecting")),
+            _ => {
+                return Err(bad(
+                    "Replica_IO_Running",
+                    io_s,
+                    "expected Yes, No, Connecting or Preparing",
+                ))
+            }
         };
         let sql_running = yes_no(
             "Replica_SQL_Running",
