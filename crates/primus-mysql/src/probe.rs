@@ -280,10 +280,21 @@ impl Observation {
 }
 
 /// The statements of one probe batch, per dialect; built once per connection.
+///
+/// No statement of a batch may fail in normal operation: when a statement of a multi-statement
+/// query fails, MariaDB ends the previous result without the "more results" flag and sends the
+/// error afterwards, so the driver stops reading and leaves the error on the wire, where the
+/// *next* query would find it. The heartbeat read (the only statement whose table may be missing)
+/// is therefore included only once the variables `SELECT` has seen the table exist; until then a
+/// separate `SELECT` runs the first time it appears.
 #[derive(Debug, Clone)]
 struct Batch {
+    /// Variables, replica status, replica hosts, heartbeat read.
     statements: [String; 4],
-    sql: String,
+    /// The first three statements.
+    sql_without_heartbeat: String,
+    /// All four statements.
+    sql_with_heartbeat: String,
 }
 
 const STAGES: [ProbeStage; 4] = [
@@ -293,7 +304,7 @@ const STAGES: [ProbeStage; 4] = [
     ProbeStage::Heartbeat,
 ];
 
-fn variables_sql(info: &ServerInfo) -> String {
+fn variables_sql(info: &ServerInfo, table: &HeartbeatTable) -> String {
     let var = |table: &str, name: &str| format!("(SELECT VARIABLE_VALUE FROM {table} WHERE VARIABLE_NAME = '{name}')");
     let vars = info.global_variables_table();
     let status = info.global_status_table();
@@ -322,6 +333,14 @@ fn variables_sql(info: &ServerInfo) -> String {
         (semi(status, |n| n.replica_status), "semi_replica_status"),
         (semi(status, |n| n.source_clients), "semi_source_clients"),
         (format!("({})", info.binlog_dump_count_sql()), "dump_threads"),
+        (
+            format!(
+                "(SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {})",
+                flavor::quote_string(table.database()),
+                flavor::quote_string(table.table())
+            ),
+            "heartbeat_table",
+        ),
     ];
     match info.flavor {
         Flavor::MariaDb => {
@@ -351,13 +370,16 @@ fn variables_sql(info: &ServerInfo) -> String {
 
 fn batch_for(info: &ServerInfo, table: &HeartbeatTable) -> Batch {
     let statements = [
-        variables_sql(info),
+        variables_sql(info, table),
         info.replica_status_sql().to_string(),
         info.replica_hosts_sql().to_string(),
         table.select_sql(),
     ];
-    let sql = statements.join("; ");
-    Batch { statements, sql }
+    Batch {
+        sql_without_heartbeat: statements[..3].join("; "),
+        sql_with_heartbeat: statements.join("; "),
+        statements,
+    }
 }
 
 /// Renders a driver value as the text the server sent (text protocol sends everything as bytes).
@@ -438,6 +460,8 @@ struct Variables {
     gtid: GtidState,
     semi_sync: SemiSyncStatus,
     binlog_dump_threads: u32,
+    /// The heartbeat table exists.
+    heartbeat_table: bool,
 }
 
 fn parse_variables(info: &ServerInfo, rows: &[StatusRow]) -> Result<Variables, ProbeError> {
@@ -493,6 +517,7 @@ fn parse_variables(info: &ServerInfo, rows: &[StatusRow]) -> Result<Variables, P
             source_clients: parse_num(S, "semi-sync source clients", t("semi_source_clients"))?,
         },
         binlog_dump_threads: parse_num(S, "binlog dump threads", t("dump_threads"))?.unwrap_or(0),
+        heartbeat_table: parse_num::<u64>(S, "heartbeat table count", t("heartbeat_table"))?.unwrap_or(0) > 0,
     })
 }
 
@@ -501,6 +526,10 @@ struct Session {
     conn: Conn,
     info: ServerInfo,
     batch: Batch,
+    /// The heartbeat table was seen to exist: read it within the batch.
+    heartbeat_in_batch: bool,
+    /// Something unread may be left on the wire: drop the connection after this operation.
+    poisoned: bool,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -654,7 +683,13 @@ impl Prober {
         })?;
         tracing::debug!(addr = %self.addr, server = %info, "connected");
         let batch = batch_for(&info, &self.config.heartbeat_table);
-        Ok(Session { conn, info, batch })
+        Ok(Session {
+            conn,
+            info,
+            batch,
+            heartbeat_in_batch: false,
+            poisoned: false,
+        })
     }
 
     /// Runs `op` on the session, connecting first if needed; drops the connection if the error
@@ -682,6 +717,10 @@ impl Prober {
                 }
             };
             let res = op(session, connect_us).await;
+            if session.poisoned {
+                tracing::debug!(addr = %self.addr, "dropping a connection with unread data");
+                *slot = None;
+            }
             match res {
                 Err(e) if e.poisons_connection() => {
                     *slot = None;
@@ -776,6 +815,21 @@ impl Prober {
     }
 }
 
+/// Reads the rows of one statement's result set (the next one of `result`).
+fn collect_rows(rows: &mut Vec<StatusRow>) -> impl FnMut(Row) + '_ {
+    move |row| rows.push(status_row(&row))
+}
+
+fn heartbeat_rows(rows: &[StatusRow]) -> Result<Vec<HeartbeatRow>, ProbeError> {
+    rows.iter()
+        .map(HeartbeatRow::from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| ProbeError::Unparseable {
+            stage: ProbeStage::Heartbeat,
+            message,
+        })
+}
+
 /// Runs the probe batch on an established session.
 async fn run_probe(
     session: &mut Session,
@@ -783,70 +837,131 @@ async fn run_probe(
     query_timeout: Duration,
     connect_us: Option<u64>,
 ) -> Result<Observation, ProbeError> {
-    let Session { conn, info, batch } = session;
+    let Session {
+        conn,
+        info,
+        batch,
+        heartbeat_in_batch,
+        poisoned,
+    } = session;
     let taken_at_ms = unix_ms();
     let started = Instant::now();
     let deadline = started + query_timeout;
+    let (sql, expected) = if *heartbeat_in_batch {
+        (batch.sql_with_heartbeat.as_str(), 4)
+    } else {
+        (batch.sql_without_heartbeat.as_str(), 3)
+    };
 
-    let mut result = bounded(
-        deadline,
-        started,
-        ProbeStage::Variables,
-        conn.query_iter(batch.sql.as_str()),
-    )
-    .await?
-    .map_err(|e| query_error(ProbeStage::Variables, &batch.statements[0], e))?;
+    // An error of the first statement arrives in place of its result: nothing else follows.
+    let mut result = bounded(deadline, started, ProbeStage::Variables, conn.query_iter(sql))
+        .await?
+        .map_err(|e| query_error(ProbeStage::Variables, &batch.statements[0], e))?;
 
-    // The driver reads the *next* statement's result header when it reaches the end of the
-    // current result set, so an error reported while reading set `i` belongs to statement `i+1`
-    // once set `i` is complete. SHOW statements produce all their rows up front; the variables
-    // SELECT produces exactly one row; so "complete" is decidable here.
-    let mut sets: Vec<Vec<StatusRow>> = Vec::with_capacity(4);
-    let mut heartbeat_error = None;
-    for (i, stage) in STAGES.iter().enumerate() {
+    let mut sets: Vec<Vec<StatusRow>> = Vec::with_capacity(expected);
+    // Statement that failed, with its error when the driver surfaced it.
+    let mut failure: Option<(usize, Option<mysql_async::Error>)> = None;
+    for (i, stage) in STAGES.iter().enumerate().take(expected) {
         let mut rows = Vec::new();
-        let read = bounded(
-            deadline,
-            started,
-            *stage,
-            result.for_each(|row| rows.push(status_row(&row))),
-        )
-        .await?;
-        let Err(e) = read else {
-            sets.push(rows);
-            continue;
-        };
-        let complete = match stage {
-            ProbeStage::Variables => rows.len() == 1,
-            ProbeStage::ReplicaStatus | ProbeStage::ReplicaHosts => true,
-            _ => false,
-        };
-        let failed = if complete && i + 1 < STAGES.len() { i + 1 } else { i };
-        if failed == i + 1 {
-            sets.push(rows);
-        }
-        if STAGES[failed] == ProbeStage::Heartbeat {
-            if let mysql_async::Error::Server(se) = &e {
-                if !matches!(se.code, ER_NO_SUCH_TABLE | ER_BAD_DB_ERROR) {
-                    heartbeat_error = Some(format!("error {}: {}", se.code, se.message));
+        let read = bounded(deadline, started, *stage, result.for_each(collect_rows(&mut rows))).await?;
+        match read {
+            Ok(()) => {
+                sets.push(rows);
+                if i + 1 < expected && result.is_empty() {
+                    // The server ended the batch early: statement i+1 failed (see [`Batch`]).
+                    failure = Some((i + 1, None));
+                    break;
                 }
-                // The heartbeat read is last in the batch: nothing else is pending.
-                sets.push(Vec::new());
+            }
+            Err(e) => {
+                // The driver reads the next statement's result header when it reaches the end
+                // of the current set, so an error met while reading set i belongs to statement
+                // i+1 once set i is complete. SHOW statements produce all their rows up front and
+                // the variables SELECT exactly one row, so "complete" is decidable here.
+                let complete = match stage {
+                    ProbeStage::Variables => rows.len() == 1,
+                    ProbeStage::ReplicaStatus | ProbeStage::ReplicaHosts => true,
+                    _ => false,
+                };
+                let failed = if complete && i + 1 < expected { i + 1 } else { i };
+                if failed == i + 1 {
+                    sets.push(rows);
+                }
+                failure = Some((failed, Some(e)));
                 break;
             }
         }
-        return Err(query_error(STAGES[failed], &batch.statements[failed], e));
     }
-    let latency_us = micros(started.elapsed());
     drop(result);
+    let mut latency_us = micros(started.elapsed());
 
-    let [vars_rows, status_rows, hosts_rows, hb_rows] =
-        <[Vec<StatusRow>; 4]>::try_from(sets).map_err(|s| ProbeError::Unparseable {
+    let mut heartbeat_error = None;
+    let mut heartbeat_rows_read: Option<Vec<StatusRow>> = None;
+    if let Some((failed, err)) = failure {
+        let stage = STAGES[failed];
+        let err = match err {
+            Some(e) => e,
+            None => {
+                // The error is still on the wire: the next command's answer is that error, and
+                // the command's own answer then stays unread, so the connection is dropped after.
+                *poisoned = true;
+                match bounded(deadline, started, stage, conn.query_drop("DO 0")).await? {
+                    Err(e) => e,
+                    Ok(()) => {
+                        return Err(ProbeError::Unparseable {
+                            stage,
+                            message: "the server ended the probe batch early without an error".into(),
+                        })
+                    }
+                }
+            }
+        };
+        match (&err, stage) {
+            (mysql_async::Error::Server(se), ProbeStage::Heartbeat) => {
+                if matches!(se.code, ER_NO_SUCH_TABLE | ER_BAD_DB_ERROR) {
+                    *heartbeat_in_batch = false;
+                } else {
+                    heartbeat_error = Some(format!("error {}: {}", se.code, se.message));
+                }
+                heartbeat_rows_read = Some(Vec::new());
+            }
+            _ => return Err(query_error(stage, &batch.statements[failed], err)),
+        }
+    } else if expected == 4 {
+        heartbeat_rows_read = sets.pop();
+    }
+
+    let [vars_rows, status_rows, hosts_rows] =
+        <[Vec<StatusRow>; 3]>::try_from(sets).map_err(|s| ProbeError::Unparseable {
             stage: ProbeStage::Variables,
-            message: format!("expected 4 result sets, got {}", s.len()),
+            message: format!("expected 3 result sets, got {}", s.len()),
         })?;
-
     let v = parse_variables(info, &vars_rows)?;
+
+    if heartbeat_rows_read.is_none() && v.heartbeat_table {
+        // The table appeared since the batch was chosen: read it once on its own (a lone
+        // statement's error arrives in place of its result, so a failure here is clean), and
+        // include it in the batch from now on.
+        let sql = batch.statements[3].as_str();
+        let read = async {
+            let mut r = conn.query_iter(sql).await?;
+            let mut rows = Vec::new();
+            r.for_each(collect_rows(&mut rows)).await?;
+            Ok::<_, mysql_async::Error>(rows)
+        };
+        match bounded(deadline, started, ProbeStage::Heartbeat, read).await? {
+            Ok(rows) => {
+                *heartbeat_in_batch = true;
+                heartbeat_rows_read = Some(rows);
+            }
+            Err(mysql_async::Error::Server(se)) if matches!(se.code, ER_NO_SUCH_TABLE | ER_BAD_DB_ERROR) => {}
+            Err(mysql_async::Error::Server(se)) => heartbeat_error = Some(format!("error {}: {}", se.code, se.message)),
+            Err(e) => return Err(query_error(ProbeStage::Heartbeat, sql, e)),
+        }
+        latency_us = micros(started.elapsed());
+    }
+    let heartbeat = heartbeat_rows(&heartbeat_rows_read.unwrap_or_default())?;
+
     let replication = status_rows
         .iter()
         .map(ReplicaStatus::from_row)
@@ -862,14 +977,6 @@ async fn run_probe(
         .map_err(|e| ProbeError::Unparseable {
             stage: ProbeStage::ReplicaHosts,
             message: e.to_string(),
-        })?;
-    let heartbeat = hb_rows
-        .iter()
-        .map(HeartbeatRow::from_row)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|message| ProbeError::Unparseable {
-            stage: ProbeStage::Heartbeat,
-            message,
         })?;
 
     Ok(Observation {
@@ -926,7 +1033,11 @@ mod tests {
         assert!(maria.statements[0].contains("'rpl_semi_sync_master_enabled'"));
         assert!(!maria.statements[0].contains("super_read_only"));
         assert!(!maria.statements[0].contains("COALESCE"));
-        assert_eq!(maria.sql.matches("; ").count(), 3);
+        assert_eq!(maria.sql_with_heartbeat.matches("; ").count(), 3);
+        assert_eq!(maria.sql_without_heartbeat.matches("; ").count(), 2);
+        assert!(maria.statements[0].contains(
+            "(SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'primus' AND TABLE_NAME = 'heartbeat') AS heartbeat_table"
+        ));
 
         let my80 = batch_for(&info("8.0.36"), &t);
         assert!(my80.statements[0].contains("COALESCE((SELECT VARIABLE_VALUE FROM performance_schema.global_variables WHERE VARIABLE_NAME = 'rpl_semi_sync_source_enabled'), (SELECT VARIABLE_VALUE FROM performance_schema.global_variables WHERE VARIABLE_NAME = 'rpl_semi_sync_master_enabled'))"));
