@@ -9,7 +9,7 @@
 //!
 //! Writes are fenced by `epoch`: a row holding a newer epoch is never overwritten by an older
 //! one, so a deposed coordinator that still reaches the old primary cannot make its heartbeats
-//! look current. [`write`] reports whether the row was changed.
+//! look current. [`write()`] reports whether the row was changed.
 
 use crate::flavor::{quote_ident, quote_string};
 use crate::status::StatusRow;

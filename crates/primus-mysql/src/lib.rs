@@ -22,5 +22,5 @@ pub mod status;
 pub use flavor::{Flavor, ServerInfo, Version};
 pub use gtid::{AnyGtidSet, GtidOrdering, GtidSetOps, MariaGtidSet, MySqlGtidSet};
 pub use heartbeat::{HeartbeatRow, HeartbeatTable};
-pub use probe::{Observation, ProbeConfig, ProbeError, ProbeStage, Prober, Secret};
+pub use probe::{GtidState, Observation, ProbeConfig, ProbeCost, ProbeError, ProbeStage, Prober, Secret};
 pub use status::{ConnectedReplica, IoThreadState, ReplicaStatus, StatusRow};

@@ -9,7 +9,10 @@
 //! * after the connection is set up (handshake, plus one `SELECT @@version, @@version_comment`
 //!   to learn the dialect), a probe is **one round trip**: a multi-statement batch of the
 //!   variables `SELECT` (with scalar subqueries for semi-sync state, uptime and the binlog dump
-//!   thread count), the replication status, the registered replicas and the heartbeat rows;
+//!   thread count and whether the heartbeat table exists), the replication status, the
+//!   registered replicas and the heartbeat rows (one extra round trip, once per connection, when
+//!   the heartbeat table first appears; see `Batch` for why a batch must never contain a
+//!   statement that can fail);
 //! * every await is bounded: the connection by `connect_timeout`, the flavor query and the batch
 //!   by `query_timeout` (one deadline for the whole batch, not per result set);
 //! * a connection that timed out or broke is dropped, and the next probe reconnects; a reused
@@ -17,6 +20,8 @@
 //! * errors are typed ([`ProbeError`]) so the diagnosis can tell "refused" from "hangs" from
 //!   "rejects our credentials";
 //! * the password lives in a [`Secret`], which never prints.
+//!
+//! [`Prober::measure_cost`] summarises probe latency for sizing probe intervals.
 //!
 //! A missing heartbeat table is not an error (empty `heartbeat`); other heartbeat read errors
 //! are reported in `heartbeat_error` without failing the probe, since the rest of the
@@ -277,6 +282,18 @@ impl Observation {
     pub fn heartbeat_of(&self, cluster: &str) -> Option<&HeartbeatRow> {
         self.heartbeat.iter().find(|h| h.cluster == cluster)
     }
+}
+
+/// Result of [`Prober::measure_cost`]: wall-clock latency of whole probes, microseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeCost {
+    pub probes: usize,
+    /// Connection set-up of the first probe, if it had to connect.
+    pub connect_us: Option<u64>,
+    pub min_us: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
 }
 
 /// The statements of one probe batch, per dialect; built once per connection.
@@ -741,6 +758,28 @@ impl Prober {
         let addr = self.addr.clone();
         self.with_session(move |s, connect_us| Box::pin(run_probe(s, addr.clone(), query_timeout, connect_us)))
             .await
+    }
+
+    /// Measures what probing costs: one probe to (re)connect, then `n` probes over the same
+    /// connection, summarised. For sizing probe intervals and spotting slow instances.
+    pub async fn measure_cost(&self, n: usize) -> Result<ProbeCost, ProbeError> {
+        let first = self.probe().await?;
+        let mut lat: Vec<u64> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            self.probe().await?;
+            lat.push(micros(t.elapsed()));
+        }
+        lat.sort_unstable();
+        let pct = |p: usize| lat.get((lat.len().saturating_sub(1)) * p / 100).copied().unwrap_or(0);
+        Ok(ProbeCost {
+            probes: n,
+            connect_us: first.connect_us,
+            min_us: lat.first().copied().unwrap_or(0),
+            p50_us: pct(50),
+            p99_us: pct(99),
+            max_us: lat.last().copied().unwrap_or(0),
+        })
     }
 
     /// Flavor and version of the instance (connecting if needed).

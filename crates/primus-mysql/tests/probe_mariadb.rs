@@ -130,6 +130,11 @@ async fn probes_report_roles_ids_positions_and_heartbeats() -> Result<()> {
     assert!(json.contains(&format!("\"current_pos\":\"{primary_pos}\"")), "{json}");
     assert_eq!(serde_json::from_str::<Observation>(&json)?, p);
 
+    // What a probe costs on loopback (printed for the record; the bound is loose on purpose).
+    let cost = prober(&sb.replicas()[0]).measure_cost(50).await?;
+    eprintln!("probe cost on a replica: {cost:?}");
+    assert!(cost.connect_us.is_some() && cost.p50_us < 50_000, "{cost:?}");
+
     let again = pp.probe().await?;
     assert_eq!(again.connect_us, None, "the connection is reused");
     assert!(again.taken_at_ms >= p.taken_at_ms);
