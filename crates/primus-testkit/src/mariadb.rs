@@ -564,22 +564,54 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// `/dev/shm` (tmpfs: copying the template and booting InnoDB are 3-10x faster than on
 /// a disk, and nothing here needs to survive a reboot), else the system temp dir.
 fn sandbox_tempdir() -> Result<tempfile::TempDir> {
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("primus-mariadb-");
-    if let Some(dir) = std::env::var_os("PRIMUS_TESTKIT_TMPDIR") {
-        let dir = PathBuf::from(dir);
-        return builder
-            .tempdir_in(&dir)
-            .with_context(|| format!("creating a sandbox dir in {}", dir.display()));
-    }
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        match builder.tempdir_in(shm) {
-            Ok(t) => return Ok(t),
-            Err(e) => debug!("cannot use /dev/shm for sandboxes ({e}); using the temp dir"),
+    let parent = match std::env::var_os("PRIMUS_TESTKIT_TMPDIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let shm = Path::new("/dev/shm");
+            if shm.is_dir() && tempfile::tempdir_in(shm).is_ok() {
+                shm.to_path_buf()
+            } else {
+                std::env::temp_dir()
+            }
+        }
+    };
+    remove_abandoned_sandboxes(&parent);
+    let dir = tempfile::Builder::new()
+        .prefix(SANDBOX_DIR_PREFIX)
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a sandbox dir in {}", parent.display()))?;
+    let owner = dir.path().join(OWNER_FILE);
+    fs::write(&owner, std::process::id().to_string()).with_context(|| format!("writing {}", owner.display()))?;
+    Ok(dir)
+}
+
+const SANDBOX_DIR_PREFIX: &str = "primus-mariadb-";
+/// PID of the process a temporary sandbox directory belongs to.
+const OWNER_FILE: &str = "owner.pid";
+
+/// Removes temporary sandbox directories whose owning process is gone (it was killed
+/// before it could clean up; its servers died with it through PDEATHSIG). Directories
+/// without an owner file (kept with [`Sandbox::keep`]) and those still used by a live
+/// `mariadbd` are left alone.
+fn remove_abandoned_sandboxes(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(SANDBOX_DIR_PREFIX) {
+            continue;
+        }
+        let dir = entry.path();
+        let Ok(owner) = fs::read_to_string(dir.join(OWNER_FILE)) else {
+            continue;
+        };
+        let Ok(pid) = owner.trim().parse::<u32>() else { continue };
+        if Path::new(&format!("/proc/{pid}")).exists() || !mariadbd_pids_under(&dir).is_empty() {
+            continue;
+        }
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => info!(dir = %dir.display(), pid, "removed sandbox dir of a dead process"),
+            Err(e) => debug!("removing abandoned sandbox dir {}: {e}", dir.display()),
         }
     }
-    builder.tempdir().context("creating sandbox temp dir")
 }
 
 fn cache_root() -> PathBuf {
@@ -1658,6 +1690,8 @@ impl Sandbox {
     pub fn keep(mut self) -> PathBuf {
         self.keep = true;
         if let Some(t) = self.tempdir.take() {
+            // Without an owner file it is not swept up as abandoned later.
+            let _ = fs::remove_file(t.path().join(OWNER_FILE));
             let _ = t.keep();
         }
         self.base_dir.clone()
