@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 /// Register `name` through `client`; Ok(true) when acknowledged.
 pub async fn register(client: &Client, name: &str) -> anyhow::Result<u64> {
-    let r = client.register_cluster(name, &["127.0.0.1:3306".to_string()], ClusterSettings::default()).await?;
+    let r = client
+        .register_cluster(name, &["127.0.0.1:3306".to_string()], ClusterSettings::default())
+        .await?;
     Ok(r.log_index)
 }
 

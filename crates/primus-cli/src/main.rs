@@ -48,6 +48,15 @@ enum Cmd {
     /// Register, list and remove MySQL/MariaDB clusters.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Show a cluster's replication topology as a tree: the primary, replicas under
+    /// their source, with lag, heartbeat delay, GTID position, read_only, and flags
+    /// such as `not replicating`, `errant GTID`, `unreachable from 2/3 coordinators`.
+    Topology {
+        name: String,
+        /// Answer from the contacted node's own probes without asking the leader.
+        #[arg(long)]
+        stale: bool,
+    },
     /// Show the audit trail: every command the group applied, who asked, and the outcome.
     Audit {
         /// How many of the most recent records to show.
@@ -96,8 +105,13 @@ enum ClusterCmd {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map(|i| s.split_at(i)).unwrap_or((s, "s"));
-    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?} (use e.g. 10s, 500ms, 2m)"))?;
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (use e.g. 10s, 500ms, 2m)"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" | "" => n,
@@ -130,7 +144,11 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
+            .collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_uppercase()).collect());
@@ -144,8 +162,11 @@ fn opt(v: Option<u64>) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let opts = ClientOptions { timeout: cli.timeout, ..Default::default() };
-    let client = Client::new(&[cli.endpoints.clone()], opts)?;
+    let opts = ClientOptions {
+        timeout: cli.timeout,
+        ..Default::default()
+    };
+    let client = Client::new(std::slice::from_ref(&cli.endpoints), opts)?;
     let json_out = cli.output == Output::Json;
     let print_json = |v: Value| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     match cli.cmd {
@@ -194,7 +215,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Members(MembersCmd::Add { id, addr, datacenter }) => {
             if !json_out {
-                eprintln!("adding node {id} at {addr} as a learner; waiting for it to catch up, then promoting it to voter…");
+                eprintln!(
+                    "adding node {id} at {addr} as a learner; waiting for it to catch up, then promoting it to voter…"
+                );
             }
             let r = client.add_member(id, &addr, &datacenter).await?;
             if json_out {
@@ -211,8 +234,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("node {id} removed (log index {})", r.log_index);
             }
         }
-        Cmd::Cluster(ClusterCmd::Add { name, seeds, automatic_failover }) => {
-            let r = client.register_cluster(&name, &seeds, ClusterSettings { automatic_failover }).await?;
+        Cmd::Cluster(ClusterCmd::Add {
+            name,
+            seeds,
+            automatic_failover,
+        }) => {
+            let r = client
+                .register_cluster(&name, &seeds, ClusterSettings { automatic_failover })
+                .await?;
             if json_out {
                 print_json(json!({"cluster": name, "seeds": seeds, "log_index": r.log_index}));
             } else {
@@ -220,7 +249,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Cluster(ClusterCmd::List { stale }) => {
-            let c = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
+            let c = if stale {
+                ReadConsistency::Stale
+            } else {
+                ReadConsistency::Linearizable
+            };
             let r = client.list_clusters(c).await?;
             if json_out {
                 let clusters: Vec<Value> = r
@@ -239,7 +272,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let rows = r
                     .clusters
                     .iter()
-                    .map(|c| vec![c.name.clone(), c.seeds.join(","), c.registered_at_index.to_string(), c.registered_by.clone()])
+                    .map(|c| {
+                        vec![
+                            c.name.clone(),
+                            c.seeds.join(","),
+                            c.registered_at_index.to_string(),
+                            c.registered_by.clone(),
+                        ]
+                    })
                     .collect();
                 table(&["name", "seeds", "registered_at_index", "registered_by"], rows);
             }
@@ -250,6 +290,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_json(json!({"removed": name, "log_index": r.log_index}));
             } else {
                 println!("cluster {name} unregistered (log index {})", r.log_index);
+            }
+        }
+        Cmd::Topology { name, stale } => {
+            let c = if stale {
+                ReadConsistency::Stale
+            } else {
+                ReadConsistency::Linearizable
+            };
+            let t = client.topology(&name, c).await?;
+            if json_out {
+                print_json(topology_json(&t));
+            } else {
+                print_topology(&t);
             }
         }
         Cmd::Audit { limit } => {
@@ -269,7 +322,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .records
                     .iter()
                     .map(|a| {
-                        vec![a.index.to_string(), a.term.to_string(), a.actor.clone(), a.summary.clone(), a.outcome.clone()]
+                        vec![
+                            a.index.to_string(),
+                            a.term.to_string(),
+                            a.actor.clone(),
+                            a.summary.clone(),
+                            a.outcome.clone(),
+                        ]
                     })
                     .collect();
                 table(&["index", "term", "actor", "command", "outcome"], rows);
@@ -279,13 +338,129 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn topology_json(t: &primus_client::GetTopologyResponse) -> Value {
+    let instances: Vec<Value> = t
+        .instances
+        .iter()
+        .map(|i| {
+            let seen_by: serde_json::Map<String, Value> = i
+                .seen_by
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::Bool(*v)))
+                .collect();
+            json!({
+                "addr": i.addr, "role": i.role, "source": i.source, "server_id": i.server_id,
+                "flavor": i.flavor, "version": i.version, "read_only": i.read_only,
+                "gtid_executed": i.gtid_executed, "io_running": i.io_running, "sql_running": i.sql_running,
+                "seconds_behind": i.seconds_behind, "heartbeat_delay_ms": i.heartbeat_delay_ms,
+                "reachable": i.reachable, "seen_by": seen_by, "flags": i.flags,
+                "last_error": i.last_error, "last_io_error": i.last_io_error, "last_sql_error": i.last_sql_error,
+                "observed_at_ms": i.observed_at_ms, "probe_latency_us": i.probe_latency_us,
+            })
+        })
+        .collect();
+    json!({
+        "cluster": t.cluster, "epoch": t.epoch,
+        "primary": if t.primary.is_empty() { Value::Null } else { Value::String(t.primary.clone()) },
+        "topology_index": t.topology_index, "served_by": t.served_by, "instances": instances,
+    })
+}
+
+/// orchestrator-style tree: each instance under its source.
+fn print_topology(t: &primus_client::GetTopologyResponse) {
+    println!(
+        "cluster {}   epoch {}   primary {}",
+        t.cluster,
+        t.epoch,
+        if t.primary.is_empty() { "none" } else { &t.primary }
+    );
+    let by_addr: std::collections::BTreeMap<&str, &primus_client::InstanceView> =
+        t.instances.iter().map(|i| (i.addr.as_str(), i)).collect();
+    let children = |src: Option<&str>| -> Vec<&primus_client::InstanceView> {
+        let mut v: Vec<_> = t
+            .instances
+            .iter()
+            .filter(|i| match src {
+                None => i.source.as_deref().map(|s| !by_addr.contains_key(s)).unwrap_or(true),
+                Some(s) => i.source.as_deref() == Some(s),
+            })
+            .collect();
+        v.sort_by_key(|i| (i.role != "primary", i.addr.clone()));
+        v
+    };
+    fn line(i: &primus_client::InstanceView, depth: usize) {
+        let mut facts = vec![i.role.clone()];
+        if !i.version.is_empty() {
+            facts.push(format!("{} {}", i.flavor, i.version));
+        }
+        match i.read_only {
+            Some(true) => facts.push("ro".into()),
+            Some(false) => facts.push("rw".into()),
+            None => {}
+        }
+        if !i.reachable {
+            facts.push("UNREACHABLE".into());
+        }
+        if let Some(s) = i.seconds_behind {
+            facts.push(format!("lag {s}s"));
+        }
+        if let Some(h) = i.heartbeat_delay_ms {
+            facts.push(format!("hb {h}ms"));
+        }
+        if !i.gtid_executed.is_empty() {
+            facts.push(format!("gtid {}", i.gtid_executed));
+        }
+        let indent = if depth == 0 {
+            String::new()
+        } else {
+            format!("{}+ ", "  ".repeat(depth))
+        };
+        let flags = if i.flags.is_empty() {
+            String::new()
+        } else {
+            format!("  ! {}", i.flags.join("; "))
+        };
+        println!("{indent}{} [{}]{flags}", i.addr, facts.join(", "));
+    }
+    fn walk<'a>(
+        i: &'a primus_client::InstanceView,
+        depth: usize,
+        children: &dyn Fn(Option<&str>) -> Vec<&'a primus_client::InstanceView>,
+        seen: &mut std::collections::BTreeSet<String>,
+    ) {
+        if !seen.insert(i.addr.clone()) {
+            return;
+        }
+        line(i, depth);
+        for c in children(Some(&i.addr)) {
+            walk(c, depth + 1, children, seen);
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for root in children(None) {
+        walk(root, 0, &children, &mut seen);
+    }
+    for i in &t.instances {
+        if !seen.contains(&i.addr) {
+            line(i, 0);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.verbose {
-        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("debug,h2=info,tower=info,hyper=info").init();
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter("debug,h2=info,tower=info,hyper=info")
+            .init();
     }
     let json_out = cli.output == Output::Json;
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start runtime") {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start runtime")
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("primusctl: error: {e:#}");
@@ -303,4 +478,3 @@ fn main() -> ExitCode {
         }
     }
 }
-

@@ -25,7 +25,11 @@ pub enum ClientError {
     #[error("the group has no leader right now ({0}); a majority of coordinators may be down")]
     NoLeader(String),
     #[error("{endpoint}: {message}")]
-    Rpc { endpoint: String, code: Code, message: String },
+    Rpc {
+        endpoint: String,
+        code: Code,
+        message: String,
+    },
 }
 
 impl ClientError {
@@ -50,14 +54,20 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { timeout: Duration::from_secs(10), connect_timeout: Duration::from_millis(1000), actor: default_actor() }
+        ClientOptions {
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_millis(1000),
+            actor: default_actor(),
+        }
     }
 }
 
 /// `primus-client user@host`, for the audit trail.
 pub fn default_actor() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
     format!("{user}@{host}")
 }
 
@@ -70,27 +80,43 @@ pub struct Client {
 
 /// Whether a failed call certainly had no effect and another endpoint may be tried.
 fn retryable(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::Unknown) || (s.code() == Code::Cancelled && s.message().contains("connect"))
+    matches!(s.code(), Code::Unavailable | Code::Unknown)
+        || (s.code() == Code::Cancelled && s.message().contains("connect"))
 }
 
 impl Client {
     pub fn new(endpoints: &[String], opts: ClientOptions) -> Result<Client, ClientError> {
-        let endpoints: Vec<String> =
-            endpoints.iter().flat_map(|e| e.split(',')).map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .flat_map(|e| e.split(','))
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
         if endpoints.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
         let mut out = Vec::new();
         for e in endpoints {
-            let url = if e.contains("://") { e.clone() } else { format!("http://{e}") };
+            let url = if e.contains("://") {
+                e.clone()
+            } else {
+                format!("http://{e}")
+            };
             let ch = Endpoint::from_shared(url)
-                .map_err(|err| ClientError::BadEndpoint { endpoint: e.clone(), reason: err.to_string() })?
+                .map_err(|err| ClientError::BadEndpoint {
+                    endpoint: e.clone(),
+                    reason: err.to_string(),
+                })?
                 .connect_timeout(opts.connect_timeout)
                 .tcp_nodelay(true)
                 .connect_lazy();
             out.push((e, ch));
         }
-        Ok(Client { endpoints: out, preferred: AtomicUsize::new(0), opts })
+        Ok(Client {
+            endpoints: out,
+            preferred: AtomicUsize::new(0),
+            opts,
+        })
     }
 
     pub fn actor(&self) -> &str {
@@ -131,7 +157,11 @@ impl Client {
                         last_errors.push(format!("{name}: {}", short(s.message())));
                     }
                     Ok(Err(s)) => {
-                        return Err(ClientError::Rpc { endpoint: name.clone(), code: s.code(), message: s.message().to_string() })
+                        return Err(ClientError::Rpc {
+                            endpoint: name.clone(),
+                            code: s.code(),
+                            message: s.message().to_string(),
+                        })
                     }
                     Err(_) => last_errors.push(format!("{name}: timed out")),
                 }
@@ -142,7 +172,10 @@ impl Client {
                 let details = last_errors.iter().rev().take(n).cloned().collect::<Vec<_>>().join("; ");
                 return Err(match saw_no_leader {
                     Some(m) => ClientError::NoLeader(short(&m)),
-                    None => ClientError::Unreachable { timeout_ms: self.opts.timeout.as_millis(), details },
+                    None => ClientError::Unreachable {
+                        timeout_ms: self.opts.timeout.as_millis(),
+                        details,
+                    },
                 });
             }
             attempt += 1;
@@ -168,7 +201,7 @@ impl Client {
                 return Ok(s);
             }
             if s.leader_id.is_some() && !s.leader_addr.is_empty() {
-                let leader = Client::new(&[s.leader_addr.clone()], self.opts.clone())?;
+                let leader = Client::new(std::slice::from_ref(&s.leader_addr), self.opts.clone())?;
                 match leader.node_status().await {
                     Ok(ls) if ls.role == Role::Leader as i32 => return Ok(ls),
                     _ => {}
@@ -187,7 +220,11 @@ impl Client {
     }
 
     pub async fn add_member(&self, id: u64, addr: &str, datacenter: &str) -> Result<AddMemberResponse, ClientError> {
-        let r = AddMemberRequest { id, addr: addr.to_string(), datacenter: datacenter.to_string() };
+        let r = AddMemberRequest {
+            id,
+            addr: addr.to_string(),
+            datacenter: datacenter.to_string(),
+        };
         self.call(|mut c, t| {
             let r = r.clone();
             async move { c.add_member(req(r, t)).await.map(|r| r.into_inner()) }
@@ -197,9 +234,13 @@ impl Client {
     }
 
     pub async fn remove_member(&self, id: u64) -> Result<RemoveMemberResponse, ClientError> {
-        self.call(|mut c, t| async move { c.remove_member(req(RemoveMemberRequest { id }, t)).await.map(|r| r.into_inner()) })
-            .await
-            .map(|(_, v)| v)
+        self.call(|mut c, t| async move {
+            c.remove_member(req(RemoveMemberRequest { id }, t))
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+        .map(|(_, v)| v)
     }
 
     pub async fn register_cluster(
@@ -223,7 +264,10 @@ impl Client {
     }
 
     pub async fn unregister_cluster(&self, name: &str) -> Result<UnregisterClusterResponse, ClientError> {
-        let r = UnregisterClusterRequest { name: name.to_string(), actor: self.opts.actor.clone() };
+        let r = UnregisterClusterRequest {
+            name: name.to_string(),
+            actor: self.opts.actor.clone(),
+        };
         self.call(|mut c, t| {
             let r = r.clone();
             async move { c.unregister_cluster(req(r, t)).await.map(|r| r.into_inner()) }
@@ -233,13 +277,39 @@ impl Client {
     }
 
     pub async fn list_clusters(&self, consistency: ReadConsistency) -> Result<ListClustersResponse, ClientError> {
-        let r = ListClustersRequest { consistency: consistency as i32 };
-        self.call(|mut c, t| async move { c.list_clusters(req(r, t)).await.map(|r| r.into_inner()) }).await.map(|(_, v)| v)
+        let r = ListClustersRequest {
+            consistency: consistency as i32,
+        };
+        self.call(|mut c, t| async move { c.list_clusters(req(r, t)).await.map(|r| r.into_inner()) })
+            .await
+            .map(|(_, v)| v)
+    }
+
+    pub async fn topology(
+        &self,
+        cluster: &str,
+        consistency: ReadConsistency,
+    ) -> Result<GetTopologyResponse, ClientError> {
+        let r = GetTopologyRequest {
+            cluster: cluster.to_string(),
+            consistency: consistency as i32,
+        };
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.get_topology(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
     }
 
     pub async fn audit(&self, limit: u32, consistency: ReadConsistency) -> Result<AuditResponse, ClientError> {
-        let r = AuditRequest { limit, consistency: consistency as i32 };
-        self.call(|mut c, t| async move { c.audit(req(r, t)).await.map(|r| r.into_inner()) }).await.map(|(_, v)| v)
+        let r = AuditRequest {
+            limit,
+            consistency: consistency as i32,
+        };
+        self.call(|mut c, t| async move { c.audit(req(r, t)).await.map(|r| r.into_inner()) })
+            .await
+            .map(|(_, v)| v)
     }
 }
 

@@ -18,7 +18,10 @@ pub struct Faults {
 
 impl Faults {
     pub fn new(enabled: bool) -> Self {
-        Faults { enabled, dropped: RwLock::new(BTreeSet::new()) }
+        Faults {
+            enabled,
+            dropped: RwLock::new(BTreeSet::new()),
+        }
     }
 
     /// Whether this process accepts fault-injection commands.
@@ -42,6 +45,9 @@ impl Faults {
     }
 
     pub fn dropped(&self) -> Vec<NodeId> {
-        self.dropped.read().map(|d| d.iter().copied().collect()).unwrap_or_default()
+        self.dropped
+            .read()
+            .map(|d| d.iter().copied().collect())
+            .unwrap_or_default()
     }
 }

@@ -16,4 +16,4 @@ pub mod service;
 
 pub use faults::Faults;
 pub use network::{NetworkConfig, PeerNetwork};
-pub use service::RaftService;
+pub use service::{ObservationSink, RaftService};

@@ -51,7 +51,12 @@ pub struct PeerNetwork {
 
 impl PeerNetwork {
     pub fn new(me: NodeId, cfg: NetworkConfig, faults: Arc<Faults>) -> Self {
-        PeerNetwork { me, cfg, faults, channels: Arc::new(Mutex::new(HashMap::new())) }
+        PeerNetwork {
+            me,
+            cfg,
+            faults,
+            channels: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     /// The reused channel to `target` at `addr` (re-created if the address changed).
@@ -79,7 +84,9 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConnection {
         let client = self.channel(target, &node.addr).map(|ch| {
-            RaftClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+            RaftClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
         });
         PeerConnection {
             me: self.me,
@@ -115,8 +122,14 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let timeout_err =
-            || RPCError::Timeout(Timeout { action: kind, id: self.me, target: self.target, timeout: ttl });
+        let timeout_err = || {
+            RPCError::Timeout(Timeout {
+                action: kind,
+                id: self.me,
+                target: self.target,
+                timeout: ttl,
+            })
+        };
         if self.faults.is_dropped(self.target) {
             // A silent partition: nothing comes back until the caller gives up.
             tokio::time::sleep(ttl).await;
@@ -127,7 +140,11 @@ impl PeerConnection {
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(e.clone())))),
         };
         let payload = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let request = RaftRequest { from: self.me, to: self.target, payload };
+        let request = RaftRequest {
+            from: self.me,
+            to: self.target,
+            payload,
+        };
         let fut = async move {
             let mut client = client;
             match kind {
@@ -142,12 +159,18 @@ impl PeerConnection {
             Ok(Ok(r)) => r.into_inner(),
         };
         let decoded: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply.payload).map_err(|e| {
-            RPCError::Network(NetworkError::new(&Msg(format!("undecodable reply from node {}: {e}", self.target))))
+            RPCError::Network(NetworkError::new(&Msg(format!(
+                "undecodable reply from node {}: {e}",
+                self.target
+            ))))
         })?;
         decoded.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
-                Member { addr: self.addr.clone(), datacenter: String::new() },
+                Member {
+                    addr: self.addr.clone(),
+                    datacenter: String::new(),
+                },
                 e,
             ))
         })
@@ -158,7 +181,13 @@ impl PeerConnection {
         status: tonic::Status,
         timeout_err: impl FnOnce() -> RpcErr<E>,
     ) -> RpcErr<E> {
-        let msg = Msg(format!("node {} at {}: {}: {}", self.target, self.addr, status.code(), status.message()));
+        let msg = Msg(format!(
+            "node {} at {}: {}: {}",
+            self.target,
+            self.addr,
+            status.code(),
+            status.message()
+        ));
         match status.code() {
             // Connection refused, peer down, or it refused us (fault injection): back off.
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&msg)),

@@ -2,22 +2,30 @@
 
 use crate::faults::Faults;
 use primus_proto::raft::raft_server::Raft as RaftRpc;
-use primus_proto::raft::{FaultReply, FaultRequest, RaftReply, RaftRequest};
+use primus_proto::raft::{FaultReply, FaultRequest, ObservationAck, ObservationReport, RaftReply, RaftRequest};
 use primus_types::{NodeId, Raft};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+/// Receives followers' observation reports (implemented by the server's monitor).
+pub trait ObservationSink: Send + Sync + 'static {
+    /// `Ok(true)` when accepted, `Ok(false)` when ignored (not leader, old term),
+    /// `Err` for an undecodable report.
+    fn accept(&self, from: NodeId, term: u64, payload: &[u8]) -> Result<bool, String>;
+}
+
 pub struct RaftService {
     me: NodeId,
     raft: Raft,
     faults: Arc<Faults>,
+    sink: Option<Arc<dyn ObservationSink>>,
 }
 
 impl RaftService {
-    pub fn new(me: NodeId, raft: Raft, faults: Arc<Faults>) -> Self {
-        RaftService { me, raft, faults }
+    pub fn new(me: NodeId, raft: Raft, faults: Arc<Faults>, sink: Option<Arc<dyn ObservationSink>>) -> Self {
+        RaftService { me, raft, faults, sink }
     }
 
     /// Checks the envelope and decodes the openraft request inside it.
@@ -30,7 +38,10 @@ impl RaftService {
             )));
         }
         if self.faults.is_dropped(req.from) {
-            return Err(Status::unavailable(format!("fault injection: traffic from node {} dropped", req.from)));
+            return Err(Status::unavailable(format!(
+                "fault injection: traffic from node {} dropped",
+                req.from
+            )));
         }
         serde_json::from_slice(&req.payload).map_err(|e| {
             tracing::warn!(from = req.from, error = %e, "undecodable {what} payload");
@@ -62,6 +73,26 @@ impl RaftRpc for RaftService {
         reply(&self.raft.install_snapshot(rpc).await)
     }
 
+    async fn report_observations(&self, req: Request<ObservationReport>) -> Result<Response<ObservationAck>, Status> {
+        let r = req.into_inner();
+        if self.faults.is_dropped(r.from) {
+            return Err(Status::unavailable(format!(
+                "fault injection: traffic from node {} dropped",
+                r.from
+            )));
+        }
+        let Some(sink) = &self.sink else {
+            return Ok(Response::new(ObservationAck { accepted: false }));
+        };
+        match sink.accept(r.from, r.term, &r.payload) {
+            Ok(accepted) => Ok(Response::new(ObservationAck { accepted })),
+            Err(e) => {
+                tracing::warn!(from = r.from, error = %e, "undecodable observation report");
+                Err(Status::invalid_argument(e))
+            }
+        }
+    }
+
     async fn set_faults(&self, req: Request<FaultRequest>) -> Result<Response<FaultReply>, Status> {
         let req = req.into_inner();
         if !self.faults.set_dropped(req.drop_peers) {
@@ -69,6 +100,8 @@ impl RaftRpc for RaftService {
                 "fault injection is disabled (start primusd with PRIMUS_FAULT_INJECTION=1 to enable it in tests)",
             ));
         }
-        Ok(Response::new(FaultReply { drop_peers: self.faults.dropped() }))
+        Ok(Response::new(FaultReply {
+            drop_peers: self.faults.dropped(),
+        }))
     }
 }

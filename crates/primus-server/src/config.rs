@@ -16,9 +16,17 @@ pub enum ConfigError {
     #[error("config error: cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config error: {path}{location}: {message}")]
-    Parse { path: PathBuf, location: String, message: String },
+    Parse {
+        path: PathBuf,
+        location: String,
+        message: String,
+    },
     #[error("config error: {path}: key `{key}`: {message}")]
-    Invalid { path: PathBuf, key: String, message: String },
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +49,110 @@ pub struct Config {
     /// The group's founding members; used only when `data_dir` is empty.
     #[serde(default)]
     pub initial_members: Vec<InitialMember>,
+    /// How to reach and probe MySQL/MariaDB. Without it, this node probes nothing.
+    #[serde(default)]
+    pub mysql: Option<MysqlSection>,
+}
+
+/// `[mysql]`: credentials and timing of probes. Passwords come from a file or an
+/// environment variable, never from this file or a command line, and are never logged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlSection {
+    pub user: String,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub replication_user: Option<String>,
+    #[serde(default)]
+    pub replication_password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub replication_password_env: Option<String>,
+    #[serde(default = "d_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "d_query_timeout")]
+    pub query_timeout_ms: u64,
+    #[serde(default = "d_probe_interval")]
+    pub probe_interval_ms: u64,
+    #[serde(default = "d_heartbeat_interval")]
+    pub heartbeat_interval_ms: u64,
+    #[serde(default = "d_heartbeat_table")]
+    pub heartbeat_table: String,
+    /// How long discovery may take in total when a cluster is added.
+    #[serde(default = "d_discovery_timeout")]
+    pub discovery_timeout_ms: u64,
+    /// Connect to an instance through another address (NAT, a proxy, test link
+    /// proxies): `"db1:3306" = "10.0.0.5:6033"`. Instances are still named by the
+    /// address their replicas use.
+    #[serde(default)]
+    pub connect_via: BTreeMap<String, String>,
+}
+
+fn d_connect_timeout() -> u64 {
+    1000
+}
+fn d_query_timeout() -> u64 {
+    1000
+}
+fn d_probe_interval() -> u64 {
+    1000
+}
+fn d_heartbeat_interval() -> u64 {
+    500
+}
+fn d_heartbeat_table() -> String {
+    "primus.heartbeat".into()
+}
+fn d_discovery_timeout() -> u64 {
+    10_000
+}
+
+impl MysqlSection {
+    fn secret(file: &Option<PathBuf>, env: &Option<String>, what: &str) -> Result<Option<String>, String> {
+        match (file, env) {
+            (Some(_), Some(_)) => Err(format!("set only one of {what}_file and {what}_env")),
+            (Some(f), None) => std::fs::read_to_string(f)
+                .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+                .map_err(|e| format!("cannot read {}: {e}", f.display())),
+            (None, Some(v)) => std::env::var(v)
+                .map(Some)
+                .map_err(|_| format!("environment variable {v} is not set")),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The probe user's password (from `password_file` or `password_env`).
+    pub fn password(&self) -> Result<String, String> {
+        Self::secret(&self.password_file, &self.password_env, "password")?
+            .ok_or_else(|| "set password_file or password_env".to_string())
+    }
+
+    /// The replication user's password, if configured.
+    pub fn replication_password(&self) -> Result<Option<String>, String> {
+        Self::secret(
+            &self.replication_password_file,
+            &self.replication_password_env,
+            "replication_password",
+        )
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn query_timeout(&self) -> Duration {
+        Duration::from_millis(self.query_timeout_ms)
+    }
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.probe_interval_ms)
+    }
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+    pub fn discovery_timeout(&self) -> Duration {
+        Duration::from_millis(self.discovery_timeout_ms)
+    }
 }
 
 fn default_dc() -> String {
@@ -101,8 +213,10 @@ impl Config {
     /// Read, parse and validate. `data_dir_has_state` is asked only when the
     /// check depends on it (a node missing from `initial_members`).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let cfg = Self::parse(path, &text)?;
         cfg.validate(path)?;
         Ok(cfg)
@@ -111,7 +225,11 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         toml::from_str::<Config>(text).map_err(|e| {
             let (location, message) = one_line(text, &e);
-            ConfigError::Parse { path: path.to_path_buf(), location, message }
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                location,
+                message,
+            }
         })
     }
 
@@ -147,7 +265,10 @@ impl Config {
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
             return Err(invalid(
                 "raft.election_timeout_max_ms",
-                format!("must be greater than raft.election_timeout_min_ms ({})", r.election_timeout_min_ms),
+                format!(
+                    "must be greater than raft.election_timeout_min_ms ({})",
+                    r.election_timeout_min_ms
+                ),
             ));
         }
         if r.snapshot_every_entries == 0 {
@@ -164,6 +285,33 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0".into()));
             }
         }
+        if let Some(m) = &self.mysql {
+            if m.user.is_empty() {
+                return Err(invalid("mysql.user", "must not be empty".into()));
+            }
+            m.password().map_err(|e| invalid("mysql.password_file", e))?;
+            m.replication_password()
+                .map_err(|e| invalid("mysql.replication_password_file", e))?;
+            for (key, v) in [
+                ("mysql.connect_timeout_ms", m.connect_timeout_ms),
+                ("mysql.query_timeout_ms", m.query_timeout_ms),
+                ("mysql.probe_interval_ms", m.probe_interval_ms),
+                ("mysql.heartbeat_interval_ms", m.heartbeat_interval_ms),
+                ("mysql.discovery_timeout_ms", m.discovery_timeout_ms),
+            ] {
+                if v == 0 {
+                    return Err(invalid(key, "must be greater than 0".into()));
+                }
+            }
+            m.heartbeat_table
+                .parse::<primus_mysql::HeartbeatTable>()
+                .map_err(|e| invalid("mysql.heartbeat_table", e.to_string()))?;
+            for (from, to) in &m.connect_via {
+                from.parse::<primus_types::InstanceAddr>()
+                    .map_err(|e| invalid(&format!("mysql.connect_via.\"{from}\""), e.to_string()))?;
+                check_host_port(to).map_err(|e| invalid(&format!("mysql.connect_via.\"{from}\""), e))?;
+            }
+        }
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for (i, m) in self.initial_members.iter().enumerate() {
@@ -176,7 +324,10 @@ impl Config {
             }
             check_host_port(&m.addr).map_err(|msg| invalid(&format!("{key}.addr"), msg))?;
             if !addrs.insert(m.addr.clone()) {
-                return Err(invalid(&format!("{key}.addr"), format!("address {} listed twice", m.addr)));
+                return Err(invalid(
+                    &format!("{key}.addr"),
+                    format!("address {} listed twice", m.addr),
+                ));
             }
         }
         Ok(())
@@ -201,7 +352,15 @@ impl Config {
     pub fn initial_membership(&self) -> BTreeMap<NodeId, Member> {
         self.initial_members
             .iter()
-            .map(|m| (m.id, Member { addr: m.addr.clone(), datacenter: m.datacenter.clone() }))
+            .map(|m| {
+                (
+                    m.id,
+                    Member {
+                        addr: m.addr.clone(),
+                        datacenter: m.datacenter.clone(),
+                    },
+                )
+            })
             .collect()
     }
 
@@ -233,7 +392,9 @@ pub fn check_host_port(s: &str) -> Result<(), String> {
 /// Turn toml's multi-line error into `line N: key `k`: message`.
 fn one_line(text: &str, e: &toml::de::Error) -> (String, String) {
     let message = e.message().replace('\n', " ");
-    let Some(span) = e.span() else { return (String::new(), message) };
+    let Some(span) = e.span() else {
+        return (String::new(), message);
+    };
     let start = span.start.min(text.len());
     let line_no = text[..start].matches('\n').count() + 1;
     let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
@@ -282,11 +443,23 @@ addr = "127.0.0.1:7101"
         let cases = [
             (GOOD.replace("node_id = 1\n", ""), "node_id"),
             (GOOD.replace("node_id = 1", "node_id = \"x\""), "node_id"),
-            (GOOD.replace("listen = \"127.0.0.1:7101\"", "listen = \"nowhere\""), "listen"),
+            (
+                GOOD.replace("listen = \"127.0.0.1:7101\"", "listen = \"nowhere\""),
+                "listen",
+            ),
             (format!("{GOOD}\nbogus = 1\n"), "bogus"),
-            (GOOD.replace("[[initial_members]]", "[raft]\nheartbeat_ms = 500\n[[initial_members]]"), "election_timeout_min_ms"),
-            (GOOD.replace("addr = \"127.0.0.1:7101\"", "addr = \"x\""), "initial_members[0].addr"),
-            (GOOD.replace("[[initial_members]]", "[raft]\nturbo = true\n[[initial_members]]"), "turbo"),
+            (
+                GOOD.replace("[[initial_members]]", "[raft]\nheartbeat_ms = 500\n[[initial_members]]"),
+                "election_timeout_min_ms",
+            ),
+            (
+                GOOD.replace("addr = \"127.0.0.1:7101\"", "addr = \"x\""),
+                "initial_members[0].addr",
+            ),
+            (
+                GOOD.replace("[[initial_members]]", "[raft]\nturbo = true\n[[initial_members]]"),
+                "turbo",
+            ),
         ];
         for (text, key) in cases {
             let e = err(&text);

@@ -1,6 +1,8 @@
 //! primusd: configuration, node wiring and the client-facing gRPC service.
 
 pub mod config;
+pub mod discovery;
+pub mod monitor;
 pub mod node;
 pub mod service;
 
@@ -14,6 +16,9 @@ pub struct ExitError {
 
 impl ExitError {
     pub fn config(e: config::ConfigError) -> Self {
-        ExitError { code: 2, inner: e.to_string() }
+        ExitError {
+            code: 2,
+            inner: e.to_string(),
+        }
     }
 }

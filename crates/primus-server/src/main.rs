@@ -32,7 +32,9 @@ struct Args {
 fn init_logging(format: &str, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().flatten_event(true).init();
     } else {
@@ -79,7 +81,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&args.log_format, &args.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the tokio runtime") {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("primusd: {e:#}");

@@ -18,7 +18,9 @@ pub struct NodeCtx {
     pub id: NodeId,
     pub cfg: Config,
     pub raft: Raft,
-    state: primus_store::StateHandle,
+    pub state: primus_store::StateHandle,
+    /// Present when `[mysql]` is configured.
+    pub monitor: Option<Arc<crate::monitor::Monitor>>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -26,7 +28,8 @@ impl NodeCtx {
     /// Read the local state machine (not linearizable by itself). Returns the
     /// applied index alongside the closure's result.
     pub fn read_state<R>(&self, f: impl FnOnce(&Registry) -> R) -> (u64, R) {
-        self.state.read(|s| (s.last_applied.map(|l| l.index).unwrap_or(0), f(&s.registry)))
+        self.state
+            .read(|s| (s.last_applied.map(|l| l.index).unwrap_or(0), f(&s.registry)))
     }
 
     /// Highest log index known committed: on the leader, the index a majority of
@@ -34,15 +37,36 @@ impl NodeCtx {
     pub fn committed_index(&self) -> Option<u64> {
         let m = self.raft.metrics().borrow().clone();
         let applied = m.last_applied.map(|l| l.index);
-        let Some(repl) = m.replication.as_ref() else { return applied };
+        let Some(repl) = m.replication.as_ref() else {
+            return applied;
+        };
         let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
         let mut matched: Vec<u64> = voters
             .iter()
-            .map(|v| if *v == m.id { m.last_log_index.unwrap_or(0) } else { repl.get(v).and_then(|l| l.map(|l| l.index)).unwrap_or(0) })
+            .map(|v| {
+                if *v == m.id {
+                    m.last_log_index.unwrap_or(0)
+                } else {
+                    repl.get(v).and_then(|l| l.map(|l| l.index)).unwrap_or(0)
+                }
+            })
             .collect();
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let quorum = matched.get(voters.len() / 2).copied();
         quorum.max(applied)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state == openraft::ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// The leader this node knows of, with its address.
+    pub fn leader_target(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let l = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&l)?.addr.clone();
+        Some((l, addr))
     }
 
     /// A reused channel to another coordinator's gRPC endpoint (for forwarding).
@@ -63,12 +87,20 @@ impl NodeCtx {
 
 /// Whether `data_dir` already holds a Raft store (a restart, not a first start).
 pub fn has_store(data_dir: &std::path::Path) -> bool {
-    std::fs::read_dir(data_dir.join("raft")).map(|mut d| d.next().is_some()).unwrap_or(false)
+    std::fs::read_dir(data_dir.join("raft"))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
 }
 
 /// Run a node until `shutdown` resolves. Errors here are startup errors.
-pub async fn run(cfg: Config, config_path: &std::path::Path, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    let fault_injection = std::env::var("PRIMUS_FAULT_INJECTION").map(|v| v == "1").unwrap_or(false);
+pub async fn run(
+    cfg: Config,
+    config_path: &std::path::Path,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let fault_injection = std::env::var("PRIMUS_FAULT_INJECTION")
+        .map(|v| v == "1")
+        .unwrap_or(false);
     let faults = Arc::new(Faults::new(fault_injection));
     if fault_injection {
         tracing::warn!("fault injection is ENABLED (PRIMUS_FAULT_INJECTION=1): for tests only");
@@ -109,11 +141,39 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, shutdown: impl std:
         .await
         .with_context(|| format!("cannot listen on {listen} (key `listen`)"))?;
 
+    let monitor = match &cfg.mysql {
+        Some(m) => {
+            let mon = crate::monitor::Monitor::new(
+                cfg.node_id,
+                m.clone(),
+                raft.clone(),
+                state.clone(),
+                Duration::from_millis(cfg.raft.rpc_timeout_ms),
+            )
+            .map_err(|e| {
+                crate::ExitError::config(crate::config::ConfigError::Invalid {
+                    path: config_path.to_path_buf(),
+                    key: "mysql".into(),
+                    message: e,
+                })
+            })?;
+            mon.start();
+            Some(mon)
+        }
+        None => {
+            tracing::warn!("no [mysql] section: this node probes no MySQL/MariaDB instance");
+            None
+        }
+    };
+    let sink: Option<Arc<dyn primus_raft::ObservationSink>> =
+        monitor.clone().map(|m| m as Arc<dyn primus_raft::ObservationSink>);
+
     let ctx = Arc::new(NodeCtx {
         id: cfg.node_id,
         cfg: cfg.clone(),
         raft: raft.clone(),
         state,
+        monitor,
         channels: Mutex::new(HashMap::new()),
     });
 
@@ -122,18 +182,26 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, shutdown: impl std:
         // wins the first election replicates it. A node that already received a
         // vote or log from a faster peer gets NotAllowed, which is fine.
         match raft.initialize(cfg.initial_membership()).await {
-            Ok(()) => tracing::info!(members = ?cfg.initial_membership().keys().collect::<Vec<_>>(), "group initialised"),
+            Ok(()) => {
+                tracing::info!(members = ?cfg.initial_membership().keys().collect::<Vec<_>>(), "group initialised")
+            }
             Err(e) => tracing::info!(error = %e, "initialisation not needed (a peer got there first)"),
         }
     } else if fresh {
-        tracing::info!(node_id = cfg.node_id, "empty data_dir and no initial_members: waiting to be added with `primusctl members add`");
+        tracing::info!(
+            node_id = cfg.node_id,
+            "empty data_dir and no initial_members: waiting to be added with `primusctl members add`"
+        );
     } else {
-        tracing::info!(node_id = cfg.node_id, "recovered from data_dir; initial_members ignored");
+        tracing::info!(
+            node_id = cfg.node_id,
+            "recovered from data_dir; initial_members ignored"
+        );
     }
 
     let coordinator = CoordinatorServer::new(CoordinatorService::new(ctx.clone()))
         .max_decoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES);
-    let peer = RaftServer::new(RaftService::new(cfg.node_id, raft.clone(), faults))
+    let peer = RaftServer::new(RaftService::new(cfg.node_id, raft.clone(), faults, sink))
         .max_decoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES);
     tracing::info!(node_id = cfg.node_id, %listen, data_dir = %cfg.data_dir.display(), "primusd serving");

@@ -76,7 +76,13 @@ impl CoordinatorService {
     }
 
     /// Resolve a `NotHere` into a forwarded call, or a final status.
-    async fn forward<Req, Resp, F, Fut>(&self, not_here: NotHere, forwarded: bool, req: Req, call: F) -> Result<Resp, Status>
+    async fn forward<Req, Resp, F, Fut>(
+        &self,
+        not_here: NotHere,
+        forwarded: bool,
+        req: Req,
+        call: F,
+    ) -> Result<Resp, Status>
     where
         F: FnOnce(CoordinatorClient<tonic::transport::Channel>, Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
@@ -99,10 +105,18 @@ impl CoordinatorService {
                 let client = self.leader_client(&addr).await?;
                 let mut request = Request::new(req);
                 request.set_timeout(self.node.cfg.raft.write_timeout() + std::time::Duration::from_secs(1));
-                request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from(self.node.id));
+                request
+                    .metadata_mut()
+                    .insert(FORWARDED, tonic::metadata::MetadataValue::from(self.node.id));
                 call(client, request).await.map(Response::into_inner).map_err(|s| {
-                    if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) && s.message().contains("transport") {
-                        Status::unavailable(format!("leader node {leader} at {addr} is unreachable from node {}: {}", self.node.id, s.message()))
+                    if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
+                        && s.message().contains("transport")
+                    {
+                        Status::unavailable(format!(
+                            "leader node {leader} at {addr} is unreachable from node {}: {}",
+                            self.node.id,
+                            s.message()
+                        ))
                     } else {
                         s
                     }
@@ -112,7 +126,13 @@ impl CoordinatorService {
     }
 
     async fn write(&self, command: Command, actor: String) -> Result<u64, NotHere> {
-        let req = primus_types::Request::new(command, Origin { actor, via_node: self.node.id });
+        let req = primus_types::Request::new(
+            command,
+            Origin {
+                actor,
+                via_node: self.node.id,
+            },
+        );
         let timeout = self.node.cfg.raft.write_timeout();
         match tokio::time::timeout(timeout, self.node.raft.client_write(req)).await {
             Err(_) => Err(Status::deadline_exceeded(format!(
@@ -124,7 +144,9 @@ impl CoordinatorService {
                 Ok(()) => Ok(resp.log_id.index),
                 Err(r) => Err(rejection_status(r).into()),
             },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(NotHere::Forward(forward_target(&f))),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(NotHere::Forward(forward_target(&f)))
+            }
             Ok(Err(e)) => Err(Status::unavailable(format!("write failed: {e}")).into()),
         }
     }
@@ -138,7 +160,9 @@ impl CoordinatorService {
             ))
             .into()),
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => Err(NotHere::Forward(forward_target(&f))),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(NotHere::Forward(forward_target(&f)))
+            }
             Ok(Err(e)) => Err(Status::unavailable(format!("cannot confirm leadership: {e}")).into()),
         }
     }
@@ -151,13 +175,20 @@ impl CoordinatorService {
 }
 
 type MembershipResult = Result<
-    Result<openraft::raft::ClientWriteResponse<primus_types::TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, Member>>>,
+    Result<
+        openraft::raft::ClientWriteResponse<primus_types::TypeConfig>,
+        RaftError<NodeId, ClientWriteError<NodeId, Member>>,
+    >,
     tokio::time::error::Elapsed,
 >;
 
 fn membership_result(r: MembershipResult, timeout: std::time::Duration) -> Result<u64, NotHere> {
     match r {
-        Err(_) => Err(Status::deadline_exceeded(format!("membership change not done within {} ms", timeout.as_millis())).into()),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "membership change not done within {} ms",
+            timeout.as_millis()
+        ))
+        .into()),
         Ok(Ok(resp)) => Ok(resp.log_id.index),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(NotHere::Forward(forward_target(&f))),
         Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
@@ -184,13 +215,22 @@ fn role_of(state: ServerState) -> Role {
 
 fn parse_seeds(seeds: &[String]) -> Result<Vec<InstanceAddr>, Status> {
     if seeds.is_empty() {
-        return Err(Status::invalid_argument("a cluster needs at least one seed (--seed HOST:PORT)"));
+        return Err(Status::invalid_argument(
+            "a cluster needs at least one seed (--seed HOST:PORT)",
+        ));
     }
-    seeds.iter().map(|s| s.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))).collect()
+    seeds
+        .iter()
+        .map(|s| {
+            s.parse::<InstanceAddr>()
+                .map_err(|e| Status::invalid_argument(e.to_string()))
+        })
+        .collect()
 }
 
 fn parse_name(name: &str) -> Result<ClusterName, Status> {
-    name.parse().map_err(|e: primus_types::NameError| Status::invalid_argument(e.to_string()))
+    name.parse()
+        .map_err(|e: primus_types::NameError| Status::invalid_argument(e.to_string()))
 }
 
 #[tonic::async_trait]
@@ -200,7 +240,11 @@ impl Coordinator for CoordinatorService {
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let initialized = m.membership_config.log_id().is_some() || !voters.is_empty();
-        let role = if !initialized { Role::Uninitialized } else { role_of(m.state) };
+        let role = if !initialized {
+            Role::Uninitialized
+        } else {
+            role_of(m.state)
+        };
         let matched = m.replication.clone().unwrap_or_default();
         let members = membership
             .nodes()
@@ -217,7 +261,13 @@ impl Coordinator for CoordinatorService {
                 } else {
                     matched.get(id).and_then(|l| l.map(|l| l.index))
                 };
-                MemberStatus { id: *id, addr: node.addr.clone(), datacenter: node.datacenter.clone(), role: role as i32, matched_index }
+                MemberStatus {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    datacenter: node.datacenter.clone(),
+                    role: role as i32,
+                    matched_index,
+                }
             })
             .collect();
         let leader_addr = m
@@ -249,7 +299,10 @@ impl Coordinator for CoordinatorService {
             return Err(Status::invalid_argument("member id must be greater than 0"));
         }
         crate::config::check_host_port(&r.addr).map_err(Status::invalid_argument)?;
-        let node = Member { addr: r.addr.clone(), datacenter: r.datacenter.clone() };
+        let node = Member {
+            addr: r.addr.clone(),
+            datacenter: r.datacenter.clone(),
+        };
         let timeout = self.node.cfg.raft.membership_timeout();
         // Learner first: it receives the log (or a snapshot) without counting toward
         // quorum, so a slow newcomer never stalls commits. Then promote it.
@@ -263,7 +316,10 @@ impl Coordinator for CoordinatorService {
                 tracing::info!(member = r.id, addr = %r.addr, log_index, "member added as voter");
                 Ok(Response::new(AddMemberResponse { log_index }))
             }
-            Err(nh) => self.forward(nh, forwarded, r, |mut c, q| async move { c.add_member(q).await }).await.map(Response::new),
+            Err(nh) => self
+                .forward(nh, forwarded, r, |mut c, q| async move { c.add_member(q).await })
+                .await
+                .map(Response::new),
         }
     }
 
@@ -275,7 +331,10 @@ impl Coordinator for CoordinatorService {
         let is_voter = membership.voter_ids().any(|v| v == r.id);
         let known = membership.get_node(&r.id).is_some();
         let result = if !known {
-            Err(NotHere::Failed(Status::not_found(format!("node {} is not a member of the group", r.id))))
+            Err(NotHere::Failed(Status::not_found(format!(
+                "node {} is not a member of the group",
+                r.id
+            ))))
         } else if is_voter {
             self.change_membership(ChangeMembers::RemoveVoters([r.id].into())).await
         } else {
@@ -286,9 +345,10 @@ impl Coordinator for CoordinatorService {
                 tracing::info!(member = r.id, log_index, "member removed");
                 Ok(Response::new(RemoveMemberResponse { log_index }))
             }
-            Err(nh) => {
-                self.forward(nh, forwarded, r, |mut c, q| async move { c.remove_member(q).await }).await.map(Response::new)
-            }
+            Err(nh) => self
+                .forward(nh, forwarded, r, |mut c, q| async move { c.remove_member(q).await })
+                .await
+                .map(Response::new),
         }
     }
 
@@ -303,12 +363,54 @@ impl Coordinator for CoordinatorService {
         let settings = primus_types::ClusterSettings {
             automatic_failover: r.settings.as_ref().and_then(|s| s.automatic_failover),
         };
-        let cmd = Command::RegisterCluster { name, seeds, settings };
+        // Discovery runs on the leader, right before it commits what it found.
+        let topology = match &self.node.monitor {
+            Some(mon) => {
+                if !self.node.is_leader() {
+                    let target = NotHere::Forward(self.node.leader_target());
+                    return self
+                        .forward(
+                            target,
+                            forwarded,
+                            r,
+                            |mut c, q| async move { c.register_cluster(q).await },
+                        )
+                        .await
+                        .map(Response::new);
+                }
+                if self.node.read_state(|s| s.clusters.contains_key(&name)).1 {
+                    return Err(rejection_status(Rejection::ClusterExists(name)));
+                }
+                let timeout = self
+                    .node
+                    .cfg
+                    .mysql
+                    .as_ref()
+                    .map(|m| m.discovery_timeout())
+                    .unwrap_or_default();
+                let found = crate::discovery::discover(&seeds, &mon.targets, timeout)
+                    .await
+                    .map_err(|e| Status::failed_precondition(format!("cannot register {name}: {e}")))?;
+                for (addr, err) in &found.unreachable {
+                    tracing::warn!(cluster = %name, instance = %addr, error = %err, "discovered instance not reachable");
+                }
+                tracing::info!(cluster = %name, topology = %found.topology.summary(), "discovered");
+                Some(found.topology)
+            }
+            None => None,
+        };
+        let cmd = Command::RegisterCluster {
+            name,
+            seeds,
+            settings,
+            topology,
+        };
         match self.write(cmd, r.actor.clone()).await {
             Ok(log_index) => Ok(Response::new(RegisterClusterResponse { log_index })),
-            Err(nh) => {
-                self.forward(nh, forwarded, r, |mut c, q| async move { c.register_cluster(q).await }).await.map(Response::new)
-            }
+            Err(nh) => self
+                .forward(nh, forwarded, r, |mut c, q| async move { c.register_cluster(q).await })
+                .await
+                .map(Response::new),
         }
     }
 
@@ -321,9 +423,15 @@ impl Coordinator for CoordinatorService {
         let name = parse_name(&r.name)?;
         match self.write(Command::UnregisterCluster { name }, r.actor.clone()).await {
             Ok(log_index) => Ok(Response::new(UnregisterClusterResponse { log_index })),
-            Err(nh) => {
-                self.forward(nh, forwarded, r, |mut c, q| async move { c.unregister_cluster(q).await }).await.map(Response::new)
-            }
+            Err(nh) => self
+                .forward(
+                    nh,
+                    forwarded,
+                    r,
+                    |mut c, q| async move { c.unregister_cluster(q).await },
+                )
+                .await
+                .map(Response::new),
         }
     }
 
@@ -332,7 +440,10 @@ impl Coordinator for CoordinatorService {
         let r = req.into_inner();
         if r.consistency() == ReadConsistency::Linearizable {
             if let Err(nh) = self.linearizable().await {
-                return self.forward(nh, forwarded, r, |mut c, q| async move { c.list_clusters(q).await }).await.map(Response::new);
+                return self
+                    .forward(nh, forwarded, r, |mut c, q| async move { c.list_clusters(q).await })
+                    .await
+                    .map(Response::new);
             }
         }
         let (applied, clusters) = self.node.read_state(|s| {
@@ -341,14 +452,47 @@ impl Coordinator for CoordinatorService {
                 .map(|c| ClusterInfo {
                     name: c.name.to_string(),
                     seeds: c.seeds.iter().map(ToString::to_string).collect(),
-                    settings: Some(primus_proto::v1::ClusterSettings { automatic_failover: c.settings.automatic_failover }),
+                    settings: Some(primus_proto::v1::ClusterSettings {
+                        automatic_failover: c.settings.automatic_failover,
+                    }),
                     registered_at_index: c.registered_at_index,
                     registered_at_ms: c.registered_at_ms,
                     registered_by: c.registered_by.clone(),
                 })
                 .collect()
         });
-        Ok(Response::new(ListClustersResponse { clusters, applied_index: applied, served_by: self.node.id }))
+        Ok(Response::new(ListClustersResponse {
+            clusters,
+            applied_index: applied,
+            served_by: self.node.id,
+        }))
+    }
+
+    async fn get_topology(&self, req: Request<GetTopologyRequest>) -> Result<Response<GetTopologyResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let name = parse_name(&r.cluster)?;
+        let linearizable = r.consistency() == ReadConsistency::Linearizable;
+        if linearizable {
+            if let Err(nh) = self.linearizable().await {
+                return self
+                    .forward(nh, forwarded, r, |mut c, q| async move { c.get_topology(q).await })
+                    .await
+                    .map(Response::new);
+            }
+        }
+        let rec = self
+            .node
+            .read_state(|s| s.clusters.get(&name).cloned())
+            .1
+            .ok_or_else(|| Status::not_found(format!("cluster {name} is not registered")))?;
+        let mon = self.node.monitor.as_ref().ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "node {} has no [mysql] section: it probes nothing",
+                self.node.id
+            ))
+        })?;
+        Ok(Response::new(mon.view(&rec, linearizable)))
     }
 
     async fn audit(&self, req: Request<AuditRequest>) -> Result<Response<AuditResponse>, Status> {
@@ -356,7 +500,10 @@ impl Coordinator for CoordinatorService {
         let r = req.into_inner();
         if r.consistency() == ReadConsistency::Linearizable {
             if let Err(nh) = self.linearizable().await {
-                return self.forward(nh, forwarded, r, |mut c, q| async move { c.audit(q).await }).await.map(Response::new);
+                return self
+                    .forward(nh, forwarded, r, |mut c, q| async move { c.audit(q).await })
+                    .await
+                    .map(Response::new);
             }
         }
         let limit = if r.limit == 0 { 100 } else { r.limit as usize };

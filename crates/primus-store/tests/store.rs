@@ -22,6 +22,7 @@ fn register(term: u64, index: u64, name: &str) -> Entry {
         name: name.parse().expect("valid cluster name"),
         seeds: vec!["db1.example:3306".parse().expect("valid address")],
         settings: Default::default(),
+        topology: None,
     };
     Entry {
         log_id: lid(term, index),

@@ -11,6 +11,7 @@
 //!   a node refuses entries of a format it does not know (see `Request::check_format`).
 
 use crate::names::{ClusterName, InstanceAddr};
+use crate::topology::Topology;
 use crate::NodeId;
 use serde::{Deserialize, Serialize};
 
@@ -48,9 +49,15 @@ pub enum Command {
         seeds: Vec<InstanceAddr>,
         #[serde(default)]
         settings: ClusterSettings,
+        /// The topology discovered from the seeds before registering.
+        #[serde(default)]
+        topology: Option<Topology>,
     },
     /// Remove a cluster from the registry. Refused if it does not exist.
     UnregisterCluster { name: ClusterName },
+    /// The leader saw the shape of the topology change (new instance, new source,
+    /// new roles). Refused if the cluster is unknown.
+    UpdateTopology { name: ClusterName, topology: Topology },
 }
 
 impl Command {
@@ -62,6 +69,7 @@ impl Command {
                 format!("register cluster {name} seeds [{}]", seeds.join(", "))
             }
             Command::UnregisterCluster { name } => format!("unregister cluster {name}"),
+            Command::UpdateTopology { name, topology } => format!("topology of {name}: {}", topology.summary()),
         }
     }
 }
@@ -83,13 +91,21 @@ impl Request {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        Request { format: REQUEST_FORMAT, origin, proposed_at_ms, command }
+        Request {
+            format: REQUEST_FORMAT,
+            origin,
+            proposed_at_ms,
+            command,
+        }
     }
 
     /// Entries from a newer primus are refused rather than misread.
     pub fn check_format(&self) -> Result<(), Rejection> {
         if self.format > REQUEST_FORMAT {
-            Err(Rejection::UnsupportedFormat { found: self.format, supported: REQUEST_FORMAT })
+            Err(Rejection::UnsupportedFormat {
+                found: self.format,
+                supported: REQUEST_FORMAT,
+            })
         } else {
             Ok(())
         }
@@ -98,7 +114,13 @@ impl Request {
 
 impl std::fmt::Display for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (by {} via node {})", self.command.summary(), self.origin.actor, self.origin.via_node)
+        write!(
+            f,
+            "{} (by {} via node {})",
+            self.command.summary(),
+            self.origin.actor,
+            self.origin.via_node
+        )
     }
 }
 
@@ -153,7 +175,12 @@ mod tests {
 
     #[test]
     fn newer_format_is_refused_not_misread() {
-        let mut r = Request::new(Command::UnregisterCluster { name: "c".parse().unwrap() }, Origin::default());
+        let mut r = Request::new(
+            Command::UnregisterCluster {
+                name: "c".parse().unwrap(),
+            },
+            Origin::default(),
+        );
         r.format = REQUEST_FORMAT + 1;
         assert!(matches!(r.check_format(), Err(Rejection::UnsupportedFormat { .. })));
     }

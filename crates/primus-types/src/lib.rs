@@ -9,9 +9,11 @@
 pub mod command;
 pub mod names;
 pub mod state;
+pub mod topology;
 
 pub use command::{ClusterSettings, Command, Origin, Rejection, Request, Response};
 pub use names::{ClusterName, InstanceAddr, NameError};
+pub use topology::{InstanceRole, Topology, TopologyInstance};
 
 use std::io::Cursor;
 

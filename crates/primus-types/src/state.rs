@@ -7,6 +7,7 @@
 
 use crate::command::{ClusterSettings, Command, Rejection, Request, Response};
 use crate::names::{ClusterName, InstanceAddr};
+use crate::topology::Topology;
 use crate::{LogId, NodeId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -23,6 +24,19 @@ pub struct ClusterRecord {
     pub registered_at_index: u64,
     pub registered_at_ms: u64,
     pub registered_by: String,
+    /// The agreed topology (empty until discovered).
+    #[serde(default)]
+    pub topology: Topology,
+    /// Per-cluster fencing token: monotonic, starts at 1, bumped by every promotion.
+    #[serde(default = "first_epoch")]
+    pub epoch: u64,
+    /// Log index of the last topology change.
+    #[serde(default)]
+    pub topology_index: u64,
+}
+
+fn first_epoch() -> u64 {
+    1
 }
 
 /// One line of the audit trail: every applied entry gets one, refused or not.
@@ -67,7 +81,9 @@ impl Registry {
     /// Apply one committed application entry. Deterministic: uses only the entry.
     pub fn apply(&mut self, log_id: &LogId, req: &Request) -> (Response, Vec<StateKey>) {
         let mut touched = Vec::new();
-        let result = req.check_format().and_then(|()| self.apply_command(log_id, req, &mut touched));
+        let result = req
+            .check_format()
+            .and_then(|()| self.apply_command(log_id, req, &mut touched));
         let outcome = match &result {
             Ok(()) => "ok".to_string(),
             Err(r) => r.to_string(),
@@ -111,7 +127,12 @@ impl Registry {
 
     fn apply_command(&mut self, log_id: &LogId, req: &Request, touched: &mut Vec<StateKey>) -> Result<(), Rejection> {
         match &req.command {
-            Command::RegisterCluster { name, seeds, settings } => {
+            Command::RegisterCluster {
+                name,
+                seeds,
+                settings,
+                topology,
+            } => {
                 if self.clusters.contains_key(name) {
                     return Err(Rejection::ClusterExists(name.clone()));
                 }
@@ -127,8 +148,21 @@ impl Registry {
                         registered_at_index: log_id.index,
                         registered_at_ms: req.proposed_at_ms,
                         registered_by: req.origin.actor.clone(),
+                        topology: topology.clone().unwrap_or_default(),
+                        epoch: first_epoch(),
+                        topology_index: log_id.index,
                     },
                 );
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
+            Command::UpdateTopology { name, topology } => {
+                let c = self
+                    .clusters
+                    .get_mut(name)
+                    .ok_or_else(|| Rejection::ClusterNotFound(name.clone()))?;
+                c.topology = topology.clone();
+                c.topology_index = log_id.index;
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
             }
@@ -215,8 +249,12 @@ mod tests {
                 name: name.parse().unwrap(),
                 seeds: vec!["h:3306".parse().unwrap()],
                 settings: Default::default(),
+                topology: None,
             },
-            Origin { actor: "test".into(), via_node: 2 },
+            Origin {
+                actor: "test".into(),
+                via_node: 2,
+            },
         )
     }
 
@@ -236,8 +274,16 @@ mod tests {
     #[test]
     fn unregister_unknown_is_refused() {
         let mut r = Registry::default();
-        let req = Request::new(Command::UnregisterCluster { name: "nope".parse().unwrap() }, Origin::default());
-        assert!(matches!(r.apply(&log_id(1), &req).0, Response::Rejected(Rejection::ClusterNotFound(_))));
+        let req = Request::new(
+            Command::UnregisterCluster {
+                name: "nope".parse().unwrap(),
+            },
+            Origin::default(),
+        );
+        assert!(matches!(
+            r.apply(&log_id(1), &req).0,
+            Response::Rejected(Rejection::ClusterNotFound(_))
+        ));
     }
 
     #[test]
@@ -245,9 +291,17 @@ mod tests {
         let mut r = Registry::default();
         r.apply(&log_id(1), &reg("a"));
         r.apply(&log_id(2), &reg("b"));
-        let unreg = Request::new(Command::UnregisterCluster { name: "a".parse().unwrap() }, Origin::default());
+        let unreg = Request::new(
+            Command::UnregisterCluster {
+                name: "a".parse().unwrap(),
+            },
+            Origin::default(),
+        );
         let (_, touched) = r.apply(&log_id(3), &unreg);
-        assert!(r.encode(&touched[0]).1.is_none(), "unregistered cluster must encode as a delete");
+        assert!(
+            r.encode(&touched[0]).1.is_none(),
+            "unregistered cluster must encode as a delete"
+        );
         let mut copy = Registry::default();
         for (k, v) in r.encode_all() {
             copy.load(&k, &v).unwrap();

@@ -1,0 +1,611 @@
+//! Watching MySQL/MariaDB: every coordinator probes every instance of every
+//! registered cluster; followers report what they see to the leader; the leader
+//! writes heartbeats on each primary and commits topology changes.
+//!
+//! * One task per instance, each with its own connection and its own timeouts,
+//!   so a hung or cut-off instance only ever delays itself.
+//! * Probe results are never committed to Raft (they change every second); the
+//!   leader keeps every coordinator's latest view in memory: that is what
+//!   "unreachable from 2/3 coordinators" and, later, quorum-confirmed detection
+//!   are computed from.
+//! * The topology (who replicates from whom) *is* committed, but only when its
+//!   shape changes.
+
+use crate::config::MysqlSection;
+use crate::discovery::{self, replicas_of, source_of};
+use openraft::ServerState;
+use primus_mysql::{AnyGtidSet, IoThreadState, Observation, ProbeConfig, ProbeError, Prober};
+use primus_proto::raft::raft_client::RaftClient;
+use primus_proto::raft::ObservationReport;
+use primus_proto::v1::{GetTopologyResponse, InstanceView};
+use primus_store::StateHandle;
+use primus_types::state::ClusterRecord;
+use primus_types::{ClusterName, Command, InstanceAddr, InstanceRole, NodeId, Origin, Raft, Request, Topology};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How to reach instances: probe settings and address overrides.
+#[derive(Clone)]
+pub struct Targets {
+    pub probe_config: ProbeConfig,
+    connect_via: HashMap<InstanceAddr, InstanceAddr>,
+}
+
+impl Targets {
+    pub fn from_config(m: &MysqlSection) -> Result<Targets, String> {
+        let mut pc = ProbeConfig::new(m.user.clone(), m.password()?);
+        pc.connect_timeout = m.connect_timeout();
+        pc.query_timeout = m.query_timeout();
+        pc.heartbeat_table = m
+            .heartbeat_table
+            .parse()
+            .map_err(|e: primus_mysql::heartbeat::BadHeartbeatTable| e.to_string())?;
+        let mut connect_via = HashMap::new();
+        for (from, to) in &m.connect_via {
+            let f: InstanceAddr = from.parse().map_err(|e: primus_types::NameError| e.to_string())?;
+            let t: InstanceAddr = to.parse().map_err(|e: primus_types::NameError| e.to_string())?;
+            connect_via.insert(f, t);
+        }
+        Ok(Targets {
+            probe_config: pc,
+            connect_via,
+        })
+    }
+
+    pub fn connect_addr(&self, addr: &InstanceAddr) -> InstanceAddr {
+        self.connect_via.get(addr).cloned().unwrap_or_else(|| addr.clone())
+    }
+
+    /// A bound on one probe, whatever the server does.
+    pub fn probe_deadline(&self) -> Duration {
+        self.probe_config.connect_timeout + self.probe_config.query_timeout * 2 + Duration::from_millis(200)
+    }
+}
+
+/// One probe's outcome, as exchanged between coordinators.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeRecord {
+    pub addr: InstanceAddr,
+    /// When the probe finished (prober's wall clock, unix ms).
+    pub at_ms: u64,
+    pub result: Result<Observation, ProbeError>,
+}
+
+/// A primary's heartbeat connection and the lock that keeps one write in flight.
+type HeartbeatWriter = (Arc<Prober>, Arc<tokio::sync::Mutex<()>>);
+
+struct PeerView {
+    received: Instant,
+    records: HashMap<InstanceAddr, ProbeRecord>,
+}
+
+pub struct Monitor {
+    me: NodeId,
+    cfg: MysqlSection,
+    pub targets: Targets,
+    raft: Raft,
+    state: StateHandle,
+    own: RwLock<HashMap<InstanceAddr, ProbeRecord>>,
+    peers: RwLock<HashMap<NodeId, PeerView>>,
+    tasks: Mutex<HashMap<InstanceAddr, JoinHandle<()>>>,
+    /// Replicas a source lists that are not in the committed topology yet.
+    candidates: Mutex<BTreeMap<InstanceAddr, ClusterName>>,
+    heartbeat_writers: Mutex<HashMap<InstanceAddr, HeartbeatWriter>>,
+    leader_channel: Mutex<Option<(String, tonic::transport::Channel)>>,
+    rpc_timeout: Duration,
+}
+
+impl Monitor {
+    pub fn new(
+        me: NodeId,
+        cfg: MysqlSection,
+        raft: Raft,
+        state: StateHandle,
+        rpc_timeout: Duration,
+    ) -> Result<Arc<Monitor>, String> {
+        let targets = Targets::from_config(&cfg)?;
+        Ok(Arc::new(Monitor {
+            me,
+            cfg,
+            targets,
+            raft,
+            state,
+            own: RwLock::new(HashMap::new()),
+            peers: RwLock::new(HashMap::new()),
+            tasks: Mutex::new(HashMap::new()),
+            candidates: Mutex::new(BTreeMap::new()),
+            heartbeat_writers: Mutex::new(HashMap::new()),
+            leader_channel: Mutex::new(None),
+            rpc_timeout,
+        }))
+    }
+
+    pub fn start(self: &Arc<Self>) {
+        let m = self.clone();
+        tokio::spawn(async move { m.reconcile_loop().await });
+        let m = self.clone();
+        tokio::spawn(async move { m.report_loop().await });
+        let m = self.clone();
+        tokio::spawn(async move { m.heartbeat_loop().await });
+        let m = self.clone();
+        tokio::spawn(async move { m.topology_loop().await });
+    }
+
+    fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state == ServerState::Leader && m.current_leader == Some(self.me)
+    }
+
+    /// Every instance of every registered cluster (topology members and seeds).
+    fn wanted(&self) -> BTreeMap<InstanceAddr, ClusterName> {
+        let candidates = self.candidates.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.state.read(|s| {
+            let mut out = BTreeMap::new();
+            for c in s.registry.clusters.values() {
+                for a in c.topology.instances.keys().chain(c.seeds.iter()) {
+                    out.insert(a.clone(), c.name.clone());
+                }
+            }
+            for (a, c) in candidates {
+                if s.registry.clusters.contains_key(&c) {
+                    out.entry(a).or_insert(c);
+                }
+            }
+            out
+        })
+    }
+
+    /// Keep exactly one probe task per wanted instance.
+    async fn reconcile_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let wanted = self.wanted();
+            let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            tasks.retain(|addr, h| {
+                let keep = wanted.contains_key(addr);
+                if !keep {
+                    h.abort();
+                    tracing::info!(instance = %addr, "stopped probing (no longer in any cluster)");
+                }
+                keep
+            });
+            for (addr, cluster) in wanted {
+                if !tasks.contains_key(&addr) {
+                    tracing::info!(%cluster, instance = %addr, "probing");
+                    let m = self.clone();
+                    let a = addr.clone();
+                    tasks.insert(addr, tokio::spawn(async move { m.probe_loop(a).await }));
+                }
+            }
+            drop(tasks);
+            let wanted = self.wanted();
+            self.own
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|a, _| wanted.contains_key(a));
+        }
+    }
+
+    async fn probe_loop(self: Arc<Self>, addr: InstanceAddr) {
+        let prober = Prober::new(self.targets.connect_addr(&addr), self.targets.probe_config.clone());
+        let mut tick = tokio::time::interval(self.cfg.probe_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_ok: Option<bool> = None;
+        loop {
+            tick.tick().await;
+            let result = match tokio::time::timeout(self.targets.probe_deadline(), prober.probe()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    prober.disconnect().await;
+                    Err(ProbeError::Timeout {
+                        stage: primus_mysql::ProbeStage::Connect,
+                        after_ms: self.targets.probe_deadline().as_millis() as u64,
+                    })
+                }
+            };
+            let result = result.map(|mut o| {
+                o.addr = addr.clone();
+                o
+            });
+            let ok = result.is_ok();
+            if last_ok != Some(ok) {
+                match &result {
+                    Ok(o) => tracing::info!(instance = %addr, server_id = o.server_id, "instance reachable"),
+                    Err(e) => tracing::warn!(instance = %addr, error = %e, "instance probe failed"),
+                }
+                last_ok = Some(ok);
+            }
+            let rec = ProbeRecord {
+                addr: addr.clone(),
+                at_ms: now_ms(),
+                result,
+            };
+            self.own
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(addr.clone(), rec);
+        }
+    }
+
+    /// Followers send their latest view to the leader every probe interval.
+    async fn report_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.probe_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let m = self.raft.metrics().borrow().clone();
+            let Some(leader) = m.current_leader else { continue };
+            if leader == self.me {
+                continue;
+            }
+            let Some(addr) = m
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.addr.clone())
+            else {
+                continue;
+            };
+            let records: Vec<ProbeRecord> = self
+                .own
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            let payload = match serde_json::to_vec(&records) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode observation report");
+                    continue;
+                }
+            };
+            let ch = match self.channel(&addr) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "bad leader address");
+                    continue;
+                }
+            };
+            let mut client = RaftClient::new(ch).max_encoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES);
+            let mut req = tonic::Request::new(ObservationReport {
+                from: self.me,
+                term: m.current_term,
+                payload,
+            });
+            req.set_timeout(self.rpc_timeout);
+            if let Err(e) = client.report_observations(req).await {
+                tracing::debug!(leader, error = %e.message(), "observation report not delivered");
+            }
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, String> {
+        let mut g = self.leader_channel.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((a, ch)) = g.as_ref() {
+            if a == addr {
+                return Ok(ch.clone());
+            }
+        }
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(self.rpc_timeout)
+            .connect_lazy();
+        *g = Some((addr.to_string(), ch.clone()));
+        Ok(ch)
+    }
+
+    /// The leader writes `(cluster, epoch, ts, coordinator)` on every primary.
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.heartbeat_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !self.is_leader() {
+                continue;
+            }
+            let targets: Vec<(ClusterName, InstanceAddr, u64)> = self.state.read(|s| {
+                s.registry
+                    .clusters
+                    .values()
+                    .filter_map(|c| c.topology.primary.clone().map(|p| (c.name.clone(), p, c.epoch)))
+                    .collect()
+            });
+            for (cluster, primary, epoch) in targets {
+                let (prober, busy) = {
+                    let mut w = self.heartbeat_writers.lock().unwrap_or_else(|p| p.into_inner());
+                    w.entry(primary.clone())
+                        .or_insert_with(|| {
+                            let p = Prober::new(self.targets.connect_addr(&primary), self.targets.probe_config.clone());
+                            (Arc::new(p), Arc::new(tokio::sync::Mutex::new(())))
+                        })
+                        .clone()
+                };
+                // One write in flight per primary: a hung primary never piles up writers.
+                let Ok(guard) = busy.try_lock_owned() else { continue };
+                let me = self.me;
+                let deadline = self.targets.probe_deadline();
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    let r =
+                        tokio::time::timeout(deadline, prober.write_heartbeat(cluster.as_str(), epoch, now_ms(), me))
+                            .await;
+                    match r {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(%cluster, instance = %primary, epoch, error = %e, "heartbeat write failed")
+                        }
+                        Err(_) => {
+                            prober.disconnect().await;
+                            tracing::debug!(%cluster, instance = %primary, epoch, "heartbeat write timed out")
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// The leader commits topology changes it sees in its own probes.
+    async fn topology_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.probe_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !self.is_leader() {
+                continue;
+            }
+            let clusters: Vec<ClusterRecord> = self.state.read(|s| s.registry.clusters.values().cloned().collect());
+            for c in clusters {
+                let new = if c.topology.instances.is_empty() {
+                    match discovery::discover(&c.seeds, &self.targets, self.cfg.discovery_timeout()).await {
+                        Ok(d) => d.topology,
+                        Err(e) => {
+                            tracing::debug!(cluster = %c.name, error = %e, "topology not discovered yet");
+                            continue;
+                        }
+                    }
+                } else {
+                    self.refreshed_topology(&c)
+                };
+                if new != c.topology && !new.instances.is_empty() {
+                    tracing::info!(cluster = %c.name, epoch = c.epoch, topology = %new.summary(), "topology changed");
+                    let req = Request::new(
+                        Command::UpdateTopology {
+                            name: c.name.clone(),
+                            topology: new,
+                        },
+                        Origin {
+                            actor: "primusd topology".into(),
+                            via_node: self.me,
+                        },
+                    );
+                    match tokio::time::timeout(Duration::from_secs(5), self.raft.client_write(req)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!(cluster = %c.name, error = %e, "topology change not committed"),
+                        Err(_) => tracing::warn!(cluster = %c.name, "topology change not committed in 5 s"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The committed topology updated with what this node's probes show: new
+    /// replicas, changed sources. Unreachable instances keep their last known place.
+    fn refreshed_topology(&self, c: &ClusterRecord) -> Topology {
+        let own = self.own.read().unwrap_or_else(|p| p.into_inner());
+        let mut nodes: BTreeMap<InstanceAddr, (Option<InstanceAddr>, u32, String, String)> = BTreeMap::new();
+        let mut discovered = Vec::new();
+        for (addr, inst) in &c.topology.instances {
+            match own.get(addr).map(|r| &r.result) {
+                Some(Ok(o)) => {
+                    nodes.insert(
+                        addr.clone(),
+                        (
+                            source_of(o),
+                            o.server_id,
+                            o.server.flavor.to_string().to_lowercase(),
+                            o.server.version.to_string(),
+                        ),
+                    );
+                    discovered.extend(replicas_of(o));
+                }
+                _ => {
+                    nodes.insert(
+                        addr.clone(),
+                        (
+                            inst.source.clone(),
+                            inst.server_id,
+                            inst.flavor.clone(),
+                            inst.version.clone(),
+                        ),
+                    );
+                }
+            }
+        }
+        // Newly seen replicas join once this node has probed them successfully;
+        // until then they are candidates, probed like members.
+        let mut candidates = self.candidates.lock().unwrap_or_else(|p| p.into_inner());
+        for a in discovered {
+            if nodes.contains_key(&a) {
+                continue;
+            }
+            match own.get(&a).map(|r| &r.result) {
+                Some(Ok(o)) => {
+                    nodes.insert(
+                        a.clone(),
+                        (
+                            source_of(o),
+                            o.server_id,
+                            o.server.flavor.to_string().to_lowercase(),
+                            o.server.version.to_string(),
+                        ),
+                    );
+                    candidates.remove(&a);
+                }
+                _ => {
+                    candidates.insert(a, c.name.clone());
+                }
+            }
+        }
+        let nodes = nodes.into_iter().map(|(a, (s, id, f, v))| (a, s, id, f, v)).collect();
+        Topology::from_edges(nodes, c.topology.primary.as_ref())
+    }
+
+    /// Accept a follower's report (leader only).
+    pub fn accept_report(&self, from: NodeId, term: u64, payload: &[u8]) -> Result<bool, String> {
+        let current = self.raft.metrics().borrow().current_term;
+        if term < current || !self.is_leader() {
+            return Ok(false);
+        }
+        let records: Vec<ProbeRecord> = serde_json::from_slice(payload).map_err(|e| format!("bad report: {e}"))?;
+        let records = records.into_iter().map(|r| (r.addr.clone(), r)).collect();
+        self.peers.write().unwrap_or_else(|p| p.into_inner()).insert(
+            from,
+            PeerView {
+                received: Instant::now(),
+                records,
+            },
+        );
+        Ok(true)
+    }
+
+    /// How old a peer's report may be and still count.
+    fn report_ttl(&self) -> Duration {
+        (self.cfg.probe_interval() * 3).max(Duration::from_secs(3))
+    }
+
+    /// The topology with every instance's latest state, as this node sees it
+    /// (with every coordinator's reachability when `with_peers`).
+    pub fn view(&self, c: &ClusterRecord, with_peers: bool) -> GetTopologyResponse {
+        let own = self.own.read().unwrap_or_else(|p| p.into_inner());
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let ttl = self.report_ttl();
+        let fresh_peers: Vec<(&NodeId, &PeerView)> = if with_peers {
+            peers
+                .iter()
+                .filter(|(id, v)| **id != self.me && v.received.elapsed() < ttl)
+                .collect()
+        } else {
+            vec![]
+        };
+        let primary_obs = c
+            .topology
+            .primary
+            .as_ref()
+            .and_then(|p| own.get(p))
+            .and_then(|r| r.result.as_ref().ok());
+        let primary_gtid = primary_obs.map(|o| o.gtid.executed());
+        let instances = c
+            .topology
+            .instances
+            .values()
+            .map(|inst| {
+                let rec = own.get(&inst.addr);
+                let obs = rec.and_then(|r| r.result.as_ref().ok());
+                let mut seen_by = std::collections::HashMap::new();
+                if let Some(r) = rec {
+                    seen_by.insert(self.me, r.result.is_ok());
+                }
+                for (id, v) in &fresh_peers {
+                    if let Some(r) = v.records.get(&inst.addr) {
+                        seen_by.insert(**id, r.result.is_ok());
+                    }
+                }
+                let mut flags = Vec::new();
+                let down = seen_by.values().filter(|ok| !**ok).count();
+                if down > 0 {
+                    flags.push(format!("unreachable from {down}/{} coordinators", seen_by.len()));
+                }
+                let repl = obs.and_then(|o| o.replication.first());
+                let is_replica = matches!(inst.role, InstanceRole::Replica | InstanceRole::Intermediate);
+                if let (true, Some(o)) = (is_replica, obs) {
+                    match repl {
+                        None => flags.push("not replicating (no replication configured)".into()),
+                        Some(r) if r.io_running != IoThreadState::Yes || !r.sql_running => {
+                            flags.push("not replicating".into())
+                        }
+                        _ => {}
+                    }
+                    if !o.read_only {
+                        flags.push("writable replica".into());
+                    }
+                    if let Some(pg) = &primary_gtid {
+                        if let Some(errant) = AnyGtidSet::errant(&o.gtid.executed(), pg) {
+                            if !errant.is_empty() {
+                                flags.push(format!("errant GTID: {errant}"));
+                            }
+                        }
+                    }
+                }
+                if inst.role == InstanceRole::Primary && obs.map(|o| o.read_only).unwrap_or(false) {
+                    flags.push("primary is read_only".into());
+                }
+                let heartbeat_delay_ms = obs.and_then(|o| {
+                    o.heartbeat_of(c.name.as_str())
+                        .map(|h| o.taken_at_ms as i64 - h.ts_ms as i64)
+                });
+                InstanceView {
+                    addr: inst.addr.to_string(),
+                    role: inst.role.to_string(),
+                    source: inst.source.as_ref().map(ToString::to_string),
+                    server_id: obs.map(|o| o.server_id).unwrap_or(inst.server_id),
+                    flavor: inst.flavor.clone(),
+                    version: obs
+                        .map(|o| o.server.version.to_string())
+                        .unwrap_or_else(|| inst.version.clone()),
+                    read_only: obs.map(|o| o.read_only),
+                    gtid_executed: obs.map(|o| o.gtid.executed().to_string()).unwrap_or_default(),
+                    io_running: repl.map(|r| {
+                        match r.io_running {
+                            IoThreadState::Yes => "yes",
+                            IoThreadState::Connecting => "connecting",
+                            IoThreadState::No => "no",
+                        }
+                        .to_string()
+                    }),
+                    sql_running: repl.map(|r| r.sql_running),
+                    seconds_behind: repl.and_then(|r| r.seconds_behind),
+                    heartbeat_delay_ms,
+                    reachable: obs.is_some(),
+                    seen_by,
+                    flags,
+                    last_error: rec.and_then(|r| r.result.as_ref().err()).map(ToString::to_string),
+                    observed_at_ms: rec.map(|r| r.at_ms),
+                    probe_latency_us: obs.map(|o| o.latency_us),
+                    last_io_error: repl
+                        .and_then(|r| r.last_io_error.as_ref())
+                        .map(|e| format!("{}: {}", e.errno, e.message)),
+                    last_sql_error: repl
+                        .and_then(|r| r.last_sql_error.as_ref())
+                        .map(|e| format!("{}: {}", e.errno, e.message)),
+                }
+            })
+            .collect();
+        GetTopologyResponse {
+            cluster: c.name.to_string(),
+            epoch: c.epoch,
+            primary: c.topology.primary.as_ref().map(ToString::to_string).unwrap_or_default(),
+            instances,
+            served_by: self.me,
+            topology_index: c.topology_index,
+        }
+    }
+}
+
+impl primus_raft::ObservationSink for Monitor {
+    fn accept(&self, from: NodeId, term: u64, payload: &[u8]) -> Result<bool, String> {
+        self.accept_report(from, term, payload)
+    }
+}
