@@ -18,8 +18,11 @@
 //!   with the binary log off, so no instance starts with any GTID history. The
 //!   template is cached in `$TMPDIR/primus-testkit-cache/template-<hash>` (override
 //!   with `PRIMUS_TESTKIT_CACHE_DIR`), keyed by the server version and the bootstrap
-//!   SQL, and shared by all test processes; building it costs ~2 s once.
-//! * Each instance gets a sparse copy of the template (a few ms) in its own directory
+//!   SQL, and shared by all test processes; building it costs ~1-2 s once.
+//! * A sandbox lives in a fresh directory under `$PRIMUS_TESTKIT_TMPDIR`, else
+//!   `/dev/shm` (tmpfs: 3-10x faster than disk here), else the temp dir — or in the
+//!   caller's [`SandboxOptions::base_dir`]. Each instance gets a sparse copy of the
+//!   template (a few ms) in its own directory
 //!   (`node-<i>/{data,tmp,mariadbd.sock,mariadbd.pid,error.log}`), a free loopback
 //!   port, `server_id = first_server_id + i`, binary log in ROW format with
 //!   `log_slave_updates`, `gtid_strict_mode=1`, `gtid_domain_id=0`, tiny buffers and
@@ -29,13 +32,15 @@
 //!
 //! # Durability
 //! `innodb_flush_log_at_trx_commit=2` and `sync_binlog=0`: a committed transaction
-//! survives `kill -9` of the server (it is in the OS page cache), not a machine crash.
+//! survives `kill -9` of the server (it is in the OS page cache), not a machine crash
+//! (on tmpfs nothing survives a reboot anyway).
 //!
 //! # Cleanup
 //! Dropping a [`Sandbox`] SIGKILLs every instance (stopped ones too), reaps it and
 //! removes its directories. Servers are also started with `PR_SET_PDEATHSIG=SIGKILL`
 //! from a dedicated long-lived thread, so they die with the test process even if it is
-//! killed without unwinding. With [`SandboxOptions::keep`] none of that happens: the
+//! killed without unwinding; the next sandbox removes the directories such a process
+//! left behind. With [`SandboxOptions::keep`] none of that happens: the
 //! servers survive this process and [`Sandbox::destroy`] removes them later.
 //!
 //! # Connecting through TCP

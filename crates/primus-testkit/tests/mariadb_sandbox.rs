@@ -226,6 +226,14 @@ async fn sigstop_makes_queries_time_out_until_sigcont() -> Result<()> {
     let mut c = Conn::new(db.coordinator_opts()).await?;
     c.query_drop("SELECT 1").await?;
     c.disconnect().await?;
+
+    // Clean shutdown and start again.
+    let t = Instant::now();
+    db.shutdown().await?;
+    assert!(!db.is_running());
+    db.restart().await?;
+    eprintln!("clean shutdown + restart: {:?}", t.elapsed());
+    assert_eq!(db.query_one::<i64>("SELECT 1").await?, Some(1));
     Ok(())
 }
 
