@@ -5,7 +5,10 @@
 //! they receive? is the heartbeat row advancing?). This crate turns servers into typed,
 //! serialisable facts for that diagnosis and knows each flavor's dialect:
 //!
-//! * [`gtid`]: GTID sets of both flavors and their algebra (errant transactions, who is ahead).
+//! * [`gtid`]: GTID sets of both flavors and their algebra (who is ahead), and MariaDB's
+//!   `gtid_binlog_state`.
+//! * [`errant`]: [`errant_transactions`], the errant-transaction check between a replica's and
+//!   its primary's observations.
 //! * [`flavor`]: flavor/version detection and every version-dependent SQL statement.
 //! * [`status`]: typed `SHOW REPLICA STATUS` / `SHOW SLAVE HOSTS` rows.
 //! * [`probe`]: one reused connection per instance, one round trip per probe, strict timeouts,
@@ -13,14 +16,16 @@
 //! * [`heartbeat`]: the `primus.heartbeat` row coordinators write on the primary and read on
 //!   every replica to see replication progress end to end.
 
+pub mod errant;
 pub mod flavor;
 pub mod gtid;
 pub mod heartbeat;
 pub mod probe;
 pub mod status;
 
+pub use errant::{errant_transactions, ErrantReport};
 pub use flavor::{Flavor, ServerInfo, Version};
-pub use gtid::{AnyGtidSet, GtidOrdering, GtidSetOps, MariaGtidSet, MySqlGtidSet};
+pub use gtid::{AnyGtidSet, GtidOrdering, GtidSetOps, MariaBinlogState, MariaGtidSet, MySqlGtidSet};
 pub use heartbeat::{HeartbeatRow, HeartbeatTable};
 pub use probe::{GtidState, Observation, ProbeConfig, ProbeCost, ProbeError, ProbeStage, Prober, Secret};
 pub use status::{ConnectedReplica, IoThreadState, ReplicaStatus, StatusRow};

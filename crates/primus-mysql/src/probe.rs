@@ -28,7 +28,7 @@
 //! observation is still valid.
 
 use crate::flavor::{self, Flavor, ServerInfo};
-use crate::gtid::{AnyGtidSet, MariaGtidSet, MySqlGtidSet};
+use crate::gtid::{AnyGtidSet, MariaBinlogState, MariaGtidSet, MySqlGtidSet};
 use crate::heartbeat::{self, HeartbeatError, HeartbeatRow, HeartbeatTable, ER_BAD_DB_ERROR, ER_NO_SUCH_TABLE};
 use crate::status::{ConnectedReplica, ReplicaStatus, StatusRow};
 use mysql_async::prelude::Queryable;
@@ -198,6 +198,12 @@ pub enum GtidState {
         slave_pos: MariaGtidSet,
         strict_mode: bool,
         domain_id: u32,
+        /// `@@gtid_binlog_state`: the last seq of every (domain, server) in its binlog, which
+        /// keeps transactions written on this server visible after higher seqs from elsewhere
+        /// (see [`crate::errant::errant_transactions`]). Empty in observations serialized before
+        /// it was read (hence `serde(default)`), and on servers without a binlog.
+        #[serde(default)]
+        binlog_state: MariaBinlogState,
     },
     MySql {
         /// `@@gtid_executed`.
@@ -367,6 +373,8 @@ fn variables_sql(info: &ServerInfo, table: &HeartbeatTable) -> String {
                 ("@@gtid_slave_pos".into(), "gtid_slave_pos"),
                 ("@@gtid_strict_mode".into(), "gtid_strict_mode"),
                 ("@@gtid_domain_id".into(), "gtid_domain_id"),
+                // Exists wherever GTIDs do (10.0+) and needs no privilege: cannot fail.
+                ("@@gtid_binlog_state".into(), "gtid_binlog_state"),
             ]);
         }
         Flavor::MySql => {
@@ -506,6 +514,7 @@ fn parse_variables(info: &ServerInfo, rows: &[StatusRow]) -> Result<Variables, P
             slave_pos: parse_gtid("gtid_slave_pos", t("gtid_slave_pos"))?,
             strict_mode: parse_bool(S, "gtid_strict_mode", t("gtid_strict_mode"))?.unwrap_or(false),
             domain_id: parse_num(S, "gtid_domain_id", t("gtid_domain_id"))?.unwrap_or(0),
+            binlog_state: parse_gtid("gtid_binlog_state", t("gtid_binlog_state"))?,
         },
         Flavor::MySql => GtidState::MySql {
             executed: parse_gtid("gtid_executed", t("gtid_executed"))?,
@@ -1068,6 +1077,8 @@ mod tests {
         assert_eq!(maria.statements[1], "SHOW ALL SLAVES STATUS");
         assert_eq!(maria.statements[2], "SHOW SLAVE HOSTS");
         assert!(maria.statements[0].contains("@@gtid_current_pos AS gtid_current_pos"));
+        assert!(maria.statements[0].contains("@@gtid_binlog_state AS gtid_binlog_state"));
+        assert!(!my_batch_mentions_binlog_state(&t));
         assert!(maria.statements[0].contains("information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'Uptime'"));
         assert!(maria.statements[0].contains("'rpl_semi_sync_master_enabled'"));
         assert!(!maria.statements[0].contains("super_read_only"));
@@ -1096,6 +1107,12 @@ mod tests {
         assert!(!my57.statements[0].contains("COALESCE"));
     }
 
+    fn my_batch_mentions_binlog_state(t: &HeartbeatTable) -> bool {
+        ["8.0.36", "8.4.0", "5.7.44-log"]
+            .iter()
+            .any(|v| batch_for(&info(v), t).statements[0].contains("binlog_state"))
+    }
+
     fn row(pairs: &[(&str, Option<&str>)]) -> StatusRow {
         pairs.iter().map(|(k, v)| (*k, *v)).collect()
     }
@@ -1120,8 +1137,9 @@ mod tests {
             ("gtid_slave_pos", Some("0-1-42")),
             ("gtid_strict_mode", Some("1")),
             ("gtid_domain_id", Some("0")),
+            ("gtid_binlog_state", Some("0-2-5,0-1-42")),
         ]);
-        let v = parse_variables(&info("10.11.6-MariaDB"), &[r]).expect("parses");
+        let v = parse_variables(&info("10.11.6-MariaDB"), std::slice::from_ref(&r)).expect("parses");
         assert_eq!(
             (v.server_id, v.read_only, v.super_read_only, v.uptime_s),
             (2, true, None, Some(123))
@@ -1129,7 +1147,55 @@ mod tests {
         assert_eq!(v.semi_sync.replica_active, Some(true));
         assert_eq!(v.gtid.executed().to_string(), "0-1-42");
         match &v.gtid {
-            GtidState::MariaDb { strict_mode, .. } => assert!(*strict_mode),
+            GtidState::MariaDb {
+                strict_mode,
+                binlog_state,
+                ..
+            } => {
+                assert!(*strict_mode);
+                assert_eq!(binlog_state.to_string(), "0-1-42,0-2-5");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // NULL (no binlog) reads as empty; garbage is reported, naming the variable.
+        let with_state = |v: Option<&str>| {
+            let mut row = r.clone();
+            for (k, val) in &mut row.0 {
+                if k == "gtid_binlog_state" {
+                    *val = v.map(str::to_string);
+                }
+            }
+            row
+        };
+        let null = with_state(None);
+        match parse_variables(&info("10.11.6-MariaDB"), &[null]).expect("parses").gtid {
+            GtidState::MariaDb { binlog_state, .. } => assert!(binlog_state.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        let bad = with_state(Some("0-1-x"));
+        match parse_variables(&info("10.11.6-MariaDB"), &[bad]) {
+            Err(ProbeError::Unparseable { message, .. }) => assert!(message.contains("gtid_binlog_state"), "{message}"),
+            other => panic!("{:?}", other.map(|v| v.gtid)),
+        }
+    }
+
+    #[test]
+    fn mariadb_gtid_state_without_binlog_state_still_decodes() {
+        let state = GtidState::MariaDb {
+            current_pos: "0-1-42".parse().expect("valid"),
+            binlog_pos: "0-1-42".parse().expect("valid"),
+            slave_pos: "0-1-40".parse().expect("valid"),
+            strict_mode: true,
+            domain_id: 0,
+            binlog_state: "0-1-42,0-3-7".parse().expect("valid"),
+        };
+        let json = serde_json::to_string(&state).expect("serializes");
+        assert!(json.contains(r#""binlog_state":"0-1-42,0-3-7""#), "{json}");
+        assert_eq!(serde_json::from_str::<GtidState>(&json).expect("parses"), state);
+        let old = r#"{"flavor":"mariadb","current_pos":"0-1-42","binlog_pos":"0-1-42","slave_pos":"0-1-40","strict_mode":true,"domain_id":0}"#;
+        match serde_json::from_str::<GtidState>(old).expect("older observations decode") {
+            GtidState::MariaDb { binlog_state, .. } => assert!(binlog_state.is_empty()),
             other => panic!("{other:?}"),
         }
     }

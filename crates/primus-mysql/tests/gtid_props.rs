@@ -1,6 +1,6 @@
 //! Property tests of the GTID set algebra, run over both flavors with the same properties.
 
-use primus_mysql::gtid::{GtidOrdering, GtidSetOps, MariaGtidSet, MySqlGtidSet};
+use primus_mysql::gtid::{GtidOrdering, GtidSetOps, MariaBinlogState, MariaGtid, MariaGtidSet, MySqlGtidSet};
 use proptest::prelude::*;
 
 const UUIDS: [&str; 3] = [
@@ -31,6 +31,19 @@ fn maria_set() -> impl Strategy<Value = MariaGtidSet> {
         Some(len) => format!("{d}-{s}-{}..{}", a + 1, a + 1 + len),
     });
     prop::collection::vec(elem, 0..6).prop_map(|v| v.join(",").parse().expect("generated MariaDB GTID set parses"))
+}
+
+/// `@@gtid_binlog_state`-shaped GTIDs: several servers per domain, repeats allowed.
+fn binlog_gtids() -> impl Strategy<Value = Vec<MariaGtid>> {
+    prop::collection::vec((0u32..3, 1u32..5, 0u64..200), 0..8).prop_map(|v| {
+        v.into_iter()
+            .map(|(domain_id, server_id, seq_no)| MariaGtid {
+                domain_id,
+                server_id,
+                seq_no,
+            })
+            .collect()
+    })
 }
 
 fn check_laws<T: GtidSetOps + std::fmt::Debug>(a: &T, b: &T, c: &T) -> Result<(), TestCaseError> {
@@ -96,14 +109,39 @@ proptest! {
     }
 
     #[test]
+    fn mariadb_binlog_states_round_trip(gtids in binlog_gtids(), other in binlog_gtids()) {
+        let text: Vec<String> = gtids.iter().map(ToString::to_string).collect();
+        let parsed: MariaBinlogState = text.join(",").parse().expect("generated binlog state parses");
+        prop_assert_eq!(&parsed, &MariaBinlogState::from_gtids(gtids.iter().copied()));
+        // Canonical printing round-trips, and the input order does not matter.
+        prop_assert_eq!(&parsed.to_string().parse::<MariaBinlogState>().expect("canonical output parses"), &parsed);
+        let reversed: Vec<String> = text.iter().rev().cloned().collect();
+        prop_assert_eq!(&reversed.join(", ").parse::<MariaBinlogState>().expect("parses"), &parsed);
+        // Each (domain, server) keeps its highest seq.
+        for g in &gtids {
+            let max = gtids.iter().filter(|h| (h.domain_id, h.server_id) == (g.domain_id, g.server_id)).map(|h| h.seq_no).max();
+            prop_assert_eq!(parsed.get(g.domain_id, g.server_id), max);
+        }
+        // `ahead_of` lists exactly the pairs the other state does not cover.
+        let other = MariaBinlogState::from_gtids(other);
+        prop_assert!(parsed.ahead_of(&parsed).is_empty());
+        let covered = parsed.gtids().all(|g| other.get(g.domain_id, g.server_id).is_some_and(|o| o >= g.seq_no));
+        prop_assert_eq!(parsed.ahead_of(&other).is_empty(), covered);
+        let serde = serde_json::to_string(&parsed).expect("serializes");
+        prop_assert_eq!(serde_json::from_str::<MariaBinlogState>(&serde).expect("deserializes"), parsed);
+    }
+
+    #[test]
     fn parsers_never_panic_on_arbitrary_input(s in ".{0,80}") {
         let _ = s.parse::<MySqlGtidSet>();
         let _ = s.parse::<MariaGtidSet>();
+        let _ = s.parse::<MariaBinlogState>();
     }
 
     #[test]
     fn parsers_never_panic_on_gtid_like_input(s in "[0-9a-fA-F:,\\- .\n]{0,60}") {
         let _ = s.parse::<MySqlGtidSet>();
         let _ = s.parse::<MariaGtidSet>();
+        let _ = s.parse::<MariaBinlogState>();
     }
 }

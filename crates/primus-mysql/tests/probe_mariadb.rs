@@ -7,15 +7,16 @@
 use anyhow::{bail, Context, Result};
 use mysql_async::prelude::Queryable;
 use primus_mysql::flavor::{self, ChangeSource, Flavor, ResetReplica};
-use primus_mysql::gtid::{GtidOrdering, GtidSetOps, MariaGtidSet};
+use primus_mysql::gtid::{GtidOrdering, GtidSetOps, MariaGtid, MariaGtidSet};
 use primus_mysql::probe::GtidState;
 use primus_mysql::status::{IoThreadState, UsingGtid};
-use primus_mysql::{HeartbeatRow, Observation, ProbeConfig, ProbeError, ProbeStage, Prober};
+use primus_mysql::{errant_transactions, HeartbeatRow, Observation, ProbeConfig, ProbeError, ProbeStage, Prober};
 use primus_testkit::mariadb::{
     Instance, Sandbox, SandboxOptions, Topology, COORDINATOR_PASSWORD, COORDINATOR_USER, REPLICATION_PASSWORD,
     REPLICATION_USER,
 };
 use primus_types::InstanceAddr;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -375,6 +376,120 @@ async fn errant_writes_on_a_replica_show_against_the_primary() -> Result<()> {
         IoThreadState::Yes,
         "the receiver still works"
     );
+    Ok(())
+}
+
+fn binlog_state(o: &Observation) -> &primus_mysql::MariaBinlogState {
+    match &o.gtid {
+        GtidState::MariaDb { binlog_state, .. } => binlog_state,
+        other => panic!("expected MariaDB GTID state, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errant_write_stays_visible_after_the_primary_overtakes_it() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let sb = Sandbox::start(SandboxOptions::new(Topology::PrimaryWithReplicas(2))).await?;
+    sb.insert_rows(3).await?;
+    sb.wait_replicas_caught_up(CATCH_UP).await?;
+    let (bad, good) = (&sb.replicas()[0], &sb.replicas()[1]);
+
+    // What an operator (or a buggy application) might do on a replica.
+    bad.exec("SET GLOBAL read_only = 0").await?;
+    bad.exec("CREATE DATABASE errant_x").await?;
+    bad.exec("SET GLOBAL read_only = 1").await?;
+    // The primary moves on, as it does every few hundred ms with coordinator heartbeats: its
+    // seq in domain 0 overtakes the errant one, and the bad replica's applier stops on the
+    // out-of-order seq (strict mode).
+    let mut pos = String::new();
+    for _ in 0..20 {
+        pos = sb.insert_rows(1).await?; // one INSERT transaction each
+    }
+    good.wait_gtid(&pos, CATCH_UP).await?;
+    let b = probe_until(&prober(bad), CATCH_UP, "SQL thread error on the errant replica", |o| {
+        o.replication.first().is_some_and(|s| s.last_sql_error.is_some())
+    })
+    .await?;
+    let p = prober(sb.primary()).probe().await?;
+    let g = prober(good).probe().await?;
+    eprintln!(
+        "primary {} / {}; bad replica {} / {}; good replica {} / {}",
+        current_pos(&p),
+        binlog_state(&p),
+        current_pos(&b),
+        binlog_state(&b),
+        current_pos(&g),
+        binlog_state(&g)
+    );
+
+    // The probe reads @@gtid_binlog_state.
+    let primary_last = current_pos(&p).last(0).context("domain 0 on the primary")?;
+    assert_eq!(primary_last.server_id, sb.primary().server_id());
+    let errant_seq = binlog_state(&b)
+        .get(0, bad.server_id())
+        .context("the replica's own pair")?;
+    assert!(
+        primary_last.seq_no >= errant_seq + 20,
+        "the primary overtook the errant seq"
+    );
+    assert_eq!(
+        binlog_state(&p).get(0, sb.primary().server_id()),
+        Some(primary_last.seq_no)
+    );
+
+    // Position arithmetic alone has lost it...
+    assert!(
+        primus_mysql::AnyGtidSet::errant(&b.gtid.executed(), &p.gtid.executed())
+            .context("same flavor")?
+            .is_empty(),
+        "the primary's position overtook the errant seq"
+    );
+    // ... the binlog state keeps it.
+    let report = errant_transactions(&b, &p).context("same flavor")?;
+    eprintln!("errant on the written replica: {report}");
+    assert!(!report.is_empty());
+    assert_eq!(report.count(), 1, "{report:?}");
+    assert_eq!(report.server_ids(), BTreeSet::from([bad.server_id()]), "{report:?}");
+    assert_eq!(report.binlog.len(), 1, "{report:?}");
+    assert_eq!(
+        report.binlog[0],
+        MariaGtid {
+            domain_id: 0,
+            server_id: bad.server_id(),
+            seq_no: errant_seq
+        }
+    );
+    assert!(report.unseen_on_primary.is_empty(), "{report:?}");
+
+    let clean = errant_transactions(&g, &p).context("same flavor")?;
+    assert!(clean.is_empty(), "{clean:?}");
+    assert_eq!(clean.count(), 0);
+    assert!(errant_transactions(&p, &p).context("same flavor")?.is_empty());
+
+    // The replica probed after the primary wrote more (probes run on their own schedules):
+    // positions say "ahead", but the primary wrote those itself, so nothing is errant.
+    let pos = sb.insert_rows(1).await?;
+    good.wait_gtid(&pos, CATCH_UP).await?;
+    let g_later = prober(good).probe().await?;
+    assert!(
+        !primus_mysql::AnyGtidSet::errant(&g_later.gtid.executed(), &p.gtid.executed())
+            .context("same flavor")?
+            .is_empty()
+    );
+    let skewed = errant_transactions(&g_later, &p).context("same flavor")?;
+    assert!(skewed.is_empty(), "{skewed:?}");
+    assert!(!skewed.unseen_on_primary.is_empty(), "{skewed:?}");
+    let still = errant_transactions(&prober(bad).probe().await?, &p).context("same flavor")?;
+    assert_eq!(
+        (still.count(), still.server_ids()),
+        (1, BTreeSet::from([bad.server_id()]))
+    );
+
+    // Observations carry the state through JSON.
+    let json = serde_json::to_string(&b)?;
+    assert!(json.contains("\"binlog_state\":\""), "{json}");
+    let back: Observation = serde_json::from_str(&json)?;
+    assert_eq!(errant_transactions(&back, &p), Some(report));
     Ok(())
 }
 

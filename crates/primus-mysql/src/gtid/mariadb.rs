@@ -84,6 +84,12 @@ impl MariaGtidSet {
         s
     }
 
+    /// Adds the sequence numbers `seqs` of `domain`, last written by `server_id`, as
+    /// [`MariaGtidSet::union`] would.
+    pub fn add(&mut self, domain: u32, server_id: u32, seqs: IntervalSet) {
+        self.insert(domain, DomainSeqs { server_id, seqs });
+    }
+
     fn insert(&mut self, domain: u32, d: DomainSeqs) {
         match self.domains.get_mut(&domain) {
             Some(cur) => {
@@ -213,6 +219,10 @@ impl MariaGtidSet {
     /// Limitation inherent to MariaDB positions: an errant transaction that was later overtaken
     /// by higher seqs from the primary in the same domain is invisible here; one that ends the
     /// domain at the same seq as the primary shows up in [`MariaGtidSet::conflicts`] instead.
+    /// With `gtid_strict_mode` and a primary writing heartbeats, that overtaking happens within
+    /// a fraction of a second, so this alone misses real errant transactions: use
+    /// [`crate::errant::errant_transactions`], which adds `@@gtid_binlog_state`
+    /// ([`super::MariaBinlogState`]) and conflicts.
     pub fn errant(replica: &MariaGtidSet, primary: &MariaGtidSet) -> MariaGtidSet {
         replica.subtract(primary)
     }

@@ -10,12 +10,20 @@
 //! `Display` that round-trips, `contains`/subset, a partial order ([`GtidOrdering`]), union,
 //! intersection, subtraction, `errant(replica, primary)` and `count`.
 //!
-//! Both types (de)serialize as their canonical string, so observations print readably as JSON.
+//! MariaDB positions hide a replica's own (errant) transaction once a higher seq from the primary
+//! exists in the same domain; [`MariaBinlogState`] (`@@gtid_binlog_state`, the last seq of every
+//! (domain, server) pair in the binary log) keeps it visible. The errant check that combines both
+//! is [`crate::errant::errant_transactions`].
+//!
+//! All these types (de)serialize as their canonical string, so observations print readably as
+//! JSON.
 
+mod binlog_state;
 mod interval;
 mod mariadb;
 mod mysql;
 
+pub use binlog_state::MariaBinlogState;
 pub use interval::IntervalSet;
 pub use mariadb::{DomainSeqs, MariaGtid, MariaGtidSet};
 pub use mysql::{GtidSource, MySqlGtidSet, Uuid};
@@ -35,6 +43,12 @@ pub enum GtidParseError {
     },
     #[error("invalid MariaDB GTID position {input:?}: element {part:?}: {reason}")]
     MariaDb {
+        input: String,
+        part: String,
+        reason: &'static str,
+    },
+    #[error("invalid MariaDB gtid_binlog_state {input:?}: element {part:?}: {reason}")]
+    MariaDbBinlogState {
         input: String,
         part: String,
         reason: &'static str,
@@ -228,6 +242,7 @@ macro_rules! serde_as_string {
 }
 serde_as_string!(MySqlGtidSet);
 serde_as_string!(MariaGtidSet);
+serde_as_string!(MariaBinlogState);
 
 #[cfg(test)]
 mod tests {
@@ -256,5 +271,11 @@ mod tests {
         assert_eq!(j, "\"0-1-42,1-2-7\"");
         assert_eq!(serde_json::from_str::<MariaGtidSet>(&j).expect("parses"), m);
         assert!(serde_json::from_str::<MySqlGtidSet>("\"nope:1\"").is_err());
+
+        let b: MariaBinlogState = "0-2-5,0-1-120".parse().expect("valid");
+        let j = serde_json::to_string(&b).expect("serializes");
+        assert_eq!(j, "\"0-1-120,0-2-5\"");
+        assert_eq!(serde_json::from_str::<MariaBinlogState>(&j).expect("parses"), b);
+        assert!(serde_json::from_str::<MariaBinlogState>("\"0-1-1..2\"").is_err());
     }
 }
