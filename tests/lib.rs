@@ -45,3 +45,118 @@ pub async fn wait_has_all(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+pub mod world {
+    //! A MariaDB sandbox watched by a real primusd group, optionally with one cut-able
+    //! link proxy per (coordinator, instance) pair.
+
+    use primus_client::{GetTopologyResponse, InstanceView, ReadConsistency};
+    use primus_testkit::coordinator::{CoordinatorGroup, GroupOptions};
+    use primus_testkit::mariadb::{Sandbox, SandboxOptions, Topology};
+    use primus_testkit::proxy::LinkMatrix;
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    pub struct World {
+        pub sandbox: Sandbox,
+        pub group: CoordinatorGroup,
+        pub links: Option<LinkMatrix>,
+        _secrets: tempfile::TempDir,
+    }
+
+    pub struct WorldOptions {
+        pub topology: Topology,
+        pub coordinators: usize,
+        pub proxied: bool,
+        pub password: String,
+        pub probe_interval_ms: u64,
+        pub query_timeout_ms: u64,
+    }
+
+    impl Default for WorldOptions {
+        fn default() -> Self {
+            WorldOptions {
+                topology: Topology::PrimaryWithReplicas(2),
+                coordinators: 3,
+                proxied: false,
+                password: "primus-pass".into(),
+                probe_interval_ms: 300,
+                query_timeout_ms: 800,
+            }
+        }
+    }
+
+    impl World {
+        pub async fn start(o: WorldOptions) -> anyhow::Result<World> {
+            let sandbox = Sandbox::start(SandboxOptions::new(o.topology)).await?;
+            let secrets = tempfile::tempdir()?;
+            let pw = secrets.path().join("mysql.pass");
+            std::fs::write(&pw, format!("{}\n", o.password))?;
+            let extra = format!(
+                "[mysql]\nuser = \"primus\"\npassword_file = \"{}\"\nprobe_interval_ms = {}\n\
+                 query_timeout_ms = {}\nconnect_timeout_ms = {}\nheartbeat_interval_ms = 200\n",
+                pw.display(),
+                o.probe_interval_ms,
+                o.query_timeout_ms,
+                o.query_timeout_ms
+            );
+            let mut node_config = BTreeMap::new();
+            let links = if o.proxied {
+                let m = LinkMatrix::start(o.coordinators, &sandbox.addrs()).await?;
+                for i in 0..o.coordinators {
+                    let mut t = String::from("[mysql.connect_via]\n");
+                    for (from, to) in m.address_map_strings(i) {
+                        t.push_str(&format!("\"{from}\" = \"{to}\"\n"));
+                    }
+                    node_config.insert(i as u64 + 1, t);
+                }
+                Some(m)
+            } else {
+                None
+            };
+            let group = CoordinatorGroup::start(GroupOptions {
+                nodes: o.coordinators,
+                extra_config: extra,
+                node_config,
+                ..Default::default()
+            })?;
+            group.wait_leader(&[], Duration::from_secs(20)).await?;
+            Ok(World { sandbox, group, links, _secrets: secrets })
+        }
+
+        pub fn client(&self) -> anyhow::Result<primus_client::Client> {
+            self.group.client(Duration::from_secs(15))
+        }
+
+        pub async fn topology(&self, cluster: &str) -> anyhow::Result<GetTopologyResponse> {
+            Ok(self.client()?.topology(cluster, ReadConsistency::Linearizable).await?)
+        }
+
+        /// Poll the leader's topology until `pred` holds for it.
+        pub async fn wait_topology(
+            &self,
+            cluster: &str,
+            what: &str,
+            timeout: Duration,
+            pred: impl Fn(&GetTopologyResponse) -> bool,
+        ) -> anyhow::Result<GetTopologyResponse> {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let t = self.topology(cluster).await;
+                if let Ok(t) = &t {
+                    if pred(t) {
+                        return Ok(t.clone());
+                    }
+                }
+                if Instant::now() > deadline {
+                    anyhow::bail!("timed out after {timeout:?} waiting for {what}; last topology: {t:#?}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    pub fn inst<'a>(t: &'a GetTopologyResponse, addr: &str) -> &'a InstanceView {
+        t.instances.iter().find(|i| i.addr == addr).unwrap_or_else(|| panic!("{addr} not in topology {t:#?}"))
+    }
+}

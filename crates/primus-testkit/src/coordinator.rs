@@ -51,6 +51,8 @@ pub struct GroupOptions {
     pub keep: bool,
     /// Extra TOML appended to every node's config.
     pub extra_config: String,
+    /// Extra TOML for one node only (after `extra_config`), e.g. its `[mysql.connect_via]`.
+    pub node_config: BTreeMap<u64, String>,
     /// Also give every node an HTTP listener.
     pub http: bool,
 }
@@ -189,6 +191,10 @@ impl CoordinatorGroup {
             cfg.push_str(&format!("http_listen = \"127.0.0.1:{h}\"\n"));
         }
         cfg.push_str(&self.opts.extra_config);
+        if let Some(extra) = self.opts.node_config.get(&id) {
+            cfg.push('\n');
+            cfg.push_str(extra);
+        }
         cfg.push_str(&format!(
             "\n[raft]\nheartbeat_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n\
              snapshot_every_entries = {}\nkeep_logs_after_snapshot = {}\nwrite_timeout_ms = {}\n",
