@@ -121,7 +121,12 @@ pub mod world {
                 ..Default::default()
             })?;
             group.wait_leader(&[], Duration::from_secs(20)).await?;
-            Ok(World { sandbox, group, links, _secrets: secrets })
+            Ok(World {
+                sandbox,
+                group,
+                links,
+                _secrets: secrets,
+            })
         }
 
         pub fn client(&self) -> anyhow::Result<primus_client::Client> {
@@ -157,6 +162,9 @@ pub mod world {
     }
 
     pub fn inst<'a>(t: &'a GetTopologyResponse, addr: &str) -> &'a InstanceView {
-        t.instances.iter().find(|i| i.addr == addr).unwrap_or_else(|| panic!("{addr} not in topology {t:#?}"))
+        t.instances
+            .iter()
+            .find(|i| i.addr == addr)
+            .unwrap_or_else(|| panic!("{addr} not in topology {t:#?}"))
     }
 }

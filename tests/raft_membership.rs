@@ -65,7 +65,29 @@ async fn new_member_catches_up_from_snapshot_and_removal_keeps_group_writable() 
     };
 
     // Node 4 starts empty, waits, and is added with primusctl.
+    // A node that is not running, or is not who the operator says, is refused:
+    // it would otherwise count toward quorum while unable to vote.
+    let dead = format!("127.0.0.1:{}", primus_testkit::ports::free_port()?);
+    let out = std::process::Command::new(bin("primusctl")?)
+        .args(["--endpoints", &g.endpoints(), "members", "add", "5", &dead])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no primusd answers"),
+        "dead node accepted: {err}"
+    );
+    assert_eq!(client.status().await?.members.len(), 3);
+
     let addr4 = g.spawn_joining_node(4)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = std::process::Command::new(bin("primusctl")?)
+        .args(["--endpoints", &g.endpoints_except(&[4]), "members", "add", "9", &addr4])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is node 4, not node 9"),
+        "wrong id accepted: {err}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let s4 = g.status_of(4).await?;
     assert_eq!(

@@ -22,7 +22,8 @@ struct Cli {
     /// Output format.
     #[arg(long, short = 'o', value_enum, global = true, default_value = "table")]
     output: Output,
-    /// Overall deadline per command, retries included (e.g. 10s, 500ms).
+    /// Overall deadline per command, retries included (e.g. 10s, 500ms). Membership
+    /// changes wait at least 130 s, as they may include a snapshot transfer.
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
     /// Verbose client logging to stderr.
@@ -186,16 +187,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "commit_index": s.commit_index, "applied_index": s.applied_index,
                     "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
                     "served_by": s.node_id, "members": members,
+                    "millis_since_quorum_ack": s.millis_since_quorum_ack,
                 }));
             } else {
                 println!(
-                    "leader: node {} at {}   term: {}   commit index: {}   applied: {}   snapshot: {}",
+                    "leader: node {} at {}   term: {}   commit index: {}   applied: {}   snapshot: {}   quorum ack: {} ms ago",
                     opt(s.leader_id),
                     s.leader_addr,
                     s.term,
                     opt(s.commit_index),
                     opt(s.applied_index),
-                    opt(s.snapshot_index)
+                    opt(s.snapshot_index),
+                    opt(s.millis_since_quorum_ack)
                 );
                 let rows = s
                     .members

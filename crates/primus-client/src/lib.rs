@@ -79,9 +79,11 @@ pub struct Client {
 }
 
 /// Whether a failed call certainly had no effect and another endpoint may be tried.
+/// UNAVAILABLE means the endpoint could not be reached or knew no leader: the
+/// request was not proposed. Anything else (including UNKNOWN from a connection
+/// that broke mid-request) may have taken effect and is returned to the caller.
 fn retryable(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::Unknown)
-        || (s.code() == Code::Cancelled && s.message().contains("connect"))
+    s.code() == Code::Unavailable
 }
 
 impl Client {

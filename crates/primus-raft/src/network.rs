@@ -2,7 +2,7 @@
 
 use crate::faults::Faults;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
-use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
@@ -28,6 +28,10 @@ pub struct NetworkConfig {
     pub snapshot_timeout: Duration,
     /// TCP connect timeout to a peer.
     pub connect_timeout: Duration,
+    /// How long to wait before retrying an unreachable peer. openraft's default
+    /// (500 ms) is longer than a LAN election timeout, so a restarted follower
+    /// would hear nothing and call a needless election.
+    pub unreachable_backoff: Duration,
 }
 
 impl Default for NetworkConfig {
@@ -36,6 +40,7 @@ impl Default for NetworkConfig {
             rpc_timeout: Duration::from_millis(1000),
             snapshot_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_millis(500),
+            unreachable_backoff: Duration::from_millis(100),
         }
     }
 }
@@ -215,6 +220,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     {
         let ttl = self.cfg.snapshot_timeout;
         self.call(RPCTypes::InstallSnapshot, ttl, &rpc).await
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.cfg.unreachable_backoff))
     }
 
     async fn vote(

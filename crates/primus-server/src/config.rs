@@ -210,8 +210,8 @@ pub struct InitialMember {
 }
 
 impl Config {
-    /// Read, parse and validate. `data_dir_has_state` is asked only when the
-    /// check depends on it (a node missing from `initial_members`).
+    /// Read, parse and validate (the bootstrap check, which depends on whether
+    /// `data_dir` holds a store, is `check_bootstrap`).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -389,7 +389,7 @@ pub fn check_host_port(s: &str) -> Result<(), String> {
     }
 }
 
-/// Turn toml's multi-line error into `line N: key `k`: message`.
+/// Turn toml's multi-line error into `line N: key `table.k`: message`.
 fn one_line(text: &str, e: &toml::de::Error) -> (String, String) {
     let message = e.message().replace('\n', " ");
     let Some(span) = e.span() else {
@@ -397,10 +397,35 @@ fn one_line(text: &str, e: &toml::de::Error) -> (String, String) {
     };
     let start = span.start.min(text.len());
     let line_no = text[..start].matches('\n').count() + 1;
-    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    let lines: Vec<&str> = text.lines().collect();
+    // The table the error is in: the nearest `[header]` at or above the error's line.
+    let table = lines[..line_no.min(lines.len())]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|h| h.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let qualify = |k: &str| match &table {
+        Some(t) if !t.is_empty() => format!("{t}.{k}"),
+        _ => k.to_string(),
+    };
+    // "missing field `x`" / "unknown field `x`": the field is the key, whatever line the span points at.
+    let named = message
+        .strip_prefix("missing field `")
+        .or_else(|| message.strip_prefix("unknown field `"))
+        .and_then(|rest| rest.split('`').next());
+    if let Some(k) = named {
+        let location = if message.starts_with("missing") {
+            format!(": key `{}`", qualify(k))
+        } else {
+            format!(" line {line_no}: key `{}`", qualify(k))
+        };
+        return (location, message);
+    }
+    let line = lines.get(line_no - 1).copied().unwrap_or("").trim();
     let key = line.split('=').next().unwrap_or("").trim();
     let location = if !key.is_empty() && line.contains('=') {
-        format!(" line {line_no}: key `{key}`")
+        format!(" line {line_no}: key `{}`", qualify(key))
     } else if !line.is_empty() {
         format!(" line {line_no}: `{line}`")
     } else {
@@ -463,6 +488,9 @@ addr = "127.0.0.1:7101"
         ];
         for (text, key) in cases {
             let e = err(&text);
+            if key == "node_id" && !text.contains("node_id") {
+                assert!(e.contains("key `node_id`: missing field"), "{e}");
+            }
             assert!(!e.contains('\n'), "multi-line error: {e}");
             assert!(e.contains(key), "error {e:?} does not name {key}");
         }

@@ -13,8 +13,7 @@
 
 use crate::config::MysqlSection;
 use crate::discovery::{self, replicas_of, source_of};
-use openraft::ServerState;
-use primus_mysql::{AnyGtidSet, IoThreadState, Observation, ProbeConfig, ProbeError, Prober};
+use primus_mysql::{IoThreadState, Observation, ProbeConfig, ProbeError, Prober};
 use primus_proto::raft::raft_client::RaftClient;
 use primus_proto::raft::ObservationReport;
 use primus_proto::v1::{GetTopologyResponse, InstanceView};
@@ -103,6 +102,7 @@ pub struct Monitor {
     heartbeat_writers: Mutex<HashMap<InstanceAddr, HeartbeatWriter>>,
     leader_channel: Mutex<Option<(String, tonic::transport::Channel)>>,
     rpc_timeout: Duration,
+    election_timeout_min_ms: u64,
 }
 
 impl Monitor {
@@ -112,6 +112,7 @@ impl Monitor {
         raft: Raft,
         state: StateHandle,
         rpc_timeout: Duration,
+        election_timeout_min_ms: u64,
     ) -> Result<Arc<Monitor>, String> {
         let targets = Targets::from_config(&cfg)?;
         Ok(Arc::new(Monitor {
@@ -127,6 +128,7 @@ impl Monitor {
             heartbeat_writers: Mutex::new(HashMap::new()),
             leader_channel: Mutex::new(None),
             rpc_timeout,
+            election_timeout_min_ms,
         }))
     }
 
@@ -141,9 +143,9 @@ impl Monitor {
         tokio::spawn(async move { m.topology_loop().await });
     }
 
+    /// Leader with a fresh quorum acknowledgement (see `NodeCtx::leads_with_quorum`).
     fn is_leader(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        m.state == ServerState::Leader && m.current_leader == Some(self.me)
+        crate::node::NodeCtx::leads_with_quorum(&self.raft, self.me, self.election_timeout_min_ms)
     }
 
     /// Every instance of every registered cluster (topology members and seeds).
@@ -506,7 +508,7 @@ impl Monitor {
             .as_ref()
             .and_then(|p| own.get(p))
             .and_then(|r| r.result.as_ref().ok());
-        let primary_gtid = primary_obs.map(|o| o.gtid.executed());
+
         let instances = c
             .topology
             .instances
@@ -541,11 +543,9 @@ impl Monitor {
                     if !o.read_only {
                         flags.push("writable replica".into());
                     }
-                    if let Some(pg) = &primary_gtid {
-                        if let Some(errant) = AnyGtidSet::errant(&o.gtid.executed(), pg) {
-                            if !errant.is_empty() {
-                                flags.push(format!("errant GTID: {errant}"));
-                            }
+                    if let Some(r) = primary_obs.and_then(|p| primus_mysql::errant_transactions(o, p)) {
+                        if !r.is_empty() {
+                            flags.push(format!("errant GTID: {r}"));
                         }
                     }
                 }

@@ -61,6 +61,16 @@ impl NodeCtx {
         m.state == openraft::ServerState::Leader && m.current_leader == Some(self.id)
     }
 
+    /// Leader *and* heard from a quorum within an election timeout: a leader cut off
+    /// into a minority still calls itself leader until it hears a higher term, so
+    /// leader-only duties (heartbeats, topology) check this instead.
+    pub fn leads_with_quorum(raft: &Raft, me: NodeId, election_timeout_min_ms: u64) -> bool {
+        let m = raft.metrics().borrow().clone();
+        m.state == openraft::ServerState::Leader
+            && m.current_leader == Some(me)
+            && m.millis_since_quorum_ack.is_some_and(|ms| ms < election_timeout_min_ms)
+    }
+
     /// The leader this node knows of, with its address.
     pub fn leader_target(&self) -> Option<(NodeId, String)> {
         let m = self.raft.metrics().borrow().clone();
@@ -130,6 +140,8 @@ pub async fn run(
         rpc_timeout: Duration::from_millis(cfg.raft.rpc_timeout_ms),
         snapshot_timeout: Duration::from_millis(cfg.raft.snapshot_timeout_ms),
         connect_timeout: Duration::from_millis(cfg.raft.connect_timeout_ms),
+        // Retry an unreachable peer at least twice per election timeout.
+        unreachable_backoff: Duration::from_millis((cfg.raft.election_timeout_min_ms / 3).clamp(10, 500)),
     };
     let network = PeerNetwork::new(cfg.node_id, net_cfg, faults.clone());
     let raft = Raft::new(cfg.node_id, raft_config, network, log, sm)
@@ -149,6 +161,7 @@ pub async fn run(
                 raft.clone(),
                 state.clone(),
                 Duration::from_millis(cfg.raft.rpc_timeout_ms),
+                cfg.raft.election_timeout_min_ms,
             )
             .map_err(|e| {
                 crate::ExitError::config(crate::config::ConfigError::Invalid {
@@ -205,6 +218,27 @@ pub async fn run(
         .max_decoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES);
     tracing::info!(node_id = cfg.node_id, %listen, data_dir = %cfg.data_dir.display(), "primusd serving");
+
+    // A fatal Raft error (e.g. the disk refused a write) stops Raft on this node;
+    // exit so the supervisor restarts us instead of leaving a zombie coordinator.
+    {
+        let mut rx = raft.metrics();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = &rx.borrow().running_state {
+                    // Stopped is our own shutdown; anything else is a real failure.
+                    if !matches!(e, openraft::error::Fatal::Stopped) {
+                        tracing::error!(error = %e, "Raft stopped with a fatal error; exiting");
+                        std::process::exit(1);
+                    }
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
 
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()

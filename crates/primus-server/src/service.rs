@@ -104,7 +104,10 @@ impl CoordinatorService {
                 tracing::debug!(leader, %addr, "forwarding request to leader");
                 let client = self.leader_client(&addr).await?;
                 let mut request = Request::new(req);
-                request.set_timeout(self.node.cfg.raft.write_timeout() + std::time::Duration::from_secs(1));
+                // Membership changes may legitimately take as long as a snapshot transfer.
+                let rc = &self.node.cfg.raft;
+                request
+                    .set_timeout(rc.write_timeout().max(rc.membership_timeout()) + std::time::Duration::from_secs(1));
                 request
                     .metadata_mut()
                     .insert(FORWARDED, tonic::metadata::MetadataValue::from(self.node.id));
@@ -147,7 +150,7 @@ impl CoordinatorService {
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(NotHere::Forward(forward_target(&f)))
             }
-            Ok(Err(e)) => Err(Status::unavailable(format!("write failed: {e}")).into()),
+            Ok(Err(e)) => Err(Status::internal(format!("write failed: {e}")).into()),
         }
     }
 
@@ -167,10 +170,84 @@ impl CoordinatorService {
         }
     }
 
+    /// Run in its own task: openraft drives the second step of a joint change inside
+    /// the caller's future, so a cancelled request must not be able to stop it midway.
     async fn change_membership(&self, change: ChangeMembers<NodeId, Member>) -> Result<u64, NotHere> {
         let timeout = self.node.cfg.raft.membership_timeout();
-        let r = tokio::time::timeout(timeout, self.node.raft.change_membership(change, false)).await;
-        membership_result(r, timeout)
+        let raft = self.node.raft.clone();
+        let task =
+            tokio::spawn(async move { tokio::time::timeout(timeout, raft.change_membership(change, false)).await });
+        match task.await {
+            Ok(r) => membership_result(r, timeout),
+            Err(e) => Err(Status::internal(format!("membership task failed: {e}")).into()),
+        }
+    }
+
+    /// Add `id` as a learner, wait until it holds everything committed when it
+    /// joined, then make it a voter, all in one task that outlives the request.
+    async fn add_member_steps(&self, id: NodeId, node: Member) -> Result<u64, NotHere> {
+        let timeout = self.node.cfg.raft.membership_timeout();
+        let raft = self.node.raft.clone();
+        let ctx = self.node.clone();
+        let task = tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let r = tokio::time::timeout(timeout, raft.add_learner(id, node, true)).await;
+            membership_result(r, timeout)?;
+            // openraft's own "caught up" allows a lag of thousands of entries and
+            // counts an unknown position as caught up; insist on the real thing.
+            let target = ctx.committed_index().unwrap_or(0);
+            loop {
+                let m = raft.metrics().borrow().clone();
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map(|l| l.index);
+                if matched.is_some_and(|i| i >= target) {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(NotHere::Failed(Status::deadline_exceeded(format!(
+                        "node {id} joined as a learner but did not catch up to index {target} within {} ms \
+                         (it holds {matched:?}); it stays a learner: check it, then retry or remove it",
+                        timeout.as_millis()
+                    ))));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let change = ChangeMembers::AddVoterIds([id].into());
+            let r = tokio::time::timeout(left, raft.change_membership(change, false)).await;
+            membership_result(r, timeout)
+        });
+        match task.await {
+            Ok(r) => r,
+            Err(e) => Err(Status::internal(format!("membership task failed: {e}")).into()),
+        }
+    }
+
+    /// Ask the would-be member who it is before letting it into the group.
+    async fn check_newcomer(&self, id: NodeId, addr: &str) -> Result<(), Status> {
+        let ch = self.node.channel_to(addr)?;
+        let mut c = CoordinatorClient::new(ch);
+        let mut req = Request::new(GetStatusRequest {});
+        req.set_timeout(std::time::Duration::from_millis(
+            self.node.cfg.raft.rpc_timeout_ms.max(1000),
+        ));
+        let s = c.get_status(req).await.map_err(|e| {
+            Status::failed_precondition(format!(
+                "no primusd answers at {addr} ({}); start it first, with an empty data_dir and no initial_members",
+                e.message()
+            ))
+        })?;
+        let s = s.into_inner();
+        if s.node_id != id {
+            return Err(Status::failed_precondition(format!(
+                "{addr} is node {}, not node {id}",
+                s.node_id
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -289,6 +366,7 @@ impl Coordinator for CoordinatorService {
             members,
             datacenter: self.node.cfg.datacenter.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
         }))
     }
 
@@ -303,13 +381,24 @@ impl Coordinator for CoordinatorService {
             addr: r.addr.clone(),
             datacenter: r.datacenter.clone(),
         };
-        let timeout = self.node.cfg.raft.membership_timeout();
-        // Learner first: it receives the log (or a snapshot) without counting toward
-        // quorum, so a slow newcomer never stalls commits. Then promote it.
-        let learner = tokio::time::timeout(timeout, self.node.raft.add_learner(r.id, node, true)).await;
-        let result = match membership_result(learner, timeout) {
-            Ok(_) => self.change_membership(ChangeMembers::AddVoterIds([r.id].into())).await,
-            Err(e) => Err(e),
+        let result = if !self.node.is_leader() {
+            Err(NotHere::Forward(self.node.leader_target()))
+        } else {
+            let m = self.node.raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            let existing = membership.get_node(&r.id).cloned();
+            let is_voter = membership.voter_ids().any(|v| v == r.id);
+            match existing {
+                Some(n) if n.addr != r.addr => Err(NotHere::Failed(Status::already_exists(format!(
+                    "node {} is already a member at {}; remove it first to change its address",
+                    r.id, n.addr
+                )))),
+                Some(_) if is_voter => Ok(m.membership_config.log_id().map(|l| l.index).unwrap_or(0)),
+                _ => match self.check_newcomer(r.id, &r.addr).await {
+                    Err(s) => Err(NotHere::Failed(s)),
+                    Ok(()) => self.add_member_steps(r.id, node).await,
+                },
+            }
         };
         match result {
             Ok(log_index) => {

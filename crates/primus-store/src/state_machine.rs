@@ -339,6 +339,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // An entry from a newer primus must stop this node, not be "rejected": the
+        // upgraded nodes apply it, and a different result here would fork the state.
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        for e in &entries {
+            if let EntryPayload::Normal(req) = &e.payload {
+                if let Err(rejection) = req.check_format() {
+                    tracing::error!(log_id = %e.log_id, %rejection, "cannot apply a log entry from a newer primus");
+                    return Err(StorageIOError::apply(e.log_id, AnyError::error(rejection)).into());
+                }
+            }
+        }
         let mut responses = Vec::new();
         let mut touched: BTreeSet<StateKey> = BTreeSet::new();
         let batch = {
