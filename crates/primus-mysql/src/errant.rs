@@ -97,11 +97,7 @@ impl ErrantReport {
     pub fn server_ids(&self) -> BTreeSet<u32> {
         let mut ids: BTreeSet<u32> = self.binlog.iter().map(|g| g.server_id).collect();
         if let AnyGtidSet::MariaDb(s) = &self.executed {
-            ids.extend(
-                s.domains()
-                    .filter(|(_, d)| !d.seqs.is_empty())
-                    .map(|(_, d)| d.server_id),
-            );
+            ids.extend(s.domains().filter(|(_, d)| !d.seqs.is_empty()).map(|(_, d)| d.server_id));
         }
         ids
     }
@@ -131,12 +127,7 @@ impl fmt::Display for ErrantReport {
 /// when the two are of different flavors. See the [module docs](self) for the semantics and the
 /// edge cases.
 pub fn errant_transactions(replica: &Observation, primary: &Observation) -> Option<ErrantReport> {
-    errant_between(
-        &replica.gtid,
-        &primary.gtid,
-        primary.server_id,
-        primary.server_uuid.as_deref(),
-    )
+    errant_between(&replica.gtid, &primary.gtid, primary.server_id, primary.server_uuid.as_deref())
 }
 
 /// [`errant_transactions`] on the GTID states, given the primary's identity.
@@ -147,11 +138,9 @@ fn errant_between(
     primary_uuid: Option<&str>,
 ) -> Option<ErrantReport> {
     match (replica, primary) {
-        (GtidState::MariaDb { .. }, GtidState::MariaDb { .. }) => Some(maria(
-            MariaSide::of(replica)?,
-            MariaSide::of(primary)?,
-            primary_server_id,
-        )),
+        (GtidState::MariaDb { .. }, GtidState::MariaDb { .. }) => {
+            Some(maria(MariaSide::of(replica)?, MariaSide::of(primary)?, primary_server_id))
+        }
         (GtidState::MySql { executed: r, .. }, GtidState::MySql { executed: p, .. }) => {
             Some(mysql(r, p, primary_uuid.and_then(Uuid::parse)))
         }
@@ -162,11 +151,7 @@ fn errant_between(
 fn mysql(replica: &MySqlGtidSet, primary: &MySqlGtidSet, primary_uuid: Option<Uuid>) -> ErrantReport {
     let (mut errant, mut unseen) = (MySqlGtidSet::new(), MySqlGtidSet::new());
     for (source, seqs) in MySqlGtidSet::errant(replica, primary).iter() {
-        let into = if Some(source.uuid) == primary_uuid {
-            &mut unseen
-        } else {
-            &mut errant
-        };
+        let into = if Some(source.uuid) == primary_uuid { &mut unseen } else { &mut errant };
         for &(lo, hi) in seqs.ranges() {
             into.add(source.clone(), lo, hi);
         }
@@ -189,16 +174,9 @@ struct MariaSide<'a> {
 impl<'a> MariaSide<'a> {
     fn of(state: &'a GtidState) -> Option<Self> {
         match state {
-            GtidState::MariaDb {
-                current_pos,
-                slave_pos,
-                binlog_state,
-                ..
-            } => Some(MariaSide {
-                current_pos,
-                slave_pos,
-                binlog_state,
-            }),
+            GtidState::MariaDb { current_pos, slave_pos, binlog_state, .. } => {
+                Some(MariaSide { current_pos, slave_pos, binlog_state })
+            }
             GtidState::MySql { .. } => None,
         }
     }
@@ -207,23 +185,16 @@ impl<'a> MariaSide<'a> {
     /// and the last GTIDs of its positions.
     fn known(&self, domain: u32, server_id: u32) -> Option<u64> {
         let last_of = |p: &MariaGtidSet| p.last(domain).filter(|g| g.server_id == server_id).map(|g| g.seq_no);
-        [
-            self.binlog_state.get(domain, server_id),
-            last_of(self.current_pos),
-            last_of(self.slave_pos),
-        ]
-        .into_iter()
-        .flatten()
-        .max()
+        [self.binlog_state.get(domain, server_id), last_of(self.current_pos), last_of(self.slave_pos)]
+            .into_iter()
+            .flatten()
+            .max()
     }
 
     /// Every (domain, server) pair this server is known to hold, with its last seq.
     fn pairs(&self) -> MariaBinlogState {
         MariaBinlogState::from_gtids(
-            self.binlog_state
-                .gtids()
-                .chain(self.current_pos.last_gtids())
-                .chain(self.slave_pos.last_gtids()),
+            self.binlog_state.gtids().chain(self.current_pos.last_gtids()).chain(self.slave_pos.last_gtids()),
         )
     }
 }
@@ -266,11 +237,7 @@ fn maria(replica: MariaSide<'_>, primary: MariaSide<'_>, primary_id: u32) -> Err
     let conflicting_domains = replica.current_pos.conflicts(primary.current_pos);
     singles.extend(conflicting_domains.iter().filter_map(|d| replica.current_pos.last(*d)));
 
-    let in_errant = |g: &MariaGtid| {
-        errant
-            .domains()
-            .any(|(d, s)| d == g.domain_id && s.seqs.contains_value(g.seq_no))
-    };
+    let in_errant = |g: &MariaGtid| errant.domains().any(|(d, s)| d == g.domain_id && s.seqs.contains_value(g.seq_no));
     let binlog = singles.into_iter().filter(|g| !in_errant(g)).collect();
     ErrantReport {
         executed: AnyGtidSet::MariaDb(errant),
@@ -306,11 +273,7 @@ mod tests {
     }
 
     fn g(domain_id: u32, server_id: u32, seq_no: u64) -> MariaGtid {
-        MariaGtid {
-            domain_id,
-            server_id,
-            seq_no,
-        }
+        MariaGtid { domain_id, server_id, seq_no }
     }
 
     fn assert_clean(r: &ErrantReport) {
@@ -323,11 +286,9 @@ mod tests {
     fn clean_replicas_report_nothing() {
         let primary = maria("0-1-100", "", "0-1-100");
         // Caught up, lagging, and without log_slave_updates (empty binlog state).
-        for replica in [
-            maria("0-1-100", "0-1-100", "0-1-100"),
-            maria("0-1-90", "0-1-90", "0-1-90"),
-            maria("0-1-90", "0-1-90", ""),
-        ] {
+        for replica in
+            [maria("0-1-100", "0-1-100", "0-1-100"), maria("0-1-90", "0-1-90", "0-1-90"), maria("0-1-90", "0-1-90", "")]
+        {
             let r = check(&replica, &primary);
             assert_clean(&r);
             assert!(r.unseen_on_primary.is_empty());
@@ -339,10 +300,7 @@ mod tests {
         let primary = maria("0-1-100", "", "0-1-100");
         let replica = maria("0-1-105", "0-1-105", "0-1-105");
         // Plain position arithmetic calls this errant.
-        assert_eq!(
-            replica.executed().compare(&primary.executed()),
-            Some(crate::GtidOrdering::Ahead)
-        );
+        assert_eq!(replica.executed().compare(&primary.executed()), Some(crate::GtidOrdering::Ahead));
         let r = check(&replica, &primary);
         assert_clean(&r);
         assert_eq!(r.unseen_on_primary.to_string(), "0-1-101..105");
@@ -363,9 +321,7 @@ mod tests {
 
         // The primary writes 20 more: positions alone no longer show anything.
         let primary = maria("0-1-120", "", "0-1-120");
-        assert!(
-            MariaGtidSet::errant(&"0-2-101".parse().expect("valid"), &"0-1-120".parse().expect("valid")).is_empty()
-        );
+        assert!(MariaGtidSet::errant(&"0-2-101".parse().expect("valid"), &"0-1-120".parse().expect("valid")).is_empty());
         let after = check(&replica, &primary);
         assert!(after.executed.is_empty());
         assert_eq!(after.binlog, [g(0, 2, 101)]);
@@ -386,11 +342,7 @@ mod tests {
         let primary = maria("0-1-101", "", "0-1-101");
         let r = check(&replica, &primary);
         assert_eq!(r.conflicting_domains, [0]);
-        assert_eq!(
-            r.binlog,
-            [g(0, 2, 101)],
-            "reported once, from the pair and the conflict"
-        );
+        assert_eq!(r.binlog, [g(0, 2, 101)], "reported once, from the pair and the conflict");
         assert_eq!(r.to_string(), "0-2-101 (conflicting domains: 0)");
         assert_eq!(r.count(), 1);
 
@@ -455,10 +407,7 @@ mod tests {
 
     #[test]
     fn mysql_uses_gtid_executed_and_sets_the_primarys_uuid_apart() {
-        let (pu, ru) = (
-            "3e11fa47-71ca-11e1-9e33-c80aa9429562",
-            "8a94f357-aab4-11df-86ab-c80aa9429563",
-        );
+        let (pu, ru) = ("3e11fa47-71ca-11e1-9e33-c80aa9429562", "8a94f357-aab4-11df-86ab-c80aa9429563");
         let my = |executed: &str| GtidState::MySql {
             executed: executed.parse().unwrap_or_else(|e| panic!("{e}")),
             purged: MySqlGtidSet::new(),
@@ -480,9 +429,6 @@ mod tests {
         assert_eq!(r.count(), 5);
 
         assert_eq!(errant_between(&replica, &maria("0-1-1", "", "0-1-1"), P, None), None);
-        assert_eq!(
-            errant_between(&maria("0-1-1", "", "0-1-1"), &primary, P, Some(pu)),
-            None
-        );
+        assert_eq!(errant_between(&maria("0-1-1", "", "0-1-1"), &primary, P, Some(pu)), None);
     }
 }

@@ -105,10 +105,7 @@ pub fn detect(version: &str, version_comment: &str) -> Result<ServerInfo, Flavor
         }
     }
     let bad = || FlavorError::BadVersion(version.to_string());
-    let numeric: &str = v
-        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .next()
-        .unwrap_or("");
+    let numeric: &str = v.split(|c: char| !(c.is_ascii_digit() || c == '.')).next().unwrap_or("");
     let mut parts = numeric.split('.').filter(|p| !p.is_empty()).map(str::parse::<u16>);
     let major = parts.next().ok_or_else(bad)?.map_err(|_| bad())?;
     let minor = parts.next().ok_or_else(bad)?.map_err(|_| bad())?;
@@ -233,13 +230,9 @@ impl ServerInfo {
     /// GTID-related variables, in the order [`crate::probe`] expects them.
     pub fn gtid_variables(&self) -> &'static [&'static str] {
         match self.flavor {
-            Flavor::MariaDb => &[
-                "gtid_current_pos",
-                "gtid_binlog_pos",
-                "gtid_slave_pos",
-                "gtid_strict_mode",
-                "gtid_domain_id",
-            ],
+            Flavor::MariaDb => {
+                &["gtid_current_pos", "gtid_binlog_pos", "gtid_slave_pos", "gtid_strict_mode", "gtid_domain_id"]
+            }
             Flavor::MySql => &["gtid_executed", "gtid_purged", "gtid_mode"],
         }
     }
@@ -361,15 +354,9 @@ impl ServerInfo {
             if read_only {
                 // super_read_only=ON implies read_only=ON; set read_only first anyway so that a
                 // failure half-way leaves the weaker but still useful state.
-                vec![
-                    format!("SET GLOBAL read_only = {v}"),
-                    format!("SET GLOBAL super_read_only = {v}"),
-                ]
+                vec![format!("SET GLOBAL read_only = {v}"), format!("SET GLOBAL super_read_only = {v}")]
             } else {
-                vec![
-                    format!("SET GLOBAL super_read_only = {v}"),
-                    format!("SET GLOBAL read_only = {v}"),
-                ]
+                vec![format!("SET GLOBAL super_read_only = {v}"), format!("SET GLOBAL read_only = {v}")]
             }
         } else {
             vec![format!("SET GLOBAL read_only = {v}")]
@@ -430,18 +417,8 @@ mod tests {
     fn detects_flavor_and_version() {
         let cases = [
             ("10.11.6-MariaDB-0+deb12u1", "Debian 12", Flavor::MariaDb, (10, 11, 6)),
-            (
-                "5.5.5-10.6.16-MariaDB-log",
-                "MariaDB Server",
-                Flavor::MariaDb,
-                (10, 6, 16),
-            ),
-            (
-                "11.4.2-MariaDB",
-                "mariadb.org binary distribution",
-                Flavor::MariaDb,
-                (11, 4, 2),
-            ),
+            ("5.5.5-10.6.16-MariaDB-log", "MariaDB Server", Flavor::MariaDb, (10, 6, 16)),
+            ("11.4.2-MariaDB", "mariadb.org binary distribution", Flavor::MariaDb, (11, 4, 2)),
             (
                 "10.5.23-MariaDB-1:10.5.23+maria~ubu2004-log",
                 "mariadb.org binary distribution",
@@ -451,18 +428,8 @@ mod tests {
             ("8.0.36", "MySQL Community Server - GPL", Flavor::MySql, (8, 0, 36)),
             ("8.4.0", "MySQL Community Server - GPL", Flavor::MySql, (8, 4, 0)),
             ("5.7.44-log", "MySQL Community Server (GPL)", Flavor::MySql, (5, 7, 44)),
-            (
-                "8.0.36-28",
-                "Percona Server (GPL), Release 28, Revision 47601f19",
-                Flavor::MySql,
-                (8, 0, 36),
-            ),
-            (
-                "9.1.0-commercial",
-                "MySQL Enterprise Server - Commercial",
-                Flavor::MySql,
-                (9, 1, 0),
-            ),
+            ("8.0.36-28", "Percona Server (GPL), Release 28, Revision 47601f19", Flavor::MySql, (8, 0, 36)),
+            ("9.1.0-commercial", "MySQL Enterprise Server - Commercial", Flavor::MySql, (9, 1, 0)),
         ];
         for (v, c, flavor, (a, b, p)) in cases {
             let i = info(v, c);
@@ -495,10 +462,7 @@ mod tests {
     #[test]
     fn chooses_variable_names_per_flavor_and_version() {
         let maria = info("10.11.6-MariaDB", "");
-        assert_eq!(
-            maria.gtid_variables()[..3],
-            ["gtid_current_pos", "gtid_binlog_pos", "gtid_slave_pos"]
-        );
+        assert_eq!(maria.gtid_variables()[..3], ["gtid_current_pos", "gtid_binlog_pos", "gtid_slave_pos"]);
         assert_eq!(maria.log_replica_updates_variable(), "log_slave_updates");
         assert!(!maria.has_super_read_only());
         assert_eq!(maria.semi_sync_names().source_enabled, "rpl_semi_sync_master_enabled");
@@ -550,22 +514,14 @@ mod tests {
             "CHANGE REPLICATION SOURCE TO SOURCE_HOST='db-2.example', SOURCE_PORT=3307, SOURCE_USER='repl', \
              SOURCE_PASSWORD='s3cr''et', SOURCE_AUTO_POSITION=1, SOURCE_HEARTBEAT_PERIOD=1.500"
         );
-        let no_hb = ChangeSource {
-            heartbeat_period: None,
-            connect_retry_s: Some(5),
-            ..target("p")
-        };
+        let no_hb = ChangeSource { heartbeat_period: None, connect_retry_s: Some(5), ..target("p") };
         assert_eq!(
             info("8.0.22", "").change_source_sql(&no_hb),
             "CHANGE MASTER TO MASTER_HOST='db-2.example', MASTER_PORT=3307, MASTER_USER='repl', \
              MASTER_PASSWORD='p', MASTER_AUTO_POSITION=1, MASTER_CONNECT_RETRY=5"
         );
-        assert!(info("5.7.44", "")
-            .change_source_sql(&no_hb)
-            .starts_with("CHANGE MASTER TO MASTER_HOST="));
-        assert!(info("8.4.0", "")
-            .change_source_sql(&no_hb)
-            .contains("SOURCE_AUTO_POSITION=1"));
+        assert!(info("5.7.44", "").change_source_sql(&no_hb).starts_with("CHANGE MASTER TO MASTER_HOST="));
+        assert!(info("8.4.0", "").change_source_sql(&no_hb).contains("SOURCE_AUTO_POSITION=1"));
         assert!(!format!("{t:?}").contains("s3cr"), "password must not be Debug-printed");
     }
 
@@ -586,14 +542,8 @@ mod tests {
 
     #[test]
     fn read_only_statements_per_flavor() {
-        assert_eq!(
-            info("10.11.6-MariaDB", "").set_read_only_sql(true),
-            ["SET GLOBAL read_only = ON"]
-        );
-        assert_eq!(
-            info("10.11.6-MariaDB", "").set_read_only_sql(false),
-            ["SET GLOBAL read_only = OFF"]
-        );
+        assert_eq!(info("10.11.6-MariaDB", "").set_read_only_sql(true), ["SET GLOBAL read_only = ON"]);
+        assert_eq!(info("10.11.6-MariaDB", "").set_read_only_sql(false), ["SET GLOBAL read_only = OFF"]);
         assert_eq!(
             info("8.0.36", "").set_read_only_sql(true),
             ["SET GLOBAL read_only = ON", "SET GLOBAL super_read_only = ON"]

@@ -46,10 +46,7 @@ impl HeartbeatRow {
             v.trim().parse().map_err(|e| format!("heartbeat {c} = {v:?}: {e}"))
         };
         Ok(HeartbeatRow {
-            cluster: row
-                .text(&["cluster"])
-                .ok_or("heartbeat row has no cluster")?
-                .to_string(),
+            cluster: row.text(&["cluster"]).ok_or("heartbeat row has no cluster")?.to_string(),
             epoch: num("epoch")?,
             ts_ms: num("ts_ms")?,
             coordinator: num("coordinator")?,
@@ -71,10 +68,7 @@ pub struct HeartbeatTable {
 
 impl Default for HeartbeatTable {
     fn default() -> Self {
-        HeartbeatTable {
-            db: "primus".into(),
-            table: "heartbeat".into(),
-        }
+        HeartbeatTable { db: "primus".into(), table: "heartbeat".into() }
     }
 }
 
@@ -85,10 +79,9 @@ impl FromStr for HeartbeatTable {
             !p.is_empty() && p.len() <= 64 && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
         };
         match s.split_once('.') {
-            Some((db, table)) if ok(db) && ok(table) => Ok(HeartbeatTable {
-                db: db.to_string(),
-                table: table.to_string(),
-            }),
+            Some((db, table)) if ok(db) && ok(table) => {
+                Ok(HeartbeatTable { db: db.to_string(), table: table.to_string() })
+            }
             _ => Err(BadHeartbeatTable(s.to_string())),
         }
     }
@@ -159,10 +152,7 @@ impl HeartbeatTable {
 
     /// Reads every cluster's row (one table may serve several clusters sharing servers).
     pub fn select_sql(&self) -> String {
-        format!(
-            "SELECT cluster, epoch, ts_ms, coordinator FROM {} ORDER BY cluster",
-            self.qualified()
-        )
+        format!("SELECT cluster, epoch, ts_ms, coordinator FROM {} ORDER BY cluster", self.qualified())
     }
 }
 
@@ -213,14 +203,9 @@ pub async fn write_to(
     let upsert = table.upsert_sql(cluster, epoch, ts_ms, coordinator);
     let wrap = |query: &str, source: mysql_async::Error| match (server_code(&source), &source) {
         (Some(ER_OPTION_PREVENTS_STATEMENT | ER_READ_ONLY_MODE), mysql_async::Error::Server(s)) => {
-            HeartbeatError::ReadOnly {
-                message: s.message.clone(),
-            }
+            HeartbeatError::ReadOnly { message: s.message.clone() }
         }
-        _ => HeartbeatError::Query {
-            query: query.to_string(),
-            source,
-        },
+        _ => HeartbeatError::Query { query: query.to_string(), source },
     };
     match conn.query_drop(&upsert).await {
         Ok(()) => return Ok(conn.affected_rows() > 0),
@@ -242,10 +227,7 @@ mod tests {
     fn table_names_are_validated_and_quoted() {
         let t: HeartbeatTable = "ops_db.hb$1".parse().expect("valid");
         assert_eq!(t.to_string(), "ops_db.hb$1");
-        assert_eq!(
-            t.select_sql(),
-            "SELECT cluster, epoch, ts_ms, coordinator FROM `ops_db`.`hb$1` ORDER BY cluster"
-        );
+        assert_eq!(t.select_sql(), "SELECT cluster, epoch, ts_ms, coordinator FROM `ops_db`.`hb$1` ORDER BY cluster");
         for bad in ["", "x", "a.b.c", "a`.b", ".b", "a.", "a b.c"] {
             assert!(bad.parse::<HeartbeatTable>().is_err(), "{bad:?}");
         }
@@ -276,22 +258,13 @@ mod tests {
 
     #[test]
     fn rows_parse_from_generic_rows() {
-        let row: StatusRow = [
-            ("cluster", Some("c1")),
-            ("epoch", Some("3")),
-            ("ts_ms", Some("99")),
-            ("coordinator", Some("2")),
-        ]
-        .into_iter()
-        .collect();
+        let row: StatusRow =
+            [("cluster", Some("c1")), ("epoch", Some("3")), ("ts_ms", Some("99")), ("coordinator", Some("2"))]
+                .into_iter()
+                .collect();
         assert_eq!(
             HeartbeatRow::from_row(&row),
-            Ok(HeartbeatRow {
-                cluster: "c1".into(),
-                epoch: 3,
-                ts_ms: 99,
-                coordinator: 2
-            })
+            Ok(HeartbeatRow { cluster: "c1".into(), epoch: 3, ts_ms: 99, coordinator: 2 })
         );
         let bad: StatusRow = [("cluster", Some("c1")), ("epoch", None::<&str>)].into_iter().collect();
         assert!(HeartbeatRow::from_row(&bad).is_err());

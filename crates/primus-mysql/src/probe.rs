@@ -162,11 +162,7 @@ pub enum ProbeError {
     ConnectionLost { stage: ProbeStage, message: String },
     /// The server returned an error for a statement.
     #[error("query failed (error {code:?}): {message}; query: {query}")]
-    QueryFailed {
-        query: String,
-        code: Option<u16>,
-        message: String,
-    },
+    QueryFailed { query: String, code: Option<u16>, message: String },
     /// A write was refused because the server is read-only.
     #[error("server is read-only: {message}")]
     ReadOnly { message: String },
@@ -178,10 +174,7 @@ pub enum ProbeError {
 impl ProbeError {
     /// Whether the connection can no longer be trusted after this error.
     fn poisons_connection(&self) -> bool {
-        matches!(
-            self,
-            ProbeError::Timeout { .. } | ProbeError::ConnectionLost { .. } | ProbeError::Unparseable { .. }
-        )
+        matches!(self, ProbeError::Timeout { .. } | ProbeError::ConnectionLost { .. } | ProbeError::Unparseable { .. })
     }
 }
 
@@ -320,12 +313,8 @@ struct Batch {
     sql_with_heartbeat: String,
 }
 
-const STAGES: [ProbeStage; 4] = [
-    ProbeStage::Variables,
-    ProbeStage::ReplicaStatus,
-    ProbeStage::ReplicaHosts,
-    ProbeStage::Heartbeat,
-];
+const STAGES: [ProbeStage; 4] =
+    [ProbeStage::Variables, ProbeStage::ReplicaStatus, ProbeStage::ReplicaHosts, ProbeStage::Heartbeat];
 
 fn variables_sql(info: &ServerInfo, table: &HeartbeatTable) -> String {
     let var = |table: &str, name: &str| format!("(SELECT VARIABLE_VALUE FROM {table} WHERE VARIABLE_NAME = '{name}')");
@@ -344,10 +333,7 @@ fn variables_sql(info: &ServerInfo, table: &HeartbeatTable) -> String {
         ("@@server_id".into(), "server_id"),
         ("@@read_only".into(), "read_only"),
         ("@@log_bin".into(), "log_bin"),
-        (
-            format!("@@{}", info.log_replica_updates_variable()),
-            "log_slave_updates",
-        ),
+        (format!("@@{}", info.log_replica_updates_variable()), "log_slave_updates"),
         ("@@binlog_format".into(), "binlog_format"),
         (var(status, "Uptime"), "uptime"),
         (semi(vars, |n| n.source_enabled), "semi_source_enabled"),
@@ -400,11 +386,7 @@ fn batch_for(info: &ServerInfo, table: &HeartbeatTable) -> Batch {
         info.replica_hosts_sql().to_string(),
         table.select_sql(),
     ];
-    Batch {
-        sql_without_heartbeat: statements[..3].join("; "),
-        sql_with_heartbeat: statements.join("; "),
-        statements,
-    }
+    Batch { sql_without_heartbeat: statements[..3].join("; "), sql_with_heartbeat: statements.join("; "), statements }
 }
 
 /// Renders a driver value as the text the server sent (text protocol sends everything as bytes).
@@ -428,10 +410,7 @@ fn value_text(v: &Value) -> Option<String> {
 fn status_row(row: &Row) -> StatusRow {
     let cols = row.columns_ref();
     StatusRow(
-        cols.iter()
-            .enumerate()
-            .map(|(i, c)| (c.name_str().into_owned(), row.as_ref(i).and_then(value_text)))
-            .collect(),
+        cols.iter().enumerate().map(|(i, c)| (c.name_str().into_owned(), row.as_ref(i).and_then(value_text))).collect(),
     )
 }
 
@@ -441,10 +420,7 @@ fn parse_bool(stage: ProbeStage, name: &str, v: Option<&str>) -> Result<Option<b
         Some(s) => match s.as_str() {
             "1" | "ON" | "YES" | "TRUE" => Ok(Some(true)),
             "0" | "OFF" | "NO" | "FALSE" => Ok(Some(false)),
-            _ => Err(ProbeError::Unparseable {
-                stage,
-                message: format!("{name} = {s:?} is not a boolean"),
-            }),
+            _ => Err(ProbeError::Unparseable { stage, message: format!("{name} = {s:?} is not a boolean") }),
         },
     }
 }
@@ -455,10 +431,9 @@ where
 {
     match v.map(str::trim) {
         None | Some("") => Ok(None),
-        Some(s) => s.parse().map(Some).map_err(|e| ProbeError::Unparseable {
-            stage,
-            message: format!("{name} = {s:?}: {e}"),
-        }),
+        Some(s) => {
+            s.parse().map(Some).map_err(|e| ProbeError::Unparseable { stage, message: format!("{name} = {s:?}: {e}") })
+        }
     }
 }
 
@@ -466,10 +441,9 @@ fn parse_gtid<T: std::str::FromStr<Err = crate::gtid::GtidParseError>>(
     name: &str,
     v: Option<&str>,
 ) -> Result<T, ProbeError> {
-    v.unwrap_or("").parse().map_err(|e| ProbeError::Unparseable {
-        stage: ProbeStage::Variables,
-        message: format!("{name}: {e}"),
-    })
+    v.unwrap_or("")
+        .parse()
+        .map_err(|e| ProbeError::Unparseable { stage: ProbeStage::Variables, message: format!("{name}: {e}") })
 }
 
 /// The parts of an observation read from the variables `SELECT`.
@@ -493,19 +467,11 @@ fn parse_variables(info: &ServerInfo, rows: &[StatusRow]) -> Result<Variables, P
     const S: ProbeStage = ProbeStage::Variables;
     let row = match rows {
         [row] => row,
-        _ => {
-            return Err(ProbeError::Unparseable {
-                stage: S,
-                message: format!("expected 1 row, got {}", rows.len()),
-            })
-        }
+        _ => return Err(ProbeError::Unparseable { stage: S, message: format!("expected 1 row, got {}", rows.len()) }),
     };
     let t = |n: &str| row.text(&[n]);
     let required = |name: &str, v: Option<bool>| {
-        v.ok_or_else(|| ProbeError::Unparseable {
-            stage: S,
-            message: format!("{name} is NULL"),
-        })
+        v.ok_or_else(|| ProbeError::Unparseable { stage: S, message: format!("{name} is NULL") })
     };
     let gtid = match info.flavor {
         Flavor::MariaDb => GtidState::MariaDb {
@@ -523,10 +489,8 @@ fn parse_variables(info: &ServerInfo, rows: &[StatusRow]) -> Result<Variables, P
         },
     };
     Ok(Variables {
-        server_id: parse_num(S, "server_id", t("server_id"))?.ok_or_else(|| ProbeError::Unparseable {
-            stage: S,
-            message: "server_id is NULL".into(),
-        })?,
+        server_id: parse_num(S, "server_id", t("server_id"))?
+            .ok_or_else(|| ProbeError::Unparseable { stage: S, message: "server_id is NULL".into() })?,
         server_uuid: t("server_uuid").map(str::to_string),
         uptime_s: parse_num(S, "Uptime", t("uptime"))?,
         read_only: required("read_only", parse_bool(S, "read_only", t("read_only"))?)?,
@@ -576,46 +540,28 @@ const ACCESS_DENIED_CODES: [u16; 3] = [1045, 1044, 1698];
 
 fn connect_error(e: mysql_async::Error) -> ProbeError {
     match e {
-        mysql_async::Error::Server(s) if ACCESS_DENIED_CODES.contains(&s.code) => ProbeError::AccessDenied {
-            code: s.code,
-            message: s.message,
-        },
-        mysql_async::Error::Server(s) => ProbeError::ConnectRejected {
-            code: s.code,
-            message: s.message,
-        },
-        mysql_async::Error::Io(io) => ProbeError::Unreachable {
-            message: io.to_string(),
-        },
-        mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed) => ProbeError::Unreachable {
-            message: "connection closed by the server during the handshake".into(),
-        },
-        other => ProbeError::Unparseable {
-            stage: ProbeStage::Connect,
-            message: other.to_string(),
-        },
+        mysql_async::Error::Server(s) if ACCESS_DENIED_CODES.contains(&s.code) => {
+            ProbeError::AccessDenied { code: s.code, message: s.message }
+        }
+        mysql_async::Error::Server(s) => ProbeError::ConnectRejected { code: s.code, message: s.message },
+        mysql_async::Error::Io(io) => ProbeError::Unreachable { message: io.to_string() },
+        mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed) => {
+            ProbeError::Unreachable { message: "connection closed by the server during the handshake".into() }
+        }
+        other => ProbeError::Unparseable { stage: ProbeStage::Connect, message: other.to_string() },
     }
 }
 
 fn query_error(stage: ProbeStage, query: &str, e: mysql_async::Error) -> ProbeError {
     match e {
-        mysql_async::Error::Server(s) => ProbeError::QueryFailed {
-            query: query.to_string(),
-            code: Some(s.code),
-            message: s.message,
-        },
-        mysql_async::Error::Io(io) => ProbeError::ConnectionLost {
-            stage,
-            message: io.to_string(),
-        },
-        mysql_async::Error::Driver(d @ mysql_async::DriverError::ConnectionClosed) => ProbeError::ConnectionLost {
-            stage,
-            message: d.to_string(),
-        },
-        other => ProbeError::Unparseable {
-            stage,
-            message: other.to_string(),
-        },
+        mysql_async::Error::Server(s) => {
+            ProbeError::QueryFailed { query: query.to_string(), code: Some(s.code), message: s.message }
+        }
+        mysql_async::Error::Io(io) => ProbeError::ConnectionLost { stage, message: io.to_string() },
+        mysql_async::Error::Driver(d @ mysql_async::DriverError::ConnectionClosed) => {
+            ProbeError::ConnectionLost { stage, message: d.to_string() }
+        }
+        other => ProbeError::Unparseable { stage, message: other.to_string() },
     }
 }
 
@@ -626,10 +572,7 @@ async fn bounded<T>(
     stage: ProbeStage,
     fut: impl Future<Output = T>,
 ) -> Result<T, ProbeError> {
-    timeout_at(deadline, fut).await.map_err(|_| ProbeError::Timeout {
-        stage,
-        after_ms: millis(started.elapsed()),
-    })
+    timeout_at(deadline, fut).await.map_err(|_| ProbeError::Timeout { stage, after_ms: millis(started.elapsed()) })
 }
 
 /// Probes one instance over one reused connection. See the module docs.
@@ -641,21 +584,14 @@ pub struct Prober {
 
 impl fmt::Debug for Prober {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Prober")
-            .field("addr", &self.addr)
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Prober").field("addr", &self.addr).field("config", &self.config).finish_non_exhaustive()
     }
 }
 
 impl Prober {
     /// Does not connect: the first probe does.
     pub fn new(addr: InstanceAddr, config: ProbeConfig) -> Self {
-        Prober {
-            addr,
-            config,
-            session: Mutex::new(None),
-        }
+        Prober { addr, config, session: Mutex::new(None) }
     }
 
     pub fn addr(&self) -> &InstanceAddr {
@@ -691,9 +627,8 @@ impl Prober {
             .tcp_nodelay(true);
         let started = Instant::now();
         let deadline = started + self.config.connect_timeout;
-        let mut conn = bounded(deadline, started, ProbeStage::Connect, Conn::new(opts))
-            .await?
-            .map_err(connect_error)?;
+        let mut conn =
+            bounded(deadline, started, ProbeStage::Connect, Conn::new(opts)).await?.map_err(connect_error)?;
 
         let started = Instant::now();
         let deadline = started + self.config.query_timeout;
@@ -703,19 +638,11 @@ impl Prober {
         let row = rows.first().map(status_row).unwrap_or_default();
         let version = row.0.first().and_then(|(_, v)| v.clone()).unwrap_or_default();
         let comment = row.0.get(1).and_then(|(_, v)| v.clone()).unwrap_or_default();
-        let info = flavor::detect(&version, &comment).map_err(|e| ProbeError::Unparseable {
-            stage: ProbeStage::Detect,
-            message: e.to_string(),
-        })?;
+        let info = flavor::detect(&version, &comment)
+            .map_err(|e| ProbeError::Unparseable { stage: ProbeStage::Detect, message: e.to_string() })?;
         tracing::debug!(addr = %self.addr, server = %info, "connected");
         let batch = batch_for(&info, &self.config.heartbeat_table);
-        Ok(Session {
-            conn,
-            info,
-            batch,
-            heartbeat_in_batch: false,
-            poisoned: false,
-        })
+        Ok(Session { conn, info, batch, heartbeat_in_batch: false, poisoned: false })
     }
 
     /// Runs `op` on the session, connecting first if needed; drops the connection if the error
@@ -765,8 +692,7 @@ impl Prober {
     pub async fn probe(&self) -> Result<Observation, ProbeError> {
         let query_timeout = self.config.query_timeout;
         let addr = self.addr.clone();
-        self.with_session(move |s, connect_us| Box::pin(run_probe(s, addr.clone(), query_timeout, connect_us)))
-            .await
+        self.with_session(move |s, connect_us| Box::pin(run_probe(s, addr.clone(), query_timeout, connect_us))).await
     }
 
     /// Measures what probing costs: one probe to (re)connect, then `n` probes over the same
@@ -840,23 +766,41 @@ impl Prober {
                 let started = Instant::now();
                 let deadline = started + timeout;
                 for st in &statements {
-                    bounded(deadline, started, ProbeStage::Execute, s.conn.query_drop(st.as_str()))
-                        .await?
-                        .map_err(|e| match e {
+                    bounded(deadline, started, ProbeStage::Execute, s.conn.query_drop(st.as_str())).await?.map_err(
+                        |e| match e {
                             mysql_async::Error::Server(ref se)
                                 if matches!(
                                     se.code,
                                     heartbeat::ER_OPTION_PREVENTS_STATEMENT | heartbeat::ER_READ_ONLY_MODE
                                 ) =>
                             {
-                                ProbeError::ReadOnly {
-                                    message: se.message.clone(),
-                                }
+                                ProbeError::ReadOnly { message: se.message.clone() }
                             }
                             e => query_error(ProbeStage::Execute, st, e),
-                        })?;
+                        },
+                    )?;
                 }
                 Ok(())
+            })
+        })
+        .await
+    }
+}
+
+impl Prober {
+    /// Runs one query over the probe connection within `timeout` and returns its rows
+    /// (for the few reads failover actions need, e.g. the process list to kill).
+    pub async fn query_rows(&self, sql: &str, timeout: Duration) -> Result<Vec<StatusRow>, ProbeError> {
+        let sql = sql.to_string();
+        self.with_session(move |s, _| {
+            let sql = sql.clone();
+            Box::pin(async move {
+                let started = Instant::now();
+                let rows: Vec<Row> =
+                    bounded(started + timeout, started, ProbeStage::Execute, s.conn.query(sql.as_str()))
+                        .await?
+                        .map_err(|e| query_error(ProbeStage::Execute, &sql, e))?;
+                Ok(rows.iter().map(status_row).collect())
             })
         })
         .await
@@ -872,10 +816,7 @@ fn heartbeat_rows(rows: &[StatusRow]) -> Result<Vec<HeartbeatRow>, ProbeError> {
     rows.iter()
         .map(HeartbeatRow::from_row)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|message| ProbeError::Unparseable {
-            stage: ProbeStage::Heartbeat,
-            message,
-        })
+        .map_err(|message| ProbeError::Unparseable { stage: ProbeStage::Heartbeat, message })
 }
 
 /// Runs the probe batch on an established session.
@@ -885,13 +826,7 @@ async fn run_probe(
     query_timeout: Duration,
     connect_us: Option<u64>,
 ) -> Result<Observation, ProbeError> {
-    let Session {
-        conn,
-        info,
-        batch,
-        heartbeat_in_batch,
-        poisoned,
-    } = session;
+    let Session { conn, info, batch, heartbeat_in_batch, poisoned } = session;
     let taken_at_ms = unix_ms();
     let started = Instant::now();
     let deadline = started + query_timeout;
@@ -1014,18 +949,12 @@ async fn run_probe(
         .iter()
         .map(ReplicaStatus::from_row)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ProbeError::Unparseable {
-            stage: ProbeStage::ReplicaStatus,
-            message: e.to_string(),
-        })?;
+        .map_err(|e| ProbeError::Unparseable { stage: ProbeStage::ReplicaStatus, message: e.to_string() })?;
     let replicas = hosts_rows
         .iter()
         .map(ConnectedReplica::from_row)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ProbeError::Unparseable {
-            stage: ProbeStage::ReplicaHosts,
-            message: e.to_string(),
-        })?;
+        .map_err(|e| ProbeError::Unparseable { stage: ProbeStage::ReplicaHosts, message: e.to_string() })?;
 
     Ok(Observation {
         addr,
@@ -1108,9 +1037,7 @@ mod tests {
     }
 
     fn my_batch_mentions_binlog_state(t: &HeartbeatTable) -> bool {
-        ["8.0.36", "8.4.0", "5.7.44-log"]
-            .iter()
-            .any(|v| batch_for(&info(v), t).statements[0].contains("binlog_state"))
+        ["8.0.36", "8.4.0", "5.7.44-log"].iter().any(|v| batch_for(&info(v), t).statements[0].contains("binlog_state"))
     }
 
     fn row(pairs: &[(&str, Option<&str>)]) -> StatusRow {
@@ -1140,18 +1067,11 @@ mod tests {
             ("gtid_binlog_state", Some("0-2-5,0-1-42")),
         ]);
         let v = parse_variables(&info("10.11.6-MariaDB"), std::slice::from_ref(&r)).expect("parses");
-        assert_eq!(
-            (v.server_id, v.read_only, v.super_read_only, v.uptime_s),
-            (2, true, None, Some(123))
-        );
+        assert_eq!((v.server_id, v.read_only, v.super_read_only, v.uptime_s), (2, true, None, Some(123)));
         assert_eq!(v.semi_sync.replica_active, Some(true));
         assert_eq!(v.gtid.executed().to_string(), "0-1-42");
         match &v.gtid {
-            GtidState::MariaDb {
-                strict_mode,
-                binlog_state,
-                ..
-            } => {
+            GtidState::MariaDb { strict_mode, binlog_state, .. } => {
                 assert!(*strict_mode);
                 assert_eq!(binlog_state.to_string(), "0-1-42,0-2-5");
             }
@@ -1232,19 +1152,13 @@ mod tests {
         let bad = row(&[("server_id", Some("1")), ("read_only", Some("maybe"))]);
         assert!(matches!(
             parse_variables(&info("8.0.36"), &[bad]),
-            Err(ProbeError::Unparseable {
-                stage: ProbeStage::Variables,
-                ..
-            })
+            Err(ProbeError::Unparseable { stage: ProbeStage::Variables, .. })
         ));
     }
 
     #[test]
     fn errors_serialize_for_other_coordinators() {
-        let e = ProbeError::Timeout {
-            stage: ProbeStage::Variables,
-            after_ms: 2001,
-        };
+        let e = ProbeError::Timeout { stage: ProbeStage::Variables, after_ms: 2001 };
         let j = serde_json::to_string(&e).expect("serializes");
         assert_eq!(j, r#"{"kind":"timeout","stage":"variables","after_ms":2001}"#);
         assert_eq!(serde_json::from_str::<ProbeError>(&j).expect("parses"), e);

@@ -26,12 +26,7 @@ impl StatusRow {
     /// The value of the first of `names` present (case-insensitive); `Some(None)` for `NULL`,
     /// `None` if no such column.
     pub fn get(&self, names: &[&str]) -> Option<Option<&str>> {
-        names.iter().find_map(|n| {
-            self.0
-                .iter()
-                .find(|(c, _)| c.eq_ignore_ascii_case(n))
-                .map(|(_, v)| v.as_deref())
-        })
+        names.iter().find_map(|n| self.0.iter().find(|(c, _)| c.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_deref()))
     }
 
     /// Like [`StatusRow::get`], `NULL` and absent both as `None`.
@@ -49,16 +44,9 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, Option<V>)> for StatusRo
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StatusError {
     #[error("replication status has no {column} column (looked for {aliases:?})")]
-    MissingColumn {
-        column: &'static str,
-        aliases: &'static [&'static str],
-    },
+    MissingColumn { column: &'static str, aliases: &'static [&'static str] },
     #[error("replication status column {column} has unexpected value {value:?}: {reason}")]
-    BadValue {
-        column: &'static str,
-        value: String,
-        reason: String,
-    },
+    BadValue { column: &'static str, value: String, reason: String },
 }
 
 /// State of the IO (receiver) thread: `Replica_IO_Running`/`Slave_IO_Running`.
@@ -174,11 +162,7 @@ fn required<'a>(
 }
 
 fn bad(column: &'static str, value: &str, reason: impl ToString) -> StatusError {
-    StatusError::BadValue {
-        column,
-        value: value.to_string(),
-        reason: reason.to_string(),
-    }
+    StatusError::BadValue { column, value: value.to_string(), reason: reason.to_string() }
 }
 
 /// Optional number: absent, `NULL` and empty are `None`.
@@ -212,16 +196,8 @@ fn thread_error(
     if errno == 0 && message.is_empty() {
         return Ok(None);
     }
-    let timestamp = row
-        .text(ts)
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_string);
-    Ok(Some(ReplicationError {
-        errno,
-        message,
-        timestamp,
-    }))
+    let timestamp = row.text(ts).map(str::trim).filter(|t| !t.is_empty()).map(str::to_string);
+    Ok(Some(ReplicationError { errno, message, timestamp }))
 }
 
 fn coord(
@@ -233,10 +209,7 @@ fn coord(
     let file = row.text(file).map(str::trim).unwrap_or("");
     let pos: Option<u64> = opt_num(row, column, pos)?;
     Ok(match (file.is_empty(), pos) {
-        (false, Some(pos)) => Some(BinlogCoord {
-            file: file.to_string(),
-            pos,
-        }),
+        (false, Some(pos)) => Some(BinlogCoord { file: file.to_string(), pos }),
         _ => None,
     })
 }
@@ -264,18 +237,9 @@ impl ReplicaStatus {
             // MariaDB shows "Preparing" briefly between connecting and reading events.
             "connecting" | "preparing" => IoThreadState::Connecting,
             "no" => IoThreadState::No,
-            _ => {
-                return Err(bad(
-                    "Replica_IO_Running",
-                    io_s,
-                    "expected Yes, No, Connecting or Preparing",
-                ))
-            }
+            _ => return Err(bad("Replica_IO_Running", io_s, "expected Yes, No, Connecting or Preparing")),
         };
-        let sql_running = yes_no(
-            "Replica_SQL_Running",
-            required(row, "Replica_SQL_Running", SQL_RUNNING)?,
-        )?;
+        let sql_running = yes_no("Replica_SQL_Running", required(row, "Replica_SQL_Running", SQL_RUNNING)?)?;
 
         let using_gtid = match row.text(&["Using_Gtid"]) {
             None => None,
@@ -290,11 +254,8 @@ impl ReplicaStatus {
             None => None,
             Some(v) => Some(yes_no("Auto_Position", v)?),
         };
-        let source_uuid = row
-            .text(&["Source_UUID", "Master_UUID"])
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(str::to_string);
+        let source_uuid =
+            row.text(&["Source_UUID", "Master_UUID"]).map(str::trim).filter(|u| !u.is_empty()).map(str::to_string);
 
         Ok(ReplicaStatus {
             channel: row.text(&["Channel_Name", "Connection_name"]).unwrap_or("").to_string(),
@@ -305,14 +266,8 @@ impl ReplicaStatus {
             source_uuid,
             io_running,
             sql_running,
-            io_state: row
-                .text(&["Replica_IO_State", "Slave_IO_State"])
-                .unwrap_or("")
-                .to_string(),
-            sql_state: row
-                .text(&["Replica_SQL_Running_State", "Slave_SQL_Running_State"])
-                .unwrap_or("")
-                .to_string(),
+            io_state: row.text(&["Replica_IO_State", "Slave_IO_State"]).unwrap_or("").to_string(),
+            sql_state: row.text(&["Replica_SQL_Running_State", "Slave_SQL_Running_State"]).unwrap_or("").to_string(),
             last_io_error: thread_error(
                 row,
                 "Last_IO_Errno",
@@ -327,11 +282,7 @@ impl ReplicaStatus {
                 &["Last_SQL_Error"],
                 &["Last_SQL_Error_Timestamp"],
             )?,
-            seconds_behind: opt_num(
-                row,
-                "Seconds_Behind_Source",
-                &["Seconds_Behind_Source", "Seconds_Behind_Master"],
-            )?,
+            seconds_behind: opt_num(row, "Seconds_Behind_Source", &["Seconds_Behind_Source", "Seconds_Behind_Master"])?,
             read_coord: coord(
                 row,
                 "Read_Source_Log_Pos",

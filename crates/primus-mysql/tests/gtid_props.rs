@@ -36,13 +36,7 @@ fn maria_set() -> impl Strategy<Value = MariaGtidSet> {
 /// `@@gtid_binlog_state`-shaped GTIDs: several servers per domain, repeats allowed.
 fn binlog_gtids() -> impl Strategy<Value = Vec<MariaGtid>> {
     prop::collection::vec((0u32..3, 1u32..5, 0u64..200), 0..8).prop_map(|v| {
-        v.into_iter()
-            .map(|(domain_id, server_id, seq_no)| MariaGtid {
-                domain_id,
-                server_id,
-                seq_no,
-            })
-            .collect()
+        v.into_iter().map(|(domain_id, server_id, seq_no)| MariaGtid { domain_id, server_id, seq_no }).collect()
     })
 }
 
@@ -50,12 +44,7 @@ fn check_laws<T: GtidSetOps + std::fmt::Debug>(a: &T, b: &T, c: &T) -> Result<()
     // Canonical printing round-trips.
     for x in [a, b, c] {
         let printed = x.to_string();
-        prop_assert_eq!(
-            &printed.parse::<T>().expect("canonical output parses"),
-            x,
-            "printed {}",
-            printed
-        );
+        prop_assert_eq!(&printed.parse::<T>().expect("canonical output parses"), x, "printed {}", printed);
     }
     // Union is commutative and associative.
     prop_assert_eq!(a.union(b), b.union(a));
@@ -68,11 +57,7 @@ fn check_laws<T: GtidSetOps + std::fmt::Debug>(a: &T, b: &T, c: &T) -> Result<()
     // Subtraction and intersection partition `a`.
     let rebuilt = a.subtract(b).union(&a.intersection(b));
     prop_assert!(rebuilt.contains(a) && a.contains(&rebuilt));
-    prop_assert_eq!(
-        a.union(b).count() + a.intersection(b).count(),
-        a.count() + b.count(),
-        "inclusion-exclusion"
-    );
+    prop_assert_eq!(a.union(b).count() + a.intersection(b).count(), a.count() + b.count(), "inclusion-exclusion");
     // Errant transactions.
     prop_assert!(T::errant(a, a).is_empty());
     prop_assert_eq!(T::errant(a, b).is_empty(), a.is_subset_of(b));

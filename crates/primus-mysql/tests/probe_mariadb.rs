@@ -40,12 +40,7 @@ fn prober(i: &Instance) -> Prober {
 
 fn maria_state(o: &Observation) -> (&MariaGtidSet, &MariaGtidSet, &MariaGtidSet) {
     match &o.gtid {
-        GtidState::MariaDb {
-            current_pos,
-            binlog_pos,
-            slave_pos,
-            ..
-        } => (current_pos, binlog_pos, slave_pos),
+        GtidState::MariaDb { current_pos, binlog_pos, slave_pos, .. } => (current_pos, binlog_pos, slave_pos),
         other => panic!("expected MariaDB GTID state, got {other:?}"),
     }
 }
@@ -86,12 +81,7 @@ async fn probes_report_roles_ids_positions_and_heartbeats() -> Result<()> {
     let pp = prober(sb.primary());
     let p = pp.probe().await?;
     assert_eq!(p.server.flavor, Flavor::MariaDb);
-    assert_eq!(
-        (p.server.version.major, p.server.version.minor),
-        (10, 11),
-        "{}",
-        p.server.version_string
-    );
+    assert_eq!((p.server.version.major, p.server.version.minor), (10, 11), "{}", p.server.version_string);
     assert_eq!(p.server_id, sb.primary().server_id());
     assert!(!p.is_replica(), "{:?}", p.replication);
     assert!(!p.read_only);
@@ -104,9 +94,7 @@ async fn probes_report_roles_ids_positions_and_heartbeats() -> Result<()> {
     assert_eq!(cur.to_string(), primary_pos);
     assert_eq!(binlog.to_string(), primary_pos);
     match &p.gtid {
-        GtidState::MariaDb {
-            strict_mode, domain_id, ..
-        } => assert_eq!((*strict_mode, *domain_id), (true, 0)),
+        GtidState::MariaDb { strict_mode, domain_id, .. } => assert_eq!((*strict_mode, *domain_id), (true, 0)),
         other => panic!("{other:?}"),
     }
     assert_eq!(p.binlog_dump_threads, 2, "one dump thread per replica");
@@ -114,16 +102,10 @@ async fn probes_report_roles_ids_positions_and_heartbeats() -> Result<()> {
     hosts.sort();
     let mut expected: Vec<(u32, u16)> = sb.replicas().iter().map(|r| (r.server_id(), r.port())).collect();
     expected.sort();
-    assert_eq!(
-        hosts, expected,
-        "SHOW SLAVE HOSTS lists both replicas with their report_port"
-    );
+    assert_eq!(hosts, expected, "SHOW SLAVE HOSTS lists both replicas with their report_port");
     assert_eq!(p.semi_sync.source_enabled, Some(false), "semi-sync is built in and off");
     assert_eq!(p.semi_sync.source_clients, Some(0));
-    assert!(
-        p.heartbeat.is_empty() && p.heartbeat_error.is_none(),
-        "missing table is not an error"
-    );
+    assert!(p.heartbeat.is_empty() && p.heartbeat_error.is_none(), "missing table is not an error");
     assert!(p.connect_us.is_some(), "first probe connects");
 
     // Observations travel between coordinators as JSON.
@@ -147,30 +129,18 @@ async fn probes_report_roles_ids_positions_and_heartbeats() -> Result<()> {
         assert_eq!(o.replication.len(), 1);
         let st = &o.replication[0];
         assert_eq!(st.channel, "");
-        assert_eq!(
-            (st.source_host.as_str(), st.source_port),
-            ("127.0.0.1", sb.primary().port())
-        );
+        assert_eq!((st.source_host.as_str(), st.source_port), ("127.0.0.1", sb.primary().port()));
         assert_eq!(st.source_user, REPLICATION_USER);
         assert_eq!(st.source_server_id, Some(sb.primary().server_id()));
         assert_eq!((st.io_running, st.sql_running), (IoThreadState::Yes, true));
         assert_eq!(st.using_gtid, Some(UsingGtid::SlavePos));
-        assert_eq!(
-            st.gtid_io_pos.as_ref().map(ToString::to_string).as_deref(),
-            Some(primary_pos.as_str())
-        );
-        assert_eq!(
-            st.gtid_slave_pos.as_ref().map(ToString::to_string).as_deref(),
-            Some(primary_pos.as_str())
-        );
+        assert_eq!(st.gtid_io_pos.as_ref().map(ToString::to_string).as_deref(), Some(primary_pos.as_str()));
+        assert_eq!(st.gtid_slave_pos.as_ref().map(ToString::to_string).as_deref(), Some(primary_pos.as_str()));
         assert_eq!(st.heartbeat_period_s, Some(0.5));
         assert!(st.received_heartbeats.is_some());
         assert!(st.seconds_behind.is_some());
         assert_eq!(current_pos(&o).to_string(), primary_pos);
-        assert_eq!(
-            GtidSetOps::compare(current_pos(&o), current_pos(&p)),
-            GtidOrdering::Equal
-        );
+        assert_eq!(GtidSetOps::compare(current_pos(&o), current_pos(&p)), GtidOrdering::Equal);
         assert!(o.gtid.executed().compare(&p.gtid.executed()) == Some(GtidOrdering::Equal));
         assert!(MariaGtidSet::errant(current_pos(&o), current_pos(&p)).is_empty());
         assert!(o.replicas.is_empty() && o.binlog_dump_threads == 0);
@@ -179,32 +149,21 @@ async fn probes_report_roles_ids_positions_and_heartbeats() -> Result<()> {
     // Heartbeat: written on the primary (creating the table), seen on every replica.
     assert!(pp.write_heartbeat("c1", 1, 1_000, 7).await?, "first write inserts");
     assert!(pp.write_heartbeat("c1", 1, 2_000, 7).await?, "same epoch advances");
-    assert!(
-        !pp.write_heartbeat("c1", 0, 3_000, 9).await?,
-        "an older epoch is fenced off"
-    );
+    assert!(!pp.write_heartbeat("c1", 0, 3_000, 9).await?, "an older epoch is fenced off");
     assert!(pp.write_heartbeat("c2", 4, 5, 6).await?, "one row per cluster");
-    let want = HeartbeatRow {
-        cluster: "c1".into(),
-        epoch: 1,
-        ts_ms: 2_000,
-        coordinator: 7,
-    };
+    let want = HeartbeatRow { cluster: "c1".into(), epoch: 1, ts_ms: 2_000, coordinator: 7 };
     let p = pp.probe().await?;
     assert_eq!(p.heartbeat_of("c1"), Some(&want));
     assert_eq!(p.heartbeat.len(), 2);
     for r in sb.replicas() {
-        let o = probe_until(&prober(r), CATCH_UP, "heartbeat replicated", |o| {
-            o.heartbeat_of("c1") == Some(&want)
-        })
-        .await?;
+        let o =
+            probe_until(&prober(r), CATCH_UP, "heartbeat replicated", |o| o.heartbeat_of("c1") == Some(&want)).await?;
         assert_eq!(o.heartbeat_of("c2").map(|h| h.epoch), Some(4));
     }
     assert!(pp.write_heartbeat("c1", 2, 2_500, 8).await?, "a newer epoch takes over");
     let r0 = prober(&sb.replicas()[0]);
     probe_until(&r0, CATCH_UP, "epoch 2 replicated", |o| {
-        o.heartbeat_of("c1")
-            .is_some_and(|h| (h.epoch, h.ts_ms, h.coordinator) == (2, 2_500, 8))
+        o.heartbeat_of("c1").is_some_and(|h| (h.epoch, h.ts_ms, h.coordinator) == (2, 2_500, 8))
     })
     .await?;
 
@@ -212,11 +171,7 @@ async fn probes_report_roles_ids_positions_and_heartbeats() -> Result<()> {
     sb.primary().exec("DROP TABLE primus.heartbeat").await?;
     for _ in 0..3 {
         let p = pp.probe().await?;
-        assert!(
-            p.heartbeat.is_empty() && p.heartbeat_error.is_none(),
-            "{:?}",
-            p.heartbeat_error
-        );
+        assert!(p.heartbeat.is_empty() && p.heartbeat_error.is_none(), "{:?}", p.heartbeat_error);
         assert_eq!(p.server_id, sb.primary().server_id());
     }
     let o = probe_until(&r0, CATCH_UP, "table drop replicated", |o| o.heartbeat.is_empty()).await?;
@@ -274,44 +229,16 @@ async fn sigstopped_primary_times_out_while_replica_probes_keep_their_pace() -> 
     sb.primary().sigcont()?;
 
     let (e, first, e2, second) = frozen;
-    assert!(
-        matches!(
-            e,
-            ProbeError::Timeout {
-                stage: ProbeStage::Variables,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
-    assert!(
-        first >= query_timeout && first < query_timeout + slack,
-        "took {first:?}"
-    );
-    assert!(
-        matches!(
-            e2,
-            ProbeError::Timeout {
-                stage: ProbeStage::Connect,
-                ..
-            }
-        ),
-        "{e2:?}"
-    );
-    assert!(
-        second >= connect_timeout && second < connect_timeout + slack,
-        "took {second:?}"
-    );
+    assert!(matches!(e, ProbeError::Timeout { stage: ProbeStage::Variables, .. }), "{e:?}");
+    assert!(first >= query_timeout && first < query_timeout + slack, "took {first:?}");
+    assert!(matches!(e2, ProbeError::Timeout { stage: ProbeStage::Connect, .. }), "{e2:?}");
+    assert!(second >= connect_timeout && second < connect_timeout + slack, "took {second:?}");
 
     for t in tasks {
         let latencies = t.await??;
         let max = latencies.iter().max().copied().unwrap_or_default();
         // ~4 s / (100 ms sleep + probe) ≈ 35 probes: the frozen primary did not slow them down.
-        assert!(
-            latencies.len() >= 25,
-            "only {} replica probes in {window:?}",
-            latencies.len()
-        );
+        assert!(latencies.len() >= 25, "only {} replica probes in {window:?}", latencies.len());
         assert!(max < Duration::from_millis(300), "a replica probe took {max:?}");
     }
 
@@ -339,24 +266,15 @@ async fn errant_writes_on_a_replica_show_against_the_primary() -> Result<()> {
     let errant = MariaGtidSet::errant(current_pos(&b), current_pos(&p));
     assert_eq!(errant.count(), 1, "{errant}");
     let (domain, d) = errant.domains().next().context("one errant domain")?;
-    assert_eq!(
-        (domain, d.server_id),
-        (0, bad.server_id()),
-        "errant GTID written by the replica itself"
-    );
-    assert_eq!(
-        GtidSetOps::compare(current_pos(&b), current_pos(&p)),
-        GtidOrdering::Ahead
-    );
+    assert_eq!((domain, d.server_id), (0, bad.server_id()), "errant GTID written by the replica itself");
+    assert_eq!(GtidSetOps::compare(current_pos(&b), current_pos(&p)), GtidOrdering::Ahead);
     assert!(MariaGtidSet::errant(current_pos(&g), current_pos(&p)).is_empty());
     let any = primus_mysql::AnyGtidSet::errant(&b.gtid.executed(), &p.gtid.executed()).context("same flavor")?;
     assert_eq!(any.count(), 1);
 
     // The primary now writes the same seq number: the histories conflict, and in strict mode
     // the bad replica's applier stops with an error that the probe reports.
-    sb.primary()
-        .exec("INSERT INTO primus_test.t (v) VALUES ('same seq')")
-        .await?;
+    sb.primary().exec("INSERT INTO primus_test.t (v) VALUES ('same seq')").await?;
     let bp = prober(bad);
     let b = probe_until(&bp, CATCH_UP, "SQL thread error on the errant replica", |o| {
         o.replication.first().is_some_and(|s| s.last_sql_error.is_some())
@@ -367,15 +285,8 @@ async fn errant_writes_on_a_replica_show_against_the_primary() -> Result<()> {
     assert!(!b.replication[0].sql_running);
     assert!(sql_err.errno > 0 && !sql_err.message.is_empty(), "{sql_err:?}");
     assert_eq!(current_pos(&b).conflicts(current_pos(&p)), vec![0]);
-    assert_eq!(
-        GtidSetOps::compare(current_pos(&b), current_pos(&p)),
-        GtidOrdering::Diverged
-    );
-    assert_eq!(
-        b.replication[0].io_running,
-        IoThreadState::Yes,
-        "the receiver still works"
-    );
+    assert_eq!(GtidSetOps::compare(current_pos(&b), current_pos(&p)), GtidOrdering::Diverged);
+    assert_eq!(b.replication[0].io_running, IoThreadState::Yes, "the receiver still works");
     Ok(())
 }
 
@@ -425,23 +336,13 @@ async fn errant_write_stays_visible_after_the_primary_overtakes_it() -> Result<(
     // The probe reads @@gtid_binlog_state.
     let primary_last = current_pos(&p).last(0).context("domain 0 on the primary")?;
     assert_eq!(primary_last.server_id, sb.primary().server_id());
-    let errant_seq = binlog_state(&b)
-        .get(0, bad.server_id())
-        .context("the replica's own pair")?;
-    assert!(
-        primary_last.seq_no >= errant_seq + 20,
-        "the primary overtook the errant seq"
-    );
-    assert_eq!(
-        binlog_state(&p).get(0, sb.primary().server_id()),
-        Some(primary_last.seq_no)
-    );
+    let errant_seq = binlog_state(&b).get(0, bad.server_id()).context("the replica's own pair")?;
+    assert!(primary_last.seq_no >= errant_seq + 20, "the primary overtook the errant seq");
+    assert_eq!(binlog_state(&p).get(0, sb.primary().server_id()), Some(primary_last.seq_no));
 
     // Position arithmetic alone has lost it...
     assert!(
-        primus_mysql::AnyGtidSet::errant(&b.gtid.executed(), &p.gtid.executed())
-            .context("same flavor")?
-            .is_empty(),
+        primus_mysql::AnyGtidSet::errant(&b.gtid.executed(), &p.gtid.executed()).context("same flavor")?.is_empty(),
         "the primary's position overtook the errant seq"
     );
     // ... the binlog state keeps it.
@@ -451,14 +352,7 @@ async fn errant_write_stays_visible_after_the_primary_overtakes_it() -> Result<(
     assert_eq!(report.count(), 1, "{report:?}");
     assert_eq!(report.server_ids(), BTreeSet::from([bad.server_id()]), "{report:?}");
     assert_eq!(report.binlog.len(), 1, "{report:?}");
-    assert_eq!(
-        report.binlog[0],
-        MariaGtid {
-            domain_id: 0,
-            server_id: bad.server_id(),
-            seq_no: errant_seq
-        }
-    );
+    assert_eq!(report.binlog[0], MariaGtid { domain_id: 0, server_id: bad.server_id(), seq_no: errant_seq });
     assert!(report.unseen_on_primary.is_empty(), "{report:?}");
 
     let clean = errant_transactions(&g, &p).context("same flavor")?;
@@ -471,19 +365,14 @@ async fn errant_write_stays_visible_after_the_primary_overtakes_it() -> Result<(
     let pos = sb.insert_rows(1).await?;
     good.wait_gtid(&pos, CATCH_UP).await?;
     let g_later = prober(good).probe().await?;
-    assert!(
-        !primus_mysql::AnyGtidSet::errant(&g_later.gtid.executed(), &p.gtid.executed())
-            .context("same flavor")?
-            .is_empty()
-    );
+    assert!(!primus_mysql::AnyGtidSet::errant(&g_later.gtid.executed(), &p.gtid.executed())
+        .context("same flavor")?
+        .is_empty());
     let skewed = errant_transactions(&g_later, &p).context("same flavor")?;
     assert!(skewed.is_empty(), "{skewed:?}");
     assert!(!skewed.unseen_on_primary.is_empty(), "{skewed:?}");
     let still = errant_transactions(&prober(bad).probe().await?, &p).context("same flavor")?;
-    assert_eq!(
-        (still.count(), still.server_ids()),
-        (1, BTreeSet::from([bad.server_id()]))
-    );
+    assert_eq!((still.count(), still.server_ids()), (1, BTreeSet::from([bad.server_id()])));
 
     // Observations carry the state through JSON.
     let json = serde_json::to_string(&b)?;
@@ -511,20 +400,14 @@ async fn connection_failures_are_typed_and_restarts_are_survived() -> Result<()>
 
     let closed = primus_testkit::ports::free_port()?;
     let t = Instant::now();
-    match Prober::new(
-        InstanceAddr::new("127.0.0.1", closed)?,
-        config(Duration::from_secs(2), Duration::from_secs(2)),
-    )
-    .probe()
-    .await
+    match Prober::new(InstanceAddr::new("127.0.0.1", closed)?, config(Duration::from_secs(2), Duration::from_secs(2)))
+        .probe()
+        .await
     {
         Err(ProbeError::Unreachable { message }) => assert!(!message.is_empty()),
         other => panic!("expected Unreachable, got {other:?}"),
     }
-    assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "refusal is immediate, not a timeout"
-    );
+    assert!(t.elapsed() < Duration::from_secs(1), "refusal is immediate, not a timeout");
 
     // A statement of the batch failing (here: no privilege for SHOW ALL SLAVES STATUS) is
     // reported with the server's own error, probe after probe.
@@ -535,11 +418,7 @@ async fn connection_failures_are_typed_and_restarts_are_survived() -> Result<()>
     let pw = Prober::new(addr(inst), weak);
     for _ in 0..2 {
         match pw.probe().await {
-            Err(ProbeError::QueryFailed {
-                query,
-                code: Some(1227),
-                message,
-            }) => {
+            Err(ProbeError::QueryFailed { query, code: Some(1227), message }) => {
                 assert_eq!(query, "SHOW ALL SLAVES STATUS");
                 assert!(message.contains("Access denied"), "{message}");
             }
@@ -582,12 +461,9 @@ async fn flavor_statements_run_on_a_real_server() -> Result<()> {
         heartbeat_period: Some(Duration::from_millis(250)),
         connect_retry_s: Some(1),
     });
-    p2.execute(&[info.stop_replica_sql(), repoint, info.start_replica_sql()], t)
-        .await?;
+    p2.execute(&[info.stop_replica_sql(), repoint, info.start_replica_sql()], t).await?;
     let o = probe_until(&p2, CATCH_UP, "replica 2 replicating from replica 1", |o| {
-        o.replication
-            .first()
-            .is_some_and(|s| s.source_port == r1.port() && s.is_healthy())
+        o.replication.first().is_some_and(|s| s.source_port == r1.port() && s.is_healthy())
     })
     .await?;
     assert_eq!(o.replication[0].heartbeat_period_s, Some(0.25));
@@ -595,10 +471,7 @@ async fn flavor_statements_run_on_a_real_server() -> Result<()> {
     let pos = sb.insert_rows(1).await?;
     r2.wait_gtid(&pos, CATCH_UP).await?;
     let o1 = prober(r1).probe().await?;
-    assert_eq!(
-        o1.replicas.iter().map(|h| h.server_id).collect::<Vec<_>>(),
-        [r2.server_id()]
-    );
+    assert_eq!(o1.replicas.iter().map(|h| h.server_id).collect::<Vec<_>>(), [r2.server_id()]);
 
     // Promote replica 2: stop, forget its source, make it writable.
     let mut promote = vec![info.stop_replica_sql(), info.reset_replica_sql(ResetReplica::All)];
@@ -616,10 +489,7 @@ async fn flavor_statements_run_on_a_real_server() -> Result<()> {
     sup.user = "sup".into();
     sup.password = "sup-pass".into();
     let ps = Prober::new(addr(r2), sup);
-    let e = ps
-        .execute(&["CREATE DATABASE sup_db".into()], t)
-        .await
-        .expect_err("read_only applies to SUPER");
+    let e = ps.execute(&["CREATE DATABASE sup_db".into()], t).await.expect_err("read_only applies to SUPER");
     assert!(matches!(e, ProbeError::ReadOnly { .. }), "{e:?}");
     // ... and the coordinator user, which holds READ ONLY ADMIN, can write: see the flavor docs.
     assert!(p2.write_heartbeat("ro", 1, 1, 1).await?);
@@ -628,18 +498,13 @@ async fn flavor_statements_run_on_a_real_server() -> Result<()> {
     // for NO_BACKSLASH_ESCAPES.
     let evil = "x\\', MASTER_HOST='evil'; -- \u{1a}\0\"`";
     let mut conn = mysql_async::Conn::new(r2.coordinator_opts()).await?;
-    let back: Option<String> = conn
-        .query_first(format!("SELECT {}", flavor::quote_string(evil)))
-        .await?;
+    let back: Option<String> = conn.query_first(format!("SELECT {}", flavor::quote_string(evil))).await?;
     assert_eq!(back.as_deref(), Some(evil));
-    conn.query_drop("SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES,STRICT_TRANS_TABLES'")
-        .await?;
+    conn.query_drop("SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES,STRICT_TRANS_TABLES'").await?;
     conn.query_drop(flavor::SESSION_SQL_MODE_FIX).await?;
     let mode: Option<String> = conn.query_first("SELECT @@SESSION.sql_mode").await?;
     assert_eq!(mode.as_deref(), Some("STRICT_TRANS_TABLES"));
-    let back: Option<String> = conn
-        .query_first(format!("SELECT {}", flavor::quote_string(evil)))
-        .await?;
+    let back: Option<String> = conn.query_first(format!("SELECT {}", flavor::quote_string(evil))).await?;
     assert_eq!(back.as_deref(), Some(evil));
     conn.query_drop("SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES'").await?;
     conn.query_drop(flavor::SESSION_SQL_MODE_FIX).await?;
@@ -668,10 +533,7 @@ async fn real_show_all_slaves_status_has_the_fixture_columns() -> Result<()> {
         .take_while(|l| !l.contains("2. row"))
         .filter_map(|l| l.split_once(':').map(|(c, _)| c.trim().to_string()))
         .collect();
-    assert_eq!(
-        real, documented,
-        "the MariaDB 10.11 fixture lists the real columns in the real order"
-    );
+    assert_eq!(real, documented, "the MariaDB 10.11 fixture lists the real columns in the real order");
     conn.disconnect().await?;
     Ok(())
 }

@@ -14,9 +14,7 @@ fn vertical(text: &str) -> Vec<StatusRow> {
         }
         let Some(row) = rows.last_mut() else { continue };
         let trimmed = line.trim_start();
-        let name_len = trimmed
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(trimmed.len());
+        let name_len = trimmed.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(trimmed.len());
         let is_column = name_len > 0
             && trimmed.as_bytes()[0].is_ascii_alphabetic()
             && trimmed[name_len..].starts_with(':')
@@ -42,10 +40,7 @@ fn fixture(name: &str) -> Vec<StatusRow> {
 }
 
 fn statuses(name: &str) -> Vec<ReplicaStatus> {
-    fixture(name)
-        .iter()
-        .map(|r| ReplicaStatus::from_row(r).unwrap_or_else(|e| panic!("{name}: {e}")))
-        .collect()
+    fixture(name).iter().map(|r| ReplicaStatus::from_row(r).unwrap_or_else(|e| panic!("{name}: {e}"))).collect()
 }
 
 fn my(s: &str) -> MySqlGtidSet {
@@ -74,10 +69,7 @@ fn mysql_5_7_show_slave_status() {
     let s = statuses("mysql-5.7-show-slave-status.txt");
     assert_eq!(s.len(), 1);
     let r = &s[0];
-    assert_eq!(
-        (r.source_host.as_str(), r.source_port, r.source_user.as_str()),
-        ("db-1.example", 3306, "repl")
-    );
+    assert_eq!((r.source_host.as_str(), r.source_port, r.source_user.as_str()), ("db-1.example", 3306, "repl"));
     assert_eq!(r.channel, "");
     assert_eq!(r.io_running, IoThreadState::Yes);
     assert!(r.sql_running && r.is_healthy());
@@ -88,37 +80,17 @@ fn mysql_5_7_show_slave_status() {
     assert_eq!(r.sql_state, "Reading event from the relay log");
     assert_eq!(r.last_io_error, None);
     assert_eq!(r.last_sql_error, None);
-    assert_eq!(
-        r.read_coord,
-        Some(BinlogCoord {
-            file: "mysql-bin.000012".into(),
-            pos: 4387
-        })
-    );
-    assert_eq!(
-        r.exec_coord,
-        Some(BinlogCoord {
-            file: "mysql-bin.000012".into(),
-            pos: 4201
-        })
-    );
-    assert_eq!(
-        r.retrieved_gtid_set,
-        Some(my("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-12"))
-    );
+    assert_eq!(r.read_coord, Some(BinlogCoord { file: "mysql-bin.000012".into(), pos: 4387 }));
+    assert_eq!(r.exec_coord, Some(BinlogCoord { file: "mysql-bin.000012".into(), pos: 4201 }));
+    assert_eq!(r.retrieved_gtid_set, Some(my("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-12")));
     assert_eq!(
         r.executed_gtid_set,
-        Some(my(
-            "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-11,8a94f357-aab4-11df-86ab-c80aa9429563:1-3"
-        ))
+        Some(my("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-11,8a94f357-aab4-11df-86ab-c80aa9429563:1-3"))
     );
     assert_eq!(r.auto_position, Some(true));
     assert_eq!(r.sql_delay, Some(0));
     // MariaDB-only fields are absent, not defaulted.
-    assert_eq!(
-        (r.using_gtid, r.gtid_io_pos.as_ref(), r.heartbeat_period_s),
-        (None, None, None)
-    );
+    assert_eq!((r.using_gtid, r.gtid_io_pos.as_ref(), r.heartbeat_period_s), (None, None, None));
 }
 
 #[test]
@@ -128,19 +100,13 @@ fn mysql_8_0_old_syntax_with_a_broken_io_thread() {
     assert_eq!(r.io_running, IoThreadState::Connecting);
     assert!(r.sql_running);
     assert!(!r.is_healthy());
-    assert_eq!(
-        r.seconds_behind, None,
-        "NULL Seconds_Behind_Master is unknown, not zero"
-    );
+    assert_eq!(r.seconds_behind, None, "NULL Seconds_Behind_Master is unknown, not zero");
     let e = r.last_io_error.as_ref().expect("IO error");
     assert_eq!(e.errno, 2003);
     assert!(e.message.contains("Can't connect to MySQL server on '10.0.0.11' (111)"));
     assert_eq!(e.timestamp.as_deref(), Some("210118 09:14:27"));
     assert_eq!(r.source_server_id, Some(11));
-    assert_eq!(
-        r.retrieved_gtid_set,
-        Some(my("4c1f8d2e-5a6b-11eb-8f3c-0242ac110002:5-9"))
-    );
+    assert_eq!(r.retrieved_gtid_set, Some(my("4c1f8d2e-5a6b-11eb-8f3c-0242ac110002:5-9")));
 }
 
 #[test]
@@ -149,24 +115,12 @@ fn mysql_8_0_new_syntax_with_two_channels() {
     assert_eq!(s.len(), 2);
     let (default, eu) = (&s[0], &s[1]);
     assert_eq!(default.channel, "");
-    assert_eq!(
-        (default.source_host.as_str(), default.source_port),
-        ("127.0.0.1", 13000)
-    );
+    assert_eq!((default.source_host.as_str(), default.source_port), ("127.0.0.1", 13000));
     assert!(default.is_healthy());
     assert_eq!(default.seconds_behind, Some(0));
     assert_eq!(default.io_state, "Waiting for source to send event");
-    assert_eq!(
-        default.sql_state,
-        "Replica has read all relay log; waiting for more updates"
-    );
-    assert_eq!(
-        default.read_coord,
-        Some(BinlogCoord {
-            file: "master-bin.000001".into(),
-            pos: 927
-        })
-    );
+    assert_eq!(default.sql_state, "Replica has read all relay log; waiting for more updates");
+    assert_eq!(default.read_coord, Some(BinlogCoord { file: "master-bin.000001".into(), pos: 927 }));
 
     assert_eq!(eu.channel, "eu");
     assert_eq!(eu.io_running, IoThreadState::Yes);
@@ -180,10 +134,7 @@ fn mysql_8_0_new_syntax_with_two_channels() {
     // The applier is behind the receiver: what was retrieved is not all executed.
     let retrieved = eu.retrieved_gtid_set.clone().expect("retrieved");
     let executed = eu.executed_gtid_set.clone().expect("executed");
-    assert_eq!(
-        retrieved.subtract(&executed).to_string(),
-        "9d2a4b1c-3e4f-11ee-a1b2-0242ac120003:402-420"
-    );
+    assert_eq!(retrieved.subtract(&executed).to_string(), "9d2a4b1c-3e4f-11ee-a1b2-0242ac120003:402-420");
 }
 
 #[test]
@@ -196,10 +147,7 @@ fn mysql_8_4_delayed_replica_with_tagged_gtids() {
     assert_eq!(r.source_server_id, Some(100));
     let retrieved = r.retrieved_gtid_set.clone().expect("retrieved");
     assert_eq!(retrieved.count(), 3 + 5);
-    assert_eq!(
-        retrieved.to_string(),
-        "ce9be252-2b71-11e6-b8f4-00212844f856:1-3:domestic:1-5"
-    );
+    assert_eq!(retrieved.to_string(), "ce9be252-2b71-11e6-b8f4-00212844f856:1-3:domestic:1-5");
     let behind = retrieved.subtract(r.executed_gtid_set.as_ref().expect("executed"));
     assert_eq!(behind.to_string(), "ce9be252-2b71-11e6-b8f4-00212844f856:domestic:3-5");
 }
@@ -215,10 +163,7 @@ fn mariadb_10_11_show_all_slaves_status_multi_source() {
     assert_eq!(s.len(), 2);
     let (default, analytics) = (&s[0], &s[1]);
     assert_eq!(default.channel, "");
-    assert_eq!(
-        (default.source_host.as_str(), default.source_port),
-        ("127.0.0.1", 33061)
-    );
+    assert_eq!((default.source_host.as_str(), default.source_port), ("127.0.0.1", 33061));
     assert!(default.is_healthy());
     assert_eq!(default.seconds_behind, Some(0));
     assert_eq!(default.using_gtid, Some(UsingGtid::SlavePos));
@@ -228,10 +173,7 @@ fn mariadb_10_11_show_all_slaves_status_multi_source() {
     assert_eq!(default.heartbeat_period_s, Some(1.0));
     assert_eq!(default.retried_transactions, Some(0));
     assert_eq!(default.executed_log_entries, Some(61));
-    assert_eq!(
-        default.sql_state,
-        "Slave has read all relay log; waiting for more updates"
-    );
+    assert_eq!(default.sql_state, "Slave has read all relay log; waiting for more updates");
     // MySQL-only fields are absent.
     assert_eq!((default.auto_position, default.source_uuid.as_deref()), (None, None));
     assert_eq!(default.retrieved_gtid_set, None);
@@ -250,32 +192,20 @@ fn mariadb_10_11_show_all_slaves_status_multi_source() {
 #[test]
 fn connected_replicas_of_every_flavor() {
     let hosts = |name: &str| -> Vec<ConnectedReplica> {
-        fixture(name)
-            .iter()
-            .map(|r| ConnectedReplica::from_row(r).expect(name))
-            .collect()
+        fixture(name).iter().map(|r| ConnectedReplica::from_row(r).expect(name)).collect()
     };
     let m57 = hosts("mysql-5.7-show-slave-hosts.txt");
     assert_eq!(m57.len(), 2);
-    assert_eq!(
-        (m57[0].server_id, m57[0].host.as_str(), m57[0].port),
-        (192168010, "iconnect2", 3306)
-    );
+    assert_eq!((m57[0].server_id, m57[0].host.as_str(), m57[0].port), (192168010, "iconnect2", 3306));
     assert_eq!(m57[0].uuid.as_deref(), Some("14cb6624-7f93-11e0-b2c0-c80aa9429562"));
     assert_eq!((m57[1].host.as_str(), m57[1].uuid.as_deref()), ("", None));
 
     let m80 = hosts("mysql-8.0-show-replicas.txt");
-    assert_eq!(
-        (m80[0].server_id, m80[0].host.as_str(), m80[0].port),
-        (10, "replica-1", 3306)
-    );
+    assert_eq!((m80[0].server_id, m80[0].host.as_str(), m80[0].port), (10, "replica-1", 3306));
     assert_eq!(m80[0].uuid.as_deref(), Some("9c9f6c8a-6e5d-11ee-9a31-0242ac120004"));
 
     let maria = hosts("mariadb-10.11-show-slave-hosts.txt");
-    assert_eq!(
-        maria.iter().map(|r| (r.server_id, r.port)).collect::<Vec<_>>(),
-        [(2, 33062), (3, 33063)]
-    );
+    assert_eq!(maria.iter().map(|r| (r.server_id, r.port)).collect::<Vec<_>>(), [(2, 33062), (3, 33063)]);
     assert!(maria.iter().all(|r| r.uuid.is_none()));
 }
 
@@ -291,12 +221,7 @@ fn missing_or_garbled_required_columns_are_errors() {
                 .collect(),
         )
     };
-    for col in [
-        "Source_Host",
-        "Source_Port",
-        "Replica_IO_Running",
-        "Replica_SQL_Running",
-    ] {
+    for col in ["Source_Host", "Source_Port", "Replica_IO_Running", "Replica_SQL_Running"] {
         let e = ReplicaStatus::from_row(&without(col)).expect_err(col);
         assert!(e.to_string().contains(col), "{e}");
     }

@@ -10,6 +10,7 @@
 //! * `Request::format` is bumped only if the meaning of an existing field changes;
 //!   a node refuses entries of a format it does not know (see `Request::check_format`).
 
+use crate::failover::{FailoverKind, FailoverOutcome, PromotionRule};
 use crate::names::{ClusterName, InstanceAddr};
 use crate::topology::Topology;
 use crate::NodeId;
@@ -54,10 +55,72 @@ pub enum Command {
         topology: Option<Topology>,
     },
     /// Remove a cluster from the registry. Refused if it does not exist.
-    UnregisterCluster { name: ClusterName },
+    UnregisterCluster {
+        name: ClusterName,
+    },
     /// The leader saw the shape of the topology change (new instance, new source,
     /// new roles). Refused if the cluster is unknown.
-    UpdateTopology { name: ClusterName, topology: Topology },
+    UpdateTopology {
+        name: ClusterName,
+        topology: Topology,
+    },
+    /// Write-ahead start of a failover: committed before any instance is touched.
+    /// Refused if another failover of the cluster is in progress or the epoch is not
+    /// exactly the next one.
+    StartFailover {
+        name: ClusterName,
+        id: String,
+        kind: FailoverKind,
+        analysis_code: String,
+        evidence: Vec<String>,
+        old_primary: InstanceAddr,
+        candidate: InstanceAddr,
+        epoch: u64,
+        plan: Vec<serde_json::Value>,
+    },
+    /// A step of an in-progress failover completed (or was skipped, with the reason).
+    FailoverStep {
+        name: ClusterName,
+        id: String,
+        index: u32,
+        description: String,
+        outcome: String,
+    },
+    /// Close a failover. On success the candidate becomes the primary, the followers
+    /// replicate from it and the old primary is demoted.
+    FinishFailover {
+        name: ClusterName,
+        id: String,
+        outcome: FailoverOutcome,
+        #[serde(default)]
+        promotion_gtid: Option<String>,
+    },
+    /// Acknowledge the last failover(s) of a cluster: lifts the anti-flap block.
+    AckFailover {
+        name: ClusterName,
+        id: Option<String>,
+    },
+    SetPromotionRule {
+        name: ClusterName,
+        instance: InstanceAddr,
+        rule: PromotionRule,
+    },
+    /// Start (`until_ms` > 0) or end (`None`) maintenance of an instance or a whole cluster.
+    SetMaintenance {
+        name: ClusterName,
+        instance: Option<InstanceAddr>,
+        maintenance: Option<crate::failover::Maintenance>,
+    },
+    /// Turn automatic failover on/off for one cluster (`None` follows the global setting).
+    SetAutomaticFailover {
+        name: ClusterName,
+        enabled: Option<bool>,
+    },
+    /// Forget that an instance is a demoted former primary (after `rejoin`).
+    ClearDemoted {
+        name: ClusterName,
+        instance: InstanceAddr,
+    },
 }
 
 impl Command {
@@ -70,6 +133,26 @@ impl Command {
             }
             Command::UnregisterCluster { name } => format!("unregister cluster {name}"),
             Command::UpdateTopology { name, topology } => format!("topology of {name}: {}", topology.summary()),
+            Command::StartFailover { name, id, kind, analysis_code, old_primary, candidate, epoch, .. } => format!(
+                "start {kind} failover {id} of {name} ({analysis_code}): {old_primary} -> {candidate}, epoch {epoch}"
+            ),
+            Command::FailoverStep { name, id, index, description, outcome } => {
+                format!("failover {id} of {name} step {index} {description}: {outcome}")
+            }
+            Command::FinishFailover { name, id, outcome, .. } => format!("finish failover {id} of {name}: {outcome:?}"),
+            Command::AckFailover { name, id } => {
+                format!("ack failover {} of {name}", id.as_deref().unwrap_or("(all)"))
+            }
+            Command::SetPromotionRule { name, instance, rule } => {
+                format!("promotion rule of {instance} in {name}: {rule}")
+            }
+            Command::SetMaintenance { name, instance, maintenance } => format!(
+                "maintenance of {} in {name}: {}",
+                instance.as_ref().map(ToString::to_string).unwrap_or_else(|| "the whole cluster".into()),
+                maintenance.as_ref().map(|m| format!("on ({})", m.reason)).unwrap_or_else(|| "off".into())
+            ),
+            Command::SetAutomaticFailover { name, enabled } => format!("automatic failover of {name}: {enabled:?}"),
+            Command::ClearDemoted { name, instance } => format!("{instance} in {name} no longer demoted"),
         }
     }
 }
@@ -91,21 +174,13 @@ impl Request {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        Request {
-            format: REQUEST_FORMAT,
-            origin,
-            proposed_at_ms,
-            command,
-        }
+        Request { format: REQUEST_FORMAT, origin, proposed_at_ms, command }
     }
 
     /// Entries from a newer primus are refused rather than misread.
     pub fn check_format(&self) -> Result<(), Rejection> {
         if self.format > REQUEST_FORMAT {
-            Err(Rejection::UnsupportedFormat {
-                found: self.format,
-                supported: REQUEST_FORMAT,
-            })
+            Err(Rejection::UnsupportedFormat { found: self.format, supported: REQUEST_FORMAT })
         } else {
             Ok(())
         }
@@ -114,13 +189,7 @@ impl Request {
 
 impl std::fmt::Display for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} (by {} via node {})",
-            self.command.summary(),
-            self.origin.actor,
-            self.origin.via_node
-        )
+        write!(f, "{} (by {} via node {})", self.command.summary(), self.origin.actor, self.origin.via_node)
     }
 }
 
@@ -134,6 +203,14 @@ pub enum Rejection {
     ClusterNotFound(ClusterName),
     #[error("a cluster needs at least one seed instance")]
     NoSeeds,
+    #[error("a failover of cluster {0} is already in progress ({1})")]
+    FailoverInProgress(ClusterName, String),
+    #[error("stale failover request for {name}: epoch {got}, expected {want}")]
+    StaleEpoch { name: ClusterName, got: u64, want: u64 },
+    #[error("no failover {id} in progress for cluster {name}")]
+    NoSuchFailover { name: ClusterName, id: String },
+    #[error("{instance} is not an instance of cluster {name}")]
+    UnknownInstance { name: ClusterName, instance: InstanceAddr },
     #[error("log entry format {found} is newer than this primusd understands ({supported}); upgrade this node")]
     UnsupportedFormat { found: u32, supported: u32 },
 }
@@ -175,12 +252,7 @@ mod tests {
 
     #[test]
     fn newer_format_is_refused_not_misread() {
-        let mut r = Request::new(
-            Command::UnregisterCluster {
-                name: "c".parse().unwrap(),
-            },
-            Origin::default(),
-        );
+        let mut r = Request::new(Command::UnregisterCluster { name: "c".parse().unwrap() }, Origin::default());
         r.format = REQUEST_FORMAT + 1;
         assert!(matches!(r.check_format(), Err(Rejection::UnsupportedFormat { .. })));
     }

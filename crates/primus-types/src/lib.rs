@@ -7,11 +7,13 @@
 //! * [`TypeConfig`]: openraft's type configuration for the whole project.
 
 pub mod command;
+pub mod failover;
 pub mod names;
 pub mod state;
 pub mod topology;
 
 pub use command::{ClusterSettings, Command, Origin, Rejection, Request, Response};
+pub use failover::{FailoverKind, FailoverOutcome, FailoverRecord, Maintenance, PromotionRule, StepRecord};
 pub use names::{ClusterName, InstanceAddr, NameError};
 pub use topology::{InstanceRole, Topology, TopologyInstance};
 

@@ -32,8 +32,7 @@ impl FromStr for ClusterName {
         let ok = !s.is_empty()
             && s.len() <= 64
             && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
         if ok {
             Ok(ClusterName(s.to_string()))
         } else {
@@ -92,16 +91,11 @@ impl FromStr for InstanceAddr {
         let port: u16 = port.parse().map_err(|_| bad())?;
         let host_ok = !host.is_empty()
             && host.len() <= 255
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
         if port == 0 || !host_ok {
             return Err(bad());
         }
-        Ok(InstanceAddr {
-            host: host.to_string(),
-            port,
-        })
+        Ok(InstanceAddr { host: host.to_string(), port })
     }
 }
 

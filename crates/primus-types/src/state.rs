@@ -6,6 +6,7 @@
 //! logic here, free of I/O, lets it be tested as a table and reused by any store.
 
 use crate::command::{ClusterSettings, Command, Rejection, Request, Response};
+use crate::failover::{FailoverOutcome, FailoverRecord, Maintenance, PromotionRule, StepRecord};
 use crate::names::{ClusterName, InstanceAddr};
 use crate::topology::Topology;
 use crate::{LogId, NodeId};
@@ -33,6 +34,38 @@ pub struct ClusterRecord {
     /// Log index of the last topology change.
     #[serde(default)]
     pub topology_index: u64,
+    /// Failovers and switchovers, oldest first (bounded by `HISTORY_RETENTION`).
+    #[serde(default)]
+    pub history: Vec<FailoverRecord>,
+    /// Former primaries: kept read-only, never promoted back on their own.
+    #[serde(default)]
+    pub demoted: std::collections::BTreeSet<InstanceAddr>,
+    #[serde(default)]
+    pub promotion_rules: BTreeMap<InstanceAddr, PromotionRule>,
+    #[serde(default)]
+    pub instance_maintenance: BTreeMap<InstanceAddr, Maintenance>,
+    #[serde(default)]
+    pub cluster_maintenance: Option<Maintenance>,
+}
+
+/// How many failover records a cluster keeps.
+pub const HISTORY_RETENTION: usize = 100;
+
+impl ClusterRecord {
+    /// The failover in progress, if any.
+    pub fn in_flight(&self) -> Option<&FailoverRecord> {
+        self.history.last().filter(|r| r.in_progress())
+    }
+
+    fn in_flight_mut(&mut self, id: &str) -> Option<&mut FailoverRecord> {
+        self.history.last_mut().filter(|r| r.in_progress() && r.id == id)
+    }
+
+    /// Whether `addr` is under maintenance at `now_ms` (or the whole cluster is).
+    pub fn in_maintenance(&self, addr: &InstanceAddr, now_ms: u64) -> bool {
+        let active = |m: &Maintenance| m.until_ms > now_ms;
+        self.cluster_maintenance.as_ref().is_some_and(active) || self.instance_maintenance.get(addr).is_some_and(active)
+    }
 }
 
 fn first_epoch() -> u64 {
@@ -81,9 +114,7 @@ impl Registry {
     /// Apply one committed application entry. Deterministic: uses only the entry.
     pub fn apply(&mut self, log_id: &LogId, req: &Request) -> (Response, Vec<StateKey>) {
         let mut touched = Vec::new();
-        let result = req
-            .check_format()
-            .and_then(|()| self.apply_command(log_id, req, &mut touched));
+        let result = req.check_format().and_then(|()| self.apply_command(log_id, req, &mut touched));
         let outcome = match &result {
             Ok(()) => "ok".to_string(),
             Err(r) => r.to_string(),
@@ -127,12 +158,7 @@ impl Registry {
 
     fn apply_command(&mut self, log_id: &LogId, req: &Request, touched: &mut Vec<StateKey>) -> Result<(), Rejection> {
         match &req.command {
-            Command::RegisterCluster {
-                name,
-                seeds,
-                settings,
-                topology,
-            } => {
+            Command::RegisterCluster { name, seeds, settings, topology } => {
                 if self.clusters.contains_key(name) {
                     return Err(Rejection::ClusterExists(name.clone()));
                 }
@@ -151,18 +177,158 @@ impl Registry {
                         topology: topology.clone().unwrap_or_default(),
                         epoch: first_epoch(),
                         topology_index: log_id.index,
+                        history: Vec::new(),
+                        demoted: Default::default(),
+                        promotion_rules: BTreeMap::new(),
+                        instance_maintenance: BTreeMap::new(),
+                        cluster_maintenance: None,
                     },
                 );
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
             }
             Command::UpdateTopology { name, topology } => {
-                let c = self
-                    .clusters
-                    .get_mut(name)
-                    .ok_or_else(|| Rejection::ClusterNotFound(name.clone()))?;
-                c.topology = topology.clone();
+                let c = self.cluster_mut(name)?;
+                c.topology = topology.clone().with_demoted(&c.demoted);
                 c.topology_index = log_id.index;
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
+            Command::StartFailover { name, id, kind, analysis_code, evidence, old_primary, candidate, epoch, plan } => {
+                let c = self.cluster_mut(name)?;
+                if let Some(f) = c.in_flight() {
+                    return Err(Rejection::FailoverInProgress(name.clone(), f.id.clone()));
+                }
+                if *epoch != c.epoch + 1 {
+                    return Err(Rejection::StaleEpoch { name: name.clone(), got: *epoch, want: c.epoch + 1 });
+                }
+                c.epoch = *epoch;
+                c.history.push(FailoverRecord {
+                    id: id.clone(),
+                    kind: *kind,
+                    analysis_code: analysis_code.clone(),
+                    evidence: evidence.clone(),
+                    old_primary: old_primary.clone(),
+                    candidate: candidate.clone(),
+                    epoch: *epoch,
+                    plan: plan.clone(),
+                    steps: Vec::new(),
+                    started_at_ms: req.proposed_at_ms,
+                    started_index: log_id.index,
+                    started_by: req.origin.actor.clone(),
+                    outcome: None,
+                    finished_at_ms: None,
+                    promotion_gtid: None,
+                    acked_by: None,
+                });
+                if c.history.len() > HISTORY_RETENTION {
+                    c.history.remove(0);
+                }
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
+            Command::FailoverStep { name, id, index, description, outcome } => {
+                let c = self.cluster_mut(name)?;
+                let f = c
+                    .in_flight_mut(id)
+                    .ok_or_else(|| Rejection::NoSuchFailover { name: name.clone(), id: id.clone() })?;
+                // A step recorded twice (a retried proposal) is a no-op, not an error.
+                if (*index as usize) < f.steps.len() {
+                    return Ok(());
+                }
+                f.steps.push(StepRecord {
+                    index: *index,
+                    description: description.clone(),
+                    outcome: outcome.clone(),
+                    at_ms: req.proposed_at_ms,
+                    log_index: log_id.index,
+                });
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
+            Command::FinishFailover { name, id, outcome, promotion_gtid } => {
+                let c = self.cluster_mut(name)?;
+                let f = c
+                    .in_flight_mut(id)
+                    .ok_or_else(|| Rejection::NoSuchFailover { name: name.clone(), id: id.clone() })?;
+                f.outcome = Some(outcome.clone());
+                f.finished_at_ms = Some(req.proposed_at_ms);
+                f.promotion_gtid = promotion_gtid.clone();
+                let (old, new) = (f.old_primary.clone(), f.candidate.clone());
+                if *outcome == FailoverOutcome::Succeeded {
+                    c.demoted.insert(old.clone());
+                    c.demoted.remove(&new);
+                    let nodes = c
+                        .topology
+                        .instances
+                        .values()
+                        .map(|i| {
+                            let source = if i.addr == new || i.addr == old {
+                                None
+                            } else if i.source.as_ref() == Some(&old) {
+                                Some(new.clone())
+                            } else {
+                                i.source.clone()
+                            };
+                            (i.addr.clone(), source, i.server_id, i.flavor.clone(), i.version.clone())
+                        })
+                        .collect();
+                    c.topology = Topology::from_edges(nodes, Some(&new)).with_demoted(&c.demoted);
+                    c.topology_index = log_id.index;
+                }
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
+            Command::AckFailover { name, id } => {
+                let c = self.cluster_mut(name)?;
+                let mut found = false;
+                for f in c.history.iter_mut().filter(|f| id.as_ref().is_none_or(|i| *i == f.id)) {
+                    found = true;
+                    if f.acked_by.is_none() {
+                        f.acked_by = Some(req.origin.actor.clone());
+                    }
+                }
+                if let (Some(id), false) = (id, found) {
+                    return Err(Rejection::NoSuchFailover { name: name.clone(), id: id.clone() });
+                }
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
+            Command::SetPromotionRule { name, instance, rule } => {
+                let c = self.cluster_mut(name)?;
+                if !c.topology.instances.contains_key(instance) {
+                    return Err(Rejection::UnknownInstance { name: name.clone(), instance: instance.clone() });
+                }
+                c.promotion_rules.insert(instance.clone(), *rule);
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
+            Command::SetMaintenance { name, instance, maintenance } => {
+                let c = self.cluster_mut(name)?;
+                match (instance, maintenance) {
+                    (Some(i), _) if !c.topology.instances.contains_key(i) => {
+                        return Err(Rejection::UnknownInstance { name: name.clone(), instance: i.clone() })
+                    }
+                    (Some(i), Some(m)) => {
+                        c.instance_maintenance.insert(i.clone(), m.clone());
+                    }
+                    (Some(i), None) => {
+                        c.instance_maintenance.remove(i);
+                    }
+                    (None, m) => c.cluster_maintenance = m.clone(),
+                }
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
+            Command::SetAutomaticFailover { name, enabled } => {
+                let c = self.cluster_mut(name)?;
+                c.settings.automatic_failover = *enabled;
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
+            Command::ClearDemoted { name, instance } => {
+                let c = self.cluster_mut(name)?;
+                c.demoted.remove(instance);
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
             }
@@ -174,6 +340,10 @@ impl Registry {
                 Ok(())
             }
         }
+    }
+
+    fn cluster_mut(&mut self, name: &ClusterName) -> Result<&mut ClusterRecord, Rejection> {
+        self.clusters.get_mut(name).ok_or_else(|| Rejection::ClusterNotFound(name.clone()))
     }
 
     fn record(&mut self, rec: AuditRecord, touched: &mut Vec<StateKey>) {
@@ -251,10 +421,7 @@ mod tests {
                 settings: Default::default(),
                 topology: None,
             },
-            Origin {
-                actor: "test".into(),
-                via_node: 2,
-            },
+            Origin { actor: "test".into(), via_node: 2 },
         )
     }
 
@@ -274,16 +441,8 @@ mod tests {
     #[test]
     fn unregister_unknown_is_refused() {
         let mut r = Registry::default();
-        let req = Request::new(
-            Command::UnregisterCluster {
-                name: "nope".parse().unwrap(),
-            },
-            Origin::default(),
-        );
-        assert!(matches!(
-            r.apply(&log_id(1), &req).0,
-            Response::Rejected(Rejection::ClusterNotFound(_))
-        ));
+        let req = Request::new(Command::UnregisterCluster { name: "nope".parse().unwrap() }, Origin::default());
+        assert!(matches!(r.apply(&log_id(1), &req).0, Response::Rejected(Rejection::ClusterNotFound(_))));
     }
 
     #[test]
@@ -291,17 +450,9 @@ mod tests {
         let mut r = Registry::default();
         r.apply(&log_id(1), &reg("a"));
         r.apply(&log_id(2), &reg("b"));
-        let unreg = Request::new(
-            Command::UnregisterCluster {
-                name: "a".parse().unwrap(),
-            },
-            Origin::default(),
-        );
+        let unreg = Request::new(Command::UnregisterCluster { name: "a".parse().unwrap() }, Origin::default());
         let (_, touched) = r.apply(&log_id(3), &unreg);
-        assert!(
-            r.encode(&touched[0]).1.is_none(),
-            "unregistered cluster must encode as a delete"
-        );
+        assert!(r.encode(&touched[0]).1.is_none(), "unregistered cluster must encode as a delete");
         let mut copy = Registry::default();
         for (k, v) in r.encode_all() {
             copy.load(&k, &v).unwrap();
@@ -317,5 +468,112 @@ mod tests {
         }
         assert_eq!(r.audit.len(), AUDIT_RETENTION);
         assert_eq!(*r.audit.keys().next().unwrap(), 6);
+    }
+
+    fn start(name: &str, epoch: u64) -> Request {
+        Request::new(
+            Command::StartFailover {
+                name: name.parse().unwrap(),
+                id: format!("{name}-e{epoch}"),
+                kind: crate::FailoverKind::Automatic,
+                analysis_code: "DeadPrimary".into(),
+                evidence: vec![],
+                old_primary: "h:1".parse().unwrap(),
+                candidate: "h:2".parse().unwrap(),
+                epoch,
+                plan: vec![],
+            },
+            Origin::default(),
+        )
+    }
+
+    fn registered_with_topology() -> Registry {
+        let mut r = Registry::default();
+        r.apply(&log_id(1), &reg("c"));
+        let a = |p: u16| crate::InstanceAddr::new("h", p).unwrap();
+        let topo = Topology::from_edges(
+            vec![
+                (a(1), None, 1, "mariadb".into(), "10.11".into()),
+                (a(2), Some(a(1)), 2, "mariadb".into(), "10.11".into()),
+                (a(3), Some(a(1)), 3, "mariadb".into(), "10.11".into()),
+            ],
+            None,
+        );
+        let up =
+            Request::new(Command::UpdateTopology { name: "c".parse().unwrap(), topology: topo }, Origin::default());
+        assert_eq!(r.apply(&log_id(2), &up).0, Response::Done);
+        r
+    }
+
+    #[test]
+    fn failover_start_bumps_epoch_write_ahead_and_refuses_a_second_one() {
+        let mut r = registered_with_topology();
+        assert_eq!(r.apply(&log_id(3), &start("c", 2)).0, Response::Done);
+        let c = &r.clusters[&"c".parse().unwrap()];
+        assert_eq!(c.epoch, 2, "the new epoch is committed before any step runs");
+        assert!(c.in_flight().is_some());
+        assert!(matches!(r.apply(&log_id(4), &start("c", 3)).0, Response::Rejected(Rejection::FailoverInProgress(..))));
+    }
+
+    #[test]
+    fn stale_epoch_is_refused() {
+        let mut r = registered_with_topology();
+        assert!(matches!(r.apply(&log_id(3), &start("c", 5)).0, Response::Rejected(Rejection::StaleEpoch { .. })));
+    }
+
+    #[test]
+    fn steps_are_idempotent_and_finish_moves_the_primary_and_demotes_the_old_one() {
+        let mut r = registered_with_topology();
+        r.apply(&log_id(3), &start("c", 2));
+        let step = |i: u32| {
+            Request::new(
+                Command::FailoverStep {
+                    name: "c".parse().unwrap(),
+                    id: "c-e2".into(),
+                    index: i,
+                    description: format!("s{i}"),
+                    outcome: "done".into(),
+                },
+                Origin::default(),
+            )
+        };
+        r.apply(&log_id(4), &step(0));
+        r.apply(&log_id(5), &step(0)); // a retried proposal of the same step
+        r.apply(&log_id(6), &step(1));
+        let fin = Request::new(
+            Command::FinishFailover {
+                name: "c".parse().unwrap(),
+                id: "c-e2".into(),
+                outcome: crate::FailoverOutcome::Succeeded,
+                promotion_gtid: Some("0-2-10".into()),
+            },
+            Origin::default(),
+        );
+        assert_eq!(r.apply(&log_id(7), &fin).0, Response::Done);
+        let c = &r.clusters[&"c".parse().unwrap()];
+        let f = &c.history[0];
+        assert_eq!(f.steps.len(), 2);
+        assert!(c.in_flight().is_none());
+        let a = |p: u16| crate::InstanceAddr::new("h", p).unwrap();
+        assert_eq!(c.topology.primary, Some(a(2)));
+        assert_eq!(c.topology.instances[&a(1)].role, crate::InstanceRole::Demoted);
+        assert_eq!(c.topology.instances[&a(3)].source, Some(a(2)));
+        assert!(c.demoted.contains(&a(1)));
+        // A later topology refresh that sees the old primary source-less keeps it demoted.
+        let refreshed = Topology::from_edges(
+            vec![
+                (a(1), None, 1, "mariadb".into(), "10.11".into()),
+                (a(2), None, 2, "mariadb".into(), "10.11".into()),
+                (a(3), Some(a(2)), 3, "mariadb".into(), "10.11".into()),
+            ],
+            Some(&a(2)),
+        );
+        let up = Request::new(
+            Command::UpdateTopology { name: "c".parse().unwrap(), topology: refreshed },
+            Origin::default(),
+        );
+        r.apply(&log_id(8), &up);
+        let c = &r.clusters[&"c".parse().unwrap()];
+        assert_eq!(c.topology.instances[&a(1)].role, crate::InstanceRole::Demoted);
     }
 }

@@ -19,8 +19,10 @@ pub enum InstanceRole {
     Replica,
     /// Replicates from another instance and is the source of at least one other.
     Intermediate,
-    /// Replicates from nothing and is not the primary (e.g. a detached or demoted server).
+    /// Replicates from nothing and is not the primary (e.g. a detached server).
     Detached,
+    /// A former primary after a failover: kept read-only, never promoted back on its own.
+    Demoted,
 }
 
 impl std::fmt::Display for InstanceRole {
@@ -30,6 +32,7 @@ impl std::fmt::Display for InstanceRole {
             InstanceRole::Replica => "replica",
             InstanceRole::Intermediate => "intermediate",
             InstanceRole::Detached => "detached",
+            InstanceRole::Demoted => "demoted",
         })
     }
 }
@@ -84,29 +87,26 @@ impl Topology {
                     (None, _) if primary.as_ref() == Some(&addr) => InstanceRole::Primary,
                     (None, _) => InstanceRole::Detached,
                 };
-                (
-                    addr.clone(),
-                    TopologyInstance {
-                        addr,
-                        role,
-                        source,
-                        server_id,
-                        flavor,
-                        version,
-                    },
-                )
+                (addr.clone(), TopologyInstance { addr, role, source, server_id, flavor, version })
             })
             .collect();
         Topology { primary, instances }
     }
 
+    /// Mark former primaries that replicate from nothing as demoted.
+    pub fn with_demoted(mut self, demoted: &std::collections::BTreeSet<InstanceAddr>) -> Topology {
+        for (a, i) in self.instances.iter_mut() {
+            if demoted.contains(a) && i.source.is_none() && self.primary.as_ref() != Some(a) {
+                i.role = InstanceRole::Demoted;
+            }
+        }
+        self
+    }
+
     pub fn summary(&self) -> String {
         format!(
             "primary {} with {} instances",
-            self.primary
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_else(|| "none".into()),
+            self.primary.as_ref().map(ToString::to_string).unwrap_or_else(|| "none".into()),
             self.instances.len()
         )
     }

@@ -63,19 +63,13 @@ impl MariaBinlogState {
 
     /// The last GTID of every (domain, server), sorted by domain then server.
     pub fn gtids(&self) -> impl Iterator<Item = MariaGtid> + '_ {
-        self.last.iter().map(|(&(domain_id, server_id), &seq_no)| MariaGtid {
-            domain_id,
-            server_id,
-            seq_no,
-        })
+        self.last.iter().map(|(&(domain_id, server_id), &seq_no)| MariaGtid { domain_id, server_id, seq_no })
     }
 
     /// The pairs of `self` that `other` lacks or lists with a lower seq: the last GTID of each
     /// (domain, server) of which `self` holds transactions `other`'s binlog does not.
     pub fn ahead_of(&self, other: &MariaBinlogState) -> Vec<MariaGtid> {
-        self.gtids()
-            .filter(|g| other.get(g.domain_id, g.server_id).is_none_or(|o| o < g.seq_no))
-            .collect()
+        self.gtids().filter(|g| other.get(g.domain_id, g.server_id).is_none_or(|o| o < g.seq_no)).collect()
     }
 }
 
@@ -98,23 +92,13 @@ impl FromStr for MariaBinlogState {
             let (Some(d), Some(s), Some(q)) = (it.next(), it.next(), it.next()) else {
                 return Err(err(part, "expected DOMAIN-SERVER-SEQ"));
             };
-            let domain_id: u32 = d
-                .parse()
-                .map_err(|_| err(part, "domain id is not a 32-bit unsigned integer"))?;
-            let server_id: u32 = s
-                .parse()
-                .map_err(|_| err(part, "server id is not a 32-bit unsigned integer"))?;
+            let domain_id: u32 = d.parse().map_err(|_| err(part, "domain id is not a 32-bit unsigned integer"))?;
+            let server_id: u32 = s.parse().map_err(|_| err(part, "server id is not a 32-bit unsigned integer"))?;
             if q.contains("..") {
                 return Err(err(part, "a binlog state lists single GTIDs, not LO..HI ranges"));
             }
-            let seq_no: u64 = q
-                .parse()
-                .map_err(|_| err(part, "seq is not a 64-bit unsigned integer"))?;
-            state.insert(MariaGtid {
-                domain_id,
-                server_id,
-                seq_no,
-            });
+            let seq_no: u64 = q.parse().map_err(|_| err(part, "seq is not a 64-bit unsigned integer"))?;
+            state.insert(MariaGtid { domain_id, server_id, seq_no });
         }
         Ok(state)
     }
@@ -141,11 +125,7 @@ mod tests {
     }
 
     fn g(domain_id: u32, server_id: u32, seq_no: u64) -> MariaGtid {
-        MariaGtid {
-            domain_id,
-            server_id,
-            seq_no,
-        }
+        MariaGtid { domain_id, server_id, seq_no }
     }
 
     #[test]
@@ -161,11 +141,7 @@ mod tests {
         assert_eq!(MariaBinlogState::from_gtids(s.gtids()), s);
         assert!(b("").is_empty() && b("  ").is_empty());
         assert_eq!(b("").to_string(), "");
-        assert_eq!(
-            b("0-1-7,0-1-3").to_string(),
-            "0-1-7",
-            "a repeated pair keeps its highest seq"
-        );
+        assert_eq!(b("0-1-7,0-1-3").to_string(), "0-1-7", "a repeated pair keeps its highest seq");
     }
 
     #[test]

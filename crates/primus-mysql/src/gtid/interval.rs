@@ -74,9 +74,7 @@ impl IntervalSet {
 
     /// Number of elements (saturating at `u64::MAX`).
     pub fn count(&self) -> u64 {
-        self.ranges
-            .iter()
-            .fold(0u64, |acc, (lo, hi)| acc.saturating_add((hi - lo).saturating_add(1)))
+        self.ranges.iter().fold(0u64, |acc, (lo, hi)| acc.saturating_add((hi - lo).saturating_add(1)))
     }
 
     /// `true` if this set is `1..=n` for some `n`, or empty.
@@ -187,10 +185,7 @@ mod tests {
         assert!(!a.contains(&IntervalSet::range(9, 21)));
         assert!(a.contains(&IntervalSet::new()));
         let full = IntervalSet::range(1, u64::MAX);
-        assert_eq!(
-            full.difference(&IntervalSet::range(u64::MAX, u64::MAX)).last(),
-            Some(u64::MAX - 1)
-        );
+        assert_eq!(full.difference(&IntervalSet::range(u64::MAX, u64::MAX)).last(), Some(u64::MAX - 1));
         assert_eq!(full.count(), u64::MAX);
     }
 }

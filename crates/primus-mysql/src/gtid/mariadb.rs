@@ -73,13 +73,7 @@ impl MariaGtidSet {
     pub fn from_gtids(gtids: impl IntoIterator<Item = MariaGtid>) -> Self {
         let mut s = MariaGtidSet::new();
         for g in gtids {
-            s.insert(
-                g.domain_id,
-                DomainSeqs {
-                    server_id: g.server_id,
-                    seqs: IntervalSet::prefix(g.seq_no),
-                },
-            );
+            s.insert(g.domain_id, DomainSeqs { server_id: g.server_id, seqs: IntervalSet::prefix(g.seq_no) });
         }
         s
     }
@@ -135,9 +129,7 @@ impl MariaGtidSet {
     /// Number of transactions (sum of sequence-number spans). Exact for positions written in
     /// strict mode without explicit `gtid_seq_no` jumps; an upper bound otherwise.
     pub fn count(&self) -> u64 {
-        self.domains
-            .values()
-            .fold(0u64, |a, d| a.saturating_add(d.seqs.count()))
+        self.domains.values().fold(0u64, |a, d| a.saturating_add(d.seqs.count()))
     }
 
     /// `other ⊆ self`, comparing sequence numbers only (see [`MariaGtidSet::conflicts`]).
@@ -200,13 +192,7 @@ impl MariaGtidSet {
                 if seqs.is_empty() {
                     return None;
                 }
-                Some((
-                    *dom,
-                    DomainSeqs {
-                        server_id: mine.server_id,
-                        seqs,
-                    },
-                ))
+                Some((*dom, DomainSeqs { server_id: mine.server_id, seqs }))
             })
             .collect();
         MariaGtidSet { domains }
@@ -247,17 +233,10 @@ impl FromStr for MariaGtidSet {
             let (Some(d), Some(s), Some(q)) = (it.next(), it.next(), it.next()) else {
                 return Err(err(part, "expected DOMAIN-SERVER-SEQ"));
             };
-            let domain: u32 = d
-                .parse()
-                .map_err(|_| err(part, "domain id is not a 32-bit unsigned integer"))?;
-            let server_id: u32 = s
-                .parse()
-                .map_err(|_| err(part, "server id is not a 32-bit unsigned integer"))?;
+            let domain: u32 = d.parse().map_err(|_| err(part, "domain id is not a 32-bit unsigned integer"))?;
+            let server_id: u32 = s.parse().map_err(|_| err(part, "server id is not a 32-bit unsigned integer"))?;
             let seqs = match q.split_once("..") {
-                None => IntervalSet::prefix(
-                    q.parse()
-                        .map_err(|_| err(part, "seq is not a 64-bit unsigned integer"))?,
-                ),
+                None => IntervalSet::prefix(q.parse().map_err(|_| err(part, "seq is not a 64-bit unsigned integer"))?),
                 Some((lo, hi)) => {
                     let (Ok(lo), Ok(hi)) = (lo.parse::<u64>(), hi.parse::<u64>()) else {
                         return Err(err(part, "range is not LO..HI with unsigned integers"));
@@ -309,14 +288,7 @@ mod tests {
     fn parses_and_prints_positions() {
         let s = p("1-2-7, 0-1-42");
         assert_eq!(s.to_string(), "0-1-42,1-2-7");
-        assert_eq!(
-            s.last(0),
-            Some(MariaGtid {
-                domain_id: 0,
-                server_id: 1,
-                seq_no: 42
-            })
-        );
+        assert_eq!(s.last(0), Some(MariaGtid { domain_id: 0, server_id: 1, seq_no: 42 }));
         assert_eq!(s.count(), 49);
         assert!(s.is_position());
         assert_eq!(p(""), MariaGtidSet::new());
@@ -333,17 +305,7 @@ mod tests {
 
     #[test]
     fn rejects_garbage_with_a_clear_error() {
-        for bad in [
-            "0-1",
-            "a-1-2",
-            "0-1-x",
-            "0-1-2,",
-            "0--1-2",
-            "4294967296-1-1",
-            "0-1-5..3",
-            "0-1-0..3",
-            "0-1-2-3",
-        ] {
+        for bad in ["0-1", "a-1-2", "0-1-x", "0-1-2,", "0--1-2", "4294967296-1-1", "0-1-5..3", "0-1-0..3", "0-1-2-3"] {
             let e = bad.parse::<MariaGtidSet>().expect_err(bad);
             assert!(e.to_string().contains("MariaDB GTID"), "{e}");
         }

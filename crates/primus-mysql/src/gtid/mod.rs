@@ -36,23 +36,11 @@ use std::str::FromStr;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GtidParseError {
     #[error("invalid MySQL GTID set {input:?}: element {part:?}: {reason}")]
-    MySql {
-        input: String,
-        part: String,
-        reason: &'static str,
-    },
+    MySql { input: String, part: String, reason: &'static str },
     #[error("invalid MariaDB GTID position {input:?}: element {part:?}: {reason}")]
-    MariaDb {
-        input: String,
-        part: String,
-        reason: &'static str,
-    },
+    MariaDb { input: String, part: String, reason: &'static str },
     #[error("invalid MariaDB gtid_binlog_state {input:?}: element {part:?}: {reason}")]
-    MariaDbBinlogState {
-        input: String,
-        part: String,
-        reason: &'static str,
-    },
+    MariaDbBinlogState { input: String, part: String, reason: &'static str },
 }
 
 /// How two GTID sets relate.

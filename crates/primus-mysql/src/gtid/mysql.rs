@@ -129,10 +129,7 @@ impl MySqlGtidSet {
 
     /// `other ⊆ self`.
     pub fn contains(&self, other: &MySqlGtidSet) -> bool {
-        other
-            .sets
-            .iter()
-            .all(|(src, s)| self.sets.get(src).is_some_and(|mine| mine.contains(s)))
+        other.sets.iter().all(|(src, s)| self.sets.get(src).is_some_and(|mine| mine.contains(s)))
     }
 
     pub fn is_subset_of(&self, other: &MySqlGtidSet) -> bool {
