@@ -18,10 +18,7 @@ pub struct Faults {
 
 impl Faults {
     pub fn new(enabled: bool) -> Self {
-        Faults {
-            enabled,
-            dropped: RwLock::new(BTreeSet::new()),
-        }
+        Faults { enabled, dropped: RwLock::new(BTreeSet::new()) }
     }
 
     /// Whether this process accepts fault-injection commands.
@@ -45,9 +42,6 @@ impl Faults {
     }
 
     pub fn dropped(&self) -> Vec<NodeId> {
-        self.dropped
-            .read()
-            .map(|d| d.iter().copied().collect())
-            .unwrap_or_default()
+        self.dropped.read().map(|d| d.iter().copied().collect()).unwrap_or_default()
     }
 }

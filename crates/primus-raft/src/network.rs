@@ -56,12 +56,7 @@ pub struct PeerNetwork {
 
 impl PeerNetwork {
     pub fn new(me: NodeId, cfg: NetworkConfig, faults: Arc<Faults>) -> Self {
-        PeerNetwork {
-            me,
-            cfg,
-            faults,
-            channels: Arc::new(Mutex::new(HashMap::new())),
-        }
+        PeerNetwork { me, cfg, faults, channels: Arc::new(Mutex::new(HashMap::new())) }
     }
 
     /// The reused channel to `target` at `addr` (re-created if the address changed).
@@ -127,14 +122,8 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let timeout_err = || {
-            RPCError::Timeout(Timeout {
-                action: kind,
-                id: self.me,
-                target: self.target,
-                timeout: ttl,
-            })
-        };
+        let timeout_err =
+            || RPCError::Timeout(Timeout { action: kind, id: self.me, target: self.target, timeout: ttl });
         if self.faults.is_dropped(self.target) {
             // A silent partition: nothing comes back until the caller gives up.
             tokio::time::sleep(ttl).await;
@@ -145,11 +134,7 @@ impl PeerConnection {
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(e.clone())))),
         };
         let payload = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let request = RaftRequest {
-            from: self.me,
-            to: self.target,
-            payload,
-        };
+        let request = RaftRequest { from: self.me, to: self.target, payload };
         let fut = async move {
             let mut client = client;
             match kind {
@@ -164,18 +149,12 @@ impl PeerConnection {
             Ok(Ok(r)) => r.into_inner(),
         };
         let decoded: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply.payload).map_err(|e| {
-            RPCError::Network(NetworkError::new(&Msg(format!(
-                "undecodable reply from node {}: {e}",
-                self.target
-            ))))
+            RPCError::Network(NetworkError::new(&Msg(format!("undecodable reply from node {}: {e}", self.target))))
         })?;
         decoded.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
-                Member {
-                    addr: self.addr.clone(),
-                    datacenter: String::new(),
-                },
+                Member { addr: self.addr.clone(), datacenter: String::new() },
                 e,
             ))
         })
@@ -186,13 +165,7 @@ impl PeerConnection {
         status: tonic::Status,
         timeout_err: impl FnOnce() -> RpcErr<E>,
     ) -> RpcErr<E> {
-        let msg = Msg(format!(
-            "node {} at {}: {}: {}",
-            self.target,
-            self.addr,
-            status.code(),
-            status.message()
-        ));
+        let msg = Msg(format!("node {} at {}: {}: {}", self.target, self.addr, status.code(), status.message()));
         match status.code() {
             // Connection refused, peer down, or it refused us (fault injection): back off.
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&msg)),

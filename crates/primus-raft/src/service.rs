@@ -38,10 +38,7 @@ impl RaftService {
             )));
         }
         if self.faults.is_dropped(req.from) {
-            return Err(Status::unavailable(format!(
-                "fault injection: traffic from node {} dropped",
-                req.from
-            )));
+            return Err(Status::unavailable(format!("fault injection: traffic from node {} dropped", req.from)));
         }
         serde_json::from_slice(&req.payload).map_err(|e| {
             tracing::warn!(from = req.from, error = %e, "undecodable {what} payload");
@@ -76,10 +73,7 @@ impl RaftRpc for RaftService {
     async fn report_observations(&self, req: Request<ObservationReport>) -> Result<Response<ObservationAck>, Status> {
         let r = req.into_inner();
         if self.faults.is_dropped(r.from) {
-            return Err(Status::unavailable(format!(
-                "fault injection: traffic from node {} dropped",
-                r.from
-            )));
+            return Err(Status::unavailable(format!("fault injection: traffic from node {} dropped", r.from)));
         }
         let Some(sink) = &self.sink else {
             return Ok(Response::new(ObservationAck { accepted: false }));
@@ -100,8 +94,6 @@ impl RaftRpc for RaftService {
                 "fault injection is disabled (start primusd with PRIMUS_FAULT_INJECTION=1 to enable it in tests)",
             ));
         }
-        Ok(Response::new(FaultReply {
-            drop_peers: self.faults.dropped(),
-        }))
+        Ok(Response::new(FaultReply { drop_peers: self.faults.dropped() }))
     }
 }

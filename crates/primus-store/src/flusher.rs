@@ -83,10 +83,7 @@ impl Gate {
     fn wait_open(&self) {
         let mut paused = self.paused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         while *paused {
-            paused = self
-                .opened
-                .wait(paused)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            paused = self.opened.wait(paused).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 }

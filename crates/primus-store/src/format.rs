@@ -71,10 +71,7 @@ pub(crate) fn check_or_init_format(db: &sled::Db) -> Result<(), StoreError> {
                 .map_err(|_| StoreError::corrupt("meta/format_version", format!("{} bytes, expected 4", raw.len())))?;
             let found = u32::from_be_bytes(bytes);
             if found != FORMAT_VERSION {
-                return Err(StoreError::UnsupportedFormat {
-                    found,
-                    supported: FORMAT_VERSION,
-                });
+                return Err(StoreError::UnsupportedFormat { found, supported: FORMAT_VERSION });
             }
             Ok(())
         }

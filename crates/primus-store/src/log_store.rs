@@ -64,11 +64,7 @@ pub struct LogReader {
 
 impl LogStore {
     pub(crate) fn new(log: sled::Tree, raft_state: sled::Tree, flusher: Flusher) -> Self {
-        LogStore {
-            log,
-            raft_state,
-            flusher,
-        }
+        LogStore { log, raft_state, flusher }
     }
 
     /// True when this node has never taken part in a Raft group: no vote, no log
@@ -90,15 +86,10 @@ impl LogStore {
     }
 
     fn read_state<T: DeserializeOwned>(&self, key: &[u8], subject: ErrorSubject<NodeId>) -> StorageResult<Option<T>> {
-        let raw = self
-            .raft_state
-            .get(key)
-            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, &e))?;
+        let raw = self.raft_state.get(key).map_err(|e| io_err(subject.clone(), ErrorVerb::Read, &e))?;
         match raw {
             None => Ok(None),
-            Some(raw) => serde_json::from_slice(&raw)
-                .map(Some)
-                .map_err(|e| io_err(subject, ErrorVerb::Read, &e)),
+            Some(raw) => serde_json::from_slice(&raw).map(Some).map_err(|e| io_err(subject, ErrorVerb::Read, &e)),
         }
     }
 
@@ -109,17 +100,12 @@ impl LogStore {
         subject: ErrorSubject<NodeId>,
     ) -> StorageResult<()> {
         let raw = serde_json::to_vec(value).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, &e))?;
-        self.raft_state
-            .insert(key, raw)
-            .map_err(|e| io_err(subject, ErrorVerb::Write, &e))?;
+        self.raft_state.insert(key, raw).map_err(|e| io_err(subject, ErrorVerb::Write, &e))?;
         Ok(())
     }
 
     async fn flush(&self, subject: ErrorSubject<NodeId>) -> StorageResult<()> {
-        self.flusher
-            .flush()
-            .await
-            .map_err(|e| io_err(subject, ErrorVerb::Write, &e))
+        self.flusher.flush().await.map_err(|e| io_err(subject, ErrorVerb::Write, &e))
     }
 }
 
@@ -136,11 +122,7 @@ pub(crate) fn finish_interrupted_purge(log: &sled::Tree, raft_state: &sled::Tree
         n += 1;
     }
     if n > 0 {
-        tracing::warn!(
-            upto = purged.index,
-            entries = n,
-            "finishing a log purge interrupted by a crash"
-        );
+        tracing::warn!(upto = purged.index, entries = n, "finishing a log purge interrupted by a crash");
         log.apply_batch(batch)?;
     }
     Ok(())
@@ -222,20 +204,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
         let last_purged_log_id: Option<LogId> = self.read_state(KEY_LAST_PURGED, ErrorSubject::Logs)?;
-        let last = self
-            .log
-            .last()
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
+        let last = self.log.last().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
         let last_in_log = match last {
             Some((key, value)) => Some(decode_entry(&key, &value)?.log_id),
             None => None,
         };
         // With no entry left (all purged) the last log id is the purged one.
         let last_log_id = last_in_log.or(last_purged_log_id);
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -283,13 +259,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             last = Some(entry.log_id);
         }
         // One batch: after a crash either all of these entries are there or none.
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
         tracing::trace!(last = ?last, "log entries appended, awaiting flush");
-        self.flusher
-            .complete_after_flush(callback)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, &e))
+        self.flusher.complete_after_flush(callback).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, &e))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> StorageResult<()> {
@@ -297,9 +269,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for key in self.log.range(index_key(log_id.index)..).keys() {
             batch.remove(key.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, &e))?);
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, &e))?;
+        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, &e))?;
         self.flush(ErrorSubject::Logs).await?;
         tracing::info!(since = %log_id, "log truncated");
         Ok(())
@@ -312,9 +282,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for key in self.log.range(..=index_key(log_id.index)).keys() {
             batch.remove(key.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, &e))?);
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, &e))?;
+        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, &e))?;
         tracing::debug!(upto = %log_id, "log purged");
         Ok(())
     }

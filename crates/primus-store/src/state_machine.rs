@@ -171,10 +171,7 @@ impl StateMachineStore {
     /// Loads the state from the `state_machine` tree (restoring it from the stored
     /// snapshot if, against the ordering rules, the snapshot is ahead of it).
     pub(crate) fn open(tree: sled::Tree, snapshot_tree: sled::Tree, flusher: Flusher) -> Result<Self, StoreError> {
-        let snapshots = SnapshotTree {
-            tree: snapshot_tree,
-            write_lock: Arc::default(),
-        };
+        let snapshots = SnapshotTree { tree: snapshot_tree, write_lock: Arc::default() };
         let mut state = load_state(&tree)?;
         if let Some((meta, data)) = snapshots.current()? {
             if meta.last_log_id > state.last_applied {
@@ -186,14 +183,7 @@ impl StateMachineStore {
         }
         tracing::info!(last_applied = ?state.last_applied, clusters = state.registry.clusters.len(),
             "state machine loaded");
-        Ok(StateMachineStore {
-            state: StateHandle {
-                inner: Arc::new(RwLock::new(state)),
-            },
-            tree,
-            snapshots,
-            flusher,
-        })
+        Ok(StateMachineStore { state: StateHandle { inner: Arc::new(RwLock::new(state)) }, tree, snapshots, flusher })
     }
 
     /// A handle for reading the applied state (for stale reads); stays valid after
@@ -214,10 +204,7 @@ fn load_state(tree: &sled::Tree) -> Result<AppliedState, StoreError> {
             state.last_applied = meta.last_applied;
             state.membership = meta.membership;
         } else {
-            state
-                .registry
-                .load(&key, &value)
-                .map_err(|e| StoreError::corrupt("state_machine", e))?;
+            state.registry.load(&key, &value).map_err(|e| StoreError::corrupt("state_machine", e))?;
         }
     }
     Ok(state)
@@ -225,10 +212,7 @@ fn load_state(tree: &sled::Tree) -> Result<AppliedState, StoreError> {
 
 /// Makes the tree hold exactly `state`, in one atomic batch.
 fn replace_tree(tree: &sled::Tree, state: &AppliedState) -> Result<(), StoreError> {
-    let meta = AppliedMeta {
-        last_applied: state.last_applied,
-        membership: state.membership.clone(),
-    };
+    let meta = AppliedMeta { last_applied: state.last_applied, membership: state.membership.clone() };
     let meta = serde_json::to_vec(&meta).map_err(|e| StoreError::corrupt("state_machine/m/applied", e))?;
     let mut wanted: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = state.registry.encode_all().into_iter().collect();
     wanted.insert(KEY_SM_META.to_vec(), meta);
@@ -260,11 +244,7 @@ fn decode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<AppliedState, Str
             payload.last_applied
         ));
     }
-    Ok(AppliedState {
-        last_applied: payload.last_applied,
-        membership: payload.membership,
-        registry: payload.registry,
-    })
+    Ok(AppliedState { last_applied: payload.last_applied, membership: payload.membership, registry: payload.registry })
 }
 
 fn membership_summary(m: &Membership<NodeId, Member>) -> String {
@@ -275,11 +255,7 @@ fn membership_summary(m: &Membership<NodeId, Member>) -> String {
 }
 
 fn join_err(subject: ErrorSubject<NodeId>, e: tokio::task::JoinError) -> StorageError<NodeId> {
-    io_err(
-        subject,
-        ErrorVerb::Write,
-        AnyError::error(format!("background task failed: {e}")),
-    )
+    io_err(subject, ErrorVerb::Write, AnyError::error(format!("background task failed: {e}")))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -307,23 +283,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             };
             let data =
                 serde_json::to_vec(&payload).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-            snapshots
-                .store(&meta, &data)
-                .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+            snapshots.store(&meta, &data).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
             Ok((meta, data))
         })
         .await
         .map_err(|e| join_err(ErrorSubject::Snapshot(None), e))??;
         let (meta, data) = built;
-        self.flusher
-            .flush()
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.flusher.flush().await.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         tracing::info!(snapshot = %meta, bytes = data.len(), "snapshot built");
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
 
@@ -384,28 +352,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     (k, None) => batch.remove(k),
                 }
             }
-            let meta = AppliedMeta {
-                last_applied: state.last_applied,
-                membership: state.membership.clone(),
-            };
+            let meta = AppliedMeta { last_applied: state.last_applied, membership: state.membership.clone() };
             let meta =
                 serde_json::to_vec(&meta).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, &e))?;
             batch.insert(KEY_SM_META, meta);
             batch
         };
         // One batch, not flushed: see the module docs.
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, &e))?;
+        self.tree.apply_batch(batch).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, &e))?;
         Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder {
-            state: self.state.clone(),
-            snapshots: self.snapshots.clone(),
-            flusher: self.flusher.clone(),
-        }
+        SnapshotBuilder { state: self.state.clone(), snapshots: self.snapshots.clone(), flusher: self.flusher.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
@@ -422,30 +381,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let state = decode_snapshot(&meta, &data)
                 .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(e)))?;
             replace_tree(&tree, &state).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, &e))?;
-            snapshots
-                .store(&meta, &data)
-                .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+            snapshots.store(&meta, &data).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
             Ok(state)
         })
         .await
         .map_err(|e| join_err(ErrorSubject::Snapshot(Some(meta.signature())), e))??;
         *self.state.write() = new_state;
-        self.flusher
-            .flush()
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.flusher.flush().await.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         tracing::info!(snapshot = %meta, "snapshot installed");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let current = self
-            .snapshots
-            .current()
-            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e))?;
-        Ok(current.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        let current =
+            self.snapshots.current().map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e))?;
+        Ok(current.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }

@@ -7,10 +7,7 @@ use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader};
 use primus_types::{Entry, LogId};
 
 fn blank(index: u64) -> Entry {
-    Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Blank,
-    }
+    Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,20 +26,12 @@ async fn append_callback_fires_only_after_flush() -> Result<(), Box<dyn std::err
     assert_eq!(reader.try_get_log_entries(..).await?.len(), 2);
     // ...but the callback must wait for the fsync, which the gate holds back.
     assert!(!append.is_finished(), "append callback fired before the flush");
-    assert_eq!(
-        flusher.stats().flushes,
-        before.flushes,
-        "no flush may have completed yet"
-    );
+    assert_eq!(flusher.stats().flushes, before.flushes, "no flush may have completed yet");
 
     flusher.resume();
     let log = tokio::time::timeout(Duration::from_secs(10), append).await???;
     let after = flusher.stats();
-    assert_eq!(
-        after.flushes,
-        before.flushes + 1,
-        "exactly one fsync acknowledged the append"
-    );
+    assert_eq!(after.flushes, before.flushes + 1, "exactly one fsync acknowledged the append");
     assert_eq!(after.completed, before.completed + 1);
     drop(log);
     Ok(())
@@ -69,10 +58,6 @@ async fn queued_waiters_share_one_flush() -> Result<(), Box<dyn std::error::Erro
     }
     let after = flusher.stats();
     assert_eq!(after.completed - before.completed, 10);
-    assert_eq!(
-        after.flushes - before.flushes,
-        2,
-        "the first flush, then one for the nine queued behind it"
-    );
+    assert_eq!(after.flushes - before.flushes, 2, "the first flush, then one for the nine queued behind it");
     Ok(())
 }

@@ -26,29 +26,17 @@ fn register(term: u64, index: u64, name: &str) -> Entry {
     };
     Entry {
         log_id: lid(term, index),
-        payload: EntryPayload::Normal(Request::new(
-            command,
-            Origin {
-                actor: "test".into(),
-                via_node: 1,
-            },
-        )),
+        payload: EntryPayload::Normal(Request::new(command, Origin { actor: "test".into(), via_node: 1 })),
     }
 }
 
 fn membership(term: u64, index: u64, voters: &[NodeId]) -> Entry {
     let voters: BTreeSet<NodeId> = voters.iter().copied().collect();
-    Entry {
-        log_id: lid(term, index),
-        payload: EntryPayload::Membership(Membership::new(vec![voters], ())),
-    }
+    Entry { log_id: lid(term, index), payload: EntryPayload::Membership(Membership::new(vec![voters], ())) }
 }
 
 fn blank(term: u64, index: u64) -> Entry {
-    Entry {
-        log_id: lid(term, index),
-        payload: EntryPayload::Blank,
-    }
+    Entry { log_id: lid(term, index), payload: EntryPayload::Blank }
 }
 
 struct SledBuilder;
@@ -103,11 +91,7 @@ async fn reopen_preserves_log_vote_committed_and_state_machine() -> TestResult {
     assert_eq!(state.last_purged_log_id, Some(lid(1, 1)));
     assert_eq!(state.last_log_id, Some(lid(2, 5)));
     let got = log.try_get_log_entries(..).await?;
-    assert_eq!(
-        got,
-        entries[1..].to_vec(),
-        "entries after the purged one, in order, unchanged"
-    );
+    assert_eq!(got, entries[1..].to_vec(), "entries after the purged one, in order, unchanged");
 
     let (applied, members) = sm.applied_state().await?;
     assert_eq!(applied, Some(lid(2, 5)));
@@ -118,20 +102,10 @@ async fn reopen_preserves_log_vote_committed_and_state_machine() -> TestResult {
     assert_eq!(view.last_applied, Some(lid(2, 5)));
     let names: Vec<String> = view.registry.clusters.keys().map(|n| n.to_string()).collect();
     assert_eq!(names, vec!["alpha", "beta"]);
-    assert_eq!(
-        view.registry.clusters.values().next().map(|c| c.registered_at_index),
-        Some(2)
-    );
+    assert_eq!(view.registry.clusters.values().next().map(|c| c.registered_at_index), Some(2));
     // Audit: the membership change and the three commands (blank entries are not audited).
-    assert_eq!(
-        view.registry.audit.keys().copied().collect::<Vec<_>>(),
-        vec![1, 2, 3, 4]
-    );
-    assert!(
-        view.registry.audit[&1].summary.contains("voters {1, 2, 3}"),
-        "{}",
-        view.registry.audit[&1].summary
-    );
+    assert_eq!(view.registry.audit.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert!(view.registry.audit[&1].summary.contains("voters {1, 2, 3}"), "{}", view.registry.audit[&1].summary);
     assert!(view.registry.audit[&4].outcome.contains("already registered"));
     Ok(())
 }
@@ -139,21 +113,13 @@ async fn reopen_preserves_log_vote_committed_and_state_machine() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_survives_restart_and_installs_on_fresh_store() -> TestResult {
     let leader_dir = tempfile::tempdir()?;
-    let entries = vec![
-        membership(1, 1, &[1, 2]),
-        register(1, 2, "alpha"),
-        register(1, 3, "beta"),
-    ];
+    let entries = vec![membership(1, 1, &[1, 2]), register(1, 2, "alpha"), register(1, 3, "beta")];
     let built = {
         let (_log, mut sm) = primus_store::open(leader_dir.path())?;
         sm.apply(entries).await?;
         let snapshot = sm.get_snapshot_builder().await.build_snapshot().await?;
         assert_eq!(snapshot.meta.last_log_id, Some(lid(1, 3)));
-        assert!(
-            snapshot.meta.snapshot_id.starts_with("1-3-"),
-            "{}",
-            snapshot.meta.snapshot_id
-        );
+        assert!(snapshot.meta.snapshot_id.starts_with("1-3-"), "{}", snapshot.meta.snapshot_id);
         snapshot
     };
 
@@ -176,17 +142,8 @@ async fn snapshot_survives_restart_and_installs_on_fresh_store() -> TestResult {
     }
     let (_flog, mut fsm) = primus_store::open(follower_dir.path())?;
     assert_eq!(fsm.state().cloned(), sm.state().cloned());
-    assert!(!fsm
-        .state()
-        .cloned()
-        .registry
-        .clusters
-        .keys()
-        .any(|n| n.to_string() == "stale"));
-    let installed = fsm
-        .get_current_snapshot()
-        .await?
-        .ok_or("installed snapshot lost on restart")?;
+    assert!(!fsm.state().cloned().registry.clusters.keys().any(|n| n.to_string() == "stale"));
+    let installed = fsm.get_current_snapshot().await?.ok_or("installed snapshot lost on restart")?;
     assert_eq!(installed.meta, built.meta);
     Ok(())
 }
@@ -205,9 +162,7 @@ fn newer_data_format_is_refused() -> TestResult {
     drop(primus_store::open(dir.path())?);
     set_format_version(dir.path(), &(FORMAT_VERSION + 1).to_be_bytes())?;
 
-    let err = primus_store::open(dir.path())
-        .err()
-        .ok_or("a newer format must be refused")?;
+    let err = primus_store::open(dir.path()).err().ok_or("a newer format must be refused")?;
     assert!(
         matches!(err, StoreError::UnsupportedFormat { found, supported } if found == FORMAT_VERSION + 1 && supported == FORMAT_VERSION),
         "{err:?}"
@@ -218,10 +173,7 @@ fn newer_data_format_is_refused() -> TestResult {
 
     // An unknown (older, never released) version is refused too.
     set_format_version(dir.path(), &0u32.to_be_bytes())?;
-    assert!(matches!(
-        primus_store::open(dir.path()),
-        Err(StoreError::UnsupportedFormat { found: 0, .. })
-    ));
+    assert!(matches!(primus_store::open(dir.path()), Err(StoreError::UnsupportedFormat { found: 0, .. })));
     Ok(())
 }
 
@@ -233,10 +185,7 @@ fn data_without_format_version_is_refused() -> TestResult {
         db.open_tree("raft_log")?.insert(1u64.to_be_bytes(), b"{}".as_slice())?;
         db.flush()?;
     }
-    assert!(matches!(
-        primus_store::open(dir.path()),
-        Err(StoreError::MissingFormatVersion)
-    ));
+    assert!(matches!(primus_store::open(dir.path()), Err(StoreError::MissingFormatVersion)));
     Ok(())
 }
 
@@ -249,29 +198,19 @@ async fn corrupt_log_value_is_a_storage_error_not_a_panic() -> TestResult {
     }
     {
         let db = sled::open(dir.path())?;
-        db.open_tree("raft_log")?
-            .insert(2u64.to_be_bytes(), b"\x00not json".as_slice())?;
+        db.open_tree("raft_log")?.insert(2u64.to_be_bytes(), b"\x00not json".as_slice())?;
         db.flush()?;
     }
     let (mut log, _sm) = primus_store::open(dir.path())?;
-    assert_eq!(
-        log.try_get_log_entries(1..2).await?.len(),
-        1,
-        "intact entries stay readable"
-    );
-    let err = log
-        .try_get_log_entries(1..4)
-        .await
-        .err()
-        .ok_or("a corrupt entry must be an error")?;
+    assert_eq!(log.try_get_log_entries(1..2).await?.len(), 1, "intact entries stay readable");
+    let err = log.try_get_log_entries(1..4).await.err().ok_or("a corrupt entry must be an error")?;
     assert!(err.to_string().contains('2'), "{err}");
 
     // The same for the last entry, which get_log_state decodes.
     {
         drop((log, _sm));
         let db = sled::open(dir.path())?;
-        db.open_tree("raft_log")?
-            .insert(3u64.to_be_bytes(), b"[1,2]".as_slice())?;
+        db.open_tree("raft_log")?.insert(3u64.to_be_bytes(), b"[1,2]".as_slice())?;
         db.flush()?;
     }
     let (mut log, _sm) = primus_store::open(dir.path())?;
@@ -285,13 +224,10 @@ fn corrupt_state_machine_value_is_refused_at_open() -> TestResult {
     drop(primus_store::open(dir.path())?);
     {
         let db = sled::open(dir.path())?;
-        db.open_tree("state_machine")?
-            .insert("c/alpha", b"{not json".as_slice())?;
+        db.open_tree("state_machine")?.insert("c/alpha", b"{not json".as_slice())?;
         db.flush()?;
     }
-    let err = primus_store::open(dir.path())
-        .err()
-        .ok_or("a corrupt state machine must be refused")?;
+    let err = primus_store::open(dir.path()).err().ok_or("a corrupt state machine must be refused")?;
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
     Ok(())
 }
@@ -307,12 +243,7 @@ async fn truncate_removes_the_tail_durably_and_purge_survives_restart() -> TestR
         log.blocking_append([blank(2, 8)]).await?;
     }
     let (mut log, _sm) = primus_store::open(dir.path())?;
-    let ids: Vec<LogId> = log
-        .try_get_log_entries(..)
-        .await?
-        .into_iter()
-        .map(|e| e.log_id)
-        .collect();
+    let ids: Vec<LogId> = log.try_get_log_entries(..).await?.into_iter().map(|e| e.log_id).collect();
     let mut want: Vec<LogId> = (4..=7).map(|i| lid(1, i)).collect();
     want.push(lid(2, 8));
     assert_eq!(ids, want);
@@ -365,13 +296,7 @@ async fn acknowledged_appends_survive_sigkill() -> TestResult {
     use std::io::BufRead;
     let dir = tempfile::tempdir()?;
     let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args([
-            "--exact",
-            "child_appends_until_killed",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "child_appends_until_killed", "--ignored", "--nocapture", "--test-threads=1"])
         .env(CHILD_DIR_ENV, dir.path())
         .stdout(std::process::Stdio::piped())
         .spawn()?;
@@ -404,10 +329,7 @@ async fn acknowledged_appends_survive_sigkill() -> TestResult {
     // and is always a consistent prefix (one cluster per applied entry).
     let (applied, _) = sm.applied_state().await?;
     let last_log = log.get_log_state().await?.last_log_id;
-    assert!(
-        applied <= last_log,
-        "state machine {applied:?} ahead of log {last_log:?}"
-    );
+    assert!(applied <= last_log, "state machine {applied:?} ahead of log {last_log:?}");
     let clusters = sm.state().read(|s| s.registry.clusters.len() as u64);
     assert_eq!(clusters, applied.map_or(0, |a| a.index));
     Ok(())

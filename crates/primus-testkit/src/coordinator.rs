@@ -100,10 +100,7 @@ pub fn bin_dir() -> Result<PathBuf> {
         return Ok(PathBuf::from(d));
     }
     let exe = std::env::current_exe().context("current_exe")?;
-    let mut dir = exe
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| anyhow!("test binary has no parent dir"))?;
+    let mut dir = exe.parent().map(Path::to_path_buf).ok_or_else(|| anyhow!("test binary has no parent dir"))?;
     if dir.ends_with("deps") || dir.ends_with("examples") {
         dir.pop();
     }
@@ -141,10 +138,7 @@ impl CoordinatorGroup {
                 (None, b.clone())
             }
             None => {
-                let t = tempfile::Builder::new()
-                    .prefix("primus-group-")
-                    .tempdir()
-                    .context("tempdir")?;
+                let t = tempfile::Builder::new().prefix("primus-group-").tempdir().context("tempdir")?;
                 let p = t.path().to_path_buf();
                 (Some(t), p)
             }
@@ -153,13 +147,7 @@ impl CoordinatorGroup {
         for id in 1..=opts.nodes as u64 {
             founding.push((id, crate::ports::free_port()?));
         }
-        let mut g = CoordinatorGroup {
-            _tmp: tmp,
-            base,
-            opts,
-            nodes: BTreeMap::new(),
-            founding,
-        };
+        let mut g = CoordinatorGroup { _tmp: tmp, base, opts, nodes: BTreeMap::new(), founding };
         for (id, port) in g.founding.clone() {
             g.create_node(id, port, true)?;
         }
@@ -177,11 +165,7 @@ impl CoordinatorGroup {
     fn create_node(&mut self, id: u64, port: u16, founding: bool) -> Result<()> {
         let dir = self.base.join(format!("node{id}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let http_port = if self.opts.http {
-            Some(crate::ports::free_port()?)
-        } else {
-            None
-        };
+        let http_port = if self.opts.http { Some(crate::ports::free_port()?) } else { None };
         let r = &self.opts.raft;
         let mut cfg = format!(
             "node_id = {id}\ndatacenter = \"dc{id}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n",
@@ -215,18 +199,7 @@ impl CoordinatorGroup {
         let config_path = dir.join("primusd.toml");
         std::fs::write(&config_path, cfg).with_context(|| format!("write {}", config_path.display()))?;
         let log_path = dir.join("primusd.log");
-        self.nodes.insert(
-            id,
-            NodeProc {
-                id,
-                port,
-                http_port,
-                dir,
-                config_path,
-                log_path,
-                child: None,
-            },
-        );
+        self.nodes.insert(id, NodeProc { id, port, http_port, dir, config_path, log_path, child: None });
         Ok(())
     }
 
@@ -250,10 +223,7 @@ impl CoordinatorGroup {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .stdin(Stdio::null());
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("PRIMUS_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
-        );
+        cmd.env("RUST_LOG", std::env::var("PRIMUS_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()));
         if fault {
             cmd.env("PRIMUS_FAULT_INJECTION", "1");
         }
@@ -285,36 +255,17 @@ impl CoordinatorGroup {
     }
 
     pub fn endpoints_except(&self, skip: &[u64]) -> String {
-        self.nodes
-            .values()
-            .filter(|n| !skip.contains(&n.id))
-            .map(NodeProc::addr)
-            .collect::<Vec<_>>()
-            .join(",")
+        self.nodes.values().filter(|n| !skip.contains(&n.id)).map(NodeProc::addr).collect::<Vec<_>>().join(",")
     }
 
     /// A client over every node (or over the given ones).
     pub fn client(&self, timeout: Duration) -> Result<Client> {
-        Ok(Client::new(
-            &[self.endpoints()],
-            ClientOptions {
-                timeout,
-                actor: "testkit".into(),
-                ..Default::default()
-            },
-        )?)
+        Ok(Client::new(&[self.endpoints()], ClientOptions { timeout, actor: "testkit".into(), ..Default::default() })?)
     }
 
     pub fn client_for(&self, ids: &[u64], timeout: Duration) -> Result<Client> {
         let eps: Vec<String> = ids.iter().map(|i| self.nodes[i].addr()).collect();
-        Ok(Client::new(
-            &eps,
-            ClientOptions {
-                timeout,
-                actor: "testkit".into(),
-                ..Default::default()
-            },
-        )?)
+        Ok(Client::new(&eps, ClientOptions { timeout, actor: "testkit".into(), ..Default::default() })?)
     }
 
     /// Status as node `id` itself reports it.
@@ -327,11 +278,7 @@ impl CoordinatorGroup {
     /// leader and a majority of them agree on it. Returns (leader id, term).
     pub async fn wait_leader(&self, among: &[u64], timeout: Duration) -> Result<(u64, u64)> {
         let deadline = Instant::now() + timeout;
-        let ids: Vec<u64> = if among.is_empty() {
-            self.nodes.keys().copied().collect()
-        } else {
-            among.to_vec()
-        };
+        let ids: Vec<u64> = if among.is_empty() { self.nodes.keys().copied().collect() } else { among.to_vec() };
         loop {
             let mut votes: BTreeMap<(u64, u64), usize> = BTreeMap::new();
             let mut leaders = Vec::new();
@@ -370,9 +317,7 @@ impl CoordinatorGroup {
     /// SIGTERM node `id` and wait for it to exit; returns its exit code.
     pub fn terminate(&mut self, id: u64, timeout: Duration) -> Result<Option<i32>> {
         let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no node {id}"))?;
-        let Some(mut c) = node.child.take() else {
-            bail!("node {id} is not running")
-        };
+        let Some(mut c) = node.child.take() else { bail!("node {id} is not running") };
         signal(c.id(), nix::sys::signal::Signal::SIGTERM)?;
         let deadline = Instant::now() + timeout;
         loop {
@@ -406,13 +351,9 @@ impl CoordinatorGroup {
             .await
             .with_context(|| format!("connect to node {id}"))?;
         let mut c = RaftClient::new(ch);
-        let mut req = tonic::Request::new(FaultRequest {
-            drop_peers: peers.to_vec(),
-        });
+        let mut req = tonic::Request::new(FaultRequest { drop_peers: peers.to_vec() });
         req.set_timeout(Duration::from_secs(2));
-        c.set_faults(req)
-            .await
-            .with_context(|| format!("set faults on node {id}"))?;
+        c.set_faults(req).await.with_context(|| format!("set faults on node {id}"))?;
         Ok(())
     }
 

@@ -146,9 +146,8 @@ pub struct Binaries {
 }
 
 fn find_program(names: &[&str], extra_dirs: &[&str]) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.extend(extra_dirs.iter().map(PathBuf::from));
     for name in names {
         for dir in &dirs {
@@ -167,20 +166,11 @@ fn find_program(names: &[&str], extra_dirs: &[&str]) -> Option<PathBuf> {
 /// `mariadb-install-db`. A missing server is an error that says how to install it.
 pub fn find_binaries() -> Result<Binaries> {
     static FOUND: OnceLock<std::result::Result<Binaries, String>> = OnceLock::new();
-    FOUND
-        .get_or_init(|| find_binaries_uncached().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow!(e))
+    FOUND.get_or_init(|| find_binaries_uncached().map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow!(e))
 }
 
 fn find_binaries_uncached() -> Result<Binaries> {
-    let sbin_dirs = [
-        "/usr/sbin",
-        "/usr/libexec",
-        "/usr/local/sbin",
-        "/usr/local/mysql/bin",
-        "/usr/local/bin",
-    ];
+    let sbin_dirs = ["/usr/sbin", "/usr/libexec", "/usr/local/sbin", "/usr/local/mysql/bin", "/usr/local/bin"];
     let mariadbd = match std::env::var_os("PRIMUS_MARIADBD") {
         Some(p) => {
             let p = PathBuf::from(p);
@@ -193,12 +183,7 @@ fn find_binaries_uncached() -> Result<Binaries> {
     };
     let install_db = find_program(
         &["mariadb-install-db", "mysql_install_db"],
-        &[
-            "/usr/bin",
-            "/usr/local/bin",
-            "/usr/local/mysql/scripts",
-            "/usr/local/mysql/bin",
-        ],
+        &["/usr/bin", "/usr/local/bin", "/usr/local/mysql/scripts", "/usr/local/mysql/bin"],
     )
     .ok_or_else(|| anyhow!(INSTALL_DB_MISSING))?;
     let out = Command::new(&mariadbd)
@@ -206,18 +191,10 @@ fn find_binaries_uncached() -> Result<Binaries> {
         .output()
         .with_context(|| format!("running {} --version", mariadbd.display()))?;
     if !out.status.success() {
-        bail!(
-            "{} --version failed: {}",
-            mariadbd.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{} --version failed: {}", mariadbd.display(), String::from_utf8_lossy(&out.stderr));
     }
     let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    Ok(Binaries {
-        mariadbd,
-        install_db,
-        version,
-    })
+    Ok(Binaries { mariadbd, install_db, version })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -234,18 +211,12 @@ pub struct Credentials {
 impl Credentials {
     /// The coordinator's user: `primus` / `primus-pass`.
     pub fn coordinator() -> Self {
-        Self {
-            user: COORDINATOR_USER.into(),
-            password: COORDINATOR_PASSWORD.into(),
-        }
+        Self { user: COORDINATOR_USER.into(), password: COORDINATOR_PASSWORD.into() }
     }
 
     /// The replication user: `repl` / `repl-pass`.
     pub fn replication() -> Self {
-        Self {
-            user: REPLICATION_USER.into(),
-            password: REPLICATION_PASSWORD.into(),
-        }
+        Self { user: REPLICATION_USER.into(), password: REPLICATION_PASSWORD.into() }
     }
 
     /// Connection options for a TCP connection to `addr` as this user, with
@@ -391,10 +362,7 @@ impl Default for SandboxOptions {
 impl SandboxOptions {
     /// Defaults with the given topology.
     pub fn new(topology: Topology) -> Self {
-        Self {
-            topology,
-            ..Self::default()
-        }
+        Self { topology, ..Self::default() }
     }
 
     /// Persistent mode: instances live in `base_dir` and are left running on drop.
@@ -455,11 +423,8 @@ fn spawn_from_long_lived_thread(cmd: Command) -> io::Result<Child> {
     });
     let tx = spawner.as_ref().map_err(|e| io::Error::other(e.clone()))?;
     let (reply_tx, reply_rx) = mpsc::channel();
-    tx.send(SpawnRequest { cmd, reply: reply_tx })
-        .map_err(|_| io::Error::other("spawner thread is gone"))?;
-    reply_rx
-        .recv()
-        .map_err(|_| io::Error::other("spawner thread dropped the request"))?
+    tx.send(SpawnRequest { cmd, reply: reply_tx }).map_err(|_| io::Error::other("spawner thread is gone"))?;
+    reply_rx.recv().map_err(|_| io::Error::other("spawner thread dropped the request"))?
 }
 
 /// Makes the child receive SIGKILL when the thread that spawned it exits.
@@ -490,20 +455,13 @@ fn tail_of_file(path: &Path, lines: usize) -> String {
 fn check_socket_path(path: &Path) -> Result<()> {
     // sun_path is 108 bytes including the terminating NUL.
     if path.as_os_str().len() >= 107 {
-        bail!(
-            "unix socket path too long for mariadbd ({} bytes): {}",
-            path.as_os_str().len(),
-            path.display()
-        );
+        bail!("unix socket path too long for mariadbd ({} bytes): {}", path.as_os_str().len(), path.display());
     }
     Ok(())
 }
 
 fn root_socket_opts(socket: &Path) -> OptsBuilder {
-    OptsBuilder::default()
-        .socket(Some(socket.to_string_lossy().into_owned()))
-        .user(Some("root"))
-        .pass(None::<String>)
+    OptsBuilder::default().socket(Some(socket.to_string_lossy().into_owned())).user(Some("root")).pass(None::<String>)
 }
 
 /// Polls until the server on `socket` answers `SELECT 1`, the child exits, or the deadline passes.
@@ -521,10 +479,7 @@ async fn wait_socket_ready(
             match guard.as_mut() {
                 None => bail!("{what}: not running"),
                 Some(c) => {
-                    if let Some(status) = c
-                        .try_wait()
-                        .with_context(|| format!("{what}: waiting for the process"))?
-                    {
+                    if let Some(status) = c.try_wait().with_context(|| format!("{what}: waiting for the process"))? {
                         *guard = None;
                         bail!(
                             "{what}: mariadbd exited during startup with {status}; tail of {}:\n{}",
@@ -629,22 +584,12 @@ fn cache_root() -> PathBuf {
 /// The template data directory (initialised once, cached on disk across processes).
 async fn template_datadir(bins: &Binaries) -> Result<PathBuf> {
     static TEMPLATE: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
-    TEMPLATE
-        .get_or_try_init(|| build_or_reuse_template(bins))
-        .await
-        .cloned()
+    TEMPLATE.get_or_try_init(|| build_or_reuse_template(bins)).await.cloned()
 }
 
 async fn build_or_reuse_template(bins: &Binaries) -> Result<PathBuf> {
     let mut hasher = DefaultHasher::new();
-    (
-        TEMPLATE_FORMAT,
-        &bins.version,
-        bootstrap_sql(),
-        INNODB_ARGS,
-        COMMON_ARGS,
-    )
-        .hash(&mut hasher);
+    (TEMPLATE_FORMAT, &bins.version, bootstrap_sql(), INNODB_ARGS, COMMON_ARGS).hash(&mut hasher);
     let key = hasher.finish();
     let root = cache_root();
     fs::create_dir_all(&root).with_context(|| format!("creating template cache dir {}", root.display()))?;
@@ -732,11 +677,8 @@ async fn build_or_reuse_template(bins: &Binaries) -> Result<PathBuf> {
             .context("creating sandbox users in the template")?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let status = lock(&child)
-                .as_mut()
-                .map(|c| c.try_wait())
-                .transpose()
-                .context("waiting for template server")?;
+            let status =
+                lock(&child).as_mut().map(|c| c.try_wait()).transpose().context("waiting for template server")?;
             match status {
                 Some(Some(s)) if s.success() => break,
                 Some(Some(s)) => bail!("template server exited with {s}:\n{}", tail_of_file(&error_log, 30)),
@@ -994,12 +936,7 @@ impl Instance {
     }
 
     fn what(&self) -> String {
-        format!(
-            "instance {} (server_id {}, {})",
-            self.inner.index,
-            self.inner.server_id,
-            self.addr()
-        )
+        format!("instance {} (server_id {}, {})", self.inner.index, self.inner.server_id, self.addr())
     }
 
     async fn timed<T>(
@@ -1017,12 +954,7 @@ impl Instance {
 
     /// A root connection over the unix socket (within the sandbox's DB timeout).
     pub async fn admin_conn(&self) -> Result<Conn> {
-        self.timed(
-            self.inner.db_timeout,
-            "connecting as root",
-            Conn::new(self.admin_opts()),
-        )
-        .await
+        self.timed(self.inner.db_timeout, "connecting as root", Conn::new(self.admin_opts())).await
     }
 
     /// Runs one statement as root.
@@ -1073,11 +1005,7 @@ impl Instance {
     }
 
     async fn query_string(&self, sql: &str) -> Result<String> {
-        Ok(self
-            .query_one::<Option<String>>(sql)
-            .await?
-            .flatten()
-            .unwrap_or_default())
+        Ok(self.query_one::<Option<String>>(sql).await?.flatten().unwrap_or_default())
     }
 
     /// `@@gtid_current_pos`.
@@ -1112,10 +1040,7 @@ impl Instance {
         }
         let secs = timeout.as_secs_f64();
         let sql = format!("SELECT MASTER_GTID_WAIT('{pos}', {secs:.3})");
-        let r = self
-            .query_one_timeout::<Option<i64>>(&sql, timeout + self.inner.db_timeout)
-            .await?
-            .flatten();
+        let r = self.query_one_timeout::<Option<i64>>(&sql, timeout + self.inner.db_timeout).await?.flatten();
         match r {
             Some(0) => Ok(()),
             Some(-1) => bail!(
@@ -1130,10 +1055,7 @@ impl Instance {
 
     /// `SHOW SLAVE STATUS` (`None` when the instance is not a replica).
     pub async fn slave_status(&self) -> Result<Option<SlaveStatus>> {
-        Ok(self
-            .query_one::<Row>("SHOW SLAVE STATUS")
-            .await?
-            .map(|r| SlaveStatus::from_row(&r)))
+        Ok(self.query_one::<Row>("SHOW SLAVE STATUS").await?.map(|r| SlaveStatus::from_row(&r)))
     }
 
     /// Polls until both replication threads run.
@@ -1184,10 +1106,7 @@ impl Instance {
     /// Points replication at `host:port` (e.g. a [`crate::proxy::LinkProxy`] in front of
     /// the primary) as `repl`, with GTID `slave_pos`, and starts it.
     pub async fn change_master_to(&self, host: &str, port: u16) -> Result<()> {
-        if !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == ':')
-        {
+        if !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == ':') {
             bail!("suspicious master host {host:?}");
         }
         self.exec("STOP SLAVE").await?;
@@ -1205,13 +1124,8 @@ impl Instance {
     /// Turns semi-sync on or off at runtime (restarts the IO thread of a replica so the
     /// slave side takes effect).
     pub async fn set_semi_sync(&self, master: bool, slave: bool) -> Result<()> {
-        self.exec(&format!(
-            "SET GLOBAL rpl_semi_sync_master_enabled = {}",
-            u8::from(master)
-        ))
-        .await?;
-        self.exec(&format!("SET GLOBAL rpl_semi_sync_slave_enabled = {}", u8::from(slave)))
-            .await?;
+        self.exec(&format!("SET GLOBAL rpl_semi_sync_master_enabled = {}", u8::from(master))).await?;
+        self.exec(&format!("SET GLOBAL rpl_semi_sync_slave_enabled = {}", u8::from(slave))).await?;
         if self.slave_status().await?.is_some() {
             self.exec("STOP SLAVE IO_THREAD").await?;
             self.exec("START SLAVE IO_THREAD").await?;
@@ -1222,8 +1136,7 @@ impl Instance {
     /// Creates the test table if needed and inserts `n` rows on this instance; returns
     /// `@@gtid_binlog_pos` afterwards.
     pub async fn insert_test_rows(&self, n: usize) -> Result<String> {
-        self.exec(&format!("CREATE DATABASE IF NOT EXISTS {TEST_DATABASE}"))
-            .await?;
+        self.exec(&format!("CREATE DATABASE IF NOT EXISTS {TEST_DATABASE}")).await?;
         self.exec(&format!(
             "CREATE TABLE IF NOT EXISTS {TEST_TABLE} (id BIGINT AUTO_INCREMENT PRIMARY KEY, \
              v VARCHAR(64) NOT NULL, created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB"
@@ -1233,8 +1146,7 @@ impl Instance {
         while left > 0 {
             let chunk = left.min(500);
             let values: Vec<String> = (0..chunk).map(|i| format!("('row-{i}')")).collect();
-            self.exec(&format!("INSERT INTO {TEST_TABLE} (v) VALUES {}", values.join(",")))
-                .await?;
+            self.exec(&format!("INSERT INTO {TEST_TABLE} (v) VALUES {}", values.join(","))).await?;
             left -= chunk;
         }
         self.gtid_binlog_pos().await
@@ -1242,16 +1154,11 @@ impl Instance {
 
     /// Rows in the test table.
     pub async fn test_row_count(&self) -> Result<u64> {
-        Ok(self
-            .query_one::<u64>(&format!("SELECT COUNT(*) FROM {TEST_TABLE}"))
-            .await?
-            .unwrap_or(0))
+        Ok(self.query_one::<u64>(&format!("SELECT COUNT(*) FROM {TEST_TABLE}")).await?.unwrap_or(0))
     }
 
     fn signal(&self, sig: Signal) -> Result<()> {
-        let pid = self
-            .pid()
-            .ok_or_else(|| anyhow!("{}: not running, cannot send {sig}", self.what()))?;
+        let pid = self.pid().ok_or_else(|| anyhow!("{}: not running, cannot send {sig}", self.what()))?;
         let pid = i32::try_from(pid).context("pid out of range")?;
         kill(Pid::from_raw(pid), sig).with_context(|| format!("{}: sending {sig}", self.what()))
     }
@@ -1261,12 +1168,8 @@ impl Instance {
         let mut guard = lock(&self.inner.child);
         if let Some(mut child) = guard.take() {
             let pid = child.id();
-            child
-                .kill()
-                .with_context(|| format!("{}: SIGKILL pid {pid}", self.what()))?;
-            let status = child
-                .wait()
-                .with_context(|| format!("{}: reaping pid {pid}", self.what()))?;
+            child.kill().with_context(|| format!("{}: SIGKILL pid {pid}", self.what()))?;
+            let status = child.wait().with_context(|| format!("{}: reaping pid {pid}", self.what()))?;
             info!(instance = self.inner.index, pid, %status, "killed mariadbd");
         }
         Ok(())
@@ -1298,9 +1201,7 @@ impl Instance {
                 match guard.as_mut() {
                     None => return Ok(()),
                     Some(c) => {
-                        let s = c
-                            .try_wait()
-                            .with_context(|| format!("{}: waiting for exit", self.what()))?;
+                        let s = c.try_wait().with_context(|| format!("{}: waiting for exit", self.what()))?;
                         if s.is_some() {
                             *guard = None;
                         }
@@ -1313,11 +1214,7 @@ impl Instance {
                 return Ok(());
             }
             if start.elapsed() > self.inner.startup_timeout {
-                bail!(
-                    "{}: did not exit within {:?} after SHUTDOWN",
-                    self.what(),
-                    self.inner.startup_timeout
-                );
+                bail!("{}: did not exit within {:?} after SHUTDOWN", self.what(), self.inner.startup_timeout);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -1353,11 +1250,7 @@ impl Instance {
             .with_context(|| format!("opening {}", out_path.display()))?;
         let err = out.try_clone().context("cloning output handle")?;
         let mut cmd = Command::new(&self.inner.mariadbd);
-        cmd.args(&self.inner.args)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        cmd.args(&self.inner.args).args(extra).stdin(Stdio::null()).stdout(out).stderr(err);
         if self.inner.keep {
             // Own process group: survives the terminal's Ctrl-C and this process.
             cmd.process_group(0);
@@ -1500,9 +1393,7 @@ impl Sandbox {
         }
         for i in 0..count {
             if opts.topology.master_of(i).is_some() {
-                sandbox.instances[i]
-                    .wait_replication_running(opts.startup_timeout)
-                    .await?;
+                sandbox.instances[i].wait_replication_running(opts.startup_timeout).await?;
             }
         }
         sandbox.write_info()?;
@@ -1527,10 +1418,7 @@ impl Sandbox {
     ) -> Result<Instance> {
         let dir = self.base_dir.join(format!("node-{i}"));
         if dir.exists() {
-            bail!(
-                "{} already exists: a sandbox is there already (Sandbox::destroy removes it)",
-                dir.display()
-            );
+            bail!("{} already exists: a sandbox is there already (Sandbox::destroy removes it)", dir.display());
         }
         let datadir = dir.join("data");
         let tmpdir = dir.join("tmp");
@@ -1576,10 +1464,7 @@ impl Sandbox {
         if opts.semi_sync {
             args.push("--rpl-semi-sync-master-enabled=ON".into());
             args.push("--rpl-semi-sync-slave-enabled=ON".into());
-            args.push(format!(
-                "--rpl-semi-sync-master-timeout={}",
-                opts.semi_sync_timeout.as_millis()
-            ));
+            args.push(format!("--rpl-semi-sync-master-timeout={}", opts.semi_sync_timeout.as_millis()));
         }
         if is_replica {
             args.push("--read-only=1".into());
@@ -1619,11 +1504,7 @@ impl Sandbox {
     pub fn info(&self) -> SandboxInfo {
         SandboxInfo {
             version: self.version.clone(),
-            instances: self
-                .instances
-                .iter()
-                .map(|i| i.info(self.topology.master_of(i.index())))
-                .collect(),
+            instances: self.instances.iter().map(|i| i.info(self.topology.master_of(i.index()))).collect(),
             credentials: SandboxCredentials::default(),
         }
     }

@@ -117,9 +117,7 @@ impl LinkProxy {
         let listener = match listener {
             Some(l) => l,
             None => {
-                return Err(anyhow::anyhow!(
-                    "binding a link proxy listener failed 20 times: {last_err:?}"
-                ));
+                return Err(anyhow::anyhow!("binding a link proxy listener failed 20 times: {last_err:?}"));
             }
         };
         let listen = listener.local_addr().context("link proxy local_addr")?;
@@ -127,13 +125,7 @@ impl LinkProxy {
         let stats = Arc::new(Stats::default());
         let accept_task = tokio::spawn(accept_loop(listener, target, state_rx, Arc::clone(&stats)));
         debug!(%listen, %target, "link proxy started");
-        Ok(LinkProxy {
-            listen,
-            target,
-            state,
-            stats,
-            accept_task,
-        })
+        Ok(LinkProxy { listen, target, state, stats, accept_task })
     }
 
     /// Where clients connect.
@@ -191,10 +183,7 @@ impl LinkProxy {
 
     /// Bytes forwarded client -> target and target -> client.
     pub fn bytes_forwarded(&self) -> (u64, u64) {
-        (
-            self.stats.bytes_to_target.load(Ordering::Relaxed),
-            self.stats.bytes_from_target.load(Ordering::Relaxed),
-        )
+        (self.stats.bytes_to_target.load(Ordering::Relaxed), self.stats.bytes_from_target.load(Ordering::Relaxed))
     }
 }
 
@@ -418,10 +407,7 @@ impl LinkMatrix {
             }
             links.push(row);
         }
-        Ok(LinkMatrix {
-            targets: targets.to_vec(),
-            links,
-        })
+        Ok(LinkMatrix { targets: targets.to_vec(), links })
     }
 
     pub fn sources(&self) -> usize {
@@ -451,19 +437,12 @@ impl LinkMatrix {
     /// Real target address -> address `source` must use instead (e.g. to translate
     /// what `SHOW SLAVE HOSTS` reports).
     pub fn address_map(&self, source: usize) -> HashMap<SocketAddr, SocketAddr> {
-        self.targets
-            .iter()
-            .zip(&self.links[source])
-            .map(|(t, l)| (*t, l.listen_addr()))
-            .collect()
+        self.targets.iter().zip(&self.links[source]).map(|(t, l)| (*t, l.listen_addr())).collect()
     }
 
     /// [`LinkMatrix::address_map`] as "ip:port" strings.
     pub fn address_map_strings(&self, source: usize) -> HashMap<String, String> {
-        self.address_map(source)
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        self.address_map(source).into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     /// Cuts `source` -> `target`.

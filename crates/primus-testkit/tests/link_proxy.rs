@@ -38,9 +38,7 @@ async fn echo_server() -> Result<SocketAddr> {
 async fn roundtrip(sock: &mut TcpStream, msg: &[u8], timeout: Duration) -> Result<Vec<u8>> {
     sock.write_all(msg).await?;
     let mut buf = vec![0u8; msg.len()];
-    tokio::time::timeout(timeout, sock.read_exact(&mut buf))
-        .await
-        .context("read timed out")??;
+    tokio::time::timeout(timeout, sock.read_exact(&mut buf)).await.context("read timed out")??;
     Ok(buf)
 }
 
@@ -81,22 +79,14 @@ async fn tcp_forwarding_cut_heal_reset() -> Result<()> {
     // Reset: existing connections fail fast, new ones are reset at once.
     proxy.cut_with(CutMode::Reset);
     let t = Instant::now();
-    let r = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf))
-        .await
-        .context("reset is not silent")?;
+    let r = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf)).await.context("reset is not silent")?;
     assert!(matches!(r, Err(_) | Ok(0)), "{r:?}");
     // The RST may even beat connect() to returning.
     if let Ok(mut d) = TcpStream::connect(proxy.listen_addr()).await {
-        let r = tokio::time::timeout(Duration::from_secs(2), d.read(&mut buf))
-            .await
-            .context("new conn not reset")?;
+        let r = tokio::time::timeout(Duration::from_secs(2), d.read(&mut buf)).await.context("new conn not reset")?;
         assert!(matches!(r, Err(_) | Ok(0)), "{r:?}");
     }
-    assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "reset fails fast: {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(1), "reset fails fast: {:?}", t.elapsed());
 
     proxy.heal();
     let mut e = TcpStream::connect(proxy.listen_addr()).await?;
@@ -105,9 +95,7 @@ async fn tcp_forwarding_cut_heal_reset() -> Result<()> {
     // Drop closes the listener and the connections.
     let addr = proxy.listen_addr();
     drop(proxy);
-    let r = tokio::time::timeout(Duration::from_secs(2), e.read(&mut buf))
-        .await
-        .context("drop closes conns")?;
+    let r = tokio::time::timeout(Duration::from_secs(2), e.read(&mut buf)).await.context("drop closes conns")?;
     assert!(matches!(r, Err(_) | Ok(0)), "{r:?}");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(TcpStream::connect(addr).await.is_err(), "listener is gone");
@@ -153,9 +141,7 @@ async fn target_down_resets_client() -> Result<()> {
     // The RST may even beat connect() to returning.
     if let Ok(mut s) = TcpStream::connect(proxy.listen_addr()).await {
         let mut buf = [0u8; 8];
-        let r = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
-            .await
-            .context("not closed")?;
+        let r = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.context("not closed")?;
         assert!(matches!(r, Err(_) | Ok(0)), "{r:?}");
     }
     assert!(proxy.accepted_connections() >= 1);
@@ -167,9 +153,7 @@ fn opts_via(proxy: SocketAddr) -> OptsBuilder {
 }
 
 async fn connect(opts: OptsBuilder, timeout: Duration) -> Result<Conn> {
-    Ok(tokio::time::timeout(timeout, Conn::new(opts))
-        .await
-        .context("connect timed out")??)
+    Ok(tokio::time::timeout(timeout, Conn::new(opts)).await.context("connect timed out")??)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,9 +166,8 @@ async fn mariadb_through_proxy_cut_silent_and_reset() -> Result<()> {
     let port: Option<u16> = conn.query_first("SELECT @@port").await?;
     assert_eq!(port, Some(db.port()));
     // Really over TCP through the proxy (mysql_async's prefer_socket is off).
-    let host: Option<String> = conn
-        .query_first("SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()")
-        .await?;
+    let host: Option<String> =
+        conn.query_first("SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()").await?;
     let host = host.context("processlist row")?;
     assert!(host.starts_with("127.0.0.1:"), "{host}");
     assert_eq!(proxy.accepted_connections(), 1);
@@ -197,10 +180,7 @@ async fn mariadb_through_proxy_cut_silent_and_reset() -> Result<()> {
     assert!(t.elapsed() >= Duration::from_millis(950));
     drop(conn);
     let r = connect(opts_via(proxy.listen_addr()), Duration::from_millis(700)).await;
-    assert!(
-        r.is_err_and(|e| format!("{e:#}").contains("timed out")),
-        "new connections time out too"
-    );
+    assert!(r.is_err_and(|e| format!("{e:#}").contains("timed out")), "new connections time out too");
     // The server itself is fine.
     db.exec("SELECT 1").await?;
 
@@ -239,35 +219,18 @@ async fn link_matrix_partitions_one_coordinator_only() -> Result<()> {
     matrix.cut(1, 0, CutMode::Silent);
     let short = Duration::from_millis(700);
     let mut c0 = connect(opts_via(matrix.proxied_addr(0, 0)), Duration::from_secs(5)).await?;
-    assert_eq!(
-        c0.query_first::<i64, _>("SELECT 1").await?,
-        Some(1),
-        "coordinator 0 reaches the primary"
-    );
-    assert!(
-        connect(opts_via(matrix.proxied_addr(1, 0)), short).await.is_err(),
-        "coordinator 1 does not"
-    );
+    assert_eq!(c0.query_first::<i64, _>("SELECT 1").await?, Some(1), "coordinator 0 reaches the primary");
+    assert!(connect(opts_via(matrix.proxied_addr(1, 0)), short).await.is_err(), "coordinator 1 does not");
     let mut c1r = connect(opts_via(matrix.proxied_addr(1, 1)), Duration::from_secs(5)).await?;
-    assert_eq!(
-        c1r.query_first::<i64, _>("SELECT 1").await?,
-        Some(1),
-        "coordinator 1 reaches the replica"
-    );
+    assert_eq!(c1r.query_first::<i64, _>("SELECT 1").await?, Some(1), "coordinator 1 reaches the replica");
 
     matrix.isolate_source(0, CutMode::Reset);
-    assert!(connect(opts_via(matrix.proxied_addr(0, 1)), Duration::from_secs(2))
-        .await
-        .is_err());
+    assert!(connect(opts_via(matrix.proxied_addr(0, 1)), Duration::from_secs(2)).await.is_err());
     matrix.heal_all();
     for s in 0..2 {
         for t in 0..2 {
             let mut c = connect(opts_via(matrix.proxied_addr(s, t)), Duration::from_secs(5)).await?;
-            assert_eq!(
-                c.query_first::<i64, _>("SELECT 1").await?,
-                Some(1),
-                "link {s}->{t} healed"
-            );
+            assert_eq!(c.query_first::<i64, _>("SELECT 1").await?, Some(1), "link {s}->{t} healed");
             c.disconnect().await?;
         }
     }
@@ -289,17 +252,10 @@ async fn replica_notices_silent_partition_from_primary() -> Result<()> {
     loop {
         let st = replica.slave_status().await?.context("slave status")?;
         if st.io_running != "Yes" {
-            eprintln!(
-                "replica noticed the silent partition after {:?}: {}",
-                t.elapsed(),
-                st.io_running
-            );
+            eprintln!("replica noticed the silent partition after {:?}: {}", t.elapsed(), st.io_running);
             break;
         }
-        anyhow::ensure!(
-            t.elapsed() < Duration::from_secs(10),
-            "replica never noticed the partition"
-        );
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(10), "replica never noticed the partition");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let pos = sb.insert_rows(1).await?;
@@ -309,9 +265,6 @@ async fn replica_notices_silent_partition_from_primary() -> Result<()> {
     replica.wait_gtid(&pos, Duration::from_secs(15)).await?;
     replica.wait_replication_running(Duration::from_secs(10)).await?;
     assert_eq!(replica.test_row_count().await?, 2);
-    assert_eq!(
-        replica.gtid_current_pos().await?,
-        sb.primary().gtid_current_pos().await?
-    );
+    assert_eq!(replica.gtid_current_pos().await?, sb.primary().gtid_current_pos().await?);
     Ok(())
 }

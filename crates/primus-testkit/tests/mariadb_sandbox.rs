@@ -47,16 +47,10 @@ async fn primary_with_two_replicas_replicates_with_gtid() -> Result<()> {
         assert_eq!(st.using_gtid, "Slave_Pos");
         assert_eq!(st.master_port, primary.port());
         assert_eq!(st.master_server_id, u64::from(primary.server_id()));
-        assert_eq!(
-            r.gtid_current_pos().await?,
-            "",
-            "no errant GTIDs on replica {}",
-            r.index()
-        );
+        assert_eq!(r.gtid_current_pos().await?, "", "no errant GTIDs on replica {}", r.index());
     }
-    let vars: Option<(String, String, i64, String)> = primary
-        .query_one("SELECT @@binlog_format, @@log_slave_updates, @@gtid_strict_mode, @@report_host")
-        .await?;
+    let vars: Option<(String, String, i64, String)> =
+        primary.query_one("SELECT @@binlog_format, @@log_slave_updates, @@gtid_strict_mode, @@report_host").await?;
     assert_eq!(vars, Some(("ROW".into(), "1".into(), 1, "127.0.0.1".into())));
 
     let pos = sb.insert_rows(5).await?;
@@ -66,31 +60,22 @@ async fn primary_with_two_replicas_replicates_with_gtid() -> Result<()> {
     assert_eq!(primary_pos, pos);
     for r in sb.replicas() {
         assert_eq!(r.test_row_count().await?, 5, "replica {} has the rows", r.index());
-        assert_eq!(
-            r.gtid_current_pos().await?,
-            primary_pos,
-            "replica {} has exactly the primary's GTIDs",
-            r.index()
-        );
+        assert_eq!(r.gtid_current_pos().await?, primary_pos, "replica {} has exactly the primary's GTIDs", r.index());
     }
 
     // SHOW SLAVE HOSTS lists reachable addresses (report_host/report_port).
     let hosts: Vec<(u32, String, u16, u32)> = primary.query("SHOW SLAVE HOSTS").await?;
     let mut reported: Vec<(u32, String, u16)> = hosts.into_iter().map(|(id, h, p, _)| (id, h, p)).collect();
     reported.sort();
-    let mut expected: Vec<(u32, String, u16)> = sb
-        .replicas()
-        .iter()
-        .map(|r| (r.server_id(), "127.0.0.1".to_owned(), r.port()))
-        .collect();
+    let mut expected: Vec<(u32, String, u16)> =
+        sb.replicas().iter().map(|r| (r.server_id(), "127.0.0.1".to_owned(), r.port())).collect();
     expected.sort();
     assert_eq!(reported, expected);
 
     // The coordinator user can do its job over TCP.
     let mut c = Conn::new(primary.coordinator_opts()).await?;
     c.query_drop("CREATE DATABASE IF NOT EXISTS primus").await?;
-    c.query_drop("CREATE TABLE IF NOT EXISTS primus.heartbeat (id INT PRIMARY KEY, ts TIMESTAMP(6))")
-        .await?;
+    c.query_drop("CREATE TABLE IF NOT EXISTS primus.heartbeat (id INT PRIMARY KEY, ts TIMESTAMP(6))").await?;
     c.query_drop("REPLACE INTO primus.heartbeat VALUES (1, NOW(6))").await?;
     let slave_hosts: Vec<mysql_async::Row> = c.query("SHOW SLAVE HOSTS").await?;
     assert_eq!(slave_hosts.len(), 2);
@@ -122,16 +107,9 @@ async fn chain_leaf_replicates_through_intermediate() -> Result<()> {
     let sb = start(Topology::Chain(1)).await?;
     let (primary, intermediate, leaf) = (sb.instance(0), sb.instance(1), sb.instance(2));
     let st = leaf.slave_status().await?.context("leaf is a replica")?;
-    assert_eq!(
-        st.master_port,
-        intermediate.port(),
-        "leaf replicates from the intermediate"
-    );
+    assert_eq!(st.master_port, intermediate.port(), "leaf replicates from the intermediate");
     assert_eq!(st.master_server_id, u64::from(intermediate.server_id()));
-    let st = intermediate
-        .slave_status()
-        .await?
-        .context("intermediate is a replica")?;
+    let st = intermediate.slave_status().await?.context("intermediate is a replica")?;
     assert_eq!(st.master_port, primary.port());
     assert!(intermediate.read_only().await? && leaf.read_only().await?);
 
@@ -145,10 +123,7 @@ async fn chain_leaf_replicates_through_intermediate() -> Result<()> {
     // Stop the intermediate's SQL thread: the leaf falls behind, then catches up.
     intermediate.stop_replication_sql().await?;
     let pos = sb.insert_rows(2).await?;
-    assert!(
-        leaf.wait_gtid(&pos, Duration::from_millis(500)).await.is_err(),
-        "leaf cannot get ahead"
-    );
+    assert!(leaf.wait_gtid(&pos, Duration::from_millis(500)).await.is_err(), "leaf cannot get ahead");
     assert_eq!(leaf.test_row_count().await?, 3);
     intermediate.start_replication_sql().await?;
     leaf.wait_gtid(&pos, CATCH_UP).await?;
@@ -206,16 +181,10 @@ async fn sigstop_makes_queries_time_out_until_sigcont() -> Result<()> {
     db.sigstop()?;
     assert!(db.is_running(), "a stopped process still exists");
     let t = Instant::now();
-    let err = db
-        .exec_timeout("SELECT 1", Duration::from_millis(500))
-        .await
-        .expect_err("stopped server answers");
+    let err = db.exec_timeout("SELECT 1", Duration::from_millis(500)).await.expect_err("stopped server answers");
     let elapsed = t.elapsed();
     assert!(format!("{err:#}").contains("timed out"), "{err:#}");
-    assert!(
-        elapsed >= Duration::from_millis(450),
-        "fails by timeout, not at once: {elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(450), "fails by timeout, not at once: {elapsed:?}");
     // Over TCP too: the kernel accepts, the server never greets.
     let tcp = tokio::time::timeout(Duration::from_millis(500), Conn::new(db.coordinator_opts())).await;
     assert!(tcp.is_err(), "TCP connect to a stopped server times out");
@@ -249,31 +218,18 @@ async fn semi_sync_can_be_enabled() -> Result<()> {
         )
         .await?;
     let status: std::collections::HashMap<String, String> = status.into_iter().collect();
-    assert_eq!(
-        status.get("Rpl_semi_sync_master_status").map(String::as_str),
-        Some("ON"),
-        "{status:?}"
-    );
-    assert_eq!(
-        status.get("Rpl_semi_sync_master_clients").map(String::as_str),
-        Some("1"),
-        "{status:?}"
-    );
+    assert_eq!(status.get("Rpl_semi_sync_master_status").map(String::as_str), Some("ON"), "{status:?}");
+    assert_eq!(status.get("Rpl_semi_sync_master_clients").map(String::as_str), Some("1"), "{status:?}");
 
     // Default sandboxes leave it off; it can be switched at runtime.
     let plain = Sandbox::start(SandboxOptions::new(Topology::PrimaryWithReplicas(1))).await?;
-    let on: Option<(i64, i64)> = plain
-        .primary()
-        .query_one("SELECT @@rpl_semi_sync_master_enabled, @@rpl_semi_sync_slave_enabled")
-        .await?;
+    let on: Option<(i64, i64)> =
+        plain.primary().query_one("SELECT @@rpl_semi_sync_master_enabled, @@rpl_semi_sync_slave_enabled").await?;
     assert_eq!(on, Some((0, 0)));
     plain.replicas()[0].set_semi_sync(false, true).await?;
     plain.primary().set_semi_sync(true, false).await?;
     plain.replicas()[0].wait_replication_running(CATCH_UP).await?;
-    let on: Option<i64> = plain
-        .primary()
-        .query_one("SELECT @@rpl_semi_sync_master_enabled")
-        .await?;
+    let on: Option<i64> = plain.primary().query_one("SELECT @@rpl_semi_sync_master_enabled").await?;
     assert_eq!(on, Some(1));
     Ok(())
 }
@@ -288,11 +244,7 @@ async fn leak_check_drop_kills_processes_and_removes_dirs() -> Result<()> {
     // A stopped server must be killed too.
     sb.replicas()[0].sigstop()?;
     drop(sb);
-    assert!(
-        mariadbd_pids_under(&dir).is_empty(),
-        "no mariadbd left for {}",
-        dir.display()
-    );
+    assert!(mariadbd_pids_under(&dir).is_empty(), "no mariadbd left for {}", dir.display());
     for pid in pids {
         assert!(!proc_alive(pid), "pid {pid} still alive");
     }
@@ -304,15 +256,9 @@ async fn leak_check_drop_kills_processes_and_removes_dirs() -> Result<()> {
 fn leak_check_after_panic() {
     let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
     let joined = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
         rt.block_on(async move {
-            let sb = Sandbox::start(SandboxOptions::new(Topology::Standalone(2)))
-                .await
-                .expect("sandbox starts");
+            let sb = Sandbox::start(SandboxOptions::new(Topology::Standalone(2))).await.expect("sandbox starts");
             tx.send(sb.base_dir().to_path_buf()).expect("send dir");
             panic!("test panics while the sandbox runs");
         })
@@ -348,22 +294,13 @@ async fn keep_mode_leaves_servers_running_until_destroyed() -> Result<()> {
 async fn startup_failure_reports_error_log_and_cleans_up() -> Result<()> {
     let base = tempfile::tempdir()?;
     let dir = base.path().join("sb");
-    let opts = SandboxOptions::new(Topology::PrimaryWithReplicas(1))
-        .keep_in(&dir)
-        .with_extra_args(["--no-such-option=1"]);
-    let err = Sandbox::start(opts)
-        .await
-        .expect_err("an unknown option must fail the start");
+    let opts =
+        SandboxOptions::new(Topology::PrimaryWithReplicas(1)).keep_in(&dir).with_extra_args(["--no-such-option=1"]);
+    let err = Sandbox::start(opts).await.expect_err("an unknown option must fail the start");
     let text = format!("{err:#}");
     assert!(text.contains("exited during startup"), "{text}");
-    assert!(
-        text.contains("no-such-option"),
-        "the error log tail is in the error: {text}"
-    );
+    assert!(text.contains("no-such-option"), "the error log tail is in the error: {text}");
     assert!(mariadbd_pids_under(&dir).is_empty());
-    assert!(
-        !dir.join("node-0").exists(),
-        "a failed start is cleaned up even in keep mode"
-    );
+    assert!(!dir.join("node-0").exists(), "a failed start is cleaned up even in keep mode");
     Ok(())
 }

@@ -44,9 +44,7 @@ struct State {
 const CLUSTER: &str = "sandbox";
 
 fn alive(pid: u32) -> bool {
-    i32::try_from(pid)
-        .map(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
-        .unwrap_or(false)
+    i32::try_from(pid).map(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()).unwrap_or(false)
 }
 
 fn load(dir: &Path) -> Result<Option<State>> {
@@ -55,16 +53,11 @@ fn load(dir: &Path) -> Result<Option<State>> {
         return Ok(None);
     }
     let s = std::fs::read(&p).with_context(|| format!("read {}", p.display()))?;
-    Ok(Some(
-        serde_json::from_slice(&s).with_context(|| format!("parse {}", p.display()))?,
-    ))
+    Ok(Some(serde_json::from_slice(&s).with_context(|| format!("parse {}", p.display()))?))
 }
 
 fn primusctl(endpoints: &str, args: &[&str]) -> Result<()> {
-    let st = Command::new(bin("primusctl")?)
-        .args(["--endpoints", endpoints])
-        .args(args)
-        .status()?;
+    let st = Command::new(bin("primusctl")?).args(["--endpoints", endpoints]).args(args).status()?;
     if !st.success() {
         bail!("primusctl {} failed", args.join(" "));
     }
@@ -74,17 +67,10 @@ fn primusctl(endpoints: &str, args: &[&str]) -> Result<()> {
 fn print_next_steps(dir: &Path, s: &State) -> Result<()> {
     let ctl = bin("primusctl")?;
     println!();
-    println!(
-        "The sandbox runs in the background (data and logs under {}).",
-        dir.display()
-    );
+    println!("The sandbox runs in the background (data and logs under {}).", dir.display());
     println!("  export PRIMUS_ENDPOINTS={}", s.endpoints);
     println!("  {} status                  # the coordinator group", ctl.display());
-    println!(
-        "  {} topology {}        # the MariaDB replication tree",
-        ctl.display(),
-        s.cluster
-    );
+    println!("  {} topology {}        # the MariaDB replication tree", ctl.display(), s.cluster);
     println!(
         "  mariadb -h127.0.0.1 -P{} -uprimus -pprimus-pass   # the primary",
         s.mariadb[0].0.rsplit(':').next().unwrap_or("")
@@ -100,12 +86,7 @@ async fn up(dir: &Path) -> Result<()> {
             .iter()
             .filter(|(_, pid, _)| !alive(*pid))
             .map(|(id, _, _)| format!("primusd {id}"))
-            .chain(
-                s.mariadb
-                    .iter()
-                    .filter(|(_, pid)| !alive(*pid))
-                    .map(|(a, _)| format!("mariadbd {a}")),
-            )
+            .chain(s.mariadb.iter().filter(|(_, pid)| !alive(*pid)).map(|(a, _)| format!("mariadbd {a}")))
             .collect();
         if down.is_empty() {
             println!("The sandbox is already running in {}; reusing it.", dir.display());
@@ -147,16 +128,11 @@ async fn up(dir: &Path) -> Result<()> {
     let client = group.client(Duration::from_secs(20))?;
     let primary = sandbox.primary().addr();
     println!("registering cluster {CLUSTER} from seed {primary} (discovers the replicas)…");
-    client
-        .register_cluster(CLUSTER, &[primary], ClusterSettings::default())
-        .await?;
+    client.register_cluster(CLUSTER, &[primary], ClusterSettings::default()).await?;
     // Give every coordinator a probe round so the view shows all of them.
     for _ in 0..50 {
         let t = client.topology(CLUSTER, ReadConsistency::Linearizable).await?;
-        if t.instances
-            .iter()
-            .all(|i| i.seen_by.len() == 3 && i.heartbeat_delay_ms.is_some())
-        {
+        if t.instances.iter().all(|i| i.seen_by.len() == 3 && i.heartbeat_delay_ms.is_some()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -164,16 +140,8 @@ async fn up(dir: &Path) -> Result<()> {
     let state = State {
         endpoints: group.endpoints(),
         cluster: CLUSTER.into(),
-        coordinators: group
-            .nodes
-            .values()
-            .map(|n| (n.id, n.pid().unwrap_or(0), n.addr()))
-            .collect(),
-        mariadb: sandbox
-            .instances()
-            .iter()
-            .map(|i| (i.addr(), i.pid().unwrap_or(0)))
-            .collect(),
+        coordinators: group.nodes.values().map(|n| (n.id, n.pid().unwrap_or(0), n.addr())).collect(),
+        mariadb: sandbox.instances().iter().map(|i| (i.addr(), i.pid().unwrap_or(0))).collect(),
     };
     std::fs::write(dir.join("state.json"), serde_json::to_vec_pretty(&state)?)?;
     group.detach();
@@ -191,10 +159,7 @@ fn down(dir: &Path) -> Result<()> {
     };
     for (id, pid, _) in &s.coordinators {
         if alive(*pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
             println!("stopped primusd {id} (pid {pid})");
         }
     }
@@ -210,10 +175,7 @@ fn status(dir: &Path) -> Result<()> {
         bail!("no sandbox in {} (start one with scripts/sandbox.sh)", dir.display());
     };
     for (id, pid, addr) in &s.coordinators {
-        println!(
-            "primusd {id} at {addr}: {}",
-            if alive(*pid) { "running" } else { "DOWN" }
-        );
+        println!("primusd {id} at {addr}: {}", if alive(*pid) { "running" } else { "DOWN" });
     }
     for (addr, pid) in &s.mariadb {
         println!("mariadbd {addr}: {}", if alive(*pid) { "running" } else { "DOWN" });
