@@ -1,0 +1,392 @@
+//! Scenario builder for the tables of tests: a cluster described by what each instance would
+//! answer and by what each coordinator saw, turned into a [`ClusterInput`].
+//!
+//! Ports name instances (`127.0.0.1:PORT`, server id `PORT - 3305`); MariaDB GTIDs are real
+//! positions (`0-1-100`). Every instance starts reachable by every voter, 200 ms ago.
+
+use crate::input::{ClusterInput, CoordinatorView, InstanceInput, NodeId, PromotionRule};
+use primus_mysql::probe::SemiSyncStatus;
+use primus_mysql::status::{IoThreadState, ReplicationError, UsingGtid};
+use primus_mysql::{Flavor, GtidState, Observation, ProbeError, ProbeStage, ReplicaStatus, ServerInfo, Version};
+use primus_types::{InstanceAddr, InstanceRole};
+use std::collections::BTreeMap;
+
+pub const NOW: u64 = 10_000_000;
+pub const P: u16 = 3306;
+pub const R1: u16 = 3307;
+pub const R2: u16 = 3308;
+pub const R3: u16 = 3309;
+
+pub fn a(port: u16) -> InstanceAddr {
+    InstanceAddr::new("127.0.0.1", port).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn server_id(port: u16) -> u32 {
+    u32::from(port) - 3305
+}
+
+/// A MariaDB GTID state from `gtid_current_pos`, `gtid_slave_pos` and `gtid_binlog_state`.
+pub fn maria(current: &str, slave: &str, binlog_state: &str) -> GtidState {
+    GtidState::MariaDb {
+        current_pos: current.parse().unwrap_or_else(|e| panic!("{e}")),
+        binlog_pos: current.parse().unwrap_or_else(|e| panic!("{e}")),
+        slave_pos: slave.parse().unwrap_or_else(|e| panic!("{e}")),
+        strict_mode: true,
+        domain_id: 0,
+        binlog_state: binlog_state.parse().unwrap_or_else(|e| panic!("{e}")),
+    }
+}
+
+/// A MySQL GTID state.
+pub fn mysql(executed: &str) -> GtidState {
+    GtidState::MySql {
+        executed: executed.parse().unwrap_or_else(|e| panic!("{e}")),
+        purged: Default::default(),
+        mode: "ON".into(),
+    }
+}
+
+/// A MariaDB 10.11.6 server, read-only, binlog with log_slave_updates, at `0-1-100`.
+pub fn observation(port: u16) -> Observation {
+    Observation {
+        addr: a(port),
+        taken_at_ms: NOW - 200,
+        latency_us: 400,
+        connect_us: None,
+        server: ServerInfo {
+            flavor: Flavor::MariaDb,
+            version: Version::new(10, 11, 6),
+            version_string: "10.11.6-MariaDB".into(),
+            version_comment: "MariaDB Server".into(),
+        },
+        server_id: server_id(port),
+        server_uuid: None,
+        uptime_s: Some(86_400),
+        read_only: true,
+        super_read_only: None,
+        log_bin: true,
+        log_slave_updates: true,
+        binlog_format: Some("ROW".into()),
+        gtid: maria("0-1-100", "0-1-100", "0-1-100"),
+        replication: Vec::new(),
+        semi_sync: SemiSyncStatus::default(),
+        replicas: Vec::new(),
+        binlog_dump_threads: 0,
+        heartbeat: Vec::new(),
+        heartbeat_error: None,
+    }
+}
+
+/// A healthy replication row from `source`.
+pub fn row(source: u16) -> ReplicaStatus {
+    ReplicaStatus {
+        channel: String::new(),
+        source_host: "127.0.0.1".into(),
+        source_port: source,
+        source_user: "repl".into(),
+        source_server_id: Some(server_id(source)),
+        source_uuid: None,
+        io_running: IoThreadState::Yes,
+        sql_running: true,
+        io_state: "Waiting for master to send event".into(),
+        sql_state: "Slave has read all relay log; waiting for more updates".into(),
+        last_io_error: None,
+        last_sql_error: None,
+        seconds_behind: Some(0),
+        read_coord: None,
+        exec_coord: None,
+        relay_log_space: Some(1024),
+        sql_delay: Some(0),
+        retrieved_gtid_set: None,
+        executed_gtid_set: None,
+        auto_position: None,
+        using_gtid: Some(UsingGtid::SlavePos),
+        gtid_io_pos: Some("0-1-100".parse().unwrap_or_else(|e| panic!("{e}"))),
+        gtid_slave_pos: Some("0-1-100".parse().unwrap_or_else(|e| panic!("{e}"))),
+        heartbeat_period_s: Some(0.5),
+        received_heartbeats: Some(1000),
+        retried_transactions: Some(0),
+        executed_log_entries: Some(5000),
+    }
+}
+
+/// What one coordinator's latest probe got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Ok,
+    /// Connection refused.
+    Down,
+    /// Connect timeout after 800 ms.
+    Timeout,
+    /// Too many connections: alive.
+    Refused,
+    /// Access denied: alive.
+    Denied,
+}
+
+impl Seen {
+    fn result(self, obs: &Observation) -> Result<Observation, ProbeError> {
+        match self {
+            Seen::Ok => Ok(obs.clone()),
+            Seen::Down => Err(ProbeError::Unreachable { message: "connection refused".into() }),
+            Seen::Timeout => Err(ProbeError::Timeout { stage: ProbeStage::Connect, after_ms: 800 }),
+            Seen::Refused => Err(ProbeError::ConnectRejected { code: 1040, message: "Too many connections".into() }),
+            Seen::Denied => Err(ProbeError::AccessDenied { code: 1045, message: "Access denied".into() }),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub role: InstanceRole,
+    pub source: Option<u16>,
+    pub datacenter: Option<String>,
+    pub maintenance: bool,
+    pub rule: PromotionRule,
+    /// How long ago replication from the source last progressed.
+    pub progress_age: Option<u64>,
+    pub obs: Observation,
+    /// Per coordinator: what it saw, and how long ago.
+    pub views: BTreeMap<NodeId, (Seen, u64)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sim {
+    pub voters: Vec<NodeId>,
+    pub primary: Option<u16>,
+    pub epoch: u64,
+    pub specs: BTreeMap<u16, Spec>,
+}
+
+impl Sim {
+    pub fn new(voters: &[NodeId]) -> Sim {
+        Sim { voters: voters.to_vec(), primary: None, epoch: 7, specs: BTreeMap::new() }
+    }
+
+    /// Primary P with replicas R1 and R2, all healthy, three voters.
+    pub fn standard() -> Sim {
+        Sim::new(&[1, 2, 3]).primary(P).replica(R1, P).replica(R2, P)
+    }
+
+    /// Primary P with replicas R1, R2, R3, and P dead: unreachable from every voter, every
+    /// replica's IO thread connecting for 2.1 s.
+    pub fn dead_primary() -> Sim {
+        let mut s = Sim::standard().replica(R3, P).seen_all(P, Seen::Down);
+        for r in [R1, R2, R3] {
+            s = s.io(r, IoThreadState::Connecting).progress(r, Some(2100));
+            s = s.with_row(r, |row| row.seconds_behind = None);
+        }
+        s
+    }
+
+    fn views_all(&self) -> BTreeMap<NodeId, (Seen, u64)> {
+        self.voters.iter().map(|n| (*n, (Seen::Ok, 200))).collect()
+    }
+
+    pub fn primary(mut self, port: u16) -> Sim {
+        let mut obs = observation(port);
+        obs.read_only = false;
+        obs.gtid = maria("0-1-100", "", "0-1-100");
+        let views = self.views_all();
+        self.primary = Some(port);
+        self.specs.insert(
+            port,
+            Spec {
+                role: InstanceRole::Primary,
+                source: None,
+                datacenter: None,
+                maintenance: false,
+                rule: PromotionRule::Neutral,
+                progress_age: None,
+                obs,
+                views,
+            },
+        );
+        self
+    }
+
+    /// A healthy replica of `source` (which becomes an intermediate unless it is the primary).
+    pub fn replica(mut self, port: u16, source: u16) -> Sim {
+        let mut obs = observation(port);
+        obs.replication.push(row(source));
+        let views = self.views_all();
+        if let Some(s) = self.specs.get_mut(&source) {
+            if s.role == InstanceRole::Replica {
+                s.role = InstanceRole::Intermediate;
+            }
+        }
+        self.specs.insert(
+            port,
+            Spec {
+                role: InstanceRole::Replica,
+                source: Some(source),
+                datacenter: None,
+                maintenance: false,
+                rule: PromotionRule::Neutral,
+                progress_age: Some(100),
+                obs,
+                views,
+            },
+        );
+        self
+    }
+
+    /// A source-less, non-primary instance (a detached or demoted old primary).
+    pub fn detached(mut self, port: u16) -> Sim {
+        let views = self.views_all();
+        self.specs.insert(
+            port,
+            Spec {
+                role: InstanceRole::Detached,
+                source: None,
+                datacenter: None,
+                maintenance: false,
+                rule: PromotionRule::Neutral,
+                progress_age: None,
+                obs: observation(port),
+                views,
+            },
+        );
+        self
+    }
+
+    pub fn spec(mut self, port: u16, f: impl FnOnce(&mut Spec)) -> Sim {
+        f(self.specs.get_mut(&port).unwrap_or_else(|| panic!("no instance {port}")));
+        self
+    }
+
+    pub fn obs(self, port: u16, f: impl FnOnce(&mut Observation)) -> Sim {
+        self.spec(port, |s| f(&mut s.obs))
+    }
+
+    pub fn with_row(self, port: u16, f: impl FnOnce(&mut ReplicaStatus)) -> Sim {
+        self.obs(port, |o| f(o.replication.first_mut().unwrap_or_else(|| panic!("{port} is not a replica"))))
+    }
+
+    /// Coordinator `node` saw `seen`, 200 ms ago.
+    pub fn seen(self, port: u16, node: NodeId, seen: Seen) -> Sim {
+        self.spec(port, |s| {
+            s.views.insert(node, (seen, 200));
+        })
+    }
+
+    pub fn seen_all(mut self, port: u16, seen: Seen) -> Sim {
+        for n in self.voters.clone() {
+            self = self.seen(port, n, seen);
+        }
+        self
+    }
+
+    /// Coordinator `node`'s view of `port` is `age_ms` old.
+    pub fn age(self, port: u16, node: NodeId, age_ms: u64) -> Sim {
+        self.spec(port, |s| {
+            s.views.get_mut(&node).unwrap_or_else(|| panic!("no view")).1 = age_ms;
+        })
+    }
+
+    pub fn no_view(self, port: u16, node: NodeId) -> Sim {
+        self.spec(port, |s| {
+            s.views.remove(&node);
+        })
+    }
+
+    pub fn io(self, port: u16, io: IoThreadState) -> Sim {
+        self.with_row(port, |r| {
+            r.io_running = io;
+            if io != IoThreadState::Yes {
+                r.io_state = "Reconnecting after a failed master event read".into();
+                r.last_io_error = Some(ReplicationError {
+                    errno: 2003,
+                    message: "error reconnecting to master".into(),
+                    timestamp: None,
+                });
+            }
+        })
+    }
+
+    /// Stops the SQL thread on a duplicate-key error.
+    pub fn sql_stopped(self, port: u16) -> Sim {
+        self.with_row(port, |r| {
+            r.sql_running = false;
+            r.seconds_behind = None;
+            r.last_sql_error = Some(ReplicationError {
+                errno: 1062,
+                message: "Duplicate entry '1' for key 'PRIMARY'".into(),
+                timestamp: None,
+            });
+        })
+    }
+
+    pub fn progress(self, port: u16, age_ms: Option<u64>) -> Sim {
+        self.spec(port, |s| s.progress_age = age_ms)
+    }
+
+    pub fn writable(self, port: u16) -> Sim {
+        self.obs(port, |o| o.read_only = false)
+    }
+
+    pub fn maintenance(self, port: u16) -> Sim {
+        self.spec(port, |s| s.maintenance = true)
+    }
+
+    pub fn rule(self, port: u16, rule: PromotionRule) -> Sim {
+        self.spec(port, |s| s.rule = rule)
+    }
+
+    pub fn dc(self, port: u16, dc: &str) -> Sim {
+        self.spec(port, |s| s.datacenter = Some(dc.into()))
+    }
+
+    /// MariaDB replica state: `gtid_current_pos` (also its slave position and binlog state) and
+    /// `Gtid_IO_Pos`.
+    pub fn gtid(self, port: u16, current: &str, io_pos: &str) -> Sim {
+        self.gtid_state(port, maria(current, current, current), io_pos)
+    }
+
+    pub fn gtid_state(self, port: u16, state: GtidState, io_pos: &str) -> Sim {
+        let io = io_pos.parse().unwrap_or_else(|e| panic!("{e}"));
+        self.obs(port, |o| {
+            o.gtid = state;
+            if let Some(r) = o.replication.first_mut() {
+                r.gtid_io_pos = Some(io);
+            }
+        })
+    }
+
+    pub fn version(self, port: u16, major: u16, minor: u16, patch: u16) -> Sim {
+        self.obs(port, |o| o.server.version = Version::new(major, minor, patch))
+    }
+
+    pub fn input(&self) -> ClusterInput {
+        let instances = self
+            .specs
+            .iter()
+            .map(|(port, s)| {
+                let views = s
+                    .views
+                    .iter()
+                    .map(|(n, (seen, age))| (*n, CoordinatorView { at_ms: NOW - age, result: seen.result(&s.obs) }))
+                    .collect();
+                let inst = InstanceInput {
+                    addr: a(*port),
+                    role: s.role,
+                    source: s.source.map(a),
+                    datacenter: s.datacenter.clone(),
+                    views,
+                    io_progress_at_ms: s.progress_age.map(|age| NOW - age),
+                    maintenance: s.maintenance,
+                    promotion_rule: s.rule,
+                };
+                (a(*port), inst)
+            })
+            .collect();
+        ClusterInput {
+            cluster: "shop".into(),
+            epoch: self.epoch,
+            now_ms: NOW,
+            primary: self.primary.map(a),
+            voters: self.voters.iter().copied().collect(),
+            instances,
+        }
+    }
+}
