@@ -13,43 +13,26 @@ use std::time::{Duration, Instant};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let sequential: usize = std::env::var("BENCH_SEQUENTIAL")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    let secs: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let g = CoordinatorGroup::start(GroupOptions {
-        nodes: 3,
-        ..Default::default()
-    })?;
+    let sequential: usize = std::env::var("BENCH_SEQUENTIAL").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let secs: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let g = CoordinatorGroup::start(GroupOptions { nodes: 3, ..Default::default() })?;
     let (leader, _) = g.wait_leader(&[], Duration::from_secs(20)).await?;
     let seeds = vec!["127.0.0.1:3306".to_string()];
 
     // 1. One writer, one write at a time, sent to the leader: pure commit latency.
     let client = g.client_for(&[leader], Duration::from_secs(10))?;
     for i in 0..20 {
-        client
-            .register_cluster(&format!("warm-{i}"), &seeds, ClusterSettings::default())
-            .await?;
+        client.register_cluster(&format!("warm-{i}"), &seeds, ClusterSettings::default()).await?;
     }
     let mut lat = Vec::with_capacity(sequential);
     let t0 = Instant::now();
     for i in 0..sequential {
         let t = Instant::now();
-        client
-            .register_cluster(&format!("seq-{i}"), &seeds, ClusterSettings::default())
-            .await?;
+        client.register_cluster(&format!("seq-{i}"), &seeds, ClusterSettings::default()).await?;
         lat.push(t.elapsed());
     }
     let seq_rate = sequential as f64 / t0.elapsed().as_secs_f64();
-    println!(
-        "raft_commit sequential (1 writer, to leader): {} ; {:.0} commits/s",
-        summarize(lat.clone()),
-        seq_rate
-    );
+    println!("raft_commit sequential (1 writer, to leader): {} ; {:.0} commits/s", summarize(lat.clone()), seq_rate);
 
     // 2. Concurrent writers: throughput with group commit.
     for writers in [16usize, 64] {
@@ -83,11 +66,7 @@ async fn main() -> anyhow::Result<()> {
             all.extend(t.await?);
         }
         let rate = done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64();
-        println!(
-            "raft_commit concurrent ({writers} writers): {:.0} commits/s ; {}",
-            rate,
-            summarize(all)
-        );
+        println!("raft_commit concurrent ({writers} writers): {:.0} commits/s ; {}", rate, summarize(all));
     }
     let p50 = quantile_ms(&lat, 0.5);
     println!(

@@ -26,57 +26,30 @@ fn malformed_configs_exit_2_with_one_line_naming_the_key() -> anyhow::Result<()>
     let good = GOOD.replace("DATA", &data.display().to_string());
     let cases: Vec<(&str, String, &str)> = vec![
         ("missing key", good.replace("node_id = 1\n", ""), "node_id"),
-        (
-            "malformed value",
-            good.replace("node_id = 1", "node_id = \"one\""),
-            "node_id",
-        ),
+        ("malformed value", good.replace("node_id = 1", "node_id = \"one\""), "node_id"),
         ("unknown key", format!("colour = \"blue\"\n{good}"), "colour"),
-        (
-            "unknown nested key",
-            good.replace("heartbeat_ms = 50", "heartbeat_ms = 50\nturbo = 1"),
-            "turbo",
-        ),
-        (
-            "bad listen address",
-            good.replace("listen = \"127.0.0.1:17999\"", "listen = \"localhost\""),
-            "listen",
-        ),
+        ("unknown nested key", good.replace("heartbeat_ms = 50", "heartbeat_ms = 50\nturbo = 1"), "turbo"),
+        ("bad listen address", good.replace("listen = \"127.0.0.1:17999\"", "listen = \"localhost\""), "listen"),
         (
             "bad member address",
             good.replace("addr = \"127.0.0.1:17999\"", "addr = \"nope\""),
             "initial_members[0].addr",
         ),
-        (
-            "node not an initial member",
-            good.replace("node_id = 1", "node_id = 7"),
-            "initial_members",
-        ),
+        ("node not an initial member", good.replace("node_id = 1", "node_id = 7"), "initial_members"),
         ("not TOML at all", "{{{ this is not toml".to_string(), "line 1"),
-        (
-            "bad election timeouts",
-            good.replace("heartbeat_ms = 50", "heartbeat_ms = 400"),
-            "election_timeout_min_ms",
-        ),
+        ("bad election timeouts", good.replace("heartbeat_ms = 50", "heartbeat_ms = 400"), "election_timeout_min_ms"),
     ];
     for (what, text, key) in cases {
         let path = dir.path().join("primusd.toml");
         std::fs::write(&path, &text)?;
         let out = Command::new(bin("primusd")?).arg("--config").arg(&path).output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.code(),
-            Some(2),
-            "{what}: expected exit 2, got {:?}: {stderr}",
-            out.status
-        );
+        assert_eq!(out.status.code(), Some(2), "{what}: expected exit 2, got {:?}: {stderr}", out.status);
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{what}: error is not one line: {stderr}");
         assert!(lines[0].contains(key), "{what}: error does not name `{key}`: {stderr}");
     }
-    let out = Command::new(bin("primusd")?)
-        .args(["--config", "/nonexistent/primusd.toml"])
-        .output()?;
+    let out = Command::new(bin("primusd")?).args(["--config", "/nonexistent/primusd.toml"]).output()?;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/primusd.toml"));
     Ok(())
@@ -87,11 +60,7 @@ fn primusctl_with_every_endpoint_down_fails_clearly() -> anyhow::Result<()> {
     let p1 = primus_testkit::ports::free_port()?;
     let p2 = primus_testkit::ports::free_port()?;
     let eps = format!("127.0.0.1:{p1},127.0.0.1:{p2}");
-    for args in [
-        vec!["status"],
-        vec!["cluster", "list"],
-        vec!["cluster", "add", "x", "--seed", "h:1"],
-    ] {
+    for args in [vec!["status"], vec!["cluster", "list"], vec!["cluster", "add", "x", "--seed", "h:1"]] {
         for output in ["table", "json"] {
             let out = Command::new(bin("primusctl")?)
                 .args(["--endpoints", &eps, "--timeout", "2s", "--output", output])
@@ -100,10 +69,7 @@ fn primusctl_with_every_endpoint_down_fails_clearly() -> anyhow::Result<()> {
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "{args:?} succeeded with no endpoint up");
             assert_eq!(stderr.lines().count(), 1, "{args:?}: not one line: {stderr}");
-            assert!(
-                stderr.contains("no coordinator answered"),
-                "{args:?}: unclear: {stderr}"
-            );
+            assert!(stderr.contains("no coordinator answered"), "{args:?}: unclear: {stderr}");
             if output == "json" {
                 let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
                 assert!(v["error"].is_string());
@@ -115,10 +81,7 @@ fn primusctl_with_every_endpoint_down_fails_clearly() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_grpc_port_leaves_primusd_running() -> anyhow::Result<()> {
-    let mut g = CoordinatorGroup::start(GroupOptions {
-        nodes: 3,
-        ..Default::default()
-    })?;
+    let mut g = CoordinatorGroup::start(GroupOptions { nodes: 3, ..Default::default() })?;
     g.wait_leader(&[], Duration::from_secs(20)).await?;
     let addr = g.node(1).addr();
     let mut seed = 0x9e3779b97f4a7c15u64;
@@ -141,16 +104,10 @@ async fn garbage_on_the_grpc_port_leaves_primusd_running() -> anyhow::Result<()>
     // Well-formed gRPC with an undecodable Raft payload.
     let ch = tonic_channel(&addr).await?;
     let mut raft = primus_testkit::raft_client(ch);
-    let r = raft
-        .append_entries(primus_testkit::raft_request(1, b"\xff\x00 not json".to_vec()))
-        .await;
+    let r = raft.append_entries(primus_testkit::raft_request(1, b"\xff\x00 not json".to_vec())).await;
     assert_eq!(r.err().map(|s| s.code()), Some(tonic::Code::InvalidArgument));
 
-    assert!(
-        g.node_mut(1).is_running(),
-        "primusd died on garbage input:\n{}",
-        g.node(1).log_tail(20)
-    );
+    assert!(g.node_mut(1).is_running(), "primusd died on garbage input:\n{}", g.node(1).log_tail(20));
     let client = g.client(Duration::from_secs(5))?;
     register(&client, "still-works").await?;
     let s = g.status_of(1).await?;
@@ -159,7 +116,5 @@ async fn garbage_on_the_grpc_port_leaves_primusd_running() -> anyhow::Result<()>
 }
 
 async fn tonic_channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
-    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?)
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?)
 }

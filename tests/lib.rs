@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 
 /// Register `name` through `client`; Ok(true) when acknowledged.
 pub async fn register(client: &Client, name: &str) -> anyhow::Result<u64> {
-    let r = client
-        .register_cluster(name, &["127.0.0.1:3306".to_string()], ClusterSettings::default())
-        .await?;
+    let r = client.register_cluster(name, &["127.0.0.1:3306".to_string()], ClusterSettings::default()).await?;
     Ok(r.log_index)
 }
 
@@ -71,6 +69,9 @@ pub mod world {
         pub password: String,
         pub probe_interval_ms: u64,
         pub query_timeout_ms: u64,
+        pub fault_injection: bool,
+        /// Extra TOML for every coordinator (e.g. a `[failover]` section).
+        pub extra_config: String,
     }
 
     impl Default for WorldOptions {
@@ -82,6 +83,8 @@ pub mod world {
                 password: "primus-pass".into(),
                 probe_interval_ms: 300,
                 query_timeout_ms: 800,
+                fault_injection: false,
+                extra_config: String::new(),
             }
         }
     }
@@ -92,13 +95,19 @@ pub mod world {
             let secrets = tempfile::tempdir()?;
             let pw = secrets.path().join("mysql.pass");
             std::fs::write(&pw, format!("{}\n", o.password))?;
+            let rpw = secrets.path().join("repl.pass");
+            std::fs::write(&rpw, format!("{}\n", sandbox.credentials().replication.password))?;
             let extra = format!(
                 "[mysql]\nuser = \"primus\"\npassword_file = \"{}\"\nprobe_interval_ms = {}\n\
-                 query_timeout_ms = {}\nconnect_timeout_ms = {}\nheartbeat_interval_ms = 200\n",
+                 query_timeout_ms = {}\nconnect_timeout_ms = {}\nheartbeat_interval_ms = 200\n\
+                 replication_user = \"{}\"\nreplication_password_file = \"{}\"\n{}\n",
                 pw.display(),
                 o.probe_interval_ms,
                 o.query_timeout_ms,
-                o.query_timeout_ms
+                o.query_timeout_ms,
+                sandbox.credentials().replication.user,
+                rpw.display(),
+                o.extra_config
             );
             let mut node_config = BTreeMap::new();
             let links = if o.proxied {
@@ -118,15 +127,11 @@ pub mod world {
                 nodes: o.coordinators,
                 extra_config: extra,
                 node_config,
+                fault_injection: o.fault_injection,
                 ..Default::default()
             })?;
             group.wait_leader(&[], Duration::from_secs(20)).await?;
-            Ok(World {
-                sandbox,
-                group,
-                links,
-                _secrets: secrets,
-            })
+            Ok(World { sandbox, group, links, _secrets: secrets })
         }
 
         pub fn client(&self) -> anyhow::Result<primus_client::Client> {
@@ -162,9 +167,6 @@ pub mod world {
     }
 
     pub fn inst<'a>(t: &'a GetTopologyResponse, addr: &str) -> &'a InstanceView {
-        t.instances
-            .iter()
-            .find(|i| i.addr == addr)
-            .unwrap_or_else(|| panic!("{addr} not in topology {t:#?}"))
+        t.instances.iter().find(|i| i.addr == addr).unwrap_or_else(|| panic!("{addr} not in topology {t:#?}"))
     }
 }

@@ -39,11 +39,7 @@ async fn discovery_from_primary_or_replica_finds_the_same_three_instances() -> a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_is_discovered_with_its_intermediate_primary() -> anyhow::Result<()> {
-    let w = World::start(WorldOptions {
-        topology: Topology::Chain(1),
-        ..Default::default()
-    })
-    .await?;
+    let w = World::start(WorldOptions { topology: Topology::Chain(1), ..Default::default() }).await?;
     let leaf = w.sandbox.instance(2).addr();
     add(&w, "chain", &leaf).await?;
     let t = w.topology("chain").await?;
@@ -63,17 +59,9 @@ async fn sigstopped_primary_times_out_while_others_keep_their_pace_and_heartbeat
     add(&w, "c", &primary).await?;
     let replica = w.sandbox.replicas()[0].addr();
     // Heartbeats flow before the fault.
-    w.wait_topology(
-        "c",
-        "heartbeat delay under 1 s on replicas",
-        Duration::from_secs(10),
-        |t| {
-            t.instances
-                .iter()
-                .filter(|i| i.role == "replica")
-                .all(|i| i.heartbeat_delay_ms.is_some_and(|d| d < 1000))
-        },
-    )
+    w.wait_topology("c", "heartbeat delay under 1 s on replicas", Duration::from_secs(10), |t| {
+        t.instances.iter().filter(|i| i.role == "replica").all(|i| i.heartbeat_delay_ms.is_some_and(|d| d < 1000))
+    })
     .await?;
 
     let stopped_at = Instant::now();
@@ -109,28 +97,12 @@ async fn sigstopped_primary_times_out_while_others_keep_their_pace_and_heartbeat
         max_gap,
         inst(&t, &primary).last_error
     );
-    assert!(
-        detected < Duration::from_millis(800 + 300 + 1500),
-        "timeout took {detected:?}"
-    );
-    assert!(
-        replica_samples.len() >= 6,
-        "replica probes stalled: {replica_samples:?}"
-    );
-    assert!(
-        max_gap <= 800,
-        "a replica's probe waited {max_gap} ms while the primary hung"
-    );
-    let delays: Vec<i64> = t2
-        .instances
-        .iter()
-        .filter(|i| i.role == "replica")
-        .filter_map(|i| i.heartbeat_delay_ms)
-        .collect();
-    assert!(
-        delays.iter().all(|d| *d > 2000),
-        "heartbeat delay did not grow while the primary hung: {delays:?}"
-    );
+    assert!(detected < Duration::from_millis(800 + 300 + 1500), "timeout took {detected:?}");
+    assert!(replica_samples.len() >= 6, "replica probes stalled: {replica_samples:?}");
+    assert!(max_gap <= 800, "a replica's probe waited {max_gap} ms while the primary hung");
+    let delays: Vec<i64> =
+        t2.instances.iter().filter(|i| i.role == "replica").filter_map(|i| i.heartbeat_delay_ms).collect();
+    assert!(delays.iter().all(|d| *d > 2000), "heartbeat delay did not grow while the primary hung: {delays:?}");
     Ok(())
 }
 
@@ -140,10 +112,8 @@ async fn killed_replica_is_unreachable_from_every_coordinator_and_comes_back() -
     add(&w, "c", &w.sandbox.primary().addr()).await?;
     let victim = &w.sandbox.replicas()[1];
     let addr = victim.addr();
-    w.wait_topology("c", "all coordinators reporting", Duration::from_secs(10), |t| {
-        inst(t, &addr).seen_by.len() == 3
-    })
-    .await?;
+    w.wait_topology("c", "all coordinators reporting", Duration::from_secs(10), |t| inst(t, &addr).seen_by.len() == 3)
+        .await?;
     victim.kill9()?;
     let t = w
         .wait_topology("c", "replica unreachable from 3/3", Duration::from_secs(10), |t| {
@@ -151,10 +121,7 @@ async fn killed_replica_is_unreachable_from_every_coordinator_and_comes_back() -
             i.seen_by.len() == 3 && i.seen_by.values().all(|ok| !ok)
         })
         .await?;
-    assert!(
-        inst(&t, &addr).flags.iter().any(|f| f.contains("unreachable from 3/3")),
-        "{t:#?}"
-    );
+    assert!(inst(&t, &addr).flags.iter().any(|f| f.contains("unreachable from 3/3")), "{t:#?}");
     victim.restart().await?;
     let t = w
         .wait_topology("c", "replica back", Duration::from_secs(20), |t| {
@@ -178,31 +145,19 @@ async fn stopped_sql_thread_grows_heartbeat_delay_which_recovers_after_start() -
     .await?;
     r.stop_replication_sql().await?;
     let t = w
-        .wait_topology(
-            "c",
-            "heartbeat delay > 2 s and not replicating",
-            Duration::from_secs(10),
-            |t| {
-                let i = inst(t, &addr);
-                i.heartbeat_delay_ms.is_some_and(|d| d > 2000) && i.sql_running == Some(false)
-            },
-        )
+        .wait_topology("c", "heartbeat delay > 2 s and not replicating", Duration::from_secs(10), |t| {
+            let i = inst(t, &addr);
+            i.heartbeat_delay_ms.is_some_and(|d| d > 2000) && i.sql_running == Some(false)
+        })
         .await?;
-    assert!(
-        inst(&t, &addr).flags.iter().any(|f| f == "not replicating"),
-        "{:?}",
-        inst(&t, &addr).flags
-    );
+    assert!(inst(&t, &addr).flags.iter().any(|f| f == "not replicating"), "{:?}", inst(&t, &addr).flags);
     r.start_replication_sql().await?;
     let started = Instant::now();
     w.wait_topology("c", "heartbeat delay back under 1 s", Duration::from_secs(10), |t| {
         inst(t, &addr).heartbeat_delay_ms.is_some_and(|d| d < 1000)
     })
     .await?;
-    println!(
-        "heartbeat delay back under 1 s {} ms after START SLAVE SQL_THREAD",
-        started.elapsed().as_millis()
-    );
+    println!("heartbeat delay back under 1 s {} ms after START SLAVE SQL_THREAD", started.elapsed().as_millis());
     Ok(())
 }
 
@@ -220,50 +175,33 @@ async fn write_on_a_replica_shows_as_errant_gtid() -> anyhow::Result<()> {
         })
         .await?;
     let other = w.sandbox.replicas()[1].addr();
-    assert!(
-        !inst(&t, &other).flags.iter().any(|f| f.starts_with("errant")),
-        "clean replica flagged"
-    );
+    assert!(!inst(&t, &other).flags.iter().any(|f| f.starts_with("errant")), "clean replica flagged");
     println!("flags on the written replica: {:?}", inst(&t, &addr).flags);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_cut_from_one_coordinator_shows_in_seen_by_and_heals() -> anyhow::Result<()> {
-    let w = World::start(WorldOptions {
-        proxied: true,
-        ..Default::default()
-    })
-    .await?;
+    let w = World::start(WorldOptions { proxied: true, ..Default::default() }).await?;
     let primary = w.sandbox.primary().addr();
     add(&w, "c", &primary).await?;
     let all_ok = |t: &primus_client::GetTopologyResponse| {
         let i = inst(t, &primary);
         i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok)
     };
-    w.wait_topology("c", "all coordinators see the primary", Duration::from_secs(10), all_ok)
-        .await?;
+    w.wait_topology("c", "all coordinators see the primary", Duration::from_secs(10), all_ok).await?;
     let links = w.links.as_ref().expect("proxied world");
     // Coordinator 2 is source index 1; the primary is target index 0.
     links.cut(1, 0, CutMode::Silent);
     let t = w
-        .wait_topology(
-            "c",
-            "primary unseen by coordinator 2 only",
-            Duration::from_secs(10),
-            |t| {
-                let s = &inst(t, &primary).seen_by;
-                s.get(&2) == Some(&false) && s.get(&1) == Some(&true) && s.get(&3) == Some(&true)
-            },
-        )
+        .wait_topology("c", "primary unseen by coordinator 2 only", Duration::from_secs(10), |t| {
+            let s = &inst(t, &primary).seen_by;
+            s.get(&2) == Some(&false) && s.get(&1) == Some(&true) && s.get(&3) == Some(&true)
+        })
         .await?;
-    assert!(inst(&t, &primary)
-        .flags
-        .iter()
-        .any(|f| f.contains("unreachable from 1/3")));
+    assert!(inst(&t, &primary).flags.iter().any(|f| f.contains("unreachable from 1/3")));
     links.heal(1, 0);
-    w.wait_topology("c", "seen by all again", Duration::from_secs(10), all_ok)
-        .await?;
+    w.wait_topology("c", "seen by all again", Duration::from_secs(10), all_ok).await?;
     Ok(())
 }
 
@@ -273,19 +211,13 @@ async fn bad_cluster_requests_give_clear_errors_and_commit_nothing() -> anyhow::
     let client = w.client()?;
     let primary = w.sandbox.primary().addr();
 
-    let e = client
-        .topology("nope", ReadConsistency::Linearizable)
-        .await
-        .unwrap_err();
+    let e = client.topology("nope", ReadConsistency::Linearizable).await.unwrap_err();
     assert_eq!(e.code(), Some(tonic_code_not_found()), "{e}");
     assert!(e.to_string().contains("not registered"), "{e}");
 
     let dead = format!("127.0.0.1:{}", primus_testkit::ports::free_port()?);
     let e = add(&w, "dead", &dead).await.unwrap_err();
-    assert!(
-        e.to_string().contains("unreachable") && e.to_string().contains("nothing was registered"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("unreachable") && e.to_string().contains("nothing was registered"), "{e}");
 
     add(&w, "c", &primary).await?;
     let e = add(&w, "c", &primary).await.unwrap_err();
@@ -299,12 +231,7 @@ async fn bad_cluster_requests_give_clear_errors_and_commit_nothing() -> anyhow::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_mysql_password_is_refused_and_commits_nothing() -> anyhow::Result<()> {
-    let w = World::start(WorldOptions {
-        password: "wrong".into(),
-        coordinators: 3,
-        ..Default::default()
-    })
-    .await?;
+    let w = World::start(WorldOptions { password: "wrong".into(), coordinators: 3, ..Default::default() }).await?;
     let e = add(&w, "c", &w.sandbox.primary().addr()).await.unwrap_err();
     assert!(e.to_string().to_lowercase().contains("access denied"), "{e}");
     let clusters = w.client()?.list_clusters(ReadConsistency::Linearizable).await?;

@@ -9,10 +9,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_registrations_survive_repeated_kill9_of_random_nodes() -> anyhow::Result<()> {
-    let mut g = CoordinatorGroup::start(GroupOptions {
-        nodes: 3,
-        ..Default::default()
-    })?;
+    let mut g = CoordinatorGroup::start(GroupOptions { nodes: 3, ..Default::default() })?;
     g.wait_leader(&[], Duration::from_secs(20)).await?;
     let client = g.client(Duration::from_secs(5))?;
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
@@ -44,10 +41,7 @@ async fn acknowledged_registrations_survive_repeated_kill9_of_random_nodes() -> 
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..900))).await;
         // Prefer the leader half of the time.
         let victim = if rng.gen_bool(0.5) {
-            g.wait_leader(&[], Duration::from_secs(10))
-                .await
-                .map(|(l, _)| l)
-                .unwrap_or(1)
+            g.wait_leader(&[], Duration::from_secs(10)).await.map(|(l, _)| l).unwrap_or(1)
         } else {
             rng.gen_range(1..=3)
         };
@@ -60,15 +54,8 @@ async fn acknowledged_registrations_survive_repeated_kill9_of_random_nodes() -> 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (attempts, failures) = writer.await?;
     let acked = acked.lock().unwrap().clone();
-    println!(
-        "kills {kills:?}; {attempts} writes attempted, {} acknowledged, {failures} failed",
-        acked.len()
-    );
-    assert!(
-        acked.len() > 20,
-        "too few writes acknowledged ({}) to prove anything",
-        acked.len()
-    );
+    println!("kills {kills:?}; {attempts} writes attempted, {} acknowledged, {failures} failed", acked.len());
+    assert!(acked.len() > 20, "too few writes acknowledged ({}) to prove anything", acked.len());
     g.wait_leader(&[], Duration::from_secs(10)).await?;
     for id in 1..=3 {
         wait_has_all(&g, id, &acked, Duration::from_secs(20)).await?;

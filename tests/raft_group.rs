@@ -7,10 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 async fn leader_kill9_then_new_leader_commits_and_old_one_rejoins(n: usize) -> anyhow::Result<()> {
-    let mut g = CoordinatorGroup::start(GroupOptions {
-        nodes: n,
-        ..Default::default()
-    })?;
+    let mut g = CoordinatorGroup::start(GroupOptions { nodes: n, ..Default::default() })?;
     let (leader, term) = g.wait_leader(&[], Duration::from_secs(20)).await?;
     // Exactly one node believes it is leader.
     let mut leaders = 0;
@@ -42,10 +39,7 @@ async fn leader_kill9_then_new_leader_commits_and_old_one_rejoins(n: usize) -> a
     );
     assert_ne!(new_leader, leader);
     assert!(new_term > term);
-    assert!(
-        elapsed < Duration::from_secs(2),
-        "new leader took {elapsed:?} to commit (limit 2 s)"
-    );
+    assert!(elapsed < Duration::from_secs(2), "new leader took {elapsed:?} to commit (limit 2 s)");
 
     // The killed node restarts, rejoins as a follower and catches up.
     g.start_node(leader)?;
@@ -68,10 +62,7 @@ async fn five_node_group_elects_one_leader_and_replaces_a_killed_one() -> anyhow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_cleanly_and_restart_recovers_state() -> anyhow::Result<()> {
-    let mut g = CoordinatorGroup::start(GroupOptions {
-        nodes: 3,
-        ..Default::default()
-    })?;
+    let mut g = CoordinatorGroup::start(GroupOptions { nodes: 3, ..Default::default() })?;
     g.wait_leader(&[], Duration::from_secs(20)).await?;
     let client = g.client(Duration::from_secs(10))?;
     let mut acked = BTreeSet::new();
@@ -81,12 +72,7 @@ async fn sigterm_stops_cleanly_and_restart_recovers_state() -> anyhow::Result<()
     }
     wait_has_all(&g, 2, &acked, Duration::from_secs(10)).await?;
     let code = g.terminate(2, Duration::from_secs(10))?;
-    assert_eq!(
-        code,
-        Some(0),
-        "primusd did not exit 0 on SIGTERM:\n{}",
-        g.node(2).log_tail(20)
-    );
+    assert_eq!(code, Some(0), "primusd did not exit 0 on SIGTERM:\n{}", g.node(2).log_tail(20));
     assert!(g.node(2).log_tail(5).contains("stopped cleanly"));
     g.start_node(2)?;
     // Its own data comes back from disk: check before it could have heard from the leader

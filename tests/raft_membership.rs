@@ -11,16 +11,8 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_member_catches_up_from_snapshot_and_removal_keeps_group_writable() -> anyhow::Result<()> {
-    let raft = RaftTuning {
-        snapshot_every_entries: 50,
-        keep_logs_after_snapshot: 0,
-        ..Default::default()
-    };
-    let mut g = CoordinatorGroup::start(GroupOptions {
-        nodes: 3,
-        raft,
-        ..Default::default()
-    })?;
+    let raft = RaftTuning { snapshot_every_entries: 50, keep_logs_after_snapshot: 0, ..Default::default() };
+    let mut g = CoordinatorGroup::start(GroupOptions { nodes: 3, raft, ..Default::default() })?;
     g.wait_leader(&[], Duration::from_secs(20)).await?;
     let client = g.client(Duration::from_secs(10))?;
     let mut acked = BTreeSet::new();
@@ -72,10 +64,7 @@ async fn new_member_catches_up_from_snapshot_and_removal_keeps_group_writable() 
         .args(["--endpoints", &g.endpoints(), "members", "add", "5", &dead])
         .output()?;
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("no primusd answers"),
-        "dead node accepted: {err}"
-    );
+    assert!(!out.status.success() && err.contains("no primusd answers"), "dead node accepted: {err}");
     assert_eq!(client.status().await?.members.len(), 3);
 
     let addr4 = g.spawn_joining_node(4)?;
@@ -84,49 +73,23 @@ async fn new_member_catches_up_from_snapshot_and_removal_keeps_group_writable() 
         .args(["--endpoints", &g.endpoints_except(&[4]), "members", "add", "9", &addr4])
         .output()?;
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("is node 4, not node 9"),
-        "wrong id accepted: {err}"
-    );
+    assert!(!out.status.success() && err.contains("is node 4, not node 9"), "wrong id accepted: {err}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let s4 = g.status_of(4).await?;
-    assert_eq!(
-        s4.role,
-        Role::Uninitialized as i32,
-        "joining node should wait to be added, is {s4:?}"
-    );
+    assert_eq!(s4.role, Role::Uninitialized as i32, "joining node should wait to be added, is {s4:?}");
     let out = std::process::Command::new(bin("primusctl")?)
-        .args([
-            "--endpoints",
-            &g.endpoints_except(&[4]),
-            "--timeout",
-            "60s",
-            "members",
-            "add",
-            "4",
-            &addr4,
-        ])
+        .args(["--endpoints", &g.endpoints_except(&[4]), "--timeout", "60s", "members", "add", "4", &addr4])
         .args(["--datacenter", "dc4"])
         .output()?;
-    assert!(
-        out.status.success(),
-        "members add failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "members add failed: {}", String::from_utf8_lossy(&out.stderr));
 
     wait_has_all(&g, 4, &acked, Duration::from_secs(20)).await?;
     let s4 = g.status_of(4).await?;
     assert_eq!(s4.role, Role::Follower as i32);
-    assert!(
-        s4.snapshot_index.unwrap_or(0) >= 50,
-        "node 4 did not receive a snapshot: {s4:?}"
-    );
+    assert!(s4.snapshot_index.unwrap_or(0) >= 50, "node 4 did not receive a snapshot: {s4:?}");
     let status = g.client(Duration::from_secs(5))?.status().await?;
     assert_eq!(status.members.len(), 4);
-    assert!(status
-        .members
-        .iter()
-        .any(|m| m.id == 4 && m.role == Role::Follower as i32 && m.datacenter == "dc4"));
+    assert!(status.members.iter().any(|m| m.id == 4 && m.role == Role::Follower as i32 && m.datacenter == "dc4"));
 
     // Remove a follower that is not the leader.
     let (leader, _) = g.wait_leader(&[], Duration::from_secs(5)).await?;
@@ -134,11 +97,7 @@ async fn new_member_catches_up_from_snapshot_and_removal_keeps_group_writable() 
     let out = std::process::Command::new(bin("primusctl")?)
         .args(["--endpoints", &g.endpoints(), "members", "remove", &victim.to_string()])
         .output()?;
-    assert!(
-        out.status.success(),
-        "members remove failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "members remove failed: {}", String::from_utf8_lossy(&out.stderr));
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     writer.await?;
@@ -152,10 +111,7 @@ async fn new_member_catches_up_from_snapshot_and_removal_keeps_group_writable() 
         during.len(),
         failures.load(Ordering::Relaxed)
     );
-    assert!(
-        during.len() >= 10,
-        "writes did not keep committing during membership changes"
-    );
+    assert!(during.len() >= 10, "writes did not keep committing during membership changes");
     let all: BTreeSet<String> = acked.union(&during).cloned().collect();
     for id in [leader, 4] {
         wait_has_all(&g, id, &all, Duration::from_secs(10)).await?;

@@ -9,11 +9,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minority_leader_commits_nothing_and_majority_moves_on() -> anyhow::Result<()> {
-    let mut g = CoordinatorGroup::start(GroupOptions {
-        nodes: 5,
-        fault_injection: true,
-        ..Default::default()
-    })?;
+    let mut g = CoordinatorGroup::start(GroupOptions { nodes: 5, fault_injection: true, ..Default::default() })?;
     let (old_leader, old_term) = g.wait_leader(&[], Duration::from_secs(20)).await?;
     let client = g.client(Duration::from_secs(10))?;
     let mut acked = BTreeSet::new();
@@ -34,11 +30,7 @@ async fn minority_leader_commits_nothing_and_majority_moves_on() -> anyhow::Resu
     for i in 0..3 {
         let name = format!("minority-{i}");
         let r = register(&minority_client, &name).await;
-        assert!(
-            r.is_err(),
-            "a write through the minority side was acknowledged: {name} at {:?}",
-            r.ok()
-        );
+        assert!(r.is_err(), "a write through the minority side was acknowledged: {name} at {:?}", r.ok());
         minority_attempts.push(name);
     }
 
@@ -66,10 +58,7 @@ async fn minority_leader_commits_nothing_and_majority_moves_on() -> anyhow::Resu
         let have = local_clusters(&g, id).await?;
         assert_eq!(have, reference, "node {id} diverges from the leader");
         for m in &minority_attempts {
-            assert!(
-                !have.contains(m),
-                "write {m} proposed in the minority was applied on node {id}"
-            );
+            assert!(!have.contains(m), "write {m} proposed in the minority was applied on node {id}");
         }
     }
     Ok(())

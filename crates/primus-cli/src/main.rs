@@ -58,6 +58,38 @@ enum Cmd {
         #[arg(long)]
         stale: bool,
     },
+    /// Emergency failover: promote the best replica (or --to HOST:PORT) now. For a
+    /// primary that is dead; the old primary is fenced where reachable.
+    Failover {
+        name: String,
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Planned switchover: the old primary goes read-only, the candidate catches up
+    /// exactly, is promoted, and the old primary replicates from it.
+    Switchover {
+        name: String,
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Every failover of a cluster with its steps, times, analysis, epoch and outcome.
+    History { name: String },
+    /// The leader's current analysis of a cluster (code and evidence).
+    Analysis { name: String },
+    /// Acknowledge failovers (all, or one id): lifts the anti-flap block.
+    Ack { name: String, id: Option<String> },
+    /// Per-instance settings.
+    #[command(subcommand)]
+    Instance(InstanceCmd),
+    /// Put an instance (HOST:PORT) or a whole cluster in maintenance, or take it out.
+    #[command(subcommand)]
+    Maintenance(MaintenanceCmd),
+    /// Turn automatic failover of a cluster on or off, or back to the global default.
+    AutomaticFailover {
+        name: String,
+        #[arg(value_parser = ["on", "off", "default"])]
+        state: String,
+    },
     /// Show the audit trail: every command the group applied, who asked, and the outcome.
     Audit {
         /// How many of the most recent records to show.
@@ -80,6 +112,29 @@ enum MembersCmd {
     },
     /// Remove a coordinator from the group (voter or learner).
     Remove { id: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+enum InstanceCmd {
+    /// prefer | neutral | prefer_not | must_not
+    SetPromotionRule { cluster: String, instance: String, rule: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum MaintenanceCmd {
+    /// Start maintenance: no automatic failover, never promoted while it lasts.
+    Start {
+        cluster: String,
+        /// HOST:PORT; omit for the whole cluster.
+        instance: Option<String>,
+        #[arg(long)]
+        reason: String,
+        /// e.g. 30m, 2h is not supported: use 7200s.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// End maintenance.
+    End { cluster: String, instance: Option<String> },
 }
 
 #[derive(Subcommand, Debug)]
@@ -106,13 +161,8 @@ enum ClusterCmd {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (use e.g. 10s, 500ms, 2m)"))?;
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map(|i| s.split_at(i)).unwrap_or((s, "s"));
+    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?} (use e.g. 10s, 500ms, 2m)"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" | "" => n,
@@ -145,11 +195,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
-            .collect();
+        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_uppercase()).collect());
@@ -163,10 +209,15 @@ fn opt(v: Option<u64>) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let opts = ClientOptions {
-        timeout: cli.timeout,
-        ..Default::default()
+    let timeout = match cli.cmd {
+        // Adding a member may wait for a snapshot transfer: give it the server's own bound.
+        Cmd::Members(_) => cli.timeout.max(Duration::from_secs(130)),
+        // A failover's steps each have their own bound on the server; wait for them.
+        Cmd::Failover { .. } | Cmd::Switchover { .. } => cli.timeout.max(Duration::from_secs(60)),
+        _ => cli.timeout,
     };
+    let opts =
+        ClientOptions { timeout, actor: format!("primusctl {}", primus_client::default_actor()), ..Default::default() };
     let client = Client::new(std::slice::from_ref(&cli.endpoints), opts)?;
     let json_out = cli.output == Output::Json;
     let print_json = |v: Value| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -237,14 +288,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("node {id} removed (log index {})", r.log_index);
             }
         }
-        Cmd::Cluster(ClusterCmd::Add {
-            name,
-            seeds,
-            automatic_failover,
-        }) => {
-            let r = client
-                .register_cluster(&name, &seeds, ClusterSettings { automatic_failover })
-                .await?;
+        Cmd::Cluster(ClusterCmd::Add { name, seeds, automatic_failover }) => {
+            let r = client.register_cluster(&name, &seeds, ClusterSettings { automatic_failover }).await?;
             if json_out {
                 print_json(json!({"cluster": name, "seeds": seeds, "log_index": r.log_index}));
             } else {
@@ -252,11 +297,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Cluster(ClusterCmd::List { stale }) => {
-            let c = if stale {
-                ReadConsistency::Stale
-            } else {
-                ReadConsistency::Linearizable
-            };
+            let c = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
             let r = client.list_clusters(c).await?;
             if json_out {
                 let clusters: Vec<Value> = r
@@ -296,17 +337,83 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Topology { name, stale } => {
-            let c = if stale {
-                ReadConsistency::Stale
-            } else {
-                ReadConsistency::Linearizable
-            };
+            let c = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
             let t = client.topology(&name, c).await?;
             if json_out {
                 print_json(topology_json(&t));
             } else {
                 print_topology(&t);
             }
+        }
+        Cmd::Failover { name, to } => {
+            if !json_out {
+                eprintln!("failing over {name}{}…", to.as_ref().map(|t| format!(" to {t}")).unwrap_or_default());
+            }
+            let r = client.failover(&name, to.as_deref(), false).await?;
+            print_failover(r.failover.as_ref(), json_out);
+        }
+        Cmd::Switchover { name, to } => {
+            if !json_out {
+                eprintln!("switching over {name}{}…", to.as_ref().map(|t| format!(" to {t}")).unwrap_or_default());
+            }
+            let r = client.failover(&name, to.as_deref(), true).await?;
+            print_failover(r.failover.as_ref(), json_out);
+        }
+        Cmd::History { name } => {
+            let r = client.history(&name).await?;
+            if json_out {
+                print_json(Value::Array(r.failovers.iter().map(failover_json).collect()));
+            } else if r.failovers.is_empty() {
+                println!("no failovers of {name}");
+            } else {
+                for f in &r.failovers {
+                    print_failover(Some(f), false);
+                    println!();
+                }
+            }
+        }
+        Cmd::Analysis { name } => {
+            let a = client.analysis(&name).await?;
+            if json_out {
+                print_json(json!({"cluster": name, "code": a.code, "subject": a.subject, "evidence": a.evidence,
+                    "actionable": a.actionable, "at_ms": a.at_ms, "served_by": a.served_by, "epoch": a.epoch}));
+            } else {
+                println!(
+                    "{name}: {}{} (epoch {}, by node {})",
+                    a.code,
+                    if a.subject.is_empty() { String::new() } else { format!(" on {}", a.subject) },
+                    a.epoch,
+                    a.served_by
+                );
+                for e in &a.evidence {
+                    println!("  - {e}");
+                }
+            }
+        }
+        Cmd::Ack { name, id } => {
+            let r = client.ack(&name, id.as_deref()).await?;
+            done(json_out, &format!("acknowledged failovers of {name}"), r.log_index);
+        }
+        Cmd::Instance(InstanceCmd::SetPromotionRule { cluster, instance, rule }) => {
+            let r = client.set_promotion_rule(&cluster, &instance, &rule).await?;
+            done(json_out, &format!("{instance} in {cluster}: promotion rule {rule}"), r.log_index);
+        }
+        Cmd::Maintenance(MaintenanceCmd::Start { cluster, instance, reason, duration }) => {
+            let r = client.maintenance(&cluster, instance.as_deref(), true, &reason, duration).await?;
+            done(json_out, &format!("maintenance of {} started", instance.as_deref().unwrap_or(&cluster)), r.log_index);
+        }
+        Cmd::Maintenance(MaintenanceCmd::End { cluster, instance }) => {
+            let r = client.maintenance(&cluster, instance.as_deref(), false, "", Duration::ZERO).await?;
+            done(json_out, &format!("maintenance of {} ended", instance.as_deref().unwrap_or(&cluster)), r.log_index);
+        }
+        Cmd::AutomaticFailover { name, state } => {
+            let enabled = match state.as_str() {
+                "on" => Some(true),
+                "off" => Some(false),
+                _ => None,
+            };
+            let r = client.set_automatic_failover(&name, enabled).await?;
+            done(json_out, &format!("automatic failover of {name}: {state}"), r.log_index);
         }
         Cmd::Audit { limit } => {
             let r = client.audit(limit, ReadConsistency::Linearizable).await?;
@@ -341,16 +448,68 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn done(json_out: bool, what: &str, log_index: u64) {
+    if json_out {
+        println!("{}", json!({"ok": true, "what": what, "log_index": log_index}));
+    } else {
+        println!("{what} (log index {log_index})");
+    }
+}
+
+fn failover_json(f: &primus_client::FailoverView) -> Value {
+    json!({
+        "id": f.id, "kind": f.kind, "analysis": f.analysis_code, "evidence": f.evidence,
+        "old_primary": f.old_primary, "new_primary": f.candidate, "epoch": f.epoch,
+        "outcome": f.outcome, "outcome_reason": f.outcome_reason, "started_at_ms": f.started_at_ms,
+        "finished_at_ms": f.finished_at_ms, "started_by": f.started_by, "acked_by": f.acked_by,
+        "promotion_gtid": f.promotion_gtid,
+        "steps": f.steps.iter().map(|s| json!({"index": s.index, "step": s.description, "outcome": s.outcome, "at_ms": s.at_ms})).collect::<Vec<_>>(),
+    })
+}
+
+fn print_failover(f: Option<&primus_client::FailoverView>, json_out: bool) {
+    let Some(f) = f else { return };
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&failover_json(f)).unwrap_or_default());
+        return;
+    }
+    let took = f.finished_at_ms.map(|t| format!(" in {} ms", t.saturating_sub(f.started_at_ms))).unwrap_or_default();
+    println!(
+        "{} [{}] {} -> {}  epoch {}  {}{}{}",
+        f.id,
+        f.kind,
+        f.old_primary,
+        f.candidate,
+        f.epoch,
+        f.outcome,
+        if f.outcome_reason.is_empty() { String::new() } else { format!(": {}", f.outcome_reason) },
+        took
+    );
+    println!("  analysis: {}", f.analysis_code);
+    for e in &f.evidence {
+        println!("    - {e}");
+    }
+    for s in &f.steps {
+        println!(
+            "  {:>2}. +{:>5} ms  {}: {}",
+            s.index,
+            s.at_ms.saturating_sub(f.started_at_ms),
+            s.description,
+            s.outcome
+        );
+    }
+    if !f.acked_by.is_empty() {
+        println!("  acknowledged by {}", f.acked_by);
+    }
+}
+
 fn topology_json(t: &primus_client::GetTopologyResponse) -> Value {
     let instances: Vec<Value> = t
         .instances
         .iter()
         .map(|i| {
-            let seen_by: serde_json::Map<String, Value> = i
-                .seen_by
-                .iter()
-                .map(|(k, v)| (k.to_string(), Value::Bool(*v)))
-                .collect();
+            let seen_by: serde_json::Map<String, Value> =
+                i.seen_by.iter().map(|(k, v)| (k.to_string(), Value::Bool(*v))).collect();
             json!({
                 "addr": i.addr, "role": i.role, "source": i.source, "server_id": i.server_id,
                 "flavor": i.flavor, "version": i.version, "read_only": i.read_only,
@@ -413,16 +572,8 @@ fn print_topology(t: &primus_client::GetTopologyResponse) {
         if !i.gtid_executed.is_empty() {
             facts.push(format!("gtid {}", i.gtid_executed));
         }
-        let indent = if depth == 0 {
-            String::new()
-        } else {
-            format!("{}+ ", "  ".repeat(depth))
-        };
-        let flags = if i.flags.is_empty() {
-            String::new()
-        } else {
-            format!("  ! {}", i.flags.join("; "))
-        };
+        let indent = if depth == 0 { String::new() } else { format!("{}+ ", "  ".repeat(depth)) };
+        let flags = if i.flags.is_empty() { String::new() } else { format!("  ! {}", i.flags.join("; ")) };
         println!("{indent}{} [{}]{flags}", i.addr, facts.join(", "));
     }
     fn walk<'a>(
@@ -459,11 +610,7 @@ fn main() -> ExitCode {
             .init();
     }
     let json_out = cli.output == Output::Json;
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start runtime")
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start runtime") {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("primusctl: error: {e:#}");

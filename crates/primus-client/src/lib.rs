@@ -25,11 +25,7 @@ pub enum ClientError {
     #[error("the group has no leader right now ({0}); a majority of coordinators may be down")]
     NoLeader(String),
     #[error("{endpoint}: {message}")]
-    Rpc {
-        endpoint: String,
-        code: Code,
-        message: String,
-    },
+    Rpc { endpoint: String, code: Code, message: String },
 }
 
 impl ClientError {
@@ -65,9 +61,7 @@ impl Default for ClientOptions {
 /// `primus-client user@host`, for the audit trail.
 pub fn default_actor() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
     format!("{user}@{host}")
 }
 
@@ -99,26 +93,15 @@ impl Client {
         }
         let mut out = Vec::new();
         for e in endpoints {
-            let url = if e.contains("://") {
-                e.clone()
-            } else {
-                format!("http://{e}")
-            };
+            let url = if e.contains("://") { e.clone() } else { format!("http://{e}") };
             let ch = Endpoint::from_shared(url)
-                .map_err(|err| ClientError::BadEndpoint {
-                    endpoint: e.clone(),
-                    reason: err.to_string(),
-                })?
+                .map_err(|err| ClientError::BadEndpoint { endpoint: e.clone(), reason: err.to_string() })?
                 .connect_timeout(opts.connect_timeout)
                 .tcp_nodelay(true)
                 .connect_lazy();
             out.push((e, ch));
         }
-        Ok(Client {
-            endpoints: out,
-            preferred: AtomicUsize::new(0),
-            opts,
-        })
+        Ok(Client { endpoints: out, preferred: AtomicUsize::new(0), opts })
     }
 
     pub fn actor(&self) -> &str {
@@ -174,10 +157,7 @@ impl Client {
                 let details = last_errors.iter().rev().take(n).cloned().collect::<Vec<_>>().join("; ");
                 return Err(match saw_no_leader {
                     Some(m) => ClientError::NoLeader(short(&m)),
-                    None => ClientError::Unreachable {
-                        timeout_ms: self.opts.timeout.as_millis(),
-                        details,
-                    },
+                    None => ClientError::Unreachable { timeout_ms: self.opts.timeout.as_millis(), details },
                 });
             }
             attempt += 1;
@@ -222,11 +202,7 @@ impl Client {
     }
 
     pub async fn add_member(&self, id: u64, addr: &str, datacenter: &str) -> Result<AddMemberResponse, ClientError> {
-        let r = AddMemberRequest {
-            id,
-            addr: addr.to_string(),
-            datacenter: datacenter.to_string(),
-        };
+        let r = AddMemberRequest { id, addr: addr.to_string(), datacenter: datacenter.to_string() };
         self.call(|mut c, t| {
             let r = r.clone();
             async move { c.add_member(req(r, t)).await.map(|r| r.into_inner()) }
@@ -237,9 +213,7 @@ impl Client {
 
     pub async fn remove_member(&self, id: u64) -> Result<RemoveMemberResponse, ClientError> {
         self.call(|mut c, t| async move {
-            c.remove_member(req(RemoveMemberRequest { id }, t))
-                .await
-                .map(|r| r.into_inner())
+            c.remove_member(req(RemoveMemberRequest { id }, t)).await.map(|r| r.into_inner())
         })
         .await
         .map(|(_, v)| v)
@@ -266,10 +240,7 @@ impl Client {
     }
 
     pub async fn unregister_cluster(&self, name: &str) -> Result<UnregisterClusterResponse, ClientError> {
-        let r = UnregisterClusterRequest {
-            name: name.to_string(),
-            actor: self.opts.actor.clone(),
-        };
+        let r = UnregisterClusterRequest { name: name.to_string(), actor: self.opts.actor.clone() };
         self.call(|mut c, t| {
             let r = r.clone();
             async move { c.unregister_cluster(req(r, t)).await.map(|r| r.into_inner()) }
@@ -279,9 +250,7 @@ impl Client {
     }
 
     pub async fn list_clusters(&self, consistency: ReadConsistency) -> Result<ListClustersResponse, ClientError> {
-        let r = ListClustersRequest {
-            consistency: consistency as i32,
-        };
+        let r = ListClustersRequest { consistency: consistency as i32 };
         self.call(|mut c, t| async move { c.list_clusters(req(r, t)).await.map(|r| r.into_inner()) })
             .await
             .map(|(_, v)| v)
@@ -292,10 +261,7 @@ impl Client {
         cluster: &str,
         consistency: ReadConsistency,
     ) -> Result<GetTopologyResponse, ClientError> {
-        let r = GetTopologyRequest {
-            cluster: cluster.to_string(),
-            consistency: consistency as i32,
-        };
+        let r = GetTopologyRequest { cluster: cluster.to_string(), consistency: consistency as i32 };
         self.call(|mut c, t| {
             let r = r.clone();
             async move { c.get_topology(req(r, t)).await.map(|r| r.into_inner()) }
@@ -304,14 +270,119 @@ impl Client {
         .map(|(_, v)| v)
     }
 
-    pub async fn audit(&self, limit: u32, consistency: ReadConsistency) -> Result<AuditResponse, ClientError> {
-        let r = AuditRequest {
-            limit,
-            consistency: consistency as i32,
+    /// Emergency failover (`switchover = false`) or planned switchover; `to` picks the replica.
+    pub async fn failover(
+        &self,
+        cluster: &str,
+        to: Option<&str>,
+        switchover: bool,
+    ) -> Result<FailoverResponse, ClientError> {
+        let r = FailoverRequest {
+            cluster: cluster.to_string(),
+            to: to.unwrap_or_default().to_string(),
+            actor: self.opts.actor.clone(),
+            switchover,
         };
-        self.call(|mut c, t| async move { c.audit(req(r, t)).await.map(|r| r.into_inner()) })
-            .await
-            .map(|(_, v)| v)
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.failover(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
+    pub async fn history(&self, cluster: &str) -> Result<HistoryResponse, ClientError> {
+        let r = HistoryRequest { cluster: cluster.to_string() };
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.history(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
+    pub async fn analysis(&self, cluster: &str) -> Result<AnalysisResponse, ClientError> {
+        let r = AnalysisRequest { cluster: cluster.to_string() };
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.analysis(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
+    pub async fn ack(&self, cluster: &str, id: Option<&str>) -> Result<LogIndexResponse, ClientError> {
+        let r =
+            AckRequest { cluster: cluster.into(), id: id.unwrap_or_default().into(), actor: self.opts.actor.clone() };
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.ack(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
+    pub async fn set_promotion_rule(
+        &self,
+        cluster: &str,
+        instance: &str,
+        rule: &str,
+    ) -> Result<LogIndexResponse, ClientError> {
+        let r = SetPromotionRuleRequest {
+            cluster: cluster.into(),
+            instance: instance.into(),
+            rule: rule.into(),
+            actor: self.opts.actor.clone(),
+        };
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.set_promotion_rule(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
+    pub async fn maintenance(
+        &self,
+        cluster: &str,
+        instance: Option<&str>,
+        start: bool,
+        reason: &str,
+        duration: Duration,
+    ) -> Result<LogIndexResponse, ClientError> {
+        let r = MaintenanceRequest {
+            cluster: cluster.into(),
+            instance: instance.unwrap_or_default().into(),
+            start,
+            reason: reason.into(),
+            duration_ms: duration.as_millis() as u64,
+            actor: self.opts.actor.clone(),
+        };
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.maintenance(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
+    pub async fn set_automatic_failover(
+        &self,
+        cluster: &str,
+        enabled: Option<bool>,
+    ) -> Result<LogIndexResponse, ClientError> {
+        let r = SetAutomaticFailoverRequest { cluster: cluster.into(), enabled, actor: self.opts.actor.clone() };
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.set_automatic_failover(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
+    pub async fn audit(&self, limit: u32, consistency: ReadConsistency) -> Result<AuditResponse, ClientError> {
+        let r = AuditRequest { limit, consistency: consistency as i32 };
+        self.call(|mut c, t| async move { c.audit(req(r, t)).await.map(|r| r.into_inner()) }).await.map(|(_, v)| v)
     }
 }
 

@@ -16,17 +16,9 @@ pub enum ConfigError {
     #[error("config error: cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config error: {path}{location}: {message}")]
-    Parse {
-        path: PathBuf,
-        location: String,
-        message: String,
-    },
+    Parse { path: PathBuf, location: String, message: String },
     #[error("config error: {path}: key `{key}`: {message}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
+    Invalid { path: PathBuf, key: String, message: String },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +44,49 @@ pub struct Config {
     /// How to reach and probe MySQL/MariaDB. Without it, this node probes nothing.
     #[serde(default)]
     pub mysql: Option<MysqlSection>,
+    /// When and how to fail over.
+    #[serde(default)]
+    pub failover: FailoverSection,
+}
+
+/// `[failover]`: detection thresholds and execution bounds. Every value has a default
+/// tuned for a LAN; see docs/config.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverSection {
+    /// Fail over on our own when the analysis says the primary is dead (per-cluster
+    /// settings override it).
+    pub automatic: bool,
+    /// After an automatic failover, no other automatic one for this cluster until
+    /// acknowledged or this long has passed.
+    pub recovery_block_period_ms: u64,
+    /// A replica whose replication has not moved for this long has lost its primary.
+    pub replica_progress_stale_ms: u64,
+    /// Coordinator views older than this do not count toward a decision.
+    pub view_max_age_ms: u64,
+    /// How long the candidate may take to apply what it received before promotion.
+    pub catch_up_timeout_ms: u64,
+    /// Bound on each step of a failover on MySQL.
+    pub step_timeout_ms: u64,
+    /// Prefer a candidate in the old primary's datacenter.
+    pub prefer_same_datacenter: bool,
+    /// Never promote a replica lagging more than this (seconds); unset = no limit.
+    pub max_lag_for_candidate_s: Option<u64>,
+}
+
+impl Default for FailoverSection {
+    fn default() -> Self {
+        FailoverSection {
+            automatic: true,
+            recovery_block_period_ms: 3_600_000,
+            replica_progress_stale_ms: 1500,
+            view_max_age_ms: 3000,
+            catch_up_timeout_ms: 10_000,
+            step_timeout_ms: 5000,
+            prefer_same_datacenter: true,
+            max_lag_for_candidate_s: None,
+        }
+    }
 }
 
 /// `[mysql]`: credentials and timing of probes. Passwords come from a file or an
@@ -116,9 +151,7 @@ impl MysqlSection {
             (Some(f), None) => std::fs::read_to_string(f)
                 .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
                 .map_err(|e| format!("cannot read {}: {e}", f.display())),
-            (None, Some(v)) => std::env::var(v)
-                .map(Some)
-                .map_err(|_| format!("environment variable {v} is not set")),
+            (None, Some(v)) => std::env::var(v).map(Some).map_err(|_| format!("environment variable {v} is not set")),
             (None, None) => Ok(None),
         }
     }
@@ -131,11 +164,7 @@ impl MysqlSection {
 
     /// The replication user's password, if configured.
     pub fn replication_password(&self) -> Result<Option<String>, String> {
-        Self::secret(
-            &self.replication_password_file,
-            &self.replication_password_env,
-            "replication_password",
-        )
+        Self::secret(&self.replication_password_file, &self.replication_password_env, "replication_password")
     }
 
     pub fn connect_timeout(&self) -> Duration {
@@ -213,10 +242,8 @@ impl Config {
     /// Read, parse and validate (the bootstrap check, which depends on whether
     /// `data_dir` holds a store, is `check_bootstrap`).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let cfg = Self::parse(path, &text)?;
         cfg.validate(path)?;
         Ok(cfg)
@@ -225,11 +252,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         toml::from_str::<Config>(text).map_err(|e| {
             let (location, message) = one_line(text, &e);
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                location,
-                message,
-            }
+            ConfigError::Parse { path: path.to_path_buf(), location, message }
         })
     }
 
@@ -265,10 +288,7 @@ impl Config {
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
             return Err(invalid(
                 "raft.election_timeout_max_ms",
-                format!(
-                    "must be greater than raft.election_timeout_min_ms ({})",
-                    r.election_timeout_min_ms
-                ),
+                format!("must be greater than raft.election_timeout_min_ms ({})", r.election_timeout_min_ms),
             ));
         }
         if r.snapshot_every_entries == 0 {
@@ -290,8 +310,7 @@ impl Config {
                 return Err(invalid("mysql.user", "must not be empty".into()));
             }
             m.password().map_err(|e| invalid("mysql.password_file", e))?;
-            m.replication_password()
-                .map_err(|e| invalid("mysql.replication_password_file", e))?;
+            m.replication_password().map_err(|e| invalid("mysql.replication_password_file", e))?;
             for (key, v) in [
                 ("mysql.connect_timeout_ms", m.connect_timeout_ms),
                 ("mysql.query_timeout_ms", m.query_timeout_ms),
@@ -324,10 +343,7 @@ impl Config {
             }
             check_host_port(&m.addr).map_err(|msg| invalid(&format!("{key}.addr"), msg))?;
             if !addrs.insert(m.addr.clone()) {
-                return Err(invalid(
-                    &format!("{key}.addr"),
-                    format!("address {} listed twice", m.addr),
-                ));
+                return Err(invalid(&format!("{key}.addr"), format!("address {} listed twice", m.addr)));
             }
         }
         Ok(())
@@ -352,15 +368,7 @@ impl Config {
     pub fn initial_membership(&self) -> BTreeMap<NodeId, Member> {
         self.initial_members
             .iter()
-            .map(|m| {
-                (
-                    m.id,
-                    Member {
-                        addr: m.addr.clone(),
-                        datacenter: m.datacenter.clone(),
-                    },
-                )
-            })
+            .map(|m| (m.id, Member { addr: m.addr.clone(), datacenter: m.datacenter.clone() }))
             .collect()
     }
 
@@ -468,23 +476,14 @@ addr = "127.0.0.1:7101"
         let cases = [
             (GOOD.replace("node_id = 1\n", ""), "node_id"),
             (GOOD.replace("node_id = 1", "node_id = \"x\""), "node_id"),
-            (
-                GOOD.replace("listen = \"127.0.0.1:7101\"", "listen = \"nowhere\""),
-                "listen",
-            ),
+            (GOOD.replace("listen = \"127.0.0.1:7101\"", "listen = \"nowhere\""), "listen"),
             (format!("{GOOD}\nbogus = 1\n"), "bogus"),
             (
                 GOOD.replace("[[initial_members]]", "[raft]\nheartbeat_ms = 500\n[[initial_members]]"),
                 "election_timeout_min_ms",
             ),
-            (
-                GOOD.replace("addr = \"127.0.0.1:7101\"", "addr = \"x\""),
-                "initial_members[0].addr",
-            ),
-            (
-                GOOD.replace("[[initial_members]]", "[raft]\nturbo = true\n[[initial_members]]"),
-                "turbo",
-            ),
+            (GOOD.replace("addr = \"127.0.0.1:7101\"", "addr = \"x\""), "initial_members[0].addr"),
+            (GOOD.replace("[[initial_members]]", "[raft]\nturbo = true\n[[initial_members]]"), "turbo"),
         ];
         for (text, key) in cases {
             let e = err(&text);

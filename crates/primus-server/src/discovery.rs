@@ -34,9 +34,7 @@ pub struct Discovered {
 
 /// The instance a replication status row points at.
 pub fn source_of(obs: &Observation) -> Option<InstanceAddr> {
-    obs.replication
-        .first()
-        .and_then(|r| InstanceAddr::new(r.source_host.clone(), r.source_port).ok())
+    obs.replication.first().and_then(|r| InstanceAddr::new(r.source_host.clone(), r.source_port).ok())
 }
 
 /// Replicas an instance lists (`SHOW SLAVE HOSTS` with report_host set).
@@ -122,9 +120,5 @@ pub async fn discover(
         }
     }
     let topology = topology_from(&observations, None);
-    Ok(Discovered {
-        topology,
-        observations,
-        unreachable,
-    })
+    Ok(Discovered { topology, observations, unreachable })
 }

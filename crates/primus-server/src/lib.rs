@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod discovery;
+pub mod failover;
 pub mod monitor;
 pub mod node;
 pub mod service;
@@ -16,9 +17,6 @@ pub struct ExitError {
 
 impl ExitError {
     pub fn config(e: config::ConfigError) -> Self {
-        ExitError {
-            code: 2,
-            inner: e.to_string(),
-        }
+        ExitError { code: 2, inner: e.to_string() }
     }
 }

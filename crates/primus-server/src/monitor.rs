@@ -27,10 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// How to reach instances: probe settings and address overrides.
@@ -45,20 +42,15 @@ impl Targets {
         let mut pc = ProbeConfig::new(m.user.clone(), m.password()?);
         pc.connect_timeout = m.connect_timeout();
         pc.query_timeout = m.query_timeout();
-        pc.heartbeat_table = m
-            .heartbeat_table
-            .parse()
-            .map_err(|e: primus_mysql::heartbeat::BadHeartbeatTable| e.to_string())?;
+        pc.heartbeat_table =
+            m.heartbeat_table.parse().map_err(|e: primus_mysql::heartbeat::BadHeartbeatTable| e.to_string())?;
         let mut connect_via = HashMap::new();
         for (from, to) in &m.connect_via {
             let f: InstanceAddr = from.parse().map_err(|e: primus_types::NameError| e.to_string())?;
             let t: InstanceAddr = to.parse().map_err(|e: primus_types::NameError| e.to_string())?;
             connect_via.insert(f, t);
         }
-        Ok(Targets {
-            probe_config: pc,
-            connect_via,
-        })
+        Ok(Targets { probe_config: pc, connect_via })
     }
 
     pub fn connect_addr(&self, addr: &InstanceAddr) -> InstanceAddr {
@@ -83,6 +75,18 @@ pub struct ProbeRecord {
 /// A primary's heartbeat connection and the lock that keeps one write in flight.
 type HeartbeatWriter = (Arc<Prober>, Arc<tokio::sync::Mutex<()>>);
 
+/// A probe task and the bell that makes it probe at once.
+type ProbeTask = (JoinHandle<()>, Arc<tokio::sync::Notify>);
+
+/// What counts as replication progress on a replica; any change is progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgressMark {
+    heartbeats: Option<u64>,
+    read: Option<String>,
+    io_gtid: Option<String>,
+    retrieved: Option<String>,
+}
+
 struct PeerView {
     received: Instant,
     records: HashMap<InstanceAddr, ProbeRecord>,
@@ -96,7 +100,14 @@ pub struct Monitor {
     state: StateHandle,
     own: RwLock<HashMap<InstanceAddr, ProbeRecord>>,
     peers: RwLock<HashMap<NodeId, PeerView>>,
-    tasks: Mutex<HashMap<InstanceAddr, JoinHandle<()>>>,
+    tasks: Mutex<HashMap<InstanceAddr, ProbeTask>>,
+    /// One long-lived connection per primary whose loss triggers an immediate probe.
+    watchers: Mutex<HashMap<InstanceAddr, JoinHandle<()>>>,
+    /// Leader's clock (unix ms) of the last sign of replication progress per replica.
+    progress_at: RwLock<HashMap<InstanceAddr, (ProgressMark, u64)>>,
+    /// Bumped whenever an instance changes between reachable and unreachable, or a
+    /// replica's IO state changes: wakes the reporter and the failover engine.
+    pub changes: tokio::sync::watch::Sender<u64>,
     /// Replicas a source lists that are not in the committed topology yet.
     candidates: Mutex<BTreeMap<InstanceAddr, ClusterName>>,
     heartbeat_writers: Mutex<HashMap<InstanceAddr, HeartbeatWriter>>,
@@ -124,6 +135,9 @@ impl Monitor {
             own: RwLock::new(HashMap::new()),
             peers: RwLock::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(HashMap::new()),
+            progress_at: RwLock::new(HashMap::new()),
+            changes: tokio::sync::watch::channel(0).0,
             candidates: Mutex::new(BTreeMap::new()),
             heartbeat_writers: Mutex::new(HashMap::new()),
             leader_channel: Mutex::new(None),
@@ -145,7 +159,29 @@ impl Monitor {
 
     /// Leader with a fresh quorum acknowledgement (see `NodeCtx::leads_with_quorum`).
     fn is_leader(&self) -> bool {
+        self.leads_with_quorum()
+    }
+
+    pub fn leads_with_quorum(&self) -> bool {
         crate::node::NodeCtx::leads_with_quorum(&self.raft, self.me, self.election_timeout_min_ms)
+    }
+
+    /// Every coordinator's latest probe of `addr`: this node's own and each peer's
+    /// (peers' only from reports received within the report TTL).
+    pub fn views_of(&self, addr: &InstanceAddr) -> Vec<(NodeId, ProbeRecord)> {
+        let mut out = Vec::new();
+        if let Some(r) = self.own.read().unwrap_or_else(|p| p.into_inner()).get(addr) {
+            out.push((self.me, r.clone()));
+        }
+        let ttl = self.report_ttl();
+        for (id, v) in self.peers.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            if *id != self.me && v.received.elapsed() < ttl {
+                if let Some(r) = v.records.get(addr) {
+                    out.push((*id, r.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// Every instance of every registered cluster (topology members and seeds).
@@ -175,7 +211,7 @@ impl Monitor {
             tick.tick().await;
             let wanted = self.wanted();
             let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-            tasks.retain(|addr, h| {
+            tasks.retain(|addr, (h, _)| {
                 let keep = wanted.contains_key(addr);
                 if !keep {
                     h.abort();
@@ -188,25 +224,29 @@ impl Monitor {
                     tracing::info!(%cluster, instance = %addr, "probing");
                     let m = self.clone();
                     let a = addr.clone();
-                    tasks.insert(addr, tokio::spawn(async move { m.probe_loop(a).await }));
+                    let now = Arc::new(tokio::sync::Notify::new());
+                    let n = now.clone();
+                    tasks.insert(addr, (tokio::spawn(async move { m.probe_loop(a, n).await }), now));
                 }
             }
             drop(tasks);
+            self.reconcile_watchers();
             let wanted = self.wanted();
-            self.own
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|a, _| wanted.contains_key(a));
+            self.own.write().unwrap_or_else(|p| p.into_inner()).retain(|a, _| wanted.contains_key(a));
         }
     }
 
-    async fn probe_loop(self: Arc<Self>, addr: InstanceAddr) {
+    async fn probe_loop(self: Arc<Self>, addr: InstanceAddr, now: Arc<tokio::sync::Notify>) {
         let prober = Prober::new(self.targets.connect_addr(&addr), self.targets.probe_config.clone());
         let mut tick = tokio::time::interval(self.cfg.probe_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_ok: Option<bool> = None;
+        let mut last_io: Option<String> = None;
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = now.notified() => {}
+            }
             let result = match tokio::time::timeout(self.targets.probe_deadline(), prober.probe()).await {
                 Ok(r) => r,
                 Err(_) => {
@@ -222,6 +262,12 @@ impl Monitor {
                 o
             });
             let ok = result.is_ok();
+            let io = result.as_ref().ok().and_then(|o| o.replication.first()).map(|r| format!("{:?}", r.io_running));
+            if let Ok(o) = &result {
+                self.track_progress(&addr, o);
+            }
+            let changed = last_ok != Some(ok) || (ok && io != last_io);
+            last_io = io;
             if last_ok != Some(ok) {
                 match &result {
                     Ok(o) => tracing::info!(instance = %addr, server_id = o.server_id, "instance reachable"),
@@ -229,15 +275,132 @@ impl Monitor {
                 }
                 last_ok = Some(ok);
             }
-            let rec = ProbeRecord {
-                addr: addr.clone(),
-                at_ms: now_ms(),
-                result,
-            };
-            self.own
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(addr.clone(), rec);
+            let rec = ProbeRecord { addr: addr.clone(), at_ms: now_ms(), result };
+            self.own.write().unwrap_or_else(|p| p.into_inner()).insert(addr.clone(), rec);
+            if changed {
+                self.changes.send_modify(|n| *n += 1);
+            }
+        }
+    }
+
+    /// Remember when a replica's replication last moved: received heartbeats (sent by
+    /// its source every MASTER_HEARTBEAT_PERIOD when idle), read position or IO GTID.
+    /// A primary that is alive for its replicas keeps this moving whatever the
+    /// coordinators' own links do.
+    fn track_progress(&self, addr: &InstanceAddr, o: &Observation) {
+        let Some(r) = o.replication.first() else { return };
+        let mark = ProgressMark {
+            heartbeats: r.received_heartbeats,
+            read: r.read_coord.as_ref().map(|c| format!("{c:?}")),
+            io_gtid: r.gtid_io_pos.as_ref().map(ToString::to_string),
+            retrieved: r.retrieved_gtid_set.as_ref().map(ToString::to_string),
+        };
+        let now = now_ms();
+        let mut p = self.progress_at.write().unwrap_or_else(|e| e.into_inner());
+        match p.get(addr) {
+            Some((prev, _)) if *prev == mark => {}
+            Some(_) => {
+                p.insert(addr.clone(), (mark, now));
+            }
+            // First sight: no evidence of progress yet, none against it either.
+            None => {
+                p.insert(addr.clone(), (mark, 0));
+            }
+        }
+    }
+
+    /// Last time (unix ms) the replica at `addr` showed replication progress.
+    pub fn progress_at(&self, addr: &InstanceAddr) -> Option<u64> {
+        self.progress_at.read().unwrap_or_else(|e| e.into_inner()).get(addr).map(|(_, t)| *t).filter(|t| *t > 0)
+    }
+
+    /// Probe `addr` now instead of at its next tick.
+    pub fn probe_now(&self, addr: &InstanceAddr) {
+        if let Some((_, n)) = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).get(addr) {
+            n.notify_one();
+        }
+    }
+
+    /// Probe `addrs` right now, bypassing the schedule, and return the results (the
+    /// double-check before a failover). Each probe has its own connection and deadline.
+    pub async fn probe_fresh(&self, addrs: &[InstanceAddr]) -> Vec<ProbeRecord> {
+        let futs = addrs.iter().map(|a| {
+            let prober = Prober::new(self.targets.connect_addr(a), self.targets.probe_config.clone());
+            let deadline = self.targets.probe_deadline();
+            let a = a.clone();
+            async move {
+                let r = match tokio::time::timeout(deadline, prober.probe()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ProbeError::Timeout {
+                        stage: primus_mysql::ProbeStage::Connect,
+                        after_ms: deadline.as_millis() as u64,
+                    }),
+                };
+                prober.disconnect().await;
+                let result = r.map(|mut o| {
+                    o.addr = a.clone();
+                    o
+                });
+                ProbeRecord { addr: a, at_ms: now_ms(), result }
+            }
+        });
+        let recs = futures::future::join_all(futs).await;
+        {
+            let mut own = self.own.write().unwrap_or_else(|p| p.into_inner());
+            for r in &recs {
+                if let Ok(o) = &r.result {
+                    self.track_progress(&r.addr, o);
+                }
+                own.insert(r.addr.clone(), r.clone());
+            }
+        }
+        recs
+    }
+
+    /// One watcher per current primary: a connection parked in `DO SLEEP(..)`. A
+    /// crashed mysqld closes it at once, which triggers an immediate probe instead of
+    /// waiting for the next tick. A hung mysqld just keeps it parked (timeouts catch that).
+    fn reconcile_watchers(self: &Arc<Self>) {
+        let primaries: std::collections::BTreeSet<InstanceAddr> =
+            self.state.read(|s| s.registry.clusters.values().filter_map(|c| c.topology.primary.clone()).collect());
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        w.retain(|a, h| {
+            let keep = primaries.contains(a) && !h.is_finished();
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+        for p in primaries {
+            if !w.contains_key(&p) {
+                let m = self.clone();
+                let a = p.clone();
+                w.insert(p, tokio::spawn(async move { m.watch(a).await }));
+            }
+        }
+    }
+
+    async fn watch(self: Arc<Self>, addr: InstanceAddr) {
+        let prober = Prober::new(self.targets.connect_addr(&addr), self.targets.probe_config.clone());
+        loop {
+            let started = Instant::now();
+            let r = prober.execute(&["DO SLEEP(20)".to_string()], Duration::from_secs(25)).await;
+            match r {
+                Ok(()) => continue,
+                Err(ProbeError::Timeout { .. }) => {
+                    // Hung or silent: the probe's own timeouts deal with it.
+                    prober.disconnect().await;
+                }
+                Err(e) => {
+                    if started.elapsed() > Duration::from_millis(50) {
+                        tracing::info!(instance = %addr, error = %e, "watch connection lost: probing now");
+                    }
+                    self.probe_now(&addr);
+                    prober.disconnect().await;
+                    // Don't spin against a dead server: its probe tells us when it is back.
+                    tokio::time::sleep(self.cfg.probe_interval().min(Duration::from_millis(500))).await;
+                }
+            }
         }
     }
 
@@ -245,28 +408,24 @@ impl Monitor {
     async fn report_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.cfg.probe_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut changes = self.changes.subscribe();
         loop {
-            tick.tick().await;
+            // Every interval, and at once when something changed: the leader's
+            // failure detection waits for these reports.
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = changes.changed() => { if r.is_err() { return; } }
+            }
             let m = self.raft.metrics().borrow().clone();
             let Some(leader) = m.current_leader else { continue };
             if leader == self.me {
                 continue;
             }
-            let Some(addr) = m
-                .membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.addr.clone())
-            else {
+            let Some(addr) = m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone()) else {
                 continue;
             };
-            let records: Vec<ProbeRecord> = self
-                .own
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .cloned()
-                .collect();
+            let records: Vec<ProbeRecord> =
+                self.own.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
             let payload = match serde_json::to_vec(&records) {
                 Ok(p) => p,
                 Err(e) => {
@@ -282,11 +441,7 @@ impl Monitor {
                 }
             };
             let mut client = RaftClient::new(ch).max_encoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES);
-            let mut req = tonic::Request::new(ObservationReport {
-                from: self.me,
-                term: m.current_term,
-                payload,
-            });
+            let mut req = tonic::Request::new(ObservationReport { from: self.me, term: m.current_term, payload });
             req.set_timeout(self.rpc_timeout);
             if let Err(e) = client.report_observations(req).await {
                 tracing::debug!(leader, error = %e.message(), "observation report not delivered");
@@ -322,6 +477,7 @@ impl Monitor {
                 s.registry
                     .clusters
                     .values()
+                    .filter(|c| c.in_flight().is_none())
                     .filter_map(|c| c.topology.primary.clone().map(|p| (c.name.clone(), p, c.epoch)))
                     .collect()
             });
@@ -370,6 +526,10 @@ impl Monitor {
             }
             let clusters: Vec<ClusterRecord> = self.state.read(|s| s.registry.clusters.values().cloned().collect());
             for c in clusters {
+                // A failover owns the topology until it finishes.
+                if c.in_flight().is_some() {
+                    continue;
+                }
                 let new = if c.topology.instances.is_empty() {
                     match discovery::discover(&c.seeds, &self.targets, self.cfg.discovery_timeout()).await {
                         Ok(d) => d.topology,
@@ -384,14 +544,8 @@ impl Monitor {
                 if new != c.topology && !new.instances.is_empty() {
                     tracing::info!(cluster = %c.name, epoch = c.epoch, topology = %new.summary(), "topology changed");
                     let req = Request::new(
-                        Command::UpdateTopology {
-                            name: c.name.clone(),
-                            topology: new,
-                        },
-                        Origin {
-                            actor: "primusd topology".into(),
-                            via_node: self.me,
-                        },
+                        Command::UpdateTopology { name: c.name.clone(), topology: new },
+                        Origin { actor: "primusd topology".into(), via_node: self.me },
                     );
                     match tokio::time::timeout(Duration::from_secs(5), self.raft.client_write(req)).await {
                         Ok(Ok(_)) => {}
@@ -426,12 +580,7 @@ impl Monitor {
                 _ => {
                     nodes.insert(
                         addr.clone(),
-                        (
-                            inst.source.clone(),
-                            inst.server_id,
-                            inst.flavor.clone(),
-                            inst.version.clone(),
-                        ),
+                        (inst.source.clone(), inst.server_id, inst.flavor.clone(), inst.version.clone()),
                     );
                 }
             }
@@ -473,13 +622,11 @@ impl Monitor {
         }
         let records: Vec<ProbeRecord> = serde_json::from_slice(payload).map_err(|e| format!("bad report: {e}"))?;
         let records = records.into_iter().map(|r| (r.addr.clone(), r)).collect();
-        self.peers.write().unwrap_or_else(|p| p.into_inner()).insert(
-            from,
-            PeerView {
-                received: Instant::now(),
-                records,
-            },
-        );
+        self.peers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(from, PeerView { received: Instant::now(), records });
+        self.changes.send_modify(|n| *n += 1);
         Ok(true)
     }
 
@@ -495,19 +642,11 @@ impl Monitor {
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
         let ttl = self.report_ttl();
         let fresh_peers: Vec<(&NodeId, &PeerView)> = if with_peers {
-            peers
-                .iter()
-                .filter(|(id, v)| **id != self.me && v.received.elapsed() < ttl)
-                .collect()
+            peers.iter().filter(|(id, v)| **id != self.me && v.received.elapsed() < ttl).collect()
         } else {
             vec![]
         };
-        let primary_obs = c
-            .topology
-            .primary
-            .as_ref()
-            .and_then(|p| own.get(p))
-            .and_then(|r| r.result.as_ref().ok());
+        let primary_obs = c.topology.primary.as_ref().and_then(|p| own.get(p)).and_then(|r| r.result.as_ref().ok());
 
         let instances = c
             .topology
@@ -552,19 +691,15 @@ impl Monitor {
                 if inst.role == InstanceRole::Primary && obs.map(|o| o.read_only).unwrap_or(false) {
                     flags.push("primary is read_only".into());
                 }
-                let heartbeat_delay_ms = obs.and_then(|o| {
-                    o.heartbeat_of(c.name.as_str())
-                        .map(|h| o.taken_at_ms as i64 - h.ts_ms as i64)
-                });
+                let heartbeat_delay_ms =
+                    obs.and_then(|o| o.heartbeat_of(c.name.as_str()).map(|h| o.taken_at_ms as i64 - h.ts_ms as i64));
                 InstanceView {
                     addr: inst.addr.to_string(),
                     role: inst.role.to_string(),
                     source: inst.source.as_ref().map(ToString::to_string),
                     server_id: obs.map(|o| o.server_id).unwrap_or(inst.server_id),
                     flavor: inst.flavor.clone(),
-                    version: obs
-                        .map(|o| o.server.version.to_string())
-                        .unwrap_or_else(|| inst.version.clone()),
+                    version: obs.map(|o| o.server.version.to_string()).unwrap_or_else(|| inst.version.clone()),
                     read_only: obs.map(|o| o.read_only),
                     gtid_executed: obs.map(|o| o.gtid.executed().to_string()).unwrap_or_default(),
                     io_running: repl.map(|r| {

@@ -21,6 +21,8 @@ pub struct NodeCtx {
     pub state: primus_store::StateHandle,
     /// Present when `[mysql]` is configured.
     pub monitor: Option<Arc<crate::monitor::Monitor>>,
+    /// Present when `[mysql]` is configured.
+    pub engine: Option<Arc<crate::failover::Engine>>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -28,8 +30,7 @@ impl NodeCtx {
     /// Read the local state machine (not linearizable by itself). Returns the
     /// applied index alongside the closure's result.
     pub fn read_state<R>(&self, f: impl FnOnce(&Registry) -> R) -> (u64, R) {
-        self.state
-            .read(|s| (s.last_applied.map(|l| l.index).unwrap_or(0), f(&s.registry)))
+        self.state.read(|s| (s.last_applied.map(|l| l.index).unwrap_or(0), f(&s.registry)))
     }
 
     /// Highest log index known committed: on the leader, the index a majority of
@@ -97,9 +98,7 @@ impl NodeCtx {
 
 /// Whether `data_dir` already holds a Raft store (a restart, not a first start).
 pub fn has_store(data_dir: &std::path::Path) -> bool {
-    std::fs::read_dir(data_dir.join("raft"))
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false)
+    std::fs::read_dir(data_dir.join("raft")).map(|mut d| d.next().is_some()).unwrap_or(false)
 }
 
 /// Run a node until `shutdown` resolves. Errors here are startup errors.
@@ -108,9 +107,7 @@ pub async fn run(
     config_path: &std::path::Path,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let fault_injection = std::env::var("PRIMUS_FAULT_INJECTION")
-        .map(|v| v == "1")
-        .unwrap_or(false);
+    let fault_injection = std::env::var("PRIMUS_FAULT_INJECTION").map(|v| v == "1").unwrap_or(false);
     let faults = Arc::new(Faults::new(fault_injection));
     if fault_injection {
         tracing::warn!("fault injection is ENABLED (PRIMUS_FAULT_INJECTION=1): for tests only");
@@ -144,9 +141,7 @@ pub async fn run(
         unreachable_backoff: Duration::from_millis((cfg.raft.election_timeout_min_ms / 3).clamp(10, 500)),
     };
     let network = PeerNetwork::new(cfg.node_id, net_cfg, faults.clone());
-    let raft = Raft::new(cfg.node_id, raft_config, network, log, sm)
-        .await
-        .context("cannot start the Raft node")?;
+    let raft = Raft::new(cfg.node_id, raft_config, network, log, sm).await.context("cannot start the Raft node")?;
 
     let listen: std::net::SocketAddr = cfg.listen.parse().context("listen")?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -178,6 +173,21 @@ pub async fn run(
             None
         }
     };
+    let engine = match (&monitor, &cfg.mysql) {
+        (Some(mon), Some(m)) => {
+            let e = crate::failover::Engine::new(
+                cfg.node_id,
+                raft.clone(),
+                state.clone(),
+                mon.clone(),
+                cfg.failover.clone(),
+                m.clone(),
+            );
+            e.start();
+            Some(e)
+        }
+        _ => None,
+    };
     let sink: Option<Arc<dyn primus_raft::ObservationSink>> =
         monitor.clone().map(|m| m as Arc<dyn primus_raft::ObservationSink>);
 
@@ -187,6 +197,7 @@ pub async fn run(
         raft: raft.clone(),
         state,
         monitor,
+        engine,
         channels: Mutex::new(HashMap::new()),
     });
 
@@ -206,10 +217,7 @@ pub async fn run(
             "empty data_dir and no initial_members: waiting to be added with `primusctl members add`"
         );
     } else {
-        tracing::info!(
-            node_id = cfg.node_id,
-            "recovered from data_dir; initial_members ignored"
-        );
+        tracing::info!(node_id = cfg.node_id, "recovered from data_dir; initial_members ignored");
     }
 
     let coordinator = CoordinatorServer::new(CoordinatorService::new(ctx.clone()))

@@ -11,7 +11,10 @@ use openraft::{ChangeMembers, ServerState};
 use primus_proto::v1::coordinator_client::CoordinatorClient;
 use primus_proto::v1::coordinator_server::Coordinator;
 use primus_proto::v1::*;
-use primus_types::{ClusterName, Command, InstanceAddr, Member, NodeId, Origin, Rejection};
+use primus_types::{
+    ClusterName, Command, FailoverKind, FailoverOutcome, FailoverRecord, InstanceAddr, Maintenance, Member, NodeId,
+    Origin, PromotionRule, Rejection,
+};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -56,6 +59,8 @@ fn rejection_status(r: Rejection) -> Status {
         Rejection::ClusterNotFound(_) => Status::not_found(msg),
         Rejection::NoSeeds => Status::invalid_argument(msg),
         Rejection::UnsupportedFormat { .. } => Status::failed_precondition(msg),
+        Rejection::FailoverInProgress(..) | Rejection::StaleEpoch { .. } => Status::aborted(msg),
+        Rejection::NoSuchFailover { .. } | Rejection::UnknownInstance { .. } => Status::not_found(msg),
     }
 }
 
@@ -66,6 +71,15 @@ fn no_leader(me: NodeId) -> Status {
 }
 
 impl CoordinatorService {
+    fn engine(&self) -> Result<Arc<crate::failover::Engine>, Status> {
+        self.node.engine.clone().ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "node {} has no [mysql] section: it cannot fail anything over",
+                self.node.id
+            ))
+        })
+    }
+
     fn is_forwarded<T>(req: &Request<T>) -> bool {
         req.metadata().contains_key(FORWARDED)
     }
@@ -108,9 +122,7 @@ impl CoordinatorService {
                 let rc = &self.node.cfg.raft;
                 request
                     .set_timeout(rc.write_timeout().max(rc.membership_timeout()) + std::time::Duration::from_secs(1));
-                request
-                    .metadata_mut()
-                    .insert(FORWARDED, tonic::metadata::MetadataValue::from(self.node.id));
+                request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from(self.node.id));
                 call(client, request).await.map(Response::into_inner).map_err(|s| {
                     if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
                         && s.message().contains("transport")
@@ -129,13 +141,7 @@ impl CoordinatorService {
     }
 
     async fn write(&self, command: Command, actor: String) -> Result<u64, NotHere> {
-        let req = primus_types::Request::new(
-            command,
-            Origin {
-                actor,
-                via_node: self.node.id,
-            },
-        );
+        let req = primus_types::Request::new(command, Origin { actor, via_node: self.node.id });
         let timeout = self.node.cfg.raft.write_timeout();
         match tokio::time::timeout(timeout, self.node.raft.client_write(req)).await {
             Err(_) => Err(Status::deadline_exceeded(format!(
@@ -198,11 +204,7 @@ impl CoordinatorService {
             let target = ctx.committed_index().unwrap_or(0);
             loop {
                 let m = raft.metrics().borrow().clone();
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&id).cloned().flatten())
-                    .map(|l| l.index);
+                let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index);
                 if matched.is_some_and(|i| i >= target) {
                     break;
                 }
@@ -231,9 +233,7 @@ impl CoordinatorService {
         let ch = self.node.channel_to(addr)?;
         let mut c = CoordinatorClient::new(ch);
         let mut req = Request::new(GetStatusRequest {});
-        req.set_timeout(std::time::Duration::from_millis(
-            self.node.cfg.raft.rpc_timeout_ms.max(1000),
-        ));
+        req.set_timeout(std::time::Duration::from_millis(self.node.cfg.raft.rpc_timeout_ms.max(1000)));
         let s = c.get_status(req).await.map_err(|e| {
             Status::failed_precondition(format!(
                 "no primusd answers at {addr} ({}); start it first, with an empty data_dir and no initial_members",
@@ -242,10 +242,7 @@ impl CoordinatorService {
         })?;
         let s = s.into_inner();
         if s.node_id != id {
-            return Err(Status::failed_precondition(format!(
-                "{addr} is node {}, not node {id}",
-                s.node_id
-            )));
+            return Err(Status::failed_precondition(format!("{addr} is node {}, not node {id}", s.node_id)));
         }
         Ok(())
     }
@@ -261,11 +258,10 @@ type MembershipResult = Result<
 
 fn membership_result(r: MembershipResult, timeout: std::time::Duration) -> Result<u64, NotHere> {
     match r {
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "membership change not done within {} ms",
-            timeout.as_millis()
-        ))
-        .into()),
+        Err(_) => {
+            Err(Status::deadline_exceeded(format!("membership change not done within {} ms", timeout.as_millis()))
+                .into())
+        }
         Ok(Ok(resp)) => Ok(resp.log_id.index),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(NotHere::Forward(forward_target(&f))),
         Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
@@ -292,22 +288,13 @@ fn role_of(state: ServerState) -> Role {
 
 fn parse_seeds(seeds: &[String]) -> Result<Vec<InstanceAddr>, Status> {
     if seeds.is_empty() {
-        return Err(Status::invalid_argument(
-            "a cluster needs at least one seed (--seed HOST:PORT)",
-        ));
+        return Err(Status::invalid_argument("a cluster needs at least one seed (--seed HOST:PORT)"));
     }
-    seeds
-        .iter()
-        .map(|s| {
-            s.parse::<InstanceAddr>()
-                .map_err(|e| Status::invalid_argument(e.to_string()))
-        })
-        .collect()
+    seeds.iter().map(|s| s.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))).collect()
 }
 
 fn parse_name(name: &str) -> Result<ClusterName, Status> {
-    name.parse()
-        .map_err(|e: primus_types::NameError| Status::invalid_argument(e.to_string()))
+    name.parse().map_err(|e: primus_types::NameError| Status::invalid_argument(e.to_string()))
 }
 
 #[tonic::async_trait]
@@ -317,11 +304,7 @@ impl Coordinator for CoordinatorService {
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let initialized = m.membership_config.log_id().is_some() || !voters.is_empty();
-        let role = if !initialized {
-            Role::Uninitialized
-        } else {
-            role_of(m.state)
-        };
+        let role = if !initialized { Role::Uninitialized } else { role_of(m.state) };
         let matched = m.replication.clone().unwrap_or_default();
         let members = membership
             .nodes()
@@ -347,10 +330,8 @@ impl Coordinator for CoordinatorService {
                 }
             })
             .collect();
-        let leader_addr = m
-            .current_leader
-            .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()))
-            .unwrap_or_default();
+        let leader_addr =
+            m.current_leader.and_then(|l| membership.get_node(&l).map(|n| n.addr.clone())).unwrap_or_default();
         let applied = m.last_applied.map(|l| l.index);
         let committed = self.node.committed_index().max(applied);
         Ok(Response::new(GetStatusResponse {
@@ -377,10 +358,7 @@ impl Coordinator for CoordinatorService {
             return Err(Status::invalid_argument("member id must be greater than 0"));
         }
         crate::config::check_host_port(&r.addr).map_err(Status::invalid_argument)?;
-        let node = Member {
-            addr: r.addr.clone(),
-            datacenter: r.datacenter.clone(),
-        };
+        let node = Member { addr: r.addr.clone(), datacenter: r.datacenter.clone() };
         let result = if !self.node.is_leader() {
             Err(NotHere::Forward(self.node.leader_target()))
         } else {
@@ -405,10 +383,9 @@ impl Coordinator for CoordinatorService {
                 tracing::info!(member = r.id, addr = %r.addr, log_index, "member added as voter");
                 Ok(Response::new(AddMemberResponse { log_index }))
             }
-            Err(nh) => self
-                .forward(nh, forwarded, r, |mut c, q| async move { c.add_member(q).await })
-                .await
-                .map(Response::new),
+            Err(nh) => {
+                self.forward(nh, forwarded, r, |mut c, q| async move { c.add_member(q).await }).await.map(Response::new)
+            }
         }
     }
 
@@ -420,10 +397,7 @@ impl Coordinator for CoordinatorService {
         let is_voter = membership.voter_ids().any(|v| v == r.id);
         let known = membership.get_node(&r.id).is_some();
         let result = if !known {
-            Err(NotHere::Failed(Status::not_found(format!(
-                "node {} is not a member of the group",
-                r.id
-            ))))
+            Err(NotHere::Failed(Status::not_found(format!("node {} is not a member of the group", r.id))))
         } else if is_voter {
             self.change_membership(ChangeMembers::RemoveVoters([r.id].into())).await
         } else {
@@ -458,25 +432,14 @@ impl Coordinator for CoordinatorService {
                 if !self.node.is_leader() {
                     let target = NotHere::Forward(self.node.leader_target());
                     return self
-                        .forward(
-                            target,
-                            forwarded,
-                            r,
-                            |mut c, q| async move { c.register_cluster(q).await },
-                        )
+                        .forward(target, forwarded, r, |mut c, q| async move { c.register_cluster(q).await })
                         .await
                         .map(Response::new);
                 }
                 if self.node.read_state(|s| s.clusters.contains_key(&name)).1 {
                     return Err(rejection_status(Rejection::ClusterExists(name)));
                 }
-                let timeout = self
-                    .node
-                    .cfg
-                    .mysql
-                    .as_ref()
-                    .map(|m| m.discovery_timeout())
-                    .unwrap_or_default();
+                let timeout = self.node.cfg.mysql.as_ref().map(|m| m.discovery_timeout()).unwrap_or_default();
                 let found = crate::discovery::discover(&seeds, &mon.targets, timeout)
                     .await
                     .map_err(|e| Status::failed_precondition(format!("cannot register {name}: {e}")))?;
@@ -488,12 +451,7 @@ impl Coordinator for CoordinatorService {
             }
             None => None,
         };
-        let cmd = Command::RegisterCluster {
-            name,
-            seeds,
-            settings,
-            topology,
-        };
+        let cmd = Command::RegisterCluster { name, seeds, settings, topology };
         match self.write(cmd, r.actor.clone()).await {
             Ok(log_index) => Ok(Response::new(RegisterClusterResponse { log_index })),
             Err(nh) => self
@@ -513,12 +471,7 @@ impl Coordinator for CoordinatorService {
         match self.write(Command::UnregisterCluster { name }, r.actor.clone()).await {
             Ok(log_index) => Ok(Response::new(UnregisterClusterResponse { log_index })),
             Err(nh) => self
-                .forward(
-                    nh,
-                    forwarded,
-                    r,
-                    |mut c, q| async move { c.unregister_cluster(q).await },
-                )
+                .forward(nh, forwarded, r, |mut c, q| async move { c.unregister_cluster(q).await })
                 .await
                 .map(Response::new),
         }
@@ -550,11 +503,7 @@ impl Coordinator for CoordinatorService {
                 })
                 .collect()
         });
-        Ok(Response::new(ListClustersResponse {
-            clusters,
-            applied_index: applied,
-            served_by: self.node.id,
-        }))
+        Ok(Response::new(ListClustersResponse { clusters, applied_index: applied, served_by: self.node.id }))
     }
 
     async fn get_topology(&self, req: Request<GetTopologyRequest>) -> Result<Response<GetTopologyResponse>, Status> {
@@ -576,10 +525,7 @@ impl Coordinator for CoordinatorService {
             .1
             .ok_or_else(|| Status::not_found(format!("cluster {name} is not registered")))?;
         let mon = self.node.monitor.as_ref().ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "node {} has no [mysql] section: it probes nothing",
-                self.node.id
-            ))
+            Status::failed_precondition(format!("node {} has no [mysql] section: it probes nothing", self.node.id))
         })?;
         Ok(Response::new(mon.view(&rec, linearizable)))
     }
@@ -614,5 +560,206 @@ impl Coordinator for CoordinatorService {
         });
         records.reverse();
         Ok(Response::new(AuditResponse { records }))
+    }
+
+    async fn failover(&self, req: Request<FailoverRequest>) -> Result<Response<FailoverResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let name = parse_name(&r.cluster)?;
+        let to = if r.to.is_empty() {
+            None
+        } else {
+            Some(r.to.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?)
+        };
+        let engine = self.engine()?;
+        if !self.node.is_leader() {
+            let nh = NotHere::Forward(self.node.leader_target());
+            return self
+                .forward(nh, forwarded, r, |mut c, q| async move { c.failover(q).await })
+                .await
+                .map(Response::new);
+        }
+        let kind = if r.switchover { FailoverKind::Switchover } else { FailoverKind::Manual };
+        let result = engine.request(&name, kind, to, r.actor.clone()).await;
+        let rec = self.node.read_state(|s| s.clusters.get(&name).and_then(|c| c.history.last().cloned())).1;
+        match result {
+            Ok(id) => match rec.filter(|f| f.id == id) {
+                Some(f) => Ok(Response::new(FailoverResponse { failover: Some(failover_view(&f)) })),
+                None => Err(Status::internal(format!("failover {id} finished but its record is missing"))),
+            },
+            Err(crate::failover::FailoverError::UnknownCluster(n)) => {
+                Err(Status::not_found(format!("cluster {n} is not registered")))
+            }
+            Err(crate::failover::FailoverError::NotLeader(m)) => Err(Status::unavailable(m)),
+            Err(e) => Err(Status::failed_precondition(e.to_string())),
+        }
+    }
+
+    async fn history(&self, req: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
+        let name = parse_name(&req.get_ref().cluster)?;
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        if let Err(nh) = self.linearizable().await {
+            return self
+                .forward(nh, forwarded, r, |mut c, q| async move { c.history(q).await })
+                .await
+                .map(Response::new);
+        }
+        let failovers = self
+            .node
+            .read_state(|s| s.clusters.get(&name).map(|c| c.history.iter().map(failover_view).collect::<Vec<_>>()))
+            .1
+            .ok_or_else(|| Status::not_found(format!("cluster {name} is not registered")))?;
+        Ok(Response::new(HistoryResponse { failovers }))
+    }
+
+    async fn analysis(&self, req: Request<AnalysisRequest>) -> Result<Response<AnalysisResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let name = parse_name(&r.cluster)?;
+        let engine = self.engine()?;
+        // The leader's analysis is the one that decides: it sees every coordinator's view.
+        if !self.node.is_leader() {
+            let nh = NotHere::Forward(self.node.leader_target());
+            return self
+                .forward(nh, forwarded, r, |mut c, q| async move { c.analysis(q).await })
+                .await
+                .map(Response::new);
+        }
+        let epoch = self
+            .node
+            .read_state(|s| s.clusters.get(&name).map(|c| c.epoch))
+            .1
+            .ok_or_else(|| Status::not_found(format!("cluster {name} is not registered")))?;
+        let (at_ms, a) = engine
+            .last_analysis(&name)
+            .ok_or_else(|| Status::unavailable(format!("no analysis of {name} yet; retry in a moment")))?;
+        Ok(Response::new(AnalysisResponse {
+            code: a.code.to_string(),
+            subject: a.subject.map(|s| s.to_string()).unwrap_or_default(),
+            evidence: a.evidence,
+            actionable: a.actionable,
+            at_ms,
+            served_by: self.node.id,
+            epoch,
+        }))
+    }
+
+    async fn ack(&self, req: Request<AckRequest>) -> Result<Response<LogIndexResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let name = parse_name(&r.cluster)?;
+        let id = if r.id.is_empty() { None } else { Some(r.id.clone()) };
+        match self.write(Command::AckFailover { name, id }, r.actor.clone()).await {
+            Ok(log_index) => Ok(Response::new(LogIndexResponse { log_index })),
+            Err(nh) => {
+                self.forward(nh, forwarded, r, |mut c, q| async move { c.ack(q).await }).await.map(Response::new)
+            }
+        }
+    }
+
+    async fn set_promotion_rule(
+        &self,
+        req: Request<SetPromotionRuleRequest>,
+    ) -> Result<Response<LogIndexResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let name = parse_name(&r.cluster)?;
+        let instance = r.instance.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let rule = r.rule.parse::<PromotionRule>().map_err(Status::invalid_argument)?;
+        match self.write(Command::SetPromotionRule { name, instance, rule }, r.actor.clone()).await {
+            Ok(log_index) => Ok(Response::new(LogIndexResponse { log_index })),
+            Err(nh) => self
+                .forward(nh, forwarded, r, |mut c, q| async move { c.set_promotion_rule(q).await })
+                .await
+                .map(Response::new),
+        }
+    }
+
+    async fn maintenance(&self, req: Request<MaintenanceRequest>) -> Result<Response<LogIndexResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let name = parse_name(&r.cluster)?;
+        let instance = if r.instance.is_empty() {
+            None
+        } else {
+            Some(r.instance.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?)
+        };
+        let maintenance = if r.start {
+            if r.reason.trim().is_empty() {
+                return Err(Status::invalid_argument("maintenance needs a --reason"));
+            }
+            if r.duration_ms == 0 {
+                return Err(Status::invalid_argument("maintenance needs a --duration"));
+            }
+            let now = crate::monitor::now_ms();
+            Some(Maintenance {
+                reason: r.reason.clone(),
+                by: r.actor.clone(),
+                since_ms: now,
+                until_ms: now + r.duration_ms,
+            })
+        } else {
+            None
+        };
+        match self.write(Command::SetMaintenance { name, instance, maintenance }, r.actor.clone()).await {
+            Ok(log_index) => Ok(Response::new(LogIndexResponse { log_index })),
+            Err(nh) => self
+                .forward(nh, forwarded, r, |mut c, q| async move { c.maintenance(q).await })
+                .await
+                .map(Response::new),
+        }
+    }
+
+    async fn set_automatic_failover(
+        &self,
+        req: Request<SetAutomaticFailoverRequest>,
+    ) -> Result<Response<LogIndexResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let name = parse_name(&r.cluster)?;
+        match self.write(Command::SetAutomaticFailover { name, enabled: r.enabled }, r.actor.clone()).await {
+            Ok(log_index) => Ok(Response::new(LogIndexResponse { log_index })),
+            Err(nh) => self
+                .forward(nh, forwarded, r, |mut c, q| async move { c.set_automatic_failover(q).await })
+                .await
+                .map(Response::new),
+        }
+    }
+}
+
+fn failover_view(f: &FailoverRecord) -> FailoverView {
+    let (outcome, reason) = match &f.outcome {
+        None => ("in_progress", String::new()),
+        Some(FailoverOutcome::Succeeded) => ("succeeded", String::new()),
+        Some(FailoverOutcome::Aborted(r)) => ("aborted", r.clone()),
+        Some(FailoverOutcome::Failed(r)) => ("failed", r.clone()),
+    };
+    FailoverView {
+        id: f.id.clone(),
+        kind: f.kind.to_string(),
+        analysis_code: f.analysis_code.clone(),
+        evidence: f.evidence.clone(),
+        old_primary: f.old_primary.to_string(),
+        candidate: f.candidate.to_string(),
+        epoch: f.epoch,
+        steps: f
+            .steps
+            .iter()
+            .map(|s| FailoverStepView {
+                index: s.index,
+                description: s.description.clone(),
+                outcome: s.outcome.clone(),
+                at_ms: s.at_ms,
+            })
+            .collect(),
+        started_at_ms: f.started_at_ms,
+        finished_at_ms: f.finished_at_ms,
+        outcome: outcome.into(),
+        outcome_reason: reason,
+        started_by: f.started_by.clone(),
+        acked_by: f.acked_by.clone().unwrap_or_default(),
+        promotion_gtid: f.promotion_gtid.clone().unwrap_or_default(),
+        plan: f.plan.iter().map(|v| v.to_string()).collect(),
     }
 }

@@ -1,0 +1,691 @@
+//! Failover execution on the leader: analysis → double-check → write-ahead start →
+//! one committed step at a time → finish.
+//!
+//! Safety rests on three rules:
+//! * Only a leader that a quorum acknowledged recently decides, and before every
+//!   step it confirms its leadership with a quorum (`ensure_linearizable`); a deposed
+//!   leader stops at once, between two steps.
+//! * Nothing touches MySQL before `StartFailover` (analysis, candidate, new epoch and
+//!   the whole plan) is committed, and each step is committed when done. A new
+//!   leader finds the unfinished record and resumes at the first step not recorded.
+//! * Every step is idempotent (it checks the instance's state first), so running a
+//!   step twice — once by a leader that died before recording it, once by its
+//!   successor — is harmless.
+
+use crate::config::{FailoverSection, MysqlSection};
+use crate::monitor::{now_ms, Monitor};
+use primus_failover::{
+    analyze, choose_candidate, choose_candidate_explicit, plan, Analysis, AnalysisCode, ClusterInput, CoordinatorView,
+    InstanceInput, Step, Thresholds,
+};
+use primus_mysql::flavor::{ChangeSource, ResetReplica};
+use primus_mysql::{AnyGtidSet, ProbeError, Prober};
+use primus_store::StateHandle;
+use primus_types::state::ClusterRecord;
+use primus_types::{
+    ClusterName, Command, FailoverKind, FailoverOutcome, FailoverRecord, InstanceAddr, NodeId, Origin, Raft, Rejection,
+    Request,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FailoverError {
+    #[error("this node is not the leader (or lost its quorum): {0}")]
+    NotLeader(String),
+    #[error("cluster {0} is not registered")]
+    UnknownCluster(ClusterName),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("not committed: {0}")]
+    Commit(String),
+}
+
+pub struct Engine {
+    me: NodeId,
+    raft: Raft,
+    state: StateHandle,
+    monitor: Arc<Monitor>,
+    cfg: FailoverSection,
+    mysql: MysqlSection,
+    /// Clusters with a decision or execution task running on this node.
+    running: Mutex<HashSet<ClusterName>>,
+    /// Latest analysis per cluster (for `primusctl analysis`).
+    last: RwLock<HashMap<ClusterName, (u64, Analysis)>>,
+    /// Last time a "no candidate" refusal was logged, per cluster (to keep logs quiet).
+    quiet: Mutex<HashMap<ClusterName, u64>>,
+}
+
+fn thresholds(cfg: &FailoverSection) -> Thresholds {
+    Thresholds {
+        view_max_age_ms: cfg.view_max_age_ms,
+        replica_progress_stale_ms: cfg.replica_progress_stale_ms,
+        max_lag_for_candidate_s: cfg.max_lag_for_candidate_s,
+        prefer_same_datacenter: cfg.prefer_same_datacenter,
+    }
+}
+
+impl Engine {
+    pub fn new(
+        me: NodeId,
+        raft: Raft,
+        state: StateHandle,
+        monitor: Arc<Monitor>,
+        cfg: FailoverSection,
+        mysql: MysqlSection,
+    ) -> Arc<Engine> {
+        Arc::new(Engine {
+            me,
+            raft,
+            state,
+            monitor,
+            cfg,
+            mysql,
+            running: Mutex::new(HashSet::new()),
+            last: RwLock::new(HashMap::new()),
+            quiet: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn start(self: &Arc<Self>) {
+        let e = self.clone();
+        tokio::spawn(async move { e.run().await });
+    }
+
+    /// The analysis this node computed last for `cluster` (the leader's is authoritative).
+    pub fn last_analysis(&self, cluster: &ClusterName) -> Option<(u64, Analysis)> {
+        self.last.read().unwrap_or_else(|p| p.into_inner()).get(cluster).cloned()
+    }
+
+    /// Build the decision input from every coordinator's latest views.
+    pub fn input(&self, c: &ClusterRecord) -> ClusterInput {
+        let now = now_ms();
+        let voters = {
+            let m = self.raft.metrics().borrow().clone();
+            m.membership_config.membership().voter_ids().collect()
+        };
+        let instances = c
+            .topology
+            .instances
+            .values()
+            .map(|i| {
+                let views = self
+                    .monitor
+                    .views_of(&i.addr)
+                    .into_iter()
+                    .map(|(node, rec)| (node, CoordinatorView { at_ms: rec.at_ms, result: rec.result }))
+                    .collect();
+                let rule = c.promotion_rules.get(&i.addr).copied().unwrap_or_default();
+                (
+                    i.addr.clone(),
+                    InstanceInput {
+                        addr: i.addr.clone(),
+                        role: i.role,
+                        source: i.source.clone(),
+                        datacenter: None,
+                        views,
+                        io_progress_at_ms: self.monitor.progress_at(&i.addr),
+                        maintenance: c.in_maintenance(&i.addr, now),
+                        promotion_rule: rule.to_string().parse().unwrap_or_default(),
+                    },
+                )
+            })
+            .collect();
+        ClusterInput {
+            cluster: c.name.to_string(),
+            epoch: c.epoch,
+            now_ms: now,
+            primary: c.topology.primary.clone(),
+            voters,
+            instances,
+        }
+    }
+
+    fn leads(&self) -> bool {
+        self.monitor.leads_with_quorum()
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut changes = self.monitor.changes.subscribe();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = changes.changed() => { if r.is_err() { return; } }
+            }
+            let clusters: Vec<ClusterRecord> = self.state.read(|s| s.registry.clusters.values().cloned().collect());
+            let leads = self.leads();
+            for c in clusters {
+                let input = self.input(&c);
+                let analysis = analyze(&input, &thresholds(&self.cfg));
+                self.last
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(c.name.clone(), (now_ms(), analysis.clone()));
+                if !leads {
+                    continue;
+                }
+                if c.in_flight().is_some() {
+                    self.spawn_for(&c.name, |e, name| async move { e.resume(&name).await });
+                    continue;
+                }
+                self.keep_demoted_fenced(&c);
+                let dead =
+                    matches!(analysis.code, AnalysisCode::DeadPrimary | AnalysisCode::DeadPrimaryAndSomeReplicas);
+                if dead && analysis.actionable && self.automatic_allowed(&c) {
+                    self.spawn_for(&c.name, |e, name| async move {
+                        if let Err(err) = e.decide_and_run(&name, FailoverKind::Automatic, None, "primusd".into()).await
+                        {
+                            tracing::warn!(cluster = %name, error = %err, "automatic failover not started");
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// A demoted former primary must never take writes again on its own: when one
+    /// shows up writable (restarted with its config's read_only=OFF), fence it again.
+    fn keep_demoted_fenced(self: &Arc<Self>, c: &ClusterRecord) {
+        for addr in &c.demoted {
+            let writable = self
+                .monitor
+                .views_of(addr)
+                .into_iter()
+                .find(|(n, _)| *n == self.me)
+                .and_then(|(_, r)| r.result.ok())
+                .is_some_and(|o| !o.read_only);
+            if !writable {
+                continue;
+            }
+            let e = self.clone();
+            let a = addr.clone();
+            let cluster = c.name.clone();
+            tokio::spawn(async move {
+                let p = e.prober(&a);
+                let r = match p.server_info().await {
+                    Ok(info) => p.execute(&info.set_read_only_sql(true), e.step_timeout()).await,
+                    Err(err) => Err(err),
+                };
+                p.disconnect().await;
+                match r {
+                    Ok(()) => {
+                        tracing::warn!(%cluster, instance = %a, "demoted former primary was writable: read_only set again")
+                    }
+                    Err(err) => {
+                        tracing::warn!(%cluster, instance = %a, error = %err, "cannot fence demoted former primary")
+                    }
+                }
+                e.monitor.probe_now(&a);
+            });
+        }
+    }
+
+    /// Run `f` for `name` unless a task for it already runs on this node.
+    fn spawn_for<F, Fut>(self: &Arc<Self>, name: &ClusterName, f: F)
+    where
+        F: FnOnce(Arc<Engine>, ClusterName) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if !self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone()) {
+            return;
+        }
+        let fut = f(self.clone(), name.clone());
+        let e = self.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            fut.await;
+            e.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+        });
+    }
+
+    /// Automatic failover enabled, and not blocked by a recent unacknowledged one.
+    fn automatic_allowed(&self, c: &ClusterRecord) -> bool {
+        if !c.settings.automatic_failover.unwrap_or(self.cfg.automatic) {
+            return false;
+        }
+        let now = now_ms();
+        let blocked = c.history.iter().rev().find(|f| f.kind == FailoverKind::Automatic).is_some_and(|f| {
+            f.acked_by.is_none()
+                && f.outcome == Some(FailoverOutcome::Succeeded)
+                && f.finished_at_ms.is_some_and(|t| now.saturating_sub(t) < self.cfg.recovery_block_period_ms)
+        });
+        if blocked {
+            self.say_once(&c.name, "automatic failover blocked: a recent failover is not acknowledged (primusctl ack)");
+        }
+        !blocked
+    }
+
+    fn say_once(&self, cluster: &ClusterName, msg: &str) {
+        let mut q = self.quiet.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        if q.get(cluster).is_none_or(|t| now.saturating_sub(*t) > 30_000) {
+            q.insert(cluster.clone(), now);
+            tracing::warn!(cluster = %cluster, "{msg}");
+        }
+    }
+
+    fn cluster(&self, name: &ClusterName) -> Result<ClusterRecord, FailoverError> {
+        self.state
+            .read(|s| s.registry.clusters.get(name).cloned())
+            .ok_or_else(|| FailoverError::UnknownCluster(name.clone()))
+    }
+
+    async fn commit(&self, cmd: Command, actor: &str) -> Result<u64, FailoverError> {
+        let req = Request::new(cmd, Origin { actor: actor.to_string(), via_node: self.me });
+        let t = Duration::from_millis(self.cfg.step_timeout_ms);
+        match tokio::time::timeout(t, self.raft.client_write(req)).await {
+            Err(_) => Err(FailoverError::Commit(format!("not committed within {} ms", t.as_millis()))),
+            Ok(Err(e)) => Err(FailoverError::Commit(e.to_string())),
+            Ok(Ok(resp)) => match resp.data.into_result() {
+                Ok(()) => Ok(resp.log_id.index),
+                Err(Rejection::FailoverInProgress(_, id)) => {
+                    Err(FailoverError::Refused(format!("failover {id} is already in progress")))
+                }
+                Err(r) => Err(FailoverError::Refused(r.to_string())),
+            },
+        }
+    }
+
+    /// Confirm with a quorum that we still lead, bounded by the step timeout.
+    async fn confirm_leader(&self) -> Result<(), FailoverError> {
+        let t = Duration::from_millis(self.cfg.step_timeout_ms);
+        match tokio::time::timeout(t, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(FailoverError::NotLeader(e.to_string())),
+            Err(_) => Err(FailoverError::NotLeader("no quorum answered".into())),
+        }
+    }
+
+    /// An operator's failover or switchover: runs in its own task under the
+    /// per-cluster guard, so it never races the automatic path and a cancelled
+    /// request cannot stop it between two steps.
+    pub async fn request(
+        self: &Arc<Self>,
+        name: &ClusterName,
+        kind: FailoverKind,
+        to: Option<InstanceAddr>,
+        actor: String,
+    ) -> Result<String, FailoverError> {
+        if !self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone()) {
+            return Err(FailoverError::Refused(format!("a failover of {name} is already being decided or executed")));
+        }
+        let e = self.clone();
+        let n = name.clone();
+        let task = tokio::spawn(async move {
+            let r = e.decide_and_run(&n, kind, to, actor).await;
+            e.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&n);
+            r
+        });
+        task.await.map_err(|e| FailoverError::Refused(format!("failover task failed: {e}")))?
+    }
+
+    /// Double-check, choose, commit the start, execute. Returns the failover id.
+    pub async fn decide_and_run(
+        self: &Arc<Self>,
+        name: &ClusterName,
+        kind: FailoverKind,
+        to: Option<InstanceAddr>,
+        actor: String,
+    ) -> Result<String, FailoverError> {
+        let c = self.cluster(name)?;
+        if let Some(f) = c.in_flight() {
+            return Err(FailoverError::Refused(format!("failover {} is already in progress", f.id)));
+        }
+        let primary = c
+            .topology
+            .primary
+            .clone()
+            .ok_or_else(|| FailoverError::Refused(format!("cluster {name} has no primary to fail over from")))?;
+        self.confirm_leader().await?;
+        // Double-check with fresh probes of the primary and its replicas (seed 004):
+        // the decision must not rest on a view that is a probe interval old.
+        let mut addrs: Vec<InstanceAddr> = c.topology.instances.keys().cloned().collect();
+        addrs.sort();
+        self.monitor.probe_fresh(&addrs).await;
+        let c = self.cluster(name)?;
+        let input = self.input(&c);
+        let th = thresholds(&self.cfg);
+        let analysis = analyze(&input, &th);
+        if kind == FailoverKind::Automatic {
+            let dead = matches!(analysis.code, AnalysisCode::DeadPrimary | AnalysisCode::DeadPrimaryAndSomeReplicas);
+            if !(dead && analysis.actionable) {
+                tracing::info!(cluster = %name, analysis = %analysis, "double-check cleared the primary: no failover");
+                return Err(FailoverError::Refused(format!("double-check: {analysis}")));
+            }
+        }
+        let candidate = match &to {
+            Some(t) => choose_candidate_explicit(&input, &primary, t, &th),
+            None => choose_candidate(&input, &primary, &th),
+        }
+        .map_err(|e| {
+            let msg = format!("no safe candidate: {e}");
+            self.say_once(name, &msg);
+            FailoverError::Refused(msg)
+        })?;
+        let steps = plan(&input, &analysis, &candidate, kind).steps;
+        let plan_json: Vec<serde_json::Value> = steps.iter().filter_map(|s| serde_json::to_value(s).ok()).collect();
+        let epoch = c.epoch + 1;
+        let id = format!("{name}-e{epoch}");
+        let mut evidence = analysis.evidence.clone();
+        evidence.extend(candidate.reasons.iter().map(|r| format!("candidate: {r}")));
+        tracing::warn!(cluster = %name, failover_id = %id, epoch, kind = %kind, analysis = %analysis,
+            old_primary = %primary, candidate = %candidate.addr, "starting failover");
+        self.commit(
+            Command::StartFailover {
+                name: name.clone(),
+                id: id.clone(),
+                kind,
+                analysis_code: analysis.code.to_string(),
+                evidence,
+                old_primary: primary,
+                candidate: candidate.addr.clone(),
+                epoch,
+                plan: plan_json,
+            },
+            &actor,
+        )
+        .await?;
+        self.execute(name, &id).await?;
+        Ok(id)
+    }
+
+    /// A new leader picks up an unfinished failover.
+    async fn resume(self: &Arc<Self>, name: &ClusterName) {
+        let Ok(c) = self.cluster(name) else { return };
+        let Some(f) = c.in_flight().cloned() else { return };
+        tracing::warn!(cluster = %name, failover_id = %f.id, epoch = f.epoch, next_step = f.next_step(),
+            "resuming a failover started by a previous leader");
+        let steps = decode_plan(&f);
+        let irreversible_done = steps.iter().take(f.next_step()).any(Step::is_irreversible);
+        if !irreversible_done && f.kind == FailoverKind::Automatic {
+            // Nothing irreversible happened: if the old primary is back, stand down.
+            let rec = self.monitor.probe_fresh(std::slice::from_ref(&f.old_primary)).await;
+            if rec.first().is_some_and(|r| r.result.as_ref().is_ok_and(|o| !o.read_only)) {
+                let why = "the old primary is reachable and writable again before any irreversible step";
+                tracing::warn!(cluster = %name, failover_id = %f.id, "aborting: {why}");
+                let _ = self
+                    .commit(
+                        Command::FinishFailover {
+                            name: name.clone(),
+                            id: f.id.clone(),
+                            outcome: FailoverOutcome::Aborted(why.into()),
+                            promotion_gtid: None,
+                        },
+                        "primusd",
+                    )
+                    .await;
+                return;
+            }
+        }
+        if let Err(e) = self.execute(name, &f.id).await {
+            tracing::warn!(cluster = %name, failover_id = %f.id, error = %e, "resumed failover stopped");
+        }
+    }
+
+    /// Run the recorded plan from the first step not yet recorded.
+    async fn execute(self: &Arc<Self>, name: &ClusterName, id: &str) -> Result<(), FailoverError> {
+        let mut attempts = 0u32;
+        let mut promotion_gtid: Option<String> = None;
+        loop {
+            let c = self.cluster(name)?;
+            let Some(f) = c.in_flight().filter(|f| f.id == id).cloned() else { return Ok(()) };
+            let steps = decode_plan(&f);
+            let i = f.next_step();
+            let Some(step) = steps.get(i).cloned() else {
+                return Err(FailoverError::Refused(format!("failover {id}: plan has no step {i}")));
+            };
+            // Before every step: still the leader, confirmed by a quorum.
+            self.confirm_leader().await?;
+            if matches!(step, Step::Complete) {
+                if promotion_gtid.is_none() {
+                    promotion_gtid = self.gtid_of(&f.candidate).await;
+                }
+                self.commit(
+                    Command::FailoverStep {
+                        name: name.clone(),
+                        id: id.to_string(),
+                        index: i as u32,
+                        description: step.to_string(),
+                        outcome: "done".into(),
+                    },
+                    "primusd",
+                )
+                .await?;
+                self.commit(
+                    Command::FinishFailover {
+                        name: name.clone(),
+                        id: id.to_string(),
+                        outcome: FailoverOutcome::Succeeded,
+                        promotion_gtid: promotion_gtid.clone(),
+                    },
+                    "primusd",
+                )
+                .await?;
+                tracing::warn!(cluster = %name, failover_id = %id, epoch = f.epoch, new_primary = %f.candidate,
+                    "failover completed");
+                return Ok(());
+            }
+            match self.run_step(&c, &f, &step).await {
+                Ok(outcome) => {
+                    if matches!(step, Step::PromoteCandidate { .. }) {
+                        promotion_gtid = self.gtid_of(&f.candidate).await;
+                    }
+                    tracing::info!(cluster = %name, failover_id = %id, epoch = f.epoch, step = %step, %outcome, "step done");
+                    self.commit(
+                        Command::FailoverStep {
+                            name: name.clone(),
+                            id: id.to_string(),
+                            index: i as u32,
+                            description: step.to_string(),
+                            outcome,
+                        },
+                        "primusd",
+                    )
+                    .await?;
+                    attempts = 0;
+                }
+                Err(e) => {
+                    attempts += 1;
+                    let irreversible_done = steps.iter().take(i + 1).any(Step::is_irreversible)
+                        && !matches!(step, Step::PromoteCandidate { .. });
+                    tracing::warn!(cluster = %name, failover_id = %id, epoch = f.epoch, step = %step, error = %e,
+                        attempts, "step failed");
+                    if attempts < 3 {
+                        tokio::time::sleep(Duration::from_millis(200 * attempts as u64)).await;
+                        continue;
+                    }
+                    let outcome = if irreversible_done {
+                        FailoverOutcome::Failed(format!("{step}: {e}"))
+                    } else {
+                        if f.kind == FailoverKind::Switchover {
+                            // Nothing irreversible happened: give the old primary its writes back.
+                            let p = self.prober(&f.old_primary);
+                            let r = match p.server_info().await {
+                                Ok(info) => p.execute(&info.set_read_only_sql(false), self.step_timeout()).await,
+                                Err(e) => Err(e),
+                            };
+                            tracing::warn!(cluster = %name, failover_id = %id, restored = r.is_ok(),
+                                "switchover aborted: old primary made writable again");
+                        }
+                        FailoverOutcome::Aborted(format!("{step}: {e}"))
+                    };
+                    self.commit(
+                        Command::FinishFailover {
+                            name: name.clone(),
+                            id: id.to_string(),
+                            outcome,
+                            promotion_gtid: None,
+                        },
+                        "primusd",
+                    )
+                    .await?;
+                    return Err(FailoverError::Refused(format!("{step}: {e}")));
+                }
+            }
+        }
+    }
+
+    async fn gtid_of(&self, addr: &InstanceAddr) -> Option<String> {
+        let r = self.monitor.probe_fresh(std::slice::from_ref(addr)).await;
+        r.first().and_then(|r| r.result.as_ref().ok()).map(|o| o.gtid.executed().to_string())
+    }
+
+    fn prober(&self, addr: &InstanceAddr) -> Prober {
+        Prober::new(self.monitor.targets.connect_addr(addr), self.monitor.targets.probe_config.clone())
+    }
+
+    fn step_timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.step_timeout_ms)
+    }
+
+    /// Perform one step on MySQL. Idempotent: each checks the instance first.
+    async fn run_step(&self, c: &ClusterRecord, f: &FailoverRecord, step: &Step) -> Result<String, String> {
+        let t = self.step_timeout();
+        match step {
+            Step::FenceOldPrimary { addr, best_effort } => {
+                let p = self.prober(addr);
+                let info = match p.server_info().await {
+                    Ok(i) => i,
+                    Err(e) if *best_effort && is_unreachable(&e) => return Ok(format!("skipped: unreachable ({e})")),
+                    Err(e) => return Err(format!("cannot fence {addr}: {e}")),
+                };
+                p.execute(&info.set_read_only_sql(true), t).await.map_err(|e| e.to_string())?;
+                let killed = self.kill_clients(&p, t).await;
+                p.disconnect().await;
+                Ok(format!("read_only set, {killed} client connections killed"))
+            }
+            Step::WaitCandidateCatchUp { candidate, target_gtid, catch_up_with } => {
+                let mut targets = vec![target_gtid.clone()];
+                if let Some(old) = catch_up_with {
+                    // A switchover: everything the fenced old primary executed, read now.
+                    let r = self.monitor.probe_fresh(std::slice::from_ref(old)).await;
+                    let o =
+                        r.first().and_then(|r| r.result.as_ref().ok()).ok_or(format!("cannot read {old}'s GTIDs"))?;
+                    targets.push(o.gtid.executed().to_string());
+                }
+                let p = self.prober(candidate);
+                let info = p.server_info().await.map_err(|e| e.to_string())?;
+                let secs = self.cfg.catch_up_timeout_ms.div_ceil(1000).max(1);
+                for target in targets.iter().filter(|t| !t.is_empty()) {
+                    let q = primus_mysql::flavor::quote_string(target);
+                    let wait = match info.flavor {
+                        primus_mysql::Flavor::MariaDb => format!("DO MASTER_GTID_WAIT({q}, {secs})"),
+                        primus_mysql::Flavor::MySql => format!("DO WAIT_FOR_EXECUTED_GTID_SET({q}, {secs})"),
+                    };
+                    p.execute(&[wait], Duration::from_secs(secs + 2)).await.map_err(|e| e.to_string())?;
+                }
+                let o = p.probe().await.map_err(|e| e.to_string())?;
+                p.disconnect().await;
+                let have = o.gtid.executed();
+                for target in targets.iter().filter(|t| !t.is_empty()) {
+                    let want = parse_like(&have, target)?;
+                    if have.contains(&want) != Some(true) {
+                        return Err(format!("candidate applied only {have}, needs {target}"));
+                    }
+                }
+                Ok(format!("applied {} (at {have})", targets.join(" + ")))
+            }
+            Step::PromoteCandidate { candidate } => {
+                let p = self.prober(candidate);
+                let o = p.probe().await.map_err(|e| e.to_string())?;
+                let mut sql = Vec::new();
+                if o.is_replica() {
+                    sql.push(o.server.stop_replica_sql());
+                    sql.push(o.server.reset_replica_sql(ResetReplica::All));
+                }
+                sql.extend(o.server.set_read_only_sql(false));
+                p.execute(&sql, t).await.map_err(|e| e.to_string())?;
+                p.disconnect().await;
+                Ok(format!("replication stopped and reset, writable (epoch {})", f.epoch))
+            }
+            Step::RepointReplica { replica, to } | Step::RepointOldPrimary { addr: replica, to } => {
+                let (user, password) = self.replication_credentials()?;
+                let p = self.prober(replica);
+                let o = match p.probe().await {
+                    Ok(o) => o,
+                    Err(e) if is_unreachable(&e) => return Ok(format!("skipped: unreachable ({e})")),
+                    Err(e) => return Err(e.to_string()),
+                };
+                if let Some(r) = o.replication.first() {
+                    if r.source_host == to.host() && r.source_port == to.port() && r.sql_running {
+                        return Ok("already replicating from the new primary".into());
+                    }
+                }
+                let change = ChangeSource {
+                    host: to.host(),
+                    port: to.port(),
+                    user: &user,
+                    password: &password,
+                    heartbeat_period: Some(Duration::from_millis(500)),
+                    connect_retry_s: Some(1),
+                };
+                let mut sql = Vec::new();
+                if o.is_replica() {
+                    sql.push(o.server.stop_replica_sql());
+                }
+                sql.extend(o.server.set_read_only_sql(true));
+                sql.push(o.server.change_source_sql(&change));
+                sql.push(o.server.start_replica_sql());
+                p.execute(&sql, t).await.map_err(|e| e.to_string())?;
+                p.disconnect().await;
+                Ok(format!("replicating from {to}"))
+            }
+            Step::WriteHeartbeat { primary, epoch } => {
+                let p = self.prober(primary);
+                p.write_heartbeat(c.name.as_str(), *epoch, now_ms(), self.me).await.map_err(|e| e.to_string())?;
+                p.disconnect().await;
+                Ok(format!("heartbeat written with epoch {epoch}"))
+            }
+            Step::Complete => Ok("done".into()),
+        }
+    }
+
+    fn replication_credentials(&self) -> Result<(String, String), String> {
+        let user = self.mysql.replication_user.clone().ok_or(
+            "no [mysql] replication_user configured: cannot repoint replicas (set replication_user and \
+             replication_password_file)",
+        )?;
+        let password = self.mysql.replication_password()?.ok_or("no replication password configured")?;
+        Ok((user, password))
+    }
+
+    /// Kill every client connection except replication and system threads.
+    async fn kill_clients(&self, p: &Prober, t: Duration) -> usize {
+        let q = "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() \
+                 AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', 'Slave_worker') \
+                 AND USER NOT IN ('system user', 'event_scheduler')";
+        let Ok(rows) = p.query_rows(q, t).await else { return 0 };
+        let ids: Vec<String> = rows.iter().filter_map(|r| r.get(&["ID"]).flatten().map(str::to_string)).collect();
+        let mut n = 0;
+        for id in ids {
+            if id.chars().all(|c| c.is_ascii_digit()) && p.execute(&[format!("KILL CONNECTION {id}")], t).await.is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+fn is_unreachable(e: &ProbeError) -> bool {
+    matches!(e, ProbeError::Unreachable { .. } | ProbeError::Timeout { .. } | ProbeError::ConnectionLost { .. })
+}
+
+/// Parse `s` as a GTID set of the same flavor as `like`.
+fn parse_like(like: &AnyGtidSet, s: &str) -> Result<AnyGtidSet, String> {
+    match like {
+        AnyGtidSet::MariaDb(_) => {
+            s.parse().map(AnyGtidSet::MariaDb).map_err(|e: primus_mysql::gtid::GtidParseError| e.to_string())
+        }
+        AnyGtidSet::MySql(_) => {
+            s.parse().map(AnyGtidSet::MySql).map_err(|e: primus_mysql::gtid::GtidParseError| e.to_string())
+        }
+    }
+}
+
+fn decode_plan(f: &FailoverRecord) -> Vec<Step> {
+    f.plan.iter().filter_map(|v| serde_json::from_value(v.clone()).ok()).collect()
+}

@@ -1,0 +1,239 @@
+//! Automatic and operator failover on real MariaDB replication with real primusd
+//! coordinators: speed, safety (only the quorum leader promotes), no promotion when
+//! only the coordinators lose the primary, and the old primary kept read-only.
+
+use primus_client::{Client, ClusterSettings, HistoryResponse};
+use primus_integration_tests::world::{inst, World, WorldOptions};
+use primus_testkit::mariadb::Instance;
+use primus_testkit::proxy::CutMode;
+use std::time::{Duration, Instant};
+
+async fn register(w: &World) -> anyhow::Result<()> {
+    w.client()?.register_cluster("c", &[w.sandbox.primary().addr()], ClusterSettings::default()).await?;
+    // Every coordinator sees every instance, and replicas show progress, before any fault.
+    w.wait_topology("c", "all coordinators see every instance", Duration::from_secs(15), |t| {
+        t.instances.len() == 3 && t.instances.iter().all(|i| i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    Ok(())
+}
+
+async fn history(c: &Client) -> anyhow::Result<HistoryResponse> {
+    Ok(c.history("c").await?)
+}
+
+async fn read_only(i: &Instance) -> Option<bool> {
+    tokio::time::timeout(Duration::from_millis(300), i.read_only()).await.ok().and_then(|r| r.ok())
+}
+
+/// Wait until one of `candidates` is writable; returns it and when.
+async fn wait_writable(candidates: &[Instance], timeout: Duration) -> anyhow::Result<(&Instance, Instant)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for i in candidates {
+            if read_only(i).await == Some(false) {
+                return Ok((i, Instant::now()));
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no replica became writable within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn wait_finished(c: &Client, n: usize, timeout: Duration) -> anyhow::Result<HistoryResponse> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let h = history(c).await?;
+        if h.failovers.len() >= n && h.failovers.iter().all(|f| f.outcome != "in_progress") {
+            return Ok(h);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "failover not finished within {timeout:?}: {h:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_primary_promotes_exactly_one_replica_fast_and_loses_no_row() -> anyhow::Result<()> {
+    // Default probe interval (1 s): speed comes from the watch connection, not polling.
+    let w =
+        World::start(WorldOptions { probe_interval_ms: 1000, query_timeout_ms: 1000, ..Default::default() }).await?;
+    register(&w).await?;
+    w.sandbox.insert_rows(200).await?;
+    w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
+    let rows_before = w.sandbox.primary().test_row_count().await?;
+    let old = w.sandbox.primary().addr();
+
+    let killed = Instant::now();
+    w.sandbox.primary().kill9()?;
+    let (promoted, at) = wait_writable(w.sandbox.replicas(), Duration::from_secs(10)).await?;
+    let to_writable = at - killed;
+
+    let client = w.client()?;
+    let h = wait_finished(&client, 1, Duration::from_secs(20)).await?;
+    let f = &h.failovers[0];
+    println!("kill -9 primary -> replica {} writable after {} ms", promoted.addr(), to_writable.as_millis());
+    for s in &f.steps {
+        println!(
+            "  step {} +{} ms: {} -> {}",
+            s.index,
+            s.at_ms.saturating_sub(f.started_at_ms),
+            s.description,
+            s.outcome
+        );
+    }
+    assert_eq!(h.failovers.len(), 1, "{h:#?}");
+    assert_eq!(f.outcome, "succeeded", "{f:#?}");
+    assert_eq!(f.old_primary, old);
+    assert_eq!(f.candidate, promoted.addr());
+    assert_eq!(f.epoch, 2);
+    assert!(f.analysis_code.starts_with("DeadPrimary"), "{f:#?}");
+    assert!(f.steps.len() >= 5, "every step recorded: {f:#?}");
+
+    // Exactly one writable replica; the other replicates from it; no row lost.
+    let other = w.sandbox.replicas().iter().find(|r| r.addr() != promoted.addr()).expect("two replicas");
+    assert_eq!(read_only(other).await, Some(true));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = other.slave_status().await?;
+        if st.as_ref().is_some_and(|s| s.master_port == promoted.port() && s.is_running()) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "other replica not replicating from the new primary: {st:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(promoted.test_row_count().await?, rows_before, "rows lost on the promoted replica");
+    promoted.insert_test_rows(5).await?;
+    let pos = promoted.gtid_binlog_pos().await?;
+    other.wait_gtid(&pos, Duration::from_secs(10)).await?;
+    let t = w.topology("c").await?;
+    assert_eq!(t.primary, promoted.addr());
+    assert_eq!(t.epoch, 2);
+    assert_eq!(inst(&t, &old).role, "demoted");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_unreachable_from_every_coordinator_while_replicas_replicate_is_not_failed_over() -> anyhow::Result<()>
+{
+    let w = World::start(WorldOptions { proxied: true, ..Default::default() }).await?;
+    register(&w).await?;
+    let links = w.links.as_ref().expect("proxied");
+    for coordinator in 0..3 {
+        links.cut(coordinator, 0, CutMode::Silent);
+    }
+    let client = w.client()?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen_code = String::new();
+    while Instant::now() < deadline {
+        if let Ok(a) = client.analysis("c").await {
+            if a.code == "UnreachablePrimary" {
+                seen_code = a.code;
+            }
+        }
+        // Keep writing on the primary: the replicas keep receiving it.
+        w.sandbox.primary().insert_test_rows(1).await?;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(seen_code, "UnreachablePrimary", "the analysis never said UnreachablePrimary");
+    assert!(history(&client).await?.failovers.is_empty(), "failed over although the replicas replicate");
+    assert_eq!(read_only(&w.sandbox.replicas()[0]).await, Some(true));
+    assert_eq!(read_only(&w.sandbox.replicas()[1]).await, Some(true));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_unreachable_from_one_coordinator_only_is_not_failed_over() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions { proxied: true, ..Default::default() }).await?;
+    register(&w).await?;
+    w.links.as_ref().expect("proxied").cut(2, 0, CutMode::Silent);
+    let client = w.client()?;
+    let mut codes = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(a) = client.analysis("c").await {
+            codes.insert(a.code);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(codes.contains("UnreachablePrimaryFromSomeCoordinators"), "codes seen: {codes:?}");
+    assert!(history(&client).await?.failovers.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minority_leader_cannot_promote_and_the_majority_fails_over() -> anyhow::Result<()> {
+    let mut w = World::start(WorldOptions { fault_injection: true, ..Default::default() }).await?;
+    register(&w).await?;
+    let (old_leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
+    // The leader loses its peers, and the primary dies.
+    w.group.isolate(&[old_leader]).await?;
+    w.sandbox.primary().kill9()?;
+    let majority: Vec<u64> = (1..=3).filter(|i| *i != old_leader).collect();
+    let (new_leader, _) = w.group.wait_leader(&majority, Duration::from_secs(10)).await?;
+    let client = w.group.client_for(&majority, Duration::from_secs(10))?;
+    let h = wait_finished(&client, 1, Duration::from_secs(20)).await?;
+    assert_eq!(h.failovers.len(), 1, "{h:#?}");
+    assert_eq!(h.failovers[0].outcome, "succeeded");
+    // The isolated old leader recorded nothing of its own.
+    w.group.heal().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let h = history(&w.client()?).await?;
+    assert_eq!(h.failovers.len(), 1, "the minority leader started a failover of its own: {h:#?}");
+    let writable: Vec<String> = {
+        let mut v = Vec::new();
+        for r in w.sandbox.replicas() {
+            if read_only(r).await == Some(false) {
+                v.push(r.addr());
+            }
+        }
+        v
+    };
+    assert_eq!(writable.len(), 1, "writable replicas: {writable:?}");
+    println!("old leader {old_leader} isolated; new leader {new_leader} failed over to {}", writable[0]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_old_primary_stays_read_only_and_demoted() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions::default()).await?;
+    register(&w).await?;
+    let old = w.sandbox.primary().clone();
+    old.kill9()?;
+    let client = w.client()?;
+    wait_finished(&client, 1, Duration::from_secs(20)).await?;
+    old.restart().await?;
+    // Whatever its config says, primus fences it again as soon as it sees it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if read_only(&old).await == Some(true) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "restarted old primary is still writable");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = w.topology("c").await?;
+    assert_eq!(inst(&t, &old.addr()).role, "demoted");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_failover_off_means_no_failover_and_manual_failover_works() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions { extra_config: "[failover]\nautomatic = false\n".into(), ..Default::default() })
+        .await?;
+    register(&w).await?;
+    w.sandbox.primary().kill9()?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let client = w.client()?;
+    assert!(history(&client).await?.failovers.is_empty(), "failed over with automatic = false");
+    let a = client.analysis("c").await?;
+    assert!(a.code.starts_with("DeadPrimary"), "{a:?}");
+    let to = w.sandbox.replicas()[1].addr();
+    let r = client.failover("c", Some(&to), false).await?;
+    let f = r.failover.expect("record");
+    assert_eq!(f.outcome, "succeeded", "{f:#?}");
+    assert_eq!(f.kind, "manual");
+    assert_eq!(f.candidate, to);
+    assert_eq!(read_only(&w.sandbox.replicas()[1]).await, Some(false));
+    Ok(())
+}
