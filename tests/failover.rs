@@ -237,3 +237,169 @@ async fn automatic_failover_off_means_no_failover_and_manual_failover_works() ->
     assert_eq!(read_only(&w.sandbox.replicas()[1]).await, Some(false));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_primary_is_failed_over_by_timeouts_and_replica_silence() -> anyhow::Result<()> {
+    let w =
+        World::start(WorldOptions { probe_interval_ms: 1000, query_timeout_ms: 1000, ..Default::default() }).await?;
+    register(&w).await?;
+    let stopped = Instant::now();
+    let stopped_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    w.sandbox.primary().sigstop()?;
+    let r = wait_writable(w.sandbox.replicas(), Duration::from_secs(15)).await;
+    w.sandbox.primary().sigcont()?;
+    let (promoted, at) = r?;
+    println!("SIGSTOP primary -> replica {} writable after {} ms", promoted.addr(), (at - stopped).as_millis());
+    let h = wait_finished(&w.client()?, 1, Duration::from_secs(20)).await?;
+    let f = &h.failovers[0];
+    println!(
+        "  detected and confirmed (StartFailover committed) {} ms after SIGSTOP",
+        f.started_at_ms.saturating_sub(stopped_ms)
+    );
+    for e in &f.evidence {
+        println!("  evidence: {e}");
+    }
+    for s in &f.steps {
+        println!(
+            "  step {} +{} ms: {} -> {}",
+            s.index,
+            s.at_ms.saturating_sub(f.started_at_ms),
+            s.description,
+            s.outcome
+        );
+    }
+    assert_eq!(h.failovers.len(), 1);
+    assert_eq!(f.outcome, "succeeded");
+    // The old primary woke up: it must be fenced again (demoted and read-only).
+    let old = w.sandbox.primary();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_only(old).await != Some(true) {
+        anyhow::ensure!(Instant::now() < deadline, "resumed old primary stays writable");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_under_continuous_writes_loses_no_acknowledged_row() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions::default()).await?;
+    register(&w).await?;
+    // An application user, as applications have: no SUPER / READ ONLY ADMIN, so
+    // read_only really stops it (MariaDB 10.11 lets privileged users write anyway).
+    let primary = w.sandbox.primary();
+    primary.insert_test_rows(1).await?;
+    primary.exec("CREATE USER 'app'@'%' IDENTIFIED BY 'app-pass'").await?;
+    primary.exec("GRANT SELECT, INSERT ON primus_test.* TO 'app'@'%'").await?;
+    w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
+    let all: Vec<Instance> = w.sandbox.instances().to_vec();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let all = all.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked = 0u64;
+            let mut first_fail: Option<Instant> = None;
+            let mut window = Duration::ZERO;
+            let mut target = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let opts = mysql_async::OptsBuilder::default()
+                    .ip_or_hostname("127.0.0.1")
+                    .tcp_port(all[target].port())
+                    .user(Some("app"))
+                    .pass(Some("app-pass"))
+                    .prefer_socket(false);
+                let attempt = async {
+                    use mysql_async::prelude::Queryable;
+                    let mut c = mysql_async::Conn::new(opts).await?;
+                    c.query_drop("INSERT INTO primus_test.t (v) VALUES ('w')").await?;
+                    c.disconnect().await
+                };
+                match tokio::time::timeout(Duration::from_millis(500), attempt).await {
+                    Ok(Ok(())) => {
+                        acked += 1;
+                        if let Some(t) = first_fail.take() {
+                            window = window.max(t.elapsed());
+                        }
+                    }
+                    _ => {
+                        first_fail.get_or_insert_with(Instant::now);
+                        for (k, inst) in all.iter().enumerate() {
+                            if read_only(inst).await == Some(false) {
+                                target = k;
+                            }
+                        }
+                    }
+                }
+            }
+            (acked, window, target)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let to = w.sandbox.replicas()[0].addr();
+    let r = w.client()?.failover("c", Some(&to), true).await?;
+    let f = r.failover.expect("record");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, window, target) = writer.await?;
+    println!(
+        "switchover {}: {} steps, write-unavailability window {} ms, {acked} rows acknowledged",
+        f.outcome,
+        f.steps.len(),
+        window.as_millis()
+    );
+    for s in &f.steps {
+        println!(
+            "  step {} +{} ms: {} -> {}",
+            s.index,
+            s.at_ms.saturating_sub(f.started_at_ms),
+            s.description,
+            s.outcome
+        );
+    }
+    assert_eq!(f.outcome, "succeeded", "{f:#?}");
+    assert_eq!(f.kind, "switchover");
+    let new_primary = &all[target];
+    assert_eq!(new_primary.addr(), to, "writer ended on {}", new_primary.addr());
+    assert!(window > Duration::ZERO, "writes never failed: the old primary was not fenced");
+    // Every acknowledged row is on the new primary (plus the one seed row), and the
+    // old primary follows it.
+    let rows = new_primary.test_row_count().await?;
+    assert!(rows > acked, "rows lost: {rows} on the new primary, {acked} acknowledged");
+    let old = w.sandbox.primary();
+    assert_eq!(read_only(old).await, Some(true));
+    let pos = new_primary.gtid_binlog_pos().await?;
+    old.wait_gtid(&pos, Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_failover_blocks_the_next_until_acknowledged_and_maintenance_blocks_too() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions::default()).await?;
+    register(&w).await?;
+    let client = w.client()?;
+    // First failover: automatic.
+    w.sandbox.primary().kill9()?;
+    let h = wait_finished(&client, 1, Duration::from_secs(20)).await?;
+    let new_primary = h.failovers[0].candidate.clone();
+    let promoted = w.sandbox.replicas().iter().find(|r| r.addr() == new_primary).expect("promoted").clone();
+    // The remaining replica follows it; now kill the new primary: anti-flap must block.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    promoted.kill9()?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(client.history("c").await?.failovers.len(), 1, "anti-flap did not block a second failover");
+    let a = client.analysis("c").await?;
+    assert!(a.code.starts_with("DeadPrimary") || a.code == "DeadPrimaryAndReplicas", "{a:?}");
+    // Put the cluster in maintenance, ack: still blocked by maintenance.
+    client.maintenance("c", None, true, "test", Duration::from_secs(600)).await?;
+    client.ack("c", None).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(client.history("c").await?.failovers.len(), 1, "failed over during maintenance");
+    // End maintenance: the acknowledged cluster may fail over again.
+    client.maintenance("c", None, false, "", Duration::ZERO).await?;
+    let h = wait_finished(&client, 2, Duration::from_secs(20)).await?;
+    assert_eq!(h.failovers.len(), 2, "{h:#?}");
+    assert!(!h.failovers[0].acked_by.is_empty(), "first failover not marked acknowledged");
+    assert_eq!(h.failovers[1].outcome, "succeeded", "{:#?}", h.failovers[1]);
+    assert_eq!(h.failovers[1].epoch, 3);
+    Ok(())
+}

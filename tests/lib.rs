@@ -72,6 +72,8 @@ pub mod world {
         pub fault_injection: bool,
         /// Extra TOML for every coordinator (e.g. a `[failover]` section).
         pub extra_config: String,
+        /// Extra environment for every primusd (e.g. PRIMUS_FAILPOINT).
+        pub env: Vec<(String, String)>,
     }
 
     impl Default for WorldOptions {
@@ -85,6 +87,7 @@ pub mod world {
                 query_timeout_ms: 800,
                 fault_injection: false,
                 extra_config: String::new(),
+                env: Vec::new(),
             }
         }
     }
@@ -128,6 +131,7 @@ pub mod world {
                 extra_config: extra,
                 node_config,
                 fault_injection: o.fault_injection,
+                env: o.env,
                 ..Default::default()
             })?;
             group.wait_leader(&[], Duration::from_secs(20)).await?;

@@ -342,8 +342,23 @@ impl Engine {
         self.confirm_leader().await?;
         // Double-check with fresh probes of the primary and its replicas (seed 004):
         // the decision must not rest on a view that is a probe interval old.
-        let mut addrs: Vec<InstanceAddr> = c.topology.instances.keys().cloned().collect();
-        addrs.sort();
+        // The primary is re-probed only if our latest view of it is older than half a
+        // probe interval: re-probing a hung primary would cost a whole connect timeout
+        // and tell us nothing new; the replicas' fresh view is what confirms.
+        let fresh_ms = self.mysql.probe_interval_ms / 2;
+        let now = now_ms();
+        let primary_view_fresh = self
+            .monitor
+            .views_of(&primary)
+            .iter()
+            .any(|(n, r)| *n == self.me && now.saturating_sub(r.at_ms) <= fresh_ms);
+        let addrs: Vec<InstanceAddr> = c
+            .topology
+            .instances
+            .keys()
+            .filter(|a| kind != FailoverKind::Automatic || **a != primary || !primary_view_fresh)
+            .cloned()
+            .collect();
         self.monitor.probe_fresh(&addrs).await;
         let c = self.cluster(name)?;
         let input = self.input(&c);
@@ -388,6 +403,7 @@ impl Engine {
             &actor,
         )
         .await?;
+        failpoint("failover.after_start", None);
         self.execute(name, &id).await?;
         Ok(id)
     }
@@ -485,6 +501,7 @@ impl Engine {
                         "primusd",
                     )
                     .await?;
+                    failpoint("failover.after_step", Some(i));
                     attempts = 0;
                 }
                 Err(e) => {
@@ -547,10 +564,20 @@ impl Engine {
         match step {
             Step::FenceOldPrimary { addr, best_effort } => {
                 let p = self.prober(addr);
-                let info = match p.server_info().await {
-                    Ok(i) => i,
-                    Err(e) if *best_effort && is_unreachable(&e) => return Ok(format!("skipped: unreachable ({e})")),
-                    Err(e) => return Err(format!("cannot fence {addr}: {e}")),
+                // Best effort means a majority already cannot reach it: a hung server
+                // would only burn a whole connect timeout here, so try briefly.
+                let reach = if *best_effort { BEST_EFFORT_FENCE_TIMEOUT } else { t };
+                let info = match tokio::time::timeout(reach, p.server_info()).await {
+                    Ok(Ok(i)) => i,
+                    Ok(Err(e)) if *best_effort && is_unreachable(&e) => {
+                        return Ok(format!("skipped: unreachable ({e})"));
+                    }
+                    Ok(Err(e)) => return Err(format!("cannot fence {addr}: {e}")),
+                    Err(_) if *best_effort => {
+                        p.disconnect().await;
+                        return Ok(format!("skipped: no answer within {} ms", reach.as_millis()));
+                    }
+                    Err(_) => return Err(format!("cannot fence {addr}: no answer within {} ms", reach.as_millis())),
                 };
                 p.execute(&info.set_read_only_sql(true), t).await.map_err(|e| e.to_string())?;
                 let killed = self.kill_clients(&p, t).await;
@@ -669,6 +696,28 @@ impl Engine {
         n
     }
 }
+
+/// Test-only crash points (TiKV's fail-rs in spirit): with PRIMUS_FAULT_INJECTION=1,
+/// `PRIMUS_FAILPOINT=failover.after_start` or `failover.after_step=N` makes this
+/// process SIGKILL itself right after that record is committed, so tests can prove a
+/// new leader finishes (or cleanly aborts) a failover cut at every step.
+fn failpoint(name: &str, step: Option<usize>) {
+    if std::env::var("PRIMUS_FAULT_INJECTION").as_deref() != Ok("1") {
+        return;
+    }
+    let Ok(fp) = std::env::var("PRIMUS_FAILPOINT") else { return };
+    let hit = match step {
+        None => fp == name,
+        Some(n) => fp == format!("{name}={n}"),
+    };
+    if hit {
+        tracing::error!(failpoint = %fp, "failpoint hit: killing this process");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// How long a best-effort fence of an unreachable old primary may try.
+const BEST_EFFORT_FENCE_TIMEOUT: Duration = Duration::from_millis(300);
 
 fn is_unreachable(e: &ProbeError) -> bool {
     matches!(e, ProbeError::Unreachable { .. } | ProbeError::Timeout { .. } | ProbeError::ConnectionLost { .. })

@@ -55,6 +55,8 @@ pub struct GroupOptions {
     pub node_config: BTreeMap<u64, String>,
     /// Also give every node an HTTP listener.
     pub http: bool,
+    /// Extra environment variables for every primusd (e.g. PRIMUS_FAILPOINT).
+    pub env: Vec<(String, String)>,
 }
 
 /// One primusd process (running or not).
@@ -226,6 +228,9 @@ impl CoordinatorGroup {
         cmd.env("RUST_LOG", std::env::var("PRIMUS_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()));
         if fault {
             cmd.env("PRIMUS_FAULT_INJECTION", "1");
+        }
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
         }
         let child = cmd.spawn().with_context(|| format!("spawn {}", primusd.display()))?;
         node.child = Some(child);
