@@ -403,3 +403,42 @@ async fn recent_failover_blocks_the_next_until_acknowledged_and_maintenance_bloc
     assert_eq!(h.failovers[1].epoch, 3);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_pre_failover_hook_vetoes_and_post_failover_hook_gets_placeholders() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let veto = dir.path().join("veto");
+    let post = dir.path().join("post");
+    std::fs::write(&veto, "")?;
+    let hooks = format!(
+        "[hooks]\npre_failover = [\"test ! -e {}\"]\n\
+         post_failover = [\"echo {{failureType}} {{failedHost}}:{{failedPort}} {{successorHost}}:{{successorPort}} $PRIMUS_EPOCH {{isSuccessful}} >> {}\"]\n",
+        veto.display(),
+        post.display()
+    );
+    let w = World::start(WorldOptions { extra_config: hooks, ..Default::default() }).await?;
+    register(&w).await?;
+    let old = w.sandbox.primary().addr();
+    w.sandbox.primary().kill9()?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let client = w.client()?;
+    assert!(history(&client).await?.failovers.is_empty(), "failed over despite the pre_failover veto");
+    std::fs::remove_file(&veto)?;
+    let h = wait_finished(&client, 1, Duration::from_secs(20)).await?;
+    let f = &h.failovers[0];
+    assert_eq!(f.outcome, "succeeded");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        if let Ok(s) = std::fs::read_to_string(&post) {
+            if !s.is_empty() {
+                break s;
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "post_failover hook did not run");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let want = format!("{} {} {} 2 true", f.analysis_code, old, f.candidate);
+    assert_eq!(line.trim(), want, "hook line");
+    assert_eq!(line.lines().count(), 1, "post_failover ran more than once: {line}");
+    Ok(())
+}

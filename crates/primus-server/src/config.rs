@@ -47,6 +47,9 @@ pub struct Config {
     /// When and how to fail over.
     #[serde(default)]
     pub failover: FailoverSection,
+    /// Commands run around failovers (see crate::hooks).
+    #[serde(default)]
+    pub hooks: crate::hooks::HooksSection,
 }
 
 /// `[failover]`: detection thresholds and execution bounds. Every value has a default
@@ -331,6 +334,29 @@ impl Config {
                 check_host_port(to).map_err(|e| invalid(&format!("mysql.connect_via.\"{from}\""), e))?;
             }
         }
+        let f = &self.failover;
+        for (key, v) in [
+            ("failover.replica_progress_stale_ms", f.replica_progress_stale_ms),
+            ("failover.view_max_age_ms", f.view_max_age_ms),
+            ("failover.catch_up_timeout_ms", f.catch_up_timeout_ms),
+            ("failover.step_timeout_ms", f.step_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0".into()));
+            }
+        }
+        if let Some(m) = &self.mysql {
+            if m.replication_user.is_some()
+                && m.replication_password_file.is_none()
+                && m.replication_password_env.is_none()
+            {
+                return Err(invalid(
+                    "mysql.replication_user",
+                    "set replication_password_file or replication_password_env as well".into(),
+                ));
+            }
+        }
+        self.hooks.validate_keyed().map_err(|(k, m)| invalid(&k, m))?;
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for (i, m) in self.initial_members.iter().enumerate() {

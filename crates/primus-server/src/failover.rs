@@ -55,6 +55,9 @@ pub struct Engine {
     last: RwLock<HashMap<ClusterName, (u64, Analysis)>>,
     /// Last time a "no candidate" refusal was logged, per cluster (to keep logs quiet).
     quiet: Mutex<HashMap<ClusterName, u64>>,
+    /// After a refused automatic attempt, no new one before this time (unix ms).
+    backoff: Mutex<HashMap<ClusterName, u64>>,
+    hooks: crate::hooks::Hooks,
 }
 
 fn thresholds(cfg: &FailoverSection) -> Thresholds {
@@ -74,6 +77,7 @@ impl Engine {
         monitor: Arc<Monitor>,
         cfg: FailoverSection,
         mysql: MysqlSection,
+        hooks: crate::hooks::Hooks,
     ) -> Arc<Engine> {
         Arc::new(Engine {
             me,
@@ -85,6 +89,8 @@ impl Engine {
             running: Mutex::new(HashSet::new()),
             last: RwLock::new(HashMap::new()),
             quiet: Mutex::new(HashMap::new()),
+            backoff: Mutex::new(HashMap::new()),
+            hooks,
         })
     }
 
@@ -179,6 +185,9 @@ impl Engine {
                         if let Err(err) = e.decide_and_run(&name, FailoverKind::Automatic, None, "primusd".into()).await
                         {
                             tracing::warn!(cluster = %name, error = %err, "automatic failover not started");
+                            // Don't re-probe every instance on every tick while nothing changes.
+                            let until = now_ms() + 2000;
+                            e.backoff.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), until);
                         }
                     });
                 }
@@ -247,11 +256,22 @@ impl Engine {
             return false;
         }
         let now = now_ms();
+        // A failed failover (stopped after an irreversible step) blocks until an
+        // operator acks it, whatever its age: the topology may be half-changed and a
+        // second automatic failover could promote next to an already writable server.
         let blocked = c.history.iter().rev().find(|f| f.kind == FailoverKind::Automatic).is_some_and(|f| {
             f.acked_by.is_none()
-                && f.outcome == Some(FailoverOutcome::Succeeded)
-                && f.finished_at_ms.is_some_and(|t| now.saturating_sub(t) < self.cfg.recovery_block_period_ms)
+                && match &f.outcome {
+                    Some(FailoverOutcome::Failed(_)) => true,
+                    Some(FailoverOutcome::Succeeded) => {
+                        f.finished_at_ms.is_some_and(|t| now.saturating_sub(t) < self.cfg.recovery_block_period_ms)
+                    }
+                    _ => false,
+                }
         });
+        if self.backoff.lock().unwrap_or_else(|p| p.into_inner()).get(&c.name).is_some_and(|t| now < *t) {
+            return false;
+        }
         if blocked {
             self.say_once(&c.name, "automatic failover blocked: a recent failover is not acknowledged (primusctl ack)");
         }
@@ -386,6 +406,27 @@ impl Engine {
         let id = format!("{name}-e{epoch}");
         let mut evidence = analysis.evidence.clone();
         evidence.extend(candidate.reasons.iter().map(|r| format!("candidate: {r}")));
+        // pre_failover hooks may veto: they run before anything is committed or touched.
+        if self.hooks.has(crate::hooks::HookKind::PreFailover) {
+            let ctx = crate::hooks::HookContext {
+                failure_type: analysis.code.to_string(),
+                failure_description: analysis.evidence.join("; "),
+                failure_cluster: name.to_string(),
+                failed_host: primary.host().to_string(),
+                failed_port: primary.port(),
+                successor_host: Some(candidate.addr.host().to_string()),
+                successor_port: Some(candidate.addr.port()),
+                epoch,
+                failover_id: id.clone(),
+                kind,
+                coordinator: self.me,
+                ..Default::default()
+            };
+            if let Err(e) = self.hooks.run(crate::hooks::HookKind::PreFailover, &ctx).await {
+                tracing::warn!(cluster = %name, failover_id = %id, epoch, error = %e, "pre_failover hook vetoed the failover");
+                return Err(FailoverError::Refused(format!("vetoed by pre_failover hook: {e}")));
+            }
+        }
         tracing::warn!(cluster = %name, failover_id = %id, epoch, kind = %kind, analysis = %analysis,
             old_primary = %primary, candidate = %candidate.addr, "starting failover");
         self.commit(
@@ -415,8 +456,16 @@ impl Engine {
         tracing::warn!(cluster = %name, failover_id = %f.id, epoch = f.epoch, next_step = f.next_step(),
             "resuming a failover started by a previous leader");
         let steps = decode_plan(&f);
-        let irreversible_done = steps.iter().take(f.next_step()).any(Step::is_irreversible);
-        if !irreversible_done && f.kind == FailoverKind::Automatic {
+        // The previous leader may have performed the next step and died before
+        // recording it: count it as possibly done.
+        let irreversible_done = steps.iter().take(f.next_step() + 1).any(Step::is_irreversible);
+        let candidate_writable = self
+            .monitor
+            .probe_fresh(std::slice::from_ref(&f.candidate))
+            .await
+            .first()
+            .is_some_and(|r| r.result.as_ref().is_ok_and(|o| !o.read_only));
+        if !irreversible_done && !candidate_writable && f.kind == FailoverKind::Automatic {
             // Nothing irreversible happened: if the old primary is back, stand down.
             let rec = self.monitor.probe_fresh(std::slice::from_ref(&f.old_primary)).await;
             if rec.first().is_some_and(|r| r.result.as_ref().is_ok_and(|o| !o.read_only)) {
@@ -482,6 +531,7 @@ impl Engine {
                 .await?;
                 tracing::warn!(cluster = %name, failover_id = %id, epoch = f.epoch, new_primary = %f.candidate,
                     "failover completed");
+                self.post_hooks(name, id);
                 return Ok(());
             }
             match self.run_step(&c, &f, &step).await {
@@ -539,10 +589,31 @@ impl Engine {
                         "primusd",
                     )
                     .await?;
+                    self.post_hooks(name, id);
                     return Err(FailoverError::Refused(format!("{step}: {e}")));
                 }
             }
         }
+    }
+
+    /// post_failover / post_switchover / post_unsuccessful_failover, in the background:
+    /// they report, they cannot undo anything.
+    fn post_hooks(&self, name: &ClusterName, id: &str) {
+        let Ok(c) = self.cluster(name) else { return };
+        let Some(f) = c.history.iter().rev().find(|f| f.id == id).cloned() else { return };
+        let Some(outcome) = f.outcome.clone() else { return };
+        let kind = crate::hooks::HookKind::after(f.kind, &outcome);
+        if !self.hooks.has(kind) {
+            return;
+        }
+        let ctx = crate::hooks::HookContext::from_record(name, &f, self.me);
+        let hooks = self.hooks.clone();
+        let (cluster, id) = (name.clone(), id.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = hooks.run(kind, &ctx).await {
+                tracing::warn!(%cluster, failover_id = %id, error = %e, "{kind} hook failed");
+            }
+        });
     }
 
     async fn gtid_of(&self, addr: &InstanceAddr) -> Option<String> {
@@ -570,19 +641,22 @@ impl Engine {
                 let info = match tokio::time::timeout(reach, p.server_info()).await {
                     Ok(Ok(i)) => i,
                     Ok(Err(e)) if *best_effort && is_unreachable(&e) => {
-                        return Ok(format!("skipped: unreachable ({e})"));
+                        let hook = self.fence_hook(c, f).await;
+                        return Ok(format!("skipped: unreachable ({e}){hook}"));
                     }
                     Ok(Err(e)) => return Err(format!("cannot fence {addr}: {e}")),
                     Err(_) if *best_effort => {
                         p.disconnect().await;
-                        return Ok(format!("skipped: no answer within {} ms", reach.as_millis()));
+                        let hook = self.fence_hook(c, f).await;
+                        return Ok(format!("skipped: no answer within {} ms{hook}", reach.as_millis()));
                     }
                     Err(_) => return Err(format!("cannot fence {addr}: no answer within {} ms", reach.as_millis())),
                 };
                 p.execute(&info.set_read_only_sql(true), t).await.map_err(|e| e.to_string())?;
                 let killed = self.kill_clients(&p, t).await;
                 p.disconnect().await;
-                Ok(format!("read_only set, {killed} client connections killed"))
+                let hook = self.fence_hook(c, f).await;
+                Ok(format!("read_only set, {killed} client connections killed{hook}"))
             }
             Step::WaitCandidateCatchUp { candidate, target_gtid, catch_up_with } => {
                 let mut targets = vec![target_gtid.clone()];
@@ -656,7 +730,9 @@ impl Engine {
                 sql.extend(o.server.set_read_only_sql(true));
                 sql.push(o.server.change_source_sql(&change));
                 sql.push(o.server.start_replica_sql());
-                p.execute(&sql, t).await.map_err(|e| e.to_string())?;
+                // The error of a refused CHANGE MASTER quotes the statement: never let the
+                // password reach logs or the Raft record.
+                p.execute(&sql, t).await.map_err(|e| redact(&e.to_string(), &password))?;
                 p.disconnect().await;
                 Ok(format!("replicating from {to}"))
             }
@@ -667,6 +743,19 @@ impl Engine {
                 Ok(format!("heartbeat written with epoch {epoch}"))
             }
             Step::Complete => Ok("done".into()),
+        }
+    }
+
+    /// The operator's `fence` hooks (STONITH, VIP removal): most useful exactly when
+    /// primus cannot reach the old primary itself. Failures are reported, not fatal.
+    async fn fence_hook(&self, c: &ClusterRecord, f: &FailoverRecord) -> String {
+        if !self.hooks.has(crate::hooks::HookKind::Fence) {
+            return String::new();
+        }
+        let ctx = crate::hooks::HookContext::from_record(&c.name, f, self.me);
+        match self.hooks.run(crate::hooks::HookKind::Fence, &ctx).await {
+            Ok(o) => format!("; fence hooks ran ({})", o.len()),
+            Err(e) => format!("; fence hook failed: {e}"),
         }
     }
 
@@ -714,6 +803,15 @@ fn failpoint(name: &str, step: Option<usize>) {
         tracing::error!(failpoint = %fp, "failpoint hit: killing this process");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
+}
+
+/// `text` with every occurrence of `secret` (raw and SQL-quoted) replaced.
+fn redact(text: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        return text.to_string();
+    }
+    let quoted = primus_mysql::flavor::quote_string(secret);
+    text.replace(&quoted, "'<redacted>'").replace(secret, "<redacted>")
 }
 
 /// How long a best-effort fence of an unreachable old primary may try.

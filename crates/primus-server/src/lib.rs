@@ -3,6 +3,7 @@
 pub mod config;
 pub mod discovery;
 pub mod failover;
+pub mod hooks;
 pub mod monitor;
 pub mod node;
 pub mod service;

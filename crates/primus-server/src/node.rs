@@ -182,6 +182,7 @@ pub async fn run(
                 mon.clone(),
                 cfg.failover.clone(),
                 m.clone(),
+                crate::hooks::Hooks::new(cfg.hooks.clone()),
             );
             e.start();
             Some(e)

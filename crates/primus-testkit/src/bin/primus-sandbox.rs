@@ -108,13 +108,18 @@ async fn up(dir: &Path) -> Result<()> {
     for i in sandbox.instances() {
         println!("  {} server_id {}", i.addr(), i.server_id());
     }
+    let creds = sandbox.credentials();
     let pw = dir.join("mysql.pass");
-    std::fs::write(&pw, format!("{}\n", sandbox.credentials().coordinator.password))?;
+    std::fs::write(&pw, format!("{}\n", creds.coordinator.password))?;
+    let rpw = dir.join("repl.pass");
+    std::fs::write(&rpw, format!("{}\n", creds.replication.password))?;
     println!("starting 3 primusd coordinators…");
     let extra = format!(
-        "[mysql]\nuser = \"{}\"\npassword_file = \"{}\"\n",
-        sandbox.credentials().coordinator.user,
-        pw.display()
+        "[mysql]\nuser = \"{}\"\npassword_file = \"{}\"\nreplication_user = \"{}\"\nreplication_password_file = \"{}\"\n",
+        creds.coordinator.user,
+        pw.display(),
+        creds.replication.user,
+        rpw.display()
     );
     let group = CoordinatorGroup::start(GroupOptions {
         nodes: 3,
