@@ -369,6 +369,9 @@ async fn switchover_under_continuous_writes_loses_no_acknowledged_row() -> anyho
     assert_eq!(read_only(old).await, Some(true));
     let pos = new_primary.gtid_binlog_pos().await?;
     old.wait_gtid(&pos, Duration::from_secs(10)).await?;
+    let st = old.slave_status().await?.expect("old primary replicates");
+    assert!(st.is_running() && st.last_sql_error.is_empty(), "old primary's replication: {st:?}");
+    assert_eq!(st.master_port, new_primary.port());
     Ok(())
 }
 
@@ -440,5 +443,65 @@ async fn failing_pre_failover_hook_vetoes_and_post_failover_hook_gets_placeholde
     let want = format!("{} {} {} 2 true", f.analysis_code, old, f.candidate);
     assert_eq!(line.trim(), want, "hook line");
     assert_eq!(line.lines().count(), 1, "post_failover ran more than once: {line}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejoin_repoints_a_clean_old_primary_and_refuses_one_with_errant_transactions() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions {
+        topology: primus_testkit::mariadb::Topology::PrimaryWithReplicas(3),
+        ..Default::default()
+    })
+    .await?;
+    w.client()?.register_cluster("c", &[w.sandbox.primary().addr()], ClusterSettings::default()).await?;
+    w.wait_topology("c", "all seen", Duration::from_secs(15), |t| {
+        t.instances.len() == 4 && t.instances.iter().all(|i| i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let client = w.client()?;
+    let old = w.sandbox.primary().clone();
+    old.kill9()?;
+    let h = wait_finished(&client, 1, Duration::from_secs(20)).await?;
+    let new_primary =
+        w.sandbox.instances().iter().find(|i| i.addr() == h.failovers[0].candidate).expect("promoted").clone();
+    old.restart().await?;
+    w.wait_topology("c", "old primary reachable and demoted", Duration::from_secs(15), |t| {
+        let i = inst(t, &old.addr());
+        i.reachable && i.role == "demoted" && i.read_only == Some(true)
+    })
+    .await?;
+    // Clean: it rejoins and replicates from the new primary.
+    let r = client.rejoin("c", &old.addr()).await?;
+    println!("rejoin: {}", r.message);
+    new_primary.insert_test_rows(3).await?;
+    let pos = new_primary.gtid_binlog_pos().await?;
+    old.wait_gtid(&pos, Duration::from_secs(10)).await?;
+    let st = old.slave_status().await?.expect("replicating");
+    assert!(st.is_running() && st.last_sql_error.is_empty(), "{st:?}");
+    w.wait_topology("c", "old primary is a replica of the new one", Duration::from_secs(15), |t| {
+        let i = inst(t, &old.addr());
+        i.role == "replica" && i.source.as_deref() == Some(new_primary.addr().as_str())
+    })
+    .await?;
+
+    // Errant: fail over again (ack first), then write on the demoted instance
+    // (root bypasses read_only) and try to rejoin it.
+    client.ack("c", None).await?;
+    let second_old = new_primary.clone();
+    second_old.kill9()?;
+    let h = wait_finished(&client, 2, Duration::from_secs(20)).await?;
+    assert_eq!(h.failovers[1].outcome, "succeeded", "{:#?}", h.failovers[1]);
+    second_old.restart().await?;
+    w.wait_topology("c", "second old primary demoted", Duration::from_secs(15), |t| {
+        let i = inst(t, &second_old.addr());
+        i.reachable && i.role == "demoted"
+    })
+    .await?;
+    second_old.exec("CREATE DATABASE errant_write").await?;
+    let e = client.rejoin("c", &second_old.addr()).await.expect_err("rejoin with errant transactions must be refused");
+    println!("refused: {e}");
+    assert!(e.to_string().contains("does not have") && e.to_string().contains("rebuild"), "{e}");
+    assert!(second_old.slave_status().await?.is_none_or(|s| !s.is_running()), "errant instance was repointed anyway");
     Ok(())
 }

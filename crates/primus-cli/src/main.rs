@@ -76,6 +76,9 @@ enum Cmd {
     History { name: String },
     /// The leader's current analysis of a cluster (code and evidence).
     Analysis { name: String },
+    /// Repoint a demoted former primary (HOST:PORT) under the current primary —
+    /// refused, with the list, when it has transactions the primary lacks.
+    Rejoin { name: String, instance: String },
     /// Acknowledge failovers (all, or one id): lifts the anti-flap block.
     Ack { name: String, id: Option<String> },
     /// Per-instance settings.
@@ -389,6 +392,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("  - {e}");
                 }
             }
+        }
+        Cmd::Rejoin { name, instance } => {
+            let r = client.rejoin(&name, &instance).await?;
+            done(json_out, &r.message, r.log_index);
         }
         Cmd::Ack { name, id } => {
             let r = client.ack(&name, id.as_deref()).await?;

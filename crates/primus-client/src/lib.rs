@@ -380,6 +380,16 @@ impl Client {
         .map(|(_, v)| v)
     }
 
+    pub async fn rejoin(&self, cluster: &str, instance: &str) -> Result<RejoinResponse, ClientError> {
+        let r = RejoinRequest { cluster: cluster.into(), instance: instance.into(), actor: self.opts.actor.clone() };
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.rejoin(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
     pub async fn audit(&self, limit: u32, consistency: ReadConsistency) -> Result<AuditResponse, ClientError> {
         let r = AuditRequest { limit, consistency: consistency as i32 };
         self.call(|mut c, t| async move { c.audit(req(r, t)).await.map(|r| r.into_inner()) }).await.map(|(_, v)| v)

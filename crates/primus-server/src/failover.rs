@@ -596,6 +596,78 @@ impl Engine {
         }
     }
 
+    /// `primusctl rejoin`: repoint a demoted (or detached) instance under the primary,
+    /// only if it has no transactions the primary lacks (otherwise it would bring
+    /// divergent data back into the cluster: it must be rebuilt).
+    pub async fn rejoin(
+        &self,
+        name: &ClusterName,
+        addr: &InstanceAddr,
+        actor: &str,
+    ) -> Result<(u64, String), FailoverError> {
+        self.confirm_leader().await?;
+        let c = self.cluster(name)?;
+        if c.in_flight().is_some() {
+            return Err(FailoverError::Refused("a failover is in progress; retry when it is done".into()));
+        }
+        let inst = c
+            .topology
+            .instances
+            .get(addr)
+            .ok_or_else(|| FailoverError::Refused(format!("{addr} is not an instance of {name}")))?;
+        if !matches!(inst.role, primus_types::InstanceRole::Demoted | primus_types::InstanceRole::Detached) {
+            return Err(FailoverError::Refused(format!(
+                "{addr} is a {}, not a demoted or detached instance",
+                inst.role
+            )));
+        }
+        let primary =
+            c.topology.primary.clone().ok_or_else(|| FailoverError::Refused(format!("{name} has no primary")))?;
+        let recs = self.monitor.probe_fresh(&[addr.clone(), primary.clone()]).await;
+        let obs = |a: &InstanceAddr| {
+            recs.iter()
+                .find(|r| &r.addr == a)
+                .and_then(|r| r.result.as_ref().ok().cloned())
+                .ok_or_else(|| FailoverError::Refused(format!("{a} cannot be probed right now")))
+        };
+        let (o, p) = (obs(addr)?, obs(&primary)?);
+        if let Some(r) = primus_mysql::errant_transactions(&o, &p) {
+            if !r.is_empty() {
+                return Err(FailoverError::Refused(format!(
+                    "{addr} has {} transaction(s) the primary {primary} does not have: {r}; rebuild it from the primary \
+                     (its data has diverged) before it can rejoin",
+                    r.count()
+                )));
+            }
+        }
+        let (user, password) = self.replication_credentials().map_err(FailoverError::Refused)?;
+        let change = ChangeSource {
+            host: primary.host(),
+            port: primary.port(),
+            user: &user,
+            password: &password,
+            heartbeat_period: Some(Duration::from_millis(500)),
+            connect_retry_s: Some(1),
+        };
+        let mut sql = Vec::new();
+        if o.is_replica() {
+            sql.push(o.server.stop_replica_sql());
+        }
+        sql.extend(o.server.set_read_only_sql(true));
+        sql.push(change_source_for(&o, &change, true));
+        sql.push(o.server.start_replica_sql());
+        let prober = self.prober(addr);
+        prober
+            .execute(&sql, self.step_timeout())
+            .await
+            .map_err(|e| FailoverError::Refused(redact(&e.to_string(), &password)))?;
+        prober.disconnect().await;
+        let idx = self.commit(Command::ClearDemoted { name: name.clone(), instance: addr.clone() }, actor).await?;
+        self.monitor.probe_now(addr);
+        tracing::warn!(cluster = %name, instance = %addr, %primary, "rejoined as a replica");
+        Ok((idx, format!("{addr} now replicates from {primary}")))
+    }
+
     /// post_failover / post_switchover / post_unsuccessful_failover, in the background:
     /// they report, they cannot undo anything.
     fn post_hooks(&self, name: &ClusterName, id: &str) {
@@ -728,7 +800,7 @@ impl Engine {
                     sql.push(o.server.stop_replica_sql());
                 }
                 sql.extend(o.server.set_read_only_sql(true));
-                sql.push(o.server.change_source_sql(&change));
+                sql.push(change_source_for(&o, &change, matches!(step, Step::RepointOldPrimary { .. })));
                 sql.push(o.server.start_replica_sql());
                 // The error of a refused CHANGE MASTER quotes the statement: never let the
                 // password reach logs or the Raft record.
@@ -802,6 +874,18 @@ fn failpoint(name: &str, step: Option<usize>) {
     if hit {
         tracing::error!(failpoint = %fp, "failpoint hit: killing this process");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// The CHANGE MASTER/SOURCE statement for `o`. A former MariaDB primary has its own
+/// writes in gtid_binlog_pos but not in gtid_slave_pos, so it must start from
+/// `current_pos` (MariaDB's documented way to turn a primary into a replica).
+fn change_source_for(o: &primus_mysql::Observation, change: &ChangeSource<'_>, former_primary: bool) -> String {
+    let sql = o.server.change_source_sql(change);
+    if former_primary && o.server.flavor == primus_mysql::Flavor::MariaDb {
+        sql.replace("MASTER_USE_GTID=slave_pos", "MASTER_USE_GTID=current_pos")
+    } else {
+        sql
     }
 }
 

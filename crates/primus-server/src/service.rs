@@ -711,6 +711,29 @@ impl Coordinator for CoordinatorService {
         }
     }
 
+    async fn rejoin(&self, req: Request<RejoinRequest>) -> Result<Response<RejoinResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let name = parse_name(&r.cluster)?;
+        let addr = r.instance.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let engine = self.engine()?;
+        if !self.node.is_leader() {
+            let nh = NotHere::Forward(self.node.leader_target());
+            return self
+                .forward(nh, forwarded, r, |mut c, q| async move { c.rejoin(q).await })
+                .await
+                .map(Response::new);
+        }
+        match engine.rejoin(&name, &addr, &r.actor).await {
+            Ok((log_index, message)) => Ok(Response::new(RejoinResponse { log_index, message })),
+            Err(crate::failover::FailoverError::UnknownCluster(n)) => {
+                Err(Status::not_found(format!("cluster {n} is not registered")))
+            }
+            Err(crate::failover::FailoverError::NotLeader(m)) => Err(Status::unavailable(m)),
+            Err(e) => Err(Status::failed_precondition(e.to_string())),
+        }
+    }
+
     async fn set_automatic_failover(
         &self,
         req: Request<SetAutomaticFailoverRequest>,
