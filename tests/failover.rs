@@ -505,3 +505,43 @@ async fn rejoin_repoints_a_clean_old_primary_and_refuses_one_with_errant_transac
     assert!(second_old.slave_status().await?.is_none_or(|s| !s.is_running()), "errant instance was repointed anyway");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saturated_slow_primary_is_not_failed_over() -> anyhow::Result<()> {
+    let w =
+        World::start(WorldOptions { probe_interval_ms: 1000, query_timeout_ms: 1000, ..Default::default() }).await?;
+    register(&w).await?;
+    // Saturate the primary's CPU (this machine has 2 cores) with 6 busy sessions for
+    // 8 s while writes keep flowing: probes get slower, replicas keep replicating.
+    let primary = w.sandbox.primary().clone();
+    let mut load = Vec::new();
+    for _ in 0..6 {
+        let p = primary.clone();
+        load.push(tokio::spawn(async move {
+            let _ = p.exec_timeout("SELECT BENCHMARK(400000000, MD5('primus'))", Duration::from_secs(20)).await;
+        }));
+    }
+    let client = w.client()?;
+    let mut codes = std::collections::BTreeSet::new();
+    let mut max_latency_us = 0u64;
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        let _ = primary.insert_test_rows(1).await;
+        if let Ok(a) = client.analysis("c").await {
+            codes.insert(a.code);
+        }
+        if let Ok(t) = w.topology("c").await {
+            if let Some(l) = inst(&t, &primary.addr()).probe_latency_us {
+                max_latency_us = max_latency_us.max(l);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for l in load {
+        l.abort();
+    }
+    println!("saturated primary: analysis codes seen {codes:?}, max probe latency {} ms", max_latency_us / 1000);
+    assert!(client.history("c").await?.failovers.is_empty(), "a slow primary was failed over");
+    assert!(!codes.iter().any(|c| c.starts_with("DeadPrimary")), "codes: {codes:?}");
+    Ok(())
+}

@@ -362,21 +362,14 @@ impl Engine {
         self.confirm_leader().await?;
         // Double-check with fresh probes of the primary and its replicas (seed 004):
         // the decision must not rest on a view that is a probe interval old.
-        // The primary is re-probed only if our latest view of it is older than half a
-        // probe interval: re-probing a hung primary would cost a whole connect timeout
-        // and tell us nothing new; the replicas' fresh view is what confirms.
-        let fresh_ms = self.mysql.probe_interval_ms / 2;
-        let now = now_ms();
-        let primary_view_fresh = self
-            .monitor
-            .views_of(&primary)
-            .iter()
-            .any(|(n, r)| *n == self.me && now.saturating_sub(r.at_ms) <= fresh_ms);
+        // An automatic decision already rests on a majority's fresh views of the
+        // primary (view_max_age_ms); re-probing a hung primary would only burn a whole
+        // timeout. What the double-check adds is the replicas' view, now.
         let addrs: Vec<InstanceAddr> = c
             .topology
             .instances
             .keys()
-            .filter(|a| kind != FailoverKind::Automatic || **a != primary || !primary_view_fresh)
+            .filter(|a| kind != FailoverKind::Automatic || **a != primary)
             .cloned()
             .collect();
         self.monitor.probe_fresh(&addrs).await;
@@ -899,7 +892,7 @@ fn redact(text: &str, secret: &str) -> String {
 }
 
 /// How long a best-effort fence of an unreachable old primary may try.
-const BEST_EFFORT_FENCE_TIMEOUT: Duration = Duration::from_millis(300);
+const BEST_EFFORT_FENCE_TIMEOUT: Duration = Duration::from_millis(150);
 
 fn is_unreachable(e: &ProbeError) -> bool {
     matches!(e, ProbeError::Unreachable { .. } | ProbeError::Timeout { .. } | ProbeError::ConnectionLost { .. })

@@ -268,6 +268,13 @@ impl Monitor {
             }
             let changed = last_ok != Some(ok) || (ok && io != last_io);
             last_io = io;
+            if last_ok == Some(true) && !ok {
+                // Emergency checks (orchestrator's double-checking): a primary that just
+                // failed a probe gets its replicas probed every 250 ms for a while, so
+                // "the replicas lost it" is known within a heartbeat period or two
+                // instead of a probe interval or two.
+                self.emergency_probe_replicas(&addr);
+            }
             if last_ok != Some(ok) {
                 match &result {
                     Ok(o) => tracing::info!(instance = %addr, server_id = o.server_id, "instance reachable"),
@@ -307,6 +314,30 @@ impl Monitor {
                 p.insert(addr.clone(), (mark, 0));
             }
         }
+    }
+
+    fn emergency_probe_replicas(self: &Arc<Self>, primary: &InstanceAddr) {
+        let replicas: Vec<InstanceAddr> = self.state.read(|s| {
+            s.registry
+                .clusters
+                .values()
+                .filter(|c| c.topology.primary.as_ref() == Some(primary))
+                .flat_map(|c| c.topology.instances.values().filter(|i| i.source.as_ref() == Some(primary)))
+                .map(|i| i.addr.clone())
+                .collect()
+        });
+        if replicas.is_empty() {
+            return;
+        }
+        let m = self.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                for r in &replicas {
+                    m.probe_now(r);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
     }
 
     /// Last time (unix ms) the replica at `addr` showed replication progress.
