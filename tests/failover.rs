@@ -372,6 +372,10 @@ async fn switchover_under_continuous_writes_loses_no_acknowledged_row() -> anyho
     let st = old.slave_status().await?.expect("old primary replicates");
     assert!(st.is_running() && st.last_sql_error.is_empty(), "old primary's replication: {st:?}");
     assert_eq!(st.master_port, new_primary.port());
+    // In the agreed topology too: a replica of the new primary, not a demoted server.
+    let t = w.topology("c").await?;
+    let o = inst(&t, &old.addr());
+    assert_eq!((o.role.as_str(), o.source.as_deref()), ("replica", Some(new_primary.addr().as_str())), "{t:#?}");
     Ok(())
 }
 
@@ -543,5 +547,33 @@ async fn saturated_slow_primary_is_not_failed_over() -> anyhow::Result<()> {
     println!("saturated primary: analysis codes seen {codes:?}, max probe latency {} ms", max_latency_us / 1000);
     assert!(client.history("c").await?.failovers.is_empty(), "a slow primary was failed over");
     assert!(!codes.iter().any(|c| c.starts_with("DeadPrimary")), "codes: {codes:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_safe_candidate_promotes_nothing_and_history_says_why() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions::default()).await?;
+    register(&w).await?;
+    let client = w.client()?;
+    for r in w.sandbox.replicas() {
+        client.set_promotion_rule("c", &r.addr(), "must_not").await?;
+    }
+    w.sandbox.primary().kill9()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let h = loop {
+        let h = history(&client).await?;
+        if !h.refusals.is_empty() {
+            break h;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no refusal recorded: {h:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("refusal: {}", h.refusals[0].reason);
+    assert!(h.failovers.is_empty(), "promoted a must_not replica: {h:#?}");
+    assert!(h.refusals[0].reason.contains("must_not"), "{:?}", h.refusals[0]);
+    assert!(h.refusals[0].analysis_code.starts_with("DeadPrimary"));
+    for r in w.sandbox.replicas() {
+        assert_eq!(read_only(r).await, Some(true));
+    }
     Ok(())
 }

@@ -352,26 +352,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if !json_out {
                 eprintln!("failing over {name}{}…", to.as_ref().map(|t| format!(" to {t}")).unwrap_or_default());
             }
-            let r = client.failover(&name, to.as_deref(), false).await?;
+            let r = with_progress(&client, &name, json_out, client.failover(&name, to.as_deref(), false)).await?;
             print_failover(r.failover.as_ref(), json_out);
         }
         Cmd::Switchover { name, to } => {
             if !json_out {
                 eprintln!("switching over {name}{}…", to.as_ref().map(|t| format!(" to {t}")).unwrap_or_default());
             }
-            let r = client.failover(&name, to.as_deref(), true).await?;
+            let r = with_progress(&client, &name, json_out, client.failover(&name, to.as_deref(), true)).await?;
             print_failover(r.failover.as_ref(), json_out);
         }
         Cmd::History { name } => {
             let r = client.history(&name).await?;
             if json_out {
-                print_json(Value::Array(r.failovers.iter().map(failover_json).collect()));
-            } else if r.failovers.is_empty() {
-                println!("no failovers of {name}");
+                let refusals: Vec<Value> = r
+                    .refusals
+                    .iter()
+                    .map(|x| json!({"at_ms": x.at_ms, "analysis": x.analysis_code, "evidence": x.evidence, "reason": x.reason}))
+                    .collect();
+                print_json(
+                    json!({"failovers": r.failovers.iter().map(failover_json).collect::<Vec<_>>(), "refusals": refusals}),
+                );
             } else {
+                if r.failovers.is_empty() {
+                    println!("no failovers of {name}");
+                }
                 for f in &r.failovers {
                     print_failover(Some(f), false);
                     println!();
+                }
+                for x in &r.refusals {
+                    println!("refused at {} ms ({}): {}", x.at_ms, x.analysis_code, x.reason);
                 }
             }
         }
@@ -453,6 +464,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Run a failover call while printing each step to stderr as the cluster's history
+/// records it (the steps are committed to Raft one by one, so this is live).
+async fn with_progress<F, T>(
+    client: &Client,
+    cluster: &str,
+    json_out: bool,
+    call: F,
+) -> Result<T, primus_client::ClientError>
+where
+    F: std::future::Future<Output = Result<T, primus_client::ClientError>>,
+{
+    tokio::pin!(call);
+    let mut printed: Option<(String, usize)> = None;
+    loop {
+        tokio::select! {
+            r = &mut call => return r,
+            _ = tokio::time::sleep(Duration::from_millis(150)), if !json_out => {
+                let Ok(h) = client.history(cluster).await else { continue };
+                let Some(f) = h.failovers.last().filter(|f| f.outcome == "in_progress") else { continue };
+                let from = match &printed {
+                    Some((id, n)) if *id == f.id => *n,
+                    _ => {
+                        eprintln!("  {} started: {} -> {} (epoch {})", f.id, f.old_primary, f.candidate, f.epoch);
+                        0
+                    }
+                };
+                for st in f.steps.iter().skip(from) {
+                    eprintln!("  {:>2}. {}: {}", st.index, st.description, st.outcome);
+                }
+                printed = Some((f.id.clone(), f.steps.len()));
+            }
+        }
+    }
 }
 
 fn done(json_out: bool, what: &str, log_index: u64) {

@@ -278,13 +278,16 @@ impl Engine {
         !blocked
     }
 
-    fn say_once(&self, cluster: &ClusterName, msg: &str) {
+    /// Log `msg` unless something was said about `cluster` in the last 30 s; true when logged.
+    fn say_once(&self, cluster: &ClusterName, msg: &str) -> bool {
         let mut q = self.quiet.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
         if q.get(cluster).is_none_or(|t| now.saturating_sub(*t) > 30_000) {
             q.insert(cluster.clone(), now);
             tracing::warn!(cluster = %cluster, "{msg}");
+            return true;
         }
+        false
     }
 
     fn cluster(&self, name: &ClusterName) -> Result<ClusterRecord, FailoverError> {
@@ -388,11 +391,25 @@ impl Engine {
             Some(t) => choose_candidate_explicit(&input, &primary, t, &th),
             None => choose_candidate(&input, &primary, &th),
         }
-        .map_err(|e| {
-            let msg = format!("no safe candidate: {e}");
-            self.say_once(name, &msg);
-            FailoverError::Refused(msg)
-        })?;
+        .map_err(|e| FailoverError::Refused(format!("no safe candidate: {e}")));
+        let candidate = match candidate {
+            Ok(c) => c,
+            Err(err) => {
+                // Record why a dead primary is left alone, at most every 30 s per cluster.
+                if self.say_once(name, &err.to_string()) {
+                    let cmd = Command::RecordRefusal {
+                        name: name.clone(),
+                        analysis_code: analysis.code.to_string(),
+                        evidence: analysis.evidence.clone(),
+                        reason: err.to_string(),
+                    };
+                    if let Err(e) = self.commit(cmd, &actor).await {
+                        tracing::warn!(cluster = %name, error = %e, "could not record the refusal");
+                    }
+                }
+                return Err(err);
+            }
+        };
         let steps = plan(&input, &analysis, &candidate, kind).steps;
         let plan_json: Vec<serde_json::Value> = steps.iter().filter_map(|s| serde_json::to_value(s).ok()).collect();
         let epoch = c.epoch + 1;

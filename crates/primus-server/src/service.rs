@@ -605,12 +605,27 @@ impl Coordinator for CoordinatorService {
                 .await
                 .map(Response::new);
         }
-        let failovers = self
+        let (failovers, refusals) = self
             .node
-            .read_state(|s| s.clusters.get(&name).map(|c| c.history.iter().map(failover_view).collect::<Vec<_>>()))
+            .read_state(|s| {
+                s.clusters.get(&name).map(|c| {
+                    let f = c.history.iter().map(failover_view).collect::<Vec<_>>();
+                    let r = c
+                        .refusals
+                        .iter()
+                        .map(|r| RefusalView {
+                            at_ms: r.at_ms,
+                            analysis_code: r.analysis_code.clone(),
+                            evidence: r.evidence.clone(),
+                            reason: r.reason.clone(),
+                        })
+                        .collect::<Vec<_>>();
+                    (f, r)
+                })
+            })
             .1
             .ok_or_else(|| Status::not_found(format!("cluster {name} is not registered")))?;
-        Ok(Response::new(HistoryResponse { failovers }))
+        Ok(Response::new(HistoryResponse { failovers, refusals }))
     }
 
     async fn analysis(&self, req: Request<AnalysisRequest>) -> Result<Response<AnalysisResponse>, Status> {

@@ -121,6 +121,14 @@ pub enum Command {
         name: ClusterName,
         instance: InstanceAddr,
     },
+    /// The leader refused a failover it would otherwise have started (e.g. no safe
+    /// candidate). Recorded for `history`; consumes no epoch.
+    RecordRefusal {
+        name: ClusterName,
+        analysis_code: String,
+        evidence: Vec<String>,
+        reason: String,
+    },
 }
 
 impl Command {
@@ -153,6 +161,9 @@ impl Command {
             ),
             Command::SetAutomaticFailover { name, enabled } => format!("automatic failover of {name}: {enabled:?}"),
             Command::ClearDemoted { name, instance } => format!("{instance} in {name} no longer demoted"),
+            Command::RecordRefusal { name, analysis_code, reason, .. } => {
+                format!("failover of {name} refused ({analysis_code}): {reason}")
+            }
         }
     }
 }

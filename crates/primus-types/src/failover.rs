@@ -90,6 +90,16 @@ impl FailoverRecord {
     }
 }
 
+/// A failover the leader wanted but refused to carry out (no safe candidate): kept
+/// so that `history` shows why a dead primary was left alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalRecord {
+    pub at_ms: u64,
+    pub analysis_code: String,
+    pub evidence: Vec<String>,
+    pub reason: String,
+}
+
 /// Per-instance promotion preference, as orchestrator has it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -46,7 +46,13 @@ pub struct ClusterRecord {
     pub instance_maintenance: BTreeMap<InstanceAddr, Maintenance>,
     #[serde(default)]
     pub cluster_maintenance: Option<Maintenance>,
+    /// Failovers the leader refused (most recent last, bounded by `REFUSAL_RETENTION`).
+    #[serde(default)]
+    pub refusals: Vec<crate::RefusalRecord>,
 }
+
+/// How many refusals a cluster keeps.
+pub const REFUSAL_RETENTION: usize = 20;
 
 /// How many failover records a cluster keeps.
 pub const HISTORY_RETENTION: usize = 100;
@@ -182,6 +188,7 @@ impl Registry {
                         promotion_rules: BTreeMap::new(),
                         instance_maintenance: BTreeMap::new(),
                         cluster_maintenance: None,
+                        refusals: Vec::new(),
                     },
                 );
                 touched.push(StateKey::Cluster(name.clone()));
@@ -255,15 +262,22 @@ impl Registry {
                 f.finished_at_ms = Some(req.proposed_at_ms);
                 f.promotion_gtid = promotion_gtid.clone();
                 let (old, new) = (f.old_primary.clone(), f.candidate.clone());
+                // A switchover repoints the old primary under the new one: it is a
+                // healthy replica, not a demoted server.
+                let switchover = f.kind == crate::FailoverKind::Switchover;
                 if *outcome == FailoverOutcome::Succeeded {
-                    c.demoted.insert(old.clone());
+                    if !switchover {
+                        c.demoted.insert(old.clone());
+                    }
                     c.demoted.remove(&new);
                     let nodes = c
                         .topology
                         .instances
                         .values()
                         .map(|i| {
-                            let source = if i.addr == new || i.addr == old {
+                            let source = if i.addr == old && switchover {
+                                Some(new.clone())
+                            } else if i.addr == new || i.addr == old {
                                 None
                             } else if i.source.as_ref() == Some(&old) {
                                 Some(new.clone())
@@ -323,6 +337,20 @@ impl Registry {
             Command::SetAutomaticFailover { name, enabled } => {
                 let c = self.cluster_mut(name)?;
                 c.settings.automatic_failover = *enabled;
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
+            Command::RecordRefusal { name, analysis_code, evidence, reason } => {
+                let c = self.cluster_mut(name)?;
+                c.refusals.push(crate::RefusalRecord {
+                    at_ms: req.proposed_at_ms,
+                    analysis_code: analysis_code.clone(),
+                    evidence: evidence.clone(),
+                    reason: reason.clone(),
+                });
+                if c.refusals.len() > REFUSAL_RETENTION {
+                    c.refusals.remove(0);
+                }
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
             }
