@@ -651,21 +651,7 @@ impl Engine {
             }
         }
         let (user, password) = self.replication_credentials().map_err(FailoverError::Refused)?;
-        let change = ChangeSource {
-            host: primary.host(),
-            port: primary.port(),
-            user: &user,
-            password: &password,
-            heartbeat_period: Some(Duration::from_millis(500)),
-            connect_retry_s: Some(1),
-        };
-        let mut sql = Vec::new();
-        if o.is_replica() {
-            sql.push(o.server.stop_replica_sql());
-        }
-        sql.extend(o.server.set_read_only_sql(true));
-        sql.push(change_source_for(&o, &change, true));
-        sql.push(o.server.start_replica_sql());
+        let sql = repoint_sql(&o, &primary, &user, &password, true);
         let prober = self.prober(addr);
         prober
             .execute(&sql, self.step_timeout())
@@ -797,21 +783,7 @@ impl Engine {
                         return Ok("already replicating from the new primary".into());
                     }
                 }
-                let change = ChangeSource {
-                    host: to.host(),
-                    port: to.port(),
-                    user: &user,
-                    password: &password,
-                    heartbeat_period: Some(Duration::from_millis(500)),
-                    connect_retry_s: Some(1),
-                };
-                let mut sql = Vec::new();
-                if o.is_replica() {
-                    sql.push(o.server.stop_replica_sql());
-                }
-                sql.extend(o.server.set_read_only_sql(true));
-                sql.push(change_source_for(&o, &change, matches!(step, Step::RepointOldPrimary { .. })));
-                sql.push(o.server.start_replica_sql());
+                let sql = repoint_sql(&o, to, &user, &password, matches!(step, Step::RepointOldPrimary { .. }));
                 // The error of a refused CHANGE MASTER quotes the statement: never let the
                 // password reach logs or the Raft record.
                 p.execute(&sql, t).await.map_err(|e| redact(&e.to_string(), &password))?;
@@ -885,6 +857,33 @@ fn failpoint(name: &str, step: Option<usize>) {
         tracing::error!(failpoint = %fp, "failpoint hit: killing this process");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
+}
+
+/// Everything that makes the instance observed as `o` a read-only replica of `to`:
+/// stop replication, read_only, CHANGE MASTER/SOURCE by GTID, start replication.
+fn repoint_sql(
+    o: &primus_mysql::Observation,
+    to: &InstanceAddr,
+    user: &str,
+    password: &str,
+    former_primary: bool,
+) -> Vec<String> {
+    let change = ChangeSource {
+        host: to.host(),
+        port: to.port(),
+        user,
+        password,
+        heartbeat_period: Some(Duration::from_millis(500)),
+        connect_retry_s: Some(1),
+    };
+    let mut sql = Vec::new();
+    if o.is_replica() {
+        sql.push(o.server.stop_replica_sql());
+    }
+    sql.extend(o.server.set_read_only_sql(true));
+    sql.push(change_source_for(o, &change, former_primary));
+    sql.push(o.server.start_replica_sql());
+    sql
 }
 
 /// The CHANGE MASTER/SOURCE statement for `o`. A former MariaDB primary has its own
