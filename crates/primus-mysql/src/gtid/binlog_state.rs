@@ -88,12 +88,7 @@ impl FromStr for MariaBinlogState {
         };
         for part in input.split(',') {
             let part = part.trim();
-            let mut it = part.splitn(3, '-');
-            let (Some(d), Some(s), Some(q)) = (it.next(), it.next(), it.next()) else {
-                return Err(err(part, "expected DOMAIN-SERVER-SEQ"));
-            };
-            let domain_id: u32 = d.parse().map_err(|_| err(part, "domain id is not a 32-bit unsigned integer"))?;
-            let server_id: u32 = s.parse().map_err(|_| err(part, "server id is not a 32-bit unsigned integer"))?;
+            let (domain_id, server_id, q) = super::mariadb::split_gtid(part).map_err(|reason| err(part, reason))?;
             if q.contains("..") {
                 return Err(err(part, "a binlog state lists single GTIDs, not LO..HI ranges"));
             }

@@ -214,6 +214,18 @@ impl MariaGtidSet {
     }
 }
 
+/// Splits one `DOMAIN-SERVER-SEQ` element into its ids and the (unparsed) seq part;
+/// shared by every MariaDB GTID list parser so they agree on what is valid.
+pub(super) fn split_gtid(part: &str) -> Result<(u32, u32, &str), &'static str> {
+    let mut it = part.splitn(3, '-');
+    let (Some(d), Some(s), Some(q)) = (it.next(), it.next(), it.next()) else {
+        return Err("expected DOMAIN-SERVER-SEQ");
+    };
+    let domain: u32 = d.parse().map_err(|_| "domain id is not a 32-bit unsigned integer")?;
+    let server_id: u32 = s.parse().map_err(|_| "server id is not a 32-bit unsigned integer")?;
+    Ok((domain, server_id, q))
+}
+
 impl FromStr for MariaGtidSet {
     type Err = GtidParseError;
 
@@ -229,12 +241,7 @@ impl FromStr for MariaGtidSet {
         };
         for part in input.split(',') {
             let part = part.trim();
-            let mut it = part.splitn(3, '-');
-            let (Some(d), Some(s), Some(q)) = (it.next(), it.next(), it.next()) else {
-                return Err(err(part, "expected DOMAIN-SERVER-SEQ"));
-            };
-            let domain: u32 = d.parse().map_err(|_| err(part, "domain id is not a 32-bit unsigned integer"))?;
-            let server_id: u32 = s.parse().map_err(|_| err(part, "server id is not a 32-bit unsigned integer"))?;
+            let (domain, server_id, q) = split_gtid(part).map_err(|reason| err(part, reason))?;
             let seqs = match q.split_once("..") {
                 None => IntervalSet::prefix(q.parse().map_err(|_| err(part, "seq is not a 64-bit unsigned integer"))?),
                 Some((lo, hi)) => {
