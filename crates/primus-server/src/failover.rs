@@ -129,7 +129,7 @@ impl Engine {
                         addr: i.addr.clone(),
                         role: i.role,
                         source: i.source.clone(),
-                        datacenter: None,
+                        datacenter: c.datacenters.get(&i.addr).cloned(),
                         views,
                         io_progress_at_ms: self.monitor.progress_at(&i.addr),
                         maintenance: c.in_maintenance(&i.addr, now),

@@ -749,6 +749,61 @@ impl Coordinator for CoordinatorService {
         }
     }
 
+    async fn set_instance_datacenter(
+        &self,
+        req: Request<SetInstanceDatacenterRequest>,
+    ) -> Result<Response<LogIndexResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let name = parse_name(&r.cluster)?;
+        let instance = r.instance.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let dc = r.datacenter.trim();
+        let datacenter = if dc.is_empty() { None } else { Some(dc.to_string()) };
+        match self.write(Command::SetInstanceDatacenter { name, instance, datacenter }, r.actor.clone()).await {
+            Ok(log_index) => Ok(Response::new(LogIndexResponse { log_index })),
+            Err(nh) => self
+                .forward(nh, forwarded, r, |mut c, q| async move { c.set_instance_datacenter(q).await })
+                .await
+                .map(Response::new),
+        }
+    }
+
+    async fn get_primary(&self, req: Request<GetPrimaryRequest>) -> Result<Response<GetPrimaryResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let name = parse_name(&r.cluster)?;
+        let consistency = r.consistency();
+        if consistency == ReadConsistency::Linearizable {
+            if let Err(nh) = self.linearizable().await {
+                return self
+                    .forward(nh, forwarded, r, |mut c, q| async move { c.get_primary(q).await })
+                    .await
+                    .map(Response::new);
+            }
+        }
+        let (applied_index, state) = self.node.read_state(|s| s.clusters.get(&name).map(|c| c.primary_state()));
+        let state = state.ok_or_else(|| Status::not_found(format!("cluster {name} is not registered")))?;
+        let leader = self.node.leader_target();
+        Ok(Response::new(GetPrimaryResponse {
+            state: Some(primary_state_view(&state)),
+            applied_index,
+            served_by: self.node.id,
+            leader_id: leader.as_ref().map(|l| l.0),
+            leader_addr: leader.map(|l| l.1).unwrap_or_default(),
+            consistency: consistency as i32,
+        }))
+    }
+
+    type WatchPrimaryStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<PrimaryEvent, Status>> + Send + 'static>>;
+
+    async fn watch_primary(
+        &self,
+        _req: Request<WatchPrimaryRequest>,
+    ) -> Result<Response<Self::WatchPrimaryStream>, Status> {
+        Err(Status::unimplemented("WatchPrimary is not implemented yet"))
+    }
+
     async fn set_automatic_failover(
         &self,
         req: Request<SetAutomaticFailoverRequest>,
@@ -763,6 +818,24 @@ impl Coordinator for CoordinatorService {
                 .await
                 .map(Response::new),
         }
+    }
+}
+
+/// The wire form of a [`primus_types::state::PrimaryState`].
+pub fn primary_state_view(p: &primus_types::state::PrimaryState) -> PrimaryState {
+    PrimaryState {
+        cluster: p.cluster.to_string(),
+        primary: p.primary.as_ref().map(ToString::to_string).unwrap_or_default(),
+        epoch: p.epoch,
+        datacenter: p.datacenter.clone().unwrap_or_default(),
+        failover: p.failover.as_ref().map(|f| InFlightFailover {
+            id: f.id.clone(),
+            kind: f.kind.clone(),
+            old_primary: f.old_primary.to_string(),
+            candidate: f.candidate.to_string(),
+            epoch: f.epoch,
+        }),
+        demoted: p.demoted.iter().map(ToString::to_string).collect(),
     }
 }
 

@@ -129,6 +129,13 @@ pub enum Command {
         evidence: Vec<String>,
         reason: String,
     },
+    /// Label an instance with its datacenter (`None` clears it). Used to prefer a
+    /// candidate in the old primary's datacenter and reported to clients.
+    SetInstanceDatacenter {
+        name: ClusterName,
+        instance: InstanceAddr,
+        datacenter: Option<String>,
+    },
 }
 
 impl Command {
@@ -161,6 +168,9 @@ impl Command {
             ),
             Command::SetAutomaticFailover { name, enabled } => format!("automatic failover of {name}: {enabled:?}"),
             Command::ClearDemoted { name, instance } => format!("{instance} in {name} no longer demoted"),
+            Command::SetInstanceDatacenter { name, instance, datacenter } => {
+                format!("datacenter of {instance} in {name}: {}", datacenter.as_deref().unwrap_or("(none)"))
+            }
             Command::RecordRefusal { name, analysis_code, reason, .. } => {
                 format!("failover of {name} refused ({analysis_code}): {reason}")
             }

@@ -49,6 +49,37 @@ pub struct ClusterRecord {
     /// Failovers the leader refused (most recent last, bounded by `REFUSAL_RETENTION`).
     #[serde(default)]
     pub refusals: Vec<crate::RefusalRecord>,
+    /// Datacenter label per instance (set by operators; absent = unknown).
+    #[serde(default)]
+    pub datacenters: BTreeMap<InstanceAddr, String>,
+}
+
+/// What clients ask most: where to write, under which epoch, and whether that is
+/// about to change. Derived from a [`ClusterRecord`]; the same on every node that
+/// applied the same index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PrimaryState {
+    pub cluster: ClusterName,
+    /// The agreed primary; `None` while none is known (discovery, or a failover
+    /// that found no safe candidate).
+    pub primary: Option<InstanceAddr>,
+    pub epoch: u64,
+    /// Datacenter label of the primary, when an operator set one.
+    pub datacenter: Option<String>,
+    /// The failover in progress, if any: its id, the instance it is promoting and
+    /// the epoch it will establish.
+    pub failover: Option<InFlight>,
+    /// Former primaries kept read-only.
+    pub demoted: Vec<InstanceAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InFlight {
+    pub id: String,
+    pub kind: String,
+    pub old_primary: InstanceAddr,
+    pub candidate: InstanceAddr,
+    pub epoch: u64,
 }
 
 /// How many refusals a cluster keeps.
@@ -58,6 +89,24 @@ pub const REFUSAL_RETENTION: usize = 20;
 pub const HISTORY_RETENTION: usize = 100;
 
 impl ClusterRecord {
+    /// Where to write, at which epoch, and what is in flight.
+    pub fn primary_state(&self) -> PrimaryState {
+        PrimaryState {
+            cluster: self.name.clone(),
+            primary: self.topology.primary.clone(),
+            epoch: self.epoch,
+            datacenter: self.topology.primary.as_ref().and_then(|p| self.datacenters.get(p).cloned()),
+            failover: self.in_flight().map(|f| InFlight {
+                id: f.id.clone(),
+                kind: f.kind.to_string(),
+                old_primary: f.old_primary.clone(),
+                candidate: f.candidate.clone(),
+                epoch: f.epoch,
+            }),
+            demoted: self.demoted.iter().cloned().collect(),
+        }
+    }
+
     /// The failover in progress, if any.
     pub fn in_flight(&self) -> Option<&FailoverRecord> {
         self.history.last().filter(|r| r.in_progress())
@@ -189,6 +238,7 @@ impl Registry {
                         instance_maintenance: BTreeMap::new(),
                         cluster_maintenance: None,
                         refusals: Vec::new(),
+                        datacenters: BTreeMap::new(),
                     },
                 );
                 touched.push(StateKey::Cluster(name.clone()));
@@ -314,6 +364,18 @@ impl Registry {
                     return Err(Rejection::UnknownInstance { name: name.clone(), instance: instance.clone() });
                 }
                 c.promotion_rules.insert(instance.clone(), *rule);
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
+            Command::SetInstanceDatacenter { name, instance, datacenter } => {
+                let c = self.cluster_mut(name)?;
+                if !c.topology.instances.contains_key(instance) {
+                    return Err(Rejection::UnknownInstance { name: name.clone(), instance: instance.clone() });
+                }
+                match datacenter {
+                    Some(dc) => c.datacenters.insert(instance.clone(), dc.clone()),
+                    None => c.datacenters.remove(instance),
+                };
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
             }
