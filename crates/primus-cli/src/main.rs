@@ -93,6 +93,28 @@ enum Cmd {
         #[arg(value_parser = ["on", "off", "default"])]
         state: String,
     },
+    /// Where to write for a cluster: the primary's HOST:PORT, the epoch (fencing
+    /// token), its datacenter, and any failover in progress. By default the answer is
+    /// confirmed with the leader (never stale); --stale answers from the contacted
+    /// node alone (works in a partition, may lag).
+    Primary {
+        name: String,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Follow a cluster's primary (or every cluster's, without NAME): prints the
+    /// current state, then one line per change (failover started, primary changed,
+    /// failover ended, demoted instances). Reconnects to another coordinator on its
+    /// own and misses nothing. JSON lines with --output json. Stops on Ctrl-C.
+    Watch {
+        name: Option<String>,
+        /// Resume after this epoch: completed failovers since are replayed first.
+        #[arg(long, default_value_t = 0)]
+        from_epoch: u64,
+        /// Stop after this many events (for scripts); 0 = never.
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
     /// Show the audit trail: every command the group applied, who asked, and the outcome.
     Audit {
         /// How many of the most recent records to show.
@@ -121,6 +143,10 @@ enum MembersCmd {
 enum InstanceCmd {
     /// prefer | neutral | prefer_not | must_not
     SetPromotionRule { cluster: String, instance: String, rule: String },
+    /// Label an instance with its datacenter ("" clears it). A failover prefers a
+    /// candidate in the old primary's datacenter ([failover] prefer_same_datacenter);
+    /// clients see the primary's label.
+    SetDatacenter { cluster: String, instance: String, datacenter: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -416,6 +442,71 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = client.set_promotion_rule(&cluster, &instance, &rule).await?;
             done(json_out, &format!("{instance} in {cluster}: promotion rule {rule}"), r.log_index);
         }
+        Cmd::Instance(InstanceCmd::SetDatacenter { cluster, instance, datacenter }) => {
+            let r = client.set_instance_datacenter(&cluster, &instance, &datacenter).await?;
+            done(json_out, &format!("{instance} in {cluster}: datacenter {datacenter:?}"), r.log_index);
+        }
+        Cmd::Primary { name, stale } => {
+            let r = if stale { client.primary_stale(&name).await? } else { client.primary(&name).await? };
+            let st = r.state.clone().unwrap_or_default();
+            if json_out {
+                let mut v = primary_state_json(&st);
+                v["applied_index"] = json!(r.applied_index);
+                v["served_by"] = json!(r.served_by);
+                v["leader_id"] = json!(r.leader_id);
+                v["leader_addr"] = json!(r.leader_addr);
+                v["consistency"] = json!(if stale { "stale" } else { "linearizable" });
+                print_json(v);
+            } else {
+                println!("{}", primary_line(&st));
+                if stale {
+                    println!(
+                        "(stale read from node {} at index {}; leader {})",
+                        r.served_by,
+                        r.applied_index,
+                        r.leader_id.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into())
+                    );
+                }
+            }
+        }
+        Cmd::Watch { name, from_epoch, count } => {
+            use tokio_stream::StreamExt;
+            let mut from = std::collections::HashMap::new();
+            if let Some(n) = &name {
+                if from_epoch > 0 {
+                    from.insert(n.clone(), from_epoch);
+                }
+            }
+            let mut stream = client.watch_from(name.as_deref(), from);
+            let mut seen = 0u64;
+            loop {
+                let ev = tokio::select! {
+                    ev = stream.next() => ev,
+                    _ = tokio::signal::ctrl_c() => break,
+                };
+                let Some(ev) = ev else { break };
+                let ev = ev?;
+                let st = ev.state.clone().unwrap_or_default();
+                let kind = event_kind_name(ev.kind);
+                if json_out {
+                    let mut v = primary_state_json(&st);
+                    v["event"] = json!(kind);
+                    v["detail"] = json!(ev.detail);
+                    v["applied_index"] = json!(ev.applied_index);
+                    v["served_by"] = json!(ev.served_by);
+                    v["at_ms"] = json!(ev.at_ms);
+                    v["received_at_ms"] = json!(now_ms());
+                    println!("{}", serde_json::to_string(&v).unwrap_or_default());
+                } else {
+                    let detail = if ev.detail.is_empty() { String::new() } else { format!(" ({})", ev.detail) };
+                    println!("{} {:<16} {}{detail}", clock(), kind, primary_line(&st));
+                }
+                seen += 1;
+                if count > 0 && seen >= count {
+                    break;
+                }
+            }
+        }
         Cmd::Maintenance(MaintenanceCmd::Start { cluster, instance, reason, duration }) => {
             let r = client.maintenance(&cluster, instance.as_deref(), true, &reason, duration).await?;
             done(json_out, &format!("maintenance of {} started", instance.as_deref().unwrap_or(&cluster)), r.log_index);
@@ -652,6 +743,65 @@ fn print_topology(t: &primus_client::GetTopologyResponse) {
             line(i, 0);
         }
     }
+}
+
+fn primary_state_json(s: &primus_client::PrimaryState) -> Value {
+    json!({
+        "cluster": s.cluster, "primary": s.primary, "epoch": s.epoch, "datacenter": s.datacenter,
+        "failover": s.failover.as_ref().map(|f| json!({"id": f.id, "kind": f.kind, "old_primary": f.old_primary,
+            "candidate": f.candidate, "epoch": f.epoch})),
+        "demoted": s.demoted,
+    })
+}
+
+/// `db1:3306 epoch 3 (dc eu) — failover c-e4 in progress: promoting …`
+fn primary_line(s: &primus_client::PrimaryState) -> String {
+    let mut out = format!(
+        "{}: primary {} epoch {}",
+        s.cluster,
+        if s.primary.is_empty() { "(none)" } else { &s.primary },
+        s.epoch
+    );
+    if !s.datacenter.is_empty() {
+        out.push_str(&format!(" datacenter {}", s.datacenter));
+    }
+    if let Some(f) = &s.failover {
+        out.push_str(&format!(
+            "; {} {} in progress: {} -> {} (epoch {})",
+            f.kind, f.id, f.old_primary, f.candidate, f.epoch
+        ));
+    }
+    if !s.demoted.is_empty() {
+        out.push_str(&format!("; demoted: {}", s.demoted.join(", ")));
+    }
+    out
+}
+
+fn event_kind_name(k: i32) -> &'static str {
+    use primus_client::PrimaryEventKind as K;
+    match K::try_from(k).unwrap_or(K::Unspecified) {
+        K::Current => "current",
+        K::FailoverStarted => "failover_started",
+        K::PrimaryChanged => "primary_changed",
+        K::FailoverEnded => "failover_ended",
+        K::DemotedChanged => "demoted_changed",
+        K::ClusterAdded => "cluster_added",
+        K::ClusterRemoved => "cluster_removed",
+        K::Replayed => "replayed",
+        K::Updated => "updated",
+        K::Unspecified => "unknown",
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Wall-clock time of day (UTC) with milliseconds, for watch lines.
+fn clock() -> String {
+    let ms = now_ms();
+    let s = ms / 1000;
+    format!("{:02}:{:02}:{:02}.{:03}Z", (s / 3600) % 24, (s / 60) % 60, s % 60, ms % 1000)
 }
 
 fn main() -> ExitCode {

@@ -8,6 +8,7 @@
 
 use primus_proto::v1::coordinator_client::CoordinatorClient;
 pub use primus_proto::v1::*;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -98,6 +99,11 @@ impl Client {
                 .map_err(|err| ClientError::BadEndpoint { endpoint: e.clone(), reason: err.to_string() })?
                 .connect_timeout(opts.connect_timeout)
                 .tcp_nodelay(true)
+                // Long-lived watch streams must notice a coordinator that vanished
+                // without closing the connection (a partition, a frozen host).
+                .http2_keep_alive_interval(Duration::from_secs(2))
+                .keep_alive_timeout(Duration::from_secs(3))
+                .keep_alive_while_idle(true)
                 .connect_lazy();
             out.push((e, ch));
         }
@@ -342,6 +348,26 @@ impl Client {
         .map(|(_, v)| v)
     }
 
+    pub async fn set_instance_datacenter(
+        &self,
+        cluster: &str,
+        instance: &str,
+        datacenter: &str,
+    ) -> Result<LogIndexResponse, ClientError> {
+        let r = SetInstanceDatacenterRequest {
+            cluster: cluster.into(),
+            instance: instance.into(),
+            datacenter: datacenter.into(),
+            actor: self.opts.actor.clone(),
+        };
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.set_instance_datacenter(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
     pub async fn maintenance(
         &self,
         cluster: &str,
@@ -390,9 +416,186 @@ impl Client {
         .map(|(_, v)| v)
     }
 
+    /// Where to write for `cluster`, confirmed with a quorum through the leader:
+    /// never stale, even right after a failover. Fails (after retrying other
+    /// endpoints) when no node can reach a leader.
+    pub async fn primary(&self, cluster: &str) -> Result<GetPrimaryResponse, ClientError> {
+        self.get_primary(cluster, ReadConsistency::Linearizable).await
+    }
+
+    /// Where to write for `cluster` as the answering node knows it, without a round
+    /// trip to the leader: fast and available in a partition, possibly stale (check
+    /// `applied_index` and `state.failover`).
+    pub async fn primary_stale(&self, cluster: &str) -> Result<GetPrimaryResponse, ClientError> {
+        self.get_primary(cluster, ReadConsistency::Stale).await
+    }
+
+    pub async fn get_primary(
+        &self,
+        cluster: &str,
+        consistency: ReadConsistency,
+    ) -> Result<GetPrimaryResponse, ClientError> {
+        let r = GetPrimaryRequest { cluster: cluster.to_string(), consistency: consistency as i32 };
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.get_primary(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
+    /// Follow the primary of `cluster` (`None`: every cluster).
+    ///
+    /// The stream yields the current state at once, then one event per change. When
+    /// the serving coordinator dies, is cut off or drops a slow consumer, the stream
+    /// reconnects to another endpoint on its own (backoff with jitter) and resumes
+    /// from the last epoch it delivered: failovers that completed meanwhile are
+    /// replayed from history, and states already delivered are not repeated. It ends
+    /// with an `Err` only for errors retrying cannot fix (unknown cluster, refused
+    /// credentials), and ends when dropped.
+    pub fn watch(&self, cluster: Option<&str>) -> WatchStream {
+        self.watch_from(cluster, HashMap::new())
+    }
+
+    /// Like [`Client::watch`], resuming after the given last-seen epoch per cluster.
+    pub fn watch_from(&self, cluster: Option<&str>, from_epochs: HashMap<String, u64>) -> WatchStream {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let w = Watcher {
+            endpoints: self.endpoints.iter().map(|(n, c)| (n.clone(), c.clone())).collect(),
+            start: self.preferred.load(Ordering::Relaxed),
+            cluster: cluster.unwrap_or_default().to_string(),
+            timeout: self.opts.timeout,
+            from: from_epochs,
+            last: HashMap::new(),
+        };
+        tokio::spawn(w.run(tx));
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+
     pub async fn audit(&self, limit: u32, consistency: ReadConsistency) -> Result<AuditResponse, ClientError> {
         let r = AuditRequest { limit, consistency: consistency as i32 };
         self.call(|mut c, t| async move { c.audit(req(r, t)).await.map(|r| r.into_inner()) }).await.map(|(_, v)| v)
+    }
+}
+
+/// Events of [`Client::watch`]; `Err` is final.
+pub type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<PrimaryEvent, ClientError>>;
+
+/// The task behind a [`WatchStream`].
+struct Watcher {
+    endpoints: Vec<(String, Channel)>,
+    start: usize,
+    cluster: String,
+    timeout: Duration,
+    /// Last epoch delivered, per cluster: where a reconnect resumes.
+    from: HashMap<String, u64>,
+    /// Last state delivered, per cluster: replays of it are not repeated.
+    last: HashMap<String, PrimaryState>,
+}
+
+/// Errors a reconnect cannot fix.
+fn permanent(code: Code) -> bool {
+    matches!(
+        code,
+        Code::NotFound | Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied | Code::Unimplemented
+    )
+}
+
+impl Watcher {
+    /// Whether `ev` tells the consumer something it does not know yet.
+    fn news(&self, ev: &PrimaryEvent) -> bool {
+        let Some(s) = &ev.state else { return false };
+        let kind = PrimaryEventKind::try_from(ev.kind).unwrap_or(PrimaryEventKind::Unspecified);
+        let last = self.last.get(&s.cluster);
+        match kind {
+            PrimaryEventKind::Current => last != Some(s),
+            PrimaryEventKind::Replayed => match last {
+                None => true,
+                Some(l) => s.epoch > l.epoch || (s.epoch == l.epoch && s.primary != l.primary && l.failover.is_some()),
+            },
+            _ => true,
+        }
+    }
+
+    async fn run(mut self, tx: tokio::sync::mpsc::Sender<Result<PrimaryEvent, ClientError>>) {
+        let n = self.endpoints.len();
+        let mut i = self.start;
+        let mut failures = 0u32;
+        loop {
+            let (name, ch) = self.endpoints[i % n].clone();
+            let request = WatchPrimaryRequest {
+                cluster: self.cluster.clone(),
+                from_epoch: self.from.get(&self.cluster).copied().unwrap_or(0),
+                from_epochs: self.from.clone(),
+            };
+            let mut client = CoordinatorClient::new(ch);
+            let opened = tokio::select! {
+                r = tokio::time::timeout(self.timeout, client.watch_primary(request)) => r,
+                _ = tx.closed() => return,
+            };
+            match opened {
+                Ok(Ok(resp)) => {
+                    let mut stream = resp.into_inner();
+                    loop {
+                        let msg = tokio::select! {
+                            m = stream.message() => m,
+                            _ = tx.closed() => return,
+                        };
+                        match msg {
+                            Ok(Some(ev)) => {
+                                failures = 0;
+                                if !self.news(&ev) {
+                                    continue;
+                                }
+                                if let Some(s) = &ev.state {
+                                    let e = self.from.entry(s.cluster.clone()).or_default();
+                                    *e = (*e).max(s.epoch);
+                                    self.last.insert(s.cluster.clone(), s.clone());
+                                }
+                                if tx.send(Ok(ev)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => {
+                                tracing::info!(endpoint = %name, "watch stream ended by the server; reconnecting");
+                                break;
+                            }
+                            Err(s) if permanent(s.code()) => {
+                                let e =
+                                    ClientError::Rpc { endpoint: name, code: s.code(), message: s.message().into() };
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                            Err(s) => {
+                                tracing::info!(endpoint = %name, code = ?s.code(), message = %short(s.message()),
+                                    "watch interrupted; resuming elsewhere");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(Err(s)) if permanent(s.code()) => {
+                    let e = ClientError::Rpc { endpoint: name, code: s.code(), message: s.message().into() };
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+                Ok(Err(s)) => {
+                    tracing::debug!(endpoint = %name, code = ?s.code(), message = %short(s.message()), "watch not opened")
+                }
+                Err(_) => tracing::debug!(endpoint = %name, "watch not opened in time"),
+            }
+            i += 1;
+            failures += 1;
+            // The first retry goes to the next endpoint at once; then back off.
+            if failures > 1 {
+                let base = Duration::from_millis((50u64 << failures.min(5)).min(1000));
+                let jitter = Duration::from_millis(rand::random::<u64>() % (base.as_millis() as u64 / 2 + 1));
+                tokio::select! {
+                    _ = tokio::time::sleep(base + jitter) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        }
     }
 }
 

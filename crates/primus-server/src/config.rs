@@ -50,6 +50,27 @@ pub struct Config {
     /// Commands run around failovers (see crate::hooks).
     #[serde(default)]
     pub hooks: crate::hooks::HooksSection,
+    /// `WatchPrimary` streams.
+    #[serde(default)]
+    pub watch: WatchSection,
+}
+
+/// `[watch]`: bounds of the `WatchPrimary` streams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchSection {
+    /// Events a watcher may fall behind before its stream is closed with
+    /// RESOURCE_EXHAUSTED (the client then resumes with the last epoch it saw).
+    pub buffer: usize,
+    /// A node that has known no leader for this long closes its watch streams with
+    /// UNAVAILABLE, so clients move to a node that is still in the group.
+    pub leaderless_close_ms: u64,
+}
+
+impl Default for WatchSection {
+    fn default() -> Self {
+        WatchSection { buffer: 1024, leaderless_close_ms: 3000 }
+    }
 }
 
 /// `[failover]`: detection thresholds and execution bounds. Every value has a default
@@ -267,6 +288,9 @@ impl Config {
         };
         if self.node_id == 0 {
             return Err(invalid("node_id", "must be greater than 0".into()));
+        }
+        if self.watch.buffer == 0 || self.watch.buffer > 1_000_000 {
+            return Err(invalid("watch.buffer", format!("must be between 1 and 1000000, got {}", self.watch.buffer)));
         }
         self.listen
             .parse::<SocketAddr>()

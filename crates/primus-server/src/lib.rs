@@ -6,6 +6,7 @@ pub mod failover;
 pub mod hooks;
 pub mod monitor;
 pub mod node;
+pub mod primary;
 pub mod service;
 
 /// An error that decides the process exit code: 2 for configuration errors, 1 otherwise.

@@ -23,6 +23,8 @@ pub struct NodeCtx {
     pub monitor: Option<Arc<crate::monitor::Monitor>>,
     /// Present when `[mysql]` is configured.
     pub engine: Option<Arc<crate::failover::Engine>>,
+    /// Every cluster's primary, and the stream of its changes.
+    pub feed: Arc<crate::primary::PrimaryFeed>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -192,6 +194,7 @@ pub async fn run(
     let sink: Option<Arc<dyn primus_raft::ObservationSink>> =
         monitor.clone().map(|m| m as Arc<dyn primus_raft::ObservationSink>);
 
+    let feed = crate::primary::PrimaryFeed::start(cfg.node_id, state.clone(), cfg.watch.buffer);
     let ctx = Arc::new(NodeCtx {
         id: cfg.node_id,
         cfg: cfg.clone(),
@@ -199,6 +202,7 @@ pub async fn run(
         state,
         monitor,
         engine,
+        feed,
         channels: Mutex::new(HashMap::new()),
     });
 

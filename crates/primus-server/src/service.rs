@@ -799,9 +799,31 @@ impl Coordinator for CoordinatorService {
 
     async fn watch_primary(
         &self,
-        _req: Request<WatchPrimaryRequest>,
+        req: Request<WatchPrimaryRequest>,
     ) -> Result<Response<Self::WatchPrimaryStream>, Status> {
-        Err(Status::unimplemented("WatchPrimary is not implemented yet"))
+        let r = req.into_inner();
+        let cluster = if r.cluster.is_empty() { None } else { Some(parse_name(&r.cluster)?) };
+        if let Some(name) = &cluster {
+            if self.node.feed.get(name).1.is_none() {
+                return Err(Status::not_found(format!("cluster {name} is not registered")));
+            }
+        }
+        let filter = crate::primary::WatchFilter {
+            cluster,
+            from_epoch: r.from_epoch,
+            from_epochs: r.from_epochs.into_iter().collect(),
+        };
+        let (initial, rx) = self.node.feed.subscribe(&filter);
+        tracing::debug!(cluster = ?filter.cluster.as_ref().map(|c| c.to_string()), from_epoch = filter.from_epoch,
+            subscribers = self.node.feed.subscribers(), "watch opened");
+        let stream = crate::primary::watch_stream(
+            initial,
+            rx,
+            filter,
+            self.node.raft.clone(),
+            std::time::Duration::from_millis(self.node.cfg.watch.leaderless_close_ms),
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn set_automatic_failover(

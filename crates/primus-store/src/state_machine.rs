@@ -66,6 +66,8 @@ pub struct AppliedState {
 #[derive(Clone)]
 pub struct StateHandle {
     inner: Arc<RwLock<AppliedState>>,
+    /// The last applied index, published after every `apply` and snapshot install.
+    applied_tx: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl StateHandle {
@@ -83,6 +85,17 @@ impl StateHandle {
     /// The last applied log id and membership, without copying the registry.
     pub fn applied(&self) -> (Option<LogId>, StoredMembership) {
         self.read(|s| (s.last_applied, s.membership.clone()))
+    }
+
+    /// Wakes up whenever entries were applied (or a snapshot installed); the value
+    /// is the last applied index. Cheap; any number of subscribers.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+
+    fn published(&self) {
+        let idx = self.read(|s| s.last_applied.map(|l| l.index).unwrap_or(0));
+        self.applied_tx.send_replace(idx);
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, AppliedState> {
@@ -183,7 +196,12 @@ impl StateMachineStore {
         }
         tracing::info!(last_applied = ?state.last_applied, clusters = state.registry.clusters.len(),
             "state machine loaded");
-        Ok(StateMachineStore { state: StateHandle { inner: Arc::new(RwLock::new(state)) }, tree, snapshots, flusher })
+        let applied = state.last_applied.map(|l| l.index).unwrap_or(0);
+        let handle = StateHandle {
+            inner: Arc::new(RwLock::new(state)),
+            applied_tx: Arc::new(tokio::sync::watch::Sender::new(applied)),
+        };
+        Ok(StateMachineStore { state: handle, tree, snapshots, flusher })
     }
 
     /// A handle for reading the applied state (for stale reads); stays valid after
@@ -360,6 +378,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         // One batch, not flushed: see the module docs.
         self.tree.apply_batch(batch).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, &e))?;
+        self.state.published();
         Ok(responses)
     }
 
@@ -387,6 +406,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .await
         .map_err(|e| join_err(ErrorSubject::Snapshot(Some(meta.signature())), e))??;
         *self.state.write() = new_state;
+        self.state.published();
         self.flusher.flush().await.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         tracing::info!(snapshot = %meta, "snapshot installed");
         Ok(())
