@@ -76,7 +76,9 @@ impl NodeCtx {
 
     /// The leader this node knows of, with its address.
     pub fn leader_target(&self) -> Option<(NodeId, String)> {
-        let m = self.raft.metrics().borrow().clone();
+        // Borrow, don't clone: this is on the path of every GetPrimary.
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
         let l = m.current_leader?;
         let addr = m.membership_config.membership().get_node(&l)?.addr.clone();
         Some((l, addr))

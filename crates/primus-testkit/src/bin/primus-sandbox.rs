@@ -75,6 +75,11 @@ fn print_next_steps(dir: &Path, s: &State) -> Result<()> {
         "  mariadb -h127.0.0.1 -P{} -uprimus -pprimus-pass   # the primary",
         s.mariadb[0].0.rsplit(':').next().unwrap_or("")
     );
+    println!("  {} watch {}           # one line per primary change", ctl.display(), s.cluster);
+    println!(
+        "  cargo run -p primus-client --example follow_primary -- --cluster {}   # an app that follows the primary",
+        s.cluster
+    );
     println!("Stop and delete it:  scripts/sandbox.sh down");
     Ok(())
 }
@@ -107,6 +112,15 @@ async fn up(dir: &Path) -> Result<()> {
         Sandbox::start(SandboxOptions::new(Topology::PrimaryWithReplicas(2)).keep_in(dir.join("mariadb"))).await?;
     for i in sandbox.instances() {
         println!("  {} server_id {}", i.addr(), i.server_id());
+    }
+    // An application user as applications have (no SUPER / READ ONLY ADMIN, so
+    // read_only stops it), for the follow_primary example.
+    for sql in [
+        "CREATE DATABASE IF NOT EXISTS app",
+        "CREATE USER IF NOT EXISTS 'app'@'%' IDENTIFIED BY 'app-pass'",
+        "GRANT ALL PRIVILEGES ON app.* TO 'app'@'%'",
+    ] {
+        sandbox.primary().exec(sql).await.with_context(|| format!("sandbox setup: {sql}"))?;
     }
     let creds = sandbox.credentials();
     let pw = dir.join("mysql.pass");
