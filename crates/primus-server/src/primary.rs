@@ -228,7 +228,8 @@ fn diff(
             _ => (format!("failover {id} ended"), 0),
         };
         let mut emitted = false;
-        if o.primary != n.primary {
+        let primary_changed = o.primary != n.primary;
+        if primary_changed {
             let (detail, at) = match ended {
                 Some(f) => ended_detail(&f.id),
                 None => (String::new(), 0),
@@ -249,7 +250,8 @@ fn diff(
             out.push((PrimaryEventKind::FailoverStarted, n.clone(), detail, 0));
             emitted = true;
         }
-        if o.demoted != n.demoted {
+        // A failover demotes the old primary in the same step: PRIMARY_CHANGED says it all.
+        if o.demoted != n.demoted && !primary_changed {
             let list: Vec<String> = n.demoted.iter().map(ToString::to_string).collect();
             out.push((PrimaryEventKind::DemotedChanged, n.clone(), format!("demoted: [{}]", list.join(", ")), 0));
             emitted = true;
@@ -404,7 +406,7 @@ mod tests {
         let none = BTreeMap::new();
         assert_eq!(kinds(&diff(&map(a.clone()), &map(b.clone()), &none)), vec![PrimaryEventKind::FailoverStarted]);
         let ev = diff(&map(b), &map(c), &none);
-        assert_eq!(kinds(&ev), vec![PrimaryEventKind::PrimaryChanged, PrimaryEventKind::DemotedChanged]);
+        assert_eq!(kinds(&ev), vec![PrimaryEventKind::PrimaryChanged], "the demotion is part of the change");
         assert!(ev[0].2.contains("10.0.0.1:3306 -> 10.0.0.2:3306"), "{}", ev[0].2);
     }
 
