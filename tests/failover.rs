@@ -577,3 +577,66 @@ async fn no_safe_candidate_promotes_nothing_and_history_says_why() -> anyhow::Re
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_intermediate_primary_has_its_replicas_repointed_to_its_source() -> anyhow::Result<()> {
+    // primary -> intermediate -> two leaves.
+    let w = World::start(WorldOptions { topology: primus_testkit::mariadb::Topology::Chain(2), ..Default::default() })
+        .await?;
+    let primary = w.sandbox.instance(0);
+    let intermediate = w.sandbox.instance(1);
+    let leaves = [w.sandbox.instance(2), w.sandbox.instance(3)];
+    w.client()?.register_cluster("c", &[primary.addr()], ClusterSettings::default()).await?;
+    w.wait_topology("c", "all coordinators see the chain", Duration::from_secs(15), |t| {
+        t.instances.len() == 4
+            && t.instances.iter().all(|i| i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok))
+            && inst(t, &intermediate.addr()).role == "intermediate"
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let killed = Instant::now();
+    intermediate.kill9()?;
+    let client = w.client()?;
+    let h = wait_finished(&client, 1, Duration::from_secs(20)).await?;
+    let f = &h.failovers[0];
+    println!("dead intermediate repaired in {} ms after kill -9:", killed.elapsed().as_millis());
+    for s in &f.steps {
+        println!("  step {}: {} -> {}", s.index, s.description, s.outcome);
+    }
+    assert_eq!(f.kind, "intermediate_repair", "{f:#?}");
+    assert_eq!(f.outcome, "succeeded", "{f:#?}");
+    assert_eq!(f.analysis_code, "DeadIntermediatePrimary");
+    assert_eq!((f.old_primary.as_str(), f.candidate.as_str()), (intermediate.addr().as_str(), primary.addr().as_str()));
+    assert_eq!(f.epoch, 1, "a repair consumes no epoch");
+
+    // Both leaves replicate from the primary and receive new writes.
+    for leaf in leaves {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = leaf.slave_status().await?;
+            if st.as_ref().is_some_and(|s| s.master_port == primary.port() && s.is_running()) {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{} not replicating from the primary: {st:?}", leaf.addr());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    primary.insert_test_rows(5).await?;
+    let pos = primary.gtid_binlog_pos().await?;
+    for leaf in leaves {
+        leaf.wait_gtid(&pos, Duration::from_secs(10)).await?;
+        assert_eq!(read_only(leaf).await, Some(true), "{} must stay read-only", leaf.addr());
+    }
+    // The primary did not change, clients were not told it would.
+    let p = client.primary("c").await?.state.unwrap_or_default();
+    assert_eq!((p.primary.as_str(), p.epoch), (primary.addr().as_str(), 1));
+    assert!(p.failover.is_none());
+    let p_addr = primary.addr();
+    let leaf_addrs: Vec<String> = leaves.iter().map(|l| l.addr()).collect();
+    w.wait_topology("c", "the leaves shown under the primary", Duration::from_secs(5), |t| {
+        leaf_addrs.iter().all(|l| inst(t, l).source.as_deref() == Some(p_addr.as_str()))
+    })
+    .await?;
+    Ok(())
+}

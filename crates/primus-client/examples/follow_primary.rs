@@ -78,7 +78,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let client = match Client::new(&[a.endpoints.clone()], ClientOptions::default()) {
+    let client = match Client::new(std::slice::from_ref(&a.endpoints), ClientOptions::default()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("follow_primary: {e}");

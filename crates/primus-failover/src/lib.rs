@@ -36,4 +36,4 @@ mod testkit;
 pub use analysis::{analyze, Analysis, AnalysisCode, UnknownAnalysisCode};
 pub use candidate::{choose_candidate, choose_candidate_explicit, Candidate, NoCandidate};
 pub use input::{ClusterInput, CoordinatorView, InstanceInput, NodeId, PromotionRule, Thresholds};
-pub use plan::{plan, FailoverKind, FailoverPlan, Step};
+pub use plan::{plan, plan_intermediate_repair, FailoverKind, FailoverPlan, Step};

@@ -162,3 +162,17 @@ pub fn plan(input: &ClusterInput, analysis: &Analysis, candidate: &Candidate, ki
     steps.push(Step::Complete);
     FailoverPlan { steps }
 }
+
+/// The steps to repair a dead intermediate primary: repoint each of its replicas, by GTID, to
+/// the intermediate's own source `to`. Nothing is promoted and no epoch is consumed; the dead
+/// intermediate is left alone (it is unreachable) and rejoins as a leaf when it comes back.
+pub fn plan_intermediate_repair(input: &ClusterInput, intermediate: &InstanceAddr, to: &InstanceAddr) -> FailoverPlan {
+    let mut steps: Vec<Step> = input
+        .instances
+        .values()
+        .filter(|i| i.source.as_ref() == Some(intermediate) && &i.addr != to)
+        .map(|i| Step::RepointReplica { replica: i.addr.clone(), to: to.clone() })
+        .collect();
+    steps.push(Step::Complete);
+    FailoverPlan { steps }
+}

@@ -149,3 +149,22 @@ fn promotion_rules_parse_as_operators_type_them() {
     assert!("never".parse::<PromotionRule>().is_err());
     assert_eq!(serde_json::to_string(&PromotionRule::PreferNot).expect("serializes"), r#""prefer_not""#);
 }
+
+#[test]
+fn dead_intermediate_repair_repoints_its_replicas_to_its_source_and_nothing_else() {
+    let input = Sim::standard()
+        .replica(R3, R1)
+        .replica(3310, R1)
+        .seen_all(R1, Seen::Down)
+        .io(R3, Connecting)
+        .progress(R3, Some(2100))
+        .io(3310, Connecting)
+        .progress(3310, None)
+        .input();
+    let analysis = analyze(&input, &Thresholds::default());
+    assert_eq!(analysis.code, crate::AnalysisCode::DeadIntermediatePrimary, "{analysis}");
+    let p = crate::plan_intermediate_repair(&input, &a(R1), &a(P));
+    assert_eq!(p.steps, vec![repoint(R3, P), repoint(3310, P), Step::Complete]);
+    assert_eq!(p.epoch(), None, "a repair consumes no epoch");
+    assert!(!p.can_abort(1), "repointing is irreversible: a new leader finishes it");
+}

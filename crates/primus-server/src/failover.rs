@@ -180,6 +180,17 @@ impl Engine {
                 self.keep_demoted_fenced(&c);
                 let dead =
                     matches!(analysis.code, AnalysisCode::DeadPrimary | AnalysisCode::DeadPrimaryAndSomeReplicas);
+                let dead_intermediate = analysis.code == AnalysisCode::DeadIntermediatePrimary;
+                if dead_intermediate && analysis.actionable && self.repair_allowed(&c) {
+                    self.spawn_for(&c.name, |e, name| async move {
+                        if let Err(err) = e.repair_intermediate(&name).await {
+                            tracing::warn!(cluster = %name, error = %err, "intermediate primary not repaired");
+                            let until = now_ms() + 2000;
+                            e.backoff.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), until);
+                        }
+                    });
+                    continue;
+                }
                 if dead && analysis.actionable && self.automatic_allowed(&c) {
                     self.spawn_for(&c.name, |e, name| async move {
                         if let Err(err) = e.decide_and_run(&name, FailoverKind::Automatic, None, "primusd".into()).await
@@ -276,6 +287,62 @@ impl Engine {
             self.say_once(&c.name, "automatic failover blocked: a recent failover is not acknowledged (primusctl ack)");
         }
         !blocked
+    }
+
+    /// Repairing a dead intermediate primary follows the automatic-failover switch but
+    /// not the anti-flap block: it changes no primary, and its replicas are stuck until
+    /// it is done.
+    fn repair_allowed(&self, c: &ClusterRecord) -> bool {
+        c.settings.automatic_failover.unwrap_or(self.cfg.automatic)
+            && self.backoff.lock().unwrap_or_else(|p| p.into_inner()).get(&c.name).is_none_or(|t| now_ms() >= *t)
+    }
+
+    /// Repoint the replicas of a dead intermediate primary to its source, write-ahead
+    /// through Raft like a failover (kind `intermediate_repair`, no epoch consumed).
+    pub async fn repair_intermediate(self: &Arc<Self>, name: &ClusterName) -> Result<String, FailoverError> {
+        let c = self.cluster(name)?;
+        if let Some(f) = c.in_flight() {
+            return Err(FailoverError::Refused(format!("failover {} is already in progress", f.id)));
+        }
+        self.confirm_leader().await?;
+        // Double-check with the replicas' view now (the intermediate is unreachable).
+        let addrs: Vec<InstanceAddr> = c.topology.instances.keys().cloned().collect();
+        self.monitor.probe_fresh(&addrs).await;
+        let c = self.cluster(name)?;
+        let input = self.input(&c);
+        let analysis = analyze(&input, &thresholds(&self.cfg));
+        let intermediate = match (&analysis.code, &analysis.subject) {
+            (AnalysisCode::DeadIntermediatePrimary, Some(s)) if analysis.actionable => s.clone(),
+            _ => return Err(FailoverError::Refused(format!("double-check: {analysis}"))),
+        };
+        let to = c
+            .topology
+            .instances
+            .get(&intermediate)
+            .and_then(|i| i.source.clone())
+            .ok_or_else(|| FailoverError::Refused(format!("intermediate {intermediate} has no known source")))?;
+        let steps = primus_failover::plan_intermediate_repair(&input, &intermediate, &to).steps;
+        let plan_json: Vec<serde_json::Value> = steps.iter().filter_map(|s| serde_json::to_value(s).ok()).collect();
+        let id = format!("{name}-e{}-r{}", c.epoch, c.history.len() + 1);
+        tracing::warn!(cluster = %name, failover_id = %id, epoch = c.epoch, analysis = %analysis,
+            intermediate = %intermediate, to = %to, "repairing a dead intermediate primary");
+        self.commit(
+            Command::StartFailover {
+                name: name.clone(),
+                id: id.clone(),
+                kind: FailoverKind::IntermediateRepair,
+                analysis_code: analysis.code.to_string(),
+                evidence: analysis.evidence.clone(),
+                old_primary: intermediate,
+                candidate: to,
+                epoch: c.epoch,
+                plan: plan_json,
+            },
+            "primusd",
+        )
+        .await?;
+        self.execute(name, &id).await?;
+        Ok(id)
     }
 
     /// Log `msg` unless something was said about `cluster` in the last 30 s; true when logged.

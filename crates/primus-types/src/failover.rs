@@ -20,6 +20,17 @@ pub enum FailoverKind {
     Manual,
     /// `primusctl switchover`: planned, the old primary alive and demoted gracefully.
     Switchover,
+    /// The replicas of a dead intermediate primary were repointed to its source. The
+    /// primary does not change and no epoch is consumed: `old_primary` is the dead
+    /// intermediate, `candidate` the instance its replicas now replicate from.
+    IntermediateRepair,
+}
+
+impl FailoverKind {
+    /// Whether this kind replaces the cluster's primary (and consumes an epoch).
+    pub fn changes_primary(self) -> bool {
+        self != FailoverKind::IntermediateRepair
+    }
 }
 
 impl std::fmt::Display for FailoverKind {
@@ -28,6 +39,7 @@ impl std::fmt::Display for FailoverKind {
             FailoverKind::Automatic => "automatic",
             FailoverKind::Manual => "manual",
             FailoverKind::Switchover => "switchover",
+            FailoverKind::IntermediateRepair => "intermediate_repair",
         })
     }
 }

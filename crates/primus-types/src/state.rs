@@ -96,7 +96,8 @@ impl ClusterRecord {
             primary: self.topology.primary.clone(),
             epoch: self.epoch,
             datacenter: self.topology.primary.as_ref().and_then(|p| self.datacenters.get(p).cloned()),
-            failover: self.in_flight().map(|f| InFlight {
+            // A repair of an intermediate primary does not move the primary.
+            failover: self.in_flight().filter(|f| f.kind.changes_primary()).map(|f| InFlight {
                 id: f.id.clone(),
                 kind: f.kind.to_string(),
                 old_primary: f.old_primary.clone(),
@@ -256,8 +257,11 @@ impl Registry {
                 if let Some(f) = c.in_flight() {
                     return Err(Rejection::FailoverInProgress(name.clone(), f.id.clone()));
                 }
-                if *epoch != c.epoch + 1 {
-                    return Err(Rejection::StaleEpoch { name: name.clone(), got: *epoch, want: c.epoch + 1 });
+                // A repair of an intermediate primary changes no primary: it runs
+                // under the current epoch instead of consuming one.
+                let want = if kind.changes_primary() { c.epoch + 1 } else { c.epoch };
+                if *epoch != want {
+                    return Err(Rejection::StaleEpoch { name: name.clone(), got: *epoch, want });
                 }
                 c.epoch = *epoch;
                 c.history.push(FailoverRecord {
@@ -315,7 +319,23 @@ impl Registry {
                 // A switchover repoints the old primary under the new one: it is a
                 // healthy replica, not a demoted server.
                 let switchover = f.kind == crate::FailoverKind::Switchover;
-                if *outcome == FailoverOutcome::Succeeded {
+                if *outcome == FailoverOutcome::Succeeded && !f.kind.changes_primary() {
+                    // Intermediate repair: the dead intermediate's replicas now replicate
+                    // from its source; the intermediate itself keeps its place.
+                    let nodes = c
+                        .topology
+                        .instances
+                        .values()
+                        .map(|i| {
+                            let source =
+                                if i.source.as_ref() == Some(&old) { Some(new.clone()) } else { i.source.clone() };
+                            (i.addr.clone(), source, i.server_id, i.flavor.clone(), i.version.clone())
+                        })
+                        .collect();
+                    let primary = c.topology.primary.clone();
+                    c.topology = Topology::from_edges(nodes, primary.as_ref()).with_demoted(&c.demoted);
+                    c.topology_index = log_id.index;
+                } else if *outcome == FailoverOutcome::Succeeded {
                     if !switchover {
                         c.demoted.insert(old.clone());
                     }
