@@ -626,6 +626,65 @@ mod tests {
     }
 
     #[test]
+    fn intermediate_repair_runs_under_the_current_epoch_and_reparents_without_moving_the_primary() {
+        let mut r = Registry::default();
+        r.apply(&log_id(1), &reg("c"));
+        let a = |p: u16| crate::InstanceAddr::new("h", p).unwrap();
+        // 1 -> 2 (intermediate) -> 3, 4
+        let topo = Topology::from_edges(
+            vec![
+                (a(1), None, 1, "mariadb".into(), "10.11".into()),
+                (a(2), Some(a(1)), 2, "mariadb".into(), "10.11".into()),
+                (a(3), Some(a(2)), 3, "mariadb".into(), "10.11".into()),
+                (a(4), Some(a(2)), 4, "mariadb".into(), "10.11".into()),
+            ],
+            None,
+        );
+        r.apply(
+            &log_id(2),
+            &Request::new(Command::UpdateTopology { name: "c".parse().unwrap(), topology: topo }, Origin::default()),
+        );
+        let repair = |epoch: u64| {
+            Request::new(
+                Command::StartFailover {
+                    name: "c".parse().unwrap(),
+                    id: "c-e1-r1".into(),
+                    kind: crate::FailoverKind::IntermediateRepair,
+                    analysis_code: "DeadIntermediatePrimary".into(),
+                    evidence: vec![],
+                    old_primary: a(2),
+                    candidate: a(1),
+                    epoch,
+                    plan: vec![],
+                },
+                Origin::default(),
+            )
+        };
+        assert!(matches!(r.apply(&log_id(3), &repair(2)).0, Response::Rejected(Rejection::StaleEpoch { .. })));
+        assert_eq!(r.apply(&log_id(4), &repair(1)).0, Response::Done, "no epoch consumed");
+        let c = &r.clusters[&"c".parse().unwrap()];
+        assert_eq!(c.epoch, 1);
+        assert!(c.in_flight().is_some());
+        assert_eq!(c.primary_state().failover, None, "clients are not told the primary moves");
+        let fin = Request::new(
+            Command::FinishFailover {
+                name: "c".parse().unwrap(),
+                id: "c-e1-r1".into(),
+                outcome: crate::FailoverOutcome::Succeeded,
+                promotion_gtid: None,
+            },
+            Origin::default(),
+        );
+        assert_eq!(r.apply(&log_id(5), &fin).0, Response::Done);
+        let c = &r.clusters[&"c".parse().unwrap()];
+        assert_eq!(c.topology.primary, Some(a(1)));
+        assert_eq!(c.topology.instances[&a(3)].source, Some(a(1)));
+        assert_eq!(c.topology.instances[&a(4)].source, Some(a(1)));
+        assert_eq!(c.topology.instances[&a(2)].source, Some(a(1)), "the dead intermediate keeps its place");
+        assert!(c.demoted.is_empty());
+    }
+
+    #[test]
     fn stale_epoch_is_refused() {
         let mut r = registered_with_topology();
         assert!(matches!(r.apply(&log_id(3), &start("c", 5)).0, Response::Rejected(Rejection::StaleEpoch { .. })));
