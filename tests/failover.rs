@@ -640,3 +640,34 @@ async fn dead_intermediate_primary_has_its_replicas_repointed_to_its_source() ->
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_manual_failover_gives_the_fenced_primary_its_writes_back() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions {
+        extra_config: "[failover]\ncatch_up_timeout_ms = 500\n".into(),
+        ..Default::default()
+    })
+    .await?;
+    register(&w).await?;
+    let primary = w.sandbox.primary();
+    let candidate = &w.sandbox.replicas()[0];
+    // The candidate receives but cannot apply: the catch-up step must fail after the fence.
+    candidate.stop_replication_sql().await?;
+    primary.insert_test_rows(3).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = w.client()?.failover("c", Some(&candidate.addr()), false).await;
+    let h = wait_finished(&w.client()?, 1, Duration::from_secs(30)).await?;
+    let f = &h.failovers[0];
+    println!("manual failover: {r:?}\n  outcome {} ({})", f.outcome, f.outcome_reason);
+    for s in &f.steps {
+        println!("  step {}: {} -> {}", s.index, s.description, s.outcome);
+    }
+    assert_eq!(f.outcome, "aborted", "{f:#?}");
+    assert!(f.steps.first().is_some_and(|s| s.outcome.starts_with("read_only set")), "the primary was fenced: {f:#?}");
+    assert_eq!(read_only(primary).await, Some(false), "the only primary must be writable again");
+    assert_eq!(read_only(candidate).await, Some(true));
+    let t = w.topology("c").await?;
+    assert_eq!(t.primary, primary.addr());
+    assert_eq!(t.epoch, 2, "the aborted failover used its epoch");
+    Ok(())
+}

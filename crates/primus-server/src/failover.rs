@@ -644,15 +644,22 @@ impl Engine {
                     let outcome = if irreversible_done {
                         FailoverOutcome::Failed(format!("{step}: {e}"))
                     } else {
-                        if f.kind == FailoverKind::Switchover {
-                            // Nothing irreversible happened: give the old primary its writes back.
+                        // Nothing irreversible happened: an old primary we fenced is still the
+                        // only primary, so give it its writes back (a switchover always fences
+                        // it; a failover only when it could reach it).
+                        let c_now = self.cluster(name).ok();
+                        let fenced = c_now
+                            .as_ref()
+                            .and_then(|c| c.in_flight())
+                            .is_some_and(|r| r.steps.iter().any(|s| s.outcome.starts_with("read_only set")));
+                        if f.kind == FailoverKind::Switchover || fenced {
                             let p = self.prober(&f.old_primary);
                             let r = match p.server_info().await {
                                 Ok(info) => p.execute(&info.set_read_only_sql(false), self.step_timeout()).await,
                                 Err(e) => Err(e),
                             };
-                            tracing::warn!(cluster = %name, failover_id = %id, restored = r.is_ok(),
-                                "switchover aborted: old primary made writable again");
+                            tracing::warn!(cluster = %name, failover_id = %id, kind = %f.kind, restored = r.is_ok(),
+                                "failover aborted: the fenced old primary made writable again");
                         }
                         FailoverOutcome::Aborted(format!("{step}: {e}"))
                     };
