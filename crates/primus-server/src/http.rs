@@ -273,6 +273,15 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(ErrorBody { error: message.into() })).into_response()
 }
 
+/// A request that names something malformed (400) or unknown (404).
+struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
 fn json<T: Serialize>(ok: bool, body: T) -> Response {
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
@@ -352,23 +361,23 @@ async fn leader(State(ctx): State<Arc<NodeCtx>>) -> Response {
     json(h.leads_with_quorum, h)
 }
 
-fn parse_cluster(name: &str) -> Result<ClusterName, Response> {
-    name.parse().map_err(|e: primus_types::NameError| error(StatusCode::BAD_REQUEST, e.to_string()))
+fn parse_cluster(name: &str) -> Result<ClusterName, Refused> {
+    name.parse().map_err(|e: primus_types::NameError| Refused(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
-fn parse_instance(addr: &str) -> Result<InstanceAddr, Response> {
-    addr.parse().map_err(|e: primus_types::NameError| error(StatusCode::BAD_REQUEST, e.to_string()))
+fn parse_instance(addr: &str) -> Result<InstanceAddr, Refused> {
+    addr.parse().map_err(|e: primus_types::NameError| Refused(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
-fn bad_path(r: PathRejection) -> Response {
-    error(StatusCode::BAD_REQUEST, format!("malformed path: {}", r.body_text()))
+fn bad_path(r: PathRejection) -> Refused {
+    Refused(StatusCode::BAD_REQUEST, format!("malformed path: {}", r.body_text()))
 }
 
 /// The cluster's record as this node applied it, with the applied index.
-fn cluster(ctx: &NodeCtx, name: &ClusterName) -> Result<(u64, ClusterRecord), Response> {
+fn cluster(ctx: &NodeCtx, name: &ClusterName) -> Result<(u64, ClusterRecord), Refused> {
     match ctx.read_state(|s| s.clusters.get(name).cloned()) {
         (applied, Some(c)) => Ok((applied, c)),
-        (_, None) => Err(error(StatusCode::NOT_FOUND, format!("cluster {name} is not registered"))),
+        (_, None) => Err(Refused(StatusCode::NOT_FOUND, format!("cluster {name} is not registered"))),
     }
 }
 
@@ -376,13 +385,13 @@ fn cluster(ctx: &NodeCtx, name: &ClusterName) -> Result<(u64, ClusterRecord), Re
 fn cluster_and_instance(
     ctx: &NodeCtx,
     path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<(u64, ClusterRecord, InstanceAddr), Response> {
+) -> Result<(u64, ClusterRecord, InstanceAddr), Refused> {
     let Path((name, addr)) = path.map_err(bad_path)?;
     let name = parse_cluster(&name)?;
     let addr = parse_instance(&addr)?;
     let (applied, c) = cluster(ctx, &name)?;
     if !c.topology.instances.contains_key(&addr) && c.topology.primary.as_ref() != Some(&addr) {
-        return Err(error(StatusCode::NOT_FOUND, format!("{addr} is not an instance of cluster {name}")));
+        return Err(Refused(StatusCode::NOT_FOUND, format!("{addr} is not an instance of cluster {name}")));
     }
     Ok((applied, c, addr))
 }
@@ -397,14 +406,13 @@ struct PrimaryBody {
 }
 
 /// `GET /primary/NAME`: the agreed primary and epoch (503 when there is none).
-async fn primary(State(ctx): State<Arc<NodeCtx>>, path: Result<Path<String>, PathRejection>) -> Response {
-    primary_body(&ctx, path).unwrap_or_else(|e| e)
-}
-
-fn primary_body(ctx: &NodeCtx, path: Result<Path<String>, PathRejection>) -> Result<Response, Response> {
+async fn primary(
+    State(ctx): State<Arc<NodeCtx>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, Refused> {
     let Path(name) = path.map_err(bad_path)?;
     let name = parse_cluster(&name)?;
-    let (applied_index, c) = cluster(ctx, &name)?;
+    let (applied_index, c) = cluster(&ctx, &name)?;
     let state = c.primary_state();
     let ok = state.primary.is_some();
     let leader_id = ctx.raft.metrics().borrow().current_leader;
@@ -431,11 +439,8 @@ struct PrimaryCheck {
 async fn primary_instance(
     State(ctx): State<Arc<NodeCtx>>,
     path: Result<Path<(String, String)>, PathRejection>,
-) -> Response {
-    let (applied_index, c, addr) = match cluster_and_instance(&ctx, path) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+) -> Result<Response, Refused> {
+    let (applied_index, c, addr) = cluster_and_instance(&ctx, path)?;
     let state = c.primary_state();
     let mut reasons = Vec::new();
     match &state.primary {
@@ -452,7 +457,7 @@ async fn primary_instance(
             .push(format!("coordinator {} is not in a group with a leader right now: its view may be stale", ctx.id));
     }
     let leader_id = ctx.raft.metrics().borrow().current_leader;
-    json(
+    Ok(json(
         reasons.is_empty(),
         PrimaryCheck {
             cluster: c.name.clone(),
@@ -466,7 +471,7 @@ async fn primary_instance(
             served_by: ctx.id,
             leader_id,
         },
-    )
+    ))
 }
 
 #[derive(Serialize)]
@@ -490,16 +495,16 @@ struct ReplicaCheck {
 
 /// `GET /replica/NAME/HOST:PORT`: 200 when the instance can serve reads, from this
 /// node's own latest probe (see docs/http.md for the rules).
-async fn replica(State(ctx): State<Arc<NodeCtx>>, path: Result<Path<(String, String)>, PathRejection>) -> Response {
-    let (applied_index, c, addr) = match cluster_and_instance(&ctx, path) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+async fn replica(
+    State(ctx): State<Arc<NodeCtx>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, Refused> {
+    let (applied_index, c, addr) = cluster_and_instance(&ctx, path)?;
     let Some(mon) = &ctx.monitor else {
-        return error(
+        return Err(Refused(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("coordinator {} has no [mysql] section: it probes nothing", ctx.id),
-        );
+        ));
     };
     let max_lag = ctx.cfg.http.max_replica_lag_s;
     let now = crate::monitor::now_ms();
@@ -556,7 +561,7 @@ async fn replica(State(ctx): State<Arc<NodeCtx>>, path: Result<Path<(String, Str
         }
     }
     let v = view.as_ref();
-    json(
+    Ok(json(
         reasons.is_empty(),
         ReplicaCheck {
             cluster: c.name.clone(),
@@ -574,7 +579,7 @@ async fn replica(State(ctx): State<Arc<NodeCtx>>, path: Result<Path<(String, Str
             applied_index,
             served_by: ctx.id,
         },
-    )
+    ))
 }
 
 /// A probe older than this does not vouch for a replica: `[failover]

@@ -206,9 +206,10 @@ impl Metrics {
         self.raft_last_log_index.set(i64_of(m.last_log_index.unwrap_or(0)));
         self.raft_commit_index.set(i64_of(ctx.committed_index().unwrap_or(0)));
 
-        for v in [&self.cluster_analysis, &self.cluster_epoch, &self.cluster_failover_in_progress] {
-            v.reset();
-        }
+        // Clusters and instances that went away must take their series with them.
+        self.cluster_analysis.reset();
+        self.cluster_epoch.reset();
+        self.cluster_failover_in_progress.reset();
         self.cluster_has_primary.reset();
         self.failovers.reset();
         self.last_failover_duration.reset();
