@@ -209,6 +209,24 @@ async fn garbage_huge_headers_and_half_open_connections_do_not_take_the_endpoint
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_http_endpoint_with_the_node_and_exits_0() -> anyhow::Result<()> {
+    let mut g = http_group(1, false)?;
+    g.wait_leader(&[], Duration::from_secs(20)).await?;
+    let a = http_addr(&g, 1);
+    wait_get(&a, "/health", "health", Duration::from_secs(10), |r| r.status == 200).await?;
+    // An idle client connection must not hold the shutdown up.
+    let _idle = tokio::net::TcpStream::connect(&a).await?;
+    let started = Instant::now();
+    let code = tokio::task::block_in_place(|| g.terminate(1, Duration::from_secs(10)))?;
+    assert_eq!(code, Some(0), "{}", g.node(1).log_tail(20));
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+    let log = g.node(1).log_tail(50);
+    assert!(log.contains("HTTP endpoint stopped") && log.contains("primusd stopped cleanly"), "{log}");
+    assert!(tokio::net::TcpStream::connect(&a).await.is_err(), "HTTP port still accepting after exit");
+    Ok(())
+}
+
 #[test]
 fn an_http_port_in_use_is_a_startup_error_naming_http_listen() -> anyhow::Result<()> {
     let busy = std::net::TcpListener::bind("127.0.0.1:0")?;
