@@ -74,6 +74,8 @@ pub mod world {
         pub extra_config: String,
         /// Extra environment for every primusd (e.g. PRIMUS_FAILPOINT).
         pub env: Vec<(String, String)>,
+        /// Give every coordinator an HTTP endpoint (`NodeProc::http_addr`).
+        pub http: bool,
     }
 
     impl Default for WorldOptions {
@@ -88,6 +90,7 @@ pub mod world {
                 fault_injection: false,
                 extra_config: String::new(),
                 env: Vec::new(),
+                http: false,
             }
         }
     }
@@ -132,6 +135,7 @@ pub mod world {
                 node_config,
                 fault_injection: o.fault_injection,
                 env: o.env,
+                http: o.http,
                 ..Default::default()
             })?;
             group.wait_leader(&[], Duration::from_secs(20)).await?;

@@ -172,6 +172,32 @@ pub enum ProbeError {
 }
 
 impl ProbeError {
+    /// Every value [`ProbeError::kind`] returns.
+    pub const KINDS: [&'static str; 8] = [
+        "unreachable",
+        "timeout",
+        "access_denied",
+        "rejected",
+        "connection_lost",
+        "query_failed",
+        "read_only",
+        "unparseable",
+    ];
+
+    /// A short, stable name of the error's kind (a metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProbeError::Unreachable { .. } => "unreachable",
+            ProbeError::Timeout { .. } => "timeout",
+            ProbeError::AccessDenied { .. } => "access_denied",
+            ProbeError::ConnectRejected { .. } => "rejected",
+            ProbeError::ConnectionLost { .. } => "connection_lost",
+            ProbeError::QueryFailed { .. } => "query_failed",
+            ProbeError::ReadOnly { .. } => "read_only",
+            ProbeError::Unparseable { .. } => "unparseable",
+        }
+    }
+
     /// Whether the connection can no longer be trusted after this error.
     fn poisons_connection(&self) -> bool {
         matches!(self, ProbeError::Timeout { .. } | ProbeError::ConnectionLost { .. } | ProbeError::Unparseable { .. })

@@ -31,9 +31,12 @@ pub struct Config {
     pub datacenter: String,
     /// gRPC listen address for clients and peers.
     pub listen: String,
-    /// HTTP listen address (health, metrics); optional.
+    /// HTTP listen address (health checks, HAProxy checks, metrics); optional.
     #[serde(default)]
     pub http_listen: Option<String>,
+    /// Limits of the HTTP endpoint.
+    #[serde(default)]
+    pub http: HttpSection,
     /// Where Raft log, vote, state machine and snapshots live.
     pub data_dir: PathBuf,
     #[serde(default)]
@@ -110,6 +113,31 @@ impl Default for FailoverSection {
             prefer_same_datacenter: true,
             max_lag_for_candidate_s: None,
         }
+    }
+}
+
+/// `[http]`: bounds of the HTTP endpoint served on `http_listen` (see docs/http.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Bound on one request (handler included), on reading a request's headers and on
+    /// a TLS handshake; a connection silent for twice this long is closed.
+    pub request_timeout_ms: u64,
+    /// `/replica/...` answers 503 for a replica lagging more than this (seconds).
+    pub max_replica_lag_s: u64,
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection { request_timeout_ms: 5000, max_replica_lag_s: 30, max_connections: 1024 }
+    }
+}
+
+impl HttpSection {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 }
 
@@ -298,6 +326,12 @@ impl Config {
         if let Some(h) = &self.http_listen {
             h.parse::<SocketAddr>()
                 .map_err(|e| invalid("http_listen", format!("{h:?} is not an IP:port address ({e})")))?;
+        }
+        if self.http.request_timeout_ms == 0 {
+            return Err(invalid("http.request_timeout_ms", "must be greater than 0".into()));
+        }
+        if self.http.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be greater than 0".into()));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty".into()));
@@ -518,6 +552,8 @@ addr = "127.0.0.1:7101"
         let c = Config::parse(Path::new("c.toml"), GOOD).unwrap();
         c.validate(Path::new("c.toml")).unwrap();
         assert_eq!(c.raft.heartbeat_ms, 50);
+        assert_eq!(c.http.request_timeout_ms, 5000);
+        assert_eq!(c.http.max_replica_lag_s, 30);
         assert!(c.openraft_config().is_ok());
     }
 
@@ -534,6 +570,11 @@ addr = "127.0.0.1:7101"
             ),
             (GOOD.replace("addr = \"127.0.0.1:7101\"", "addr = \"x\""), "initial_members[0].addr"),
             (GOOD.replace("[[initial_members]]", "[raft]\nturbo = true\n[[initial_members]]"), "turbo"),
+            (GOOD.replace("[[initial_members]]", "[http]\nturbo = true\n[[initial_members]]"), "http.turbo"),
+            (
+                GOOD.replace("[[initial_members]]", "[http]\nrequest_timeout_ms = 0\n[[initial_members]]"),
+                "http.request_timeout_ms",
+            ),
         ];
         for (text, key) in cases {
             let e = err(&text);

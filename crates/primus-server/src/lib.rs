@@ -4,6 +4,8 @@ pub mod config;
 pub mod discovery;
 pub mod failover;
 pub mod hooks;
+pub mod http;
+pub mod metrics;
 pub mod monitor;
 pub mod node;
 pub mod primary;

@@ -114,6 +114,7 @@ pub struct Monitor {
     leader_channel: Mutex<Option<(String, tonic::transport::Channel)>>,
     rpc_timeout: Duration,
     election_timeout_min_ms: u64,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Monitor {
@@ -124,6 +125,7 @@ impl Monitor {
         state: StateHandle,
         rpc_timeout: Duration,
         election_timeout_min_ms: u64,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Arc<Monitor>, String> {
         let targets = Targets::from_config(&cfg)?;
         Ok(Arc::new(Monitor {
@@ -143,6 +145,7 @@ impl Monitor {
             leader_channel: Mutex::new(None),
             rpc_timeout,
             election_timeout_min_ms,
+            metrics,
         }))
     }
 
@@ -215,6 +218,7 @@ impl Monitor {
                 let keep = wanted.contains_key(addr);
                 if !keep {
                     h.abort();
+                    self.metrics.forget_instance(&addr.to_string());
                     tracing::info!(instance = %addr, "stopped probing (no longer in any cluster)");
                 }
                 keep
@@ -247,6 +251,7 @@ impl Monitor {
                 _ = tick.tick() => {}
                 _ = now.notified() => {}
             }
+            let started = Instant::now();
             let result = match tokio::time::timeout(self.targets.probe_deadline(), prober.probe()).await {
                 Ok(r) => r,
                 Err(_) => {
@@ -261,6 +266,7 @@ impl Monitor {
                 o.addr = addr.clone();
                 o
             });
+            self.metrics.observe_probe(&addr.to_string(), started.elapsed(), &result);
             let ok = result.is_ok();
             let io = result.as_ref().ok().and_then(|o| o.replication.first()).map(|r| format!("{:?}", r.io_running));
             if let Ok(o) = &result {
@@ -359,7 +365,9 @@ impl Monitor {
             let prober = Prober::new(self.targets.connect_addr(a), self.targets.probe_config.clone());
             let deadline = self.targets.probe_deadline();
             let a = a.clone();
+            let metrics = self.metrics.clone();
             async move {
+                let started = Instant::now();
                 let r = match tokio::time::timeout(deadline, prober.probe()).await {
                     Ok(r) => r,
                     Err(_) => Err(ProbeError::Timeout {
@@ -367,6 +375,7 @@ impl Monitor {
                         after_ms: deadline.as_millis() as u64,
                     }),
                 };
+                metrics.observe_probe(&a.to_string(), started.elapsed(), &r);
                 prober.disconnect().await;
                 let result = r.map(|mut o| {
                     o.addr = a.clone();

@@ -25,6 +25,8 @@ pub struct NodeCtx {
     pub engine: Option<Arc<crate::failover::Engine>>,
     /// Every cluster's primary, and the stream of its changes.
     pub feed: Arc<crate::primary::PrimaryFeed>,
+    /// Prometheus metrics of this node (served on `GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -151,6 +153,17 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (key `listen`)"))?;
+    let http_listener = match &cfg.http_listen {
+        Some(h) => {
+            let addr: std::net::SocketAddr = h.parse().context("http_listen")?;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (key `http_listen`)"))?;
+            Some(l)
+        }
+        None => None,
+    };
+    let metrics = Arc::new(crate::metrics::Metrics::new().context("cannot register metrics")?);
 
     let monitor = match &cfg.mysql {
         Some(m) => {
@@ -161,6 +174,7 @@ pub async fn run(
                 state.clone(),
                 Duration::from_millis(cfg.raft.rpc_timeout_ms),
                 cfg.raft.election_timeout_min_ms,
+                metrics.clone(),
             )
             .map_err(|e| {
                 crate::ExitError::config(crate::config::ConfigError::Invalid {
@@ -205,6 +219,7 @@ pub async fn run(
         monitor,
         engine,
         feed,
+        metrics,
         channels: Mutex::new(HashMap::new()),
     });
 
@@ -255,14 +270,40 @@ pub async fn run(
         });
     }
 
+    // One shutdown for both servers: the gRPC server's future fires it, and it
+    // also fires if the gRPC server stops on its own (the sender is dropped).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let http = http_listener.map(|l| {
+        let mut rx = stop_rx.clone();
+        let stop = async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        tokio::spawn(crate::http::serve(ctx.clone(), l, None, stop))
+    });
+
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .timeout(Duration::from_millis(cfg.raft.membership_timeout_ms + 5000))
         .add_service(coordinator)
         .add_service(peer)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-        .context("gRPC server failed")?;
+        .context("gRPC server failed");
+    drop(stop_rx);
+    if let Some(h) = http {
+        // serve() bounds its own drain by the request timeout; this only guards it.
+        match tokio::time::timeout(cfg.http.request_timeout() + Duration::from_secs(1), h).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %format!("{e:#}"), "HTTP endpoint failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP endpoint task failed"),
+            Err(_) => tracing::warn!("HTTP endpoint did not stop in time"),
+        }
+    }
+    served?;
 
     tracing::info!("shutting down Raft");
     if let Err(e) = raft.shutdown().await {

@@ -75,6 +75,10 @@ impl NodeProc {
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+    /// `127.0.0.1:PORT` of this node's HTTP endpoint (groups started with `http: true`).
+    pub fn http_addr(&self) -> Option<String> {
+        self.http_port.map(|p| format!("127.0.0.1:{p}"))
+    }
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }

@@ -1,0 +1,410 @@
+//! primusd's HTTP endpoint on real processes: the documented status codes on
+//! leaders and followers, the HAProxy write/read checks against a real MariaDB
+//! topology (before and after a failover), Prometheus metrics, and garbage that
+//! must not take the endpoint down.
+
+use primus_client::ClusterSettings;
+use primus_integration_tests::world::{World, WorldOptions};
+use primus_testkit::coordinator::{bin, CoordinatorGroup, GroupOptions};
+use primus_testkit::http::{get, parse_prometheus, request, send_raw, HttpResponse};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(5);
+
+fn http_addr(g: &CoordinatorGroup, id: u64) -> String {
+    g.node(id).http_addr().expect("group started with http: true")
+}
+
+/// GET until `pred` holds (the endpoint reads local state, which converges).
+async fn wait_get(
+    addr: &str,
+    path: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&HttpResponse) -> bool,
+) -> anyhow::Result<HttpResponse> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = get(addr, path, T).await;
+        if let Ok(r) = &r {
+            if pred(r) {
+                return Ok(r.clone());
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{what}: GET {path} on {addr} not as expected after {timeout:?}; last answer: {r:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn assert_json(r: &HttpResponse, status: u16, what: &str) -> anyhow::Result<Value> {
+    assert_eq!(r.status, status, "{what}: {}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"), "{what}");
+    r.json()
+}
+
+fn http_group(nodes: usize, fault_injection: bool) -> anyhow::Result<CoordinatorGroup> {
+    CoordinatorGroup::start(GroupOptions {
+        nodes,
+        http: true,
+        fault_injection,
+        extra_config: "[http]\nrequest_timeout_ms = 1000\n".into(),
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_200_on_every_node_and_leader_200_only_on_the_leader() -> anyhow::Result<()> {
+    let g = http_group(3, false)?;
+    let (leader, term) = g.wait_leader(&[], Duration::from_secs(20)).await?;
+    for id in 1..=3u64 {
+        let a = http_addr(&g, id);
+        let h = wait_get(&a, "/health", "health", Duration::from_secs(10), |r| r.status == 200).await?;
+        let body = assert_json(&h, 200, "/health")?;
+        assert_eq!(body["node_id"], id);
+        assert_eq!(body["leader_id"], leader);
+        assert!(body["term"].as_u64().is_some_and(|t| t >= term), "{body}");
+        assert!(body["applied_index"].as_u64().is_some(), "{body}");
+        let role = if id == leader { "leader" } else { "follower" };
+        assert_eq!(body["role"], role, "{body}");
+        if id == leader {
+            // Quorum acknowledgements are refreshed every heartbeat; allow a loaded machine a retry.
+            let l = wait_get(&a, "/leader", "leader check", Duration::from_secs(5), |r| r.status == 200).await?;
+            assert_eq!(assert_json(&l, 200, "/leader on the leader")?["leads_with_quorum"], true);
+        } else {
+            let l = get(&a, "/leader", T).await?;
+            assert_eq!(assert_json(&l, 503, "/leader on a follower")?["leads_with_quorum"], false);
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_paths_names_and_methods_get_documented_codes() -> anyhow::Result<()> {
+    let g = http_group(3, false)?;
+    g.wait_leader(&[], Duration::from_secs(20)).await?;
+    // Without [mysql] nothing discovers a topology: the cluster has no primary.
+    primus_integration_tests::register(&g.client(Duration::from_secs(10))?, "c1").await?;
+    for id in 1..=3u64 {
+        let a = http_addr(&g, id);
+        let r =
+            wait_get(&a, "/primary/c1", "registered everywhere", Duration::from_secs(10), |r| r.status != 404).await?;
+        let body = assert_json(&r, 503, "/primary of a cluster without primary")?;
+        assert_eq!(body["cluster"], "c1");
+        assert!(body["primary"].is_null(), "{body}");
+        assert_eq!(body["epoch"], 1);
+        assert_eq!(body["served_by"], id);
+
+        let cases: &[(&str, &str, u16)] = &[
+            ("GET", "/primary/nope", 404),
+            ("GET", "/primary/nope/127.0.0.1:3306", 404),
+            ("GET", "/replica/nope/127.0.0.1:3306", 404),
+            ("GET", "/primary/c1/127.0.0.1:3306", 404), // not in the (empty) topology
+            ("GET", "/primary/-bad-", 400),
+            ("GET", "/primary/c1/not-an-address", 400),
+            ("GET", "/replica/c1/host:0", 400),
+            ("GET", "/replica/c1/host:99999", 400),
+            ("GET", "/primary/%FF%FE", 400), // invalid UTF-8 once decoded
+            ("GET", "/no/such/endpoint", 404),
+            ("GET", "/", 404),
+            ("POST", "/health", 405),
+            ("DELETE", "/primary/c1", 405),
+        ];
+        for (method, path, code) in cases {
+            let r = request(&a, method, path, T).await?;
+            let body = assert_json(&r, *code, &format!("{method} {path}"))?;
+            assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{method} {path}: {body}");
+        }
+    }
+    // HEAD works like GET (HAProxy may use it); the answer has no body.
+    let raw = send_raw(&http_addr(&g, 1), b"HEAD /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", T).await?;
+    let head = String::from_utf8_lossy(&raw);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_group_fails_its_checks_and_the_new_leader_passes() -> anyhow::Result<()> {
+    let mut g = http_group(3, true)?;
+    let (old, _) = g.wait_leader(&[], Duration::from_secs(20)).await?;
+    let old_addr = http_addr(&g, old);
+    wait_get(&old_addr, "/leader", "leader check", Duration::from_secs(5), |r| r.status == 200).await?;
+    g.isolate(&[old]).await?;
+    // It still calls itself leader, but no quorum acknowledges it: both checks fail.
+    let r = wait_get(&old_addr, "/leader", "isolated leader", Duration::from_secs(10), |r| r.status == 503).await?;
+    assert_eq!(r.json()?["leads_with_quorum"], false);
+    wait_get(&old_addr, "/health", "isolated leader health", Duration::from_secs(10), |r| r.status == 503).await?;
+    let rest: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
+    let (new, _) = g.wait_leader(&rest, Duration::from_secs(20)).await?;
+    wait_get(&http_addr(&g, new), "/leader", "new leader", Duration::from_secs(10), |r| r.status == 200).await?;
+    for id in &rest {
+        wait_get(&http_addr(&g, *id), "/health", "majority health", Duration::from_secs(10), |r| r.status == 200)
+            .await?;
+    }
+    g.heal().await?;
+    wait_get(&old_addr, "/health", "healed node health", Duration::from_secs(20), |r| r.status == 200).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_huge_headers_and_half_open_connections_do_not_take_the_endpoint_down() -> anyhow::Result<()> {
+    let g = http_group(1, false)?;
+    g.wait_leader(&[], Duration::from_secs(20)).await?;
+    let a = http_addr(&g, 1);
+    wait_get(&a, "/health", "health", Duration::from_secs(10), |r| r.status == 200).await?;
+
+    // Half-open: connections that send nothing, or half a request, and stay.
+    let mut idle = Vec::new();
+    for i in 0..40 {
+        let mut s = tokio::net::TcpStream::connect(&a).await?;
+        if i % 2 == 0 {
+            tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /health HTTP/1.1\r\nHost: x\r\n").await?;
+        }
+        idle.push(s);
+    }
+    // While they hang, the endpoint answers others.
+    assert_eq!(get(&a, "/health", T).await?.status, 200);
+
+    // Raw junk, binary junk, a 100 KB header, an invalid UTF-8 path, a bogus HTTP/2 preface.
+    let big = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(100 * 1024));
+    let junk: Vec<(&str, Vec<u8>)> = vec![
+        ("text junk", b"HELLO THERE\r\n\r\n".to_vec()),
+        ("binary junk", (0..=255u8).cycle().take(4096).collect()),
+        ("100 KB header", big.into_bytes()),
+        ("invalid UTF-8 path", b"GET /primary/\xff\xfe\xfd HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("bad request line", b"GET\r\n\r\n".to_vec()),
+        ("huge content-length", b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n".to_vec()),
+        ("truncated h2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00".to_vec()),
+    ];
+    for (what, bytes) in &junk {
+        let out = send_raw(&a, bytes, T).await;
+        // Whatever it answers (often nothing: the connection is closed) is not a 5xx.
+        if let Ok(raw) = &out {
+            if let Ok(r) = primus_testkit::http::parse(raw) {
+                assert!(r.status < 500, "{what}: answered {}: {}", r.status, r.text());
+            }
+        }
+        assert_eq!(get(&a, "/health", T).await?.status, 200, "endpoint down after {what}");
+    }
+    let big = send_raw(&a, format!("GET /{} HTTP/1.1\r\n\r\n", "x".repeat(100 * 1024)).as_bytes(), T).await?;
+    let r = primus_testkit::http::parse(&big)?;
+    assert!([414, 431].contains(&r.status), "a 100 KB request line: {}", r.status);
+
+    // The silent connections are closed by the server within 2 x request_timeout_ms (1 s).
+    let started = Instant::now();
+    for mut s in idle {
+        let mut buf = [0u8; 512];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut s, &mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => {}
+                Err(_) => anyhow::bail!("a half-open connection is still open after {:?}", started.elapsed()),
+            }
+        }
+    }
+    assert!(g.node(1).log_tail(200).lines().all(|l| !l.contains("panicked")), "{}", g.node(1).log_tail(50));
+    assert_eq!(get(&a, "/health", T).await?.status, 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_http_endpoint_with_the_node_and_exits_0() -> anyhow::Result<()> {
+    let mut g = http_group(1, false)?;
+    g.wait_leader(&[], Duration::from_secs(20)).await?;
+    let a = http_addr(&g, 1);
+    wait_get(&a, "/health", "health", Duration::from_secs(10), |r| r.status == 200).await?;
+    // An idle client connection must not hold the shutdown up.
+    let _idle = tokio::net::TcpStream::connect(&a).await?;
+    let started = Instant::now();
+    let code = tokio::task::block_in_place(|| g.terminate(1, Duration::from_secs(10)))?;
+    assert_eq!(code, Some(0), "{}", g.node(1).log_tail(20));
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+    let log = g.node(1).log_tail(50);
+    assert!(log.contains("HTTP endpoint stopped") && log.contains("primusd stopped cleanly"), "{log}");
+    assert!(tokio::net::TcpStream::connect(&a).await.is_err(), "HTTP port still accepting after exit");
+    Ok(())
+}
+
+#[test]
+fn an_http_port_in_use_is_a_startup_error_naming_http_listen() -> anyhow::Result<()> {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = primus_testkit::ports::free_port()?;
+    let dir = tempfile::tempdir()?;
+    let cfg = format!(
+        "node_id = 1\nlisten = \"127.0.0.1:{port}\"\nhttp_listen = \"{}\"\ndata_dir = \"{}\"\n\
+         [[initial_members]]\nid = 1\naddr = \"127.0.0.1:{port}\"\n",
+        busy.local_addr()?,
+        dir.path().join("data").display()
+    );
+    let path = dir.path().join("primusd.toml");
+    std::fs::write(&path, cfg)?;
+    let out = std::process::Command::new(bin("primusd")?).arg("--config").arg(&path).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("cannot listen on {} (key `http_listen`)", busy.local_addr()?)), "{stderr}");
+    Ok(())
+}
+
+async fn world() -> anyhow::Result<World> {
+    let w = World::start(WorldOptions { http: true, ..Default::default() }).await?;
+    w.client()?.register_cluster("c", &[w.sandbox.primary().addr()], ClusterSettings::default()).await?;
+    w.wait_topology("c", "all coordinators see every instance", Duration::from_secs(15), |t| {
+        t.instances.len() == 3 && t.instances.iter().all(|i| i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok))
+    })
+    .await?;
+    Ok(w)
+}
+
+fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.parse().ok()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_and_replica_checks_follow_the_real_topology_on_every_node() -> anyhow::Result<()> {
+    let w = world().await?;
+    let primary = w.sandbox.primary().addr();
+    let (r0, r1) = (w.sandbox.replicas()[0].addr(), w.sandbox.replicas()[1].addr());
+    for id in 1..=3u64 {
+        let a = http_addr(&w.group, id);
+        let r = wait_get(&a, "/primary/c", "primary known", Duration::from_secs(10), |r| r.status == 200).await?;
+        let body = assert_json(&r, 200, "/primary/c")?;
+        assert_eq!(body["primary"], primary.as_str(), "{body}");
+        assert_eq!(body["epoch"], 1);
+        assert!(body["failover"].is_null(), "{body}");
+        assert_eq!(body["served_by"], id);
+        assert!(body["applied_index"].as_u64().is_some_and(|i| i > 0), "{body}");
+
+        let r =
+            wait_get(&a, &format!("/primary/c/{primary}"), "write check", Duration::from_secs(5), |r| r.status == 200)
+                .await?;
+        assert_eq!(assert_json(&r, 200, "write check on the primary")?["writable"], true);
+        for replica in [&r0, &r1] {
+            let r = get(&a, &format!("/primary/c/{replica}"), T).await?;
+            let body = assert_json(&r, 503, "write check on a replica")?;
+            assert!(body["reasons"][0].as_str().is_some_and(|s| s.contains("not the primary")), "{body}");
+            let r = wait_get(&a, &format!("/replica/c/{replica}"), "read check", Duration::from_secs(10), |r| {
+                r.status == 200
+            })
+            .await?;
+            let body = assert_json(&r, 200, "read check on a healthy replica")?;
+            assert_eq!(body["io_running"], "yes", "{body}");
+            assert_eq!(body["sql_running"], true, "{body}");
+        }
+        let r = get(&a, &format!("/replica/c/{primary}"), T).await?;
+        let body = assert_json(&r, 503, "read check on the primary")?;
+        assert!(body["reasons"].to_string().contains("role is primary"), "{body}");
+        let r = get(&a, "/primary/c/127.0.0.1:1", T).await?;
+        assert_json(&r, 404, "write check on an instance outside the topology")?;
+    }
+
+    // A replica whose replication stops leaves the read pool on every node; the other stays.
+    w.sandbox.replicas()[0].stop_replication().await?;
+    for id in 1..=3u64 {
+        let a = http_addr(&w.group, id);
+        let r =
+            wait_get(&a, &format!("/replica/c/{r0}"), "stopped replica", Duration::from_secs(10), |r| r.status == 503)
+                .await?;
+        let body = assert_json(&r, 503, "read check on a stopped replica")?;
+        let reasons = body["reasons"].to_string();
+        assert!(reasons.contains("IO thread") && reasons.contains("SQL thread"), "{body}");
+        assert_eq!(get(&a, &format!("/replica/c/{r1}"), T).await?.status, 200);
+    }
+    w.sandbox.replicas()[0].start_replication().await?;
+    wait_get(&http_addr(&w.group, 1), &format!("/replica/c/{r0}"), "restarted replica", Duration::from_secs(10), |r| {
+        r.status == 200
+    })
+    .await?;
+
+    // Metrics on the leader: every family, parseable, with the cluster's state.
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
+    let a = http_addr(&w.group, leader);
+    let m = wait_get(&a, "/metrics", "analysis in metrics", Duration::from_secs(10), |r| {
+        r.text().contains("primus_cluster_analysis{cluster=\"c\",code=\"NoProblem\"} 1")
+    })
+    .await?;
+    assert!(m.header("content-type").is_some_and(|t| t.starts_with("text/plain")), "{m:?}");
+    let text = m.text();
+    let families = parse_prometheus(&text)?;
+    for f in [
+        "primus_raft_term",
+        "primus_raft_is_leader",
+        "primus_raft_leader_id",
+        "primus_raft_commit_index",
+        "primus_raft_applied_index",
+        "primus_raft_last_log_index",
+        "primus_cluster_analysis",
+        "primus_cluster_epoch",
+        "primus_cluster_failover_in_progress",
+        "primus_cluster_has_primary",
+        "primus_probe_duration_seconds",
+        "primus_instance_up",
+        "primus_watch_subscribers",
+    ] {
+        assert!(families.contains_key(f), "family {f} missing from /metrics:\n{text}");
+    }
+    assert_eq!(families["primus_probe_duration_seconds"], "histogram");
+    // primus_probe_errors_total has no series until a probe fails (see the failover test).
+    assert_eq!(metric_value(&text, "primus_raft_is_leader"), Some(1.0), "{text}");
+    assert_eq!(metric_value(&text, "primus_raft_leader_id"), Some(leader as f64), "{text}");
+    assert_eq!(metric_value(&text, "primus_cluster_epoch{cluster=\"c\"}"), Some(1.0), "{text}");
+    assert_eq!(metric_value(&text, "primus_cluster_failover_in_progress{cluster=\"c\"}"), Some(0.0), "{text}");
+    for i in [&primary, &r0, &r1] {
+        let s = format!("primus_instance_up{{cluster=\"c\",instance=\"{i}\"}}");
+        assert_eq!(metric_value(&text, &s), Some(1.0), "{s}:\n{text}");
+        let count = format!("primus_probe_duration_seconds_count{{instance=\"{i}\"}}");
+        assert!(metric_value(&text, &count).is_some_and(|n| n >= 1.0), "{count}:\n{text}");
+    }
+    let follower = (1..=3).find(|i| *i != leader).expect("a follower");
+    let text = get(&http_addr(&w.group, follower), "/metrics", T).await?.text();
+    assert_eq!(metric_value(&text, "primus_raft_is_leader"), Some(0.0), "{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_check_moves_to_the_promoted_replica_after_a_failover() -> anyhow::Result<()> {
+    let w = world().await?;
+    let old = w.sandbox.primary().addr();
+    // Replicas show replication progress before the fault, as failover tests require.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for id in 1..=3u64 {
+        wait_get(&http_addr(&w.group, id), &format!("/primary/c/{old}"), "write check", Duration::from_secs(10), |r| {
+            r.status == 200
+        })
+        .await?;
+    }
+    w.sandbox.primary().kill9()?;
+    let a1 = http_addr(&w.group, 1);
+    let r = wait_get(&a1, "/primary/c", "new primary", Duration::from_secs(30), |r| {
+        r.json().is_ok_and(|b| b["epoch"] == 2 && b["failover"].is_null() && b["primary"] != old.as_str())
+    })
+    .await?;
+    let new = r.json()?["primary"].as_str().unwrap_or_default().to_string();
+    assert!(w.sandbox.replicas().iter().any(|i| i.addr() == new), "{new} is not a former replica");
+    for id in 1..=3u64 {
+        let a = http_addr(&w.group, id);
+        wait_get(&a, &format!("/primary/c/{new}"), "write check on the new primary", Duration::from_secs(10), |r| {
+            r.status == 200
+        })
+        .await?;
+        let r = get(&a, &format!("/primary/c/{old}"), T).await?;
+        assert_json(&r, 503, "write check on the old primary")?;
+        let r = get(&a, &format!("/replica/c/{old}"), T).await?;
+        let body = assert_json(&r, 503, "read check on the demoted old primary")?;
+        assert!(body["reasons"].to_string().contains("demoted"), "{body}");
+    }
+    let text = wait_get(&a1, "/metrics", "failover in metrics", Duration::from_secs(5), |r| {
+        r.text().contains("primus_failovers{cluster=\"c\",kind=\"automatic\",outcome=\"succeeded\"} 1")
+    })
+    .await?
+    .text();
+    assert_eq!(metric_value(&text, "primus_cluster_epoch{cluster=\"c\"}"), Some(2.0), "{text}");
+    let d = "primus_last_failover_duration_seconds{cluster=\"c\",kind=\"automatic\",outcome=\"succeeded\"}";
+    assert!(metric_value(&text, d).is_some_and(|s| s > 0.0 && s < 30.0), "{d}:\n{text}");
+    let down = format!("primus_instance_up{{cluster=\"c\",instance=\"{old}\"}}");
+    assert_eq!(metric_value(&text, &down), Some(0.0), "{text}");
+    assert!(text.contains(&format!("primus_probe_errors_total{{instance=\"{old}\",kind=")), "{text}");
+    assert_eq!(parse_prometheus(&text)?.get("primus_probe_errors_total").map(String::as_str), Some("counter"));
+    Ok(())
+}
