@@ -112,6 +112,8 @@ pub struct Monitor {
     candidates: Mutex<BTreeMap<InstanceAddr, ClusterName>>,
     heartbeat_writers: Mutex<HashMap<InstanceAddr, HeartbeatWriter>>,
     leader_channel: Mutex<Option<(String, tonic::transport::Channel)>>,
+    /// How reports reach the leader (TLS, token).
+    peer: primus_raft::PeerSecurity,
     rpc_timeout: Duration,
     election_timeout_min_ms: u64,
 }
@@ -124,6 +126,7 @@ impl Monitor {
         state: StateHandle,
         rpc_timeout: Duration,
         election_timeout_min_ms: u64,
+        peer: primus_raft::PeerSecurity,
     ) -> Result<Arc<Monitor>, String> {
         let targets = Targets::from_config(&cfg)?;
         Ok(Arc::new(Monitor {
@@ -141,6 +144,7 @@ impl Monitor {
             candidates: Mutex::new(BTreeMap::new()),
             heartbeat_writers: Mutex::new(HashMap::new()),
             leader_channel: Mutex::new(None),
+            peer,
             rpc_timeout,
             election_timeout_min_ms,
         }))
@@ -474,8 +478,9 @@ impl Monitor {
             let mut client = RaftClient::new(ch).max_encoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES);
             let mut req = tonic::Request::new(ObservationReport { from: self.me, term: m.current_term, payload });
             req.set_timeout(self.rpc_timeout);
+            self.peer.authorize(&mut req);
             if let Err(e) = client.report_observations(req).await {
-                tracing::debug!(leader, error = %e.message(), "observation report not delivered");
+                tracing::debug!(leader, error = %primus_raft::security::status_detail(&e), "observation report not delivered");
             }
         }
     }
@@ -487,10 +492,7 @@ impl Monitor {
                 return Ok(ch.clone());
             }
         }
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(self.rpc_timeout)
-            .connect_lazy();
+        let ch = self.peer.endpoint(addr)?.connect_timeout(self.rpc_timeout).connect_lazy();
         *g = Some((addr.to_string(), ch.clone()));
         Ok(ch)
     }
