@@ -1,6 +1,7 @@
 //! Real parts for tests and the sandbox: MariaDB servers with GTID replication
-//! (`mariadb`), TCP proxies whose links a test can cut and heal (`proxy`), and
-//! groups of real `primusd` processes (`coordinator`).
+//! (`mariadb`), TCP proxies whose links a test can cut and heal (`proxy`),
+//! groups of real `primusd` processes (`coordinator`), and throw-away TLS
+//! certificates (`pki`).
 //!
 //! Everything started here is cleaned up on drop: processes are killed and
 //! temporary directories removed. A missing `mariadbd` is an error that says how to
@@ -8,6 +9,7 @@
 
 pub mod coordinator;
 pub mod mariadb;
+pub mod pki;
 pub mod ports;
 pub mod proxy;
 
