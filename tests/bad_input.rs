@@ -24,6 +24,8 @@ fn malformed_configs_exit_2_with_one_line_naming_the_key() -> anyhow::Result<()>
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let good = GOOD.replace("DATA", &data.display().to_string());
+    let empty_token = dir.path().join("token");
+    std::fs::write(&empty_token, " \n")?;
     let cases: Vec<(&str, String, &str)> = vec![
         ("missing key", good.replace("node_id = 1\n", ""), "node_id"),
         ("malformed value", good.replace("node_id = 1", "node_id = \"one\""), "node_id"),
@@ -38,6 +40,20 @@ fn malformed_configs_exit_2_with_one_line_naming_the_key() -> anyhow::Result<()>
         ("node not an initial member", good.replace("node_id = 1", "node_id = 7"), "initial_members"),
         ("not TOML at all", "{{{ this is not toml".to_string(), "line 1"),
         ("bad election timeouts", good.replace("heartbeat_ms = 50", "heartbeat_ms = 400"), "election_timeout_min_ms"),
+        (
+            "missing TLS certificate file",
+            format!(
+                "{good}\n[tls]\ncert_file = \"{d}/nope.pem\"\nkey_file = \"{d}/nope.key\"\nca_file = \"{d}/ca.pem\"\n",
+                d = dir.path().display()
+            ),
+            "tls.cert_file",
+        ),
+        (
+            "empty token file",
+            format!("{good}\n[auth]\ntoken_file = \"{}\"\n", empty_token.display()),
+            "auth.token_file",
+        ),
+        ("unknown [tls] key", format!("{good}\n[tls]\ncert = \"x\"\n"), "tls.cert"),
     ];
     for (what, text, key) in cases {
         let path = dir.path().join("primusd.toml");

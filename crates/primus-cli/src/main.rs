@@ -1,14 +1,16 @@
 //! `primusctl`: talk to a primus coordinator group.
 //!
 //! Every command accepts `--endpoints` (or `PRIMUS_ENDPOINTS`), `--output table|json`
-//! and `--timeout`. Any endpoint will do: writes are forwarded to the leader. When
+//! and `--timeout`, and the security flags `--ca`, `--cert`, `--key`, `--token-file`
+//! (or `PRIMUS_CA`, …). Any endpoint will do: writes are forwarded to the leader. When
 //! nothing answers, or the group has no leader, primusctl says so in one line and
 //! exits with status 1 (2 for usage errors).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use primus_client::{Client, ClientOptions, ClusterSettings, ReadConsistency, Role};
+use primus_client::{Client, ClientOptions, ClusterSettings, ReadConsistency, Role, TlsOptions};
 use serde_json::{json, Value};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -29,6 +31,22 @@ struct Cli {
     /// Verbose client logging to stderr.
     #[arg(long, short = 'v', global = true)]
     verbose: bool,
+    /// PEM CA bundle that signed the coordinators' certificates. Setting it turns
+    /// on TLS: needed when the coordinators have a [tls] section.
+    #[arg(long, env = "PRIMUS_CA", global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// PEM client certificate, for coordinators with `require_client_cert = true`
+    /// (with --key; needs --ca).
+    #[arg(long, env = "PRIMUS_CERT", global = true, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, env = "PRIMUS_KEY", global = true, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// File holding the bearer token, for coordinators with an [auth] section
+    /// (writes need it; reads too with `require_token_for_reads`). The token is
+    /// never taken on the command line.
+    #[arg(long, env = "PRIMUS_TOKEN_FILE", global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -245,8 +263,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Failover { .. } | Cmd::Switchover { .. } => cli.timeout.max(Duration::from_secs(60)),
         _ => cli.timeout,
     };
-    let opts =
-        ClientOptions { timeout, actor: format!("primusctl {}", primus_client::default_actor()), ..Default::default() };
+    let tls = match (&cli.ca, &cli.cert) {
+        (Some(ca), cert) => Some(
+            TlsOptions::from_files(ca, cert.as_deref(), cli.key.as_deref())
+                .context("--ca/--cert/--key (PRIMUS_CA/PRIMUS_CERT/PRIMUS_KEY)")?,
+        ),
+        (None, Some(_)) => anyhow::bail!("--cert needs --ca: client certificates are only used over TLS"),
+        (None, None) => None,
+    };
+    let token = match &cli.token_file {
+        Some(f) => Some(primus_client::read_token_file(f).context("--token-file (PRIMUS_TOKEN_FILE)")?),
+        None => None,
+    };
+    let opts = ClientOptions {
+        timeout,
+        actor: format!("primusctl {}", primus_client::default_actor()),
+        tls,
+        token,
+        ..Default::default()
+    };
     let client = Client::new(std::slice::from_ref(&cli.endpoints), opts)?;
     let json_out = cli.output == Output::Json;
     let print_json = |v: Value| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());

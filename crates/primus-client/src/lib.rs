@@ -5,14 +5,26 @@
 //! them to the leader. A call is retried (with backoff and jitter) only when it
 //! certainly did not take effect — the endpoint was unreachable, or the group had
 //! no leader — and never past the overall timeout.
+//!
+//! Security (see docs/security.md): with [`ClientOptions::tls`] every endpoint is
+//! `https` and verified against the given CA (optionally presenting a client
+//! certificate); with [`ClientOptions::token`] every request carries
+//! `authorization: Bearer <token>`. A refused token, or a TLS handshake that fails
+//! on every endpoint, is reported at once and not retried.
 
 use primus_proto::v1::coordinator_client::CoordinatorClient;
 pub use primus_proto::v1::*;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::{InterceptedService, Interceptor};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,26 +39,167 @@ pub enum ClientError {
     NoLeader(String),
     #[error("{endpoint}: {message}")]
     Rpc { endpoint: String, code: Code, message: String },
+    /// The coordinator refused the call's credentials: no token
+    /// (`UNAUTHENTICATED`) or a wrong one (`PERMISSION_DENIED`).
+    #[error("{endpoint}: {}: {message}", auth_failure(*code))]
+    Auth { endpoint: String, code: Code, message: String },
+    /// TLS failed with every endpoint: a refused or untrusted certificate, a
+    /// missing client certificate, or TLS on one side only.
+    #[error("{endpoint}: {message}")]
+    Tls { endpoint: String, message: String },
+    /// Unusable TLS files or token: a local problem, nothing was sent.
+    #[error("{0}")]
+    Config(String),
+}
+
+fn auth_failure(code: Code) -> &'static str {
+    match code {
+        Code::Unauthenticated => "not authenticated",
+        _ => "permission denied",
+    }
 }
 
 impl ClientError {
     /// The gRPC code behind the error, if the server answered.
     pub fn code(&self) -> Option<Code> {
         match self {
-            ClientError::Rpc { code, .. } => Some(*code),
+            ClientError::Rpc { code, .. } | ClientError::Auth { code, .. } => Some(*code),
             _ => None,
         }
     }
 }
 
-#[derive(Debug, Clone)]
+/// TLS settings of a client: the CA that signed the coordinators' certificates
+/// and, for coordinators with `require_client_cert`, a client certificate. PEM bytes.
+#[derive(Clone, Default)]
+pub struct TlsOptions {
+    pub ca_pem: Vec<u8>,
+    pub cert_pem: Option<Vec<u8>>,
+    pub key_pem: Option<Vec<u8>>,
+    /// Verify the coordinators' certificates against this name instead of the
+    /// host of each endpoint.
+    pub domain: Option<String>,
+}
+
+impl fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("ca_pem", &format_args!("{} bytes", self.ca_pem.len()))
+            .field("cert_pem", &self.cert_pem.as_ref().map(|c| format!("{} bytes", c.len())))
+            .field("key_pem", &self.key_pem.as_ref().map(|_| "<redacted>"))
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+fn read_file(what: &str, path: &Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|e| ClientError::Config(format!("cannot read {what} {}: {e}", path.display())))
+}
+
+fn check_certs(what: &str, path: &Path, pem: &[u8]) -> Result<(), ClientError> {
+    let n = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClientError::Config(format!("{what} {} is not valid PEM: {e}", path.display())))?
+        .len();
+    if n == 0 {
+        return Err(ClientError::Config(format!(
+            "{what} {} holds no PEM certificate (BEGIN CERTIFICATE)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+impl TlsOptions {
+    /// Read a CA bundle and, optionally, a client certificate and its key (both
+    /// or neither), checking that each holds what it should.
+    pub fn from_files(ca: &Path, cert: Option<&Path>, key: Option<&Path>) -> Result<TlsOptions, ClientError> {
+        if cert.is_some() != key.is_some() {
+            return Err(ClientError::Config("a client certificate needs its key, and a key its certificate".into()));
+        }
+        let ca_pem = read_file("CA file", ca)?;
+        check_certs("CA file", ca, &ca_pem)?;
+        let (cert_pem, key_pem) = match (cert, key) {
+            (None, None) => (None, None),
+            (Some(c), Some(k)) => {
+                let cert_pem = read_file("client certificate", c)?;
+                check_certs("client certificate", c, &cert_pem)?;
+                let key_pem = read_file("client key", k)?;
+                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+                    ClientError::Config(format!("client key {} holds no usable PEM private key: {e}", k.display()))
+                })?;
+                (Some(cert_pem), Some(key_pem))
+            }
+            _ => (None, None),
+        };
+        Ok(TlsOptions { ca_pem, cert_pem, key_pem, domain: None })
+    }
+
+    fn tonic_config(&self, handshake_timeout: Duration) -> ClientTlsConfig {
+        let mut c =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem)).timeout(handshake_timeout);
+        if let (Some(cert), Some(key)) = (&self.cert_pem, &self.key_pem) {
+            c = c.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(d) = &self.domain {
+            c = c.domain_name(d.clone());
+        }
+        c
+    }
+}
+
+/// Read a bearer token from a file: surrounding whitespace is trimmed, and an
+/// empty file is an error.
+pub fn read_token_file(path: &Path) -> Result<String, ClientError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ClientError::Config(format!("cannot read token file {}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ClientError::Config(format!("token file {} is empty", path.display())));
+    }
+    Ok(token.to_string())
+}
+
+/// Adds `authorization: Bearer <token>` to every request (when there is a token).
+#[derive(Clone)]
+pub struct TokenInterceptor(Option<AsciiMetadataValue>);
+
+impl Interceptor for TokenInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// One endpoint's channel, with the token added to every request.
+pub type Transport = InterceptedService<Channel, TokenInterceptor>;
+
+#[derive(Clone)]
 pub struct ClientOptions {
     /// Overall deadline of one client call, retries included.
     pub timeout: Duration,
-    /// TCP connect timeout per endpoint.
+    /// TCP connect timeout per endpoint, and bound on a TLS handshake.
     pub connect_timeout: Duration,
     /// Recorded in the audit log as who asked.
     pub actor: String,
+    /// Connect with TLS (`https`). Without it, plaintext.
+    pub tls: Option<TlsOptions>,
+    /// Bearer token sent with every request. Never printed.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("actor", &self.actor)
+            .field("tls", &self.tls)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -55,6 +208,8 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_millis(1000),
             actor: default_actor(),
+            tls: None,
+            token: None,
         }
     }
 }
@@ -67,7 +222,7 @@ pub fn default_actor() -> String {
 }
 
 pub struct Client {
-    endpoints: Vec<(String, Channel)>,
+    endpoints: Vec<(String, Transport)>,
     /// Index of the endpoint that answered last; tried first next time.
     preferred: AtomicUsize,
     opts: ClientOptions,
@@ -81,6 +236,72 @@ fn retryable(s: &Status) -> bool {
     s.code() == Code::Unavailable
 }
 
+/// The error sources under a status, outermost first (tonic's own message for a
+/// failed connection is only "transport error").
+fn sources(s: &Status) -> Vec<&(dyn std::error::Error + 'static)> {
+    let mut out = Vec::new();
+    let mut cur = std::error::Error::source(s);
+    while let Some(e) = cur {
+        out.push(e);
+        cur = e.source();
+    }
+    out
+}
+
+/// A status's message with its causes, on one line.
+fn detail(s: &Status) -> String {
+    let mut out = s.message().to_string();
+    for e in sources(s) {
+        let m = e.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+    }
+    out
+}
+
+/// When a call failed in the TLS handshake (or met TLS where it expected plaintext
+/// gRPC), what went wrong, in words that say which file or flag to look at.
+/// `detail` is the status with its causes (see [`detail`]); the causes are matched
+/// as text because tokio-rustls hands rustls errors on as strings inside `io::Error`.
+fn tls_failure(detail: &str, using_tls: bool) -> Option<String> {
+    let has = |p: &str| detail.contains(p);
+    let hint = if has("invalid peer certificate") {
+        if has("UnknownIssuer") || has("BadSignature") {
+            "the coordinator's certificate is not signed by the CA given (--ca)"
+        } else if has("NotValidForName") || has("not valid for name") {
+            "the coordinator's certificate does not name the host of the endpoint (or the TLS domain given)"
+        } else if has("xpired") || has("NotValidYet") || has("not valid yet") {
+            "the coordinator's certificate is expired or not yet valid"
+        } else {
+            "the coordinator's certificate was refused"
+        }
+    } else if has("received fatal alert: CertificateRequired") {
+        "the coordinator requires a client certificate (--cert and --key)"
+    } else if ["BadCertificate", "UnknownCA", "CertificateUnknown", "DecryptError", "UnsupportedCertificate"]
+        .iter()
+        .any(|a| has(&format!("received fatal alert: {a}")))
+    {
+        "the coordinator refused the client certificate (is it signed by the coordinators' CA?)"
+    } else if has("received fatal alert") {
+        "the coordinator refused the TLS handshake"
+    } else if has("received corrupt message") {
+        "the endpoint does not speak TLS (is the coordinator configured without [tls]?)"
+    } else if has("TLS handshake timed out") || has("HTTP/2 was not negotiated") {
+        "the TLS handshake did not complete"
+    } else if !using_tls && has("frame with invalid size") {
+        // A TLS record read as an HTTP/2 frame header has an impossible length.
+        return Some(
+            "the endpoint does not speak plaintext gRPC: it probably serves TLS only; pass the coordinators' CA (--ca)"
+                .into(),
+        );
+    } else {
+        return None;
+    };
+    Some(format!("TLS handshake failed: {hint} ({detail})"))
+}
+
 impl Client {
     pub fn new(endpoints: &[String], opts: ClientOptions) -> Result<Client, ClientError> {
         let endpoints: Vec<String> = endpoints
@@ -92,11 +313,34 @@ impl Client {
         if endpoints.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
+        let tls = opts.tls.as_ref().map(|t| t.tonic_config(opts.connect_timeout));
+        let authorization = match &opts.token {
+            Some(t) => {
+                let mut v = AsciiMetadataValue::try_from(format!("Bearer {}", t.trim())).map_err(|_| {
+                    ClientError::Config("the token must be printable ASCII without control characters".into())
+                })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
         let mut out = Vec::new();
         for e in endpoints {
-            let url = if e.contains("://") { e.clone() } else { format!("http://{e}") };
-            let ch = Endpoint::from_shared(url)
-                .map_err(|err| ClientError::BadEndpoint { endpoint: e.clone(), reason: err.to_string() })?
+            let bad = |reason: String| ClientError::BadEndpoint { endpoint: e.clone(), reason };
+            let url = match (e.split_once("://"), &tls) {
+                (None, Some(_)) => format!("https://{e}"),
+                (None, None) => format!("http://{e}"),
+                (Some(("http", _)), Some(_)) => return Err(bad("http:// endpoint, but TLS options were given".into())),
+                (Some(("https", _)), None) => {
+                    return Err(bad("https:// endpoint needs the coordinators' CA (TLS options, --ca)".into()))
+                }
+                (Some(_), _) => e.clone(),
+            };
+            let mut ep = Endpoint::from_shared(url).map_err(|err| bad(err.to_string()))?;
+            if let Some(tls) = &tls {
+                ep = ep.tls_config(tls.clone()).map_err(|err| bad(format!("TLS setup: {err}")))?;
+            }
+            let ch = ep
                 .connect_timeout(opts.connect_timeout)
                 .tcp_nodelay(true)
                 // Long-lived watch streams must notice a coordinator that vanished
@@ -105,7 +349,7 @@ impl Client {
                 .keep_alive_timeout(Duration::from_secs(3))
                 .keep_alive_while_idle(true)
                 .connect_lazy();
-            out.push((e, ch));
+            out.push((e, InterceptedService::new(ch, TokenInterceptor(authorization.clone()))));
         }
         Ok(Client { endpoints: out, preferred: AtomicUsize::new(0), opts })
     }
@@ -117,7 +361,7 @@ impl Client {
     /// Run `f` against endpoints until one answers, retrying while that is safe.
     async fn call<T, F, Fut>(&self, f: F) -> Result<(String, T), ClientError>
     where
-        F: Fn(CoordinatorClient<Channel>, Duration) -> Fut,
+        F: Fn(CoordinatorClient<Transport>, Duration) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.opts.timeout;
@@ -127,6 +371,9 @@ impl Client {
         let mut saw_no_leader = None;
         loop {
             let start = self.preferred.load(Ordering::Relaxed);
+            // TLS failures this round: when every endpoint fails its handshake,
+            // retrying will not help.
+            let mut tls_failures: Vec<(String, String)> = Vec::new();
             for k in 0..n {
                 let i = (start + k) % n;
                 let (name, ch) = &self.endpoints[i];
@@ -140,22 +387,38 @@ impl Client {
                         self.preferred.store(i, Ordering::Relaxed);
                         return Ok((name.clone(), v));
                     }
-                    Ok(Err(s)) if retryable(&s) => {
-                        tracing::debug!(endpoint = %name, code = ?s.code(), message = s.message(), "endpoint failed; trying next");
+                    Ok(Err(s)) => {
+                        let detail = detail(&s);
+                        tracing::debug!(endpoint = %name, code = ?s.code(), message = %detail, "call failed");
+                        // A failed handshake had no effect, whatever code it came with
+                        // (UNKNOWN when the server's alert arrives after the client's
+                        // side of a TLS 1.3 handshake): try the other endpoints.
+                        if let Some(m) = tls_failure(&detail, self.opts.tls.is_some()) {
+                            last_errors.push(format!("{name}: {}", short(&m)));
+                            tls_failures.push((name.clone(), m));
+                            continue;
+                        }
+                        if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) {
+                            return Err(ClientError::Auth {
+                                endpoint: name.clone(),
+                                code: s.code(),
+                                message: s.message().to_string(),
+                            });
+                        }
+                        if !retryable(&s) {
+                            return Err(ClientError::Rpc { endpoint: name.clone(), code: s.code(), message: detail });
+                        }
                         if s.message().contains("knows no leader") || s.message().contains("is not the leader") {
                             saw_no_leader = Some(s.message().to_string());
                         }
-                        last_errors.push(format!("{name}: {}", short(s.message())));
-                    }
-                    Ok(Err(s)) => {
-                        return Err(ClientError::Rpc {
-                            endpoint: name.clone(),
-                            code: s.code(),
-                            message: s.message().to_string(),
-                        })
+                        last_errors.push(format!("{name}: {}", short(&detail)));
                     }
                     Err(_) => last_errors.push(format!("{name}: timed out")),
                 }
+            }
+            if tls_failures.len() == n {
+                let (endpoint, message) = tls_failures.swap_remove(0);
+                return Err(ClientError::Tls { endpoint, message: short(&message) });
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -483,7 +746,7 @@ pub type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<PrimaryEven
 
 /// The task behind a [`WatchStream`].
 struct Watcher {
-    endpoints: Vec<(String, Channel)>,
+    endpoints: Vec<(String, Transport)>,
     start: usize,
     cluster: String,
     timeout: Duration,
@@ -607,5 +870,72 @@ fn req<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
 
 /// First line of an error message, without tonic's nested transport noise.
 fn short(m: &str) -> String {
-    m.lines().next().unwrap_or(m).chars().take(200).collect()
+    m.lines().next().unwrap_or(m).chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_options_hides_token_and_key() {
+        let opts = ClientOptions {
+            token: Some("s3cret-token".into()),
+            tls: Some(TlsOptions {
+                ca_pem: b"CA".to_vec(),
+                cert_pem: Some(b"CERT".to_vec()),
+                key_pem: Some(b"PRIVATE-KEY".to_vec()),
+                domain: None,
+            }),
+            ..Default::default()
+        };
+        let d = format!("{opts:?}");
+        assert!(!d.contains("s3cret") && !d.contains("PRIVATE"), "{d}");
+    }
+
+    #[test]
+    fn bad_tls_files_and_token_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let e = TlsOptions::from_files(&ca, None, None).unwrap_err().to_string();
+        assert!(e.contains("cannot read CA file") && e.contains("ca.pem"), "{e}");
+        std::fs::write(&ca, "hello").unwrap();
+        let e = TlsOptions::from_files(&ca, None, None).unwrap_err().to_string();
+        assert!(e.contains("no PEM certificate"), "{e}");
+        let e = TlsOptions::from_files(&ca, Some(&ca), None).unwrap_err().to_string();
+        assert!(e.contains("needs its key"), "{e}");
+        let tok = dir.path().join("token");
+        std::fs::write(&tok, "  \n").unwrap();
+        assert!(read_token_file(&tok).unwrap_err().to_string().contains("is empty"));
+        std::fs::write(&tok, "abc\n").unwrap();
+        assert_eq!(read_token_file(&tok).unwrap(), "abc");
+    }
+
+    #[test]
+    fn tls_failures_say_what_to_check() {
+        let cases = [
+            ("transport error: invalid peer certificate: UnknownIssuer", true, "not signed by the CA given (--ca)"),
+            ("transport error: invalid peer certificate: NotValidForName", true, "does not name the host"),
+            ("connection error: received fatal alert: CertificateRequired", true, "--cert and --key"),
+            ("connection error: received fatal alert: BadCertificate", true, "refused the client certificate"),
+            ("received corrupt message of type InvalidContentType", true, "does not speak TLS"),
+            ("h2 protocol error: frame with invalid size", false, "serves TLS only; pass the coordinators' CA (--ca)"),
+        ];
+        for (detail, using_tls, want) in cases {
+            let m = tls_failure(detail, using_tls).unwrap_or_default();
+            assert!(m.contains(want) && m.contains("TLS"), "{detail:?} -> {m:?}");
+        }
+        assert!(tls_failure("h2 protocol error: frame with invalid size", true).is_none());
+        assert!(tls_failure("tcp connect error: Connection refused", false).is_none());
+    }
+
+    #[test]
+    fn endpoint_schemes_follow_the_tls_options() {
+        let tls = Some(TlsOptions { ca_pem: b"x".to_vec(), ..Default::default() });
+        let with_tls = ClientOptions { tls, ..Default::default() };
+        assert!(Client::new(&["http://127.0.0.1:1".into()], with_tls.clone()).is_err());
+        assert!(Client::new(&["https://127.0.0.1:1".into()], ClientOptions::default()).is_err());
+        let bad_token = ClientOptions { token: Some("a\u{7}b".into()), ..Default::default() };
+        assert!(matches!(Client::new(&["127.0.0.1:1".into()], bad_token), Err(ClientError::Config(_))));
+    }
 }

@@ -7,13 +7,18 @@
 //!   task, so a dead peer only ever costs its own task time.
 //! * [`service::RaftService`] is the receiving half: decodes, checks the envelope,
 //!   hands the request to the local `Raft`. Garbage gets `INVALID_ARGUMENT`, never a panic.
+//! * [`security::PeerSecurity`] is how every outgoing channel to a peer is built:
+//!   `https` with this node's certificate when `[tls]` is set, and the shared bearer
+//!   token on every request when `[auth]` is set (checked by primusd's auth layer).
 //! * [`faults::Faults`] is the test-only switch that drops traffic to and from chosen
 //!   peers, on both halves, so partitions can be made between real processes.
 
 pub mod faults;
 pub mod network;
+pub mod security;
 pub mod service;
 
 pub use faults::Faults;
 pub use network::{NetworkConfig, PeerNetwork};
+pub use security::{PeerSecurity, PeerTls};
 pub use service::{ObservationSink, RaftService};

@@ -1,6 +1,7 @@
 //! Outgoing half of the peer network: openraft's `RaftNetworkFactory` over tonic.
 
 use crate::faults::Faults;
+use crate::security::PeerSecurity;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
 use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -15,7 +16,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Largest gRPC message a peer accepts (snapshot chunks and entry batches stay well below).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -51,12 +52,13 @@ pub struct PeerNetwork {
     me: NodeId,
     cfg: NetworkConfig,
     faults: Arc<Faults>,
+    security: PeerSecurity,
     channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
 }
 
 impl PeerNetwork {
-    pub fn new(me: NodeId, cfg: NetworkConfig, faults: Arc<Faults>) -> Self {
-        PeerNetwork { me, cfg, faults, channels: Arc::new(Mutex::new(HashMap::new())) }
+    pub fn new(me: NodeId, cfg: NetworkConfig, faults: Arc<Faults>, security: PeerSecurity) -> Self {
+        PeerNetwork { me, cfg, faults, security, channels: Arc::new(Mutex::new(HashMap::new())) }
     }
 
     /// The reused channel to `target` at `addr` (re-created if the address changed).
@@ -67,8 +69,9 @@ impl PeerNetwork {
                 return Ok(ch.clone());
             }
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+        let ch = self
+            .security
+            .endpoint(addr)?
             .connect_timeout(self.cfg.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
@@ -95,6 +98,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             client,
             cfg: self.cfg.clone(),
             faults: self.faults.clone(),
+            security: self.security.clone(),
         }
     }
 }
@@ -107,6 +111,7 @@ pub struct PeerConnection {
     client: Result<RaftClient<Channel>, String>,
     cfg: NetworkConfig,
     faults: Arc<Faults>,
+    security: PeerSecurity,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +139,8 @@ impl PeerConnection {
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(e.clone())))),
         };
         let payload = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let request = RaftRequest { from: self.me, to: self.target, payload };
+        let mut request = tonic::Request::new(RaftRequest { from: self.me, to: self.target, payload });
+        self.security.authorize(&mut request);
         let fut = async move {
             let mut client = client;
             match kind {
@@ -165,10 +171,19 @@ impl PeerConnection {
         status: tonic::Status,
         timeout_err: impl FnOnce() -> RpcErr<E>,
     ) -> RpcErr<E> {
-        let msg = Msg(format!("node {} at {}: {}: {}", self.target, self.addr, status.code(), status.message()));
+        let msg = Msg(format!(
+            "node {} at {}: {}: {}",
+            self.target,
+            self.addr,
+            status.code(),
+            crate::security::status_detail(&status)
+        ));
         match status.code() {
-            // Connection refused, peer down, or it refused us (fault injection): back off.
-            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&msg)),
+            // Connection refused, peer down, TLS handshake refused, or it refused us
+            // (fault injection, a token it does not share): back off.
+            tonic::Code::Unavailable | tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                RPCError::Unreachable(Unreachable::new(&msg))
+            }
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => timeout_err(),
             _ => RPCError::Network(NetworkError::new(&msg)),
         }

@@ -56,6 +56,12 @@ pub struct Config {
     /// `WatchPrimary` streams.
     #[serde(default)]
     pub watch: WatchSection,
+    /// TLS for the gRPC port (clients and peers). Without it, everything is plaintext.
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+    /// Bearer-token authentication of writes (and optionally reads) and of peers.
+    #[serde(default)]
+    pub auth: Option<AuthSection>,
 }
 
 /// `[watch]`: bounds of the `WatchPrimary` streams.
@@ -73,6 +79,60 @@ pub struct WatchSection {
 impl Default for WatchSection {
     fn default() -> Self {
         WatchSection { buffer: 1024, leaderless_close_ms: 3000 }
+    }
+}
+
+/// `[tls]`: this node's certificate and the CA that signed every coordinator's.
+/// Files are read at start (and by `--check-config`); see docs/security.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain of this node: the server certificate, and the client
+    /// certificate it presents to peers (so serverAuth + clientAuth EKU, or none).
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: PathBuf,
+    /// PEM CA bundle that verifies peers' server certificates and, when
+    /// `require_client_cert`, every client certificate.
+    pub ca_file: PathBuf,
+    /// Mutual TLS: refuse every client and peer without a certificate from `ca_file`.
+    #[serde(default)]
+    pub require_client_cert: bool,
+    /// Name to verify peers' certificates against, instead of the host of their address.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Bound on one TLS handshake, accepted or made.
+    #[serde(default = "d_handshake_timeout")]
+    pub handshake_timeout_ms: u64,
+}
+
+fn d_handshake_timeout() -> u64 {
+    5000
+}
+
+impl TlsSection {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+}
+
+/// `[auth]`: where the shared bearer token is. The token itself is never in this file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// File holding the token (surrounding whitespace trimmed). The same on every coordinator.
+    pub token_file: PathBuf,
+    /// Also require the token for reads (GetStatus, ListClusters, …).
+    #[serde(default)]
+    pub require_token_for_reads: bool,
+}
+
+impl AuthSection {
+    /// Read the token: trimmed, non-empty, printable ASCII (it travels in an HTTP header).
+    pub fn token(&self) -> Result<crate::auth::Token, String> {
+        let text = std::fs::read_to_string(&self.token_file)
+            .map_err(|e| format!("cannot read {}: {e}", self.token_file.display()))?;
+        crate::auth::Token::new(text.trim()).map_err(|e| format!("{}: {e}", self.token_file.display()))
     }
 }
 
@@ -415,6 +475,12 @@ impl Config {
             }
         }
         self.hooks.validate_keyed().map_err(|(k, m)| invalid(&k, m))?;
+        if let Some(t) = &self.tls {
+            crate::tls::check(t).map_err(|(k, m)| invalid(&k, m))?;
+        }
+        if let Some(a) = &self.auth {
+            a.token().map_err(|m| invalid("auth.token_file", m))?;
+        }
         let mut ids = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         for (i, m) in self.initial_members.iter().enumerate() {
@@ -584,6 +650,37 @@ addr = "127.0.0.1:7101"
             assert!(!e.contains('\n'), "multi-line error: {e}");
             assert!(e.contains(key), "error {e:?} does not name {key}");
         }
+    }
+
+    #[test]
+    fn tls_and_auth_problems_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let token = dir.path().join("token");
+        let cases = [
+            (
+                format!("{GOOD}\n[tls]\ncert_file = \"{d}/c\"\nkey_file = \"{d}/k\"\nca_file = \"{d}/ca\"\n"),
+                "tls.cert_file",
+            ),
+            (format!("{GOOD}\n[tls]\ncert_file = \"{d}/c\"\n"), "key_file"),
+            (format!("{GOOD}\n[tls]\ncertfile = \"x\"\n"), "tls.certfile"),
+            (format!("{GOOD}\n[auth]\ntoken_file = \"{}\"\n", token.display()), "auth.token_file"),
+            (format!("{GOOD}\n[auth]\ntoken = \"inline-secret\"\n"), "auth.token"),
+        ];
+        std::fs::write(&token, "\n \n").unwrap();
+        for (text, key) in cases {
+            let e = err(&text);
+            assert!(!e.contains('\n'), "multi-line error: {e}");
+            assert!(e.contains(key), "error {e:?} does not name {key}");
+            assert!(!e.contains("inline-secret"), "error repeats a secret: {e}");
+        }
+        std::fs::write(&token, "  s3cret-token\n").unwrap();
+        let ok = format!("{GOOD}\n[auth]\ntoken_file = \"{}\"\n", token.display());
+        let c = Config::parse(Path::new("c.toml"), &ok).unwrap();
+        c.validate(Path::new("c.toml")).unwrap();
+        let auth = c.auth.as_ref().unwrap();
+        assert!(!auth.require_token_for_reads);
+        assert!(!format!("{:?}", auth.token().unwrap()).contains("s3cret"));
     }
 
     #[test]

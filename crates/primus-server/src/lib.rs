@@ -1,5 +1,6 @@
 //! primusd: configuration, node wiring and the client-facing gRPC service.
 
+pub mod auth;
 pub mod config;
 pub mod discovery;
 pub mod failover;
@@ -10,6 +11,7 @@ pub mod monitor;
 pub mod node;
 pub mod primary;
 pub mod service;
+pub mod tls;
 
 /// An error that decides the process exit code: 2 for configuration errors, 1 otherwise.
 #[derive(Debug, thiserror::Error)]

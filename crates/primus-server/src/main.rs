@@ -60,6 +60,9 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // One process-wide TLS provider (ring), so nothing depends on which rustls
+    // features the dependency graph happens to enable. Err means one is installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {

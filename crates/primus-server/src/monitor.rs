@@ -112,12 +112,16 @@ pub struct Monitor {
     candidates: Mutex<BTreeMap<InstanceAddr, ClusterName>>,
     heartbeat_writers: Mutex<HashMap<InstanceAddr, HeartbeatWriter>>,
     leader_channel: Mutex<Option<(String, tonic::transport::Channel)>>,
+    /// How reports reach the leader (TLS, token).
+    peer: primus_raft::PeerSecurity,
     rpc_timeout: Duration,
     election_timeout_min_ms: u64,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Monitor {
+    // Called once, from node::run, with everything a monitor shares with the node.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         me: NodeId,
         cfg: MysqlSection,
@@ -126,6 +130,7 @@ impl Monitor {
         rpc_timeout: Duration,
         election_timeout_min_ms: u64,
         metrics: Arc<crate::metrics::Metrics>,
+        peer: primus_raft::PeerSecurity,
     ) -> Result<Arc<Monitor>, String> {
         let targets = Targets::from_config(&cfg)?;
         Ok(Arc::new(Monitor {
@@ -143,6 +148,7 @@ impl Monitor {
             candidates: Mutex::new(BTreeMap::new()),
             heartbeat_writers: Mutex::new(HashMap::new()),
             leader_channel: Mutex::new(None),
+            peer,
             rpc_timeout,
             election_timeout_min_ms,
             metrics,
@@ -483,8 +489,9 @@ impl Monitor {
             let mut client = RaftClient::new(ch).max_encoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES);
             let mut req = tonic::Request::new(ObservationReport { from: self.me, term: m.current_term, payload });
             req.set_timeout(self.rpc_timeout);
+            self.peer.authorize(&mut req);
             if let Err(e) = client.report_observations(req).await {
-                tracing::debug!(leader, error = %e.message(), "observation report not delivered");
+                tracing::debug!(leader, error = %primus_raft::security::status_detail(&e), "observation report not delivered");
             }
         }
     }
@@ -496,10 +503,7 @@ impl Monitor {
                 return Ok(ch.clone());
             }
         }
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(self.rpc_timeout)
-            .connect_lazy();
+        let ch = self.peer.endpoint(addr)?.connect_timeout(self.rpc_timeout).connect_lazy();
         *g = Some((addr.to_string(), ch.clone()));
         Ok(ch)
     }

@@ -5,13 +5,13 @@ use crate::service::CoordinatorService;
 use anyhow::Context;
 use primus_proto::raft::raft_server::RaftServer;
 use primus_proto::v1::coordinator_server::CoordinatorServer;
-use primus_raft::{Faults, NetworkConfig, PeerNetwork, RaftService};
+use primus_raft::{Faults, NetworkConfig, PeerNetwork, PeerSecurity, RaftService};
 use primus_types::state::Registry;
 use primus_types::{NodeId, Raft};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Shared by the gRPC services of one node.
 pub struct NodeCtx {
@@ -27,6 +27,8 @@ pub struct NodeCtx {
     pub feed: Arc<crate::primary::PrimaryFeed>,
     /// Prometheus metrics of this node (served on `GET /metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// How this node reaches other coordinators (TLS, its token).
+    pub peer: PeerSecurity,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -92,8 +94,10 @@ impl NodeCtx {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| tonic::Status::internal(format!("bad leader address {addr:?}: {e}")))?
+        let ch = self
+            .peer
+            .endpoint(addr)
+            .map_err(|e| tonic::Status::internal(format!("cannot reach coordinator at {addr:?}: {e}")))?
             .connect_timeout(Duration::from_millis(self.cfg.raft.connect_timeout_ms))
             .tcp_nodelay(true)
             .connect_lazy();
@@ -146,7 +150,47 @@ pub async fn run(
         // Retry an unreachable peer at least twice per election timeout.
         unreachable_backoff: Duration::from_millis((cfg.raft.election_timeout_min_ms / 3).clamp(10, 500)),
     };
-    let network = PeerNetwork::new(cfg.node_id, net_cfg, faults.clone());
+    let config_error = |key: &str, message: String| {
+        crate::ExitError::config(crate::config::ConfigError::Invalid {
+            path: config_path.to_path_buf(),
+            key: key.into(),
+            message,
+        })
+    };
+    // TLS and token files were checked by Config::load; read them once more for use.
+    let tls = match &cfg.tls {
+        Some(t) => Some((t, crate::tls::load(t).map_err(|(k, m)| config_error(&k, m))?)),
+        None => None,
+    };
+    let policy = crate::auth::AuthPolicy {
+        token: match &cfg.auth {
+            Some(a) => Some(a.token().map_err(|m| config_error("auth.token_file", m))?),
+            None => None,
+        },
+        require_token_for_reads: cfg.auth.as_ref().is_some_and(|a| a.require_token_for_reads),
+        tls_only: cfg.tls.is_some(),
+        require_client_cert: cfg.tls.as_ref().is_some_and(|t| t.require_client_cert),
+    };
+    let bearer = match &policy.token {
+        Some(t) => Some(t.bearer().map_err(|m| config_error("auth.token_file", m))?),
+        None => None,
+    };
+    let acceptor = match &tls {
+        Some((t, files)) => Some((
+            crate::tls::grpc_acceptor(t, files).map_err(|e| config_error("tls.key_file", e.to_string()))?,
+            t.handshake_timeout(),
+        )),
+        None => None,
+    };
+    // The HTTP endpoint uses the same certificate and CA when [tls] is on.
+    let http_tls = match (&cfg.tls, &cfg.http_listen) {
+        (Some(t), Some(_)) => {
+            Some(crate::tls::http_tls_acceptor(t).map_err(|e| config_error("tls.key_file", format!("{e:#}")))?)
+        }
+        _ => None,
+    };
+    let peer_security = PeerSecurity::new(tls.as_ref().map(|(t, f)| crate::tls::peer_tls(t, f)), bearer);
+    let network = PeerNetwork::new(cfg.node_id, net_cfg, faults.clone(), peer_security.clone());
     let raft = Raft::new(cfg.node_id, raft_config, network, log, sm).await.context("cannot start the Raft node")?;
 
     let listen: std::net::SocketAddr = cfg.listen.parse().context("listen")?;
@@ -175,6 +219,7 @@ pub async fn run(
                 Duration::from_millis(cfg.raft.rpc_timeout_ms),
                 cfg.raft.election_timeout_min_ms,
                 metrics.clone(),
+                peer_security.clone(),
             )
             .map_err(|e| {
                 crate::ExitError::config(crate::config::ConfigError::Invalid {
@@ -220,6 +265,7 @@ pub async fn run(
         engine,
         feed,
         metrics,
+        peer: peer_security,
         channels: Mutex::new(HashMap::new()),
     });
 
@@ -247,7 +293,16 @@ pub async fn run(
     let peer = RaftServer::new(RaftService::new(cfg.node_id, raft.clone(), faults, sink))
         .max_decoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES);
-    tracing::info!(node_id = cfg.node_id, %listen, data_dir = %cfg.data_dir.display(), "primusd serving");
+    tracing::info!(
+        node_id = cfg.node_id,
+        %listen,
+        data_dir = %cfg.data_dir.display(),
+        tls = policy.tls_only,
+        client_certs = policy.require_client_cert,
+        token = policy.token.is_some(),
+        token_for_reads = policy.token.is_some() && policy.require_token_for_reads,
+        "primusd serving"
+    );
 
     // A fatal Raft error (e.g. the disk refused a write) stops Raft on this node;
     // exit so the supervisor restarts us instead of leaving a zombie coordinator.
@@ -282,12 +337,13 @@ pub async fn run(
         let stop = async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        tokio::spawn(crate::http::serve(ctx.clone(), l, None, stop))
+        tokio::spawn(crate::http::serve(ctx.clone(), l, http_tls.clone(), stop))
     });
 
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = crate::tls::incoming(listener, acceptor);
     let served = tonic::transport::Server::builder()
         .timeout(Duration::from_millis(cfg.raft.membership_timeout_ms + 5000))
+        .layer(crate::auth::AuthLayer::new(policy))
         .add_service(coordinator)
         .add_service(peer)
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -4,6 +4,8 @@
 //! one forwards it to the leader it knows (once: a forwarded request is marked and
 //! never forwarded again, so a stale leader view cannot make a loop). When no leader
 //! is known the call fails with `UNAVAILABLE` and the client tries another endpoint.
+//! A forwarded request carries the caller's `authorization` (the leader checks it
+//! again: see crate::auth) and goes over TLS when `[tls]` is set.
 
 use crate::node::NodeCtx;
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
@@ -30,6 +32,13 @@ impl CoordinatorService {
     pub fn new(node: Arc<NodeCtx>) -> Self {
         CoordinatorService { node }
     }
+}
+
+/// How a request came in, as far as forwarding it goes: whether a follower
+/// already forwarded it, and the caller's credentials to pass on.
+pub(crate) struct Inbound {
+    forwarded: bool,
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 /// Why a leader-only operation did not happen here.
@@ -80,8 +89,14 @@ impl CoordinatorService {
         })
     }
 
-    fn is_forwarded<T>(req: &Request<T>) -> bool {
-        req.metadata().contains_key(FORWARDED)
+    /// Read before `into_inner`: whether the request was already forwarded once,
+    /// and the caller's `authorization`, which a forwarded copy must carry.
+    fn is_forwarded<T>(req: &Request<T>) -> Inbound {
+        let authorization = req.metadata().get(primus_raft::security::AUTHORIZATION).cloned().map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
+        Inbound { forwarded: req.metadata().contains_key(FORWARDED), authorization }
     }
 
     async fn leader_client(&self, addr: &str) -> Result<CoordinatorClient<tonic::transport::Channel>, Status> {
@@ -93,7 +108,7 @@ impl CoordinatorService {
     async fn forward<Req, Resp, F, Fut>(
         &self,
         not_here: NotHere,
-        forwarded: bool,
+        inbound: Inbound,
         req: Req,
         call: F,
     ) -> Result<Resp, Status>
@@ -105,7 +120,7 @@ impl CoordinatorService {
             NotHere::Failed(s) => Err(s),
             NotHere::Forward(None) => Err(no_leader(self.node.id)),
             NotHere::Forward(Some((leader, addr))) => {
-                if forwarded {
+                if inbound.forwarded {
                     let mut s = Status::unavailable(format!(
                         "node {} is not the leader (node {leader} at {addr} is, as far as it knows)",
                         self.node.id
@@ -123,6 +138,9 @@ impl CoordinatorService {
                 request
                     .set_timeout(rc.write_timeout().max(rc.membership_timeout()) + std::time::Duration::from_secs(1));
                 request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from(self.node.id));
+                if let Some(auth) = inbound.authorization {
+                    request.metadata_mut().insert(primus_raft::security::AUTHORIZATION, auth);
+                }
                 call(client, request).await.map(Response::into_inner).map_err(|s| {
                     if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
                         && s.message().contains("transport")
@@ -130,7 +148,7 @@ impl CoordinatorService {
                         Status::unavailable(format!(
                             "leader node {leader} at {addr} is unreachable from node {}: {}",
                             self.node.id,
-                            s.message()
+                            primus_raft::security::status_detail(&s)
                         ))
                     } else {
                         s
@@ -234,10 +252,12 @@ impl CoordinatorService {
         let mut c = CoordinatorClient::new(ch);
         let mut req = Request::new(GetStatusRequest {});
         req.set_timeout(std::time::Duration::from_millis(self.node.cfg.raft.rpc_timeout_ms.max(1000)));
+        // Our own token: the newcomer may require one for reads.
+        self.node.peer.authorize(&mut req);
         let s = c.get_status(req).await.map_err(|e| {
             Status::failed_precondition(format!(
                 "no primusd answers at {addr} ({}); start it first, with an empty data_dir and no initial_members",
-                e.message()
+                primus_raft::security::status_detail(&e)
             ))
         })?;
         let s = s.into_inner();

@@ -4,6 +4,10 @@
 //! directory. Faults are real: `kill9` sends SIGKILL, `sigstop` freezes the process,
 //! and `set_faults` uses primusd's test-only switch (PRIMUS_FAULT_INJECTION=1) to drop
 //! Raft traffic between chosen nodes. Drop kills every process the group started.
+//!
+//! With `GroupOptions::tls` the group serves TLS only (certificates generated into
+//! `<base>/pki`), with `GroupOptions::token` it requires a bearer token; the
+//! group's own clients (`client`, `client_for`, `set_faults`) use both.
 
 use anyhow::{anyhow, bail, Context, Result};
 use primus_client::{Client, ClientOptions, GetStatusResponse, Role};
@@ -57,6 +61,14 @@ pub struct GroupOptions {
     pub http: bool,
     /// Extra environment variables for every primusd (e.g. PRIMUS_FAILPOINT).
     pub env: Vec<(String, String)>,
+    /// Serve TLS only, peers included, with certificates generated into `<base>/pki`.
+    pub tls: bool,
+    /// With `tls`: every client and peer must present a certificate (mTLS).
+    pub require_client_cert: bool,
+    /// Give every node `[auth]` with this token (written to `<base>/token`).
+    pub token: Option<String>,
+    /// With `token`: reads need it too.
+    pub require_token_for_reads: bool,
 }
 
 /// One primusd process (running or not).
@@ -133,6 +145,9 @@ pub struct CoordinatorGroup {
     pub nodes: BTreeMap<u64, NodeProc>,
     /// The founding members as written into configs.
     founding: Vec<(u64, u16)>,
+    /// The certificates, when `opts.tls`.
+    pub pki: Option<crate::pki::TestPki>,
+    token_file: Option<PathBuf>,
 }
 
 impl CoordinatorGroup {
@@ -153,7 +168,16 @@ impl CoordinatorGroup {
         for id in 1..=opts.nodes as u64 {
             founding.push((id, crate::ports::free_port()?));
         }
-        let mut g = CoordinatorGroup { _tmp: tmp, base, opts, nodes: BTreeMap::new(), founding };
+        let pki = if opts.tls { Some(crate::pki::TestPki::generate(&base.join("pki"))?) } else { None };
+        let token_file = match &opts.token {
+            Some(t) => {
+                let f = base.join("token");
+                std::fs::write(&f, format!("{t}\n")).with_context(|| format!("write {}", f.display()))?;
+                Some(f)
+            }
+            None => None,
+        };
+        let mut g = CoordinatorGroup { _tmp: tmp, base, opts, nodes: BTreeMap::new(), founding, pki, token_file };
         for (id, port) in g.founding.clone() {
             g.create_node(id, port, true)?;
         }
@@ -195,6 +219,16 @@ impl CoordinatorGroup {
             r.keep_logs_after_snapshot,
             r.write_timeout_ms
         ));
+        if let Some(pki) = &self.pki {
+            cfg.push_str(&pki.tls_section(self.opts.require_client_cert));
+        }
+        if let Some(f) = &self.token_file {
+            cfg.push_str(&format!(
+                "\n[auth]\ntoken_file = \"{}\"\nrequire_token_for_reads = {}\n",
+                f.display(),
+                self.opts.require_token_for_reads
+            ));
+        }
         if founding {
             for (mid, mport) in &self.founding {
                 cfg.push_str(&format!(
@@ -267,14 +301,36 @@ impl CoordinatorGroup {
         self.nodes.values().filter(|n| !skip.contains(&n.id)).map(NodeProc::addr).collect::<Vec<_>>().join(",")
     }
 
+    /// Client options that pass this group's security: its CA and client
+    /// certificate when it serves TLS, its token when it has one.
+    pub fn client_options(&self, timeout: Duration) -> Result<ClientOptions> {
+        let tls = match &self.pki {
+            Some(p) => Some(p.client_tls(true)?),
+            None => None,
+        };
+        Ok(ClientOptions {
+            timeout,
+            actor: "testkit".into(),
+            tls,
+            token: self.opts.token.clone(),
+            ..Default::default()
+        })
+    }
+
     /// A client over every node (or over the given ones).
     pub fn client(&self, timeout: Duration) -> Result<Client> {
-        Ok(Client::new(&[self.endpoints()], ClientOptions { timeout, actor: "testkit".into(), ..Default::default() })?)
+        Ok(Client::new(&[self.endpoints()], self.client_options(timeout)?)?)
     }
 
     pub fn client_for(&self, ids: &[u64], timeout: Duration) -> Result<Client> {
         let eps: Vec<String> = ids.iter().map(|i| self.nodes[i].addr()).collect();
-        Ok(Client::new(&eps, ClientOptions { timeout, actor: "testkit".into(), ..Default::default() })?)
+        Ok(Client::new(&eps, self.client_options(timeout)?)?)
+    }
+
+    /// A client over the given nodes with options of the caller's choosing.
+    pub fn client_with(&self, ids: &[u64], opts: ClientOptions) -> Result<Client> {
+        let eps: Vec<String> = ids.iter().map(|i| self.nodes[i].addr()).collect();
+        Ok(Client::new(&eps, opts)?)
     }
 
     /// Status as node `id` itself reports it.
@@ -354,7 +410,19 @@ impl CoordinatorGroup {
 
     /// Make node `id` drop all Raft traffic to and from `peers` (empty heals).
     pub async fn set_faults(&self, id: u64, peers: &[u64]) -> Result<()> {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.nodes[&id].addr()))?
+        let addr = self.nodes[&id].addr();
+        let ep = match &self.pki {
+            Some(p) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?.tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(&p.ca)?))
+                    .identity(tonic::transport::Identity::from_pem(
+                        std::fs::read(&p.node_cert)?,
+                        std::fs::read(&p.node_key)?,
+                    )),
+            )?,
+            None => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?,
+        };
+        let ch = ep
             .connect_timeout(Duration::from_secs(1))
             .connect()
             .await
@@ -362,6 +430,9 @@ impl CoordinatorGroup {
         let mut c = RaftClient::new(ch);
         let mut req = tonic::Request::new(FaultRequest { drop_peers: peers.to_vec() });
         req.set_timeout(Duration::from_secs(2));
+        if let Some(t) = &self.opts.token {
+            req.metadata_mut().insert("authorization", format!("Bearer {t}").parse()?);
+        }
         c.set_faults(req).await.with_context(|| format!("set faults on node {id}"))?;
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Real parts for tests and the sandbox: MariaDB servers with GTID replication
-//! (`mariadb`), TCP proxies whose links a test can cut and heal (`proxy`), and
-//! groups of real `primusd` processes (`coordinator`), plus a raw HTTP client for
-//! primusd's HTTP endpoint (`http`).
+//! (`mariadb`), TCP proxies whose links a test can cut and heal (`proxy`),
+//! groups of real `primusd` processes (`coordinator`), a raw HTTP client for
+//! primusd's HTTP endpoint (`http`), and throw-away TLS certificates (`pki`).
 //!
 //! Everything started here is cleaned up on drop: processes are killed and
 //! temporary directories removed. A missing `mariadbd` is an error that says how to
@@ -10,6 +10,7 @@
 pub mod coordinator;
 pub mod http;
 pub mod mariadb;
+pub mod pki;
 pub mod ports;
 pub mod proxy;
 
