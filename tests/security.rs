@@ -227,3 +227,64 @@ fn to_client_error(e: anyhow::Error) -> ClientError {
         Err(e) => ClientError::Config(format!("{e:#}")),
     }
 }
+
+/// GET `path` over HTTPS, trusting `pki`'s CA (and presenting its client certificate
+/// when `client_cert`). Returns the raw response.
+async fn https_get(pki: &TestPki, addr: &str, path: &str, client_cert: bool) -> anyhow::Result<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&pki.ca)? {
+        roots.add(c?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = if client_cert {
+        let certs = CertificateDer::pem_file_iter(&pki.client_cert)?.collect::<Result<Vec<_>, _>>()?;
+        builder.with_client_auth_cert(certs, PrivateKeyDer::from_pem_file(&pki.client_key)?)?
+    } else {
+        builder.with_no_client_auth()
+    };
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let fut = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let mut s = connector.connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp).await?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        anyhow::ensure!(!out.is_empty(), "no answer");
+        Ok::<_, anyhow::Error>(out)
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut).await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_endpoint_serves_https_from_the_tls_files_and_requires_client_certs_with_mtls() -> anyhow::Result<()> {
+    let g = CoordinatorGroup::start(GroupOptions {
+        nodes: 3,
+        tls: true,
+        require_client_cert: true,
+        http: true,
+        ..Default::default()
+    })?;
+    let (leader, _) = g.wait_leader(&[], Duration::from_secs(20)).await?;
+    let pki = g.pki.clone().ok_or_else(|| anyhow::anyhow!("TLS group without certificates"))?;
+    let addr = g.node(leader).http_addr().ok_or_else(|| anyhow::anyhow!("no HTTP address"))?;
+    // The right CA and a client certificate: served.
+    let ok = https_get(&pki, &addr, "/leader", true).await?;
+    let head = String::from_utf8_lossy(&ok);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // mTLS on: no client certificate, no answer.
+    let refused = https_get(&pki, &addr, "/health", false).await;
+    assert!(refused.is_err(), "answered without a client certificate: {refused:?}");
+    // Plain HTTP on the HTTPS port gets no HTTP answer.
+    let plain = primus_testkit::http::get(&addr, "/health", Duration::from_secs(3)).await;
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+    // The node is still healthy after the refused attempts.
+    let again = https_get(&pki, &addr, "/health", true).await?;
+    assert!(String::from_utf8_lossy(&again).starts_with("HTTP/1.1 200"));
+    Ok(())
+}
