@@ -671,3 +671,72 @@ async fn aborted_manual_failover_gives_the_fenced_primary_its_writes_back() -> a
     assert_eq!(t.epoch, 2, "the aborted failover used its epoch");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_cut_off_together_with_a_live_primary_promotes_nothing_and_the_majority_fails_over() -> anyhow::Result<()>
+{
+    // The network variant: the leader's peer links are cut and the primary is cut off
+    // from the majority's coordinators and from its replicas (a datacenter partition);
+    // the primary stays alive and reachable from the old leader.
+    let mut w = World::start(WorldOptions { proxied: true, fault_injection: true, ..Default::default() }).await?;
+    register(&w).await?;
+    let (old_leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
+    let old = w.sandbox.primary().addr();
+    let majority: Vec<u64> = (1..=3).filter(|i| *i != old_leader).collect();
+    let cut_at = Instant::now();
+    w.group.isolate(&[old_leader]).await?;
+    {
+        let links = w.links.as_ref().expect("proxied");
+        for m in &majority {
+            links.cut(*m as usize - 1, 0, CutMode::Silent);
+        }
+    }
+    for r in w.sandbox.replicas() {
+        r.stop_replication_io().await?;
+    }
+    let (new_leader, _) = w.group.wait_leader(&majority, Duration::from_secs(10)).await?;
+    let client = w.group.client_for(&majority, Duration::from_secs(10))?;
+    let h = wait_finished(&client, 1, Duration::from_secs(30)).await?;
+    let f = h.failovers[0].clone();
+    println!(
+        "old leader {old_leader} cut off with the primary; new leader {new_leader} failed over to {} ({}) {} ms after the cut",
+        f.candidate,
+        f.analysis_code,
+        cut_at.elapsed().as_millis()
+    );
+    assert_eq!(f.outcome, "succeeded", "{f:#?}");
+    assert!(f.analysis_code.starts_with("DeadPrimary"), "{f:#?}");
+    assert!(f.steps[0].outcome.starts_with("skipped"), "the majority cannot reach the old primary: {f:#?}");
+    // The old leader, still calling itself leader, committed nothing and promoted nothing.
+    let lone = w.group.status_of(old_leader).await?;
+    println!("old leader status while cut off: role {:?} term {}", lone.role, lone.term);
+    assert_eq!(read_only(w.sandbox.primary()).await, Some(false), "nobody touched the live old primary yet");
+    let writable_replicas = {
+        let mut v = Vec::new();
+        for r in w.sandbox.replicas() {
+            if read_only(r).await == Some(false) {
+                v.push(r.addr());
+            }
+        }
+        v
+    };
+    assert_eq!(writable_replicas, vec![f.candidate.clone()]);
+
+    // Heal: one record for the epoch, and the old primary is fenced as a demoted one.
+    w.group.heal().await?;
+    {
+        let links = w.links.as_ref().expect("proxied");
+        for m in &majority {
+            links.heal(*m as usize - 1, 0);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_only(w.sandbox.primary()).await != Some(true) {
+        anyhow::ensure!(Instant::now() < deadline, "the demoted old primary {old} was not fenced after healing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let h = history(&w.client()?).await?;
+    assert_eq!(h.failovers.len(), 1, "the cut-off leader started a failover of its own: {h:#?}");
+    assert_eq!(h.failovers[0].epoch, 2);
+    Ok(())
+}
