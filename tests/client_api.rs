@@ -294,3 +294,62 @@ async fn slow_watcher_is_cut_off_with_a_clear_status_and_the_group_is_not_slowed
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primusctl_primary_and_watch_answer_in_json_and_fail_clearly_for_unknown_clusters() -> anyhow::Result<()> {
+    let g = CoordinatorGroup::start(GroupOptions { nodes: 3, ..Default::default() })?;
+    g.wait_leader(&[], Duration::from_secs(20)).await?;
+    let c = g.client(Duration::from_secs(10))?;
+    c.register_cluster("c", &["127.0.0.1:3306".into()], ClusterSettings::default()).await?;
+    let ctl = primus_testkit::coordinator::bin("primusctl")?;
+    let run = |args: &[&str]| {
+        std::process::Command::new(&ctl).args(["--endpoints", &g.endpoints(), "--timeout", "5s"]).args(args).output()
+    };
+    let out = run(&["primary", "c", "-o", "json"])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["cluster"], "c");
+    assert_eq!(v["epoch"], 1);
+    assert_eq!(v["consistency"], "linearizable");
+    let out = run(&["primary", "c", "--stale"])?;
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("stale read from node"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // `watch --count 2 -o json`: the current state, then the next change, as JSON lines.
+    let mut child = std::process::Command::new(&ctl)
+        .args(["--endpoints", &g.endpoints(), "watch", "-o", "json", "--count", "2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.register_cluster("d", &["127.0.0.1:3306".into()], ClusterSettings::default()).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "primusctl watch did not stop after 2 events");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?, &mut stdout)?;
+    assert!(status.success(), "{stdout}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("{e}: {stdout}"))?;
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!((lines[0]["event"].as_str(), lines[0]["cluster"].as_str()), (Some("current"), Some("c")));
+    assert_eq!((lines[1]["event"].as_str(), lines[1]["cluster"].as_str()), (Some("cluster_added"), Some("d")));
+
+    // An unknown cluster: exit 1, one clear line.
+    let out = run(&["primary", "nope"])?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster nope is not registered"), "{err}");
+    Ok(())
+}
