@@ -38,6 +38,9 @@ pub const WRITE_METHODS: &[&str] = &[
     "SetAutomaticFailover",
     "Rejoin",
     "SetInstanceDatacenter",
+    // Agents: a lease lets a server take writes; only holders of the token may ask.
+    "RegisterAgent",
+    "RenewLease",
 ];
 
 /// Coordinator RPCs that only read: open unless `require_token_for_reads`.

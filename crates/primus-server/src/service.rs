@@ -846,6 +846,14 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn register_agent(&self, _req: Request<RegisterAgentRequest>) -> Result<Response<LogIndexResponse>, Status> {
+        Err(Status::unimplemented("RegisterAgent is not implemented yet"))
+    }
+
+    async fn renew_lease(&self, _req: Request<RenewLeaseRequest>) -> Result<Response<RenewLeaseResponse>, Status> {
+        Err(Status::unimplemented("RenewLease is not implemented yet"))
+    }
+
     async fn set_automatic_failover(
         &self,
         req: Request<SetAutomaticFailoverRequest>,
