@@ -1,0 +1,420 @@
+//! primus-agent's configuration file (TOML). Every key is documented in
+//! docs/fencing.md. Errors are one line and name the key; the binary exits with
+//! code 2 on any of them.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config error: cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config error: {path}{location}: {message}")]
+    Parse { path: PathBuf, location: String, message: String },
+    #[error("config error: {path}: key `{key}`: {message}")]
+    Invalid { path: PathBuf, key: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The cluster this agent's mysqld belongs to, as registered with the coordinators.
+    pub cluster: String,
+    /// `host:port` of this agent's mysqld, as the cluster's topology names it.
+    pub instance: String,
+    /// Free text naming this agent in the coordinators' logs; default `hostname:pid`.
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    /// Every coordinator's `host:port` (or `http(s)://host:port`).
+    pub coordinators: Vec<String>,
+    #[serde(default)]
+    pub lease: LeaseSection,
+    pub mysql: MysqlSection,
+    #[serde(default)]
+    pub fence: FenceSection,
+    /// TLS and token for talking to the coordinators.
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+    /// Bearer token file for the coordinators (`[auth]` on primusd).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[lease]`: how often to renew and how long a lease lasts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaseSection {
+    /// Interval between renewals; also the bound on one renewal call.
+    pub renew_interval_ms: u64,
+    /// Lease length asked for, counted from when the request is sent.
+    pub ttl_ms: u64,
+    /// Bound on one RegisterAgent call (a Raft write) at start-up.
+    pub register_timeout_ms: u64,
+}
+
+impl Default for LeaseSection {
+    fn default() -> Self {
+        LeaseSection { renew_interval_ms: 300, ttl_ms: 1500, register_timeout_ms: 3000 }
+    }
+}
+
+impl LeaseSection {
+    pub fn renew_interval(&self) -> Duration {
+        Duration::from_millis(self.renew_interval_ms)
+    }
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
+    }
+    pub fn register_timeout(&self) -> Duration {
+        Duration::from_millis(self.register_timeout_ms)
+    }
+}
+
+/// `[mysql]`: the local, privileged connection used to fence the server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlSection {
+    /// Unix socket of the local mysqld (preferred: it works when TCP is firewalled).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    pub user: String,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_query_timeout_ms")]
+    pub query_timeout_ms: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    300
+}
+fn default_query_timeout_ms() -> u64 {
+    300
+}
+
+impl MysqlSection {
+    /// The password from `password_file` or `password_env`; none (e.g. unix_socket
+    /// authentication of root) when neither is set.
+    pub fn password(&self) -> Result<Option<String>, String> {
+        match (&self.password_file, &self.password_env) {
+            (Some(_), Some(_)) => Err("set only one of password_file and password_env".into()),
+            (Some(f), None) => std::fs::read_to_string(f)
+                .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+                .map_err(|e| format!("cannot read {}: {e}", f.display())),
+            (None, Some(v)) => std::env::var(v).map(Some).map_err(|_| format!("environment variable {v} is not set")),
+            (None, None) => Ok(None),
+        }
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn query_timeout(&self) -> Duration {
+        Duration::from_millis(self.query_timeout_ms)
+    }
+}
+
+/// What to do when mysqld does not confirm the fence in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Escalation {
+    /// SIGKILL the mysqld named by `mysqld_pid_file`.
+    Kill,
+    /// Only log.
+    None,
+}
+
+/// `[fence]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FenceSection {
+    /// mysqld must confirm it is read-only within this long of the decision to
+    /// fence, else the agent escalates.
+    pub timeout_ms: u64,
+    pub escalation: Escalation,
+    /// mysqld's pid file (`pid-file` in my.cnf); required with escalation = "kill".
+    pub mysqld_pid_file: Option<PathBuf>,
+    /// How often the agent checks that a fenced server is still read-only (and
+    /// keeps its local connection warm otherwise).
+    pub check_interval_ms: u64,
+}
+
+impl Default for FenceSection {
+    fn default() -> Self {
+        FenceSection { timeout_ms: 500, escalation: Escalation::Kill, mysqld_pid_file: None, check_interval_ms: 200 }
+    }
+}
+
+impl FenceSection {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+    pub fn check_interval(&self) -> Duration {
+        Duration::from_millis(self.check_interval_ms)
+    }
+}
+
+/// `[tls]`: like primusctl's --ca/--cert/--key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub ca_file: PathBuf,
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Verify the coordinators' certificates against this name.
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let cfg = Self::parse(path, &text)?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        toml::from_str::<Config>(text).map_err(|e| {
+            let (location, message) = one_line(text, &e);
+            ConfigError::Parse { path: path.to_path_buf(), location, message }
+        })
+    }
+
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid =
+            |key: &str, message: String| ConfigError::Invalid { path: path.to_path_buf(), key: key.into(), message };
+        if self.cluster.trim().is_empty() {
+            return Err(invalid("cluster", "must not be empty".into()));
+        }
+        match self.instance.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().map(|p| p > 0).unwrap_or(false) => {}
+            _ => return Err(invalid("instance", format!("{:?} is not a HOST:PORT address", self.instance))),
+        }
+        if self.coordinators.iter().all(|c| c.trim().is_empty()) {
+            return Err(invalid("coordinators", "list at least one coordinator HOST:PORT".into()));
+        }
+        let l = &self.lease;
+        if l.renew_interval_ms == 0 {
+            return Err(invalid("lease.renew_interval_ms", "must be greater than 0".into()));
+        }
+        if l.ttl_ms < 2 * l.renew_interval_ms {
+            return Err(invalid(
+                "lease.ttl_ms",
+                format!(
+                    "must be at least twice lease.renew_interval_ms ({}), or one lost renewal fences the server",
+                    l.renew_interval_ms
+                ),
+            ));
+        }
+        if l.register_timeout_ms == 0 {
+            return Err(invalid("lease.register_timeout_ms", "must be greater than 0".into()));
+        }
+        let m = &self.mysql;
+        match (&m.socket, &m.host) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("mysql.socket", "set either socket or host/port, not both".into()))
+            }
+            (None, None) => return Err(invalid("mysql.socket", "set socket, or host and port".into())),
+            (None, Some(_)) if m.port.is_none() => {
+                return Err(invalid("mysql.port", "required with mysql.host".into()))
+            }
+            (Some(_), None) if m.port.is_some() => {
+                return Err(invalid("mysql.port", "only with mysql.host (a socket has no port)".into()))
+            }
+            _ => {}
+        }
+        if m.user.is_empty() {
+            return Err(invalid("mysql.user", "must not be empty".into()));
+        }
+        m.password().map_err(|e| {
+            invalid(
+                if m.password_env.is_some() && m.password_file.is_none() {
+                    "mysql.password_env"
+                } else {
+                    "mysql.password_file"
+                },
+                e,
+            )
+        })?;
+        if m.connect_timeout_ms == 0 {
+            return Err(invalid("mysql.connect_timeout_ms", "must be greater than 0".into()));
+        }
+        if m.query_timeout_ms == 0 {
+            return Err(invalid("mysql.query_timeout_ms", "must be greater than 0".into()));
+        }
+        let f = &self.fence;
+        if f.timeout_ms == 0 {
+            return Err(invalid("fence.timeout_ms", "must be greater than 0".into()));
+        }
+        if f.check_interval_ms == 0 {
+            return Err(invalid("fence.check_interval_ms", "must be greater than 0".into()));
+        }
+        if f.escalation == Escalation::Kill && f.mysqld_pid_file.is_none() {
+            return Err(invalid(
+                "fence.mysqld_pid_file",
+                "required with escalation = \"kill\" (or set escalation = \"none\")".into(),
+            ));
+        }
+        if let Some(t) = &self.tls {
+            if t.cert_file.is_some() != t.key_file.is_some() {
+                return Err(invalid("tls.cert_file", "cert_file and key_file go together".into()));
+            }
+        }
+        self.client_options().map_err(|(key, e)| invalid(key, e))?;
+        Ok(())
+    }
+
+    /// `agent_id`, or `hostname:pid`.
+    pub fn agent_id(&self) -> String {
+        match &self.agent_id {
+            Some(a) if !a.trim().is_empty() => a.clone(),
+            _ => {
+                let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+                format!("{}:{}", if host.is_empty() { "localhost" } else { &host }, std::process::id())
+            }
+        }
+    }
+
+    /// Client options for one renewal (bounded by the renew interval); the key at
+    /// fault on error.
+    pub fn client_options(&self) -> Result<primus_client::ClientOptions, (&'static str, String)> {
+        let tls = match &self.tls {
+            Some(t) => {
+                let mut o =
+                    primus_client::TlsOptions::from_files(&t.ca_file, t.cert_file.as_deref(), t.key_file.as_deref())
+                        .map_err(|e| ("tls.ca_file", e.to_string()))?;
+                o.domain = t.domain.clone();
+                Some(o)
+            }
+            None => None,
+        };
+        let token = match &self.token_file {
+            Some(f) => Some(primus_client::read_token_file(f).map_err(|e| ("token_file", e.to_string()))?),
+            None => None,
+        };
+        Ok(primus_client::ClientOptions {
+            timeout: self.lease.renew_interval(),
+            connect_timeout: self.lease.renew_interval(),
+            actor: format!("primus-agent {}", self.agent_id()),
+            tls,
+            token,
+        })
+    }
+}
+
+/// Turn toml's multi-line error into `line N: key `table.k`: message`.
+fn one_line(text: &str, e: &toml::de::Error) -> (String, String) {
+    let message = e.message().replace('\n', " ");
+    let Some(span) = e.span() else {
+        return (String::new(), message);
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let lines: Vec<&str> = text.lines().collect();
+    let table = lines[..line_no.min(lines.len())]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|h| h.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let qualify = |k: &str| match &table {
+        Some(t) if !t.is_empty() => format!("{t}.{k}"),
+        _ => k.to_string(),
+    };
+    let named = message
+        .strip_prefix("missing field `")
+        .or_else(|| message.strip_prefix("unknown field `"))
+        .and_then(|rest| rest.split('`').next());
+    if let Some(k) = named {
+        let location = if message.starts_with("missing") {
+            format!(": key `{}`", qualify(k))
+        } else {
+            format!(" line {line_no}: key `{}`", qualify(k))
+        };
+        return (location, message);
+    }
+    let line = lines.get(line_no - 1).copied().unwrap_or("").trim();
+    let key = line.split('=').next().unwrap_or("").trim();
+    let location = if !key.is_empty() && line.contains('=') {
+        format!(" line {line_no}: key `{}`", qualify(key))
+    } else if !line.is_empty() {
+        format!(" line {line_no}: `{line}`")
+    } else {
+        format!(" line {line_no}")
+    };
+    (location, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+cluster = "main"
+instance = "db1:3306"
+coordinators = ["c1:7000", "c2:7000", "c3:7000"]
+[mysql]
+socket = "/run/mysqld/mysqld.sock"
+user = "root"
+[fence]
+mysqld_pid_file = "/run/mysqld/mysqld.pid"
+"#;
+
+    fn check(text: &str) -> Result<Config, ConfigError> {
+        let p = Path::new("agent.toml");
+        let c = Config::parse(p, text)?;
+        c.validate(p)?;
+        Ok(c)
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() -> Result<(), ConfigError> {
+        let c = check(GOOD)?;
+        assert_eq!(c.lease.renew_interval_ms, 300);
+        assert_eq!(c.lease.ttl_ms, 1500);
+        assert_eq!(c.fence.timeout_ms, 500);
+        assert_eq!(c.fence.escalation, Escalation::Kill);
+        assert!(c.agent_id().contains(':'));
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (GOOD.replace("user = \"root\"", "user = \"root\"\nbogus = 1"), "mysql.bogus"),
+            (GOOD.replace("instance = \"db1:3306\"", "instance = \"db1\""), "instance"),
+            (GOOD.replace("[fence]\nmysqld_pid_file = \"/run/mysqld/mysqld.pid\"", ""), "fence.mysqld_pid_file"),
+            (format!("{GOOD}\n[lease]\nttl_ms = 400\n"), "lease.ttl_ms"),
+            (GOOD.replace("socket = \"/run/mysqld/mysqld.sock\"", "host = \"127.0.0.1\""), "mysql.port"),
+            (GOOD.replace("escalation", "x").replace("[fence]", "[fence]\nescalation = \"shoot\""), "fence.escalation"),
+            (
+                GOOD.replace("coordinators = [\"c1:7000\", \"c2:7000\", \"c3:7000\"]", "coordinators = []"),
+                "coordinators",
+            ),
+        ];
+        for (text, key) in cases {
+            match check(&text) {
+                Ok(_) => panic!("accepted a config with a bad `{key}`:\n{text}"),
+                Err(e) => assert!(e.to_string().contains(&format!("`{key}`")), "error {e} does not name `{key}`"),
+            }
+        }
+    }
+
+    #[test]
+    fn escalation_none_needs_no_pid_file() -> Result<(), ConfigError> {
+        let text = GOOD.replace("mysqld_pid_file = \"/run/mysqld/mysqld.pid\"", "escalation = \"none\"");
+        assert_eq!(check(&text)?.fence.escalation, Escalation::None);
+        Ok(())
+    }
+}

@@ -1,0 +1,365 @@
+//! primus-agent: a small daemon beside each mysqld. It holds a write *lease* from
+//! the coordinators and fences its own server (read_only = ON, clients killed, and
+//! SIGKILL of a hung mysqld) when it cannot renew it — so an old primary cannot
+//! take writes even when no coordinator can reach it. See docs/fencing.md.
+//!
+//! Two tasks that never wait on each other:
+//! * the *renewer* registers the agent, then renews the lease every
+//!   `lease.renew_interval_ms`, each call bounded by that interval, and records the
+//!   answers in the shared [`lease::LeaseState`];
+//! * the *guard* decides from that state (monotonic time only) whether the server
+//!   must be read-only, fences it over a persistent local connection, escalates
+//!   when mysqld does not answer, and keeps checking that a fenced server stays
+//!   read-only.
+//!
+//! The agent never makes its server writable: only the coordinators do.
+
+pub mod config;
+pub mod fence;
+pub mod lease;
+
+use crate::config::Config;
+use crate::fence::{Escalated, FenceError, LocalMysql};
+use crate::lease::{Answer, Event, LeaseState};
+use primus_client::{Client, ClientError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+/// Why the agent stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The coordinators know no such cluster or instance: the config is wrong.
+    #[error("the coordinators do not know cluster {cluster:?} / instance {instance:?} ({message}); check `cluster` and `instance` in the config")]
+    NotFound { cluster: String, instance: String, message: String },
+    #[error("bad coordinator endpoint: {0}")]
+    Client(#[from] ClientError),
+    #[error("a task of the agent ended: {0}")]
+    Task(String),
+}
+
+struct Shared {
+    state: Mutex<LeaseState>,
+    changed: Notify,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, LeaseState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Run the agent until `shutdown` completes or a fatal error.
+pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+    let span = tracing::info_span!("agent", cluster = %cfg.cluster, instance = %cfg.instance);
+    async move {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(LeaseState::new(cfg.lease.ttl(), Instant::now())),
+            changed: Notify::new(),
+        });
+        let agent_id = cfg.agent_id();
+        tracing::info!(
+            agent_id = %agent_id,
+            coordinators = ?cfg.coordinators,
+            renew_interval_ms = cfg.lease.renew_interval_ms,
+            ttl_ms = cfg.lease.ttl_ms,
+            escalation = ?cfg.fence.escalation,
+            "primus-agent started"
+        );
+        // Validated at load; an error here is a file that changed since.
+        let password = cfg.mysql.password().map_err(|e| AgentError::Task(format!("mysql password: {e}")))?;
+        let mysql = LocalMysql::new(&cfg.mysql, password);
+        let mut guard = tokio::spawn(guard(cfg.clone(), shared.clone(), mysql).in_current_span());
+        let mut renewer = tokio::spawn(renewer(cfg.clone(), agent_id, shared.clone()).in_current_span());
+        tokio::select! {
+            _ = shutdown => {
+                tracing::info!("primus-agent stopping (the lease is no longer renewed; the server is left as it is)");
+                guard.abort();
+                renewer.abort();
+                Ok(())
+            }
+            r = &mut renewer => {
+                guard.abort();
+                match r {
+                    Ok(r) => r,
+                    Err(e) => Err(AgentError::Task(format!("renewer: {e}"))),
+                }
+            }
+            r = &mut guard => {
+                renewer.abort();
+                Err(AgentError::Task(format!("guard ended: {r:?}")))
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn endpoint_clients(cfg: &Config, timeout: Duration) -> Result<Vec<(String, Client)>, AgentError> {
+    // One client per endpoint: a frozen coordinator costs one renewal, then the
+    // next endpoint is tried (a single multi-endpoint client would keep waiting on
+    // the endpoint that answered last).
+    let opts = cfg.client_options().map_err(|(k, e)| AgentError::Task(format!("{k}: {e}")))?;
+    let opts = primus_client::ClientOptions { timeout, connect_timeout: timeout.min(opts.connect_timeout), ..opts };
+    let mut out = Vec::new();
+    for e in cfg.coordinators.iter().flat_map(|e| e.split(',')).map(str::trim).filter(|e| !e.is_empty()) {
+        out.push((e.to_string(), Client::new(&[e.to_string()], opts.clone())?));
+    }
+    if out.is_empty() {
+        return Err(AgentError::Client(ClientError::NoEndpoints));
+    }
+    Ok(out)
+}
+
+/// Log the first of a run of failures and then every `every`-th.
+fn worth_logging(n: u64, every: u64) -> bool {
+    n == 1 || n % every == 0
+}
+
+async fn renewer(cfg: Config, agent_id: String, shared: Arc<Shared>) -> Result<(), AgentError> {
+    let interval = cfg.lease.renew_interval();
+    let ttl_ms = cfg.lease.ttl_ms;
+    // Register (a Raft write): retried until it succeeds.
+    let reg = endpoint_clients(&cfg, cfg.lease.register_timeout())?;
+    let mut i = 0usize;
+    let mut failures = 0u64;
+    loop {
+        let (name, c) = &reg[i % reg.len()];
+        let t = cfg.lease.register_timeout();
+        match tokio::time::timeout(t, c.register_agent(&cfg.cluster, &cfg.instance, &agent_id)).await {
+            Ok(Ok(r)) => {
+                tracing::info!(endpoint = %name, log_index = r.log_index, agent_id = %agent_id, "agent registered");
+                break;
+            }
+            Ok(Err(e)) if e.code() == Some(tonic::Code::NotFound) => {
+                return Err(AgentError::NotFound {
+                    cluster: cfg.cluster.clone(),
+                    instance: cfg.instance.clone(),
+                    message: e.to_string(),
+                })
+            }
+            Ok(Err(e)) => {
+                failures += 1;
+                if worth_logging(failures, 20) {
+                    tracing::warn!(endpoint = %name, error = %e, failures, "cannot register with the coordinators; retrying");
+                }
+            }
+            Err(_) => {
+                failures += 1;
+                if worth_logging(failures, 20) {
+                    tracing::warn!(endpoint = %name, timeout_ms = t.as_millis(), failures, "registration timed out; retrying");
+                }
+            }
+        }
+        i += 1;
+        tokio::time::sleep(interval).await;
+    }
+    drop(reg);
+
+    let clients = endpoint_clients(&cfg, interval)?;
+    let mut failures = 0u64;
+    let mut last_reason = String::new();
+    loop {
+        let sent_at = Instant::now();
+        let (name, c) = &clients[i % clients.len()];
+        let answer = match tokio::time::timeout(interval, c.renew_lease(&cfg.cluster, &cfg.instance, &agent_id, ttl_ms))
+            .await
+        {
+            Ok(Ok(r)) => {
+                tracing::debug!(endpoint = %name, granted = r.granted, ttl_ms = r.ttl_ms, epoch = r.epoch,
+                    reason = %r.reason, fence_now = r.fence_now, served_by = r.served_by, "renewal answered");
+                if r.reason == "ttl_too_long" {
+                    tracing::error!(endpoint = %name, requested_ttl_ms = ttl_ms,
+                        "the coordinators refuse lease.ttl_ms as too long; lower it in the config");
+                }
+                Answer::from_response(&r)
+            }
+            Ok(Err(e)) => {
+                failures += 1;
+                if worth_logging(failures, 20) {
+                    tracing::warn!(endpoint = %name, error = %e, failures, "lease renewal failed");
+                }
+                Answer::NoAnswer
+            }
+            Err(_) => {
+                failures += 1;
+                if worth_logging(failures, 20) {
+                    tracing::warn!(endpoint = %name, timeout_ms = interval.as_millis(), failures, "lease renewal timed out");
+                }
+                Answer::NoAnswer
+            }
+        };
+        if answer == Answer::NoAnswer {
+            i += 1;
+        } else {
+            if failures > 0 {
+                tracing::info!(endpoint = %name, after_failures = failures, "coordinators answer again");
+            }
+            failures = 0;
+        }
+        let event = shared.state().on_answer(sent_at, &answer);
+        match &event {
+            Event::Granted { epoch, .. } => {
+                if !last_reason.is_empty() {
+                    tracing::info!(epoch, "lease granted");
+                    last_reason.clear();
+                }
+            }
+            Event::GrantedWhileFenced { epoch, .. } => {
+                if last_reason != "granted_while_fenced" {
+                    tracing::warn!(
+                        epoch,
+                        "lease granted again after this agent fenced the server; the agent does not unfence \
+                         (only the coordinators make a server writable)"
+                    );
+                    last_reason = "granted_while_fenced".into();
+                }
+            }
+            Event::Promoting { epoch, .. } => {
+                if last_reason != "being_promoted" {
+                    tracing::info!(epoch, "the coordinators are promoting this server; not fencing");
+                    last_reason = "being_promoted".into();
+                }
+            }
+            Event::Refused { reason, fence_now, epoch } => {
+                if &last_reason != reason {
+                    tracing::info!(epoch, reason = %reason, fence_now, "lease refused");
+                    last_reason = reason.clone();
+                }
+            }
+            Event::NoAnswer => {}
+        }
+        shared.changed.notify_one();
+        tokio::time::sleep_until(sent_at + interval).await;
+    }
+}
+
+/// Decide and fence. Never waits on the renewer; bounded by the fence timeout.
+async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
+    let check = cfg.fence.check_interval();
+    let fence_timeout = cfg.fence.timeout();
+    // The server was fenced (or its mysqld killed) by this agent and has not been
+    // seen writable with a lease since.
+    let mut fenced = false;
+    let mut escalated = false;
+    let mut next_check = Instant::now();
+    let mut errors = 0u64;
+    loop {
+        let now = Instant::now();
+        let (decision, holds, epoch, deadline) = {
+            let s = shared.state();
+            (s.must_fence(now), s.holds_lease(now), s.epoch, s.next_deadline(now))
+        };
+        if let Some(reason) = decision {
+            // Fence on the decision, then whenever the server is seen writable.
+            let need = if !fenced {
+                true
+            } else if now >= next_check {
+                next_check = now + check;
+                match tokio::time::timeout(fence_timeout, mysql.writability()).await {
+                    Ok(Ok(w)) if w.writable() => {
+                        tracing::warn!(epoch, reason = %reason, "server is writable again without a lease; fencing again");
+                        true
+                    }
+                    Ok(Ok(_)) => false,
+                    Ok(Err(FenceError::Down(_))) => false,
+                    // A hung server must not resume: treat like a failed fence.
+                    Ok(Err(FenceError::Timeout { .. })) | Err(_) => {
+                        mysql.reset();
+                        !escalated
+                    }
+                    Ok(Err(e)) => {
+                        errors += 1;
+                        if worth_logging(errors, 50) {
+                            tracing::warn!(epoch, error = %e, "cannot check the fenced server");
+                        }
+                        false
+                    }
+                }
+            } else {
+                false
+            };
+            if need {
+                let started = Instant::now();
+                match tokio::time::timeout(fence_timeout, mysql.fence()).await {
+                    Ok(Ok(r)) => {
+                        tracing::warn!(epoch, reason = %reason, was_writable = r.was_writable, killed_connections = r.killed,
+                            took_ms = started.elapsed().as_millis() as u64, "FENCED: server set read-only");
+                        fenced = true;
+                        escalated = false;
+                        errors = 0;
+                        shared.state().mark_fenced();
+                    }
+                    Ok(Err(FenceError::Down(m))) => {
+                        // Nothing listening: nothing can write. Keep trying.
+                        errors += 1;
+                        if worth_logging(errors, 50) {
+                            tracing::warn!(epoch, reason = %reason, error = %m,
+                                "must fence, but mysqld is not accepting connections (nothing can write); will fence it when it is back");
+                        }
+                    }
+                    Ok(Err(e @ FenceError::Sql { .. })) => {
+                        errors += 1;
+                        if worth_logging(errors, 50) {
+                            tracing::error!(epoch, reason = %reason, error = %e,
+                                "cannot fence the server: check [mysql] user and privileges (needs SUPER or \
+                                 READ ONLY ADMIN + CONNECTION ADMIN)");
+                        }
+                    }
+                    Ok(Err(FenceError::Timeout { .. })) | Err(_) => {
+                        mysql.reset();
+                        let waited = started.elapsed().as_millis() as u64;
+                        match fence::escalate(&cfg.fence) {
+                            Ok(Escalated::Killed { pid }) => {
+                                tracing::error!(epoch, reason = %reason, pid, waited_ms = waited,
+                                    "ESCALATED: mysqld did not answer the fence in time; sent it SIGKILL");
+                                fenced = true;
+                                escalated = true;
+                                shared.state().mark_fenced();
+                            }
+                            Ok(Escalated::Disabled) => {
+                                tracing::error!(epoch, reason = %reason, waited_ms = waited,
+                                    "mysqld did not answer the fence in time and escalation = \"none\": the server may still take writes");
+                            }
+                            Ok(Escalated::NotRunning(m)) => {
+                                tracing::warn!(epoch, reason = %reason, waited_ms = waited, detail = %m,
+                                    "mysqld did not answer the fence in time; no live mysqld to kill");
+                            }
+                            Err(m) => {
+                                tracing::error!(epoch, reason = %reason, waited_ms = waited, error = %m,
+                                    "mysqld did not answer the fence in time and could not be killed");
+                            }
+                        }
+                    }
+                }
+                next_check = Instant::now() + check;
+            }
+        } else if now >= next_check {
+            // A lease is held (or the start-up grace runs): keep the local
+            // connection warm, and notice when the coordinators made a fenced
+            // server writable again.
+            next_check = now + check;
+            match tokio::time::timeout(cfg.mysql.query_timeout(), mysql.writability()).await {
+                Ok(Ok(w)) => {
+                    if fenced && holds && w.writable() {
+                        tracing::info!(epoch, "server writable again with a lease (made writable by the coordinators)");
+                        fenced = false;
+                        escalated = false;
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "local mysqld check failed"),
+                Err(_) => {
+                    mysql.reset();
+                    tracing::debug!("local mysqld check timed out");
+                }
+            }
+        }
+        let wake = deadline.map_or(next_check, |d| d.min(next_check)).max(Instant::now());
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = shared.changed.notified() => {}
+        }
+    }
+}
