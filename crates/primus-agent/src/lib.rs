@@ -283,7 +283,17 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
             };
             if need {
                 let started = Instant::now();
-                match tokio::time::timeout(fence_timeout, mysql.fence()).await {
+                // Statement timeouts inside the fence are shorter than the fence's own
+                // bound: retry on a fresh connection until that bound, then escalate.
+                let attempt = async {
+                    loop {
+                        match mysql.fence().await {
+                            Err(FenceError::Timeout { .. }) => continue,
+                            other => return other,
+                        }
+                    }
+                };
+                match tokio::time::timeout(fence_timeout, attempt).await {
                     Ok(Ok(r)) => {
                         tracing::warn!(epoch, reason = %reason, was_writable = r.was_writable, killed_connections = r.killed,
                             took_ms = started.elapsed().as_millis() as u64, "FENCED: server set read-only");

@@ -1,4 +1,5 @@
-//! Real parts for tests and the sandbox: MariaDB servers with GTID replication
+//! Real parts for tests and the sandbox: fencing agents beside instances
+//! (`agent`), MariaDB servers with GTID replication
 //! (`mariadb`), TCP proxies whose links a test can cut and heal (`proxy`),
 //! groups of real `primusd` processes (`coordinator`), a raw HTTP client for
 //! primusd's HTTP endpoint (`http`), and throw-away TLS certificates (`pki`).
@@ -7,6 +8,7 @@
 //! temporary directories removed. A missing `mariadbd` is an error that says how to
 //! install it — never a silent skip.
 
+pub mod agent;
 pub mod coordinator;
 pub mod http;
 pub mod mariadb;

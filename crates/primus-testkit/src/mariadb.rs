@@ -911,6 +911,11 @@ impl Instance {
         &self.inner.datadir
     }
 
+    /// The server's `--pid-file` (what a fencing agent's `fence.mysqld_pid_file` names).
+    pub fn pid_file(&self) -> PathBuf {
+        self.inner.dir.join("mariadbd.pid")
+    }
+
     /// Unix socket the testkit's root connections use.
     pub fn unix_socket(&self) -> &Path {
         &self.inner.socket
