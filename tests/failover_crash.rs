@@ -80,16 +80,21 @@ async fn leader_crash_after_catch_up_step_is_finished_by_the_next_leader() -> an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_crash_after_promotion_is_finished_by_the_next_leader() -> anyhow::Result<()> {
+async fn leader_crash_after_lease_wait_step_is_finished_by_the_next_leader() -> anyhow::Result<()> {
     crash_at("failover.after_step=2").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_crash_after_repointing_is_finished_by_the_next_leader() -> anyhow::Result<()> {
+async fn leader_crash_after_promotion_is_finished_by_the_next_leader() -> anyhow::Result<()> {
     crash_at("failover.after_step=3").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_crash_after_heartbeat_step_is_finished_by_the_next_leader() -> anyhow::Result<()> {
+async fn leader_crash_after_repointing_is_finished_by_the_next_leader() -> anyhow::Result<()> {
     crash_at("failover.after_step=4").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_crash_after_heartbeat_step_is_finished_by_the_next_leader() -> anyhow::Result<()> {
+    crash_at("failover.after_step=5").await
 }

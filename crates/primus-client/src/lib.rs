@@ -611,6 +611,46 @@ impl Client {
         .map(|(_, v)| v)
     }
 
+    /// A fencing agent announces itself for `instance` (idempotent).
+    pub async fn register_agent(
+        &self,
+        cluster: &str,
+        instance: &str,
+        agent_id: &str,
+    ) -> Result<LogIndexResponse, ClientError> {
+        let r = RegisterAgentRequest {
+            cluster: cluster.into(),
+            instance: instance.into(),
+            agent_id: agent_id.into(),
+            actor: self.opts.actor.clone(),
+        };
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.register_agent(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
+    /// Renew the lease of `instance`. The caller counts the lease from before it
+    /// called this, for at most the `ttl_ms` granted.
+    pub async fn renew_lease(
+        &self,
+        cluster: &str,
+        instance: &str,
+        agent_id: &str,
+        ttl_ms: u64,
+    ) -> Result<RenewLeaseResponse, ClientError> {
+        let r =
+            RenewLeaseRequest { cluster: cluster.into(), instance: instance.into(), agent_id: agent_id.into(), ttl_ms };
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.renew_lease(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
     pub async fn set_instance_datacenter(
         &self,
         cluster: &str,
@@ -733,51 +773,6 @@ impl Client {
         };
         tokio::spawn(w.run(tx));
         tokio_stream::wrappers::ReceiverStream::new(rx)
-    }
-
-    /// A fencing agent announces itself for `instance` of `cluster` (a Raft write).
-    /// NOT_FOUND: the coordinators know no such cluster or instance.
-    pub async fn register_agent(
-        &self,
-        cluster: &str,
-        instance: &str,
-        agent_id: &str,
-    ) -> Result<LogIndexResponse, ClientError> {
-        let r = RegisterAgentRequest {
-            cluster: cluster.to_string(),
-            instance: instance.to_string(),
-            agent_id: agent_id.to_string(),
-            actor: self.opts.actor.clone(),
-        };
-        self.call(|mut c, t| {
-            let r = r.clone();
-            async move { c.register_agent(req(r, t)).await.map(|r| r.into_inner()) }
-        })
-        .await
-        .map(|(_, v)| v)
-    }
-
-    /// A fencing agent asks to hold (or extend) the write lease of `instance` for
-    /// `ttl_ms`, counted by the agent from before this call was sent.
-    pub async fn renew_lease(
-        &self,
-        cluster: &str,
-        instance: &str,
-        agent_id: &str,
-        ttl_ms: u64,
-    ) -> Result<RenewLeaseResponse, ClientError> {
-        let r = RenewLeaseRequest {
-            cluster: cluster.to_string(),
-            instance: instance.to_string(),
-            agent_id: agent_id.to_string(),
-            ttl_ms,
-        };
-        self.call(|mut c, t| {
-            let r = r.clone();
-            async move { c.renew_lease(req(r, t)).await.map(|r| r.into_inner()) }
-        })
-        .await
-        .map(|(_, v)| v)
     }
 
     pub async fn audit(&self, limit: u32, consistency: ReadConsistency) -> Result<AuditResponse, ClientError> {

@@ -48,10 +48,14 @@ pub enum AnalysisCode {
     NoPrimary,
     /// Fewer than a majority of voters have a fresh view of the primary: no verdict possible.
     NotEnoughFreshViews,
+    /// The primary's fencing agent stopped renewing its lease (agent dead, or its host cut
+    /// off from the coordinators): the agent has fenced its server, so the cluster has no
+    /// writable primary until another is promoted.
+    PrimaryLeaseExpired,
 }
 
 impl AnalysisCode {
-    pub const ALL: [AnalysisCode; 12] = [
+    pub const ALL: [AnalysisCode; 13] = [
         AnalysisCode::NoProblem,
         AnalysisCode::DeadPrimary,
         AnalysisCode::DeadPrimaryAndSomeReplicas,
@@ -64,6 +68,7 @@ impl AnalysisCode {
         AnalysisCode::PrimarySplit,
         AnalysisCode::NoPrimary,
         AnalysisCode::NotEnoughFreshViews,
+        AnalysisCode::PrimaryLeaseExpired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +85,7 @@ impl AnalysisCode {
             AnalysisCode::PrimarySplit => "PrimarySplit",
             AnalysisCode::NoPrimary => "NoPrimary",
             AnalysisCode::NotEnoughFreshViews => "NotEnoughFreshViews",
+            AnalysisCode::PrimaryLeaseExpired => "PrimaryLeaseExpired",
         }
     }
 
@@ -91,7 +97,8 @@ impl AnalysisCode {
             AnalysisCode::NoPrimary => 1,
             AnalysisCode::DeadPrimary
             | AnalysisCode::DeadPrimaryAndSomeReplicas
-            | AnalysisCode::DeadPrimaryAndReplicas => 2,
+            | AnalysisCode::DeadPrimaryAndReplicas
+            | AnalysisCode::PrimaryLeaseExpired => 2,
             AnalysisCode::UnreachablePrimary => 3,
             AnalysisCode::LockedSemiSyncPrimary => 4,
             AnalysisCode::DeadIntermediatePrimary => 5,
@@ -113,6 +120,20 @@ impl AnalysisCode {
     /// A majority of voters could not observe the primary (a fence of it can only be best effort).
     pub fn primary_unobservable(self) -> bool {
         self.is_dead_primary() || self == AnalysisCode::UnreachablePrimary
+    }
+
+    /// The codes an automatic failover acts on (when actionable).
+    pub fn calls_for_failover(self) -> bool {
+        matches!(
+            self,
+            AnalysisCode::DeadPrimary | AnalysisCode::DeadPrimaryAndSomeReplicas | AnalysisCode::PrimaryLeaseExpired
+        )
+    }
+
+    /// Whether the failover may go on when it cannot fence the old primary itself:
+    /// nobody can reach it, or its own agent has already fenced it (lease run out).
+    pub fn fence_best_effort(self) -> bool {
+        self.primary_unobservable() || self == AnalysisCode::PrimaryLeaseExpired
     }
 }
 
@@ -192,6 +213,17 @@ pub fn analyze(input: &ClusterInput, th: &Thresholds) -> Analysis {
         },
     }
     found.extend(dead_intermediates(input, th));
+    if let (Some(p), Some(why)) = (&input.primary, &input.primary_lease_expired) {
+        // Only when nothing worse already says the primary is gone.
+        if !found.iter().any(|a| a.code.is_dead_primary()) {
+            let mut ev = vec![why.clone()];
+            let maintenance = input.instances.get(p).is_some_and(|i| i.maintenance);
+            if maintenance {
+                ev.push(format!("primary {p} is in maintenance: no automatic action"));
+            }
+            found.push(Analysis::new(AnalysisCode::PrimaryLeaseExpired, Some(p), ev, !maintenance));
+        }
+    }
 
     // Stable: equal priorities keep discovery order (intermediates in address order).
     found.sort_by_key(|a| a.code.priority());

@@ -321,6 +321,38 @@ fn cases() -> Vec<Case> {
             evidence: &["replica 127.0.0.1:3307: unreachable from 3/3"],
         },
         Case {
+            name: "primary_whose_agent_lease_ran_out_is_failed_over_although_reachable",
+            sim: Sim::standard().lease_expired(),
+            code: PrimaryLeaseExpired,
+            actionable: true,
+            subject: Some(P),
+            evidence: &["lease ran out"],
+        },
+        Case {
+            name: "lease_run_out_beats_unreachable_primary_its_agent_fenced_it",
+            sim: Sim::standard().seen_all(P, Seen::Down).lease_expired(),
+            code: PrimaryLeaseExpired,
+            actionable: true,
+            subject: Some(P),
+            evidence: &["lease ran out", "also UnreachablePrimary"],
+        },
+        Case {
+            name: "dead_primary_stays_dead_primary_when_its_lease_ran_out_too",
+            sim: replicas_lost(Sim::standard().seen_all(P, Seen::Down)).lease_expired(),
+            code: DeadPrimary,
+            actionable: true,
+            subject: Some(P),
+            evidence: &["unreachable from 3/3"],
+        },
+        Case {
+            name: "lease_run_out_on_a_primary_in_maintenance_is_not_actionable",
+            sim: Sim::standard().lease_expired().maintenance(P),
+            code: PrimaryLeaseExpired,
+            actionable: false,
+            subject: Some(P),
+            evidence: &["in maintenance"],
+        },
+        Case {
             name: "dead_intermediate_in_maintenance_is_not_actionable",
             sim: Sim::standard().replica(R3, R1).seen_all(R1, Seen::Timeout).io(R3, Connecting).maintenance(R1),
             code: DeadIntermediatePrimary,
@@ -367,7 +399,11 @@ fn only_dead_codes_are_ever_actionable() {
     for c in cases() {
         let got = analyze(&c.sim.input(), &Thresholds::default());
         if got.actionable {
-            assert!(got.code.is_dead_primary() || got.code == DeadIntermediatePrimary, "{}: {got}", c.name);
+            assert!(
+                got.code.is_dead_primary() || got.code == DeadIntermediatePrimary || got.code == PrimaryLeaseExpired,
+                "{}: {got}",
+                c.name
+            );
         }
     }
 }

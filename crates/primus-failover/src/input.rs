@@ -49,6 +49,10 @@ pub struct ClusterInput {
     /// The Raft voters: "a majority of coordinators" is a majority of these.
     pub voters: BTreeSet<NodeId>,
     pub instances: BTreeMap<InstanceAddr, InstanceInput>,
+    /// Set (with the evidence line) when the primary has a fencing agent whose lease
+    /// the leader counts as run out.
+    #[serde(default)]
+    pub primary_lease_expired: Option<String>,
 }
 
 impl ClusterInput {

@@ -35,6 +35,12 @@ pub enum Step {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         catch_up_with: Option<InstanceAddr>,
     },
+    /// Wait until the lease of the old primary's fencing agent has run out (the
+    /// agent has fenced its server by then, reachable or not). Skipped, and the
+    /// failover recorded as unfenced, when the old primary has no agent.
+    WaitLeaseExpiry {
+        addr: InstanceAddr,
+    },
     /// Stop replication, forget the source, make it writable.
     PromoteCandidate {
         candidate: InstanceAddr,
@@ -62,7 +68,7 @@ impl Step {
     /// must finish the failover, not abort it. (A step whose start is recorded but not its end
     /// counts as done for this question.)
     pub fn is_irreversible(&self) -> bool {
-        !matches!(self, Step::FenceOldPrimary { .. } | Step::WaitCandidateCatchUp { .. })
+        !matches!(self, Step::FenceOldPrimary { .. } | Step::WaitCandidateCatchUp { .. } | Step::WaitLeaseExpiry { .. })
     }
 }
 
@@ -79,6 +85,7 @@ impl fmt::Display for Step {
                 }
                 Ok(())
             }
+            Step::WaitLeaseExpiry { addr } => write!(f, "wait for the lease of {addr}'s agent to run out"),
             Step::PromoteCandidate { candidate } => write!(f, "promote {candidate}"),
             Step::RepointReplica { replica, to } => write!(f, "repoint {replica} to {to}"),
             Step::RepointOldPrimary { addr, to } => write!(f, "repoint old primary {addr} to {to}"),
@@ -130,8 +137,8 @@ impl fmt::Display for FailoverPlan {
 /// (else the analysis' subject); the new epoch is `input.epoch + 1`.
 ///
 /// * Automatic/Manual: fence the old primary (best effort when the analysis says a majority
-///   cannot observe it, required otherwise), let the candidate apply what it received, promote
-///   it, repoint the followers, write the heartbeat.
+///   cannot observe it, required otherwise), let the candidate apply what it received, wait for
+///   the old primary's lease to run out, promote it, repoint the followers, write the heartbeat.
 /// * Switchover: fence the old primary first (required), wait until the candidate has applied
 ///   everything the fenced primary executed, promote, repoint the followers and then the old
 ///   primary, write the heartbeat.
@@ -141,7 +148,7 @@ pub fn plan(input: &ClusterInput, analysis: &Analysis, candidate: &Candidate, ki
     let mut steps = Vec::new();
     let switchover = kind == FailoverKind::Switchover;
     if let Some(old) = old {
-        let best_effort = !switchover && analysis.code.primary_unobservable();
+        let best_effort = !switchover && analysis.code.fence_best_effort();
         steps.push(Step::FenceOldPrimary { addr: old.clone(), best_effort });
     }
     steps.push(Step::WaitCandidateCatchUp {
@@ -149,6 +156,11 @@ pub fn plan(input: &ClusterInput, analysis: &Analysis, candidate: &Candidate, ki
         target_gtid: candidate.target_gtid.to_string(),
         catch_up_with: old.filter(|_| switchover).cloned(),
     });
+    // A switchover fences a live, reachable primary itself; a failover cannot count
+    // on reaching it, so it waits for the old primary's agent to have fenced it.
+    if let (false, Some(old)) = (switchover, old) {
+        steps.push(Step::WaitLeaseExpiry { addr: old.clone() });
+    }
     steps.push(Step::PromoteCandidate { candidate: new.clone() });
     for r in &candidate.followers {
         if r != new && Some(r) != old {

@@ -31,6 +31,7 @@ fn failover_fences_best_effort_then_catches_up_promotes_repoints_and_bumps_the_e
             vec![
                 fence(P, true),
                 Step::WaitCandidateCatchUp { candidate: a(R2), target_gtid: "0-1-105".into(), catch_up_with: None },
+                Step::WaitLeaseExpiry { addr: a(P) },
                 Step::PromoteCandidate { candidate: a(R2) },
                 repoint(R1, R2),
                 repoint(R3, R2),
@@ -90,12 +91,12 @@ fn switchover_fences_first_waits_for_everything_and_repoints_the_old_primary() {
 #[test]
 fn a_failover_can_be_aborted_only_before_promotion() {
     let p = dead_primary_plan(FailoverKind::Automatic);
-    assert_eq!(p.point_of_no_return(), Some(2));
+    assert_eq!(p.point_of_no_return(), Some(3));
     let reversible: Vec<bool> = p.steps.iter().map(|s| !s.is_irreversible()).collect();
-    assert_eq!(reversible, [true, true, false, false, false, false, false]);
+    assert_eq!(reversible, [true, true, true, false, false, false, false, false]);
     assert!(p.can_abort(0));
-    assert!(p.can_abort(2), "fenced and caught up: the old primary can be restored");
-    assert!(!p.can_abort(3), "promotion started: finish it");
+    assert!(p.can_abort(3), "fenced, caught up, lease waited out: the old primary can be restored");
+    assert!(!p.can_abort(4), "promotion started: finish it");
 }
 
 #[test]
@@ -104,7 +105,8 @@ fn steps_are_data_that_round_trip_through_json() {
     let json: Vec<String> = p.steps.iter().map(|s| serde_json::to_string(s).expect("serializes")).collect();
     assert_eq!(json[0], r#"{"step":"fence_old_primary","addr":"127.0.0.1:3306","best_effort":true}"#);
     assert_eq!(json[1], r#"{"step":"wait_candidate_catch_up","candidate":"127.0.0.1:3308","target_gtid":"0-1-105"}"#);
-    assert_eq!(json[6], r#"{"step":"complete"}"#);
+    assert_eq!(json[2], r#"{"step":"wait_lease_expiry","addr":"127.0.0.1:3306"}"#);
+    assert_eq!(json[7], r#"{"step":"complete"}"#);
     for (s, j) in p.steps.iter().zip(&json) {
         assert_eq!(&serde_json::from_str::<Step>(j).expect("parses"), s);
     }
@@ -118,8 +120,9 @@ fn plans_print_step_by_step() {
     assert_eq!(
         p.to_string(),
         "1. fence old primary 127.0.0.1:3306 (best effort); 2. wait for 127.0.0.1:3308 to apply 0-1-105; \
-         3. promote 127.0.0.1:3308; 4. repoint 127.0.0.1:3307 to 127.0.0.1:3308; \
-         5. repoint 127.0.0.1:3309 to 127.0.0.1:3308; 6. write heartbeat on 127.0.0.1:3308 with epoch 8; 7. complete"
+         3. wait for the lease of 127.0.0.1:3306's agent to run out; 4. promote 127.0.0.1:3308; \
+         5. repoint 127.0.0.1:3307 to 127.0.0.1:3308; 6. repoint 127.0.0.1:3309 to 127.0.0.1:3308; \
+         7. write heartbeat on 127.0.0.1:3308 with epoch 8; 8. complete"
     );
     let s = Step::WaitCandidateCatchUp { candidate: a(R1), target_gtid: "0-1-7".into(), catch_up_with: Some(a(P)) };
     assert_eq!(s.to_string(), "wait for 127.0.0.1:3307 to apply 0-1-7 and everything 127.0.0.1:3306 executed");

@@ -156,11 +156,18 @@ pub struct Sim {
     pub primary: Option<u16>,
     pub epoch: u64,
     pub specs: BTreeMap<u16, Spec>,
+    pub lease_expired: Option<String>,
 }
 
 impl Sim {
     pub fn new(voters: &[NodeId]) -> Sim {
-        Sim { voters: voters.to_vec(), primary: None, epoch: 7, specs: BTreeMap::new() }
+        Sim { voters: voters.to_vec(), primary: None, epoch: 7, specs: BTreeMap::new(), lease_expired: None }
+    }
+
+    /// The leader counts the primary's agent lease as run out.
+    pub fn lease_expired(mut self) -> Sim {
+        self.lease_expired = Some("agent a1 of the primary: lease ran out 300 ms ago".into());
+        self
     }
 
     /// Primary P with replicas R1 and R2, all healthy, three voters.
@@ -387,6 +394,7 @@ impl Sim {
             primary: self.primary.map(a),
             voters: self.voters.iter().copied().collect(),
             instances,
+            primary_lease_expired: self.lease_expired.clone(),
         }
     }
 }

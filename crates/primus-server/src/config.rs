@@ -50,6 +50,9 @@ pub struct Config {
     /// When and how to fail over.
     #[serde(default)]
     pub failover: FailoverSection,
+    /// Leases of fencing agents (primus-agent).
+    #[serde(default)]
+    pub fencing: FencingSection,
     /// Commands run around failovers (see crate::hooks).
     #[serde(default)]
     pub hooks: crate::hooks::HooksSection,
@@ -159,6 +162,26 @@ pub struct FailoverSection {
     pub prefer_same_datacenter: bool,
     /// Never promote a replica lagging more than this (seconds); unset = no limit.
     pub max_lag_for_candidate_s: Option<u64>,
+}
+
+/// `[fencing]`: the leases the leader grants to the agents of primaries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FencingSection {
+    /// Longest lease an agent may ask for; longer requests are refused.
+    pub max_lease_ttl_ms: u64,
+    /// Added to every lease before the leader counts it as run out (clock-rate
+    /// differences, scheduling).
+    pub lease_margin_ms: u64,
+    /// Refuse to fail over a primary that has no registered agent (it cannot be
+    /// fenced when unreachable). Off: such failovers go on, recorded as unfenced.
+    pub require_agent: bool,
+}
+
+impl Default for FencingSection {
+    fn default() -> Self {
+        FencingSection { max_lease_ttl_ms: 2000, lease_margin_ms: 200, require_agent: false }
+    }
 }
 
 impl Default for FailoverSection {
@@ -376,6 +399,9 @@ impl Config {
         };
         if self.node_id == 0 {
             return Err(invalid("node_id", "must be greater than 0".into()));
+        }
+        if self.fencing.max_lease_ttl_ms == 0 {
+            return Err(invalid("fencing.max_lease_ttl_ms", "must be greater than 0".into()));
         }
         if self.watch.buffer == 0 || self.watch.buffer > 1_000_000 {
             return Err(invalid("watch.buffer", format!("must be between 1 and 1000000, got {}", self.watch.buffer)));

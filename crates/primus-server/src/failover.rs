@@ -58,6 +58,9 @@ pub struct Engine {
     /// After a refused automatic attempt, no new one before this time (unix ms).
     backoff: Mutex<HashMap<ClusterName, u64>>,
     hooks: crate::hooks::Hooks,
+    /// Agents' leases, as this node (when leader) granted them.
+    leases: Arc<crate::lease::LeaseTable>,
+    fencing: crate::config::FencingSection,
 }
 
 fn thresholds(cfg: &FailoverSection) -> Thresholds {
@@ -70,6 +73,8 @@ fn thresholds(cfg: &FailoverSection) -> Thresholds {
 }
 
 impl Engine {
+    // Called once, from node::run, with everything an engine shares with the node.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         me: NodeId,
         raft: Raft,
@@ -78,6 +83,8 @@ impl Engine {
         cfg: FailoverSection,
         mysql: MysqlSection,
         hooks: crate::hooks::Hooks,
+        leases: Arc<crate::lease::LeaseTable>,
+        fencing: crate::config::FencingSection,
     ) -> Arc<Engine> {
         Arc::new(Engine {
             me,
@@ -91,6 +98,8 @@ impl Engine {
             quiet: Mutex::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
             hooks,
+            leases,
+            fencing,
         })
     }
 
@@ -145,7 +154,23 @@ impl Engine {
             primary: c.topology.primary.clone(),
             voters,
             instances,
+            primary_lease_expired: self.lease_expired(c),
         }
+    }
+
+    /// On the leader: the evidence line when the primary's agent lease has run out.
+    fn lease_expired(&self, c: &ClusterRecord) -> Option<String> {
+        let p = c.topology.primary.as_ref()?;
+        let agent = c.agents.get(p)?;
+        if !self.leads() {
+            return None;
+        }
+        let ago = self.leases.expired_for(&c.name, p)?;
+        Some(format!(
+            "agent {} of primary {p} has not renewed its lease: it ran out {} ms ago, so the agent has fenced its server",
+            agent.agent_id,
+            ago.as_millis()
+        ))
     }
 
     fn leads(&self) -> bool {
@@ -178,8 +203,7 @@ impl Engine {
                     continue;
                 }
                 self.keep_demoted_fenced(&c);
-                let dead =
-                    matches!(analysis.code, AnalysisCode::DeadPrimary | AnalysisCode::DeadPrimaryAndSomeReplicas);
+                let dead = analysis.code.calls_for_failover();
                 let dead_intermediate = analysis.code == AnalysisCode::DeadIntermediatePrimary;
                 if dead_intermediate && analysis.actionable && self.repair_allowed(&c) {
                     self.spawn_for(&c.name, |e, name| async move {
@@ -448,7 +472,7 @@ impl Engine {
         let th = thresholds(&self.cfg);
         let analysis = analyze(&input, &th);
         if kind == FailoverKind::Automatic {
-            let dead = matches!(analysis.code, AnalysisCode::DeadPrimary | AnalysisCode::DeadPrimaryAndSomeReplicas);
+            let dead = analysis.code.calls_for_failover();
             if !(dead && analysis.actionable) {
                 tracing::info!(cluster = %name, analysis = %analysis, "double-check cleared the primary: no failover");
                 return Err(FailoverError::Refused(format!("double-check: {analysis}")));
@@ -830,6 +854,25 @@ impl Engine {
                     }
                 }
                 Ok(format!("applied {} (at {have})", targets.join(" + ")))
+            }
+            Step::WaitLeaseExpiry { addr } => {
+                let Some(agent) = c.agents.get(addr) else {
+                    if self.fencing.require_agent {
+                        return Err(format!(
+                            "{addr} has no fencing agent and [fencing] require_agent is on: not promoting next to a \
+                             primary that may still take writes"
+                        ));
+                    }
+                    return Ok(format!(
+                        "skipped: {addr} has no fencing agent: UNFENCED unless the fence step reached it"
+                    ));
+                };
+                let until = self.leases.expiry(&c.name, addr);
+                let wait = until.saturating_duration_since(tokio::time::Instant::now());
+                tracing::warn!(cluster = %c.name, instance = %addr, epoch = f.epoch, agent = %agent.agent_id,
+                    wait_ms = wait.as_millis() as u64, "waiting for the old primary's lease to run out");
+                tokio::time::sleep_until(until).await;
+                Ok(format!("lease of agent {} ran out (waited {} ms)", agent.agent_id, wait.as_millis()))
             }
             Step::PromoteCandidate { candidate } => {
                 let p = self.prober(candidate);

@@ -6,6 +6,7 @@ pub mod discovery;
 pub mod failover;
 pub mod hooks;
 pub mod http;
+pub mod lease;
 pub mod metrics;
 pub mod monitor;
 pub mod node;

@@ -25,6 +25,8 @@ pub struct NodeCtx {
     pub engine: Option<Arc<crate::failover::Engine>>,
     /// Every cluster's primary, and the stream of its changes.
     pub feed: Arc<crate::primary::PrimaryFeed>,
+    /// Fencing agents' leases (granted while this node leads).
+    pub leases: Arc<crate::lease::LeaseTable>,
     /// Prometheus metrics of this node (served on `GET /metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
     /// How this node reaches other coordinators (TLS, its token).
@@ -236,6 +238,14 @@ pub async fn run(
             None
         }
     };
+    let leases = Arc::new(crate::lease::LeaseTable::new(
+        cfg.node_id,
+        raft.clone(),
+        Duration::from_millis(cfg.fencing.max_lease_ttl_ms),
+        Duration::from_millis(cfg.fencing.lease_margin_ms),
+        Duration::from_millis(cfg.raft.election_timeout_max_ms),
+    ));
+    leases.start();
     let engine = match (&monitor, &cfg.mysql) {
         (Some(mon), Some(m)) => {
             let e = crate::failover::Engine::new(
@@ -246,6 +256,8 @@ pub async fn run(
                 cfg.failover.clone(),
                 m.clone(),
                 crate::hooks::Hooks::new(cfg.hooks.clone()),
+                leases.clone(),
+                cfg.fencing.clone(),
             );
             e.start();
             Some(e)
@@ -264,6 +276,7 @@ pub async fn run(
         monitor,
         engine,
         feed,
+        leases,
         metrics,
         peer: peer_security,
         channels: Mutex::new(HashMap::new()),

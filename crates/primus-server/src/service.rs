@@ -846,12 +846,92 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn register_agent(&self, _req: Request<RegisterAgentRequest>) -> Result<Response<LogIndexResponse>, Status> {
-        Err(Status::unimplemented("RegisterAgent is not implemented yet"))
+    async fn register_agent(&self, req: Request<RegisterAgentRequest>) -> Result<Response<LogIndexResponse>, Status> {
+        let inbound = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let name = parse_name(&r.cluster)?;
+        let instance = r.instance.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if r.agent_id.trim().is_empty() {
+            return Err(Status::invalid_argument("agent_id must not be empty"));
+        }
+        let cmd = Command::RegisterAgent { name, instance, agent_id: r.agent_id.clone() };
+        match self.write(cmd, r.actor.clone()).await {
+            Ok(log_index) => Ok(Response::new(LogIndexResponse { log_index })),
+            Err(nh) => self
+                .forward(nh, inbound, r, |mut c, q| async move { c.register_agent(q).await })
+                .await
+                .map(Response::new),
+        }
     }
 
-    async fn renew_lease(&self, _req: Request<RenewLeaseRequest>) -> Result<Response<RenewLeaseResponse>, Status> {
-        Err(Status::unimplemented("RenewLease is not implemented yet"))
+    async fn renew_lease(&self, req: Request<RenewLeaseRequest>) -> Result<Response<RenewLeaseResponse>, Status> {
+        let received_at = tokio::time::Instant::now();
+        let inbound = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let name = parse_name(&r.cluster)?;
+        let instance = r.instance.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if r.ttl_ms == 0 {
+            return Err(Status::invalid_argument("ttl_ms must be greater than 0"));
+        }
+        if !self.node.is_leader() {
+            let nh = NotHere::Forward(self.node.leader_target());
+            return self
+                .forward(nh, inbound, r, |mut c, q| async move { c.renew_lease(q).await })
+                .await
+                .map(Response::new);
+        }
+        let answer = |granted: bool, ttl_ms: u64, epoch: u64, primary: String, reason: &str, fence_now: bool| {
+            Ok(Response::new(RenewLeaseResponse {
+                granted,
+                ttl_ms,
+                epoch,
+                primary,
+                reason: reason.to_string(),
+                fence_now,
+                served_by: self.node.id,
+            }))
+        };
+        // A leader cut off from its quorum may already have been replaced: it must
+        // not extend anybody's right to take writes.
+        if !crate::node::NodeCtx::leads_with_quorum(
+            &self.node.raft,
+            self.node.id,
+            self.node.cfg.raft.election_timeout_min_ms,
+        ) {
+            return answer(false, 0, 0, String::new(), "not_leader", false);
+        }
+        let Some(c) = self.node.read_state(|s| s.clusters.get(&name).cloned()).1 else {
+            return answer(false, 0, 0, String::new(), "unknown_cluster", false);
+        };
+        let primary = c.topology.primary.as_ref().map(ToString::to_string).unwrap_or_default();
+        if !c.topology.instances.contains_key(&instance) {
+            return answer(false, 0, c.epoch, primary, "unknown_instance", false);
+        }
+        let max = self.node.leases.max_ttl();
+        if std::time::Duration::from_millis(r.ttl_ms) > max {
+            return answer(false, 0, c.epoch, primary, "ttl_too_long", false);
+        }
+        if let Some(f) = c.in_flight().filter(|f| f.kind.changes_primary()) {
+            if f.candidate == instance {
+                return answer(false, 0, c.epoch, primary, "being_promoted", false);
+            }
+            if f.old_primary == instance {
+                // Fence at once; the failover still waits for the lease to run out,
+                // in case this answer never reaches the agent.
+                tracing::warn!(cluster = %name, instance = %instance, epoch = c.epoch, failover_id = %f.id,
+                    agent = %r.agent_id, "lease refused: a failover of this primary is in progress");
+                return answer(false, 0, c.epoch, primary, "failover_in_progress", true);
+            }
+        }
+        if c.topology.primary.as_ref() == Some(&instance) {
+            let ttl = std::time::Duration::from_millis(r.ttl_ms);
+            self.node.leases.grant(&name, &instance, ttl, received_at);
+            tracing::trace!(cluster = %name, instance = %instance, epoch = c.epoch, ttl_ms = r.ttl_ms, "lease granted");
+            return answer(true, r.ttl_ms, c.epoch, primary, "", false);
+        }
+        // A demoted former primary must stay read-only; an ordinary replica is left alone.
+        let demoted = c.demoted.contains(&instance);
+        answer(false, 0, c.epoch, primary, "not_primary", demoted)
     }
 
     async fn set_automatic_failover(

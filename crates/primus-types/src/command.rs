@@ -136,6 +136,13 @@ pub enum Command {
         instance: InstanceAddr,
         datacenter: Option<String>,
     },
+    /// A fencing agent announced itself for an instance (idempotent; a new agent id
+    /// replaces the old one).
+    RegisterAgent {
+        name: ClusterName,
+        instance: InstanceAddr,
+        agent_id: String,
+    },
 }
 
 impl Command {
@@ -168,6 +175,9 @@ impl Command {
             ),
             Command::SetAutomaticFailover { name, enabled } => format!("automatic failover of {name}: {enabled:?}"),
             Command::ClearDemoted { name, instance } => format!("{instance} in {name} no longer demoted"),
+            Command::RegisterAgent { name, instance, agent_id } => {
+                format!("agent {agent_id} registered for {instance} in {name}")
+            }
             Command::SetInstanceDatacenter { name, instance, datacenter } => {
                 format!("datacenter of {instance} in {name}: {}", datacenter.as_deref().unwrap_or("(none)"))
             }

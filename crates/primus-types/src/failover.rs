@@ -147,6 +147,14 @@ impl std::fmt::Display for PromotionRule {
     }
 }
 
+/// A `primus-agent` that announced itself for an instance: from then on a failover
+/// of that instance waits for its lease to run out before promoting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub agent_id: String,
+    pub registered_at_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Maintenance {
     pub reason: String,

@@ -52,6 +52,9 @@ pub struct ClusterRecord {
     /// Datacenter label per instance (set by operators; absent = unknown).
     #[serde(default)]
     pub datacenters: BTreeMap<InstanceAddr, String>,
+    /// Fencing agents, per instance.
+    #[serde(default)]
+    pub agents: BTreeMap<InstanceAddr, crate::failover::AgentRecord>,
 }
 
 /// What clients ask most: where to write, under which epoch, and whether that is
@@ -240,6 +243,7 @@ impl Registry {
                         cluster_maintenance: None,
                         refusals: Vec::new(),
                         datacenters: BTreeMap::new(),
+                        agents: BTreeMap::new(),
                     },
                 );
                 touched.push(StateKey::Cluster(name.clone()));
@@ -384,6 +388,17 @@ impl Registry {
                     return Err(Rejection::UnknownInstance { name: name.clone(), instance: instance.clone() });
                 }
                 c.promotion_rules.insert(instance.clone(), *rule);
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
+            Command::RegisterAgent { name, instance, agent_id } => {
+                let c = self.cluster_mut(name)?;
+                if !c.topology.instances.contains_key(instance) {
+                    return Err(Rejection::UnknownInstance { name: name.clone(), instance: instance.clone() });
+                }
+                let rec =
+                    crate::failover::AgentRecord { agent_id: agent_id.clone(), registered_at_ms: req.proposed_at_ms };
+                c.agents.insert(instance.clone(), rec);
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
             }
