@@ -181,3 +181,165 @@ async fn agent_kills_hung_mysqld_that_cannot_be_fenced() -> anyhow::Result<()> {
     assert!(app_insert(&inst).await.is_err(), "an INSERT succeeded on the killed server");
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------
+// With real coordinators (primusd group watching the sandbox).
+// ---------------------------------------------------------------------------------
+
+use primus_client::ClusterSettings;
+use primus_integration_tests::world::{World, WorldOptions};
+
+const CLUSTER: &str = "c";
+
+/// Register the sandbox as cluster "c" and wait until every coordinator sees every instance.
+async fn register_world(w: &World) -> anyhow::Result<()> {
+    w.client()?.register_cluster(CLUSTER, &[w.sandbox.primary().addr()], ClusterSettings::default()).await?;
+    w.wait_topology(CLUSTER, "all coordinators see every instance", Duration::from_secs(15), |t| {
+        t.instances.len() == 3 && t.instances.iter().all(|i| i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok))
+    })
+    .await?;
+    Ok(())
+}
+
+fn world_agent_options(w: &World) -> AgentOptions {
+    AgentOptions { cluster: CLUSTER.into(), coordinators: vec![w.group.endpoints()], ..Default::default() }
+}
+
+/// Fail if `inst` is read-only at any poll during `dur`.
+async fn assert_stays_writable(inst: &Instance, dur: Duration, agent: &AgentProc, what: &str) -> anyhow::Result<()> {
+    let until = Instant::now() + dur;
+    while Instant::now() < until {
+        if inst.read_only().await? {
+            anyhow::bail!("{what}: {} became read-only\n--- agent log ---\n{}", inst.addr(), agent.log_tail(40));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_agent_holds_its_lease_and_a_leader_freeze_shorter_than_ttl_fences_nothing() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions::default()).await?;
+    register_world(&w).await?;
+    let primary = w.sandbox.primary().clone();
+    create_app_user(&primary).await?;
+    let agent = AgentProc::start(&primary, &world_agent_options(&w))?;
+    agent.wait_log("agent registered", Duration::from_secs(10)).await?;
+    agent.wait_log("lease granted", Duration::from_secs(5)).await?;
+    assert_stays_writable(&primary, Duration::from_secs(5), &agent, "5 s of renewals").await?;
+    app_insert(&primary).await?;
+
+    // Freeze the leader for 0.5 s (< ttl 1.5 s): the agent renews through the others
+    // (or the new leader) and never fences.
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(10)).await?;
+    w.group.sigstop(leader)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.group.sigcont(leader)?;
+    assert_stays_writable(&primary, Duration::from_secs(3), &agent, "after a 0.5 s leader freeze").await?;
+    app_insert(&primary).await?;
+    let log = agent.log();
+    assert!(!log.contains("FENCED") && !log.contains("ESCALATED"), "the agent fenced a healthy primary:\n{log}");
+    assert!(w.client()?.history(CLUSTER).await?.failovers.is_empty(), "a failover happened");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agent_leaves_the_server_as_it_is_and_a_restarted_one_renews_without_fencing() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions::default()).await?;
+    register_world(&w).await?;
+    let primary = w.sandbox.primary().clone();
+    create_app_user(&primary).await?;
+    let opts = world_agent_options(&w);
+    let mut agent = AgentProc::start(&primary, &opts)?;
+    agent.wait_log("lease granted", Duration::from_secs(10)).await?;
+    agent.kill9()?;
+    // The agent does nothing on its way out (it cannot, under kill -9; and it never
+    // makes or keeps a server writable by itself): the server is as it was.
+    assert!(!primary.read_only().await?, "the primary turned read-only when its agent died");
+    app_insert(&primary).await?;
+    // A new agent, started within the TTL, registers again and holds the lease.
+    let agent2 = AgentProc::start(&primary, &opts)?;
+    agent2.wait_log("lease granted", Duration::from_secs(5)).await?;
+    assert_stays_writable(&primary, Duration::from_secs(3), &agent2, "after the agent restart").await?;
+    let log = agent2.log();
+    assert!(!log.contains("FENCED"), "the restarted agent fenced a primary with a lease:\n{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_is_fenced_within_ttl_when_every_coordinator_is_frozen() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions::default()).await?;
+    register_world(&w).await?;
+    let primary = w.sandbox.primary().clone();
+    create_app_user(&primary).await?;
+    let opts = world_agent_options(&w);
+    let ttl = Duration::from_millis(opts.ttl_ms);
+    let agent = AgentProc::start(&primary, &opts)?;
+    agent.wait_log("lease granted", Duration::from_secs(10)).await?;
+    assert_stays_writable(&primary, Duration::from_secs(1), &agent, "before the freeze").await?;
+    for id in 1..=3 {
+        w.group.sigstop(id)?;
+    }
+    let frozen = Instant::now();
+    let res = wait_read_only(&primary, frozen, ttl + Duration::from_secs(3), &agent).await;
+    for id in 1..=3 {
+        let _ = w.group.sigcont(id);
+    }
+    let took = res?;
+    println!(
+        "all coordinators frozen: primary read-only {} ms after the freeze (ttl {} ms)",
+        took.as_millis(),
+        ttl.as_millis()
+    );
+    // The lease was last renewed at most one renew interval before the freeze and
+    // is counted from that send: fenced no later than ttl after the freeze (+ the
+    // guard's reaction, a few ms).
+    assert!(took <= ttl + Duration::from_millis(300), "fenced only {took:?} after the freeze (ttl {ttl:?})");
+    assert!(app_insert(&primary).await.is_err(), "the app user could write to the fenced primary");
+    agent.wait_log("lease expired", Duration::from_secs(2)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_with_agents_fences_the_old_primary_and_spares_the_promoted_one() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions::default()).await?;
+    register_world(&w).await?;
+    let old = w.sandbox.primary().clone();
+    let new = w.sandbox.replicas()[0].clone();
+    create_app_user(&old).await?;
+    w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
+    let opts = world_agent_options(&w);
+    let agents: Vec<AgentProc> =
+        w.sandbox.instances().iter().map(|i| AgentProc::start(i, &opts)).collect::<anyhow::Result<_>>()?;
+    agents[0].wait_log("lease granted", Duration::from_secs(10)).await?;
+    // Replicas are refused (not_primary) and left alone.
+    agents[1].wait_log("not_primary", Duration::from_secs(10)).await?;
+    agents[2].wait_log("not_primary", Duration::from_secs(10)).await?;
+
+    let client = w.client()?;
+    let started = Instant::now();
+    let r = client.failover(CLUSTER, Some(&new.addr()), true).await?;
+    let steps: Vec<String> =
+        r.failover.iter().flat_map(|f| f.steps.iter().map(|s| format!("{} -> {}", s.description, s.outcome))).collect();
+    println!("switchover answered in {} ms: {steps:#?}", started.elapsed().as_millis());
+    w.wait_topology(CLUSTER, "the new primary", Duration::from_secs(30), |t| t.primary == new.addr()).await?;
+    let h = client.history(CLUSTER).await?;
+    let f = h.failovers.last().ok_or_else(|| anyhow::anyhow!("no failover in history"))?;
+    assert_eq!(f.outcome, "succeeded", "{f:#?}");
+
+    // The promoted server: writable for the app user, and its agent holds the lease
+    // (it was told being_promoted during the switchover, and did not fence).
+    agents[1].wait_log("lease granted", Duration::from_secs(5)).await?;
+    assert_stays_writable(&new, Duration::from_secs(3), &agents[1], "the promoted primary").await?;
+    app_insert(&new).await?;
+    let log1 = agents[1].log();
+    assert!(!log1.contains("FENCED"), "the promoted server's agent fenced it:\n{log1}");
+    // The old primary: read-only, its agent was told fence_now, and the app cannot write.
+    assert!(old.read_only().await?, "the old primary is writable");
+    agents[0].wait_log("fence_now", Duration::from_secs(5)).await?;
+    assert!(app_insert(&old).await.is_err(), "the app user could write to the old primary");
+    // The other replica was left alone.
+    let log2 = agents[2].log();
+    assert!(!log2.contains("FENCED"), "the other replica's agent fenced it:\n{log2}");
+    Ok(())
+}

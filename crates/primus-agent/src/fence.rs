@@ -133,18 +133,29 @@ impl LocalMysql {
     }
 
     async fn fence_inner(&mut self) -> Result<FenceReport, FenceError> {
-        let was_writable = self.writability_inner().await?.writable();
+        let w = self.writability_inner().await?;
+        let was_writable = w.writable();
         let q = self.cfg.query_timeout();
         let (conn, info) = self.connected().await?;
+        if !was_writable && w.super_read_only != Some(false) {
+            // Already read-only (e.g. demoted by the coordinators, who killed its
+            // clients then): nothing to do, and its readers are left alone.
+            return Ok(FenceReport { was_writable, killed: 0 });
+        }
         let statements = info.set_read_only_sql(true);
         // Kill clients first: `SET GLOBAL read_only = ON` waits for transactions
         // that hold locks, so a client in a long write transaction would delay it.
-        let mut killed = kill_clients(conn, q).await?;
+        let mut killed = 0;
+        if was_writable {
+            killed += kill_clients(conn, q).await?;
+        }
         for s in &statements {
             bounded(q, s, conn.query_drop(s.as_str())).await?.map_err(|e| sql(s, e))?;
         }
         // Whoever connected between the kill and read_only = ON.
-        killed += kill_clients(conn, q).await?;
+        if was_writable {
+            killed += kill_clients(conn, q).await?;
+        }
         Ok(FenceReport { was_writable, killed })
     }
 }

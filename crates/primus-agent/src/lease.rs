@@ -13,7 +13,9 @@
 //!   server the primary; it is not fenced, and the answer counts as a lease of the
 //!   requested length, so the candidate is fenced only if the coordinators then
 //!   stop answering.
-//! * Any other refusal: read-only once any lease held has run out.
+//! * Any other refusal: read-only once any lease held has run out. A server that
+//!   never held a lease and is refused without `fence_now` (an ordinary replica,
+//!   reason `not_primary`) is left alone, as the coordinators leave it.
 //! * No answer at all since start: read-only `ttl` after start (the agent cannot
 //!   confirm its server may take writes).
 //! * `not_leader` answers count as no answer (a node without a leader knows nothing).
@@ -191,9 +193,8 @@ impl LeaseState {
             }
             None => {}
         }
-        if let Some(r) = &self.refused {
-            return Some(FenceReason::Refused(r.clone()));
-        }
+        // Refused without fence_now and no lease ever held: an ordinary replica,
+        // which the coordinators leave alone (and so does the agent).
         if !self.answered && now >= self.started + self.ttl {
             return Some(FenceReason::NeverConfirmed);
         }
@@ -335,6 +336,18 @@ mod tests {
         s.on_answer(t0 + ms(300), &refused("failover_in_progress", false));
         assert_eq!(s.must_fence(t0 + ms(1499)), None);
         assert_eq!(s.must_fence(t0 + ms(1500)), Some(FenceReason::Refused("failover_in_progress".into())));
+    }
+
+    #[test]
+    fn replica_refused_without_fence_now_is_left_alone() {
+        let t0 = Instant::now();
+        let mut s = LeaseState::new(TTL, t0);
+        for k in 0..20 {
+            s.on_answer(t0 + ms(300 * k), &refused("not_primary", false));
+        }
+        assert_eq!(s.must_fence(t0 + ms(6000)), None);
+        // ... also when the coordinators then stop answering: it answered before.
+        assert_eq!(s.must_fence(t0 + ms(60_000)), None);
     }
 
     #[test]

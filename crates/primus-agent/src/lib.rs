@@ -160,7 +160,7 @@ async fn renewer(cfg: Config, agent_id: String, shared: Arc<Shared>) -> Result<(
 
     let clients = endpoint_clients(&cfg, interval)?;
     let mut failures = 0u64;
-    let mut last_reason = String::new();
+    let mut last_reason = String::from("none");
     loop {
         let sent_at = Instant::now();
         let (name, c) = &clients[i % clients.len()];
@@ -203,7 +203,7 @@ async fn renewer(cfg: Config, agent_id: String, shared: Arc<Shared>) -> Result<(
         match &event {
             Event::Granted { epoch, .. } => {
                 if !last_reason.is_empty() {
-                    tracing::info!(epoch, "lease granted");
+                    tracing::info!(epoch, ttl_ms, "lease granted");
                     last_reason.clear();
                 }
             }
