@@ -115,7 +115,7 @@ fn endpoint_clients(cfg: &Config, timeout: Duration) -> Result<Vec<(String, Clie
 
 /// Log the first of a run of failures and then every `every`-th.
 fn worth_logging(n: u64, every: u64) -> bool {
-    n == 1 || n % every == 0
+    n == 1 || n.is_multiple_of(every)
 }
 
 async fn renewer(cfg: Config, agent_id: String, shared: Arc<Shared>) -> Result<(), AgentError> {

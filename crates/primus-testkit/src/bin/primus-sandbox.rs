@@ -1,11 +1,13 @@
 //! `primus-sandbox up|down|status`: a local MariaDB replication sandbox (a primary
-//! and two replicas, GTID) watched by three primusd coordinators, left running in
+//! and two replicas, GTID) watched by three primusd coordinators, with one
+//! primus-agent beside each mariadbd (docs/fencing.md), left running in
 //! the background with everything under one directory. Run through
 //! `scripts/sandbox.sh`, which installs MariaDB and builds the binaries first.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use primus_client::{ClusterSettings, ReadConsistency};
+use primus_testkit::agent::{AgentOptions, AgentProc};
 use primus_testkit::coordinator::{bin, CoordinatorGroup, GroupOptions};
 use primus_testkit::mariadb::{Sandbox, SandboxOptions, Topology};
 use serde::{Deserialize, Serialize};
@@ -25,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start MariaDB (1 primary, 2 replicas) and 3 coordinators, register the cluster (default).
+    /// Start MariaDB (1 primary, 2 replicas), 3 coordinators and one agent per
+    /// mariadbd; register the cluster (default).
     Up,
     /// Stop every process of the sandbox and delete its directory.
     Down,
@@ -39,6 +42,9 @@ struct State {
     cluster: String,
     coordinators: Vec<(u64, u32, String)>,
     mariadb: Vec<(String, u32)>,
+    /// (instance, pid) of each primus-agent.
+    #[serde(default)]
+    agents: Vec<(String, u32)>,
 }
 
 const CLUSTER: &str = "sandbox";
@@ -156,11 +162,21 @@ async fn up(dir: &Path) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    println!("starting one primus-agent per mariadbd (leases and self-fencing)…");
+    let mut agents = Vec::new();
+    for i in sandbox.instances() {
+        let opts =
+            AgentOptions { cluster: CLUSTER.into(), coordinators: vec![group.endpoints()], ..Default::default() };
+        let a = AgentProc::start_in(i, &opts, &dir.join("agents").join(format!("node-{}", i.index())))?;
+        println!("  agent for {} (log {})", i.addr(), a.log_path.display());
+        agents.push((i.addr(), a.detach().unwrap_or(0)));
+    }
     let state = State {
         endpoints: group.endpoints(),
         cluster: CLUSTER.into(),
         coordinators: group.nodes.values().map(|n| (n.id, n.pid().unwrap_or(0), n.addr())).collect(),
         mariadb: sandbox.instances().iter().map(|i| (i.addr(), i.pid().unwrap_or(0))).collect(),
+        agents,
     };
     std::fs::write(dir.join("state.json"), serde_json::to_vec_pretty(&state)?)?;
     group.detach();
@@ -176,6 +192,13 @@ fn down(dir: &Path) -> Result<()> {
         println!("no sandbox in {}", dir.display());
         return Ok(());
     };
+    // Agents first: an agent whose coordinators vanish fences (or kills) its mariadbd.
+    for (addr, pid) in &s.agents {
+        if alive(*pid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
+            println!("stopped primus-agent for {addr} (pid {pid})");
+        }
+    }
     for (id, pid, _) in &s.coordinators {
         if alive(*pid) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
@@ -198,6 +221,9 @@ fn status(dir: &Path) -> Result<()> {
     }
     for (addr, pid) in &s.mariadb {
         println!("mariadbd {addr}: {}", if alive(*pid) { "running" } else { "DOWN" });
+    }
+    for (addr, pid) in &s.agents {
+        println!("primus-agent for {addr}: {}", if alive(*pid) { "running" } else { "DOWN" });
     }
     primusctl(&s.endpoints, &["topology", &s.cluster])
 }
