@@ -343,3 +343,23 @@ async fn switchover_with_agents_fences_the_old_primary_and_spares_the_promoted_o
     assert!(!log2.contains("FENCED"), "the other replica's agent fenced it:\n{log2}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_for_an_instance_the_coordinators_do_not_know_exits_with_code_2() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions::default()).await?;
+    register_world(&w).await?;
+    let opts = AgentOptions { cluster: "no-such-cluster".into(), ..world_agent_options(&w) };
+    let mut agent = AgentProc::start(w.sandbox.primary(), &opts)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = agent.try_exit()? {
+            break st;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the agent still runs:\n{}", agent.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = agent.log();
+    assert_eq!(status.code(), Some(2), "exit status {status:?}:\n{log}");
+    assert!(log.contains("do not know cluster \"no-such-cluster\""), "unclear error:\n{log}");
+    Ok(())
+}

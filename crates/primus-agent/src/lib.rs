@@ -133,7 +133,7 @@ async fn renewer(cfg: Config, agent_id: String, shared: Arc<Shared>) -> Result<(
                 tracing::info!(endpoint = %name, log_index = r.log_index, agent_id = %agent_id, "agent registered");
                 break;
             }
-            Ok(Err(e)) if e.code() == Some(tonic::Code::NotFound) => {
+            Ok(Err(e)) if matches!(e.code(), Some(tonic::Code::NotFound | tonic::Code::InvalidArgument)) => {
                 return Err(AgentError::NotFound {
                     cluster: cfg.cluster.clone(),
                     instance: cfg.instance.clone(),
