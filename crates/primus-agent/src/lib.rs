@@ -295,8 +295,14 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
                 };
                 match tokio::time::timeout(fence_timeout, attempt).await {
                     Ok(Ok(r)) => {
-                        tracing::warn!(epoch, reason = %reason, was_writable = r.was_writable, killed_connections = r.killed,
-                            took_ms = started.elapsed().as_millis() as u64, "FENCED: server set read-only");
+                        let took_ms = started.elapsed().as_millis() as u64;
+                        if r.was_writable {
+                            tracing::warn!(epoch, reason = %reason, killed_connections = r.killed, took_ms,
+                                "FENCED: server set read-only");
+                        } else {
+                            tracing::info!(epoch, reason = %reason, took_ms,
+                                "must be read-only, and is already: keeping it so");
+                        }
                         fenced = true;
                         escalated = false;
                         errors = 0;
@@ -351,7 +357,10 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
             // connection warm, and notice when the coordinators made a fenced
             // server writable again.
             next_check = now + check;
-            match tokio::time::timeout(cfg.mysql.query_timeout(), mysql.writability()).await {
+            // Never let this check delay a fence due at the lease's end.
+            let bound = deadline
+                .map_or(cfg.mysql.query_timeout(), |d| d.saturating_duration_since(now).min(cfg.mysql.query_timeout()));
+            match tokio::time::timeout(bound, mysql.writability()).await {
                 Ok(Ok(w)) => {
                     if fenced && holds && w.writable() {
                         tracing::info!(epoch, "server writable again with a lease (made writable by the coordinators)");
