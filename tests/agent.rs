@@ -182,6 +182,26 @@ async fn agent_kills_hung_mysqld_that_cannot_be_fenced() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_server_that_stalls_later_is_not_killed() -> anyhow::Result<()> {
+    let sb = Sandbox::start(SandboxOptions::new(Topology::Standalone(1))).await?;
+    let inst = sb.instance(0).clone();
+    let opts = AgentOptions { coordinators: vec![closed_endpoint()?], ..Default::default() };
+    let started = Instant::now();
+    let agent = AgentProc::start(&inst, &opts)?;
+    wait_read_only(&inst, started, Duration::from_secs(4), &agent).await?;
+    agent.wait_log("FENCED", Duration::from_secs(2)).await?;
+    // Read-only already: a stall (here 1.5 s, three fence timeouts) is no reason to kill it.
+    inst.sigstop()?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    inst.sigcont()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(inst.is_running(), "the agent killed a fenced server that only stalled:\n{}", agent.log_tail(20));
+    assert!(inst.read_only().await?, "the server is writable after the stall");
+    assert!(!agent.log().contains("ESCALATED"), "escalated:\n{}", agent.log_tail(20));
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------
 // With real coordinators (primusd group watching the sandbox).
 // ---------------------------------------------------------------------------------

@@ -412,6 +412,21 @@ mysqld_pid_file = "/run/mysqld/mysqld.pid"
     }
 
     #[test]
+    fn unreadable_tls_and_token_files_name_their_key() {
+        for (extra, key) in [("token_file = \"/nonexistent/token\"\n", "token_file"), ("", "tls.ca_file")] {
+            let text = if extra.is_empty() {
+                format!("{GOOD}\n[tls]\nca_file = \"/nonexistent/ca.pem\"\n")
+            } else {
+                format!("{extra}{GOOD}")
+            };
+            match check(&text) {
+                Ok(_) => panic!("accepted a config with a bad `{key}`"),
+                Err(e) => assert!(e.to_string().contains(&format!("`{key}`")), "error {e} does not name `{key}`"),
+            }
+        }
+    }
+
+    #[test]
     fn escalation_none_needs_no_pid_file() -> Result<(), ConfigError> {
         let text = GOOD.replace("mysqld_pid_file = \"/run/mysqld/mysqld.pid\"", "escalation = \"none\"");
         assert_eq!(check(&text)?.fence.escalation, Escalation::None);

@@ -243,7 +243,6 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
     // The server was fenced (or its mysqld killed) by this agent and has not been
     // seen writable with a lease since.
     let mut fenced = false;
-    let mut escalated = false;
     let mut next_check = Instant::now();
     let mut errors = 0u64;
     loop {
@@ -265,10 +264,11 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
                     }
                     Ok(Ok(_)) => false,
                     Ok(Err(FenceError::Down(_))) => false,
-                    // A hung server must not resume: treat like a failed fence.
+                    // A fenced server that stalls is still read-only: no reason to kill
+                    // it. If it comes back writable, the next check fences it.
                     Ok(Err(FenceError::Timeout { .. })) | Err(_) => {
                         mysql.reset();
-                        !escalated
+                        false
                     }
                     Ok(Err(e)) => {
                         errors += 1;
@@ -304,7 +304,6 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
                                 "must be read-only, and is already: keeping it so");
                         }
                         fenced = true;
-                        escalated = false;
                         errors = 0;
                         shared.state().mark_fenced();
                     }
@@ -332,7 +331,6 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
                                 tracing::error!(epoch, reason = %reason, pid, waited_ms = waited,
                                     "ESCALATED: mysqld did not answer the fence in time; sent it SIGKILL");
                                 fenced = true;
-                                escalated = true;
                                 shared.state().mark_fenced();
                             }
                             Ok(Escalated::Disabled) => {
@@ -365,7 +363,6 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
                     if fenced && holds && w.writable() {
                         tracing::info!(epoch, "server writable again with a lease (made writable by the coordinators)");
                         fenced = false;
-                        escalated = false;
                     }
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "local mysqld check failed"),
