@@ -133,6 +133,16 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         count: u64,
     },
+    /// Semi-sync no-loss mode of a cluster: `on` makes primus keep lossless semi-sync
+    /// (AFTER_SYNC, a timeout so long the primary never falls back to async) on every
+    /// instance and prefer semi-sync replicas as candidates, so every transaction a
+    /// client saw committed is on the promoted replica; commits then wait for a
+    /// replica's acknowledgement. `off` keeps it off; `default` leaves it alone.
+    SemiSync {
+        name: String,
+        #[arg(value_parser = ["on", "off", "default"])]
+        state: String,
+    },
     /// Show the audit trail: every command the group applied, who asked, and the outcome.
     Audit {
         /// How many of the most recent records to show.
@@ -353,7 +363,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Cluster(ClusterCmd::Add { name, seeds, automatic_failover }) => {
-            let r = client.register_cluster(&name, &seeds, ClusterSettings { automatic_failover }).await?;
+            let r = client
+                .register_cluster(&name, &seeds, ClusterSettings { automatic_failover, ..Default::default() })
+                .await?;
             if json_out {
                 print_json(json!({"cluster": name, "seeds": seeds, "log_index": r.log_index}));
             } else {
@@ -549,6 +561,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Maintenance(MaintenanceCmd::End { cluster, instance }) => {
             let r = client.maintenance(&cluster, instance.as_deref(), false, "", Duration::ZERO).await?;
             done(json_out, &format!("maintenance of {} ended", instance.as_deref().unwrap_or(&cluster)), r.log_index);
+        }
+        Cmd::SemiSync { name, state } => {
+            let enabled = match state.as_str() {
+                "on" => Some(true),
+                "off" => Some(false),
+                _ => None,
+            };
+            let r = client.set_semi_sync(&name, enabled).await?;
+            done(json_out, &format!("semi-sync no-loss mode of {name}: {state}"), r.log_index);
         }
         Cmd::AutomaticFailover { name, state } => {
             let enabled = match state.as_str() {

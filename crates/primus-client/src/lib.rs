@@ -611,6 +611,17 @@ impl Client {
         .map(|(_, v)| v)
     }
 
+    /// Semi-sync no-loss mode of `cluster` (`None`: not managed by primus).
+    pub async fn set_semi_sync(&self, cluster: &str, enabled: Option<bool>) -> Result<LogIndexResponse, ClientError> {
+        let r = SetSemiSyncRequest { cluster: cluster.into(), enabled, actor: self.opts.actor.clone() };
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.set_semi_sync(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
     /// A fencing agent announces itself for `instance` (idempotent).
     pub async fn register_agent(
         &self,

@@ -442,13 +442,20 @@ impl<'a> Pool<'a> {
         self.th.prefer_same_datacenter && old_dc.is_some() && self.replicas[i].inst.datacenter.as_ref() == old_dc
     }
 
-    /// Smaller is better: no loss, nothing unreceived, most received, rule, datacenter, lag, address.
-    fn rank_key(&self, i: usize, a: &Assessment) -> (bool, bool, std::cmp::Reverse<u64>, u8, bool, u64, &InstanceAddr) {
+    /// Smaller is better: no loss, nothing unreceived, most received, semi-sync, rule, datacenter,
+    /// lag, address.
+    #[allow(clippy::type_complexity)]
+    fn rank_key(
+        &self,
+        i: usize,
+        a: &Assessment,
+    ) -> (bool, bool, std::cmp::Reverse<u64>, bool, u8, bool, u64, &InstanceAddr) {
         let r = &self.replicas[i];
         (
             a.cannot_follow.iter().any(|(_, k)| k.is_loss()),
             !a.unreceived.is_empty(),
             std::cmp::Reverse(r.received.as_ref().map_or(0, AnyGtidSet::count)),
+            !semi_sync_replica(r),
             rule_rank(r.inst.promotion_rule),
             !self.same_dc(i),
             r.lag_s.unwrap_or(u64::MAX),
@@ -472,6 +479,9 @@ impl<'a> Pool<'a> {
         for (addr, missing) in &a.unreceived {
             reasons.push(format!("{missing} received only by {addr} will be lost"));
         }
+        if semi_sync_replica(r) {
+            reasons.push("semi-sync replica: it acknowledged what the primary acknowledged to clients".into());
+        }
         reasons.push(format!("promotion rule {}", r.inst.promotion_rule));
         if self.same_dc(i) {
             if let Some(dc) = &r.inst.datacenter {
@@ -491,6 +501,11 @@ impl<'a> Pool<'a> {
             reasons,
         }
     }
+}
+
+/// A replica acknowledging transactions semi-synchronously (as last observed).
+fn semi_sync_replica(r: &Replica<'_>) -> bool {
+    r.obs.is_some_and(|o| o.semi_sync.replica_active == Some(true))
 }
 
 /// A stand-in for the dead primary in [`errant_transactions`]: the other replicas' received

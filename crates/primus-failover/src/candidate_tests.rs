@@ -138,6 +138,14 @@ fn cases() -> Vec<Case> {
                 reasons: &["promotion rule neutral"],
             },
         },
+        chosen(
+            "semi_sync_replica_preferred_at_equal_data",
+            dead().obs(R3, |o| o.semi_sync.replica_active = Some(true)).rule(R1, PromotionRule::Prefer),
+            R3,
+            &[R1, R2],
+            &[],
+            &["semi-sync replica"],
+        ),
         chosen("prefer_not_loses_to_neutral", dead().rule(R1, PromotionRule::PreferNot), R2, &[R1, R3], &[], &[]),
         chosen(
             "same_datacenter_as_the_old_primary_preferred",

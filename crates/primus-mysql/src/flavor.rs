@@ -121,6 +121,10 @@ pub fn detect(version: &str, version_comment: &str) -> Result<ServerInfo, Flavor
     })
 }
 
+/// The semi-sync timeout of no-loss mode: ~49.7 days (the largest value every flavor
+/// accepts), i.e. never fall back to asynchronous replication on its own.
+pub const SEMI_SYNC_NO_LOSS_TIMEOUT_MS: u64 = 4_294_967_295;
+
 /// Names of the semi-synchronous replication variables and status counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SemiSyncNames {
@@ -346,6 +350,34 @@ impl ServerInfo {
         }
     }
 
+    /// Semi-sync for no-loss mode (`on`): on the primary, the lossless `AFTER_SYNC` wait
+    /// point, a timeout so long it never silently falls back to async, and the source side
+    /// enabled; on every instance the replica side enabled (so that it acknowledges, and
+    /// can be repointed). The source side stays **off on replicas**: a replica that logs
+    /// what it applies would otherwise wait for acknowledgements of its own before
+    /// committing, and stop applying. `on = false` turns both sides off. Replicas need
+    /// their IO thread restarted to start acknowledging
+    /// ([`ServerInfo::restart_io_thread_sql`]).
+    pub fn semi_sync_sql(&self, on: bool, primary: bool) -> Vec<String> {
+        let n = self.semi_sync_names();
+        let wait_point = n.source_enabled.replace("_enabled", "_wait_point");
+        let onoff = |b: bool| if b { "ON" } else { "OFF" };
+        let mut sql = Vec::new();
+        if on && primary {
+            sql.push(format!("SET GLOBAL {wait_point} = 'AFTER_SYNC'"));
+            sql.push(format!("SET GLOBAL {} = {SEMI_SYNC_NO_LOSS_TIMEOUT_MS}", n.source_timeout));
+        }
+        sql.push(format!("SET GLOBAL {} = {}", n.source_enabled, onoff(on && primary)));
+        sql.push(format!("SET GLOBAL {} = {}", n.replica_enabled, onoff(on)));
+        sql
+    }
+
+    /// Restart the replication IO thread (a replica starts acknowledging semi-sync only then).
+    pub fn restart_io_thread_sql(&self) -> Vec<String> {
+        let k = self.replica_keyword();
+        vec![format!("STOP {k} IO_THREAD"), format!("START {k} IO_THREAD")]
+    }
+
     /// Statements making the server read-only (`true`) or writable (`false`), in order.
     /// See the module docs for what `read_only` does and does not block per flavor.
     pub fn set_read_only_sql(&self, read_only: bool) -> Vec<String> {
@@ -567,5 +599,30 @@ mod tests {
         let q = quote_string(evil);
         assert_eq!(q, r"'x\\'', MASTER_HOST=''evil'");
         assert_eq!(quote_ident("pri`mus"), "`pri``mus`");
+    }
+
+    #[test]
+    fn semi_sync_no_loss_sql_per_flavor() {
+        let maria = info("10.11.6-MariaDB", "");
+        assert_eq!(
+            maria.semi_sync_sql(true, true),
+            [
+                "SET GLOBAL rpl_semi_sync_master_wait_point = 'AFTER_SYNC'",
+                "SET GLOBAL rpl_semi_sync_master_timeout = 4294967295",
+                "SET GLOBAL rpl_semi_sync_master_enabled = ON",
+                "SET GLOBAL rpl_semi_sync_slave_enabled = ON",
+            ]
+        );
+        assert_eq!(
+            maria.semi_sync_sql(true, false),
+            ["SET GLOBAL rpl_semi_sync_master_enabled = OFF", "SET GLOBAL rpl_semi_sync_slave_enabled = ON"],
+            "a replica that waited for acks of its own would stop applying"
+        );
+        assert_eq!(maria.semi_sync_sql(false, true).len(), 2);
+        assert_eq!(maria.restart_io_thread_sql(), ["STOP SLAVE IO_THREAD", "START SLAVE IO_THREAD"]);
+        let my84 = info("8.4.0", "MySQL Community Server - GPL");
+        assert_eq!(my84.semi_sync_sql(true, true)[0], "SET GLOBAL rpl_semi_sync_source_wait_point = 'AFTER_SYNC'");
+        assert_eq!(my84.semi_sync_sql(true, true)[3], "SET GLOBAL rpl_semi_sync_replica_enabled = ON");
+        assert_eq!(my84.restart_io_thread_sql(), ["STOP REPLICA IO_THREAD", "START REPLICA IO_THREAD"]);
     }
 }

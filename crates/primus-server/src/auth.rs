@@ -38,6 +38,7 @@ pub const WRITE_METHODS: &[&str] = &[
     "SetAutomaticFailover",
     "Rejoin",
     "SetInstanceDatacenter",
+    "SetSemiSync",
     // Agents: a lease lets a server take writes; only holders of the token may ask.
     "RegisterAgent",
     "RenewLease",

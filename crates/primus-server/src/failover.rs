@@ -58,6 +58,8 @@ pub struct Engine {
     /// After a refused automatic attempt, no new one before this time (unix ms).
     backoff: Mutex<HashMap<ClusterName, u64>>,
     hooks: crate::hooks::Hooks,
+    /// Last time semi-sync settings were applied, per instance (unix ms).
+    semi_sync_fixed: Mutex<HashMap<InstanceAddr, u64>>,
     /// Agents' leases, as this node (when leader) granted them.
     leases: Arc<crate::lease::LeaseTable>,
     fencing: crate::config::FencingSection,
@@ -98,6 +100,7 @@ impl Engine {
             quiet: Mutex::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
             hooks,
+            semi_sync_fixed: Mutex::new(HashMap::new()),
             leases,
             fencing,
         })
@@ -203,6 +206,7 @@ impl Engine {
                     continue;
                 }
                 self.keep_demoted_fenced(&c);
+                self.keep_semi_sync(&c);
                 let dead = analysis.code.calls_for_failover();
                 let dead_intermediate = analysis.code == AnalysisCode::DeadIntermediatePrimary;
                 if dead_intermediate && analysis.actionable && self.repair_allowed(&c) {
@@ -260,6 +264,66 @@ impl Engine {
                     }
                     Err(err) => {
                         tracing::warn!(%cluster, instance = %a, error = %err, "cannot fence demoted former primary")
+                    }
+                }
+                e.monitor.probe_now(&a);
+            });
+        }
+    }
+
+    /// Semi-sync no-loss mode: every instance must have lossless semi-sync on (or off,
+    /// when the mode is `off`) as this node's latest probe sees it, and every
+    /// replica must actually acknowledge. Fixes what it finds, at most every 5 s per
+    /// instance. A failover in progress is left alone (its steps own the instances).
+    fn keep_semi_sync(self: &Arc<Self>, c: &ClusterRecord) {
+        let Some(want) = c.settings.semi_sync else { return };
+        if c.in_flight().is_some() {
+            return;
+        }
+        for (addr, inst) in &c.topology.instances {
+            let Some(o) =
+                self.monitor.views_of(addr).into_iter().find(|(n, _)| *n == self.me).and_then(|(_, r)| r.result.ok())
+            else {
+                continue;
+            };
+            let ss = &o.semi_sync;
+            let is_primary = c.topology.primary.as_ref() == Some(addr);
+            let enabled_right = ss.source_enabled == Some(want && is_primary) && ss.replica_enabled == Some(want);
+            let replica = inst.source.is_some() && o.is_replica();
+            let acks = !want || !replica || ss.replica_active == Some(true);
+            if enabled_right && acks {
+                continue;
+            }
+            {
+                let mut q = self.semi_sync_fixed.lock().unwrap_or_else(|p| p.into_inner());
+                let now = now_ms();
+                if q.get(addr).is_some_and(|t| now.saturating_sub(*t) < 5000) {
+                    continue;
+                }
+                q.insert(addr.clone(), now);
+            }
+            let e = self.clone();
+            let a = addr.clone();
+            let cluster = c.name.clone();
+            let restart_io = want && replica && ss.replica_active != Some(true);
+            tokio::spawn(async move {
+                let p = e.prober(&a);
+                let r = match p.server_info().await {
+                    Ok(info) => {
+                        let mut sql = info.semi_sync_sql(want, is_primary);
+                        if restart_io {
+                            sql.extend(info.restart_io_thread_sql());
+                        }
+                        p.execute(&sql, e.step_timeout()).await
+                    }
+                    Err(err) => Err(err),
+                };
+                p.disconnect().await;
+                match r {
+                    Ok(()) => tracing::info!(%cluster, instance = %a, semi_sync = want, restart_io,
+                        "semi-sync no-loss mode applied"),
+                    Err(err) => {
+                        tracing::warn!(%cluster, instance = %a, error = %err, "cannot apply semi-sync no-loss mode")
                     }
                 }
                 e.monitor.probe_now(&a);
@@ -882,10 +946,17 @@ impl Engine {
                     sql.push(o.server.stop_replica_sql());
                     sql.push(o.server.reset_replica_sql(ResetReplica::All));
                 }
+                // No-loss mode: lossless semi-sync from the very first write on the new
+                // primary (its first commits wait for a repointed replica to acknowledge).
+                let semi_sync = c.settings.semi_sync == Some(true);
+                if semi_sync {
+                    sql.extend(o.server.semi_sync_sql(true, true));
+                }
                 sql.extend(o.server.set_read_only_sql(false));
                 p.execute(&sql, t).await.map_err(|e| e.to_string())?;
                 p.disconnect().await;
-                Ok(format!("replication stopped and reset, writable (epoch {})", f.epoch))
+                let ss = if semi_sync { "lossless semi-sync on, " } else { "" };
+                Ok(format!("replication stopped and reset, {ss}writable (epoch {})", f.epoch))
             }
             Step::RepointReplica { replica, to } | Step::RepointOldPrimary { addr: replica, to } => {
                 let (user, password) = self.replication_credentials()?;

@@ -445,6 +445,7 @@ impl Coordinator for CoordinatorService {
         let seeds = parse_seeds(&r.seeds)?;
         let settings = primus_types::ClusterSettings {
             automatic_failover: r.settings.as_ref().and_then(|s| s.automatic_failover),
+            semi_sync: r.settings.as_ref().and_then(|s| s.semi_sync),
         };
         // Discovery runs on the leader, right before it commits what it found.
         let topology = match &self.node.monitor {
@@ -516,6 +517,7 @@ impl Coordinator for CoordinatorService {
                     seeds: c.seeds.iter().map(ToString::to_string).collect(),
                     settings: Some(primus_proto::v1::ClusterSettings {
                         automatic_failover: c.settings.automatic_failover,
+                        semi_sync: c.settings.semi_sync,
                     }),
                     registered_at_index: c.registered_at_index,
                     registered_at_ms: c.registered_at_ms,
@@ -932,6 +934,19 @@ impl Coordinator for CoordinatorService {
         // A demoted former primary must stay read-only; an ordinary replica is left alone.
         let demoted = c.demoted.contains(&instance);
         answer(false, 0, c.epoch, primary, "not_primary", demoted)
+    }
+
+    async fn set_semi_sync(&self, req: Request<SetSemiSyncRequest>) -> Result<Response<LogIndexResponse>, Status> {
+        let inbound = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let name = parse_name(&r.cluster)?;
+        match self.write(Command::SetSemiSync { name, enabled: r.enabled }, r.actor.clone()).await {
+            Ok(log_index) => Ok(Response::new(LogIndexResponse { log_index })),
+            Err(nh) => self
+                .forward(nh, inbound, r, |mut c, q| async move { c.set_semi_sync(q).await })
+                .await
+                .map(Response::new),
+        }
     }
 
     async fn set_automatic_failover(

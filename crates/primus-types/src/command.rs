@@ -39,6 +39,10 @@ pub struct ClusterSettings {
     /// Overrides the global `automatic_failover` for this cluster when set.
     #[serde(default)]
     pub automatic_failover: Option<bool>,
+    /// Semi-sync no-loss mode: `Some(true)` primus keeps lossless semi-sync on every
+    /// instance, `Some(false)` keeps it off, `None` leaves it to the operator.
+    #[serde(default)]
+    pub semi_sync: Option<bool>,
 }
 
 /// A state-machine command. See the module docs for the compatibility rules.
@@ -136,6 +140,11 @@ pub enum Command {
         instance: InstanceAddr,
         datacenter: Option<String>,
     },
+    /// Semi-sync no-loss mode of one cluster (`None`: not managed by primus).
+    SetSemiSync {
+        name: ClusterName,
+        enabled: Option<bool>,
+    },
     /// A fencing agent announced itself for an instance (idempotent; a new agent id
     /// replaces the old one).
     RegisterAgent {
@@ -174,6 +183,7 @@ impl Command {
                 maintenance.as_ref().map(|m| format!("on ({})", m.reason)).unwrap_or_else(|| "off".into())
             ),
             Command::SetAutomaticFailover { name, enabled } => format!("automatic failover of {name}: {enabled:?}"),
+            Command::SetSemiSync { name, enabled } => format!("semi-sync no-loss mode of {name}: {enabled:?}"),
             Command::ClearDemoted { name, instance } => format!("{instance} in {name} no longer demoted"),
             Command::RegisterAgent { name, instance, agent_id } => {
                 format!("agent {agent_id} registered for {instance} in {name}")

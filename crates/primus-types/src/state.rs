@@ -437,6 +437,12 @@ impl Registry {
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
             }
+            Command::SetSemiSync { name, enabled } => {
+                let c = self.cluster_mut(name)?;
+                c.settings.semi_sync = *enabled;
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
             Command::RecordRefusal { name, analysis_code, evidence, reason } => {
                 let c = self.cluster_mut(name)?;
                 c.refusals.push(crate::RefusalRecord {
