@@ -383,3 +383,91 @@ async fn agent_for_an_instance_the_coordinators_do_not_know_exits_with_code_2() 
     assert!(log.contains("do not know cluster \"no-such-cluster\""), "unclear error:\n{log}");
     Ok(())
 }
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_cut_off_from_coordinators_fences_its_primary_before_another_is_promoted() -> anyhow::Result<()> {
+    use primus_testkit::proxy::{CutMode, LinkProxy};
+    let w = World::start(WorldOptions::default()).await?;
+    register_world(&w).await?;
+    let primary = w.sandbox.primary().clone();
+    create_app_user(&primary).await?;
+    w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
+    // The agent reaches the coordinators only through proxies the test can cut;
+    // the coordinators still reach the primary, and so do its clients.
+    let mut proxies = Vec::new();
+    for id in 1..=3 {
+        proxies.push(LinkProxy::start(w.group.node(id).addr().parse()?).await?);
+    }
+    let opts = AgentOptions {
+        coordinators: proxies.iter().map(|p| p.listen_addr().to_string()).collect(),
+        ..world_agent_options(&w)
+    };
+    let agent = AgentProc::start(&primary, &opts)?;
+    agent.wait_log("lease granted", Duration::from_secs(10)).await?;
+
+    // An application writing to the old primary as fast as it can, recording the
+    // wall-clock time of its last acknowledged INSERT.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (inst, stop) = (primary.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut last_ok, mut n) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if app_insert(&inst).await.is_ok() {
+                    last_ok = wall_ms();
+                    n += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (last_ok, n)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for p in &proxies {
+        p.cut_with(CutMode::Silent);
+    }
+    let cut = Instant::now();
+    let fenced = wait_read_only(&primary, cut, Duration::from_secs(5), &agent).await?;
+    let fenced_wall = wall_ms();
+    let client = w.client()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let f = loop {
+        let h = client.history(CLUSTER).await?;
+        if let Some(f) = h.failovers.iter().find(|f| f.outcome != "in_progress") {
+            break f.clone();
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no finished failover within 30 s: {h:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (last_ok, n) = writer.await?;
+    let promote = f
+        .steps
+        .iter()
+        .find(|s| s.description.starts_with("promote "))
+        .ok_or_else(|| anyhow::anyhow!("no promote step: {f:#?}"))?;
+    println!(
+        "agent cut off: primary read-only {} ms after the cut; failover {} ({}) promoted {} at +{} ms; \
+         last acknowledged write on the old primary {} ms before the promotion ({n} writes in all)",
+        fenced.as_millis(),
+        f.outcome,
+        f.analysis_code,
+        f.candidate,
+        (promote.at_ms as i64 - fenced_wall as i64) + fenced.as_millis() as i64,
+        promote.at_ms as i64 - last_ok as i64,
+    );
+    for s in &f.steps {
+        println!("  step {}: {} -> {}", s.index, s.description, s.outcome);
+    }
+    assert_eq!(f.outcome, "succeeded", "{f:#?}");
+    assert_eq!(f.analysis_code, "PrimaryLeaseExpired", "{f:#?}");
+    assert!(n > 0, "the application never wrote");
+    assert!(fenced <= Duration::from_millis(1500 + 300), "fenced only {fenced:?} after the cut");
+    assert!(fenced_wall <= promote.at_ms, "the old primary was still writable when {} was promoted", f.candidate);
+    assert!(last_ok < promote.at_ms, "a write was acknowledged by the old primary after the promotion");
+    Ok(())
+}
