@@ -179,7 +179,12 @@ async fn renewer(cfg: Config, agent_id: String, shared: Arc<Shared>) -> Result<(
             Ok(Err(e)) => {
                 failures += 1;
                 if worth_logging(failures, 20) {
-                    tracing::warn!(endpoint = %name, error = %e, failures, "lease renewal failed");
+                    if matches!(e, ClientError::Auth { .. } | ClientError::Tls { .. } | ClientError::Config(_)) {
+                        tracing::error!(endpoint = %name, error = %e, failures,
+                            "lease renewal refused: check token_file and [tls] (the lease will run out)");
+                    } else {
+                        tracing::warn!(endpoint = %name, error = %e, failures, "lease renewal failed");
+                    }
                 }
                 Answer::NoAnswer
             }
