@@ -471,3 +471,58 @@ async fn agent_cut_off_from_coordinators_fences_its_primary_before_another_is_pr
     assert!(last_ok < promote.at_ms, "a write was acknowledged by the old primary after the promotion");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_holds_its_lease_from_coordinators_with_mtls_and_a_token() -> anyhow::Result<()> {
+    use primus_testkit::coordinator::{CoordinatorGroup, GroupOptions};
+    let sb = Sandbox::start(SandboxOptions::new(Topology::PrimaryWithReplicas(1))).await?;
+    let secrets = tempfile::tempdir()?;
+    let pw = secrets.path().join("mysql.pass");
+    std::fs::write(&pw, format!("{}\n", sb.credentials().coordinator.password))?;
+    let group = CoordinatorGroup::start(GroupOptions {
+        nodes: 3,
+        tls: true,
+        require_client_cert: true,
+        token: Some("agent-test-token".into()),
+        extra_config: format!(
+            "[mysql]\nuser = \"{}\"\npassword_file = \"{}\"\nprobe_interval_ms = 300\n",
+            sb.credentials().coordinator.user,
+            pw.display()
+        ),
+        ..Default::default()
+    })?;
+    group.wait_leader(&[], Duration::from_secs(20)).await?;
+    let client = group.client(Duration::from_secs(15))?;
+    client.register_cluster(CLUSTER, &[sb.primary().addr()], ClusterSettings::default()).await?;
+    let pki = group.pki.as_ref().ok_or_else(|| anyhow::anyhow!("group without pki"))?;
+    let token = secrets.path().join("agent.token");
+    std::fs::write(&token, "agent-test-token\n")?;
+    let tls = format!(
+        "\n[tls]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+        pki.ca.display().to_string(),
+        pki.client_cert.display().to_string(),
+        pki.client_key.display().to_string()
+    );
+    let opts = AgentOptions {
+        cluster: CLUSTER.into(),
+        coordinators: vec![group.endpoints()],
+        top_level: format!("token_file = {:?}\n", token.display().to_string()),
+        extra: tls.clone(),
+        ..Default::default()
+    };
+    let agent = AgentProc::start(sb.primary(), &opts)?;
+    agent.wait_log("lease granted", Duration::from_secs(15)).await?;
+    assert_stays_writable(sb.primary(), Duration::from_secs(2), &agent, "with mTLS and a token").await?;
+
+    // An agent with a wrong token is refused and says why.
+    let bad = secrets.path().join("bad.token");
+    std::fs::write(&bad, "wrong-token\n")?;
+    let replica = sb.replicas()[0].clone();
+    let opts_bad =
+        AgentOptions { top_level: format!("token_file = {:?}\n", bad.display().to_string()), ..opts.clone() };
+    let agent_bad = AgentProc::start(&replica, &opts_bad)?;
+    agent_bad.wait_log("cannot register with the coordinators", Duration::from_secs(10)).await?;
+    let log = agent_bad.log();
+    assert!(log.contains("permission denied") || log.contains("not authenticated"), "no auth error in:\n{log}");
+    Ok(())
+}
