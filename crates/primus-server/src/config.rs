@@ -180,7 +180,7 @@ pub struct FencingSection {
 
 impl Default for FencingSection {
     fn default() -> Self {
-        FencingSection { max_lease_ttl_ms: 2000, lease_margin_ms: 200, require_agent: false }
+        FencingSection { max_lease_ttl_ms: 2000, lease_margin_ms: 700, require_agent: false }
     }
 }
 
