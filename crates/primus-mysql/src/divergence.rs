@@ -120,6 +120,32 @@ impl fmt::Display for Divergence {
     }
 }
 
+/// A promotion point as primus records it: strings, so that the Raft state does not depend on
+/// this crate's types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromotionPoint {
+    /// Executed set (MariaDB `gtid_current_pos`, MySQL `gtid_executed`).
+    pub gtid: String,
+    /// MariaDB: every (domain, server) pair held, with its last seq: `gtid_binlog_state` plus
+    /// the last GTIDs of `gtid_current_pos` and `gtid_slave_pos` (a candidate without
+    /// `log_slave_updates` has only its own writes in its binlog state).
+    pub binlog_state: Option<String>,
+}
+
+/// The promotion point of the candidate observed as `o` (read after its replication stopped).
+pub fn promotion_point(o: &Observation) -> PromotionPoint {
+    let binlog_state = match &o.gtid {
+        GtidState::MariaDb { current_pos, slave_pos, binlog_state, .. } => Some(
+            MariaBinlogState::from_gtids(
+                binlog_state.gtids().chain(current_pos.last_gtids()).chain(slave_pos.last_gtids()),
+            )
+            .to_string(),
+        ),
+        GtidState::MySql { .. } => None,
+    };
+    PromotionPoint { gtid: o.gtid.executed().to_string(), binlog_state }
+}
+
 /// The transactions the former primary observed as `old` executed beyond the promotion point
 /// (`promotion_gtid`: the new primary's executed set when it was promoted; for MariaDB also
 /// `promotion_binlog_state`, its binlog state and slave position's pairs then).

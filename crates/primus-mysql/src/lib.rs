@@ -26,7 +26,7 @@ pub mod heartbeat;
 pub mod probe;
 pub mod status;
 
-pub use divergence::{divergent_transactions, Divergence, DivergenceError};
+pub use divergence::{divergent_transactions, promotion_point, Divergence, DivergenceError, PromotionPoint};
 pub use errant::{errant_transactions, ErrantReport};
 pub use flavor::{Flavor, ServerInfo, Version};
 pub use gtid::{AnyGtidSet, GtidOrdering, GtidSetOps, MariaBinlogState, MariaGtidSet, MySqlGtidSet};

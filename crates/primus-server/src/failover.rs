@@ -42,6 +42,15 @@ pub enum FailoverError {
     Commit(String),
 }
 
+/// What `rejoin` did.
+#[derive(Debug)]
+pub struct Rejoined {
+    pub log_index: u64,
+    pub message: String,
+    /// With `discard_divergent`: the divergent transactions left behind.
+    pub discarded: Option<primus_mysql::Divergence>,
+}
+
 pub struct Engine {
     me: NodeId,
     raft: Raft,
@@ -570,7 +579,6 @@ impl Engine {
     /// Run the recorded plan from the first step not yet recorded.
     async fn execute(self: &Arc<Self>, name: &ClusterName, id: &str) -> Result<(), FailoverError> {
         let mut attempts = 0u32;
-        let mut promotion_gtid: Option<String> = None;
         loop {
             let c = self.cluster(name)?;
             let Some(f) = c.in_flight().filter(|f| f.id == id).cloned() else { return Ok(()) };
@@ -582,9 +590,15 @@ impl Engine {
             // Before every step: still the leader, confirmed by a quorum.
             self.confirm_leader().await?;
             if matches!(step, Step::Complete) {
-                if promotion_gtid.is_none() {
-                    promotion_gtid = self.gtid_of(&f.candidate).await;
-                }
+                // Recorded at the promote step; only a failover promoted by an older
+                // version lacks it, and then the best left is the new primary's set now.
+                let promotion_gtid = if f.promotion_gtid.is_none() && f.kind.changes_primary() {
+                    tracing::warn!(cluster = %name, failover_id = %id, epoch = f.epoch,
+                        "no promotion point recorded at the promote step: reading the new primary's GTIDs now");
+                    self.gtid_of(&f.candidate).await
+                } else {
+                    None
+                };
                 self.commit(
                     Command::FailoverStep {
                         name: name.clone(),
@@ -611,11 +625,29 @@ impl Engine {
                 self.post_hooks(name, id);
                 return Ok(());
             }
-            match self.run_step(&c, &f, &step).await {
-                Ok(outcome) => {
-                    if matches!(step, Step::PromoteCandidate { .. }) {
-                        promotion_gtid = self.gtid_of(&f.candidate).await;
+            let result = match &step {
+                Step::PromoteCandidate { candidate } => match self.promote(candidate, f.epoch).await {
+                    Ok((outcome, point)) => {
+                        // Committed before the step: a leader that resumes after the step
+                        // finds the point already in the record.
+                        self.commit(
+                            Command::RecordPromotionPoint {
+                                name: name.clone(),
+                                id: id.to_string(),
+                                gtid: point.gtid,
+                                binlog_state: point.binlog_state,
+                            },
+                            "primusd",
+                        )
+                        .await?;
+                        Ok(outcome)
                     }
+                    Err(e) => Err(e),
+                },
+                _ => self.run_step(&c, &f, &step).await,
+            };
+            match result {
+                Ok(outcome) => {
                     tracing::info!(cluster = %name, failover_id = %id, epoch = f.epoch, step = %step, %outcome, "step done");
                     self.commit(
                         Command::FailoverStep {
@@ -683,12 +715,19 @@ impl Engine {
     /// `primusctl rejoin`: repoint a demoted (or detached) instance under the primary,
     /// only if it has no transactions the primary lacks (otherwise it would bring
     /// divergent data back into the cluster: it must be rebuilt).
+    ///
+    /// A former primary that executed transactions after the failover that replaced it
+    /// (divergent, see [`crate::divergence`]) is refused with the list, unless the
+    /// operator passes `discard_divergent` (MariaDB only): it then replicates from the
+    /// promotion point, the divergent transactions' changes staying in its tables, and
+    /// that choice is recorded in the audit trail.
     pub async fn rejoin(
         &self,
         name: &ClusterName,
         addr: &InstanceAddr,
         actor: &str,
-    ) -> Result<(u64, String), FailoverError> {
+        discard_divergent: bool,
+    ) -> Result<Rejoined, FailoverError> {
         self.confirm_leader().await?;
         let c = self.cluster(name)?;
         if c.in_flight().is_some() {
@@ -715,8 +754,42 @@ impl Engine {
                 .ok_or_else(|| FailoverError::Refused(format!("{a} cannot be probed right now")))
         };
         let (o, p) = (obs(addr)?, obs(&primary)?);
+        let diverged = match crate::divergence::check(&c, addr, &o) {
+            Some(Err(e)) => {
+                return Err(FailoverError::Refused(format!(
+                    "cannot tell whether {addr} diverged after it was replaced: {e}; rebuild it from the primary {primary}"
+                )))
+            }
+            Some(Ok(d)) if !d.divergence.is_empty() => Some(d),
+            _ => None,
+        };
+        if let Some(d) = &diverged {
+            let what = format!(
+                "{addr} is divergent: it executed {} after failover {} replaced it (promotion point {}): {}",
+                crate::divergence::count_text(&d.divergence),
+                d.failover.id,
+                d.promotion_gtid,
+                d.divergence
+            );
+            if !discard_divergent {
+                return Err(FailoverError::Refused(format!(
+                    "{what}. Their changes are not on the primary {primary}. Rebuild {addr} from the primary (a \
+                     fresh backup or clone of {primary}) and rejoin it then; or, on MariaDB, `primusctl rejoin \
+                     --discard-divergent` to replicate from the promotion point, leaving those changes in its tables"
+                )));
+            }
+            if o.server.flavor != primus_mysql::Flavor::MariaDb {
+                return Err(FailoverError::Refused(format!(
+                    "{what}. --discard-divergent is MariaDB only: on MySQL the divergent GTIDs stay in gtid_executed \
+                     and the new primary would never send them; rebuild {addr} from the primary {primary}"
+                )));
+            }
+        }
         if let Some(r) = primus_mysql::errant_transactions(&o, &p) {
-            if !r.is_empty() {
+            // With --discard-divergent, the old primary's own divergent writes are expected
+            // here; anything written by another server still needs a rebuild.
+            let only_divergent = diverged.is_some() && r.server_ids().iter().all(|id| *id == o.server_id);
+            if !r.is_empty() && !only_divergent {
                 return Err(FailoverError::Refused(format!(
                     "{addr} has {} transaction(s) the primary {primary} does not have: {r}; rebuild it from the primary \
                      (its data has diverged) before it can rejoin",
@@ -725,17 +798,51 @@ impl Engine {
             }
         }
         let (user, password) = self.replication_credentials().map_err(FailoverError::Refused)?;
-        let sql = repoint_sql(&o, &primary, &user, &password, true);
+        let sql = match &diverged {
+            Some(d) => discard_sql(&o, &d.promotion_gtid, &primary, &user, &password).map_err(FailoverError::Refused)?,
+            None => repoint_sql(&o, &primary, &user, &password, true),
+        };
         let prober = self.prober(addr);
         prober
             .execute(&sql, self.step_timeout())
             .await
             .map_err(|e| FailoverError::Refused(redact(&e.to_string(), &password)))?;
         prober.disconnect().await;
-        let idx = self.commit(Command::ClearDemoted { name: name.clone(), instance: addr.clone() }, actor).await?;
+        let discarded_divergent = diverged.as_ref().map(|d| {
+            format!(
+                "{} beyond promotion point {} of failover {}: {}",
+                crate::divergence::count_text(&d.divergence),
+                d.promotion_gtid,
+                d.failover.id,
+                d.divergence
+            )
+        });
+        let idx = self
+            .commit(
+                Command::ClearDemoted { name: name.clone(), instance: addr.clone(), discarded_divergent },
+                actor,
+            )
+            .await?;
         self.monitor.probe_now(addr);
-        tracing::warn!(cluster = %name, instance = %addr, %primary, "rejoined as a replica");
-        Ok((idx, format!("{addr} now replicates from {primary}")))
+        let message = match &diverged {
+            Some(d) => {
+                tracing::warn!(cluster = %name, instance = %addr, %primary, epoch = c.epoch, failover_id = %d.failover.id,
+                    divergent = %d.divergence, %actor,
+                    "divergent former primary rejoined with --discard-divergent: its divergent changes stay in its tables");
+                format!(
+                    "{addr} now replicates from {primary}, starting at the promotion point {}; {} discarded from \
+                     replication ({}), their changes stay in its tables",
+                    d.promotion_gtid,
+                    crate::divergence::count_text(&d.divergence),
+                    d.divergence
+                )
+            }
+            None => {
+                tracing::warn!(cluster = %name, instance = %addr, %primary, epoch = c.epoch, "rejoined as a replica");
+                format!("{addr} now replicates from {primary}")
+            }
+        };
+        Ok(Rejoined { log_index: idx, message, discarded: diverged.map(|d| d.divergence) })
     }
 
     /// post_failover / post_switchover / post_unsuccessful_failover, in the background:
@@ -831,19 +938,7 @@ impl Engine {
                 }
                 Ok(format!("applied {} (at {have})", targets.join(" + ")))
             }
-            Step::PromoteCandidate { candidate } => {
-                let p = self.prober(candidate);
-                let o = p.probe().await.map_err(|e| e.to_string())?;
-                let mut sql = Vec::new();
-                if o.is_replica() {
-                    sql.push(o.server.stop_replica_sql());
-                    sql.push(o.server.reset_replica_sql(ResetReplica::All));
-                }
-                sql.extend(o.server.set_read_only_sql(false));
-                p.execute(&sql, t).await.map_err(|e| e.to_string())?;
-                p.disconnect().await;
-                Ok(format!("replication stopped and reset, writable (epoch {})", f.epoch))
-            }
+            Step::PromoteCandidate { candidate } => self.promote(candidate, f.epoch).await.map(|(outcome, _)| outcome),
             Step::RepointReplica { replica, to } | Step::RepointOldPrimary { addr: replica, to } => {
                 let (user, password) = self.replication_credentials()?;
                 let p = self.prober(replica);
@@ -872,6 +967,34 @@ impl Engine {
             }
             Step::Complete => Ok("done".into()),
         }
+    }
+
+    /// Promote `candidate`: stop its replication, read the promotion point (what it holds
+    /// before it takes its first write), reset replication and make it writable. Run again
+    /// on an already writable candidate (a resumed failover), the point read is an upper
+    /// bound that may include the new primary's own first writes — harmless for divergence,
+    /// which is about the old primary's transactions.
+    async fn promote(
+        &self,
+        candidate: &InstanceAddr,
+        epoch: u64,
+    ) -> Result<(String, primus_mysql::PromotionPoint), String> {
+        let t = self.step_timeout();
+        let p = self.prober(candidate);
+        let o = p.probe().await.map_err(|e| e.to_string())?;
+        if o.is_replica() {
+            p.execute(&[o.server.stop_replica_sql()], t).await.map_err(|e| e.to_string())?;
+        }
+        let stopped = p.probe().await.map_err(|e| e.to_string())?;
+        let point = primus_mysql::promotion_point(&stopped);
+        let mut sql = Vec::new();
+        if o.is_replica() {
+            sql.push(o.server.reset_replica_sql(ResetReplica::All));
+        }
+        sql.extend(o.server.set_read_only_sql(false));
+        p.execute(&sql, t).await.map_err(|e| e.to_string())?;
+        p.disconnect().await;
+        Ok((format!("replication stopped and reset, writable (epoch {epoch}), promotion point {}", point.gtid), point))
     }
 
     /// The operator's `fence` hooks (STONITH, VIP removal): most useful exactly when
@@ -958,6 +1081,48 @@ fn repoint_sql(
     sql.push(change_source_for(o, &change, former_primary));
     sql.push(o.server.start_replica_sql());
     sql
+}
+
+/// `rejoin --discard-divergent` of a MariaDB former primary: replicate from the
+/// promotion point (`gtid_slave_pos`), not from its own position. Under
+/// `gtid_strict_mode` its binary log is reset first: it holds the divergent GTIDs, whose
+/// seqs the new primary's transactions reuse, and strict mode would refuse to log those
+/// (and to set a `gtid_slave_pos` behind the binlog).
+fn discard_sql(
+    o: &primus_mysql::Observation,
+    promotion_gtid: &str,
+    to: &InstanceAddr,
+    user: &str,
+    password: &str,
+) -> Result<Vec<String>, String> {
+    let primus_mysql::GtidState::MariaDb { strict_mode, .. } = &o.gtid else {
+        return Err("--discard-divergent is MariaDB only".into());
+    };
+    let point: primus_mysql::MariaGtidSet =
+        promotion_gtid.parse().map_err(|e: primus_mysql::gtid::GtidParseError| e.to_string())?;
+    if !point.is_position() {
+        return Err(format!("the promotion point {promotion_gtid} is not a MariaDB position"));
+    }
+    let change = ChangeSource {
+        host: to.host(),
+        port: to.port(),
+        user,
+        password,
+        heartbeat_period: Some(Duration::from_millis(500)),
+        connect_retry_s: Some(1),
+    };
+    let mut sql = Vec::new();
+    if o.is_replica() {
+        sql.push(o.server.stop_replica_sql());
+    }
+    sql.extend(o.server.set_read_only_sql(true));
+    if *strict_mode {
+        sql.push("RESET MASTER".to_string());
+    }
+    sql.push(format!("SET GLOBAL gtid_slave_pos = {}", primus_mysql::flavor::quote_string(&point.to_string())));
+    sql.push(o.server.change_source_sql(&change));
+    sql.push(o.server.start_replica_sql());
+    Ok(sql)
 }
 
 /// The CHANGE MASTER/SOURCE statement for `o`. A former MariaDB primary has its own

@@ -732,6 +732,12 @@ impl Monitor {
                         }
                     }
                 }
+                // A former primary that executed transactions after it was replaced.
+                match obs.and_then(|o| crate::divergence::check(c, &inst.addr, o)) {
+                    Some(Ok(d)) if !d.divergence.is_empty() => flags.push(d.flag()),
+                    Some(Err(e)) => flags.push(format!("divergence unknown: {e}")),
+                    _ => {}
+                }
                 if inst.role == InstanceRole::Primary && obs.map(|o| o.read_only).unwrap_or(false) {
                     flags.push("primary is read_only".into());
                 }
