@@ -765,7 +765,8 @@ impl Engine {
         };
         if let Some(d) = &diverged {
             let what = format!(
-                "{addr} is divergent: it executed {} after failover {} replaced it (promotion point {}): {}",
+                "{addr} is divergent: it executed {} that the primary {primary} does not have, after failover {} \
+                 replaced it (promotion point {}): {}",
                 crate::divergence::count_text(&d.divergence),
                 d.failover.id,
                 d.promotion_gtid,
@@ -773,9 +774,9 @@ impl Engine {
             );
             if !discard_divergent {
                 return Err(FailoverError::Refused(format!(
-                    "{what}. Their changes are not on the primary {primary}. Rebuild {addr} from the primary (a \
-                     fresh backup or clone of {primary}) and rejoin it then; or, on MariaDB, `primusctl rejoin \
-                     --discard-divergent` to replicate from the promotion point, leaving those changes in its tables"
+                    "{what}. To do: rebuild {addr} from the primary {primary} (a fresh backup or clone of it) and \
+                     rejoin it then; or, on MariaDB, `primusctl rejoin --discard-divergent` to replicate from the \
+                     promotion point, leaving those transactions' changes in its tables"
                 )));
             }
             if o.server.flavor != primus_mysql::Flavor::MariaDb {
