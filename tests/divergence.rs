@@ -142,8 +142,8 @@ async fn partition_write_and_fail_over(writes: usize) -> anyhow::Result<Partitio
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cut_off_primary_that_took_writes_is_flagged_divergent_refused_and_rejoins_only_when_discarding()
--> anyhow::Result<()> {
+async fn cut_off_primary_that_took_writes_is_flagged_divergent_refused_and_rejoins_only_when_discarding(
+) -> anyhow::Result<()> {
     const N: usize = 4;
     let Partitioned { w, old, new_primary, failover_id, cut_pos } = partition_write_and_fail_over(N).await?;
     let old_addr = old.addr();
@@ -192,10 +192,7 @@ async fn cut_off_primary_that_took_writes_is_flagged_divergent_refused_and_rejoi
     let err = String::from_utf8_lossy(&out.stderr);
     println!("rejoin refused: {err}");
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("divergent") && err.contains(&format!("{N} transactions")) && err.contains(&want),
-        "{err}"
-    );
+    assert!(err.contains("divergent") && err.contains(&format!("{N} transactions")) && err.contains(&want), "{err}");
     assert!(err.contains("rebuild") && err.contains("--discard-divergent"), "{err}");
     assert!(old.slave_status().await?.is_none_or(|s| !s.is_running()), "a divergent instance was repointed");
     assert_eq!(read_only(&old).await, Some(true));

@@ -263,7 +263,10 @@ fn divergence_json(d: &primus_client::DivergenceResponse) -> Value {
 
 fn print_divergence(d: &primus_client::DivergenceResponse) {
     if !d.former_primary {
-        println!("{} is not a former primary replaced by a failover (or it has rejoined): nothing to compare", d.instance);
+        println!(
+            "{} is not a former primary replaced by a failover (or it has rejoined): nothing to compare",
+            d.instance
+        );
         return;
     }
     let count = format!("{}{}", if d.count_exact { "" } else { "at least " }, d.count);

@@ -711,7 +711,8 @@ impl Client {
         instance: &str,
         consistency: ReadConsistency,
     ) -> Result<DivergenceResponse, ClientError> {
-        let r = DivergenceRequest { cluster: cluster.into(), instance: instance.into(), consistency: consistency as i32 };
+        let r =
+            DivergenceRequest { cluster: cluster.into(), instance: instance.into(), consistency: consistency as i32 };
         self.call(|mut c, t| {
             let r = r.clone();
             async move { c.divergence(req(r, t)).await.map(|r| r.into_inner()) }

@@ -188,8 +188,9 @@ pub fn maria(
         let last = promotion_pos.last(d).filter(|g| g.server_id == s).map(|g| g.seq_no);
         [promotion_pairs.get(d, s), last].into_iter().flatten().max()
     };
-    let old_pairs =
-        MariaBinlogState::from_gtids(old_binlog_state.gtids().chain(old_current_pos.last_gtids()).filter(|g| g.seq_no > 0));
+    let old_pairs = MariaBinlogState::from_gtids(
+        old_binlog_state.gtids().chain(old_current_pos.last_gtids()).filter(|g| g.seq_no > 0),
+    );
     let mut out = Vec::new();
     for MariaGtid { domain_id, server_id, seq_no } in old_pairs.gtids() {
         let domain_seq = promotion_pos.last(domain_id).map(|g| g.seq_no);
@@ -226,10 +227,13 @@ mod tests {
         }
     }
 
+    /// (case, old current_pos, old binlog_state, promotion pos, promotion pairs, divergent, count, exact)
+    type MariaCase =
+        (&'static str, &'static str, &'static str, &'static str, Option<&'static str>, &'static str, u64, bool);
+
     #[test]
     fn mariadb_table() {
-        // (case, old current_pos, old binlog_state, promotion pos, promotion pairs, divergent, count, exact)
-        let table: &[(&str, &str, &str, &str, Option<&str>, &str, u64, bool)] = &[
+        let table: &[MariaCase] = &[
             (
                 "nothing divergent: the old primary stopped at the promotion point",
                 "0-1-100",
@@ -270,16 +274,7 @@ mod tests {
                 5,
                 true,
             ),
-            (
-                "a single divergent transaction",
-                "0-1-101",
-                "0-1-101",
-                "0-1-100",
-                Some("0-1-100"),
-                "0-1-101",
-                1,
-                true,
-            ),
+            ("a single divergent transaction", "0-1-101", "0-1-101", "0-1-100", Some("0-1-100"), "0-1-101", 1, true),
             (
                 "earlier primaries' pairs are covered; slave_pos pair of the old primary",
                 "0-1-103",
@@ -332,7 +327,8 @@ mod tests {
             ),
         ];
         for (case, cur, state, ppos, ppairs, want, count, exact) in table {
-            let d = divergence_of(&maria_state(cur, state), OLD, ppos, *ppairs).unwrap_or_else(|e| panic!("{case}: {e}"));
+            let d =
+                divergence_of(&maria_state(cur, state), OLD, ppos, *ppairs).unwrap_or_else(|e| panic!("{case}: {e}"));
             assert_eq!(d.to_string(), *want, "{case}");
             assert_eq!(d.count(), *count, "{case}");
             assert_eq!(d.exact(), *exact, "{case}");
@@ -356,8 +352,8 @@ mod tests {
         assert_eq!(d.count(), 1);
         // Later rejoined and caught up with the new primary (binlog holds both servers' pairs):
         // the old primary's own pair still shows the divergence.
-        let d = divergence_of(&maria_state("0-2-140", "0-1-105,0-2-140"), OLD, "0-1-100", Some("0-1-100"))
-            .expect("parses");
+        let d =
+            divergence_of(&maria_state("0-2-140", "0-1-105,0-2-140"), OLD, "0-1-100", Some("0-1-100")).expect("parses");
         assert_eq!(d.to_string(), "0-1-101..105,0-2-140");
     }
 

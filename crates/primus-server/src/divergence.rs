@@ -23,12 +23,7 @@ pub struct Diverged {
 impl Diverged {
     /// The topology flag, e.g. `divergent: 5 transactions (0-1-101..105) since failover c-e2`.
     pub fn flag(&self) -> String {
-        format!(
-            "divergent: {} ({}) since failover {}",
-            count_text(&self.divergence),
-            self.divergence,
-            self.failover.id
-        )
+        format!("divergent: {} ({}) since failover {}", count_text(&self.divergence), self.divergence, self.failover.id)
     }
 }
 
@@ -50,9 +45,10 @@ pub fn replaced_by<'a>(c: &'a ClusterRecord, addr: &InstanceAddr) -> Option<&'a 
     if !former {
         return None;
     }
-    c.history.iter().rev().find(|f| {
-        &f.old_primary == addr && f.kind.changes_primary() && f.outcome == Some(FailoverOutcome::Succeeded)
-    })
+    c.history
+        .iter()
+        .rev()
+        .find(|f| &f.old_primary == addr && f.kind.changes_primary() && f.outcome == Some(FailoverOutcome::Succeeded))
 }
 
 /// `None` when `addr` is not a former primary; otherwise its divergence as observed in `obs`,

@@ -757,8 +757,8 @@ impl Engine {
         let diverged = match crate::divergence::check(&c, addr, &o) {
             Some(Err(e)) => {
                 return Err(FailoverError::Refused(format!(
-                    "cannot tell whether {addr} diverged after it was replaced: {e}; rebuild it from the primary {primary}"
-                )))
+                "cannot tell whether {addr} diverged after it was replaced: {e}; rebuild it from the primary {primary}"
+            )))
             }
             Some(Ok(d)) if !d.divergence.is_empty() => Some(d),
             _ => None,
@@ -800,7 +800,9 @@ impl Engine {
         }
         let (user, password) = self.replication_credentials().map_err(FailoverError::Refused)?;
         let sql = match &diverged {
-            Some(d) => discard_sql(&o, &d.promotion_gtid, &primary, &user, &password).map_err(FailoverError::Refused)?,
+            Some(d) => {
+                discard_sql(&o, &d.promotion_gtid, &primary, &user, &password).map_err(FailoverError::Refused)?
+            }
             None => repoint_sql(&o, &primary, &user, &password, true),
         };
         let prober = self.prober(addr);
@@ -819,10 +821,7 @@ impl Engine {
             )
         });
         let idx = self
-            .commit(
-                Command::ClearDemoted { name: name.clone(), instance: addr.clone(), discarded_divergent },
-                actor,
-            )
+            .commit(Command::ClearDemoted { name: name.clone(), instance: addr.clone(), discarded_divergent }, actor)
             .await?;
         self.monitor.probe_now(addr);
         let message = match &diverged {
