@@ -1168,3 +1168,99 @@ fn parse_like(like: &AnyGtidSet, s: &str) -> Result<AnyGtidSet, String> {
 fn decode_plan(f: &FailoverRecord) -> Vec<Step> {
     f.plan.iter().filter_map(|v| serde_json::from_value(v.clone()).ok()).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use primus_mysql::probe::SemiSyncStatus;
+    use primus_mysql::{Flavor, GtidState, Observation, ServerInfo, Version};
+
+    fn observation(flavor: Flavor, gtid: GtidState) -> Observation {
+        Observation {
+            addr: InstanceAddr::new("h", 1).expect("valid"),
+            taken_at_ms: 0,
+            latency_us: 0,
+            connect_us: None,
+            server: ServerInfo {
+                flavor,
+                version: Version::new(10, 11, 6),
+                version_string: "10.11.6".into(),
+                version_comment: String::new(),
+            },
+            server_id: 1,
+            server_uuid: None,
+            uptime_s: None,
+            read_only: true,
+            super_read_only: None,
+            log_bin: true,
+            log_slave_updates: true,
+            binlog_format: Some("ROW".into()),
+            gtid,
+            replication: Vec::new(),
+            semi_sync: SemiSyncStatus::default(),
+            replicas: Vec::new(),
+            binlog_dump_threads: 0,
+            heartbeat: Vec::new(),
+            heartbeat_error: None,
+        }
+    }
+
+    fn maria(strict_mode: bool) -> GtidState {
+        GtidState::MariaDb {
+            current_pos: "0-1-21".parse().expect("valid"),
+            binlog_pos: "0-1-21".parse().expect("valid"),
+            slave_pos: "0-1-10".parse().expect("valid"),
+            strict_mode,
+            domain_id: 0,
+            binlog_state: "0-1-21".parse().expect("valid"),
+        }
+    }
+
+    #[test]
+    fn discard_divergent_replicates_from_the_promotion_point_and_is_mariadb_only() {
+        let to = InstanceAddr::new("new", 3306).expect("valid");
+        // (case, observation, promotion point, Ok(statements that must appear) / Err(text))
+        let mysql = GtidState::MySql {
+            executed: "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5".parse().expect("valid"),
+            purged: Default::default(),
+            mode: "ON".into(),
+        };
+        let cases: Vec<(&str, Observation, &str, Result<Vec<&str>, &str>)> = vec![
+            (
+                "strict mode: binlog reset first",
+                observation(Flavor::MariaDb, maria(true)),
+                "0-1-17",
+                Ok(vec!["RESET MASTER", "SET GLOBAL gtid_slave_pos = '0-1-17'", "MASTER_USE_GTID=slave_pos"]),
+            ),
+            (
+                "no strict mode: binlog kept",
+                observation(Flavor::MariaDb, maria(false)),
+                "0-1-17",
+                Ok(vec!["SET GLOBAL gtid_slave_pos = '0-1-17'", "MASTER_USE_GTID=slave_pos"]),
+            ),
+            ("MySQL is refused", observation(Flavor::MySql, mysql), "x:1", Err("MariaDB only")),
+            (
+                "a promotion point that is no position is refused",
+                observation(Flavor::MariaDb, maria(true)),
+                "0-1-3..5",
+                Err("not a MariaDB position"),
+            ),
+        ];
+        for (case, o, point, want) in cases {
+            let got = discard_sql(&o, point, &to, "repl", "pw");
+            match (want, got) {
+                (Ok(must), Ok(sql)) => {
+                    let all = sql.join("; ");
+                    for m in must {
+                        assert!(all.contains(m), "{case}: {m:?} missing in {all}");
+                    }
+                    assert_eq!(all.contains("RESET MASTER"), case.starts_with("strict"), "{case}: {all}");
+                    assert!(!all.contains("current_pos"), "{case}: {all}");
+                    assert!(sql.last().is_some_and(|s| s.contains("START")), "{case}: {all}");
+                }
+                (Err(text), Err(e)) => assert!(e.contains(text), "{case}: {e}"),
+                (want, got) => panic!("{case}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+}
