@@ -1216,16 +1216,18 @@ mod tests {
         }
     }
 
+    /// (case, observation, promotion point, Ok(statements that must appear) / Err(text))
+    type DiscardCase = (&'static str, Observation, &'static str, Result<Vec<&'static str>, &'static str>);
+
     #[test]
     fn discard_divergent_replicates_from_the_promotion_point_and_is_mariadb_only() {
         let to = InstanceAddr::new("new", 3306).expect("valid");
-        // (case, observation, promotion point, Ok(statements that must appear) / Err(text))
         let mysql = GtidState::MySql {
             executed: "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5".parse().expect("valid"),
             purged: Default::default(),
             mode: "ON".into(),
         };
-        let cases: Vec<(&str, Observation, &str, Result<Vec<&str>, &str>)> = vec![
+        let cases: Vec<DiscardCase> = vec![
             (
                 "strict mode: binlog reset first",
                 observation(Flavor::MariaDb, maria(true)),
