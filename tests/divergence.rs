@@ -52,6 +52,24 @@ async fn app_rows(i: &Instance) -> anyhow::Result<u64> {
     Ok(i.query_one::<u64>(&format!("SELECT COUNT(*) FROM {APP_TABLE}")).await?.unwrap_or(0))
 }
 
+/// A log line without its terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn primusctl(w: &World, args: &[&str]) -> anyhow::Result<Output> {
     let ctl = primus_testkit::coordinator::bin("primusctl")?;
     Ok(std::process::Command::new(ctl)
@@ -163,6 +181,19 @@ async fn cut_off_primary_that_took_writes_is_flagged_divergent_refused_and_rejoi
     let flag = o.flags.iter().find(|f| f.starts_with("divergent:")).expect("flag");
     assert!(flag.starts_with(&format!("divergent: {N} transactions ({want})")), "{flag}");
     assert_eq!((o.role.as_str(), o.read_only), ("demoted", Some(true)), "{o:#?}");
+    // The leader logs it once, with cluster, instance and epoch.
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = w.group.node(leader).log_tail(400);
+        if let Some(line) = log.lines().map(strip_ansi).find(|l| l.contains("former primary is divergent")) {
+            println!("leader log: {line}");
+            assert!(line.contains(&old_addr) && line.contains("epoch=2") && line.contains(&want), "{line}");
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the leader did not log the divergence:\n{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let out = primusctl(&w, &["topology", "c"])?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);

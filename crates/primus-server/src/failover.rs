@@ -67,6 +67,8 @@ pub struct Engine {
     /// After a refused automatic attempt, no new one before this time (unix ms).
     backoff: Mutex<HashMap<ClusterName, u64>>,
     hooks: crate::hooks::Hooks,
+    /// Divergent transaction count last logged per demoted former primary.
+    divergent_seen: Mutex<HashMap<(ClusterName, InstanceAddr), u64>>,
 }
 
 fn thresholds(cfg: &FailoverSection) -> Thresholds {
@@ -100,6 +102,7 @@ impl Engine {
             quiet: Mutex::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
             hooks,
+            divergent_seen: Mutex::new(HashMap::new()),
         })
     }
 
@@ -219,13 +222,12 @@ impl Engine {
     /// shows up writable (restarted with its config's read_only=OFF), fence it again.
     fn keep_demoted_fenced(self: &Arc<Self>, c: &ClusterRecord) {
         for addr in &c.demoted {
-            let writable = self
-                .monitor
-                .views_of(addr)
-                .into_iter()
-                .find(|(n, _)| *n == self.me)
-                .and_then(|(_, r)| r.result.ok())
-                .is_some_and(|o| !o.read_only);
+            let own =
+                self.monitor.views_of(addr).into_iter().find(|(n, _)| *n == self.me).and_then(|(_, r)| r.result.ok());
+            if let Some(o) = &own {
+                self.note_divergence(c, addr, o);
+            }
+            let writable = own.is_some_and(|o| !o.read_only);
             if !writable {
                 continue;
             }
@@ -249,6 +251,24 @@ impl Engine {
                 }
                 e.monitor.probe_now(&a);
             });
+        }
+    }
+
+    /// Log (once per change of its count) that a demoted former primary is divergent.
+    fn note_divergence(&self, c: &ClusterRecord, addr: &InstanceAddr, o: &primus_mysql::Observation) {
+        let Some(Ok(d)) = crate::divergence::check(c, addr, o) else { return };
+        let n = d.divergence.count();
+        let key = (c.name.clone(), addr.clone());
+        let mut seen = self.divergent_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.get(&key) == Some(&n) {
+            return;
+        }
+        seen.insert(key, n);
+        if n > 0 {
+            tracing::warn!(cluster = %c.name, instance = %addr, epoch = c.epoch, failover_id = %d.failover.id,
+                promotion_point = %d.promotion_gtid, divergent = %d.divergence, count = n,
+                "former primary is divergent: it executed transactions after it was replaced; it stays demoted \
+                 (see primusctl divergence)");
         }
     }
 
