@@ -532,7 +532,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Rejoin { name, instance, discard_divergent } => {
-            if discard_divergent && !json_out {
+            // On stderr even with -o json: stdout stays machine-readable.
+            if discard_divergent {
                 eprintln!(
                     "WARNING: --discard-divergent rejoins {instance} even if it executed transactions after the \
                      failover that replaced it. Those divergent transactions are not undone: their changes stay in \
