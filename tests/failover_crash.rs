@@ -58,6 +58,15 @@ async fn crash_at(failpoint: &str) -> anyhow::Result<()> {
     assert!(writable.len() <= 1, "two writable instances: {writable:?}");
     if f.outcome == "succeeded" {
         assert_eq!(writable, vec![f.candidate.clone()], "{f:#?}");
+        // The promotion point is the candidate's position before its first write (the
+        // old primary's last transaction), even when a new leader finished the failover:
+        // it was recorded with the promote step, not re-read after the heartbeat step.
+        let old_id = w.sandbox.primary().server_id();
+        assert!(
+            f.promotion_gtid.starts_with(&format!("0-{old_id}-")),
+            "promotion point {:?}: {f:#?}",
+            f.promotion_gtid
+        );
     } else {
         assert_eq!(f.outcome, "aborted", "{f:#?}");
     }

@@ -69,7 +69,9 @@ enum Cmd {
     Cluster(ClusterCmd),
     /// Show a cluster's replication topology as a tree: the primary, replicas under
     /// their source, with lag, heartbeat delay, GTID position, read_only, and flags
-    /// such as `not replicating`, `errant GTID`, `unreachable from 2/3 coordinators`.
+    /// such as `not replicating`, `errant GTID`, `unreachable from 2/3 coordinators`,
+    /// `divergent: N transactions (…)` (a former primary that took writes after it was
+    /// replaced: see `primusctl divergence`).
     Topology {
         name: String,
         /// Answer from the contacted node's own probes without asking the leader.
@@ -95,8 +97,26 @@ enum Cmd {
     /// The leader's current analysis of a cluster (code and evidence).
     Analysis { name: String },
     /// Repoint a demoted former primary (HOST:PORT) under the current primary —
-    /// refused, with the list, when it has transactions the primary lacks.
-    Rejoin { name: String, instance: String },
+    /// refused, with the list, when it has transactions the primary lacks, or when it
+    /// is divergent (it executed transactions after the failover that replaced it:
+    /// see `primusctl divergence`). Rebuild a divergent instance from the new primary;
+    /// or, MariaDB only, pass --discard-divergent.
+    Rejoin {
+        name: String,
+        instance: String,
+        /// MariaDB only: rejoin a divergent former primary anyway, replicating from the
+        /// promotion point of the failover that replaced it. Its divergent transactions
+        /// are NOT undone: their changes stay in its tables (and its binary log is reset
+        /// under gtid_strict_mode). The choice is recorded in the audit trail. Prefer
+        /// rebuilding it from the new primary.
+        #[arg(long)]
+        discard_divergent: bool,
+    },
+    /// Show what a former primary (HOST:PORT) executed after the failover that replaced
+    /// it: the failover, its promotion point (the new primary's GTIDs when it was
+    /// promoted) and the divergent GTIDs with their count. A divergent instance stays
+    /// demoted and read-only until it is rebuilt or rejoined with --discard-divergent.
+    Divergence { name: String, instance: String },
     /// Acknowledge failovers (all, or one id): lifts the anti-flap block.
     Ack { name: String, id: Option<String> },
     /// Per-instance settings.
@@ -244,6 +264,52 @@ fn role_name(r: i32) -> &'static str {
 }
 
 /// Print rows as aligned columns.
+fn divergence_json(d: &primus_client::DivergenceResponse) -> Value {
+    json!({"instance": d.instance, "former_primary": d.former_primary, "failover_id": d.failover_id,
+        "epoch": d.epoch, "new_primary": d.new_primary, "promotion_gtid": d.promotion_gtid,
+        "divergent": d.divergent, "count": d.count, "count_exact": d.count_exact, "gtids": d.gtids,
+        "executed": d.executed, "observed_at_ms": d.observed_at_ms, "flavor": d.flavor, "served_by": d.served_by})
+}
+
+fn print_divergence(d: &primus_client::DivergenceResponse) {
+    if !d.former_primary {
+        println!(
+            "{} is not a former primary replaced by a failover (or it has rejoined): nothing to compare",
+            d.instance
+        );
+        return;
+    }
+    let count = format!("{}{}", if d.count_exact { "" } else { "at least " }, d.count);
+    table(
+        &["INSTANCE", "FAILOVER", "EPOCH", "NEW PRIMARY", "PROMOTION POINT", "EXECUTED", "DIVERGENT"],
+        vec![vec![
+            d.instance.clone(),
+            d.failover_id.clone(),
+            d.epoch.to_string(),
+            d.new_primary.clone(),
+            d.promotion_gtid.clone(),
+            d.executed.clone(),
+            if d.divergent { count } else { "0".into() },
+        ]],
+    );
+    if d.divergent {
+        println!();
+        println!("divergent GTIDs ({} transactions):", d.count);
+        for g in &d.gtids {
+            println!("  {g}");
+        }
+        println!();
+        println!(
+            "{} stays demoted and read-only. Rebuild it from the new primary {}; or (MariaDB only) \
+             `primusctl rejoin --discard-divergent` to replicate from the promotion point, leaving these \
+             transactions' changes in its tables.",
+            d.instance, d.new_primary
+        );
+    } else {
+        println!("\n{} executed nothing beyond the promotion point: `primusctl rejoin` can repoint it.", d.instance);
+    }
+}
+
 fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
@@ -477,9 +543,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Rejoin { name, instance } => {
-            let r = client.rejoin(&name, &instance).await?;
-            done(json_out, &r.message, r.log_index);
+        Cmd::Rejoin { name, instance, discard_divergent } => {
+            // On stderr even with -o json: stdout stays machine-readable.
+            if discard_divergent {
+                eprintln!(
+                    "WARNING: --discard-divergent rejoins {instance} even if it executed transactions after the \
+                     failover that replaced it. Those divergent transactions are not undone: their changes stay in \
+                     its tables, next to the new primary's. Rebuilding it from the new primary is the safe way."
+                );
+            }
+            let r = client.rejoin_with(&name, &instance, discard_divergent).await?;
+            if json_out {
+                print_json(json!({"message": r.message, "log_index": r.log_index,
+                    "discarded_count": r.discarded_count, "discarded_gtids": r.discarded_gtids}));
+            } else {
+                if r.discarded_count > 0 {
+                    eprintln!(
+                        "WARNING: {} divergent transaction(s) left in {instance}'s tables: {}",
+                        r.discarded_count,
+                        r.discarded_gtids.join(",")
+                    );
+                }
+                done(false, &r.message, r.log_index);
+            }
+        }
+        Cmd::Divergence { name, instance } => {
+            let d = client.divergence(&name, &instance).await?;
+            if json_out {
+                print_json(divergence_json(&d));
+            } else {
+                print_divergence(&d);
+            }
         }
         Cmd::Ack { name, id } => {
             let r = client.ack(&name, id.as_deref()).await?;

@@ -720,11 +720,53 @@ impl Client {
         .map(|(_, v)| v)
     }
 
+    /// Repoint a demoted former primary under the primary; refused (FAILED_PRECONDITION,
+    /// with the GTIDs) when it has transactions the primary lacks or diverged after the
+    /// failover that replaced it.
     pub async fn rejoin(&self, cluster: &str, instance: &str) -> Result<RejoinResponse, ClientError> {
-        let r = RejoinRequest { cluster: cluster.into(), instance: instance.into(), actor: self.opts.actor.clone() };
+        self.rejoin_with(cluster, instance, false).await
+    }
+
+    /// [`Client::rejoin`], with `discard_divergent`: a divergent MariaDB former primary
+    /// rejoins anyway, replicating from the promotion point; its divergent transactions'
+    /// changes stay in its tables (the choice is recorded in the audit trail).
+    pub async fn rejoin_with(
+        &self,
+        cluster: &str,
+        instance: &str,
+        discard_divergent: bool,
+    ) -> Result<RejoinResponse, ClientError> {
+        let r = RejoinRequest {
+            cluster: cluster.into(),
+            instance: instance.into(),
+            actor: self.opts.actor.clone(),
+            discard_divergent,
+        };
         self.call(|mut c, t| {
             let r = r.clone();
             async move { c.rejoin(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
+    /// What the former primary `instance` executed after the failover that replaced it
+    /// (answered by the leader, from a fresh probe of the instance).
+    pub async fn divergence(&self, cluster: &str, instance: &str) -> Result<DivergenceResponse, ClientError> {
+        self.divergence_with(cluster, instance, ReadConsistency::Linearizable).await
+    }
+
+    pub async fn divergence_with(
+        &self,
+        cluster: &str,
+        instance: &str,
+        consistency: ReadConsistency,
+    ) -> Result<DivergenceResponse, ClientError> {
+        let r =
+            DivergenceRequest { cluster: cluster.into(), instance: instance.into(), consistency: consistency as i32 };
+        self.call(|mut c, t| {
+            let r = r.clone();
+            async move { c.divergence(req(r, t)).await.map(|r| r.into_inner()) }
         })
         .await
         .map(|(_, v)| v)

@@ -7,6 +7,8 @@
 //!
 //! * [`gtid`]: GTID sets of both flavors and their algebra (who is ahead), and MariaDB's
 //!   `gtid_binlog_state`.
+//! * [`divergence`]: [`divergent_transactions`], what a former primary executed after the
+//!   failover that replaced it (beyond the recorded promotion point).
 //! * [`errant`]: [`errant_transactions`], the errant-transaction check between a replica's and
 //!   its primary's observations.
 //! * [`flavor`]: flavor/version detection and every version-dependent SQL statement.
@@ -16,6 +18,7 @@
 //! * [`heartbeat`]: the `primus.heartbeat` row coordinators write on the primary and read on
 //!   every replica to see replication progress end to end.
 
+pub mod divergence;
 pub mod errant;
 pub mod flavor;
 pub mod gtid;
@@ -23,6 +26,7 @@ pub mod heartbeat;
 pub mod probe;
 pub mod status;
 
+pub use divergence::{divergent_transactions, promotion_point, Divergence, DivergenceError, PromotionPoint};
 pub use errant::{errant_transactions, ErrantReport};
 pub use flavor::{Flavor, ServerInfo, Version};
 pub use gtid::{AnyGtidSet, GtidOrdering, GtidSetOps, MariaBinlogState, MariaGtidSet, MySqlGtidSet};

@@ -45,8 +45,17 @@ pub const WRITE_METHODS: &[&str] = &[
 ];
 
 /// Coordinator RPCs that only read: open unless `require_token_for_reads`.
-pub const READ_METHODS: &[&str] =
-    &["GetStatus", "ListClusters", "Audit", "GetTopology", "History", "Analysis", "GetPrimary", "WatchPrimary"];
+pub const READ_METHODS: &[&str] = &[
+    "GetStatus",
+    "ListClusters",
+    "Audit",
+    "GetTopology",
+    "History",
+    "Analysis",
+    "GetPrimary",
+    "WatchPrimary",
+    "Divergence",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {

@@ -42,6 +42,15 @@ pub enum FailoverError {
     Commit(String),
 }
 
+/// What `rejoin` did.
+#[derive(Debug)]
+pub struct Rejoined {
+    pub log_index: u64,
+    pub message: String,
+    /// With `discard_divergent`: the divergent transactions left behind.
+    pub discarded: Option<primus_mysql::Divergence>,
+}
+
 pub struct Engine {
     me: NodeId,
     raft: Raft,
@@ -63,6 +72,8 @@ pub struct Engine {
     /// Agents' leases, as this node (when leader) granted them.
     leases: Arc<crate::lease::LeaseTable>,
     fencing: crate::config::FencingSection,
+    /// Divergent transaction count last logged per demoted former primary.
+    divergent_seen: Mutex<HashMap<(ClusterName, InstanceAddr), u64>>,
 }
 
 fn thresholds(cfg: &FailoverSection) -> Thresholds {
@@ -103,6 +114,7 @@ impl Engine {
             semi_sync_fixed: Mutex::new(HashMap::new()),
             leases,
             fencing,
+            divergent_seen: Mutex::new(HashMap::new()),
         })
     }
 
@@ -238,13 +250,12 @@ impl Engine {
     /// shows up writable (restarted with its config's read_only=OFF), fence it again.
     fn keep_demoted_fenced(self: &Arc<Self>, c: &ClusterRecord) {
         for addr in &c.demoted {
-            let writable = self
-                .monitor
-                .views_of(addr)
-                .into_iter()
-                .find(|(n, _)| *n == self.me)
-                .and_then(|(_, r)| r.result.ok())
-                .is_some_and(|o| !o.read_only);
+            let own =
+                self.monitor.views_of(addr).into_iter().find(|(n, _)| *n == self.me).and_then(|(_, r)| r.result.ok());
+            if let Some(o) = &own {
+                self.note_divergence(c, addr, o);
+            }
+            let writable = own.is_some_and(|o| !o.read_only);
             if !writable {
                 continue;
             }
@@ -328,6 +339,24 @@ impl Engine {
                 }
                 e.monitor.probe_now(&a);
             });
+        }
+    }
+
+    /// Log (once per change of its count) that a demoted former primary is divergent.
+    fn note_divergence(&self, c: &ClusterRecord, addr: &InstanceAddr, o: &primus_mysql::Observation) {
+        let Some(Ok(d)) = crate::divergence::check(c, addr, o) else { return };
+        let n = d.divergence.count();
+        let key = (c.name.clone(), addr.clone());
+        let mut seen = self.divergent_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.get(&key) == Some(&n) {
+            return;
+        }
+        seen.insert(key, n);
+        if n > 0 {
+            tracing::warn!(cluster = %c.name, instance = %addr, epoch = c.epoch, failover_id = %d.failover.id,
+                promotion_point = %d.promotion_gtid, divergent = %d.divergence, count = n,
+                "former primary is divergent: it executed transactions after it was replaced; it stays demoted \
+                 (see primusctl divergence)");
         }
     }
 
@@ -658,7 +687,6 @@ impl Engine {
     /// Run the recorded plan from the first step not yet recorded.
     async fn execute(self: &Arc<Self>, name: &ClusterName, id: &str) -> Result<(), FailoverError> {
         let mut attempts = 0u32;
-        let mut promotion_gtid: Option<String> = None;
         loop {
             let c = self.cluster(name)?;
             let Some(f) = c.in_flight().filter(|f| f.id == id).cloned() else { return Ok(()) };
@@ -670,9 +698,15 @@ impl Engine {
             // Before every step: still the leader, confirmed by a quorum.
             self.confirm_leader().await?;
             if matches!(step, Step::Complete) {
-                if promotion_gtid.is_none() {
-                    promotion_gtid = self.gtid_of(&f.candidate).await;
-                }
+                // Recorded at the promote step; only a failover promoted by an older
+                // version lacks it, and then the best left is the new primary's set now.
+                let promotion_gtid = if f.promotion_gtid.is_none() && f.kind.changes_primary() {
+                    tracing::warn!(cluster = %name, failover_id = %id, epoch = f.epoch,
+                        "no promotion point recorded at the promote step: reading the new primary's GTIDs now");
+                    self.gtid_of(&f.candidate).await
+                } else {
+                    None
+                };
                 self.commit(
                     Command::FailoverStep {
                         name: name.clone(),
@@ -699,11 +733,31 @@ impl Engine {
                 self.post_hooks(name, id);
                 return Ok(());
             }
-            match self.run_step(&c, &f, &step).await {
-                Ok(outcome) => {
-                    if matches!(step, Step::PromoteCandidate { .. }) {
-                        promotion_gtid = self.gtid_of(&f.candidate).await;
+            let result = match &step {
+                Step::PromoteCandidate { candidate } => {
+                    match self.promote(candidate, f.epoch, c.settings.semi_sync == Some(true)).await {
+                        Ok((outcome, point)) => {
+                            // Committed before the step: a leader that resumes after the step
+                            // finds the point already in the record.
+                            self.commit(
+                                Command::RecordPromotionPoint {
+                                    name: name.clone(),
+                                    id: id.to_string(),
+                                    gtid: point.gtid,
+                                    binlog_state: point.binlog_state,
+                                },
+                                "primusd",
+                            )
+                            .await?;
+                            Ok(outcome)
+                        }
+                        Err(e) => Err(e),
                     }
+                }
+                _ => self.run_step(&c, &f, &step).await,
+            };
+            match result {
+                Ok(outcome) => {
                     tracing::info!(cluster = %name, failover_id = %id, epoch = f.epoch, step = %step, %outcome, "step done");
                     self.commit(
                         Command::FailoverStep {
@@ -771,12 +825,19 @@ impl Engine {
     /// `primusctl rejoin`: repoint a demoted (or detached) instance under the primary,
     /// only if it has no transactions the primary lacks (otherwise it would bring
     /// divergent data back into the cluster: it must be rebuilt).
+    ///
+    /// A former primary that executed transactions after the failover that replaced it
+    /// (divergent, see [`crate::divergence`]) is refused with the list, unless the
+    /// operator passes `discard_divergent` (MariaDB only): it then replicates from the
+    /// promotion point, the divergent transactions' changes staying in its tables, and
+    /// that choice is recorded in the audit trail.
     pub async fn rejoin(
         &self,
         name: &ClusterName,
         addr: &InstanceAddr,
         actor: &str,
-    ) -> Result<(u64, String), FailoverError> {
+        discard_divergent: bool,
+    ) -> Result<Rejoined, FailoverError> {
         self.confirm_leader().await?;
         let c = self.cluster(name)?;
         if c.in_flight().is_some() {
@@ -803,8 +864,45 @@ impl Engine {
                 .ok_or_else(|| FailoverError::Refused(format!("{a} cannot be probed right now")))
         };
         let (o, p) = (obs(addr)?, obs(&primary)?);
+        let diverged = match crate::divergence::check(&c, addr, &o) {
+            // No usable promotion point (a failover finished by an older primus): the
+            // errant check against the primary below is all that is left.
+            Some(Err(e)) => {
+                tracing::warn!(cluster = %name, instance = %addr, epoch = c.epoch, error = %e,
+                    "divergence of a former primary cannot be computed: relying on the errant check");
+                None
+            }
+            Some(Ok(d)) if !d.divergence.is_empty() => Some(d),
+            _ => None,
+        };
+        if let Some(d) = &diverged {
+            let what = format!(
+                "{addr} is divergent: it executed {} that the primary {primary} does not have, after failover {} \
+                 replaced it (promotion point {}): {}",
+                crate::divergence::count_text(&d.divergence),
+                d.failover.id,
+                d.promotion_gtid,
+                d.divergence
+            );
+            if !discard_divergent {
+                return Err(FailoverError::Refused(format!(
+                    "{what}. To do: rebuild {addr} from the primary {primary} (a fresh backup or clone of it) and \
+                     rejoin it then; or, on MariaDB, `primusctl rejoin --discard-divergent` to replicate from the \
+                     promotion point, leaving those transactions' changes in its tables"
+                )));
+            }
+            if o.server.flavor != primus_mysql::Flavor::MariaDb {
+                return Err(FailoverError::Refused(format!(
+                    "{what}. --discard-divergent is MariaDB only: on MySQL the divergent GTIDs stay in gtid_executed \
+                     and the new primary would never send them; rebuild {addr} from the primary {primary}"
+                )));
+            }
+        }
         if let Some(r) = primus_mysql::errant_transactions(&o, &p) {
-            if !r.is_empty() {
+            // With --discard-divergent, the old primary's own divergent writes are expected
+            // here; anything written by another server still needs a rebuild.
+            let only_divergent = diverged.is_some() && r.server_ids().iter().all(|id| *id == o.server_id);
+            if !r.is_empty() && !only_divergent {
                 return Err(FailoverError::Refused(format!(
                     "{addr} has {} transaction(s) the primary {primary} does not have: {r}; rebuild it from the primary \
                      (its data has diverged) before it can rejoin",
@@ -813,17 +911,50 @@ impl Engine {
             }
         }
         let (user, password) = self.replication_credentials().map_err(FailoverError::Refused)?;
-        let sql = repoint_sql(&o, &primary, &user, &password, true);
+        let sql = match &diverged {
+            Some(d) => {
+                discard_sql(&o, &d.promotion_gtid, &primary, &user, &password).map_err(FailoverError::Refused)?
+            }
+            None => repoint_sql(&o, &primary, &user, &password, true),
+        };
         let prober = self.prober(addr);
         prober
             .execute(&sql, self.step_timeout())
             .await
             .map_err(|e| FailoverError::Refused(redact(&e.to_string(), &password)))?;
         prober.disconnect().await;
-        let idx = self.commit(Command::ClearDemoted { name: name.clone(), instance: addr.clone() }, actor).await?;
+        let discarded_divergent = diverged.as_ref().map(|d| {
+            format!(
+                "{} beyond promotion point {} of failover {}: {}",
+                crate::divergence::count_text(&d.divergence),
+                d.promotion_gtid,
+                d.failover.id,
+                d.divergence
+            )
+        });
+        let idx = self
+            .commit(Command::ClearDemoted { name: name.clone(), instance: addr.clone(), discarded_divergent }, actor)
+            .await?;
         self.monitor.probe_now(addr);
-        tracing::warn!(cluster = %name, instance = %addr, %primary, "rejoined as a replica");
-        Ok((idx, format!("{addr} now replicates from {primary}")))
+        let message = match &diverged {
+            Some(d) => {
+                tracing::warn!(cluster = %name, instance = %addr, %primary, epoch = c.epoch, failover_id = %d.failover.id,
+                    divergent = %d.divergence, %actor,
+                    "divergent former primary rejoined with --discard-divergent: its divergent changes stay in its tables");
+                format!(
+                    "{addr} now replicates from {primary}, starting at the promotion point {}; {} discarded from \
+                     replication ({}), their changes stay in its tables",
+                    d.promotion_gtid,
+                    crate::divergence::count_text(&d.divergence),
+                    d.divergence
+                )
+            }
+            None => {
+                tracing::warn!(cluster = %name, instance = %addr, %primary, epoch = c.epoch, "rejoined as a replica");
+                format!("{addr} now replicates from {primary}")
+            }
+        };
+        Ok(Rejoined { log_index: idx, message, discarded: diverged.map(|d| d.divergence) })
     }
 
     /// post_failover / post_switchover / post_unsuccessful_failover, in the background:
@@ -939,24 +1070,7 @@ impl Engine {
                 Ok(format!("lease of agent {} ran out (waited {} ms)", agent.agent_id, wait.as_millis()))
             }
             Step::PromoteCandidate { candidate } => {
-                let p = self.prober(candidate);
-                let o = p.probe().await.map_err(|e| e.to_string())?;
-                let mut sql = Vec::new();
-                if o.is_replica() {
-                    sql.push(o.server.stop_replica_sql());
-                    sql.push(o.server.reset_replica_sql(ResetReplica::All));
-                }
-                // No-loss mode: lossless semi-sync from the very first write on the new
-                // primary (its first commits wait for a repointed replica to acknowledge).
-                let semi_sync = c.settings.semi_sync == Some(true);
-                if semi_sync {
-                    sql.extend(o.server.semi_sync_sql(true, true));
-                }
-                sql.extend(o.server.set_read_only_sql(false));
-                p.execute(&sql, t).await.map_err(|e| e.to_string())?;
-                p.disconnect().await;
-                let ss = if semi_sync { "lossless semi-sync on, " } else { "" };
-                Ok(format!("replication stopped and reset, {ss}writable (epoch {})", f.epoch))
+                self.promote(candidate, f.epoch, c.settings.semi_sync == Some(true)).await.map(|(outcome, _)| outcome)
             }
             Step::RepointReplica { replica, to } | Step::RepointOldPrimary { addr: replica, to } => {
                 let (user, password) = self.replication_credentials()?;
@@ -986,6 +1100,44 @@ impl Engine {
             }
             Step::Complete => Ok("done".into()),
         }
+    }
+
+    /// Promote `candidate`: stop its replication, read the promotion point (what it holds
+    /// before it takes its first write), reset replication and make it writable. Run again
+    /// on an already writable candidate (a resumed failover), the point read is an upper
+    /// bound that may include the new primary's own first writes — harmless for divergence,
+    /// which is about the old primary's transactions.
+    async fn promote(
+        &self,
+        candidate: &InstanceAddr,
+        epoch: u64,
+        semi_sync: bool,
+    ) -> Result<(String, primus_mysql::PromotionPoint), String> {
+        let t = self.step_timeout();
+        let p = self.prober(candidate);
+        let o = p.probe().await.map_err(|e| e.to_string())?;
+        if o.is_replica() {
+            p.execute(&[o.server.stop_replica_sql()], t).await.map_err(|e| e.to_string())?;
+        }
+        let stopped = p.probe().await.map_err(|e| e.to_string())?;
+        let point = primus_mysql::promotion_point(&stopped);
+        let mut sql = Vec::new();
+        if o.is_replica() {
+            sql.push(o.server.reset_replica_sql(ResetReplica::All));
+        }
+        // No-loss mode: lossless semi-sync from the very first write on the new
+        // primary (its first commits wait for a repointed replica to acknowledge).
+        if semi_sync {
+            sql.extend(o.server.semi_sync_sql(true, true));
+        }
+        sql.extend(o.server.set_read_only_sql(false));
+        p.execute(&sql, t).await.map_err(|e| e.to_string())?;
+        p.disconnect().await;
+        let ss = if semi_sync { "lossless semi-sync on, " } else { "" };
+        Ok((
+            format!("replication stopped and reset, {ss}writable (epoch {epoch}), promotion point {}", point.gtid),
+            point,
+        ))
     }
 
     /// The operator's `fence` hooks (STONITH, VIP removal): most useful exactly when
@@ -1074,6 +1226,48 @@ fn repoint_sql(
     sql
 }
 
+/// `rejoin --discard-divergent` of a MariaDB former primary: replicate from the
+/// promotion point (`gtid_slave_pos`), not from its own position. Under
+/// `gtid_strict_mode` its binary log is reset first: it holds the divergent GTIDs, whose
+/// seqs the new primary's transactions reuse, and strict mode would refuse to log those
+/// (and to set a `gtid_slave_pos` behind the binlog).
+fn discard_sql(
+    o: &primus_mysql::Observation,
+    promotion_gtid: &str,
+    to: &InstanceAddr,
+    user: &str,
+    password: &str,
+) -> Result<Vec<String>, String> {
+    let primus_mysql::GtidState::MariaDb { strict_mode, .. } = &o.gtid else {
+        return Err("--discard-divergent is MariaDB only".into());
+    };
+    let point: primus_mysql::MariaGtidSet =
+        promotion_gtid.parse().map_err(|e: primus_mysql::gtid::GtidParseError| e.to_string())?;
+    if !point.is_position() {
+        return Err(format!("the promotion point {promotion_gtid} is not a MariaDB position"));
+    }
+    let change = ChangeSource {
+        host: to.host(),
+        port: to.port(),
+        user,
+        password,
+        heartbeat_period: Some(Duration::from_millis(500)),
+        connect_retry_s: Some(1),
+    };
+    let mut sql = Vec::new();
+    if o.is_replica() {
+        sql.push(o.server.stop_replica_sql());
+    }
+    sql.extend(o.server.set_read_only_sql(true));
+    if *strict_mode {
+        sql.push("RESET MASTER".to_string());
+    }
+    sql.push(format!("SET GLOBAL gtid_slave_pos = {}", primus_mysql::flavor::quote_string(&point.to_string())));
+    sql.push(o.server.change_source_sql(&change));
+    sql.push(o.server.start_replica_sql());
+    Ok(sql)
+}
+
 /// The CHANGE MASTER/SOURCE statement for `o`. A former MariaDB primary has its own
 /// writes in gtid_binlog_pos but not in gtid_slave_pos, so it must start from
 /// `current_pos` (MariaDB's documented way to turn a primary into a replica).
@@ -1116,4 +1310,102 @@ fn parse_like(like: &AnyGtidSet, s: &str) -> Result<AnyGtidSet, String> {
 
 fn decode_plan(f: &FailoverRecord) -> Vec<Step> {
     f.plan.iter().filter_map(|v| serde_json::from_value(v.clone()).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use primus_mysql::probe::SemiSyncStatus;
+    use primus_mysql::{Flavor, GtidState, Observation, ServerInfo, Version};
+
+    fn observation(flavor: Flavor, gtid: GtidState) -> Observation {
+        Observation {
+            addr: InstanceAddr::new("h", 1).expect("valid"),
+            taken_at_ms: 0,
+            latency_us: 0,
+            connect_us: None,
+            server: ServerInfo {
+                flavor,
+                version: Version::new(10, 11, 6),
+                version_string: "10.11.6".into(),
+                version_comment: String::new(),
+            },
+            server_id: 1,
+            server_uuid: None,
+            uptime_s: None,
+            read_only: true,
+            super_read_only: None,
+            log_bin: true,
+            log_slave_updates: true,
+            binlog_format: Some("ROW".into()),
+            gtid,
+            replication: Vec::new(),
+            semi_sync: SemiSyncStatus::default(),
+            replicas: Vec::new(),
+            binlog_dump_threads: 0,
+            heartbeat: Vec::new(),
+            heartbeat_error: None,
+        }
+    }
+
+    fn maria(strict_mode: bool) -> GtidState {
+        GtidState::MariaDb {
+            current_pos: "0-1-21".parse().expect("valid"),
+            binlog_pos: "0-1-21".parse().expect("valid"),
+            slave_pos: "0-1-10".parse().expect("valid"),
+            strict_mode,
+            domain_id: 0,
+            binlog_state: "0-1-21".parse().expect("valid"),
+        }
+    }
+
+    /// (case, observation, promotion point, Ok(statements that must appear) / Err(text))
+    type DiscardCase = (&'static str, Observation, &'static str, Result<Vec<&'static str>, &'static str>);
+
+    #[test]
+    fn discard_divergent_replicates_from_the_promotion_point_and_is_mariadb_only() {
+        let to = InstanceAddr::new("new", 3306).expect("valid");
+        let mysql = GtidState::MySql {
+            executed: "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5".parse().expect("valid"),
+            purged: Default::default(),
+            mode: "ON".into(),
+        };
+        let cases: Vec<DiscardCase> = vec![
+            (
+                "strict mode: binlog reset first",
+                observation(Flavor::MariaDb, maria(true)),
+                "0-1-17",
+                Ok(vec!["RESET MASTER", "SET GLOBAL gtid_slave_pos = '0-1-17'", "MASTER_USE_GTID=slave_pos"]),
+            ),
+            (
+                "no strict mode: binlog kept",
+                observation(Flavor::MariaDb, maria(false)),
+                "0-1-17",
+                Ok(vec!["SET GLOBAL gtid_slave_pos = '0-1-17'", "MASTER_USE_GTID=slave_pos"]),
+            ),
+            ("MySQL is refused", observation(Flavor::MySql, mysql), "x:1", Err("MariaDB only")),
+            (
+                "a promotion point that is no position is refused",
+                observation(Flavor::MariaDb, maria(true)),
+                "0-1-3..5",
+                Err("not a MariaDB position"),
+            ),
+        ];
+        for (case, o, point, want) in cases {
+            let got = discard_sql(&o, point, &to, "repl", "pw");
+            match (want, got) {
+                (Ok(must), Ok(sql)) => {
+                    let all = sql.join("; ");
+                    for m in must {
+                        assert!(all.contains(m), "{case}: {m:?} missing in {all}");
+                    }
+                    assert_eq!(all.contains("RESET MASTER"), case.starts_with("strict"), "{case}: {all}");
+                    assert!(!all.contains("current_pos"), "{case}: {all}");
+                    assert!(sql.last().is_some_and(|s| s.contains("START")), "{case}: {all}");
+                }
+                (Err(text), Err(e)) => assert!(e.contains(text), "{case}: {e}"),
+                (want, got) => panic!("{case}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
 }

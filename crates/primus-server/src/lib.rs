@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod config;
 pub mod discovery;
+pub mod divergence;
 pub mod failover;
 pub mod hooks;
 pub mod http;

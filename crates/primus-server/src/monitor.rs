@@ -605,6 +605,13 @@ impl Monitor {
     /// replicas, changed sources. Unreachable instances keep their last known place.
     fn refreshed_topology(&self, c: &ClusterRecord) -> Topology {
         let own = self.own.read().unwrap_or_else(|p| p.into_inner());
+        // Observations taken before the last failover finished describe the old shape
+        // (the candidate still a replica, replicas under the old primary): with them, the
+        // refresh would move the primary back to the old one. Until fresher ones arrive,
+        // those instances keep the place the failover gave them.
+        let since = c.history.iter().rev().find_map(|f| f.finished_at_ms).unwrap_or(0);
+        let own: std::collections::HashMap<&InstanceAddr, &ProbeRecord> =
+            own.iter().filter(|(_, r)| r.at_ms >= since).collect();
         let mut nodes: BTreeMap<InstanceAddr, (Option<InstanceAddr>, u32, String, String)> = BTreeMap::new();
         let mut discovered = Vec::new();
         for (addr, inst) in &c.topology.instances {
@@ -731,6 +738,12 @@ impl Monitor {
                             flags.push(format!("errant GTID: {r}"));
                         }
                     }
+                }
+                // A former primary that executed transactions after it was replaced.
+                match obs.and_then(|o| crate::divergence::check(c, &inst.addr, o)) {
+                    Some(Ok(d)) if !d.divergence.is_empty() => flags.push(d.flag()),
+                    Some(Err(e)) => flags.push(format!("divergence unknown: {e}")),
+                    _ => {}
                 }
                 if inst.role == InstanceRole::Primary && obs.map(|o| o.read_only).unwrap_or(false) {
                     flags.push("primary is read_only".into());

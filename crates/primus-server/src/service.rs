@@ -761,14 +761,74 @@ impl Coordinator for CoordinatorService {
                 .await
                 .map(Response::new);
         }
-        match engine.rejoin(&name, &addr, &r.actor).await {
-            Ok((log_index, message)) => Ok(Response::new(RejoinResponse { log_index, message })),
+        match engine.rejoin(&name, &addr, &r.actor, r.discard_divergent).await {
+            Ok(done) => Ok(Response::new(RejoinResponse {
+                log_index: done.log_index,
+                message: done.message,
+                discarded_count: done.discarded.as_ref().map(|d| d.count()).unwrap_or(0),
+                discarded_gtids: done.discarded.map(|d| d.gtids()).unwrap_or_default(),
+            })),
             Err(crate::failover::FailoverError::UnknownCluster(n)) => {
                 Err(Status::not_found(format!("cluster {n} is not registered")))
             }
             Err(crate::failover::FailoverError::NotLeader(m)) => Err(Status::unavailable(m)),
             Err(e) => Err(Status::failed_precondition(e.to_string())),
         }
+    }
+
+    async fn divergence(&self, req: Request<DivergenceRequest>) -> Result<Response<DivergenceResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let name = parse_name(&r.cluster)?;
+        let addr = r.instance.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if r.consistency() == ReadConsistency::Linearizable {
+            if let Err(nh) = self.linearizable().await {
+                return self
+                    .forward(nh, forwarded, r, |mut c, q| async move { c.divergence(q).await })
+                    .await
+                    .map(Response::new);
+            }
+        }
+        let rec = self
+            .node
+            .read_state(|s| s.clusters.get(&name).cloned())
+            .1
+            .ok_or_else(|| Status::not_found(format!("cluster {name} is not registered")))?;
+        if !rec.topology.instances.contains_key(&addr) {
+            return Err(Status::not_found(format!("{addr} is not an instance of {name}")));
+        }
+        let mut resp = DivergenceResponse { instance: addr.to_string(), served_by: self.node.id, ..Default::default() };
+        let Some(f) = crate::divergence::replaced_by(&rec, &addr) else {
+            return Ok(Response::new(resp));
+        };
+        resp.former_primary = true;
+        resp.failover_id = f.id.clone();
+        resp.epoch = f.epoch;
+        resp.new_primary = f.candidate.to_string();
+        resp.promotion_gtid = f.promotion_gtid.clone().unwrap_or_default();
+        let mon = self.node.monitor.as_ref().ok_or_else(|| {
+            Status::failed_precondition(format!("node {} has no [mysql] section: it probes nothing", self.node.id))
+        })?;
+        let probed = mon.probe_fresh(std::slice::from_ref(&addr)).await;
+        let obs = match probed.into_iter().next().map(|p| p.result) {
+            Some(Ok(o)) => o,
+            Some(Err(e)) => return Err(Status::unavailable(format!("{addr} cannot be probed right now: {e}"))),
+            None => return Err(Status::unavailable(format!("{addr} cannot be probed right now"))),
+        };
+        resp.executed = obs.gtid.executed().to_string();
+        resp.observed_at_ms = obs.taken_at_ms;
+        resp.flavor = obs.server.flavor.to_string().to_lowercase();
+        match crate::divergence::check(&rec, &addr, &obs) {
+            Some(Ok(d)) => {
+                resp.divergent = !d.divergence.is_empty();
+                resp.count = d.divergence.count();
+                resp.count_exact = d.divergence.exact();
+                resp.gtids = d.divergence.gtids();
+            }
+            Some(Err(e)) => return Err(Status::failed_precondition(e)),
+            None => {}
+        }
+        Ok(Response::new(resp))
     }
 
     async fn set_instance_datacenter(

@@ -353,6 +353,7 @@ fn context_from_a_failover_record() {
         outcome: Some(FailoverOutcome::Failed("repoint db3: refused".into())),
         finished_at_ms: Some(3),
         promotion_gtid: None,
+        promotion_binlog_state: None,
         acked_by: None,
     };
     let c = HookContext::from_record(&"shop".parse().unwrap(), &f, 3);

@@ -124,6 +124,23 @@ pub enum Command {
     ClearDemoted {
         name: ClusterName,
         instance: InstanceAddr,
+        /// `rejoin --discard-divergent`: the divergent transactions the operator chose to
+        /// leave behind (their changes stay in the instance's tables), kept in the audit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        discarded_divergent: Option<String>,
+    },
+    /// The promotion point of an in-progress failover: the candidate's GTID state read
+    /// right after its replication was stopped and before it was made writable. Committed
+    /// before the promote step is recorded, so a resumed failover never lacks it; the
+    /// first one recorded wins.
+    RecordPromotionPoint {
+        name: ClusterName,
+        id: String,
+        /// Executed set (MariaDB `gtid_current_pos`, MySQL `gtid_executed`).
+        gtid: String,
+        /// MariaDB: the (domain, server) pairs it held (binlog state and positions).
+        #[serde(default)]
+        binlog_state: Option<String>,
     },
     /// The leader refused a failover it would otherwise have started (e.g. no safe
     /// candidate). Recorded for `history`; consumes no epoch.
@@ -184,9 +201,18 @@ impl Command {
             ),
             Command::SetAutomaticFailover { name, enabled } => format!("automatic failover of {name}: {enabled:?}"),
             Command::SetSemiSync { name, enabled } => format!("semi-sync no-loss mode of {name}: {enabled:?}"),
-            Command::ClearDemoted { name, instance } => format!("{instance} in {name} no longer demoted"),
+            Command::ClearDemoted { name, instance, discarded_divergent: None } => {
+                format!("{instance} in {name} no longer demoted")
+            }
+            Command::ClearDemoted { name, instance, discarded_divergent: Some(d) } => format!(
+                "{instance} in {name} no longer demoted: rejoined with --discard-divergent, divergent transactions \
+                 left in its tables: {d}"
+            ),
             Command::RegisterAgent { name, instance, agent_id } => {
                 format!("agent {agent_id} registered for {instance} in {name}")
+            }
+            Command::RecordPromotionPoint { name, id, gtid, .. } => {
+                format!("failover {id} of {name}: promotion point {gtid}")
             }
             Command::SetInstanceDatacenter { name, instance, datacenter } => {
                 format!("datacenter of {instance} in {name}: {}", datacenter.as_deref().unwrap_or("(none)"))

@@ -85,9 +85,15 @@ pub struct FailoverRecord {
     pub started_by: String,
     pub outcome: Option<FailoverOutcome>,
     pub finished_at_ms: Option<u64>,
-    /// GTID position the new primary started from (the promotion point).
+    /// GTID position the new primary started from (the promotion point): its executed
+    /// set read after its replication stopped, before it was made writable.
     #[serde(default)]
     pub promotion_gtid: Option<String>,
+    /// MariaDB: the (domain, server) pairs the new primary held at the promotion point
+    /// (`gtid_binlog_state` plus the last GTIDs of its positions), for telling a former
+    /// primary's divergent writes apart from the new primary's by server id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion_binlog_state: Option<String>,
     #[serde(default)]
     pub acked_by: Option<String>,
 }

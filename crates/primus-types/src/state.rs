@@ -284,6 +284,7 @@ impl Registry {
                     outcome: None,
                     finished_at_ms: None,
                     promotion_gtid: None,
+                    promotion_binlog_state: None,
                     acked_by: None,
                 });
                 if c.history.len() > HISTORY_RETENTION {
@@ -318,7 +319,10 @@ impl Registry {
                     .ok_or_else(|| Rejection::NoSuchFailover { name: name.clone(), id: id.clone() })?;
                 f.outcome = Some(outcome.clone());
                 f.finished_at_ms = Some(req.proposed_at_ms);
-                f.promotion_gtid = promotion_gtid.clone();
+                // The point recorded at the promote step wins over a later reading.
+                if f.promotion_gtid.is_none() {
+                    f.promotion_gtid = promotion_gtid.clone();
+                }
                 let (old, new) = (f.old_primary.clone(), f.candidate.clone());
                 // A switchover repoints the old primary under the new one: it is a
                 // healthy replica, not a demoted server.
@@ -457,10 +461,23 @@ impl Registry {
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
             }
-            Command::ClearDemoted { name, instance } => {
+            Command::ClearDemoted { name, instance, .. } => {
                 let c = self.cluster_mut(name)?;
                 c.demoted.remove(instance);
                 touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
+            Command::RecordPromotionPoint { name, id, gtid, binlog_state } => {
+                let c = self.cluster_mut(name)?;
+                let f = c
+                    .in_flight_mut(id)
+                    .ok_or_else(|| Rejection::NoSuchFailover { name: name.clone(), id: id.clone() })?;
+                // A re-run promote step (new leader) reads later: the first reading wins.
+                if f.promotion_gtid.is_none() {
+                    f.promotion_gtid = Some(gtid.clone());
+                    f.promotion_binlog_state = binlog_state.clone();
+                    touched.push(StateKey::Cluster(name.clone()));
+                }
                 Ok(())
             }
             Command::UnregisterCluster { name } => {
@@ -703,6 +720,42 @@ mod tests {
         assert_eq!(c.topology.instances[&a(4)].source, Some(a(1)));
         assert_eq!(c.topology.instances[&a(2)].source, Some(a(1)), "the dead intermediate keeps its place");
         assert!(c.demoted.is_empty());
+    }
+
+    #[test]
+    fn promotion_point_recorded_at_the_promote_step_survives_a_resumed_finish() {
+        let mut r = registered_with_topology();
+        r.apply(&log_id(3), &start("c", 2));
+        let point = |gtid: &str| {
+            Request::new(
+                Command::RecordPromotionPoint {
+                    name: "c".parse().unwrap(),
+                    id: "c-e2".into(),
+                    gtid: gtid.into(),
+                    binlog_state: Some(format!("{gtid},0-9-3")),
+                },
+                Origin::default(),
+            )
+        };
+        assert_eq!(r.apply(&log_id(4), &point("0-1-100")).0, Response::Done);
+        // A new leader re-runs the promote step and reads later: the first reading stays.
+        assert_eq!(r.apply(&log_id(5), &point("0-2-104")).0, Response::Done);
+        // ...and a finish carrying a later reading does not replace it either.
+        let fin = Request::new(
+            Command::FinishFailover {
+                name: "c".parse().unwrap(),
+                id: "c-e2".into(),
+                outcome: crate::FailoverOutcome::Succeeded,
+                promotion_gtid: Some("0-2-110".into()),
+            },
+            Origin::default(),
+        );
+        assert_eq!(r.apply(&log_id(6), &fin).0, Response::Done);
+        let f = &r.clusters[&"c".parse().unwrap()].history[0];
+        assert_eq!(f.promotion_gtid.as_deref(), Some("0-1-100"));
+        assert_eq!(f.promotion_binlog_state.as_deref(), Some("0-1-100,0-9-3"));
+        // No failover in flight: refused.
+        assert!(matches!(r.apply(&log_id(7), &point("0-1-1")).0, Response::Rejected(Rejection::NoSuchFailover { .. })));
     }
 
     #[test]

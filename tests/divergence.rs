@@ -1,0 +1,297 @@
+//! Divergence of a former primary, on real MariaDB replication with real primusd
+//! coordinators: a live primary partitioned away from the majority of coordinators and
+//! from its replicas keeps taking an application's writes while the majority fails
+//! over. After healing, those writes — beyond the promotion point of the failover that
+//! replaced it — are divergent: shown by `topology` and `primusctl divergence`, refused
+//! by `rejoin`, and accepted only with `rejoin --discard-divergent`.
+
+use primus_client::{Client, ClusterSettings, HistoryResponse};
+use primus_integration_tests::world::{inst, World, WorldOptions};
+use primus_testkit::mariadb::Instance;
+use primus_testkit::proxy::CutMode;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+const APP_TABLE: &str = "primus_test.app";
+
+async fn read_only(i: &Instance) -> Option<bool> {
+    tokio::time::timeout(Duration::from_millis(300), i.read_only()).await.ok().and_then(|r| r.ok())
+}
+
+async fn wait_finished(c: &Client, n: usize, timeout: Duration) -> anyhow::Result<HistoryResponse> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let h = c.history("c").await?;
+        if h.failovers.len() >= n && h.failovers.iter().all(|f| f.outcome != "in_progress") {
+            return Ok(h);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "failover not finished within {timeout:?}: {h:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `n` single-row autocommit INSERTs as an unprivileged application user, straight to `i`
+/// (not through the coordinators' proxies): `n` transactions.
+async fn app_writes(i: &Instance, n: usize) -> anyhow::Result<()> {
+    use mysql_async::prelude::Queryable;
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(i.port())
+        .user(Some("app"))
+        .pass(Some("app-pass"))
+        .prefer_socket(false);
+    let mut c = mysql_async::Conn::new(opts).await?;
+    for k in 0..n {
+        c.query_drop(format!("INSERT INTO {APP_TABLE} (v) VALUES ('cut-off-{k}')")).await?;
+    }
+    c.disconnect().await?;
+    Ok(())
+}
+
+async fn app_rows(i: &Instance) -> anyhow::Result<u64> {
+    Ok(i.query_one::<u64>(&format!("SELECT COUNT(*) FROM {APP_TABLE}")).await?.unwrap_or(0))
+}
+
+/// A log line without its terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn primusctl(w: &World, args: &[&str]) -> anyhow::Result<Output> {
+    let ctl = primus_testkit::coordinator::bin("primusctl")?;
+    Ok(std::process::Command::new(ctl)
+        .args(["--endpoints", &w.group.endpoints(), "--timeout", "15s"])
+        .args(args)
+        .output()?)
+}
+
+struct Partitioned {
+    w: World,
+    old: Instance,
+    new_primary: Instance,
+    failover_id: String,
+    /// The old primary's GTID position when it was cut off (= the promotion point).
+    cut_pos: String,
+}
+
+/// A 3-coordinator proxied world over a primary with two replicas. The primary is cut off
+/// from the leader and one more coordinator (a majority) and from its replicas, takes
+/// `writes` application transactions, and the majority fails over. Links are then healed.
+async fn partition_write_and_fail_over(writes: usize) -> anyhow::Result<Partitioned> {
+    let w = World::start(WorldOptions { proxied: true, ..Default::default() }).await?;
+    let primary = w.sandbox.primary().clone();
+    primary.insert_test_rows(1).await?;
+    primary
+        .exec(&format!(
+            "CREATE TABLE {APP_TABLE} (id BIGINT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64) NOT NULL) ENGINE=InnoDB"
+        ))
+        .await?;
+    primary.exec("CREATE USER 'app'@'%' IDENTIFIED BY 'app-pass'").await?;
+    primary.exec("GRANT SELECT, INSERT ON primus_test.* TO 'app'@'%'").await?;
+    w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
+    w.client()?.register_cluster("c", &[primary.addr()], ClusterSettings::default()).await?;
+    w.wait_topology("c", "all coordinators see every instance", Duration::from_secs(15), |t| {
+        t.instances.len() == 3 && t.instances.iter().all(|i| i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Cut the leader (the only heartbeat writer) and one more coordinator off the primary;
+    // then, once no heartbeat can be in flight, the replicas' IO threads. The links are
+    // reset, not just silenced: a silenced link would deliver the heartbeat write stuck in
+    // it when healed, and that late write is a divergent transaction too (it lands after
+    // the promotion point).
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
+    let other = (1..=3u64).find(|i| *i != leader).expect("three coordinators");
+    let majority = [leader, other];
+    {
+        let links = w.links.as_ref().expect("proxied");
+        for m in majority {
+            links.cut(m as usize - 1, 0, CutMode::Reset);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for r in w.sandbox.replicas() {
+        r.stop_replication_io().await?;
+    }
+    let cut_pos = primary.gtid_current_pos().await?;
+
+    let client = w.client()?;
+    let h = wait_finished(&client, 1, Duration::from_secs(30)).await?;
+    let f = h.failovers[0].clone();
+    assert_eq!(f.outcome, "succeeded", "{f:#?}");
+    assert_eq!(f.old_primary, primary.addr());
+    println!("failover {} promoted {} at promotion point {}", f.id, f.candidate, f.promotion_gtid);
+    assert_eq!(f.promotion_gtid, cut_pos, "the promotion point is where the old primary was cut off");
+    let new_primary = w.sandbox.instances().iter().find(|i| i.addr() == f.candidate).expect("promoted").clone();
+
+    // The cut-off primary is still writable (nobody in the majority could fence it):
+    // the application keeps writing there.
+    assert_eq!(read_only(&primary).await, Some(false));
+    app_writes(&primary, writes).await?;
+    // The new primary takes writes too: its seq numbers in domain 0 overlap the old one's.
+    new_primary.insert_test_rows(10).await?;
+
+    {
+        let links = w.links.as_ref().expect("proxied");
+        for m in majority {
+            links.heal(m as usize - 1, 0);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while read_only(&primary).await != Some(true) {
+        anyhow::ensure!(Instant::now() < deadline, "the demoted old primary was not fenced after healing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Partitioned { w, old: primary, new_primary, failover_id: f.id, cut_pos })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_off_primary_that_took_writes_is_flagged_divergent_refused_and_rejoins_only_when_discarding(
+) -> anyhow::Result<()> {
+    const N: usize = 4;
+    let Partitioned { w, old, new_primary, failover_id, cut_pos } = partition_write_and_fail_over(N).await?;
+    let old_addr = old.addr();
+    // Exactly the application's N transactions, under the old primary's server id, right
+    // after the promotion point.
+    let cut_seq: u64 = cut_pos.rsplit('-').next().and_then(|s| s.parse().ok()).expect("0-S-SEQ position");
+    let want = format!("0-{}-{}..{}", old.server_id(), cut_seq + 1, cut_seq + N as u64);
+
+    // 1. The topology flags it, and it stays demoted and read-only.
+    let t = w
+        .wait_topology("c", "the old primary flagged divergent", Duration::from_secs(15), |t| {
+            inst(t, &old_addr).flags.iter().any(|f| f.starts_with("divergent:"))
+        })
+        .await?;
+    let o = inst(&t, &old_addr);
+    println!("topology flags of {old_addr}: {:?}", o.flags);
+    let flag = o.flags.iter().find(|f| f.starts_with("divergent:")).expect("flag");
+    assert!(flag.starts_with(&format!("divergent: {N} transactions ({want})")), "{flag}");
+    assert_eq!((o.role.as_str(), o.read_only), ("demoted", Some(true)), "{o:#?}");
+    // The leader logs it once, with cluster, instance and epoch.
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = w.group.node(leader).log_tail(400);
+        if let Some(line) = log.lines().map(strip_ansi).find(|l| l.contains("former primary is divergent")) {
+            println!("leader log: {line}");
+            assert!(line.contains(&old_addr) && line.contains("epoch=2") && line.contains(&want), "{line}");
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the leader did not log the divergence:\n{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = primusctl(&w, &["topology", "c"])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("divergent: {N} transactions")), "{text}");
+
+    // 2. `primusctl divergence` lists them (JSON and table).
+    let out = primusctl(&w, &["divergence", "c", &old_addr, "-o", "json"])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    println!("primusctl divergence -o json: {v}");
+    assert_eq!(v["former_primary"], true);
+    assert_eq!(v["divergent"], true);
+    assert_eq!(v["count"], N as u64);
+    assert_eq!(v["count_exact"], true);
+    assert_eq!(v["gtids"], serde_json::json!([want]));
+    assert_eq!(v["failover_id"], failover_id.as_str());
+    assert_eq!(v["new_primary"], new_primary.addr().as_str());
+    assert_eq!(v["promotion_gtid"], cut_pos.as_str());
+    assert_eq!(v["flavor"], "mariadb");
+    let out = primusctl(&w, &["divergence", "c", &old_addr])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(out.status.success() && text.contains("PROMOTION POINT") && text.contains(&want), "{text}");
+
+    // 3. A plain rejoin is refused with the count, the list and what to do.
+    let out = primusctl(&w, &["rejoin", "c", &old_addr])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("rejoin refused: {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("divergent") && err.contains(&format!("{N} transactions")) && err.contains(&want), "{err}");
+    assert!(err.contains("rebuild") && err.contains("--discard-divergent"), "{err}");
+    assert!(old.slave_status().await?.is_none_or(|s| !s.is_running()), "a divergent instance was repointed");
+    assert_eq!(read_only(&old).await, Some(true));
+
+    // 4. --discard-divergent rejoins it from the promotion point, with a warning; the
+    //    divergent rows stay in its tables, and replication then runs.
+    let out = primusctl(&w, &["rejoin", "c", &old_addr, "--discard-divergent"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("rejoin --discard-divergent: {}\n{err}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("WARNING") && err.contains("stay in its tables") && err.contains(&want), "{err}");
+    new_primary.insert_test_rows(3).await?;
+    let pos = new_primary.gtid_binlog_pos().await?;
+    old.wait_gtid(&pos, Duration::from_secs(15)).await?;
+    let st = old.slave_status().await?.expect("replicating");
+    assert!(st.is_running() && st.last_sql_error.is_empty(), "{st:?}");
+    assert_eq!(st.master_port, new_primary.port());
+    assert_eq!(old.test_row_count().await?, new_primary.test_row_count().await?);
+    assert_eq!((app_rows(&old).await?, app_rows(&new_primary).await?), (N as u64, 0), "divergent rows stay on the old");
+    w.wait_topology("c", "the old primary a clean replica of the new one", Duration::from_secs(15), |t| {
+        let i = inst(t, &old_addr);
+        i.role == "replica"
+            && i.source.as_deref() == Some(new_primary.addr().as_str())
+            && !i.flags.iter().any(|f| f.starts_with("divergent"))
+    })
+    .await?;
+    // The operator's choice is in the audit trail.
+    let audit = w.client()?.audit(50, primus_client::ReadConsistency::Linearizable).await?;
+    let rec = audit.records.iter().find(|r| r.summary.contains("--discard-divergent"));
+    let rec = rec.ok_or_else(|| anyhow::anyhow!("no audit record of the discard: {audit:#?}"))?;
+    println!("audit: {}", rec.summary);
+    assert!(rec.summary.contains(&want) && rec.summary.contains(&old_addr), "{}", rec.summary);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_off_primary_without_writes_is_not_divergent_and_rejoins_cleanly() -> anyhow::Result<()> {
+    let Partitioned { w, old, new_primary, .. } = partition_write_and_fail_over(0).await?;
+    let old_addr = old.addr();
+    let t = w
+        .wait_topology("c", "the old primary seen again", Duration::from_secs(15), |t| {
+            let i = inst(t, &old_addr);
+            i.reachable && i.role == "demoted" && i.read_only == Some(true)
+        })
+        .await?;
+    // Several views of it, none divergent.
+    for _ in 0..5 {
+        let t = w.topology("c").await?;
+        assert!(!inst(&t, &old_addr).flags.iter().any(|f| f.contains("divergen")), "{t:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("flags of {old_addr}: {:?}", inst(&t, &old_addr).flags);
+    let d = w.client()?.divergence("c", &old_addr).await?;
+    assert!(d.former_primary && !d.divergent && d.count == 0 && d.gtids.is_empty(), "{d:#?}");
+
+    let out = primusctl(&w, &["rejoin", "c", &old_addr])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    new_primary.insert_test_rows(3).await?;
+    let pos = new_primary.gtid_binlog_pos().await?;
+    old.wait_gtid(&pos, Duration::from_secs(15)).await?;
+    let st = old.slave_status().await?.expect("replicating");
+    assert!(st.is_running() && st.last_sql_error.is_empty(), "{st:?}");
+    // Once rejoined, it is no former primary to compare any more.
+    w.wait_topology("c", "the old primary a replica of the new one", Duration::from_secs(15), |t| {
+        inst(t, &old_addr).role == "replica"
+    })
+    .await?;
+    let d = w.client()?.divergence("c", &old_addr).await?;
+    assert!(!d.former_primary, "{d:#?}");
+    Ok(())
+}
