@@ -526,3 +526,63 @@ async fn agent_holds_its_lease_from_coordinators_with_mtls_and_a_token() -> anyh
     assert!(log.contains("permission denied") || log.contains("not authenticated"), "no auth error in:\n{log}");
     Ok(())
 }
+
+/// Steps the system wall clock (root only) and puts it back on drop, from a monotonic
+/// reference, so the machine ends on the right time whatever the test does.
+struct WallClockStep {
+    base_wall: std::time::SystemTime,
+    base_mono: Instant,
+}
+
+impl WallClockStep {
+    fn new() -> WallClockStep {
+        WallClockStep { base_wall: std::time::SystemTime::now(), base_mono: Instant::now() }
+    }
+
+    fn set(&self, offset_s: i64) -> anyhow::Result<()> {
+        let real = self.base_wall + self.base_mono.elapsed();
+        let secs = real.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64() + offset_s as f64;
+        let out = std::process::Command::new("date").args(["-u", "-s", &format!("@{secs:.3}")]).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "cannot step the wall clock (this test needs root / CAP_SYS_TIME): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+impl Drop for WallClockStep {
+    fn drop(&mut self) {
+        if let Err(e) = self.set(0) {
+            eprintln!("could not restore the wall clock: {e}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stepping_the_wall_clock_a_minute_either_way_changes_nothing_for_the_lease() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions::default()).await?;
+    register_world(&w).await?;
+    let primary = w.sandbox.primary().clone();
+    create_app_user(&primary).await?;
+    let agent = AgentProc::start(&primary, &world_agent_options(&w))?;
+    agent.wait_log("lease granted", Duration::from_secs(10)).await?;
+    assert_stays_writable(&primary, Duration::from_secs(2), &agent, "before the clock steps").await?;
+
+    // Lease timing uses monotonic clocks only: wall-clock steps of a minute either way
+    // (as a bad NTP sync or an operator's `date -s` would make) must not fence anything.
+    let clock = WallClockStep::new();
+    clock.set(60)?;
+    assert_stays_writable(&primary, Duration::from_secs(3), &agent, "wall clock stepped +60 s").await?;
+    app_insert(&primary).await?;
+    clock.set(-60)?;
+    assert_stays_writable(&primary, Duration::from_secs(3), &agent, "wall clock stepped -60 s").await?;
+    app_insert(&primary).await?;
+    drop(clock);
+    assert_stays_writable(&primary, Duration::from_secs(2), &agent, "wall clock restored").await?;
+    let log = agent.log();
+    assert!(!log.contains("FENCED") && !log.contains("ESCALATED"), "the agent fenced a healthy primary:\n{log}");
+    assert!(w.client()?.history(CLUSTER).await?.failovers.is_empty(), "a clock step caused a failover");
+    Ok(())
+}
