@@ -586,3 +586,99 @@ async fn stepping_the_wall_clock_a_minute_either_way_changes_nothing_for_the_lea
     assert!(w.client()?.history(CLUSTER).await?.failovers.is_empty(), "a clock step caused a failover");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_primary_resumed_30_s_later_takes_no_write_and_never_two_are_writable() -> anyhow::Result<()> {
+    let resume_after =
+        Duration::from_secs(std::env::var("PRIMUS_HANG_RESUME_S").ok().and_then(|v| v.parse().ok()).unwrap_or(30));
+    let w = World::start(WorldOptions::default()).await?;
+    register_world(&w).await?;
+    let primary = w.sandbox.primary().clone();
+    create_app_user(&primary).await?;
+    w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
+    let agent = AgentProc::start(&primary, &world_agent_options(&w))?;
+    agent.wait_log("lease granted", Duration::from_secs(10)).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Every 50 ms: how many instances accept writes (a hung one does not answer: not writable).
+    let sampler = {
+        let (all, stop) = (w.sandbox.instances().to_vec(), stop.clone());
+        tokio::spawn(async move {
+            let mut samples: Vec<(u64, Vec<String>)> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut writable = Vec::new();
+                for i in &all {
+                    let ro = tokio::time::timeout(Duration::from_millis(40), i.read_only()).await;
+                    if let Ok(Ok(false)) = ro {
+                        writable.push(i.addr());
+                    }
+                }
+                samples.push((wall_ms(), writable));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            samples
+        })
+    };
+    // A client that keeps trying to write to the old primary, recording every success.
+    let writer = {
+        let (inst, stop) = (primary.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut ok = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if app_insert(&inst).await.is_ok() {
+                    ok.push(wall_ms());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            ok
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hung = Instant::now();
+    primary.sigstop()?;
+    let client = w.client()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let f = loop {
+        if let Ok(h) = client.history(CLUSTER).await {
+            if let Some(f) = h.failovers.iter().find(|f| f.outcome != "in_progress") {
+                break f.clone();
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no failover within 30 s\n{}", agent.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(f.outcome, "succeeded", "{f:#?}");
+    let promoted_at = f
+        .steps
+        .iter()
+        .find(|s| s.description.starts_with("promote "))
+        .map(|s| s.at_ms)
+        .ok_or_else(|| anyhow::anyhow!("no promote step: {f:#?}"))?;
+    println!("SIGSTOP -> failover finished after {} ms", hung.elapsed().as_millis());
+    tokio::time::sleep(resume_after.saturating_sub(hung.elapsed())).await;
+    let _ = primary.sigcont();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.await?;
+    let writes = writer.await?;
+
+    let late: Vec<u64> = writes.iter().copied().filter(|t| *t >= promoted_at).collect();
+    assert!(late.is_empty(), "the resumed old primary acknowledged {} writes after the promotion", late.len());
+    let two: Vec<&(u64, Vec<String>)> = samples.iter().filter(|(_, w)| w.len() > 1).collect();
+    assert!(two.is_empty(), "two writable instances at {} samples, e.g. {:?}", two.len(), two.first());
+    let after: Vec<&(u64, Vec<String>)> = samples.iter().filter(|(t, _)| *t > promoted_at + 500).collect();
+    assert!(
+        after.iter().all(|(_, w)| w == &vec![f.candidate.clone()]),
+        "after the promotion exactly the new primary must be writable: {:?}",
+        after.iter().find(|(_, w)| w != &vec![f.candidate.clone()])
+    );
+    let log = agent.log();
+    println!(
+        "{} samples every 50 ms, never two writable; resumed after {} s: 0 writes accepted after the promotion; agent: {}",
+        samples.len(),
+        resume_after.as_secs(),
+        if log.contains("ESCALATED") { "escalated (SIGKILL of the hung mysqld)" } else { "fenced" }
+    );
+    Ok(())
+}
