@@ -682,3 +682,117 @@ async fn hung_primary_resumed_30_s_later_takes_no_write_and_never_two_are_writab
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_cut_off_by_a_real_partition_fences_itself_before_another_is_promoted() -> anyhow::Result<()> {
+    // The primary runs in its own network namespace; the partition pins every peer's
+    // address to an unused MAC on both sides (silent: connections time out).
+    let w = World::start(WorldOptions { primary_in_netns: true, ..Default::default() }).await?;
+    register_world(&w).await?;
+    let primary = w.sandbox.primary().clone();
+    create_app_user(&primary).await?;
+    w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
+    let (lab, host) = w.net.as_ref().ok_or_else(|| anyhow::anyhow!("no network namespace"))?;
+    // The agent runs beside mysqld in its namespace and reaches the coordinators
+    // through the bridge.
+    let coordinators: Vec<String> = (1..=3u64)
+        .map(|id| {
+            let addr = w.group.node(id).addr();
+            let port = addr.rsplit(':').next().unwrap_or_default().to_string();
+            format!("{}:{port}", lab.gateway)
+        })
+        .collect();
+    let opts = AgentOptions { coordinators, ..world_agent_options(&w) };
+    let ttl = Duration::from_millis(opts.ttl_ms);
+    let agent = AgentProc::start(&primary, &opts)?;
+    agent.wait_log("lease granted", Duration::from_secs(10)).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // A client on the primary's host keeps writing through the unix socket.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (socket, stop) = (primary.unix_socket().to_path_buf(), stop.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let opts = OptsBuilder::default()
+                    .socket(Some(socket.display().to_string()))
+                    .user(Some(APP_USER))
+                    .pass(Some(APP_PASS));
+                let attempt = async {
+                    let mut c = Conn::new(opts).await?;
+                    c.query_drop("INSERT INTO primus_test.t (v) VALUES ('local')").await?;
+                    c.disconnect().await
+                };
+                if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(500), attempt).await {
+                    acked.push(wall_ms());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cut_wall = wall_ms();
+    let cut = Instant::now();
+    lab.cut(host)?;
+    let client = w.client()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let f = loop {
+        if let Ok(h) = client.history(CLUSTER).await {
+            if let Some(f) = h.failovers.iter().find(|f| f.outcome != "in_progress") {
+                break f.clone();
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no failover within 30 s of the cut\n{}", agent.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let failover_s = cut.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.await?;
+    assert_eq!(f.outcome, "succeeded", "{f:#?}");
+    let promoted_at = f
+        .steps
+        .iter()
+        .find(|s| s.description.starts_with("promote "))
+        .map(|s| s.at_ms)
+        .ok_or_else(|| anyhow::anyhow!("no promote step: {f:#?}"))?;
+    let last_local = acked.iter().copied().max().unwrap_or(0);
+    let after_cut = acked.iter().filter(|t| **t >= cut_wall).count();
+    println!(
+        "real partition: failover done {} ms after the cut ({}); local writes accepted until +{} ms ({after_cut} after \
+         the cut); promotion at +{} ms",
+        failover_s.as_millis(),
+        f.analysis_code,
+        last_local.saturating_sub(cut_wall),
+        promoted_at.saturating_sub(cut_wall)
+    );
+    assert!(
+        last_local < cut_wall + ttl.as_millis() as u64 + 500,
+        "local writes went on {} ms after the cut (lease {} ms)",
+        last_local.saturating_sub(cut_wall),
+        ttl.as_millis()
+    );
+    assert!(last_local < promoted_at, "the old primary took a write after the new one was promoted");
+
+    // Healed: the old primary stays read-only, and what it took after the cut is listed.
+    lab.heal(host)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let d = loop {
+        let d = client.divergence(CLUSTER, &primary.addr()).await;
+        if let Ok(d) = &d {
+            if d.former_primary && (d.divergent || after_cut == 0) {
+                break d.clone();
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no divergence report after healing: {d:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("after healing: {} divergent transactions listed ({:?})", d.count, d.gtids);
+    assert!(primary.read_only().await?, "the old primary must stay read-only");
+    if after_cut > 0 {
+        assert!(d.count as usize >= 1, "{after_cut} local writes after the cut, none listed as divergent: {d:?}");
+    }
+    Ok(())
+}

@@ -59,6 +59,8 @@ pub mod world {
         pub sandbox: Sandbox,
         pub group: CoordinatorGroup,
         pub links: Option<LinkMatrix>,
+        /// With `primary_in_netns`: the lab and the primary's namespace (dropped last).
+        pub net: Option<(primus_testkit::netns::NetLab, primus_testkit::netns::NetHost)>,
         _secrets: tempfile::TempDir,
     }
 
@@ -76,6 +78,9 @@ pub mod world {
         pub env: Vec<(String, String)>,
         /// Give every coordinator an HTTP endpoint (`NodeProc::http_addr`).
         pub http: bool,
+        /// Run instance 0 (the primary) in its own network namespace on a bridge, so a
+        /// test can cut it off for real (`World::net`); coordinators listen on 0.0.0.0.
+        pub primary_in_netns: bool,
     }
 
     impl Default for WorldOptions {
@@ -91,13 +96,25 @@ pub mod world {
                 extra_config: String::new(),
                 env: Vec::new(),
                 http: false,
+                primary_in_netns: false,
             }
         }
     }
 
     impl World {
         pub async fn start(o: WorldOptions) -> anyhow::Result<World> {
-            let sandbox = Sandbox::start(SandboxOptions::new(o.topology)).await?;
+            let net = if o.primary_in_netns {
+                let lab = primus_testkit::netns::NetLab::new("w")?;
+                let host = lab.add_host()?;
+                Some((lab, host))
+            } else {
+                None
+            };
+            let mut sopts = SandboxOptions::new(o.topology);
+            if let Some((_, h)) = &net {
+                sopts.netns = vec![Some(h.clone())];
+            }
+            let sandbox = Sandbox::start(sopts).await?;
             let secrets = tempfile::tempdir()?;
             let pw = secrets.path().join("mysql.pass");
             std::fs::write(&pw, format!("{}\n", o.password))?;
@@ -136,10 +153,11 @@ pub mod world {
                 fault_injection: o.fault_injection,
                 env: o.env,
                 http: o.http,
+                listen_all: o.primary_in_netns,
                 ..Default::default()
             })?;
             group.wait_leader(&[], Duration::from_secs(20)).await?;
-            Ok(World { sandbox, group, links, _secrets: secrets })
+            Ok(World { sandbox, group, links, net, _secrets: secrets })
         }
 
         pub fn client(&self) -> anyhow::Result<primus_client::Client> {

@@ -52,6 +52,7 @@ pub struct AgentProc {
     pub dir: PathBuf,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    netns: Option<String>,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -101,8 +102,15 @@ impl AgentProc {
         std::fs::write(&config_path, agent_config(inst, o))
             .with_context(|| format!("write {}", config_path.display()))?;
         let log_path = dir.join("agent.log");
-        let mut a =
-            AgentProc { instance: inst.addr(), dir: dir.to_path_buf(), config_path, log_path, child: None, _tmp: None };
+        let mut a = AgentProc {
+            instance: inst.addr(),
+            dir: dir.to_path_buf(),
+            config_path,
+            log_path,
+            netns: inst.netns().map(str::to_string),
+            child: None,
+            _tmp: None,
+        };
         a.spawn()?;
         Ok(a)
     }
@@ -115,7 +123,15 @@ impl AgentProc {
             .open(&self.log_path)
             .with_context(|| format!("open {}", self.log_path.display()))?;
         let log2 = log.try_clone().context("dup log file")?;
-        let mut cmd = Command::new(&exe);
+        // Beside its mysqld: in the same network namespace when it has one.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
         cmd.arg("--config")
             .arg(&self.config_path)
             .stdout(Stdio::from(log))

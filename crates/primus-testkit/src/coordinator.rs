@@ -61,6 +61,9 @@ pub struct GroupOptions {
     pub http: bool,
     /// Extra environment variables for every primusd (e.g. PRIMUS_FAILPOINT).
     pub env: Vec<(String, String)>,
+    /// Listen on every address (0.0.0.0) instead of 127.0.0.1, so processes in network
+    /// namespaces reach the coordinators through a bridge (peers still use 127.0.0.1).
+    pub listen_all: bool,
     /// Serve TLS only, peers included, with certificates generated into `<base>/pki`.
     pub tls: bool,
     /// With `tls`: every client and peer must present a certificate (mTLS).
@@ -197,8 +200,9 @@ impl CoordinatorGroup {
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let http_port = if self.opts.http { Some(crate::ports::free_port()?) } else { None };
         let r = &self.opts.raft;
+        let listen_ip = if self.opts.listen_all { "0.0.0.0" } else { "127.0.0.1" };
         let mut cfg = format!(
-            "node_id = {id}\ndatacenter = \"dc{id}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n",
+            "node_id = {id}\ndatacenter = \"dc{id}\"\nlisten = \"{listen_ip}:{port}\"\ndata_dir = \"{}\"\n",
             dir.join("data").display()
         );
         if let Some(h) = http_port {

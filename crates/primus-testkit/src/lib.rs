@@ -12,6 +12,7 @@ pub mod agent;
 pub mod coordinator;
 pub mod http;
 pub mod mariadb;
+pub mod netns;
 pub mod pki;
 pub mod ports;
 pub mod proxy;

@@ -338,6 +338,10 @@ pub struct SandboxOptions {
     pub db_timeout: Duration,
     /// More `mariadbd` arguments for every instance (later arguments win).
     pub extra_args: Vec<String>,
+    /// Run instance `i` inside network namespace `netns[i]` (when present), listening
+    /// on all of that namespace's addresses and known to everybody by its address there
+    /// (see [`crate::netns`]). Other instances stay on 127.0.0.1.
+    pub netns: Vec<Option<crate::netns::NetHost>>,
 }
 
 impl Default for SandboxOptions {
@@ -348,6 +352,7 @@ impl Default for SandboxOptions {
             keep: false,
             semi_sync: false,
             semi_sync_timeout: Duration::from_secs(1),
+            netns: Vec::new(),
             heartbeat_period: Duration::from_millis(500),
             slave_net_timeout_secs: 2,
             connect_retry_secs: 1,
@@ -840,6 +845,10 @@ struct InstanceInner {
     startup_timeout: Duration,
     heartbeat_period: Duration,
     connect_retry_secs: u32,
+    /// Its address (127.0.0.1, or its network namespace's).
+    host: Ipv4Addr,
+    /// The network namespace it runs in, if any.
+    netns: Option<String>,
     child: Mutex<Option<Child>>,
 }
 
@@ -867,14 +876,24 @@ impl Instance {
         self.inner.index
     }
 
-    /// "127.0.0.1:PORT".
+    /// "HOST:PORT" (HOST is 127.0.0.1 unless it runs in a network namespace).
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.inner.port)
+        format!("{}:{}", self.inner.host, self.inner.port)
     }
 
     /// The TCP address.
     pub fn socket_addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.inner.port))
+        SocketAddr::from((self.inner.host, self.inner.port))
+    }
+
+    /// Its IP address.
+    pub fn host(&self) -> Ipv4Addr {
+        self.inner.host
+    }
+
+    /// The network namespace it runs in, if any.
+    pub fn netns(&self) -> Option<&str> {
+        self.inner.netns.as_deref()
     }
 
     pub fn port(&self) -> u16 {
@@ -1254,7 +1273,14 @@ impl Instance {
             .open(&out_path)
             .with_context(|| format!("opening {}", out_path.display()))?;
         let err = out.try_clone().context("cloning output handle")?;
-        let mut cmd = Command::new(&self.inner.mariadbd);
+        let mut cmd = match &self.inner.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.inner.mariadbd);
+                c
+            }
+            None => Command::new(&self.inner.mariadbd),
+        };
         cmd.args(&self.inner.args).args(extra).stdin(Stdio::null()).stdout(out).stderr(err);
         if self.inner.keep {
             // Own process group: survives the terminal's Ctrl-C and this process.
@@ -1393,7 +1419,8 @@ impl Sandbox {
         for i in 0..count {
             if let Some(m) = opts.topology.master_of(i) {
                 let master_port = sandbox.instances[m].port();
-                sandbox.instances[i].change_master_to("127.0.0.1", master_port).await?;
+                let master_host = sandbox.instances[m].host().to_string();
+                sandbox.instances[i].change_master_to(&master_host, master_port).await?;
             }
         }
         for i in 0..count {
@@ -1440,6 +1467,8 @@ impl Sandbox {
         let port = crate::ports::free_port().context("finding a free port")?;
         let server_id = opts.first_server_id + u32::try_from(i).context("too many instances")?;
         let is_replica = opts.topology.master_of(i).is_some();
+        let host_net = opts.netns.get(i).and_then(Option::as_ref);
+        let host = host_net.map_or(Ipv4Addr::LOCALHOST, |h| h.addr);
 
         let mut args: Vec<String> = vec![
             "--no-defaults".into(),
@@ -1449,7 +1478,7 @@ impl Sandbox {
             format!("--pid-file={}", dir.join("mariadbd.pid").display()),
             format!("--log-error={}", error_log.display()),
             format!("--port={port}"),
-            "--bind-address=127.0.0.1".into(),
+            format!("--bind-address={}", if host_net.is_some() { "0.0.0.0".to_string() } else { host.to_string() }),
             format!("--server-id={server_id}"),
             "--log-bin=mysql-bin".into(),
             "--relay-log=relay-bin".into(),
@@ -1457,7 +1486,7 @@ impl Sandbox {
             "--binlog-format=ROW".into(),
             "--gtid-strict-mode=1".into(),
             "--gtid-domain-id=0".into(),
-            "--report-host=127.0.0.1".into(),
+            format!("--report-host={host}"),
             format!("--report-port={port}"),
             format!("--slave-net-timeout={}", opts.slave_net_timeout_secs),
         ];
@@ -1492,6 +1521,8 @@ impl Sandbox {
                 startup_timeout: opts.startup_timeout,
                 heartbeat_period: opts.heartbeat_period,
                 connect_retry_secs: opts.connect_retry_secs,
+                host,
+                netns: host_net.map(|h| h.ns.clone()),
                 child: Mutex::new(None),
             }),
         };
