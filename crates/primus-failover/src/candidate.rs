@@ -114,6 +114,28 @@ pub fn choose_candidate_explicit(
     wanted: &InstanceAddr,
     th: &Thresholds,
 ) -> Result<Candidate, NoCandidate> {
+    explicit(input, dead_primary, wanted, th, false)
+}
+
+/// [`choose_candidate_explicit`] for a planned switchover: the old primary is alive and
+/// is fenced first, and the candidate then applies everything it executed, so a
+/// replica that is momentarily ahead of the candidate loses nothing and can follow it.
+pub fn choose_candidate_for_switchover(
+    input: &ClusterInput,
+    primary: &InstanceAddr,
+    wanted: &InstanceAddr,
+    th: &Thresholds,
+) -> Result<Candidate, NoCandidate> {
+    explicit(input, primary, wanted, th, true)
+}
+
+fn explicit(
+    input: &ClusterInput,
+    dead_primary: &InstanceAddr,
+    wanted: &InstanceAddr,
+    th: &Thresholds,
+    switchover: bool,
+) -> Result<Candidate, NoCandidate> {
     if wanted == dead_primary {
         return Err(NoCandidate::one(wanted, "is the primary being replaced"));
     }
@@ -129,9 +151,16 @@ pub fn choose_candidate_explicit(
     let Some(i) = pool.replicas.iter().position(|r| &r.inst.addr == wanted) else {
         return Err(NoCandidate::one(wanted, format!("is not a direct replica of {dead_primary}")));
     };
-    let a = pool.assess(i);
+    let mut a = pool.assess(i);
     if !a.refusals.is_empty() {
         return Err(NoCandidate::one(wanted, a.refusals.join("; ")));
+    }
+    if switchover {
+        // It catches up with the fenced old primary, which holds all of theirs.
+        let (ahead, rest): (Vec<_>, Vec<_>) = a.cannot_follow.into_iter().partition(|(_, k)| k.is_loss());
+        a.followers.extend(ahead.into_iter().map(|((addr, _), _)| addr));
+        a.followers.sort();
+        a.cannot_follow = rest;
     }
     let losers: Vec<&(InstanceAddr, String)> =
         a.cannot_follow.iter().filter(|(_, k)| k.is_loss()).map(|(x, _)| x).collect();

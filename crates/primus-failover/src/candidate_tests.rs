@@ -467,3 +467,16 @@ fn equal_candidates_are_ordered_by_address() {
         assert_eq!(choose_candidate(&sim.input(), &a(P), &Thresholds::default()).expect("a candidate"), first);
     }
 }
+
+#[test]
+fn a_switchover_candidate_behind_another_replica_is_accepted_and_that_replica_follows_it() {
+    // In a failover R1 would be refused (R2 executed more). In a switchover the old
+    // primary is fenced and R1 first applies everything it executed, so R2 loses nothing.
+    let input = Sim::standard().gtid(R1, "0-1-100", "0-1-100").gtid(R2, "0-1-105", "0-1-105").input();
+    let th = Thresholds::default();
+    assert!(crate::choose_candidate_explicit(&input, &a(P), &a(R1), &th).is_err());
+    let c = crate::choose_candidate_for_switchover(&input, &a(P), &a(R1), &th).expect("accepted");
+    assert_eq!(c.addr, a(R1));
+    assert_eq!(c.followers, vec![a(R2)]);
+    assert!(c.cannot_follow.is_empty(), "{:?}", c.cannot_follow);
+}

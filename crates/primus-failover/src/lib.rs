@@ -34,6 +34,8 @@ mod plan_tests;
 mod testkit;
 
 pub use analysis::{analyze, Analysis, AnalysisCode, UnknownAnalysisCode};
-pub use candidate::{choose_candidate, choose_candidate_explicit, Candidate, NoCandidate};
+pub use candidate::{
+    choose_candidate, choose_candidate_explicit, choose_candidate_for_switchover, Candidate, NoCandidate,
+};
 pub use input::{ClusterInput, CoordinatorView, InstanceInput, NodeId, PromotionRule, Thresholds};
 pub use plan::{plan, plan_intermediate_repair, FailoverKind, FailoverPlan, Step};

@@ -572,6 +572,9 @@ impl Engine {
             }
         }
         let candidate = match &to {
+            Some(t) if kind == FailoverKind::Switchover => {
+                primus_failover::choose_candidate_for_switchover(&input, &primary, t, &th)
+            }
             Some(t) => choose_candidate_explicit(&input, &primary, t, &th),
             None => choose_candidate(&input, &primary, &th),
         }
