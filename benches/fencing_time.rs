@@ -1,7 +1,10 @@
 //! Fencing by lease, measured on real processes: a MariaDB primary with a
 //! `primus-agent`, 3 primusd coordinators, and an application writing to the primary
-//! as fast as it can (as an unprivileged user). The agent's links to the coordinators
-//! are cut silently (connections hang, like a partition), so it cannot renew its lease.
+//! as fast as it can (as an unprivileged user). Two kinds of cut, each silent
+//! (connections hang, as in a real partition): only the agent's links to the
+//! coordinators (TCP proxies), or the primary's whole network namespace (neighbours
+//! pinned to an unused MAC on both sides) while a client on its host keeps writing
+//! through the unix socket.
 //!
 //! Per run it records: when the primary became read-only (the agent's fence) after the
 //! cut; when the new primary was promoted (`PrimaryLeaseExpired` → failover, lease wait
@@ -30,14 +33,16 @@ fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-async fn app_insert(inst: &Instance) -> Result<()> {
+/// One insert as the app user: over TCP, or through the unix socket (`local`: a client
+/// on the primary's own host, which a partition does not cut off).
+async fn app_insert(inst: &Instance, local: bool) -> Result<()> {
     use mysql_async::prelude::Queryable;
-    let opts = mysql_async::OptsBuilder::default()
-        .ip_or_hostname("127.0.0.1")
-        .tcp_port(inst.port())
-        .user(Some("app"))
-        .pass(Some("app-pass"))
-        .prefer_socket(false);
+    let base = mysql_async::OptsBuilder::default().user(Some("app")).pass(Some("app-pass"));
+    let opts = if local {
+        base.socket(Some(inst.unix_socket().display().to_string()))
+    } else {
+        base.ip_or_hostname(inst.host().to_string()).tcp_port(inst.port()).prefer_socket(false)
+    };
     let fut = async {
         let mut c = mysql_async::Conn::new(opts).await?;
         c.query_drop("INSERT INTO appdb.t (v) VALUES (1)").await?;
@@ -53,8 +58,29 @@ struct Run {
     acked_after_promotion: u64,
 }
 
-async fn one_run(run: usize) -> Result<Run> {
-    let sandbox = Sandbox::start(SandboxOptions::new(Topology::PrimaryWithReplicas(2))).await?;
+/// How the primary is cut off.
+#[derive(Clone, Copy, PartialEq)]
+enum Cut {
+    /// Only the agent's links to the coordinators (silent TCP proxies).
+    AgentLinks,
+    /// The primary's whole network namespace (neighbours pinned to an unused MAC on
+    /// both sides); a local client keeps writing through the unix socket.
+    Isolation,
+}
+
+async fn one_run(run: usize, mode: Cut) -> Result<Run> {
+    let net = if mode == Cut::Isolation {
+        let lab = primus_testkit::netns::NetLab::new("b")?;
+        let host = lab.add_host()?;
+        Some((lab, host))
+    } else {
+        None
+    };
+    let mut sopts = SandboxOptions::new(Topology::PrimaryWithReplicas(2));
+    if let Some((_, h)) = &net {
+        sopts.netns = vec![Some(h.clone())];
+    }
+    let sandbox = Sandbox::start(sopts).await?;
     let creds = sandbox.credentials();
     let secrets = tempfile::tempdir()?;
     let pw = secrets.path().join("mysql.pass");
@@ -69,7 +95,12 @@ async fn one_run(run: usize) -> Result<Run> {
         creds.replication.user,
         rpw.display(),
     );
-    let group = CoordinatorGroup::start(GroupOptions { nodes: 3, extra_config: extra, ..Default::default() })?;
+    let group = CoordinatorGroup::start(GroupOptions {
+        nodes: 3,
+        extra_config: extra,
+        listen_all: net.is_some(),
+        ..Default::default()
+    })?;
     group.wait_leader(&[], Duration::from_secs(20)).await?;
     let client = group.client(Duration::from_secs(15))?;
     let primary = sandbox.primary().clone();
@@ -97,14 +128,21 @@ async fn one_run(run: usize) -> Result<Run> {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let mut proxies = Vec::new();
-    for id in 1..=3 {
-        proxies.push(LinkProxy::start(group.node(id).addr().parse()?).await?);
-    }
-    let opts = AgentOptions {
-        cluster: CLUSTER.into(),
-        coordinators: proxies.iter().map(|p| p.listen_addr().to_string()).collect(),
-        ..Default::default()
+    let coordinators: Vec<String> = match &net {
+        Some((lab, _)) => (1..=3u64)
+            .map(|id| {
+                let addr = group.node(id).addr();
+                format!("{}:{}", lab.gateway, addr.rsplit(':').next().unwrap_or_default())
+            })
+            .collect(),
+        None => {
+            for id in 1..=3 {
+                proxies.push(LinkProxy::start(group.node(id).addr().parse()?).await?);
+            }
+            proxies.iter().map(|p| p.listen_addr().to_string()).collect()
+        }
     };
+    let opts = AgentOptions { cluster: CLUSTER.into(), coordinators, ..Default::default() };
     let ttl = Duration::from_millis(opts.ttl_ms);
     let agent = AgentProc::start(&primary, &opts)?;
     agent.wait_log("lease granted", Duration::from_secs(10)).await?;
@@ -113,11 +151,12 @@ async fn one_run(run: usize) -> Result<Run> {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (inst, stop) = (primary.clone(), stop.clone());
+        let local = net.is_some();
         tokio::spawn(async move {
             let mut acks: Vec<u64> = Vec::new();
             let mut first_refusal: Option<u64> = None;
             while !stop.load(Ordering::Relaxed) {
-                match app_insert(&inst).await {
+                match app_insert(&inst, local).await {
                     Ok(()) => acks.push(wall_ms()),
                     Err(_) => {
                         first_refusal.get_or_insert_with(wall_ms);
@@ -134,6 +173,9 @@ async fn one_run(run: usize) -> Result<Run> {
     let cut = Instant::now();
     for p in &proxies {
         p.cut_with(CutMode::Silent);
+    }
+    if let Some((lab, host)) = &net {
+        lab.cut(host)?;
     }
     let mut fenced_after_cut = None;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -167,6 +209,7 @@ async fn one_run(run: usize) -> Result<Run> {
     drop(agent);
     drop(group);
     drop(sandbox);
+    drop(net);
     Ok(Run {
         fenced_after_cut: fenced_after_cut.unwrap_or(promoted_after_cut),
         promoted_after_cut,
@@ -178,12 +221,19 @@ async fn one_run(run: usize) -> Result<Run> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    for (mode, label) in [(Cut::AgentLinks, "agent links cut"), (Cut::Isolation, "primary's namespace isolated")] {
+        measure(runs, mode, label).await?;
+    }
+    Ok(())
+}
+
+async fn measure(runs: usize, mode: Cut, label: &str) -> Result<()> {
     let (mut fenced, mut promoted, mut window) = (Vec::new(), Vec::new(), Vec::new());
     let mut late_acks = 0;
     for run in 0..runs {
-        let r = one_run(run).await?;
+        let r = one_run(run, mode).await?;
         println!(
-            "run {run}: read-only {} ms after the cut, promoted {} ms after the cut, fencing window {} ms, \
+            "{label} run {run}: read-only {} ms after the cut, promoted {} ms after the cut, fencing window {} ms, \
              {} writes acknowledged by the old primary after the promotion",
             r.fenced_after_cut.as_millis(),
             r.promoted_after_cut.as_millis(),
@@ -195,9 +245,11 @@ async fn main() -> Result<()> {
         window.push(r.fencing_window);
         late_acks += r.acked_after_promotion;
     }
-    println!("fencing_time agent cut off -> old primary read-only: {}", summarize(fenced));
-    println!("fencing_time agent cut off -> new primary promoted (lease wait included): {}", summarize(promoted));
-    println!("fencing_time fencing window (lease end -> first refused write): {}", summarize(window));
-    println!("fencing_time writes acknowledged by the old primary after a promotion: {late_acks} over {runs} runs");
+    println!("fencing_time [{label}] cut -> old primary read-only: {}", summarize(fenced));
+    println!("fencing_time [{label}] cut -> new primary promoted (lease wait included): {}", summarize(promoted));
+    println!("fencing_time [{label}] fencing window (latest lease end -> first refused write): {}", summarize(window));
+    println!(
+        "fencing_time [{label}] writes acknowledged by the old primary after a promotion: {late_acks} over {runs} runs"
+    );
     Ok(())
 }
