@@ -88,10 +88,10 @@ async fn no_loss_mode_keeps_lossless_semi_sync_on_every_instance_and_off_when_as
     Ok(())
 }
 
-/// One run: no-loss mode on, a writer recording every acknowledged insert, `kill -9`
-/// of the primary; returns (acknowledged, missing on the new primary).
-async fn one_kill9_run(run: usize) -> anyhow::Result<(usize, Vec<u64>)> {
-    let w = World::start(WorldOptions::default()).await?;
+/// One run, the primary either killed (`isolate = false`) or cut off by a real network
+/// partition with its fencing agent beside it and the writer on its host (unix socket).
+async fn one_run(run: usize, isolate: bool) -> anyhow::Result<(usize, Vec<u64>)> {
+    let w = World::start(WorldOptions { primary_in_netns: isolate, ..Default::default() }).await?;
     register(&w).await?;
     let client = w.client()?;
     let primary = w.sandbox.primary();
@@ -102,19 +102,37 @@ async fn one_kill9_run(run: usize) -> anyhow::Result<(usize, Vec<u64>)> {
     client.set_semi_sync("c", Some(true)).await?;
     wait_no_loss_mode(&w, Duration::from_secs(15)).await?;
 
+    // With isolation: the primary's agent, in its namespace, reaching the coordinators
+    // through the bridge.
+    let _agent = match &w.net {
+        Some((lab, _)) if isolate => {
+            let coordinators = (1..=3u64)
+                .map(|id| {
+                    let addr = w.group.node(id).addr();
+                    format!("{}:{}", lab.gateway, addr.rsplit(':').next().unwrap_or_default())
+                })
+                .collect();
+            let opts = primus_testkit::agent::AgentOptions { cluster: "c".into(), coordinators, ..Default::default() };
+            let a = primus_testkit::agent::AgentProc::start(primary, &opts)?;
+            a.wait_log("lease granted", Duration::from_secs(10)).await?;
+            Some(a)
+        }
+        _ => None,
+    };
     let acked = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let port = primary.port();
+    let socket = primary.unix_socket().display().to_string();
     let writer = {
         let (acked, stop) = (acked.clone(), stop.clone());
         tokio::spawn(async move {
             use mysql_async::prelude::Queryable;
-            let opts = mysql_async::OptsBuilder::default()
-                .ip_or_hostname("127.0.0.1")
-                .tcp_port(port)
-                .user(Some("app"))
-                .pass(Some("app-pass"))
-                .prefer_socket(false);
+            let base = mysql_async::OptsBuilder::default().user(Some("app")).pass(Some("app-pass"));
+            let opts = if isolate {
+                base.socket(Some(socket))
+            } else {
+                base.ip_or_hostname("127.0.0.1").tcp_port(port).prefer_socket(false)
+            };
             let Ok(mut c) = mysql_async::Conn::new(opts).await else { return };
             let mut id = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -132,7 +150,10 @@ async fn one_kill9_run(run: usize) -> anyhow::Result<(usize, Vec<u64>)> {
         })
     };
     tokio::time::sleep(Duration::from_millis(300 + (run as u64 % 5) * 40)).await;
-    primary.kill9()?;
+    match &w.net {
+        Some((lab, host)) if isolate => lab.cut(host)?,
+        _ => primary.kill9()?,
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     let f = loop {
         if let Ok(h) = client.history("c").await {
@@ -170,16 +191,19 @@ async fn one_kill9_run(run: usize) -> anyhow::Result<(usize, Vec<u64>)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_acknowledged_write_is_lost_across_kill9_failovers_in_no_loss_mode() -> anyhow::Result<()> {
+async fn no_acknowledged_write_is_lost_across_kill9_and_isolation_failovers_in_no_loss_mode() -> anyhow::Result<()> {
     let runs: usize = std::env::var("PRIMUS_NO_LOSS_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let mut total = 0;
     for run in 0..runs {
-        let (acked, missing) = one_kill9_run(run).await?;
-        println!("run {run}: {acked} acknowledged inserts, {} missing on the promoted replica", missing.len());
+        // Every other run: a real partition of the primary instead of kill -9.
+        let isolate = run % 2 == 1;
+        let (acked, missing) = one_run(run, isolate).await?;
+        let how = if isolate { "isolation" } else { "kill -9" };
+        println!("run {run} ({how}): {acked} acknowledged inserts, {} missing on the promoted replica", missing.len());
         assert!(missing.is_empty(), "run {run}: acknowledged but lost: {missing:?}");
         assert!(acked > 0, "run {run}: the writer never got an acknowledgement");
         total += acked;
     }
-    println!("{runs} kill -9 failovers in no-loss mode: {total} acknowledged inserts, none lost");
+    println!("{runs} failovers (kill -9 and real isolation, alternating) in no-loss mode: {total} acknowledged inserts, none lost");
     Ok(())
 }
