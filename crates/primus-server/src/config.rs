@@ -175,12 +175,12 @@ pub struct FencingSection {
     pub lease_margin_ms: u64,
     /// Refuse to fail over a primary that has no registered agent (it cannot be
     /// fenced when unreachable). Off: such failovers go on, recorded as unfenced.
-    pub require_agent: bool,
+    pub require_fencing: bool,
 }
 
 impl Default for FencingSection {
     fn default() -> Self {
-        FencingSection { max_lease_ttl_ms: 2000, lease_margin_ms: 700, require_agent: false }
+        FencingSection { max_lease_ttl_ms: 2000, lease_margin_ms: 700, require_fencing: false }
     }
 }
 

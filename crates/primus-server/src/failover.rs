@@ -1055,9 +1055,9 @@ impl Engine {
             }
             Step::WaitLeaseExpiry { addr } => {
                 let Some(agent) = c.agents.get(addr) else {
-                    if self.fencing.require_agent {
+                    if self.fencing.require_fencing {
                         return Err(format!(
-                            "{addr} has no fencing agent and [fencing] require_agent is on: not promoting next to a \
+                            "{addr} has no fencing agent and [fencing] require_fencing is on: not promoting next to a \
                              primary that may still take writes"
                         ));
                     }
