@@ -186,7 +186,7 @@ impl Config {
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         toml::from_str::<Config>(text).map_err(|e| {
-            let (location, message) = one_line(text, &e);
+            let (location, message) = primus_daemon::toml_error_location(text, &e);
             ConfigError::Parse { path: path.to_path_buf(), location, message }
         })
     }
@@ -311,49 +311,6 @@ impl Config {
             token,
         })
     }
-}
-
-/// Turn toml's multi-line error into `line N: key `table.k`: message`.
-fn one_line(text: &str, e: &toml::de::Error) -> (String, String) {
-    let message = e.message().replace('\n', " ");
-    let Some(span) = e.span() else {
-        return (String::new(), message);
-    };
-    let start = span.start.min(text.len());
-    let line_no = text[..start].matches('\n').count() + 1;
-    let lines: Vec<&str> = text.lines().collect();
-    let table = lines[..line_no.min(lines.len())]
-        .iter()
-        .rev()
-        .map(|l| l.trim())
-        .find(|l| l.starts_with('['))
-        .map(|h| h.trim_matches(|c| c == '[' || c == ']').trim().to_string());
-    let qualify = |k: &str| match &table {
-        Some(t) if !t.is_empty() => format!("{t}.{k}"),
-        _ => k.to_string(),
-    };
-    let named = message
-        .strip_prefix("missing field `")
-        .or_else(|| message.strip_prefix("unknown field `"))
-        .and_then(|rest| rest.split('`').next());
-    if let Some(k) = named {
-        let location = if message.starts_with("missing") {
-            format!(": key `{}`", qualify(k))
-        } else {
-            format!(" line {line_no}: key `{}`", qualify(k))
-        };
-        return (location, message);
-    }
-    let line = lines.get(line_no - 1).copied().unwrap_or("").trim();
-    let key = line.split('=').next().unwrap_or("").trim();
-    let location = if !key.is_empty() && line.contains('=') {
-        format!(" line {line_no}: key `{}`", qualify(key))
-    } else if !line.is_empty() {
-        format!(" line {line_no}: `{line}`")
-    } else {
-        format!(" line {line_no}")
-    };
-    (location, message)
 }
 
 #[cfg(test)]

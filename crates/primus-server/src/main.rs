@@ -29,35 +29,6 @@ struct Args {
     check_config: bool,
 }
 
-fn init_logging(format: &str, default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
-            }
-        }
-        _ => {
-            tracing::warn!("cannot install signal handlers; stop with kill -9 only");
-            std::future::pending::<()>().await
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     // One process-wide TLS provider (ring), so nothing depends on which rustls
@@ -81,7 +52,7 @@ fn main() -> ExitCode {
         println!("primusd: {} is valid", args.config.display());
         return ExitCode::SUCCESS;
     }
-    init_logging(&args.log_format, &args.log);
+    primus_daemon::init_logging(&args.log_format, &args.log);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,7 +64,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = rt.block_on(primus_server::node::run(cfg, &args.config, shutdown_signal()));
+    let result = rt.block_on(primus_server::node::run(cfg, &args.config, primus_daemon::shutdown_signal()));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

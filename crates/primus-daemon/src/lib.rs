@@ -1,0 +1,80 @@
+//! What primus's daemons (`primusd`, `primus-agent`) share: one-line configuration
+//! errors that name the key, logging setup, and waiting for a shutdown signal.
+
+/// Turn toml's multi-line error into `line N: key `table.k`: message`.
+pub fn toml_error_location(text: &str, e: &toml::de::Error) -> (String, String) {
+    let message = e.message().replace('\n', " ");
+    let Some(span) = e.span() else {
+        return (String::new(), message);
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let lines: Vec<&str> = text.lines().collect();
+    // The table the error is in: the nearest `[header]` at or above the error's line.
+    let table = lines[..line_no.min(lines.len())]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|h| h.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let qualify = |k: &str| match &table {
+        Some(t) if !t.is_empty() => format!("{t}.{k}"),
+        _ => k.to_string(),
+    };
+    // "missing field `x`" / "unknown field `x`": the field is the key, whatever line the span points at.
+    let named = message
+        .strip_prefix("missing field `")
+        .or_else(|| message.strip_prefix("unknown field `"))
+        .and_then(|rest| rest.split('`').next());
+    if let Some(k) = named {
+        let location = if message.starts_with("missing") {
+            format!(": key `{}`", qualify(k))
+        } else {
+            format!(" line {line_no}: key `{}`", qualify(k))
+        };
+        return (location, message);
+    }
+    let line = lines.get(line_no - 1).copied().unwrap_or("").trim();
+    let key = line.split('=').next().unwrap_or("").trim();
+    let location = if !key.is_empty() && line.contains('=') {
+        format!(" line {line_no}: key `{}`", qualify(key))
+    } else if !line.is_empty() {
+        format!(" line {line_no}: `{line}`")
+    } else {
+        format!(" line {line_no}")
+    };
+    (location, message)
+}
+
+/// Log to stderr through `tracing`: `format` is `text` or `json`; `RUST_LOG` overrides
+/// `default_filter`. Colours only on a terminal.
+pub fn init_logging(format: &str, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (never, with a warning, if the handlers cannot be installed).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; stop with kill -9 only");
+            std::future::pending::<()>().await
+        }
+    }
+}
