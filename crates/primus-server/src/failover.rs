@@ -250,8 +250,7 @@ impl Engine {
     /// shows up writable (restarted with its config's read_only=OFF), fence it again.
     fn keep_demoted_fenced(self: &Arc<Self>, c: &ClusterRecord) {
         for addr in &c.demoted {
-            let own =
-                self.monitor.views_of(addr).into_iter().find(|(n, _)| *n == self.me).and_then(|(_, r)| r.result.ok());
+            let own = self.monitor.own_observation(addr);
             if let Some(o) = &own {
                 self.note_divergence(c, addr, o);
             }
@@ -292,9 +291,7 @@ impl Engine {
             return;
         }
         for (addr, inst) in &c.topology.instances {
-            let Some(o) =
-                self.monitor.views_of(addr).into_iter().find(|(n, _)| *n == self.me).and_then(|(_, r)| r.result.ok())
-            else {
+            let Some(o) = self.monitor.own_observation(addr) else {
                 continue;
             };
             let ss = &o.semi_sync;
@@ -1202,6 +1199,29 @@ fn failpoint(name: &str, step: Option<usize>) {
     }
 }
 
+/// How primus points a replica at a source: GTID positioning (per flavor), heartbeat
+/// every 0.5 s, reconnect every 1 s.
+fn change_source_to<'a>(to: &'a InstanceAddr, user: &'a str, password: &'a str) -> ChangeSource<'a> {
+    ChangeSource {
+        host: to.host(),
+        port: to.port(),
+        user,
+        password,
+        heartbeat_period: Some(Duration::from_millis(500)),
+        connect_retry_s: Some(1),
+    }
+}
+
+/// The start of every repoint: stop replication (if any) and make the server read-only.
+fn stop_and_fence_sql(o: &primus_mysql::Observation) -> Vec<String> {
+    let mut sql = Vec::new();
+    if o.is_replica() {
+        sql.push(o.server.stop_replica_sql());
+    }
+    sql.extend(o.server.set_read_only_sql(true));
+    sql
+}
+
 /// Everything that makes the instance observed as `o` a read-only replica of `to`:
 /// stop replication, read_only, CHANGE MASTER/SOURCE by GTID, start replication.
 fn repoint_sql(
@@ -1211,19 +1231,8 @@ fn repoint_sql(
     password: &str,
     former_primary: bool,
 ) -> Vec<String> {
-    let change = ChangeSource {
-        host: to.host(),
-        port: to.port(),
-        user,
-        password,
-        heartbeat_period: Some(Duration::from_millis(500)),
-        connect_retry_s: Some(1),
-    };
-    let mut sql = Vec::new();
-    if o.is_replica() {
-        sql.push(o.server.stop_replica_sql());
-    }
-    sql.extend(o.server.set_read_only_sql(true));
+    let change = change_source_to(to, user, password);
+    let mut sql = stop_and_fence_sql(o);
     sql.push(change_source_for(o, &change, former_primary));
     sql.push(o.server.start_replica_sql());
     sql
@@ -1249,19 +1258,8 @@ fn discard_sql(
     if !point.is_position() {
         return Err(format!("the promotion point {promotion_gtid} is not a MariaDB position"));
     }
-    let change = ChangeSource {
-        host: to.host(),
-        port: to.port(),
-        user,
-        password,
-        heartbeat_period: Some(Duration::from_millis(500)),
-        connect_retry_s: Some(1),
-    };
-    let mut sql = Vec::new();
-    if o.is_replica() {
-        sql.push(o.server.stop_replica_sql());
-    }
-    sql.extend(o.server.set_read_only_sql(true));
+    let change = change_source_to(to, user, password);
+    let mut sql = stop_and_fence_sql(o);
     if *strict_mode {
         sql.push("RESET MASTER".to_string());
     }

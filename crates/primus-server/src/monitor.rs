@@ -175,6 +175,11 @@ impl Monitor {
         crate::node::NodeCtx::leads_with_quorum(&self.raft, self.me, self.election_timeout_min_ms)
     }
 
+    /// This node's own latest successful observation of `addr`, if its last probe succeeded.
+    pub fn own_observation(&self, addr: &InstanceAddr) -> Option<primus_mysql::Observation> {
+        self.own.read().unwrap_or_else(|p| p.into_inner()).get(addr).and_then(|r| r.result.as_ref().ok().cloned())
+    }
+
     /// Every coordinator's latest probe of `addr`: this node's own and each peer's
     /// (peers' only from reports received within the report TTL).
     pub fn views_of(&self, addr: &InstanceAddr) -> Vec<(NodeId, ProbeRecord)> {

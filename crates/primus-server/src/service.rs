@@ -962,38 +962,52 @@ impl Coordinator for CoordinatorService {
         ) {
             return answer(false, 0, 0, String::new(), "not_leader", false);
         }
-        let Some(c) = self.node.read_state(|s| s.clusters.get(&name).cloned()).1 else {
+        let too_long = std::time::Duration::from_millis(r.ttl_ms) > self.node.leases.max_ttl();
+        // Decide under the state lock from the few fields that matter: a renewal comes
+        // every few hundred ms per agent, so the cluster record is not copied.
+        let decided = self
+            .node
+            .read_state(|s| {
+                let c = s.clusters.get(&name)?;
+                let primary = c.topology.primary.as_ref().map(ToString::to_string).unwrap_or_default();
+                let verdict = if !c.topology.instances.contains_key(&instance) {
+                    LeaseVerdict::Refuse { reason: "unknown_instance", fence_now: false }
+                } else if too_long {
+                    LeaseVerdict::Refuse { reason: "ttl_too_long", fence_now: false }
+                } else {
+                    match c.in_flight().filter(|f| f.kind.changes_primary()) {
+                        Some(f) if f.candidate == instance => {
+                            LeaseVerdict::Refuse { reason: "being_promoted", fence_now: false }
+                        }
+                        // Fence at once; the failover still waits for the lease to run
+                        // out, in case this answer never reaches the agent.
+                        Some(f) if f.old_primary == instance => LeaseVerdict::FailoverInProgress(f.id.clone()),
+                        _ if c.topology.primary.as_ref() == Some(&instance) => LeaseVerdict::Grant,
+                        // A demoted former primary must stay read-only; an ordinary
+                        // replica is left alone.
+                        _ => LeaseVerdict::Refuse { reason: "not_primary", fence_now: c.demoted.contains(&instance) },
+                    }
+                };
+                Some((c.epoch, primary, verdict))
+            })
+            .1;
+        let Some((epoch, primary, verdict)) = decided else {
             return answer(false, 0, 0, String::new(), "unknown_cluster", false);
         };
-        let primary = c.topology.primary.as_ref().map(ToString::to_string).unwrap_or_default();
-        if !c.topology.instances.contains_key(&instance) {
-            return answer(false, 0, c.epoch, primary, "unknown_instance", false);
-        }
-        let max = self.node.leases.max_ttl();
-        if std::time::Duration::from_millis(r.ttl_ms) > max {
-            return answer(false, 0, c.epoch, primary, "ttl_too_long", false);
-        }
-        if let Some(f) = c.in_flight().filter(|f| f.kind.changes_primary()) {
-            if f.candidate == instance {
-                return answer(false, 0, c.epoch, primary, "being_promoted", false);
+        match verdict {
+            LeaseVerdict::Grant => {
+                let ttl = std::time::Duration::from_millis(r.ttl_ms);
+                self.node.leases.grant(&name, &instance, ttl, received_at);
+                tracing::trace!(cluster = %name, instance = %instance, epoch, ttl_ms = r.ttl_ms, "lease granted");
+                answer(true, r.ttl_ms, epoch, primary, "", false)
             }
-            if f.old_primary == instance {
-                // Fence at once; the failover still waits for the lease to run out,
-                // in case this answer never reaches the agent.
-                tracing::warn!(cluster = %name, instance = %instance, epoch = c.epoch, failover_id = %f.id,
+            LeaseVerdict::FailoverInProgress(id) => {
+                tracing::warn!(cluster = %name, instance = %instance, epoch, failover_id = %id,
                     agent = %r.agent_id, "lease refused: a failover of this primary is in progress");
-                return answer(false, 0, c.epoch, primary, "failover_in_progress", true);
+                answer(false, 0, epoch, primary, "failover_in_progress", true)
             }
+            LeaseVerdict::Refuse { reason, fence_now } => answer(false, 0, epoch, primary, reason, fence_now),
         }
-        if c.topology.primary.as_ref() == Some(&instance) {
-            let ttl = std::time::Duration::from_millis(r.ttl_ms);
-            self.node.leases.grant(&name, &instance, ttl, received_at);
-            tracing::trace!(cluster = %name, instance = %instance, epoch = c.epoch, ttl_ms = r.ttl_ms, "lease granted");
-            return answer(true, r.ttl_ms, c.epoch, primary, "", false);
-        }
-        // A demoted former primary must stay read-only; an ordinary replica is left alone.
-        let demoted = c.demoted.contains(&instance);
-        answer(false, 0, c.epoch, primary, "not_primary", demoted)
     }
 
     async fn set_semi_sync(&self, req: Request<SetSemiSyncRequest>) -> Result<Response<LogIndexResponse>, Status> {
@@ -1042,6 +1056,17 @@ pub fn primary_state_view(p: &primus_types::state::PrimaryState) -> PrimaryState
         }),
         demoted: p.demoted.iter().map(ToString::to_string).collect(),
     }
+}
+
+/// What a lease renewal gets, decided from the replicated state.
+enum LeaseVerdict {
+    Grant,
+    /// The instance is the old primary of a failover in progress (its id).
+    FailoverInProgress(String),
+    Refuse {
+        reason: &'static str,
+        fence_now: bool,
+    },
 }
 
 fn failover_view(f: &FailoverRecord) -> FailoverView {
