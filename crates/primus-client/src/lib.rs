@@ -823,6 +823,8 @@ impl Client {
             timeout: self.opts.timeout,
             from: from_epochs,
             last: HashMap::new(),
+            delivered: 0,
+            floor: 0,
         };
         tokio::spawn(w.run(tx));
         tokio_stream::wrappers::ReceiverStream::new(rx)
@@ -847,6 +849,10 @@ struct Watcher {
     from: HashMap<String, u64>,
     /// Last state delivered, per cluster: replays of it are not repeated.
     last: HashMap<String, PrimaryState>,
+    /// Highest log index delivered so far.
+    delivered: u64,
+    /// `delivered` when the current stream was opened: its events at or below it are old.
+    floor: u64,
 }
 
 /// Errors a reconnect cannot fix.
@@ -861,6 +867,12 @@ impl Watcher {
     /// Whether `ev` tells the consumer something it does not know yet.
     fn news(&self, ev: &PrimaryEvent) -> bool {
         let Some(s) = &ev.state else { return false };
+        // Log indexes are the same on every coordinator: after a reconnect, whatever the
+        // new node says as of an index already delivered is old news — and from a node
+        // that lags, it would even take the consumer back in time.
+        if self.floor > 0 && ev.applied_index <= self.floor {
+            return false;
+        }
         let kind = PrimaryEventKind::try_from(ev.kind).unwrap_or(PrimaryEventKind::Unspecified);
         let last = self.last.get(&s.cluster);
         match kind {
@@ -885,6 +897,7 @@ impl Watcher {
                 from_epochs: self.from.clone(),
             };
             let mut client = CoordinatorClient::new(ch);
+            self.floor = self.delivered;
             let opened = tokio::select! {
                 r = tokio::time::timeout(self.timeout, client.watch_primary(request)) => r,
                 _ = tx.closed() => return,
@@ -908,6 +921,7 @@ impl Watcher {
                                     *e = (*e).max(s.epoch);
                                     self.last.insert(s.cluster.clone(), s.clone());
                                 }
+                                self.delivered = self.delivered.max(ev.applied_index);
                                 if tx.send(Ok(ev)).await.is_err() {
                                     return;
                                 }
@@ -1030,5 +1044,45 @@ mod tests {
         assert!(Client::new(&["https://127.0.0.1:1".into()], ClientOptions::default()).is_err());
         let bad_token = ClientOptions { token: Some("a\u{7}b".into()), ..Default::default() };
         assert!(matches!(Client::new(&["127.0.0.1:1".into()], bad_token), Err(ClientError::Config(_))));
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+
+    fn watcher() -> Watcher {
+        Watcher {
+            endpoints: Vec::new(),
+            start: 0,
+            cluster: "c".into(),
+            timeout: Duration::from_secs(1),
+            from: HashMap::new(),
+            last: HashMap::new(),
+            delivered: 0,
+            floor: 0,
+        }
+    }
+
+    fn ev(kind: PrimaryEventKind, epoch: u64, index: u64) -> PrimaryEvent {
+        PrimaryEvent {
+            kind: kind as i32,
+            state: Some(PrimaryState { cluster: "c".into(), primary: "p:1".into(), epoch, ..Default::default() }),
+            applied_index: index,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn after_a_reconnect_a_lagging_node_cannot_take_the_consumer_back_in_time() {
+        let mut w = watcher();
+        assert!(w.news(&ev(PrimaryEventKind::FailoverStarted, 2, 40)));
+        w.delivered = 40;
+        w.last.insert("c".into(), ev(PrimaryEventKind::FailoverStarted, 2, 40).state.unwrap_or_default());
+        // Reconnected to a follower that has applied only up to index 35.
+        w.floor = w.delivered;
+        assert!(!w.news(&ev(PrimaryEventKind::Current, 1, 35)), "an older state is not news");
+        assert!(!w.news(&ev(PrimaryEventKind::FailoverStarted, 2, 40)), "the same change again is not news");
+        assert!(w.news(&ev(PrimaryEventKind::PrimaryChanged, 2, 41)), "what follows is");
     }
 }
