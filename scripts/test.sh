@@ -25,4 +25,12 @@ step "build binaries (the integration tests start them as real processes)"
 cargo build --workspace --bins --locked
 
 step "tests"
-cargo nextest run --workspace --locked --no-fail-fast "$@"
+rc=0
+cargo nextest run --workspace --locked --no-fail-fast "$@" || rc=$?
+if [ "$rc" -ne 0 ]; then
+    junit=target/nextest/default/junit.xml
+    [ -f "$junit" ] || junit="${CARGO_TARGET_DIR:-target}/nextest/default/junit.xml"
+    step "failing tests: the end of each one's output (full output above)"
+    python3 scripts/junit-failures.py "$junit" | tee /dev/stderr || true
+fi
+exit "$rc"
