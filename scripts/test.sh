@@ -10,6 +10,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "MariaDB"
 bash scripts/ensure-mariadb.sh
 
+step "nftables (the agent's block_port escalation is tested for real)"
+bash scripts/ensure-nft.sh
+
 if ! cargo nextest --version >/dev/null 2>&1; then
     step "installing cargo-nextest"
     cargo install cargo-nextest --locked

@@ -183,6 +183,77 @@ async fn agent_kills_hung_mysqld_that_cannot_be_fenced() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_port_escalation_keeps_a_resumed_hung_server_from_acknowledging_any_write() -> anyhow::Result<()> {
+    // mariadbd in its own network namespace (its own firewall), the agent beside it.
+    let lab = primus_testkit::netns::NetLab::new("blk")?;
+    let host = lab.add_host()?;
+    let mut sopts = SandboxOptions::new(Topology::Standalone(1));
+    sopts.netns = vec![Some(host.clone())];
+    let sb = Sandbox::start(sopts).await?;
+    let inst = sb.instance(0).clone();
+    create_app_user(&inst).await?;
+    let tcp = |user: &str, pass: &str| {
+        OptsBuilder::default()
+            .ip_or_hostname(inst.socket_addr().ip().to_string())
+            .tcp_port(inst.port())
+            .user(Some(user.to_string()))
+            .pass(Some(pass.to_string()))
+            .prefer_socket(false)
+    };
+    let ttl = Duration::from_millis(1500);
+    let opts = AgentOptions {
+        coordinators: vec![closed_endpoint()?],
+        ttl_ms: ttl.as_millis() as u64,
+        escalation: "block_port".into(),
+        ..Default::default()
+    };
+    let agent = AgentProc::start(&inst, &opts)?;
+    agent.wait_log("connected to the local mysqld", Duration::from_secs(3)).await?;
+    // An application connection, open before the hang.
+    let mut held = tokio::time::timeout(Duration::from_secs(2), Conn::new(tcp(APP_USER, APP_PASS))).await??;
+    held.query_drop("INSERT INTO primus_test.t (v) VALUES ('before')").await?;
+    let pid = inst.pid().ok_or_else(|| anyhow::anyhow!("mariadbd not running"))?;
+    inst.sigstop()?;
+    // A write sent while mysqld is hung: it sits in the kernel's socket buffer, to
+    // be read when mysqld wakes. It must never be acknowledged.
+    let in_flight = tokio::spawn(async move {
+        let r = tokio::time::timeout(
+            Duration::from_secs(8),
+            held.query_drop("INSERT INTO primus_test.t (v) VALUES ('in flight during the hang')"),
+        )
+        .await;
+        match r {
+            Ok(Ok(())) => "acknowledged".to_string(),
+            Ok(Err(e)) => format!("error: {e}"),
+            Err(_) => "no answer".to_string(),
+        }
+    });
+    agent.wait_log("TCP port is blocked", ttl + Duration::from_secs(3)).await?;
+    // Blocked: a new TCP connection gets nowhere.
+    let during = tokio::time::timeout(Duration::from_secs(1), Conn::new(tcp(APP_USER, APP_PASS))).await;
+    assert!(!matches!(during, Ok(Ok(_))), "a TCP client connected while the port was blocked");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // mysqld wakes: the agent fences it over the unix socket, resets the connections
+    // from before the block, then opens the port.
+    let resumed = Instant::now();
+    inst.sigcont()?;
+    agent.wait_log("UNBLOCKED", Duration::from_secs(10)).await?;
+    println!("block_port: port open again {} ms after mysqld resumed", resumed.elapsed().as_millis());
+    let outcome = in_flight.await?;
+    println!("the INSERT sent during the hang: {outcome}");
+    assert_ne!(outcome, "acknowledged", "a write sent during the hang was acknowledged after mysqld woke");
+    assert_eq!(inst.pid(), Some(pid), "block_port must not kill mysqld");
+    assert!(inst.read_only().await?, "the resumed server is writable");
+    // Reachable again over TCP, and read-only for the application.
+    let mut c = tokio::time::timeout(Duration::from_secs(2), Conn::new(tcp(APP_USER, APP_PASS))).await??;
+    let e = c.query_drop("INSERT INTO primus_test.t (v) VALUES ('after')").await;
+    assert!(e.is_err(), "the application wrote to the fenced server after the unblock");
+    let log = agent.log();
+    assert!(log.contains("ESCALATED") && !log.contains("SIGKILL"), "{}", agent.log_tail(30));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fenced_server_that_stalls_later_is_not_killed() -> anyhow::Result<()> {
     let sb = Sandbox::start(SandboxOptions::new(Topology::Standalone(1))).await?;
     let inst = sb.instance(0).clone();
@@ -264,7 +335,67 @@ async fn primary_agent_holds_its_lease_and_a_leader_freeze_shorter_than_ttl_fenc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_agent_leaves_the_server_as_it_is_and_a_restarted_one_renews_without_fencing() -> anyhow::Result<()> {
+async fn killed_agent_s_sentinel_fences_the_primary_within_ttl_and_a_failover_follows() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions::default()).await?;
+    register_world(&w).await?;
+    let primary = w.sandbox.primary().clone();
+    create_app_user(&primary).await?;
+    w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
+    let opts = world_agent_options(&w);
+    let ttl = Duration::from_millis(opts.ttl_ms);
+    let mut agent = AgentProc::start(&primary, &opts)?;
+    agent.wait_log("lease granted", Duration::from_secs(10)).await?;
+    agent.wait_log("sentinel started", Duration::from_secs(5)).await?;
+    assert_stays_writable(&primary, Duration::from_millis(600), &agent, "before the kill").await?;
+    let agent_pid = agent.pid().ok_or_else(|| anyhow::anyhow!("agent not running"))?;
+    agent.kill9()?;
+    let killed = Instant::now();
+    let killed_wall = wall_ms();
+    // Nobody renews: the sentinel fences at the end of the lease the agent last
+    // renewed (at most one renew interval before the kill), not a moment later.
+    let took = wait_read_only(&primary, killed, ttl + Duration::from_secs(3), &agent).await?;
+    println!("agent killed: primary read-only {} ms after the kill (ttl {} ms)", took.as_millis(), ttl.as_millis());
+    assert!(took <= ttl + Duration::from_millis(300), "fenced only {took:?} after the kill (ttl {ttl:?})");
+    assert!(app_insert(&primary).await.is_err(), "the app user could write to the fenced primary");
+    agent.wait_log("SENTINEL FENCED", Duration::from_secs(2)).await?;
+
+    // ...and the coordinators, who get no renewal either, fail it over.
+    let client = w.client()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let f = loop {
+        let h = client.history(CLUSTER).await?;
+        if let Some(f) = h.failovers.iter().find(|f| f.outcome != "in_progress") {
+            break f.clone();
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no finished failover within 30 s: {h:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "failover {} ({}) promoted {} {} ms after the kill",
+        f.outcome,
+        f.analysis_code,
+        f.candidate,
+        f.steps
+            .iter()
+            .find(|s| s.description.starts_with("promote "))
+            .map_or(0, |s| s.at_ms as i64 - killed_wall as i64)
+    );
+    assert_eq!(f.outcome, "succeeded", "{f:#?}");
+    assert_eq!(f.analysis_code, "PrimaryLeaseExpired", "{f:#?}");
+    assert_ne!(f.candidate, primary.addr());
+    assert!(primary.read_only().await?, "the old primary is writable again after the failover");
+    // Its job done and its agent gone, the sentinel exits.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !primus_testkit::agent::sentinel_pids(agent_pid).is_empty() {
+        anyhow::ensure!(Instant::now() < deadline, "the sentinel is still running 5 s after fencing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.wait_log("sentinel exiting", Duration::from_secs(1)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agent_restarted_within_ttl_takes_the_lease_over_without_fencing() -> anyhow::Result<()> {
     let w = World::start(WorldOptions::default()).await?;
     register_world(&w).await?;
     let primary = w.sandbox.primary().clone();
@@ -272,17 +403,23 @@ async fn killed_agent_leaves_the_server_as_it_is_and_a_restarted_one_renews_with
     let opts = world_agent_options(&w);
     let mut agent = AgentProc::start(&primary, &opts)?;
     agent.wait_log("lease granted", Duration::from_secs(10)).await?;
+    agent.wait_log("sentinel started", Duration::from_secs(5)).await?;
+    let old_pid = agent.pid().ok_or_else(|| anyhow::anyhow!("agent not running"))?;
     agent.kill9()?;
-    // The agent does nothing on its way out (it cannot, under kill -9; and it never
-    // makes or keeps a server writable by itself): the server is as it was.
-    assert!(!primary.read_only().await?, "the primary turned read-only when its agent died");
+    // The agent does nothing on its way out (it cannot, under kill -9): the server is
+    // as it was until the lease would end.
+    assert!(!primary.read_only().await?, "the primary turned read-only at once when its agent died");
     app_insert(&primary).await?;
-    // A new agent, started within the TTL, registers again and holds the lease.
-    let agent2 = AgentProc::start(&primary, &opts)?;
+    // A new agent, started within the TTL, registers again and holds the lease; the
+    // old agent's sentinel sees it and stands down instead of fencing.
+    let agent2 = AgentProc::start_in(&primary, &opts, &agent.dir)?;
     agent2.wait_log("lease granted", Duration::from_secs(5)).await?;
     assert_stays_writable(&primary, Duration::from_secs(3), &agent2, "after the agent restart").await?;
+    app_insert(&primary).await?;
     let log = agent2.log();
-    assert!(!log.contains("FENCED"), "the restarted agent fenced a primary with a lease:\n{log}");
+    assert!(!log.contains("FENCED"), "an agent or a sentinel fenced a primary with a lease:\n{log}");
+    assert!(log.contains("a restarted agent holds the lease now"), "the old sentinel did not stand down:\n{log}");
+    assert!(primus_testkit::agent::sentinel_pids(old_pid).is_empty(), "the old agent's sentinel is still running");
     Ok(())
 }
 

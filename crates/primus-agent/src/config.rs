@@ -127,6 +127,10 @@ impl MysqlSection {
 pub enum Escalation {
     /// SIGKILL the mysqld named by `mysqld_pid_file`.
     Kill,
+    /// Drop mysqld's TCP port in and out with nftables (`nft`) until the server
+    /// answers and is fenced; then reset the connections from before and unblock.
+    #[serde(rename = "block_port")]
+    BlockPort,
     /// Only log.
     None,
 }
@@ -144,11 +148,31 @@ pub struct FenceSection {
     /// How often the agent checks that a fenced server is still read-only (and
     /// keeps its local connection warm otherwise).
     pub check_interval_ms: u64,
+    /// Run the sentinel: a second process that fences the server at the end of the
+    /// lease when no agent renewed it — also when the agent was killed or paused.
+    pub sentinel: bool,
+    /// The `nft` command used by escalation = "block_port".
+    pub nft_path: PathBuf,
+    /// The `ss` command used by escalation = "block_port" to reset the connections
+    /// that were open when the port was blocked.
+    pub ss_path: PathBuf,
+    /// Where the agent publishes its lease end for the sentinel; default
+    /// `/run/primus-agent/<cluster>-<instance>.lease` (a tmpfs path is best).
+    pub lease_file: Option<PathBuf>,
 }
 
 impl Default for FenceSection {
     fn default() -> Self {
-        FenceSection { timeout_ms: 500, escalation: Escalation::Kill, mysqld_pid_file: None, check_interval_ms: 200 }
+        FenceSection {
+            timeout_ms: 500,
+            escalation: Escalation::Kill,
+            mysqld_pid_file: None,
+            check_interval_ms: 200,
+            sentinel: true,
+            nft_path: PathBuf::from("nft"),
+            ss_path: PathBuf::from("ss"),
+            lease_file: None,
+        }
     }
 }
 
@@ -266,6 +290,24 @@ impl Config {
                 "required with escalation = \"kill\" (or set escalation = \"none\")".into(),
             ));
         }
+        if f.escalation == Escalation::BlockPort {
+            for (key, cmd, package) in
+                [("fence.nft_path", &f.nft_path, "nftables"), ("fence.ss_path", &f.ss_path, "iproute2")]
+            {
+                if !command_exists(cmd) {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "escalation = \"block_port\" needs the {} command (package {package}); not found",
+                            cmd.display()
+                        ),
+                    ));
+                }
+            }
+            if self.mysqld_port().is_none() {
+                return Err(invalid("instance", "escalation = \"block_port\" needs the port of `instance`".into()));
+            }
+        }
         if let Some(t) = &self.tls {
             if t.cert_file.is_some() != t.key_file.is_some() {
                 return Err(invalid("tls.cert_file", "cert_file and key_file go together".into()));
@@ -276,6 +318,12 @@ impl Config {
     }
 
     /// `agent_id`, or `hostname:pid`.
+    /// The TCP port mysqld serves clients on: `[mysql] port` when the agent uses
+    /// TCP, else the port of `instance`.
+    pub fn mysqld_port(&self) -> Option<u16> {
+        self.mysql.port.or_else(|| self.instance.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
+    }
+
     pub fn agent_id(&self) -> String {
         match &self.agent_id {
             Some(a) if !a.trim().is_empty() => a.clone(),
@@ -311,6 +359,18 @@ impl Config {
             token,
         })
     }
+}
+
+/// Whether `cmd` names an executable file (a path, or a name found in PATH).
+fn command_exists(cmd: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if cmd.components().count() > 1 {
+        return executable(cmd);
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| executable(&d.join(cmd))))
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

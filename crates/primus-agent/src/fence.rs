@@ -198,6 +198,10 @@ pub enum Escalated {
     Killed {
         pid: i32,
     },
+    /// mysqld's TCP port is dropped in and out (escalation = "block_port").
+    Blocked {
+        port: u16,
+    },
     /// escalation = "none".
     Disabled,
     /// The pid file names no live mysqld (nothing to kill).
@@ -207,10 +211,20 @@ pub enum Escalated {
 /// SIGKILL the mysqld named in the pid file (it works on a SIGSTOPped process too,
 /// so writes cannot resume when it would wake). Checks that the pid really is a
 /// mysqld/mariadbd, so a stale pid file cannot make the agent kill another process.
-pub fn escalate(f: &FenceSection) -> Result<Escalated, String> {
-    if f.escalation == Escalation::None {
-        return Ok(Escalated::Disabled);
+///
+/// With escalation = "block_port" it drops mysqld's TCP port instead ([`block_port`]).
+pub async fn escalate(f: &FenceSection, port: Option<u16>) -> Result<Escalated, String> {
+    match f.escalation {
+        Escalation::None => Ok(Escalated::Disabled),
+        Escalation::Kill => kill_mysqld(f),
+        Escalation::BlockPort => {
+            let port = port.ok_or("no mysqld port to block")?;
+            block_port(f, port).await.map(|()| Escalated::Blocked { port })
+        }
     }
+}
+
+fn kill_mysqld(f: &FenceSection) -> Result<Escalated, String> {
     let Some(path) = &f.mysqld_pid_file else {
         return Err("fence.mysqld_pid_file is not set".into());
     };
@@ -240,5 +254,85 @@ fn read_pid(path: &Path) -> Result<i32, String> {
     match text.trim().parse::<i32>() {
         Ok(p) if p > 1 => Ok(p),
         _ => Err(format!("{} holds no pid ({:?})", path.display(), text.trim())),
+    }
+}
+
+/// The nftables table that blocks `port` (one per port: several mysqld on a host).
+pub fn block_table(port: u16) -> String {
+    format!("primus_fence_{port}")
+}
+
+/// The nft script that (re)creates the block: every TCP packet to `port` coming in
+/// and from `port` going out is dropped — new connections, and the replies of
+/// connections already open, so a statement mysqld had received before it hung
+/// cannot be acknowledged when it wakes. The unix socket is not affected (the agent
+/// fences over it). Atomic and idempotent (add + delete + create in one transaction).
+pub fn block_script(port: u16) -> String {
+    let t = block_table(port);
+    format!(
+        "add table inet {t}\ndelete table inet {t}\ntable inet {t} {{\n\
+         \tchain input {{ type filter hook input priority -300; policy accept; tcp dport {port} drop; }}\n\
+         \tchain output {{ type filter hook output priority -300; policy accept; tcp sport {port} drop; }}\n}}\n"
+    )
+}
+
+async fn run_cmd(cmd: &Path, args: &[&str], stdin: Option<&str>, timeout: Duration) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let mut c = tokio::process::Command::new(cmd);
+    c.args(args)
+        .stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let what = format!("{} {}", cmd.display(), args.join(" "));
+    let run = async {
+        let mut child = c.spawn().map_err(|e| format!("{what}: {e}"))?;
+        if let (Some(text), Some(mut w)) = (stdin, child.stdin.take()) {
+            w.write_all(text.as_bytes()).await.map_err(|e| format!("{what}: writing its input: {e}"))?;
+        }
+        let out = child.wait_with_output().await.map_err(|e| format!("{what}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{what}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| format!("{what}: no answer within {} ms", timeout.as_millis()))?
+}
+
+/// Drop mysqld's TCP port (see [`block_script`]).
+pub async fn block_port(f: &FenceSection, port: u16) -> Result<(), String> {
+    run_cmd(&f.nft_path, &["-f", "-"], Some(&block_script(port)), Duration::from_secs(5)).await
+}
+
+/// After the server is fenced: reset every TCP connection of `port` that is still
+/// open (those from before the block — none can have been made since), so that no
+/// reply held back by the block is delivered later, then remove the block.
+pub async fn unblock_port(f: &FenceSection, port: u16) -> Result<(), String> {
+    let filter = format!("sport = :{port}");
+    run_cmd(&f.ss_path, &["-t", "-K", "state", "connected", &filter], None, Duration::from_secs(5)).await?;
+    match run_cmd(&f.nft_path, &["delete", "table", "inet", &block_table(port)], None, Duration::from_secs(5)).await {
+        Err(e) if e.contains("No such file") => Ok(()),
+        other => other,
+    }
+}
+
+/// Whether the block of `port` is in place (a previous agent may have left it).
+pub async fn port_blocked(f: &FenceSection, port: u16) -> bool {
+    run_cmd(&f.nft_path, &["list", "table", "inet", &block_table(port)], None, Duration::from_secs(5)).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_script_drops_the_port_both_ways_in_one_idempotent_transaction() {
+        let s = block_script(3306);
+        assert!(s.starts_with("add table inet primus_fence_3306\ndelete table inet primus_fence_3306\n"), "{s}");
+        assert!(s.contains("hook input priority -300; policy accept; tcp dport 3306 drop;"), "{s}");
+        assert!(s.contains("hook output priority -300; policy accept; tcp sport 3306 drop;"), "{s}");
     }
 }

@@ -17,8 +17,9 @@
 pub mod config;
 pub mod fence;
 pub mod lease;
+pub mod sentinel;
 
-use crate::config::Config;
+use crate::config::{Config, Escalation};
 use crate::fence::{Escalated, FenceError, LocalMysql};
 use crate::lease::{Answer, Event, LeaseState};
 use primus_client::{Client, ClientError};
@@ -71,8 +72,16 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         // Validated at load; an error here is a file that changed since.
         let password = cfg.mysql.password().map_err(|e| AgentError::Task(format!("mysql password: {e}")))?;
         let mysql = LocalMysql::new(&cfg.mysql, password);
+        let publisher = if cfg.fence.sentinel {
+            let path = sentinel::lease_file(&cfg);
+            let p = sentinel::Publisher::start(path.clone())
+                .map_err(|e| AgentError::Task(format!("fence.lease_file: cannot write {}: {e}", path.display())))?;
+            Some(Arc::new(p))
+        } else {
+            None
+        };
         let mut guard = tokio::spawn(guard(cfg.clone(), shared.clone(), mysql).in_current_span());
-        let mut renewer = tokio::spawn(renewer(cfg.clone(), agent_id, shared.clone()).in_current_span());
+        let mut renewer = tokio::spawn(renewer(cfg.clone(), agent_id, shared.clone(), publisher).in_current_span());
         tokio::select! {
             _ = shutdown => {
                 tracing::info!("primus-agent stopping (the lease is no longer renewed; the server is left as it is)");
@@ -118,7 +127,12 @@ fn worth_logging(n: u64, every: u64) -> bool {
     n == 1 || n.is_multiple_of(every)
 }
 
-async fn renewer(cfg: Config, agent_id: String, shared: Arc<Shared>) -> Result<(), AgentError> {
+async fn renewer(
+    cfg: Config,
+    agent_id: String,
+    shared: Arc<Shared>,
+    publisher: Option<Arc<sentinel::Publisher>>,
+) -> Result<(), AgentError> {
     let interval = cfg.lease.renew_interval();
     let ttl_ms = cfg.lease.ttl_ms;
     // Register (a Raft write): retried until it succeeds.
@@ -204,7 +218,14 @@ async fn renewer(cfg: Config, agent_id: String, shared: Arc<Shared>) -> Result<(
             }
             failures = 0;
         }
-        let event = shared.state().on_answer(sent_at, &answer);
+        let (event, until) = {
+            let mut st = shared.state();
+            let event = st.on_answer(sent_at, &answer);
+            (event, st.lease_until())
+        };
+        if let Some(p) = &publisher {
+            p.publish(until);
+        }
         match &event {
             Event::Granted { epoch, .. } => {
                 if !last_reason.is_empty() {
@@ -250,6 +271,20 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
     let mut fenced = false;
     let mut next_check = Instant::now();
     let mut errors = 0u64;
+    // escalation = "block_port": mysqld's TCP port is blocked until the server
+    // answers and is fenced.
+    let port = cfg.mysqld_port();
+    let mut blocked = false;
+    if let (Escalation::BlockPort, Some(p)) = (cfg.fence.escalation, port) {
+        if fence::port_blocked(&cfg.fence, p).await {
+            tracing::warn!(
+                port = p,
+                "mysqld's port is blocked (left by an earlier agent); it stays blocked until \
+                the server is confirmed read-only"
+            );
+            blocked = true;
+        }
+    }
     loop {
         let now = Instant::now();
         let (decision, holds, epoch, deadline) = {
@@ -259,6 +294,10 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
         if let Some(reason) = decision {
             // Fence on the decision, then whenever the server is seen writable.
             let need = if !fenced {
+                true
+            } else if now >= next_check && blocked {
+                // Blocked port: fence again until mysqld answers, then unblock.
+                next_check = now + check;
                 true
             } else if now >= next_check {
                 next_check = now + check;
@@ -311,6 +350,9 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
                         fenced = true;
                         errors = 0;
                         shared.state().mark_fenced();
+                        if blocked {
+                            blocked = !unblock(&cfg, port, epoch).await;
+                        }
                     }
                     Ok(Err(FenceError::Down(m))) => {
                         // Nothing listening: nothing can write. Keep trying.
@@ -328,10 +370,22 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
                                  READ ONLY ADMIN + CONNECTION ADMIN)");
                         }
                     }
+                    Ok(Err(FenceError::Timeout { .. })) | Err(_) if blocked => {
+                        // Still hung, and the block holds: nothing gets in or out.
+                        mysql.reset();
+                    }
                     Ok(Err(FenceError::Timeout { .. })) | Err(_) => {
                         mysql.reset();
                         let waited = started.elapsed().as_millis() as u64;
-                        match fence::escalate(&cfg.fence) {
+                        match fence::escalate(&cfg.fence, port).await {
+                            Ok(Escalated::Blocked { port }) => {
+                                tracing::error!(epoch, reason = %reason, port, waited_ms = waited,
+                                    "ESCALATED: mysqld did not answer the fence in time; its TCP port is blocked \
+                                     both ways until it answers and is fenced");
+                                fenced = true;
+                                blocked = true;
+                                shared.state().mark_fenced();
+                            }
                             Ok(Escalated::Killed { pid }) => {
                                 tracing::error!(epoch, reason = %reason, pid, waited_ms = waited,
                                     "ESCALATED: mysqld did not answer the fence in time; sent it SIGKILL");
@@ -369,6 +423,12 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
                         tracing::info!(epoch, "server writable again with a lease (made writable by the coordinators)");
                         fenced = false;
                     }
+                    // Granted a lease again while blocked: the server answers and is
+                    // read-only (the coordinators cannot have made it writable
+                    // through the block); let them reach it.
+                    if blocked && !w.writable() {
+                        blocked = !unblock(&cfg, port, epoch).await;
+                    }
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "local mysqld check failed"),
                 Err(_) => {
@@ -381,6 +441,26 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
             _ = shared.changed.notified() => {}
+        }
+    }
+}
+
+/// Reset the connections from before the block and lift it; true when lifted.
+async fn unblock(cfg: &Config, port: Option<u16>, epoch: u64) -> bool {
+    let Some(port) = port else { return true };
+    match fence::unblock_port(&cfg.fence, port).await {
+        Ok(()) => {
+            tracing::warn!(
+                epoch,
+                port,
+                "UNBLOCKED: the server answers and is read-only; connections from before \
+                the block reset, port open again"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::error!(epoch, port, error = %e, "cannot lift the port block; retrying");
+            false
         }
     }
 }

@@ -4,8 +4,10 @@ use anyhow::Context;
 use clap::Parser;
 use primus_agent::config::Config;
 use primus_agent::AgentError;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tracing::Instrument;
 
 /// primus-agent — holds a write lease for the local mysqld and fences it when the
 /// lease cannot be renewed.
@@ -39,6 +41,49 @@ struct Args {
     /// Check the configuration and exit (0 when valid, 2 otherwise).
     #[arg(long)]
     check_config: bool,
+    /// Internal: run as the sentinel of the agent with this pid (the agent starts
+    /// it; see docs/fencing.md).
+    #[arg(long, hide = true)]
+    sentinel_for: Option<u32>,
+}
+
+/// Start the sentinel as its own process (own process group, so a signal meant for
+/// the agent's group does not reach it), and start it again if it dies while the
+/// agent runs.
+fn spawn_sentinel(args: &Args) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the primus-agent executable for the sentinel")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--config")
+        .arg(&args.config)
+        .arg("--log-format")
+        .arg(&args.log_format)
+        .arg("--log")
+        .arg(&args.log)
+        .arg("--sentinel-for")
+        .arg(std::process::id().to_string())
+        .stdin(std::process::Stdio::null())
+        .process_group(0);
+    let mut child = cmd.spawn().context("cannot start the sentinel process")?;
+    tracing::info!(sentinel_pid = child.id(), "sentinel process started");
+    std::thread::Builder::new()
+        .name("sentinel-watch".into())
+        .spawn(move || loop {
+            let status = child.wait();
+            tracing::warn!(?status, "the sentinel process ended while the agent runs; starting another in 1 s");
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            match cmd.spawn() {
+                Ok(c) => {
+                    tracing::info!(sentinel_pid = c.id(), "sentinel process started again");
+                    child = c;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the sentinel again; the agent still fences by itself");
+                    return;
+                }
+            }
+        })
+        .context("cannot start the sentinel watcher thread")?;
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -56,6 +101,16 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     primus_daemon::init_logging(&args.log_format, &args.log);
+    if let Some(agent_pid) = args.sentinel_for {
+        return sentinel_main(cfg, agent_pid);
+    }
+    if cfg.fence.sentinel {
+        if let Err(e) = spawn_sentinel(&args) {
+            tracing::error!(error = %format!("{e:#}"), "primus-agent exiting");
+            eprintln!("primus-agent: {e:#}");
+            return ExitCode::from(1);
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -74,6 +129,24 @@ fn main() -> ExitCode {
             tracing::error!(error = %e, "primus-agent exiting");
             eprintln!("primus-agent: {e}");
             ExitCode::from(if matches!(e, AgentError::NotFound { .. }) { 2 } else { 1 })
+        }
+    }
+}
+
+fn sentinel_main(cfg: Config, agent_pid: u32) -> ExitCode {
+    let span = tracing::info_span!("sentinel", cluster = %cfg.cluster, instance = %cfg.instance);
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "sentinel: cannot start the tokio runtime");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(primus_agent::sentinel::run(cfg, agent_pid).instrument(span)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "sentinel exiting");
+            ExitCode::from(1)
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct AgentProc {
     pub log_path: PathBuf,
     netns: Option<String>,
     child: Option<Child>,
+    /// Every pid this handle's agent had: their sentinels are killed on drop.
+    pids: Vec<u32>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -63,14 +65,39 @@ impl std::fmt::Debug for AgentProc {
     }
 }
 
-/// The agent config for `inst` (root over the unix socket, no password).
-pub fn agent_config(inst: &Instance, o: &AgentOptions) -> String {
+/// Pids of the sentinel processes (`primus-agent --sentinel-for PID`) of the agent
+/// `agent_pid`, found in /proc: they outlive their agent by design.
+pub fn sentinel_pids(agent_pid: u32) -> Vec<u32> {
+    let needle = format!("--sentinel-for\0{agent_pid}\0");
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// SIGKILL the sentinels of `agent_pid` (test and sandbox teardown).
+pub fn kill_sentinels(agent_pid: u32) {
+    for pid in sentinel_pids(agent_pid) {
+        if let Ok(p) = i32::try_from(pid) {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The agent config for `inst` (root over the unix socket, no password), with its
+/// lease file in `dir`.
+pub fn agent_config(inst: &Instance, o: &AgentOptions, dir: &Path) -> String {
     let coordinators = o.coordinators.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ");
     format!(
         "cluster = {cluster:?}\ninstance = {instance:?}\nagent_id = {id:?}\ncoordinators = [{coordinators}]\n{top}\n\
          [lease]\nrenew_interval_ms = {ri}\nttl_ms = {ttl}\n\n\
          [mysql]\nsocket = {sock:?}\nuser = \"root\"\nconnect_timeout_ms = 300\nquery_timeout_ms = 300\n\n\
-         [fence]\ntimeout_ms = {ft}\nescalation = {esc:?}\nmysqld_pid_file = {pid:?}\ncheck_interval_ms = 100\n{extra}\n",
+         [fence]\ntimeout_ms = {ft}\nescalation = {esc:?}\nmysqld_pid_file = {pid:?}\ncheck_interval_ms = 100\nlease_file = {lease:?}\n{extra}\n",
         cluster = o.cluster,
         instance = inst.addr(),
         id = format!("test-agent-{}", inst.addr()),
@@ -81,6 +108,7 @@ pub fn agent_config(inst: &Instance, o: &AgentOptions) -> String {
         ft = o.fence_timeout_ms,
         esc = o.escalation,
         pid = inst.pid_file().display().to_string(),
+        lease = dir.join("lease").display().to_string(),
         extra = o.extra,
     )
 }
@@ -99,7 +127,7 @@ impl AgentProc {
     pub fn start_in(inst: &Instance, o: &AgentOptions, dir: &Path) -> Result<AgentProc> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let config_path = dir.join("agent.toml");
-        std::fs::write(&config_path, agent_config(inst, o))
+        std::fs::write(&config_path, agent_config(inst, o, dir))
             .with_context(|| format!("write {}", config_path.display()))?;
         let log_path = dir.join("agent.log");
         let mut a = AgentProc {
@@ -109,6 +137,7 @@ impl AgentProc {
             log_path,
             netns: inst.netns().map(str::to_string),
             child: None,
+            pids: Vec::new(),
             _tmp: None,
         };
         a.spawn()?;
@@ -139,6 +168,7 @@ impl AgentProc {
             .stdin(Stdio::null())
             .env("RUST_LOG", std::env::var("PRIMUS_TEST_LOG").unwrap_or_else(|_| "info".into()));
         let child = cmd.spawn().with_context(|| format!("spawn {}", exe.display()))?;
+        self.pids.push(child.id());
         self.child = Some(child);
         Ok(())
     }
@@ -155,6 +185,7 @@ impl AgentProc {
         }
     }
 
+    /// SIGKILL the agent process only: its sentinel lives on, as it would.
     pub fn kill9(&mut self) -> Result<()> {
         if let Some(mut c) = self.child.take() {
             c.kill().context("SIGKILL agent")?;
@@ -209,6 +240,9 @@ impl AgentProc {
 
 impl Drop for AgentProc {
     fn drop(&mut self) {
+        for pid in &self.pids {
+            kill_sentinels(*pid);
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -194,6 +194,7 @@ fn down(dir: &Path) -> Result<()> {
     };
     // Agents first: an agent whose coordinators vanish fences (or kills) its mariadbd.
     for (addr, pid) in &s.agents {
+        primus_testkit::agent::kill_sentinels(*pid);
         if alive(*pid) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
             println!("stopped primus-agent for {addr} (pid {pid})");
