@@ -773,6 +773,7 @@ async fn hung_primary_resumed_30_s_later_takes_no_write_and_never_two_are_writab
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let hung = Instant::now();
+    let hung_wall = wall_ms();
     primary.sigstop()?;
     let client = w.client()?;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -804,6 +805,23 @@ async fn hung_primary_resumed_30_s_later_takes_no_write_and_never_two_are_writab
     assert!(late.is_empty(), "the resumed old primary acknowledged {} writes after the promotion", late.len());
     let two: Vec<&(u64, Vec<String>)> = samples.iter().filter(|(_, w)| w.len() > 1).collect();
     assert!(two.is_empty(), "two writable instances at {} samples, e.g. {:?}", two.len(), two.first());
+    // Exactly one writable instance at every sample outside the failover itself:
+    // the old primary before the hang, the new one after its promotion. In between
+    // (the hung primary answers nothing; the lease wait) there are none — never two.
+    let before: Vec<&(u64, Vec<String>)> = samples.iter().filter(|(t, _)| *t + 60 < hung_wall).collect();
+    assert!(!before.is_empty(), "no sample before the hang");
+    assert!(
+        before.iter().all(|(_, w)| w == &vec![primary.addr()]),
+        "before the hang exactly the old primary must be writable: {:?}",
+        before.iter().find(|(_, w)| w != &vec![primary.addr()])
+    );
+    let gap = samples.iter().filter(|(t, w)| *t >= hung_wall && *t <= promoted_at + 500 && w.is_empty()).count();
+    println!(
+        "samples: {} before the hang with exactly the old primary writable; {gap} with none writable during the \
+         failover ({} ms from SIGSTOP to the promotion)",
+        before.len(),
+        promoted_at.saturating_sub(hung_wall)
+    );
     let after: Vec<&(u64, Vec<String>)> = samples.iter().filter(|(t, _)| *t > promoted_at + 500).collect();
     assert!(
         after.iter().all(|(_, w)| w == &vec![f.candidate.clone()]),
