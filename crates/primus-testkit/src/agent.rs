@@ -232,8 +232,9 @@ impl AgentProc {
         }
     }
 
-    /// Leave the process running after drop (the sandbox uses this).
+    /// Leave the process (and its sentinel) running after drop (the sandbox uses this).
     pub fn detach(mut self) -> Option<u32> {
+        self.pids.clear();
         self.child.take().map(|c| c.id())
     }
 }
