@@ -8,6 +8,8 @@ import xml.etree.ElementTree as ET
 
 LAST = 25
 NOISE = re.compile(r"^\s*\S*\s*(\x1b\[[0-9;]*m)*\s*(TRACE|DEBUG|INFO)\b")
+# Backtrace frames (RUST_BACKTRACE=1): where, not why.
+FRAME = re.compile(r"^\s*(\d+: |at /|at \./|Stack backtrace:)")
 
 
 def main(path: str) -> int:
@@ -24,7 +26,7 @@ def main(path: str) -> int:
         for f in failures:
             print(f"    {f.tag}: {(f.get('message') or '').strip()[:500]}")
         text = "\n".join((case.findtext(t) or "") for t in ("system-out", "system-err"))
-        lines = [l for l in text.splitlines() if l.strip() and not NOISE.match(l)]
+        lines = [l for l in text.splitlines() if l.strip() and not NOISE.match(l) and not FRAME.match(l)]
         for line in lines[-LAST:]:
             print(f"    | {line[:300]}")
     return 0

@@ -740,3 +740,39 @@ async fn leader_cut_off_together_with_a_live_primary_promotes_nothing_and_the_ma
     assert_eq!(h.failovers[0].epoch, 2);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_with_clocks_ten_seconds_behind_still_confirm_a_dead_primary() -> anyhow::Result<()> {
+    // Wall clocks disagree between datacenters (a broken NTP). The leader must judge
+    // how fresh a follower's view is by the follower's own measure of its age, not by
+    // comparing two clocks: otherwise both followers' views look 10 s old, no majority
+    // ever confirms the dead primary, and nothing is failed over.
+    let mut w = World::start(WorldOptions { fault_injection: true, ..Default::default() }).await?;
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(10)).await?;
+    let followers: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    for id in &followers {
+        w.group.kill9(*id)?;
+        w.group.node_mut(*id).env.push(("PRIMUS_CLOCK_SKEW_MS".into(), "-10000".into()));
+        w.group.start_node(*id)?;
+    }
+    let (still, _) = w.group.wait_leader(&[], Duration::from_secs(10)).await?;
+    anyhow::ensure!(still == leader, "leadership moved from {leader} to {still} while restarting the followers");
+    register(&w).await?;
+    let old = w.sandbox.primary().addr();
+    let killed = Instant::now();
+    w.sandbox.primary().kill9()?;
+    let client = w.client()?;
+    let h = wait_finished(&client, 1, Duration::from_secs(20)).await?;
+    let f = &h.failovers[0];
+    println!(
+        "followers {followers:?} 10 s behind the leader {leader}: {} ({}) finished {} ms after kill -9",
+        f.outcome,
+        f.analysis_code,
+        killed.elapsed().as_millis()
+    );
+    assert_eq!(f.outcome, "succeeded", "{f:#?}");
+    assert!(f.analysis_code.starts_with("DeadPrimary"), "{f:#?}");
+    assert_eq!(f.old_primary, old);
+    assert_eq!(w.group.wait_leader(&[], Duration::from_secs(5)).await?.0, leader, "the leader changed mid-test");
+    Ok(())
+}

@@ -13,7 +13,8 @@ use tonic::{Request, Response, Status};
 pub trait ObservationSink: Send + Sync + 'static {
     /// `Ok(true)` when accepted, `Ok(false)` when ignored (not leader, old term),
     /// `Err` for an undecodable report.
-    fn accept(&self, from: NodeId, term: u64, payload: &[u8]) -> Result<bool, String>;
+    /// `sent_at_ms`: the sender's wall clock when it sent the report (0: unknown).
+    fn accept(&self, from: NodeId, term: u64, sent_at_ms: u64, payload: &[u8]) -> Result<bool, String>;
 }
 
 pub struct RaftService {
@@ -78,7 +79,7 @@ impl RaftRpc for RaftService {
         let Some(sink) = &self.sink else {
             return Ok(Response::new(ObservationAck { accepted: false }));
         };
-        match sink.accept(r.from, r.term, &r.payload) {
+        match sink.accept(r.from, r.term, r.sent_at_ms, &r.payload) {
             Ok(accepted) => Ok(Response::new(ObservationAck { accepted })),
             Err(e) => {
                 tracing::warn!(from = r.from, error = %e, "undecodable observation report");

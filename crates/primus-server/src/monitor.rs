@@ -26,8 +26,40 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
+/// This coordinator's wall clock, unix ms. Under fault injection
+/// (`PRIMUS_FAULT_INJECTION=1`) `PRIMUS_CLOCK_SKEW_MS` offsets it, so tests can run
+/// coordinators whose clocks disagree on one machine.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    let real =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    real.saturating_add(clock_skew_ms()).max(0) as u64
+}
+
+fn clock_skew_ms() -> i64 {
+    static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *SKEW.get_or_init(|| {
+        if std::env::var_os("PRIMUS_FAULT_INJECTION").is_none() {
+            return 0;
+        }
+        std::env::var("PRIMUS_CLOCK_SKEW_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+    })
+}
+
+/// Carry a peer's record times over to this node's clock: the age a record had
+/// when the peer sent it is measured on the peer's clock alone (skew cancels), and
+/// is counted back from when the report arrived here. Without `sent_at_ms` (an
+/// older peer) the times are taken as they are.
+pub fn rebase_to_local_clock(records: &mut [ProbeRecord], sent_at_ms: u64, received_at_ms: u64) {
+    if sent_at_ms == 0 {
+        return;
+    }
+    let shift = |t: u64| received_at_ms.saturating_sub(sent_at_ms.saturating_sub(t));
+    for r in records.iter_mut() {
+        r.at_ms = shift(r.at_ms);
+        if let Ok(o) = &mut r.result {
+            o.taken_at_ms = shift(o.taken_at_ms);
+        }
+    }
 }
 
 /// How to reach instances: probe settings and address overrides.
@@ -492,7 +524,12 @@ impl Monitor {
                 }
             };
             let mut client = RaftClient::new(ch).max_encoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES);
-            let mut req = tonic::Request::new(ObservationReport { from: self.me, term: m.current_term, payload });
+            let mut req = tonic::Request::new(ObservationReport {
+                from: self.me,
+                term: m.current_term,
+                payload,
+                sent_at_ms: now_ms(),
+            });
             req.set_timeout(self.rpc_timeout);
             self.peer.authorize(&mut req);
             if let Err(e) = client.report_observations(req).await {
@@ -671,12 +708,14 @@ impl Monitor {
     }
 
     /// Accept a follower's report (leader only).
-    pub fn accept_report(&self, from: NodeId, term: u64, payload: &[u8]) -> Result<bool, String> {
+    pub fn accept_report(&self, from: NodeId, term: u64, sent_at_ms: u64, payload: &[u8]) -> Result<bool, String> {
+        let received_at_ms = now_ms();
         let current = self.raft.metrics().borrow().current_term;
         if term < current || !self.is_leader() {
             return Ok(false);
         }
-        let records: Vec<ProbeRecord> = serde_json::from_slice(payload).map_err(|e| format!("bad report: {e}"))?;
+        let mut records: Vec<ProbeRecord> = serde_json::from_slice(payload).map_err(|e| format!("bad report: {e}"))?;
+        rebase_to_local_clock(&mut records, sent_at_ms, received_at_ms);
         let records = records.into_iter().map(|r| (r.addr.clone(), r)).collect();
         self.peers
             .write()
@@ -802,7 +841,44 @@ impl Monitor {
 }
 
 impl primus_raft::ObservationSink for Monitor {
-    fn accept(&self, from: NodeId, term: u64, payload: &[u8]) -> Result<bool, String> {
-        self.accept_report(from, term, payload)
+    fn accept(&self, from: NodeId, term: u64, sent_at_ms: u64, payload: &[u8]) -> Result<bool, String> {
+        self.accept_report(from, term, sent_at_ms, payload)
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    fn record(at_ms: u64) -> ProbeRecord {
+        ProbeRecord {
+            addr: "db1:3306".parse().expect("addr"),
+            at_ms,
+            result: Err(ProbeError::Unreachable { message: "test".into() }),
+        }
+    }
+
+    #[test]
+    fn a_peer_clock_ten_seconds_behind_does_not_make_its_fresh_views_stale() {
+        // The peer's clock reads 10 s less than ours: it probed 200 ms before sending.
+        let (peer_sent, our_received) = (1_000_000u64, 1_010_005u64);
+        let mut r = vec![record(peer_sent - 200)];
+        rebase_to_local_clock(&mut r, peer_sent, our_received);
+        assert_eq!(r[0].at_ms, our_received - 200);
+    }
+
+    #[test]
+    fn a_peer_clock_ahead_does_not_make_old_views_look_new() {
+        let (peer_sent, our_received) = (2_000_000u64, 1_990_000u64);
+        let mut r = vec![record(peer_sent - 5_000)];
+        rebase_to_local_clock(&mut r, peer_sent, our_received);
+        assert_eq!(r[0].at_ms, our_received - 5_000, "5 s old on the peer's clock is 5 s old here");
+    }
+
+    #[test]
+    fn reports_without_a_send_time_are_taken_as_they_are() {
+        let mut r = vec![record(123)];
+        rebase_to_local_clock(&mut r, 0, 999_999);
+        assert_eq!(r[0].at_ms, 123);
     }
 }

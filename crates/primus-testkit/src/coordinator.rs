@@ -83,6 +83,8 @@ pub struct NodeProc {
     pub dir: PathBuf,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// Environment for this node only (after the group's), from its next start.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -243,7 +245,8 @@ impl CoordinatorGroup {
         let config_path = dir.join("primusd.toml");
         std::fs::write(&config_path, cfg).with_context(|| format!("write {}", config_path.display()))?;
         let log_path = dir.join("primusd.log");
-        self.nodes.insert(id, NodeProc { id, port, http_port, dir, config_path, log_path, child: None });
+        self.nodes
+            .insert(id, NodeProc { id, port, http_port, dir, config_path, log_path, env: Vec::new(), child: None });
         Ok(())
     }
 
@@ -271,7 +274,7 @@ impl CoordinatorGroup {
         if fault {
             cmd.env("PRIMUS_FAULT_INJECTION", "1");
         }
-        for (k, v) in &self.opts.env {
+        for (k, v) in self.opts.env.iter().chain(node.env.iter()) {
             cmd.env(k, v);
         }
         let child = cmd.spawn().with_context(|| format!("spawn {}", primusd.display()))?;
