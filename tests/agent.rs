@@ -296,6 +296,27 @@ fn world_agent_options(w: &World) -> AgentOptions {
     AgentOptions { cluster: CLUSTER.into(), coordinators: vec![w.group.endpoints()], ..Default::default() }
 }
 
+/// A registered default world whose primary has the app user and an agent holding
+/// its lease (its sentinel running beside it).
+struct WithAgent {
+    agent: AgentProc,
+    opts: AgentOptions,
+    primary: Instance,
+    w: World,
+}
+
+async fn primary_with_agent() -> anyhow::Result<WithAgent> {
+    let w = World::start(WorldOptions::default()).await?;
+    register_world(&w).await?;
+    let primary = w.sandbox.primary().clone();
+    create_app_user(&primary).await?;
+    w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
+    let opts = world_agent_options(&w);
+    let agent = AgentProc::start(&primary, &opts)?;
+    agent.wait_log("lease granted", Duration::from_secs(10)).await?;
+    Ok(WithAgent { agent, opts, primary, w })
+}
+
 /// Fail if `inst` is read-only at any poll during `dur`.
 async fn assert_stays_writable(inst: &Instance, dur: Duration, agent: &AgentProc, what: &str) -> anyhow::Result<()> {
     let until = Instant::now() + dur;
@@ -336,15 +357,8 @@ async fn primary_agent_holds_its_lease_and_a_leader_freeze_shorter_than_ttl_fenc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_agent_s_sentinel_fences_the_primary_within_ttl_and_a_failover_follows() -> anyhow::Result<()> {
-    let w = World::start(WorldOptions::default()).await?;
-    register_world(&w).await?;
-    let primary = w.sandbox.primary().clone();
-    create_app_user(&primary).await?;
-    w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
-    let opts = world_agent_options(&w);
+    let WithAgent { mut agent, opts, primary, w } = primary_with_agent().await?;
     let ttl = Duration::from_millis(opts.ttl_ms);
-    let mut agent = AgentProc::start(&primary, &opts)?;
-    agent.wait_log("lease granted", Duration::from_secs(10)).await?;
     agent.wait_log("sentinel started", Duration::from_secs(5)).await?;
     assert_stays_writable(&primary, Duration::from_millis(600), &agent, "before the kill").await?;
     let agent_pid = agent.pid().ok_or_else(|| anyhow::anyhow!("agent not running"))?;
@@ -396,13 +410,7 @@ async fn killed_agent_s_sentinel_fences_the_primary_within_ttl_and_a_failover_fo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_agent_restarted_within_ttl_takes_the_lease_over_without_fencing() -> anyhow::Result<()> {
-    let w = World::start(WorldOptions::default()).await?;
-    register_world(&w).await?;
-    let primary = w.sandbox.primary().clone();
-    create_app_user(&primary).await?;
-    let opts = world_agent_options(&w);
-    let mut agent = AgentProc::start(&primary, &opts)?;
-    agent.wait_log("lease granted", Duration::from_secs(10)).await?;
+    let WithAgent { mut agent, opts, primary, w: _w } = primary_with_agent().await?;
     agent.wait_log("sentinel started", Duration::from_secs(5)).await?;
     let old_pid = agent.pid().ok_or_else(|| anyhow::anyhow!("agent not running"))?;
     agent.kill9()?;
@@ -425,14 +433,8 @@ async fn killed_agent_restarted_within_ttl_takes_the_lease_over_without_fencing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_is_fenced_within_ttl_when_every_coordinator_is_frozen() -> anyhow::Result<()> {
-    let w = World::start(WorldOptions::default()).await?;
-    register_world(&w).await?;
-    let primary = w.sandbox.primary().clone();
-    create_app_user(&primary).await?;
-    let opts = world_agent_options(&w);
+    let WithAgent { agent, opts, primary, w } = primary_with_agent().await?;
     let ttl = Duration::from_millis(opts.ttl_ms);
-    let agent = AgentProc::start(&primary, &opts)?;
-    agent.wait_log("lease granted", Duration::from_secs(10)).await?;
     assert_stays_writable(&primary, Duration::from_secs(1), &agent, "before the freeze").await?;
     for id in 1..=3 {
         w.group.sigstop(id)?;
@@ -699,12 +701,7 @@ impl Drop for WallClockStep {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stepping_the_wall_clock_a_minute_either_way_changes_nothing_for_the_lease() -> anyhow::Result<()> {
-    let w = World::start(WorldOptions::default()).await?;
-    register_world(&w).await?;
-    let primary = w.sandbox.primary().clone();
-    create_app_user(&primary).await?;
-    let agent = AgentProc::start(&primary, &world_agent_options(&w))?;
-    agent.wait_log("lease granted", Duration::from_secs(10)).await?;
+    let WithAgent { agent, primary, w, .. } = primary_with_agent().await?;
     assert_stays_writable(&primary, Duration::from_secs(2), &agent, "before the clock steps").await?;
 
     // Lease timing uses monotonic clocks only: wall-clock steps of a minute either way
@@ -728,13 +725,7 @@ async fn stepping_the_wall_clock_a_minute_either_way_changes_nothing_for_the_lea
 async fn hung_primary_resumed_30_s_later_takes_no_write_and_never_two_are_writable() -> anyhow::Result<()> {
     let resume_after =
         Duration::from_secs(std::env::var("PRIMUS_HANG_RESUME_S").ok().and_then(|v| v.parse().ok()).unwrap_or(30));
-    let w = World::start(WorldOptions::default()).await?;
-    register_world(&w).await?;
-    let primary = w.sandbox.primary().clone();
-    create_app_user(&primary).await?;
-    w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
-    let agent = AgentProc::start(&primary, &world_agent_options(&w))?;
-    agent.wait_log("lease granted", Duration::from_secs(10)).await?;
+    let WithAgent { agent, primary, w, .. } = primary_with_agent().await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -327,18 +327,8 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
             };
             if need {
                 let started = Instant::now();
-                // Statement timeouts inside the fence are shorter than the fence's own
-                // bound: retry on a fresh connection until that bound, then escalate.
-                let attempt = async {
-                    loop {
-                        match mysql.fence().await {
-                            Err(FenceError::Timeout { .. }) => continue,
-                            other => return other,
-                        }
-                    }
-                };
-                match tokio::time::timeout(fence_timeout, attempt).await {
-                    Ok(Ok(r)) => {
+                match mysql.fence_within(fence_timeout).await {
+                    Ok(r) => {
                         let took_ms = started.elapsed().as_millis() as u64;
                         if r.was_writable {
                             tracing::warn!(epoch, reason = %reason, killed_connections = r.killed, took_ms,
@@ -354,7 +344,7 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
                             blocked = !unblock(&cfg, port, epoch).await;
                         }
                     }
-                    Ok(Err(FenceError::Down(m))) => {
+                    Err(FenceError::Down(m)) => {
                         // Nothing listening: nothing can write. Keep trying.
                         errors += 1;
                         if worth_logging(errors, 50) {
@@ -362,7 +352,7 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
                                 "must fence, but mysqld is not accepting connections (nothing can write); will fence it when it is back");
                         }
                     }
-                    Ok(Err(e @ FenceError::Sql { .. })) => {
+                    Err(e @ FenceError::Sql { .. }) => {
                         errors += 1;
                         if worth_logging(errors, 50) {
                             tracing::error!(epoch, reason = %reason, error = %e,
@@ -370,12 +360,10 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
                                  READ ONLY ADMIN + CONNECTION ADMIN)");
                         }
                     }
-                    Ok(Err(FenceError::Timeout { .. })) | Err(_) if blocked => {
+                    Err(FenceError::Timeout { .. }) if blocked => {
                         // Still hung, and the block holds: nothing gets in or out.
-                        mysql.reset();
                     }
-                    Ok(Err(FenceError::Timeout { .. })) | Err(_) => {
-                        mysql.reset();
+                    Err(FenceError::Timeout { .. }) => {
                         let waited = started.elapsed().as_millis() as u64;
                         match fence::escalate(&cfg.fence, port).await {
                             Ok(Escalated::Blocked { port }) => {

@@ -294,29 +294,22 @@ pub async fn run(cfg: Config, agent_pid: u32) -> Result<(), String> {
 
 async fn fence_once(cfg: &Config, mysql: &mut LocalMysql, agent: AgentIs, late_ms: u64) {
     let started = Instant::now();
-    let attempt = async {
-        loop {
-            match mysql.fence().await {
-                Err(FenceError::Timeout { .. }) => continue,
-                other => return other,
-            }
-        }
-    };
-    match tokio::time::timeout(cfg.fence.timeout(), attempt).await {
-        Ok(Ok(r)) if r.was_writable => tracing::warn!(
+    match mysql.fence_within(cfg.fence.timeout()).await {
+        Ok(r) if r.was_writable => tracing::warn!(
             ?agent,
             killed_connections = r.killed,
             late_ms,
             took_ms = started.elapsed().as_millis() as u64,
             "SENTINEL FENCED: the lease ran out with no agent renewing it; server set read-only"
         ),
-        Ok(Ok(_)) => tracing::info!(?agent, late_ms, "the lease ran out; the server is read-only already"),
-        Ok(Err(FenceError::Down(m))) => {
+        Ok(_) => tracing::info!(?agent, late_ms, "the lease ran out; the server is read-only already"),
+        Err(FenceError::Down(m)) => {
             tracing::info!(?agent, detail = %m, "the lease ran out; mysqld is not accepting connections (nothing can write)")
         }
-        Ok(Err(e)) => tracing::error!(?agent, error = %e, "the lease ran out and the sentinel cannot fence the server"),
-        Err(_) => {
-            mysql.reset();
+        Err(e @ FenceError::Sql { .. }) => {
+            tracing::error!(?agent, error = %e, "the lease ran out and the sentinel cannot fence the server")
+        }
+        Err(FenceError::Timeout { .. }) => {
             match fence::escalate(&cfg.fence, cfg.mysqld_port()).await {
                 Ok(Escalated::Killed { pid }) => tracing::error!(
                     pid,
@@ -332,7 +325,7 @@ async fn fence_once(cfg: &Config, mysql: &mut LocalMysql, agent: AgentIs, late_m
                     // Until mysqld answers: then fence it, and lift the block.
                     loop {
                         tokio::time::sleep(cfg.fence.check_interval()).await;
-                        if let Ok(Ok(_)) = tokio::time::timeout(cfg.fence.timeout(), mysql.fence()).await {
+                        if mysql.fence_within(cfg.fence.timeout()).await.is_ok() {
                             match fence::unblock_port(&cfg.fence, port).await {
                                 Ok(()) => {
                                     tracing::warn!(port, "SENTINEL UNBLOCKED: the server answers and is read-only");
