@@ -317,6 +317,32 @@ async fn primary_with_agent() -> anyhow::Result<WithAgent> {
     Ok(WithAgent { agent, opts, primary, w })
 }
 
+/// The first failover of the cluster that is no longer in progress (history errors,
+/// as a partition may cause, are retried until `timeout`).
+async fn first_finished_failover(
+    w: &World,
+    timeout: Duration,
+    agent: &AgentProc,
+) -> anyhow::Result<primus_client::FailoverView> {
+    let client = w.client()?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match client.history(CLUSTER).await {
+            Ok(h) => match h.failovers.iter().find(|f| f.outcome != "in_progress") {
+                Some(f) => return Ok(f.clone()),
+                None => format!("{h:#?}"),
+            },
+            Err(e) => e.to_string(),
+        };
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no finished failover within {timeout:?}: {last}\n--- agent log ---\n{}",
+            agent.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Fail if `inst` is read-only at any poll during `dur`.
 async fn assert_stays_writable(inst: &Instance, dur: Duration, agent: &AgentProc, what: &str) -> anyhow::Result<()> {
     let until = Instant::now() + dur;
@@ -374,16 +400,7 @@ async fn killed_agent_s_sentinel_fences_the_primary_within_ttl_and_a_failover_fo
     agent.wait_log("SENTINEL FENCED", Duration::from_secs(2)).await?;
 
     // ...and the coordinators, who get no renewal either, fail it over.
-    let client = w.client()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let f = loop {
-        let h = client.history(CLUSTER).await?;
-        if let Some(f) = h.failovers.iter().find(|f| f.outcome != "in_progress") {
-            break f.clone();
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no finished failover within 30 s: {h:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let f = first_finished_failover(&w, Duration::from_secs(30), &agent).await?;
     println!(
         "failover {} ({}) promoted {} {} ms after the kill",
         f.outcome,
@@ -572,16 +589,7 @@ async fn agent_cut_off_from_coordinators_fences_its_primary_before_another_is_pr
     let cut = Instant::now();
     let fenced = wait_read_only(&primary, cut, Duration::from_secs(5), &agent).await?;
     let fenced_wall = wall_ms();
-    let client = w.client()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let f = loop {
-        let h = client.history(CLUSTER).await?;
-        if let Some(f) = h.failovers.iter().find(|f| f.outcome != "in_progress") {
-            break f.clone();
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no finished failover within 30 s: {h:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let f = first_finished_failover(&w, Duration::from_secs(30), &agent).await?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (last_ok, n) = writer.await?;
     let promote = f
@@ -766,17 +774,7 @@ async fn hung_primary_resumed_30_s_later_takes_no_write_and_never_two_are_writab
     let hung = Instant::now();
     let hung_wall = wall_ms();
     primary.sigstop()?;
-    let client = w.client()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let f = loop {
-        if let Ok(h) = client.history(CLUSTER).await {
-            if let Some(f) = h.failovers.iter().find(|f| f.outcome != "in_progress") {
-                break f.clone();
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no failover within 30 s\n{}", agent.log_tail(30));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let f = first_finished_failover(&w, Duration::from_secs(30), &agent).await?;
     assert_eq!(f.outcome, "succeeded", "{f:#?}");
     let promoted_at = f
         .steps
@@ -883,16 +881,7 @@ async fn primary_cut_off_by_a_real_partition_fences_itself_before_another_is_pro
     let cut = Instant::now();
     lab.cut(host)?;
     let client = w.client()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let f = loop {
-        if let Ok(h) = client.history(CLUSTER).await {
-            if let Some(f) = h.failovers.iter().find(|f| f.outcome != "in_progress") {
-                break f.clone();
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no failover within 30 s of the cut\n{}", agent.log_tail(30));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let f = first_finished_failover(&w, Duration::from_secs(30), &agent).await?;
     let failover_s = cut.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
