@@ -282,16 +282,6 @@ use primus_integration_tests::world::{World, WorldOptions};
 
 const CLUSTER: &str = "c";
 
-/// Register the sandbox as cluster "c" and wait until every coordinator sees every instance.
-async fn register_world(w: &World) -> anyhow::Result<()> {
-    w.client()?.register_cluster(CLUSTER, &[w.sandbox.primary().addr()], ClusterSettings::default()).await?;
-    w.wait_topology(CLUSTER, "all coordinators see every instance", Duration::from_secs(15), |t| {
-        t.instances.len() == 3 && t.instances.iter().all(|i| i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok))
-    })
-    .await?;
-    Ok(())
-}
-
 fn world_agent_options(w: &World) -> AgentOptions {
     AgentOptions { cluster: CLUSTER.into(), coordinators: vec![w.group.endpoints()], ..Default::default() }
 }
@@ -307,7 +297,7 @@ struct WithAgent {
 
 async fn primary_with_agent() -> anyhow::Result<WithAgent> {
     let w = World::start(WorldOptions::default()).await?;
-    register_world(&w).await?;
+    w.register_sandbox(CLUSTER, Duration::ZERO).await?;
     let primary = w.sandbox.primary().clone();
     create_app_user(&primary).await?;
     w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
@@ -358,7 +348,7 @@ async fn assert_stays_writable(inst: &Instance, dur: Duration, agent: &AgentProc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_agent_holds_its_lease_and_a_leader_freeze_shorter_than_ttl_fences_nothing() -> anyhow::Result<()> {
     let w = World::start(WorldOptions::default()).await?;
-    register_world(&w).await?;
+    w.register_sandbox(CLUSTER, Duration::ZERO).await?;
     let primary = w.sandbox.primary().clone();
     create_app_user(&primary).await?;
     let agent = AgentProc::start(&primary, &world_agent_options(&w))?;
@@ -479,7 +469,7 @@ async fn primary_is_fenced_within_ttl_when_every_coordinator_is_frozen() -> anyh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_with_agents_fences_the_old_primary_and_spares_the_promoted_one() -> anyhow::Result<()> {
     let w = World::start(WorldOptions::default()).await?;
-    register_world(&w).await?;
+    w.register_sandbox(CLUSTER, Duration::ZERO).await?;
     let old = w.sandbox.primary().clone();
     let new = w.sandbox.replicas()[0].clone();
     create_app_user(&old).await?;
@@ -523,7 +513,7 @@ async fn switchover_with_agents_fences_the_old_primary_and_spares_the_promoted_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_for_an_instance_the_coordinators_do_not_know_exits_with_code_2() -> anyhow::Result<()> {
     let w = World::start(WorldOptions::default()).await?;
-    register_world(&w).await?;
+    w.register_sandbox(CLUSTER, Duration::ZERO).await?;
     let opts = AgentOptions { cluster: "no-such-cluster".into(), ..world_agent_options(&w) };
     let mut agent = AgentProc::start(w.sandbox.primary(), &opts)?;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -548,7 +538,7 @@ fn wall_ms() -> u64 {
 async fn agent_cut_off_from_coordinators_fences_its_primary_before_another_is_promoted() -> anyhow::Result<()> {
     use primus_testkit::proxy::{CutMode, LinkProxy};
     let w = World::start(WorldOptions::default()).await?;
-    register_world(&w).await?;
+    w.register_sandbox(CLUSTER, Duration::ZERO).await?;
     let primary = w.sandbox.primary().clone();
     create_app_user(&primary).await?;
     w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
@@ -832,7 +822,7 @@ async fn primary_cut_off_by_a_real_partition_fences_itself_before_another_is_pro
     // The primary runs in its own network namespace; the partition pins every peer's
     // address to an unused MAC on both sides (silent: connections time out).
     let w = World::start(WorldOptions { primary_in_netns: true, ..Default::default() }).await?;
-    register_world(&w).await?;
+    w.register_sandbox(CLUSTER, Duration::ZERO).await?;
     let primary = w.sandbox.primary().clone();
     create_app_user(&primary).await?;
     w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;

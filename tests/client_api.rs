@@ -20,16 +20,6 @@ fn kind(ev: &PrimaryEvent) -> PrimaryEventKind {
     PrimaryEventKind::try_from(ev.kind).unwrap_or(PrimaryEventKind::Unspecified)
 }
 
-async fn register(w: &World) -> anyhow::Result<()> {
-    w.client()?.register_cluster("c", &[w.sandbox.primary().addr()], ClusterSettings::default()).await?;
-    w.wait_topology("c", "all coordinators see every instance", Duration::from_secs(15), |t| {
-        t.instances.len() == 3 && t.instances.iter().all(|i| i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok))
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    Ok(())
-}
-
 /// Next event within `timeout`, or a clear error.
 async fn next(s: &mut primus_client::WatchStream, timeout: Duration) -> anyhow::Result<PrimaryEvent> {
     match tokio::time::timeout(timeout, s.next()).await {
@@ -67,7 +57,7 @@ fn client_in_order(w: &World, ids: &[u64]) -> anyhow::Result<Client> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_primary_is_right_on_every_node_at_both_levels_before_and_after_a_failover() -> anyhow::Result<()> {
     let w = World::start(WorldOptions::default()).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     let old = w.sandbox.primary().addr();
     let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
     let follower = (1..=3).find(|i| *i != leader).unwrap_or(1);
@@ -155,7 +145,7 @@ async fn get_primary_is_right_on_every_node_at_both_levels_before_and_after_a_fa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_cut_off_from_the_leader_refuses_linearizable_reads_but_serves_stale_ones() -> anyhow::Result<()> {
     let w = World::start(WorldOptions { fault_injection: true, ..Default::default() }).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     let old = w.sandbox.primary().addr();
     let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
     let cut = (1..=3).find(|i| *i != leader).unwrap_or(1);
@@ -221,7 +211,7 @@ async fn watcher_follows_a_failover_across_the_death_of_the_coordinator_running_
         ..Default::default()
     })
     .await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     let old = w.sandbox.primary().addr();
     let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
     let others: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();

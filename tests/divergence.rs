@@ -5,8 +5,8 @@
 //! replaced it — are divergent: shown by `topology` and `primusctl divergence`, refused
 //! by `rejoin`, and accepted only with `rejoin --discard-divergent`.
 
-use primus_client::{Client, ClusterSettings, HistoryResponse};
-use primus_integration_tests::world::{inst, World, WorldOptions};
+use primus_client::ClusterSettings;
+use primus_integration_tests::world::{inst, wait_finished, World, WorldOptions};
 use primus_testkit::mariadb::Instance;
 use primus_testkit::proxy::CutMode;
 use std::process::Output;
@@ -16,18 +16,6 @@ const APP_TABLE: &str = "primus_test.app";
 
 async fn read_only(i: &Instance) -> Option<bool> {
     tokio::time::timeout(Duration::from_millis(300), i.read_only()).await.ok().and_then(|r| r.ok())
-}
-
-async fn wait_finished(c: &Client, n: usize, timeout: Duration) -> anyhow::Result<HistoryResponse> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let h = c.history("c").await?;
-        if h.failovers.len() >= n && h.failovers.iter().all(|f| f.outcome != "in_progress") {
-            return Ok(h);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "failover not finished within {timeout:?}: {h:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `n` single-row autocommit INSERTs as an unprivileged application user, straight to `i`
@@ -130,7 +118,7 @@ async fn partition_write_and_fail_over(writes: usize) -> anyhow::Result<Partitio
     let cut_pos = primary.gtid_current_pos().await?;
 
     let client = w.client()?;
-    let h = wait_finished(&client, 1, Duration::from_secs(30)).await?;
+    let h = wait_finished(&client, "c", 1, Duration::from_secs(30)).await?;
     let f = h.failovers[0].clone();
     assert_eq!(f.outcome, "succeeded", "{f:#?}");
     assert_eq!(f.old_primary, primary.addr());

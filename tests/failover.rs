@@ -3,21 +3,10 @@
 //! only the coordinators lose the primary, and the old primary kept read-only.
 
 use primus_client::{Client, ClusterSettings, HistoryResponse};
-use primus_integration_tests::world::{inst, World, WorldOptions};
+use primus_integration_tests::world::{inst, wait_finished, World, WorldOptions};
 use primus_testkit::mariadb::Instance;
 use primus_testkit::proxy::CutMode;
 use std::time::{Duration, Instant};
-
-async fn register(w: &World) -> anyhow::Result<()> {
-    w.client()?.register_cluster("c", &[w.sandbox.primary().addr()], ClusterSettings::default()).await?;
-    // Every coordinator sees every instance, and replicas show progress, before any fault.
-    w.wait_topology("c", "all coordinators see every instance", Duration::from_secs(15), |t| {
-        t.instances.len() == 3 && t.instances.iter().all(|i| i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok))
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    Ok(())
-}
 
 async fn history(c: &Client) -> anyhow::Result<HistoryResponse> {
     Ok(c.history("c").await?)
@@ -41,24 +30,12 @@ async fn wait_writable(candidates: &[Instance], timeout: Duration) -> anyhow::Re
     }
 }
 
-async fn wait_finished(c: &Client, n: usize, timeout: Duration) -> anyhow::Result<HistoryResponse> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let h = history(c).await?;
-        if h.failovers.len() >= n && h.failovers.iter().all(|f| f.outcome != "in_progress") {
-            return Ok(h);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "failover not finished within {timeout:?}: {h:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_the_primary_promotes_exactly_one_replica_fast_and_loses_no_row() -> anyhow::Result<()> {
     // Default probe interval (1 s): speed comes from the watch connection, not polling.
     let w =
         World::start(WorldOptions { probe_interval_ms: 1000, query_timeout_ms: 1000, ..Default::default() }).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     w.sandbox.insert_rows(200).await?;
     w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
     let rows_before = w.sandbox.primary().test_row_count().await?;
@@ -70,7 +47,7 @@ async fn kill9_of_the_primary_promotes_exactly_one_replica_fast_and_loses_no_row
     let to_writable = at - killed;
 
     let client = w.client()?;
-    let h = wait_finished(&client, 1, Duration::from_secs(20)).await?;
+    let h = wait_finished(&client, "c", 1, Duration::from_secs(20)).await?;
     let f = &h.failovers[0];
     println!("kill -9 primary -> replica {} writable after {} ms", promoted.addr(), to_writable.as_millis());
     for s in &f.steps {
@@ -117,7 +94,7 @@ async fn kill9_of_the_primary_promotes_exactly_one_replica_fast_and_loses_no_row
 async fn primary_unreachable_from_every_coordinator_while_replicas_replicate_is_not_failed_over() -> anyhow::Result<()>
 {
     let w = World::start(WorldOptions { proxied: true, ..Default::default() }).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     let links = w.links.as_ref().expect("proxied");
     for coordinator in 0..3 {
         links.cut(coordinator, 0, CutMode::Silent);
@@ -145,7 +122,7 @@ async fn primary_unreachable_from_every_coordinator_while_replicas_replicate_is_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_unreachable_from_one_coordinator_only_is_not_failed_over() -> anyhow::Result<()> {
     let w = World::start(WorldOptions { proxied: true, ..Default::default() }).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     w.links.as_ref().expect("proxied").cut(2, 0, CutMode::Silent);
     let client = w.client()?;
     let mut codes = std::collections::BTreeSet::new();
@@ -164,7 +141,7 @@ async fn primary_unreachable_from_one_coordinator_only_is_not_failed_over() -> a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minority_leader_cannot_promote_and_the_majority_fails_over() -> anyhow::Result<()> {
     let mut w = World::start(WorldOptions { fault_injection: true, ..Default::default() }).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     let (old_leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
     // The leader loses its peers, and the primary dies.
     w.group.isolate(&[old_leader]).await?;
@@ -172,7 +149,7 @@ async fn minority_leader_cannot_promote_and_the_majority_fails_over() -> anyhow:
     let majority: Vec<u64> = (1..=3).filter(|i| *i != old_leader).collect();
     let (new_leader, _) = w.group.wait_leader(&majority, Duration::from_secs(10)).await?;
     let client = w.group.client_for(&majority, Duration::from_secs(10))?;
-    let h = wait_finished(&client, 1, Duration::from_secs(20)).await?;
+    let h = wait_finished(&client, "c", 1, Duration::from_secs(20)).await?;
     assert_eq!(h.failovers.len(), 1, "{h:#?}");
     assert_eq!(h.failovers[0].outcome, "succeeded");
     // The isolated old leader recorded nothing of its own.
@@ -197,11 +174,11 @@ async fn minority_leader_cannot_promote_and_the_majority_fails_over() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_old_primary_stays_read_only_and_demoted() -> anyhow::Result<()> {
     let w = World::start(WorldOptions::default()).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     let old = w.sandbox.primary().clone();
     old.kill9()?;
     let client = w.client()?;
-    wait_finished(&client, 1, Duration::from_secs(20)).await?;
+    wait_finished(&client, "c", 1, Duration::from_secs(20)).await?;
     old.restart().await?;
     // Whatever its config says, primus fences it again as soon as it sees it.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -221,7 +198,7 @@ async fn restarted_old_primary_stays_read_only_and_demoted() -> anyhow::Result<(
 async fn automatic_failover_off_means_no_failover_and_manual_failover_works() -> anyhow::Result<()> {
     let w = World::start(WorldOptions { extra_config: "[failover]\nautomatic = false\n".into(), ..Default::default() })
         .await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     w.sandbox.primary().kill9()?;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let client = w.client()?;
@@ -242,7 +219,7 @@ async fn automatic_failover_off_means_no_failover_and_manual_failover_works() ->
 async fn hung_primary_is_failed_over_by_timeouts_and_replica_silence() -> anyhow::Result<()> {
     let w =
         World::start(WorldOptions { probe_interval_ms: 1000, query_timeout_ms: 1000, ..Default::default() }).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     let stopped = Instant::now();
     let stopped_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
     w.sandbox.primary().sigstop()?;
@@ -250,7 +227,7 @@ async fn hung_primary_is_failed_over_by_timeouts_and_replica_silence() -> anyhow
     w.sandbox.primary().sigcont()?;
     let (promoted, at) = r?;
     println!("SIGSTOP primary -> replica {} writable after {} ms", promoted.addr(), (at - stopped).as_millis());
-    let h = wait_finished(&w.client()?, 1, Duration::from_secs(20)).await?;
+    let h = wait_finished(&w.client()?, "c", 1, Duration::from_secs(20)).await?;
     let f = &h.failovers[0];
     println!(
         "  detected and confirmed (StartFailover committed) {} ms after SIGSTOP",
@@ -283,7 +260,7 @@ async fn hung_primary_is_failed_over_by_timeouts_and_replica_silence() -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_under_continuous_writes_loses_no_acknowledged_row() -> anyhow::Result<()> {
     let w = World::start(WorldOptions::default()).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     // An application user, as applications have: no SUPER / READ ONLY ADMIN, so
     // read_only really stops it (MariaDB 10.11 lets privileged users write anyway).
     let primary = w.sandbox.primary();
@@ -382,11 +359,11 @@ async fn switchover_under_continuous_writes_loses_no_acknowledged_row() -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recent_failover_blocks_the_next_until_acknowledged_and_maintenance_blocks_too() -> anyhow::Result<()> {
     let w = World::start(WorldOptions::default()).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     let client = w.client()?;
     // First failover: automatic.
     w.sandbox.primary().kill9()?;
-    let h = wait_finished(&client, 1, Duration::from_secs(20)).await?;
+    let h = wait_finished(&client, "c", 1, Duration::from_secs(20)).await?;
     let new_primary = h.failovers[0].candidate.clone();
     let promoted = w.sandbox.replicas().iter().find(|r| r.addr() == new_primary).expect("promoted").clone();
     // The remaining replica follows it; now kill the new primary: anti-flap must block.
@@ -403,7 +380,7 @@ async fn recent_failover_blocks_the_next_until_acknowledged_and_maintenance_bloc
     assert_eq!(client.history("c").await?.failovers.len(), 1, "failed over during maintenance");
     // End maintenance: the acknowledged cluster may fail over again.
     client.maintenance("c", None, false, "", Duration::ZERO).await?;
-    let h = wait_finished(&client, 2, Duration::from_secs(20)).await?;
+    let h = wait_finished(&client, "c", 2, Duration::from_secs(20)).await?;
     assert_eq!(h.failovers.len(), 2, "{h:#?}");
     assert!(!h.failovers[0].acked_by.is_empty(), "first failover not marked acknowledged");
     assert_eq!(h.failovers[1].outcome, "succeeded", "{:#?}", h.failovers[1]);
@@ -424,14 +401,14 @@ async fn failing_pre_failover_hook_vetoes_and_post_failover_hook_gets_placeholde
         post.display()
     );
     let w = World::start(WorldOptions { extra_config: hooks, ..Default::default() }).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     let old = w.sandbox.primary().addr();
     w.sandbox.primary().kill9()?;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let client = w.client()?;
     assert!(history(&client).await?.failovers.is_empty(), "failed over despite the pre_failover veto");
     std::fs::remove_file(&veto)?;
-    let h = wait_finished(&client, 1, Duration::from_secs(20)).await?;
+    let h = wait_finished(&client, "c", 1, Duration::from_secs(20)).await?;
     let f = &h.failovers[0];
     assert_eq!(f.outcome, "succeeded");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -466,7 +443,7 @@ async fn rejoin_repoints_a_clean_old_primary_and_refuses_one_with_errant_transac
     let client = w.client()?;
     let old = w.sandbox.primary().clone();
     old.kill9()?;
-    let h = wait_finished(&client, 1, Duration::from_secs(20)).await?;
+    let h = wait_finished(&client, "c", 1, Duration::from_secs(20)).await?;
     let new_primary =
         w.sandbox.instances().iter().find(|i| i.addr() == h.failovers[0].candidate).expect("promoted").clone();
     old.restart().await?;
@@ -494,7 +471,7 @@ async fn rejoin_repoints_a_clean_old_primary_and_refuses_one_with_errant_transac
     client.ack("c", None).await?;
     let second_old = new_primary.clone();
     second_old.kill9()?;
-    let h = wait_finished(&client, 2, Duration::from_secs(20)).await?;
+    let h = wait_finished(&client, "c", 2, Duration::from_secs(20)).await?;
     assert_eq!(h.failovers[1].outcome, "succeeded", "{:#?}", h.failovers[1]);
     second_old.restart().await?;
     w.wait_topology("c", "second old primary demoted", Duration::from_secs(15), |t| {
@@ -514,7 +491,7 @@ async fn rejoin_repoints_a_clean_old_primary_and_refuses_one_with_errant_transac
 async fn saturated_slow_primary_is_not_failed_over() -> anyhow::Result<()> {
     let w =
         World::start(WorldOptions { probe_interval_ms: 1000, query_timeout_ms: 1000, ..Default::default() }).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     // Saturate the primary's CPU (this machine has 2 cores) with 6 busy sessions for
     // 8 s while writes keep flowing: probes get slower, replicas keep replicating.
     let primary = w.sandbox.primary().clone();
@@ -553,7 +530,7 @@ async fn saturated_slow_primary_is_not_failed_over() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_safe_candidate_promotes_nothing_and_history_says_why() -> anyhow::Result<()> {
     let w = World::start(WorldOptions::default()).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     let client = w.client()?;
     for r in w.sandbox.replicas() {
         client.set_promotion_rule("c", &r.addr(), "must_not").await?;
@@ -598,7 +575,7 @@ async fn dead_intermediate_primary_has_its_replicas_repointed_to_its_source() ->
     let killed = Instant::now();
     intermediate.kill9()?;
     let client = w.client()?;
-    let h = wait_finished(&client, 1, Duration::from_secs(20)).await?;
+    let h = wait_finished(&client, "c", 1, Duration::from_secs(20)).await?;
     let f = &h.failovers[0];
     println!("dead intermediate repaired in {} ms after kill -9:", killed.elapsed().as_millis());
     for s in &f.steps {
@@ -648,7 +625,7 @@ async fn aborted_manual_failover_gives_the_fenced_primary_its_writes_back() -> a
         ..Default::default()
     })
     .await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     let primary = w.sandbox.primary();
     let candidate = &w.sandbox.replicas()[0];
     // The candidate receives but cannot apply: the catch-up step must fail after the fence.
@@ -656,7 +633,7 @@ async fn aborted_manual_failover_gives_the_fenced_primary_its_writes_back() -> a
     primary.insert_test_rows(3).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r = w.client()?.failover("c", Some(&candidate.addr()), false).await;
-    let h = wait_finished(&w.client()?, 1, Duration::from_secs(30)).await?;
+    let h = wait_finished(&w.client()?, "c", 1, Duration::from_secs(30)).await?;
     let f = &h.failovers[0];
     println!("manual failover: {r:?}\n  outcome {} ({})", f.outcome, f.outcome_reason);
     for s in &f.steps {
@@ -679,7 +656,7 @@ async fn leader_cut_off_together_with_a_live_primary_promotes_nothing_and_the_ma
     // from the majority's coordinators and from its replicas (a datacenter partition);
     // the primary stays alive and reachable from the old leader.
     let mut w = World::start(WorldOptions { proxied: true, fault_injection: true, ..Default::default() }).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     let (old_leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
     let old = w.sandbox.primary().addr();
     let majority: Vec<u64> = (1..=3).filter(|i| *i != old_leader).collect();
@@ -696,7 +673,7 @@ async fn leader_cut_off_together_with_a_live_primary_promotes_nothing_and_the_ma
     }
     let (new_leader, _) = w.group.wait_leader(&majority, Duration::from_secs(10)).await?;
     let client = w.group.client_for(&majority, Duration::from_secs(10))?;
-    let h = wait_finished(&client, 1, Duration::from_secs(30)).await?;
+    let h = wait_finished(&client, "c", 1, Duration::from_secs(30)).await?;
     let f = h.failovers[0].clone();
     println!(
         "old leader {old_leader} cut off with the primary; new leader {new_leader} failed over to {} ({}) {} ms after the cut",
@@ -757,12 +734,12 @@ async fn followers_with_clocks_ten_seconds_behind_still_confirm_a_dead_primary()
     }
     let (still, _) = w.group.wait_leader(&[], Duration::from_secs(10)).await?;
     anyhow::ensure!(still == leader, "leadership moved from {leader} to {still} while restarting the followers");
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     let old = w.sandbox.primary().addr();
     let killed = Instant::now();
     w.sandbox.primary().kill9()?;
     let client = w.client()?;
-    let h = wait_finished(&client, 1, Duration::from_secs(20)).await?;
+    let h = wait_finished(&client, "c", 1, Duration::from_secs(20)).await?;
     let f = &h.failovers[0];
     println!(
         "followers {followers:?} 10 s behind the leader {leader}: {} ({}) finished {} ms after kill -9",

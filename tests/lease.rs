@@ -4,35 +4,13 @@
 //! its lease has run out before promoting; an agent that stops renewing gets its
 //! primary failed over; a demoted old primary is told to fence itself.
 
-use primus_client::{Client, ClusterSettings, HistoryResponse};
-use primus_integration_tests::world::{World, WorldOptions};
+use primus_client::Client;
+use primus_integration_tests::world::{wait_finished, World, WorldOptions};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const TTL_MS: u64 = 1500;
-
-async fn register(w: &World) -> anyhow::Result<()> {
-    w.client()?.register_cluster("c", &[w.sandbox.primary().addr()], ClusterSettings::default()).await?;
-    w.wait_topology("c", "all coordinators see every instance", Duration::from_secs(15), |t| {
-        t.instances.len() == 3 && t.instances.iter().all(|i| i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok))
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    Ok(())
-}
-
-async fn wait_finished(c: &Client, timeout: Duration) -> anyhow::Result<HistoryResponse> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let h = c.history("c").await?;
-        if !h.failovers.is_empty() && h.failovers.iter().all(|f| f.outcome != "in_progress") {
-            return Ok(h);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "failover not finished within {timeout:?}: {h:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// A scripted agent for `instance`: renews every 300 ms until `stop`, recording when it
 /// last *sent* a request that was granted.
@@ -65,7 +43,7 @@ fn renewer(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_primary_gets_a_lease_and_a_failover_waits_for_it_to_run_out() -> anyhow::Result<()> {
     let w = World::start(WorldOptions::default()).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     let client = Arc::new(w.client()?);
     let primary = w.sandbox.primary().addr();
     let replica = w.sandbox.replicas()[0].addr();
@@ -86,7 +64,7 @@ async fn only_the_primary_gets_a_lease_and_a_failover_waits_for_it_to_run_out() 
     // before the last lease granted has run out.
     let killed = Instant::now();
     w.sandbox.primary().kill9()?;
-    let h = wait_finished(&client, Duration::from_secs(30)).await?;
+    let h = wait_finished(&client, "c", 1, Duration::from_secs(30)).await?;
     stop.store(true, Ordering::Relaxed);
     task.await?;
     let f = &h.failovers[0];
@@ -133,7 +111,7 @@ fn wall_ms_at(t: Instant) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_that_stops_renewing_gets_its_primary_failed_over() -> anyhow::Result<()> {
     let w = World::start(WorldOptions::default()).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
     let client = Arc::new(w.client()?);
     let primary = w.sandbox.primary().addr();
     client.register_agent("c", &primary, "test-agent").await?;
@@ -154,7 +132,7 @@ async fn an_agent_that_stops_renewing_gets_its_primary_failed_over() -> anyhow::
     stop2.store(true, Ordering::Relaxed);
     task2.await?;
     let stopped = Instant::now();
-    let h = wait_finished(&client, Duration::from_secs(30)).await?;
+    let h = wait_finished(&client, "c", 1, Duration::from_secs(30)).await?;
     let f = &h.failovers[0];
     println!(
         "agent gone -> failover {} ({}) finished {} ms later",

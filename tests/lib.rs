@@ -168,6 +168,24 @@ pub mod world {
             Ok(self.client()?.topology(cluster, ReadConsistency::Linearizable).await?)
         }
 
+        /// Register the sandbox as cluster `name` (seeded with its primary), wait until
+        /// every coordinator sees every instance, then let `settle` pass (replicas'
+        /// progress observed before any fault is injected).
+        pub async fn register_sandbox(&self, name: &str, settle: Duration) -> anyhow::Result<()> {
+            let n = self.sandbox.instances().len();
+            let coordinators = self.group.nodes.len();
+            self.client()?
+                .register_cluster(name, &[self.sandbox.primary().addr()], primus_client::ClusterSettings::default())
+                .await?;
+            self.wait_topology(name, "all coordinators see every instance", Duration::from_secs(15), |t| {
+                t.instances.len() == n
+                    && t.instances.iter().all(|i| i.seen_by.len() == coordinators && i.seen_by.values().all(|ok| *ok))
+            })
+            .await?;
+            tokio::time::sleep(settle).await;
+            Ok(())
+        }
+
         /// Poll the leader's topology until `pred` holds for it.
         pub async fn wait_topology(
             &self,
@@ -189,6 +207,24 @@ pub mod world {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+
+    /// Wait until `cluster` has at least `n` failovers and none is in progress.
+    pub async fn wait_finished(
+        c: &primus_client::Client,
+        cluster: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<primus_client::HistoryResponse> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let h = c.history(cluster).await?;
+            if h.failovers.len() >= n && h.failovers.iter().all(|f| f.outcome != "in_progress") {
+                return Ok(h);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "failover not finished within {timeout:?}: {h:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

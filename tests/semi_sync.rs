@@ -2,21 +2,11 @@
 //! semi-sync on everywhere (AFTER_SYNC, no fallback to async), and across repeated
 //! `kill -9` failovers every transaction a client saw committed is on the new primary.
 
-use primus_client::ClusterSettings;
 use primus_integration_tests::world::{World, WorldOptions};
 use primus_testkit::mariadb::Instance;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-async fn register(w: &World) -> anyhow::Result<()> {
-    w.client()?.register_cluster("c", &[w.sandbox.primary().addr()], ClusterSettings::default()).await?;
-    w.wait_topology("c", "all coordinators see every instance", Duration::from_secs(15), |t| {
-        t.instances.len() == 3 && t.instances.iter().all(|i| i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok))
-    })
-    .await?;
-    Ok(())
-}
 
 /// (master_enabled, slave_enabled, wait_point, timeout) as the server reports them.
 async fn semi_sync_vars(i: &Instance) -> anyhow::Result<(u8, u8, String, u64)> {
@@ -54,7 +44,7 @@ async fn wait_no_loss_mode(w: &World, timeout: Duration) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_loss_mode_keeps_lossless_semi_sync_on_every_instance_and_off_when_asked() -> anyhow::Result<()> {
     let w = World::start(WorldOptions::default()).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::ZERO).await?;
     let client = w.client()?;
     client.set_semi_sync("c", Some(true)).await?;
     let t = Instant::now();
@@ -92,7 +82,7 @@ async fn no_loss_mode_keeps_lossless_semi_sync_on_every_instance_and_off_when_as
 /// partition with its fencing agent beside it and the writer on its host (unix socket).
 async fn one_run(run: usize, isolate: bool) -> anyhow::Result<(usize, Vec<u64>)> {
     let w = World::start(WorldOptions { primary_in_netns: isolate, ..Default::default() }).await?;
-    register(&w).await?;
+    w.register_sandbox("c", Duration::ZERO).await?;
     let client = w.client()?;
     let primary = w.sandbox.primary();
     primary.exec("CREATE DATABASE IF NOT EXISTS appdb").await?;
