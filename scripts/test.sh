@@ -34,6 +34,10 @@ if [ "$rc" -ne 0 ]; then
     junit=target/nextest/default/junit.xml
     [ -f "$junit" ] || junit="${CARGO_TARGET_DIR:-target}/nextest/default/junit.xml"
     step "failing tests: the end of each one's output (full output above)"
-    python3 scripts/junit-failures.py "$junit" | tee /dev/stderr || true
+    # On stdout and on stderr (whichever a CI log keeps), through the shell's own
+    # descriptors: reopening /dev/stderr would overwrite a log both streams share.
+    summary="$(python3 scripts/junit-failures.py "$junit" 2>&1 || true)"
+    printf '%s\n' "$summary"
+    printf '%s\n' "$summary" >&2
 fi
 exit "$rc"

@@ -719,6 +719,14 @@ async fn stepping_the_wall_clock_a_minute_either_way_changes_nothing_for_the_lea
     Ok(())
 }
 
+/// One sample of the hang test: when, which instances were writable, which did not answer.
+#[derive(Debug)]
+struct Sample {
+    t: u64,
+    writable: Vec<String>,
+    silent: Vec<String>,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_primary_resumed_30_s_later_takes_no_write_and_never_two_are_writable() -> anyhow::Result<()> {
     let resume_after =
@@ -728,20 +736,31 @@ async fn hung_primary_resumed_30_s_later_takes_no_write_and_never_two_are_writab
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Every 50 ms: how many instances accept writes (a hung one does not answer: not writable).
+    // Every 50 ms, all instances at once: which accept writes, and which did not answer
+    // within 45 ms (a hung one never does; a busy machine sometimes makes a healthy one
+    // miss it — such a sample says nothing about that instance).
     let sampler = {
         let (all, stop) = (w.sandbox.instances().to_vec(), stop.clone());
         tokio::spawn(async move {
-            let mut samples: Vec<(u64, Vec<String>)> = Vec::new();
+            let mut samples: Vec<Sample> = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut writable = Vec::new();
-                for i in &all {
-                    let ro = tokio::time::timeout(Duration::from_millis(40), i.read_only()).await;
-                    if let Ok(Ok(false)) = ro {
-                        writable.push(i.addr());
+                tick.tick().await;
+                let t = wall_ms();
+                let answers = futures::future::join_all(
+                    all.iter().map(|i| tokio::time::timeout(Duration::from_millis(45), i.read_only())),
+                )
+                .await;
+                let mut sample = Sample { t, writable: Vec::new(), silent: Vec::new() };
+                for (i, a) in all.iter().zip(answers) {
+                    match a {
+                        Ok(Ok(false)) => sample.writable.push(i.addr()),
+                        Ok(Ok(true)) => {}
+                        _ => sample.silent.push(i.addr()),
                     }
                 }
-                samples.push((wall_ms(), writable));
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                samples.push(sample);
             }
             samples
         })
@@ -782,30 +801,39 @@ async fn hung_primary_resumed_30_s_later_takes_no_write_and_never_two_are_writab
 
     let late: Vec<u64> = writes.iter().copied().filter(|t| *t >= promoted_at).collect();
     assert!(late.is_empty(), "the resumed old primary acknowledged {} writes after the promotion", late.len());
-    let two: Vec<&(u64, Vec<String>)> = samples.iter().filter(|(_, w)| w.len() > 1).collect();
+    let two: Vec<&Sample> = samples.iter().filter(|s| s.writable.len() > 1).collect();
     assert!(two.is_empty(), "two writable instances at {} samples, e.g. {:?}", two.len(), two.first());
     // Exactly one writable instance at every sample outside the failover itself:
     // the old primary before the hang, the new one after its promotion. In between
     // (the hung primary answers nothing; the lease wait) there are none — never two.
-    let before: Vec<&(u64, Vec<String>)> = samples.iter().filter(|(t, _)| *t + 60 < hung_wall).collect();
-    assert!(!before.is_empty(), "no sample before the hang");
-    assert!(
-        before.iter().all(|(_, w)| w == &vec![primary.addr()]),
-        "before the hang exactly the old primary must be writable: {:?}",
-        before.iter().find(|(_, w)| w != &vec![primary.addr()])
-    );
-    let gap = samples.iter().filter(|(t, w)| *t >= hung_wall && *t <= promoted_at + 500 && w.is_empty()).count();
+    // A sample in which the instance that should be writable did not answer in time
+    // is inconclusive (counted, and at most a fifth of them may be).
+    let exactly = |from: u64, to: u64, who: &str| -> anyhow::Result<(usize, usize)> {
+        let window: Vec<&Sample> = samples.iter().filter(|s| s.t >= from && s.t < to).collect();
+        let conclusive: Vec<&&Sample> = window.iter().filter(|s| !s.silent.iter().any(|a| a == who)).collect();
+        anyhow::ensure!(!window.is_empty(), "no sample in the window for {who}");
+        anyhow::ensure!(
+            conclusive.len() * 5 >= window.len() * 4,
+            "{who} did not answer in {} of {} samples",
+            window.len() - conclusive.len(),
+            window.len()
+        );
+        if let Some(bad) = conclusive.iter().find(|s| s.writable != [who.to_string()]) {
+            anyhow::bail!("exactly {who} must be writable, but a sample says {bad:?}");
+        }
+        Ok((conclusive.len(), window.len()))
+    };
+    let before = exactly(0, hung_wall.saturating_sub(60), &primary.addr())?;
+    let after = exactly(promoted_at + 500, u64::MAX, &f.candidate)?;
+    let gap = samples.iter().filter(|s| s.t >= hung_wall && s.t <= promoted_at + 500 && s.writable.is_empty()).count();
     println!(
-        "samples: {} before the hang with exactly the old primary writable; {gap} with none writable during the \
-         failover ({} ms from SIGSTOP to the promotion)",
-        before.len(),
-        promoted_at.saturating_sub(hung_wall)
-    );
-    let after: Vec<&(u64, Vec<String>)> = samples.iter().filter(|(t, _)| *t > promoted_at + 500).collect();
-    assert!(
-        after.iter().all(|(_, w)| w == &vec![f.candidate.clone()]),
-        "after the promotion exactly the new primary must be writable: {:?}",
-        after.iter().find(|(_, w)| w != &vec![f.candidate.clone()])
+        "samples: {}/{} conclusive before the hang, exactly the old primary writable; {gap} with none writable during \
+         the failover ({} ms from SIGSTOP to the promotion); {}/{} conclusive after, exactly the new primary writable",
+        before.0,
+        before.1,
+        promoted_at.saturating_sub(hung_wall),
+        after.0,
+        after.1
     );
     let log = agent.log();
     println!(
