@@ -6,15 +6,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config error: cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("config error: {path}{location}: {message}")]
-    Parse { path: PathBuf, location: String, message: String },
-    #[error("config error: {path}: key `{key}`: {message}")]
-    Invalid { path: PathBuf, key: String, message: String },
-}
+pub use primus_daemon::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,18 +193,13 @@ pub struct TlsSection {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let cfg = Self::parse(path, &text)?;
+        let cfg: Config = primus_daemon::read_toml(path)?;
         cfg.validate(path)?;
         Ok(cfg)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        toml::from_str::<Config>(text).map_err(|e| {
-            let (location, message) = primus_daemon::toml_error_location(text, &e);
-            ConfigError::Parse { path: path.to_path_buf(), location, message }
-        })
+        primus_daemon::parse_toml(path, text)
     }
 
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {

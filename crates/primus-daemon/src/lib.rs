@@ -1,6 +1,35 @@
 //! What primus's daemons (`primusd`, `primus-agent`) share: one-line configuration
 //! errors that name the key, logging setup, and waiting for a shutdown signal.
 
+use std::path::{Path, PathBuf};
+
+/// A configuration file that cannot be used: one line, naming the file and, where
+/// it can, the line and the key. Daemons exit with code 2 on any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config error: cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config error: {path}{location}: {message}")]
+    Parse { path: PathBuf, location: String, message: String },
+    #[error("config error: {path}: key `{key}`: {message}")]
+    Invalid { path: PathBuf, key: String, message: String },
+}
+
+/// Parse `text` (the contents of `path`) as `T`, with one-line errors.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str::<T>(text).map_err(|e| {
+        let (location, message) = toml_error_location(text, &e);
+        ConfigError::Parse { path: path.to_path_buf(), location, message }
+    })
+}
+
+/// Read and parse the TOML file `path` as `T`.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    parse_toml(path, &text)
+}
+
 /// Turn toml's multi-line error into `line N: key `table.k`: message`.
 pub fn toml_error_location(text: &str, e: &toml::de::Error) -> (String, String) {
     let message = e.message().replace('\n', " ");

@@ -79,7 +79,28 @@ fn no_leader(me: NodeId) -> Status {
     ))
 }
 
+fn cluster_not_found(name: impl std::fmt::Display) -> Status {
+    Status::not_found(format!("cluster {name} is not registered"))
+}
+
+fn failover_status(e: crate::failover::FailoverError) -> Status {
+    match e {
+        crate::failover::FailoverError::UnknownCluster(n) => cluster_not_found(n),
+        crate::failover::FailoverError::NotLeader(m) => Status::unavailable(m),
+        e => Status::failed_precondition(e.to_string()),
+    }
+}
+
 impl CoordinatorService {
+    /// `f` of the cluster's record in this node's state machine, or NOT_FOUND.
+    fn with_cluster<R>(
+        &self,
+        name: &ClusterName,
+        f: impl FnOnce(&primus_types::state::ClusterRecord) -> R,
+    ) -> Result<R, Status> {
+        self.node.read_state(|s| s.clusters.get(name).map(f)).1.ok_or_else(|| cluster_not_found(name))
+    }
+
     fn engine(&self) -> Result<Arc<crate::failover::Engine>, Status> {
         self.node.engine.clone().ok_or_else(|| {
             Status::failed_precondition(format!(
@@ -541,11 +562,7 @@ impl Coordinator for CoordinatorService {
                     .map(Response::new);
             }
         }
-        let rec = self
-            .node
-            .read_state(|s| s.clusters.get(&name).cloned())
-            .1
-            .ok_or_else(|| Status::not_found(format!("cluster {name} is not registered")))?;
+        let rec = self.with_cluster(&name, |c| c.clone())?;
         let mon = self.node.monitor.as_ref().ok_or_else(|| {
             Status::failed_precondition(format!("node {} has no [mysql] section: it probes nothing", self.node.id))
         })?;
@@ -609,11 +626,7 @@ impl Coordinator for CoordinatorService {
                 Some(f) => Ok(Response::new(FailoverResponse { failover: Some(failover_view(&f)) })),
                 None => Err(Status::internal(format!("failover {id} finished but its record is missing"))),
             },
-            Err(crate::failover::FailoverError::UnknownCluster(n)) => {
-                Err(Status::not_found(format!("cluster {n} is not registered")))
-            }
-            Err(crate::failover::FailoverError::NotLeader(m)) => Err(Status::unavailable(m)),
-            Err(e) => Err(Status::failed_precondition(e.to_string())),
+            Err(e) => Err(failover_status(e)),
         }
     }
 
@@ -627,26 +640,20 @@ impl Coordinator for CoordinatorService {
                 .await
                 .map(Response::new);
         }
-        let (failovers, refusals) = self
-            .node
-            .read_state(|s| {
-                s.clusters.get(&name).map(|c| {
-                    let f = c.history.iter().map(failover_view).collect::<Vec<_>>();
-                    let r = c
-                        .refusals
-                        .iter()
-                        .map(|r| RefusalView {
-                            at_ms: r.at_ms,
-                            analysis_code: r.analysis_code.clone(),
-                            evidence: r.evidence.clone(),
-                            reason: r.reason.clone(),
-                        })
-                        .collect::<Vec<_>>();
-                    (f, r)
+        let (failovers, refusals) = self.with_cluster(&name, |c| {
+            let f = c.history.iter().map(failover_view).collect::<Vec<_>>();
+            let r = c
+                .refusals
+                .iter()
+                .map(|r| RefusalView {
+                    at_ms: r.at_ms,
+                    analysis_code: r.analysis_code.clone(),
+                    evidence: r.evidence.clone(),
+                    reason: r.reason.clone(),
                 })
-            })
-            .1
-            .ok_or_else(|| Status::not_found(format!("cluster {name} is not registered")))?;
+                .collect::<Vec<_>>();
+            (f, r)
+        })?;
         Ok(Response::new(HistoryResponse { failovers, refusals }))
     }
 
@@ -663,11 +670,7 @@ impl Coordinator for CoordinatorService {
                 .await
                 .map(Response::new);
         }
-        let epoch = self
-            .node
-            .read_state(|s| s.clusters.get(&name).map(|c| c.epoch))
-            .1
-            .ok_or_else(|| Status::not_found(format!("cluster {name} is not registered")))?;
+        let epoch = self.with_cluster(&name, |c| c.epoch)?;
         let (at_ms, a) = engine
             .last_analysis(&name)
             .ok_or_else(|| Status::unavailable(format!("no analysis of {name} yet; retry in a moment")))?;
@@ -768,11 +771,7 @@ impl Coordinator for CoordinatorService {
                 discarded_count: done.discarded.as_ref().map(|d| d.count()).unwrap_or(0),
                 discarded_gtids: done.discarded.map(|d| d.gtids()).unwrap_or_default(),
             })),
-            Err(crate::failover::FailoverError::UnknownCluster(n)) => {
-                Err(Status::not_found(format!("cluster {n} is not registered")))
-            }
-            Err(crate::failover::FailoverError::NotLeader(m)) => Err(Status::unavailable(m)),
-            Err(e) => Err(Status::failed_precondition(e.to_string())),
+            Err(e) => Err(failover_status(e)),
         }
     }
 
@@ -789,11 +788,7 @@ impl Coordinator for CoordinatorService {
                     .map(Response::new);
             }
         }
-        let rec = self
-            .node
-            .read_state(|s| s.clusters.get(&name).cloned())
-            .1
-            .ok_or_else(|| Status::not_found(format!("cluster {name} is not registered")))?;
+        let rec = self.with_cluster(&name, |c| c.clone())?;
         if !rec.topology.instances.contains_key(&addr) {
             return Err(Status::not_found(format!("{addr} is not an instance of {name}")));
         }
@@ -864,7 +859,7 @@ impl Coordinator for CoordinatorService {
             }
         }
         let (applied_index, state) = self.node.read_state(|s| s.clusters.get(&name).map(|c| c.primary_state()));
-        let state = state.ok_or_else(|| Status::not_found(format!("cluster {name} is not registered")))?;
+        let state = state.ok_or_else(|| cluster_not_found(&name))?;
         let leader = self.node.leader_target();
         Ok(Response::new(GetPrimaryResponse {
             state: Some(primary_state_view(&state)),
@@ -887,7 +882,7 @@ impl Coordinator for CoordinatorService {
         let cluster = if r.cluster.is_empty() { None } else { Some(parse_name(&r.cluster)?) };
         if let Some(name) = &cluster {
             if self.node.feed.get(name).1.is_none() {
-                return Err(Status::not_found(format!("cluster {name} is not registered")));
+                return Err(cluster_not_found(name));
             }
         }
         let filter = crate::primary::WatchFilter {
