@@ -3,7 +3,7 @@
 //! only the coordinators lose the primary, and the old primary kept read-only.
 
 use primus_client::{Client, ClusterSettings, HistoryResponse};
-use primus_integration_tests::world::{inst, wait_finished, World, WorldOptions};
+use primus_integration_tests::world::{inst, print_steps, wait_finished, World, WorldOptions};
 use primus_testkit::mariadb::Instance;
 use primus_testkit::proxy::CutMode;
 use std::time::{Duration, Instant};
@@ -50,15 +50,7 @@ async fn kill9_of_the_primary_promotes_exactly_one_replica_fast_and_loses_no_row
     let h = wait_finished(&client, "c", 1, Duration::from_secs(20)).await?;
     let f = &h.failovers[0];
     println!("kill -9 primary -> replica {} writable after {} ms", promoted.addr(), to_writable.as_millis());
-    for s in &f.steps {
-        println!(
-            "  step {} +{} ms: {} -> {}",
-            s.index,
-            s.at_ms.saturating_sub(f.started_at_ms),
-            s.description,
-            s.outcome
-        );
-    }
+    print_steps(f);
     assert_eq!(h.failovers.len(), 1, "{h:#?}");
     assert_eq!(f.outcome, "succeeded", "{f:#?}");
     assert_eq!(f.old_primary, old);
@@ -236,15 +228,7 @@ async fn hung_primary_is_failed_over_by_timeouts_and_replica_silence() -> anyhow
     for e in &f.evidence {
         println!("  evidence: {e}");
     }
-    for s in &f.steps {
-        println!(
-            "  step {} +{} ms: {} -> {}",
-            s.index,
-            s.at_ms.saturating_sub(f.started_at_ms),
-            s.description,
-            s.outcome
-        );
-    }
+    print_steps(f);
     assert_eq!(h.failovers.len(), 1);
     assert_eq!(f.outcome, "succeeded");
     // The old primary woke up: it must be fenced again (demoted and read-only).
@@ -324,15 +308,7 @@ async fn switchover_under_continuous_writes_loses_no_acknowledged_row() -> anyho
         f.steps.len(),
         window.as_millis()
     );
-    for s in &f.steps {
-        println!(
-            "  step {} +{} ms: {} -> {}",
-            s.index,
-            s.at_ms.saturating_sub(f.started_at_ms),
-            s.description,
-            s.outcome
-        );
-    }
+    print_steps(&f);
     assert_eq!(f.outcome, "succeeded", "{f:#?}");
     assert_eq!(f.kind, "switchover");
     let new_primary = &all[target];

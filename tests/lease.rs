@@ -5,7 +5,7 @@
 //! primary failed over; a demoted old primary is told to fence itself.
 
 use primus_client::Client;
-use primus_integration_tests::world::{wait_finished, World, WorldOptions};
+use primus_integration_tests::world::{print_steps, wait_finished, World, WorldOptions};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,15 +68,7 @@ async fn only_the_primary_gets_a_lease_and_a_failover_waits_for_it_to_run_out() 
     stop.store(true, Ordering::Relaxed);
     task.await?;
     let f = &h.failovers[0];
-    for s in &f.steps {
-        println!(
-            "  step {} +{} ms: {} -> {}",
-            s.index,
-            s.at_ms.saturating_sub(f.started_at_ms),
-            s.description,
-            s.outcome
-        );
-    }
+    print_steps(f);
     assert_eq!(f.outcome, "succeeded", "{f:#?}");
     let lease_step = f.steps.iter().find(|s| s.description.contains("lease")).expect("a lease step");
     assert!(lease_step.outcome.contains("ran out"), "{lease_step:?}");

@@ -228,6 +228,19 @@ pub mod world {
         }
     }
 
+    /// Print a failover's steps, each with its time from the start.
+    pub fn print_steps(f: &primus_client::FailoverView) {
+        for s in &f.steps {
+            println!(
+                "  step {} +{} ms: {} -> {}",
+                s.index,
+                s.at_ms.saturating_sub(f.started_at_ms),
+                s.description,
+                s.outcome
+            );
+        }
+    }
+
     pub fn inst<'a>(t: &'a GetTopologyResponse, addr: &str) -> &'a InstanceView {
         t.instances.iter().find(|i| i.addr == addr).unwrap_or_else(|| panic!("{addr} not in topology {t:#?}"))
     }

@@ -140,17 +140,26 @@ impl Publisher {
         let (tx, rx) = std::sync::mpsc::channel::<u64>();
         std::thread::Builder::new().name("lease-file".into()).spawn(move || {
             let mut errors = 0u64;
+            let mut written = Some(0u64);
             while let Ok(mut until_ns) = rx.recv() {
-                // Only the newest value matters.
+                // Only the newest value matters, and only when it changed (a failed
+                // renewal publishes the same lease end again).
                 while let Ok(next) = rx.try_recv() {
                     until_ns = next;
                 }
+                if written == Some(until_ns) {
+                    continue;
+                }
                 let rec = LeaseRecord { until_ns, ..base.clone() };
-                if let Err(e) = write_atomic(&path, &rec.encode()) {
-                    errors += 1;
-                    if errors == 1 || errors.is_multiple_of(100) {
-                        tracing::error!(path = %path.display(), error = %e, errors,
-                            "cannot write the lease file: the sentinel may fence the server at the old lease end");
+                match write_atomic(&path, &rec.encode()) {
+                    Ok(()) => written = Some(until_ns),
+                    Err(e) => {
+                        written = None;
+                        errors += 1;
+                        if errors == 1 || errors.is_multiple_of(100) {
+                            tracing::error!(path = %path.display(), error = %e, errors,
+                                "cannot write the lease file: the sentinel may fence the server at the old lease end");
+                        }
                     }
                 }
             }
