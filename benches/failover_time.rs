@@ -107,25 +107,15 @@ impl World {
     async fn start(t: Timing) -> Result<World> {
         let t0 = Instant::now();
         let sandbox = Sandbox::start(SandboxOptions::new(Topology::PrimaryWithReplicas(2))).await?;
-        let creds = sandbox.credentials();
         let secrets = tempfile::tempdir()?;
-        let pw = secrets.path().join("mysql.pass");
-        std::fs::write(&pw, format!("{}\n", creds.coordinator.password))?;
-        let rpw = secrets.path().join("repl.pass");
-        std::fs::write(&rpw, format!("{}\n", creds.replication.password))?;
-        let extra = format!(
-            "[mysql]\nuser = \"{}\"\npassword_file = \"{}\"\nprobe_interval_ms = {}\nquery_timeout_ms = {}\n\
-             connect_timeout_ms = {}\nheartbeat_interval_ms = {}\nreplication_user = \"{}\"\n\
-             replication_password_file = \"{}\"\n",
-            creds.coordinator.user,
-            pw.display(),
-            t.probe_interval_ms,
-            t.query_timeout_ms,
-            t.connect_timeout_ms,
-            t.heartbeat_interval_ms,
-            creds.replication.user,
-            rpw.display(),
-        );
+        let extra = sandbox.coordinator_mysql_section(
+            secrets.path(),
+            None,
+            &format!(
+                "probe_interval_ms = {}\nquery_timeout_ms = {}\nconnect_timeout_ms = {}\nheartbeat_interval_ms = {}",
+                t.probe_interval_ms, t.query_timeout_ms, t.connect_timeout_ms, t.heartbeat_interval_ms
+            ),
+        )?;
         let group = CoordinatorGroup::start(GroupOptions { nodes: 3, extra_config: extra, ..Default::default() })?;
         group.wait_leader(&[], Duration::from_secs(20)).await?;
         let w = World { group, sandbox, _secrets: secrets, setup: Duration::ZERO };

@@ -81,20 +81,12 @@ async fn one_run(run: usize, mode: Cut) -> Result<Run> {
         sopts.netns = vec![Some(h.clone())];
     }
     let sandbox = Sandbox::start(sopts).await?;
-    let creds = sandbox.credentials();
     let secrets = tempfile::tempdir()?;
-    let pw = secrets.path().join("mysql.pass");
-    std::fs::write(&pw, format!("{}\n", creds.coordinator.password))?;
-    let rpw = secrets.path().join("repl.pass");
-    std::fs::write(&rpw, format!("{}\n", creds.replication.password))?;
-    let extra = format!(
-        "[mysql]\nuser = \"{}\"\npassword_file = \"{}\"\nprobe_interval_ms = 300\nquery_timeout_ms = 800\n\
-         connect_timeout_ms = 800\nheartbeat_interval_ms = 200\nreplication_user = \"{}\"\nreplication_password_file = \"{}\"\n",
-        creds.coordinator.user,
-        pw.display(),
-        creds.replication.user,
-        rpw.display(),
-    );
+    let extra = sandbox.coordinator_mysql_section(
+        secrets.path(),
+        None,
+        "probe_interval_ms = 300\nquery_timeout_ms = 800\nconnect_timeout_ms = 800\nheartbeat_interval_ms = 200",
+    )?;
     let group = CoordinatorGroup::start(GroupOptions {
         nodes: 3,
         extra_config: extra,

@@ -116,22 +116,15 @@ pub mod world {
             }
             let sandbox = Sandbox::start(sopts).await?;
             let secrets = tempfile::tempdir()?;
-            let pw = secrets.path().join("mysql.pass");
-            std::fs::write(&pw, format!("{}\n", o.password))?;
-            let rpw = secrets.path().join("repl.pass");
-            std::fs::write(&rpw, format!("{}\n", sandbox.credentials().replication.password))?;
-            let extra = format!(
-                "[mysql]\nuser = \"primus\"\npassword_file = \"{}\"\nprobe_interval_ms = {}\n\
-                 query_timeout_ms = {}\nconnect_timeout_ms = {}\nheartbeat_interval_ms = 200\n\
-                 replication_user = \"{}\"\nreplication_password_file = \"{}\"\n{}\n",
-                pw.display(),
-                o.probe_interval_ms,
-                o.query_timeout_ms,
-                o.query_timeout_ms,
-                sandbox.credentials().replication.user,
-                rpw.display(),
-                o.extra_config
-            );
+            let extra = sandbox.coordinator_mysql_section(
+                secrets.path(),
+                Some(&o.password),
+                &format!(
+                    "probe_interval_ms = {}\nquery_timeout_ms = {}\nconnect_timeout_ms = {}\n\
+                     heartbeat_interval_ms = 200\n{}",
+                    o.probe_interval_ms, o.query_timeout_ms, o.query_timeout_ms, o.extra_config
+                ),
+            )?;
             let mut node_config = BTreeMap::new();
             let links = if o.proxied {
                 let m = LinkMatrix::start(o.coordinators, &sandbox.addrs()).await?;

@@ -1579,6 +1579,26 @@ impl Sandbox {
         SandboxCredentials::default()
     }
 
+    /// The primusd `[mysql]` section for this sandbox: writes the coordinator's
+    /// password (`password`, or the sandbox's) and the replication password into
+    /// `dir`, names them, and appends `more` (further `[mysql]` keys, one per line).
+    pub fn coordinator_mysql_section(&self, dir: &Path, password: Option<&str>, more: &str) -> Result<String> {
+        let creds = self.credentials();
+        let pw = dir.join("mysql.pass");
+        std::fs::write(&pw, format!("{}\n", password.unwrap_or(&creds.coordinator.password)))
+            .with_context(|| format!("write {}", pw.display()))?;
+        let rpw = dir.join("repl.pass");
+        std::fs::write(&rpw, format!("{}\n", creds.replication.password))
+            .with_context(|| format!("write {}", rpw.display()))?;
+        Ok(format!(
+            "[mysql]\nuser = {:?}\npassword_file = {:?}\nreplication_user = {:?}\nreplication_password_file = {:?}\n{more}\n",
+            creds.coordinator.user,
+            pw.display().to_string(),
+            creds.replication.user,
+            rpw.display().to_string(),
+        ))
+    }
+
     /// Directory holding `node-<i>` directories and `sandbox.json`.
     pub fn base_dir(&self) -> &Path {
         &self.base_dir

@@ -128,19 +128,8 @@ async fn up(dir: &Path) -> Result<()> {
     ] {
         sandbox.primary().exec(sql).await.with_context(|| format!("sandbox setup: {sql}"))?;
     }
-    let creds = sandbox.credentials();
-    let pw = dir.join("mysql.pass");
-    std::fs::write(&pw, format!("{}\n", creds.coordinator.password))?;
-    let rpw = dir.join("repl.pass");
-    std::fs::write(&rpw, format!("{}\n", creds.replication.password))?;
     println!("starting 3 primusd coordinators…");
-    let extra = format!(
-        "[mysql]\nuser = \"{}\"\npassword_file = \"{}\"\nreplication_user = \"{}\"\nreplication_password_file = \"{}\"\n",
-        creds.coordinator.user,
-        pw.display(),
-        creds.replication.user,
-        rpw.display()
-    );
+    let extra = sandbox.coordinator_mysql_section(&dir, None, "")?;
     let group = CoordinatorGroup::start(GroupOptions {
         nodes: 3,
         base_dir: Some(dir.join("coordinators")),
