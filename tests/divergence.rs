@@ -9,7 +9,6 @@ use primus_client::ClusterSettings;
 use primus_integration_tests::world::{inst, wait_finished, World, WorldOptions};
 use primus_testkit::mariadb::Instance;
 use primus_testkit::proxy::CutMode;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 const APP_TABLE: &str = "primus_test.app";
@@ -56,14 +55,6 @@ fn strip_ansi(line: &str) -> String {
         }
     }
     out
-}
-
-fn primusctl(w: &World, args: &[&str]) -> anyhow::Result<Output> {
-    let ctl = primus_testkit::coordinator::bin("primusctl")?;
-    Ok(std::process::Command::new(ctl)
-        .args(["--endpoints", &w.group.endpoints(), "--timeout", "15s"])
-        .args(args)
-        .output()?)
 }
 
 struct Partitioned {
@@ -182,13 +173,13 @@ async fn cut_off_primary_that_took_writes_is_flagged_divergent_refused_and_rejoi
         anyhow::ensure!(Instant::now() < deadline, "the leader did not log the divergence:\n{log}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let out = primusctl(&w, &["topology", "c"])?;
+    let out = w.primusctl(&["topology", "c"])?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("divergent: {N} transactions")), "{text}");
 
     // 2. `primusctl divergence` lists them (JSON and table).
-    let out = primusctl(&w, &["divergence", "c", &old_addr, "-o", "json"])?;
+    let out = w.primusctl(&["divergence", "c", &old_addr, "-o", "json"])?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     println!("primusctl divergence -o json: {v}");
@@ -201,13 +192,13 @@ async fn cut_off_primary_that_took_writes_is_flagged_divergent_refused_and_rejoi
     assert_eq!(v["new_primary"], new_primary.addr().as_str());
     assert_eq!(v["promotion_gtid"], cut_pos.as_str());
     assert_eq!(v["flavor"], "mariadb");
-    let out = primusctl(&w, &["divergence", "c", &old_addr])?;
+    let out = w.primusctl(&["divergence", "c", &old_addr])?;
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}");
     assert!(out.status.success() && text.contains("PROMOTION POINT") && text.contains(&want), "{text}");
 
     // 3. A plain rejoin is refused with the count, the list and what to do.
-    let out = primusctl(&w, &["rejoin", "c", &old_addr])?;
+    let out = w.primusctl(&["rejoin", "c", &old_addr])?;
     let err = String::from_utf8_lossy(&out.stderr);
     println!("rejoin refused: {err}");
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -218,7 +209,7 @@ async fn cut_off_primary_that_took_writes_is_flagged_divergent_refused_and_rejoi
 
     // 4. --discard-divergent rejoins it from the promotion point, with a warning; the
     //    divergent rows stay in its tables, and replication then runs.
-    let out = primusctl(&w, &["rejoin", "c", &old_addr, "--discard-divergent"])?;
+    let out = w.primusctl(&["rejoin", "c", &old_addr, "--discard-divergent"])?;
     let err = String::from_utf8_lossy(&out.stderr);
     println!("rejoin --discard-divergent: {}\n{err}", String::from_utf8_lossy(&out.stdout));
     assert!(out.status.success(), "{err}");
@@ -267,7 +258,7 @@ async fn cut_off_primary_without_writes_is_not_divergent_and_rejoins_cleanly() -
     let d = w.client()?.divergence("c", &old_addr).await?;
     assert!(d.former_primary && !d.divergent && d.count == 0 && d.gtids.is_empty(), "{d:#?}");
 
-    let out = primusctl(&w, &["rejoin", "c", &old_addr])?;
+    let out = w.primusctl(&["rejoin", "c", &old_addr])?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     new_primary.insert_test_rows(3).await?;
     let pos = new_primary.gtid_binlog_pos().await?;

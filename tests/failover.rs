@@ -729,3 +729,59 @@ async fn followers_with_clocks_ten_seconds_behind_still_confirm_a_dead_primary()
     assert_eq!(w.group.wait_leader(&[], Duration::from_secs(5)).await?.0, leader, "the leader changed mid-test");
     Ok(())
 }
+
+/// `primusctl` output as text; fails the test with its stderr when it exits non-zero.
+fn ctl_ok(w: &World, args: &[&str]) -> anyhow::Result<String> {
+    let out = w.primusctl(args)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(out.status.success(), "primusctl {args:?} failed: {stderr}");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_maintenance_by_address_shows_in_topology_and_keeps_that_replica_from_promotion() -> anyhow::Result<()>
+{
+    let w = World::start(WorldOptions::default()).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
+    let (r0, r1) = (w.sandbox.replicas()[0].addr(), w.sandbox.replicas()[1].addr());
+    // r0 would be the preferred candidate, but maintenance takes it out of the running.
+    ctl_ok(&w, &["instance", "set-promotion-rule", "c", &r0, "prefer"])?;
+    let out = ctl_ok(&w, &["maintenance", "start", &r0, "--reason", "disk swap", "--duration", "2h"])?;
+    println!("maintenance start {r0}: {out}");
+    assert!(out.contains("started for 2h"), "{out}");
+
+    let v: serde_json::Value = serde_json::from_str(&ctl_ok(&w, &["topology", "c", "-o", "json"])?)?;
+    let i0 = v["instances"].as_array().and_then(|a| a.iter().find(|i| i["addr"] == r0.as_str())).cloned();
+    let i0 = i0.ok_or_else(|| anyhow::anyhow!("{r0} missing from {v}"))?;
+    println!("topology -o json, {r0}: {i0}");
+    assert_eq!(i0["maintenance"]["reason"], "disk swap", "{i0}");
+    assert_eq!(i0["promotion_rule"], "prefer", "{i0}");
+    let left_ms = i0["maintenance"]["until_ms"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(i0["maintenance"]["since_ms"].as_u64().unwrap_or(0));
+    assert_eq!(left_ms, 7_200_000, "{i0}");
+    let table = ctl_ok(&w, &["topology", "c"])?;
+    println!("{table}");
+    assert!(table.contains("in maintenance for") && table.contains("disk swap"), "{table}");
+
+    // An address in no cluster: a clear refusal, nothing committed.
+    let out = w.primusctl(&["maintenance", "start", "127.0.0.1:1", "--reason", "x", "--duration", "1m"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("127.0.0.1:1 is in no registered cluster"), "{err}");
+
+    // The primary dies: the replica in maintenance is not promoted, the other one is.
+    w.sandbox.primary().kill9()?;
+    let client = w.client()?;
+    let h = wait_finished(&client, "c", 1, Duration::from_secs(20)).await?;
+    print_steps(&h.failovers[0]);
+    assert_eq!(h.failovers[0].outcome, "succeeded", "{h:#?}");
+    assert_eq!(h.failovers[0].candidate, r1, "a replica in maintenance was promoted: {h:#?}");
+
+    // Ending it by address clears it from the topology.
+    ctl_ok(&w, &["maintenance", "end", &r0])?;
+    let v: serde_json::Value = serde_json::from_str(&ctl_ok(&w, &["topology", "c", "-o", "json"])?)?;
+    let i0 = v["instances"].as_array().and_then(|a| a.iter().find(|i| i["addr"] == r0.as_str())).cloned();
+    assert!(i0.is_some_and(|i| i["maintenance"].is_null()), "{v}");
+    Ok(())
+}

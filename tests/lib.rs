@@ -157,6 +157,16 @@ pub mod world {
             self.group.client(Duration::from_secs(15))
         }
 
+        /// Run the real `primusctl` against this world's coordinators (blocking: keep
+        /// it to short commands).
+        pub fn primusctl(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+            let ctl = primus_testkit::coordinator::bin("primusctl")?;
+            Ok(std::process::Command::new(ctl)
+                .args(["--endpoints", &self.group.endpoints(), "--timeout", "15s"])
+                .args(args)
+                .output()?)
+        }
+
         pub async fn topology(&self, cluster: &str) -> anyhow::Result<GetTopologyResponse> {
             Ok(self.client()?.topology(cluster, ReadConsistency::Linearizable).await?)
         }

@@ -200,18 +200,29 @@ enum InstanceCmd {
 #[derive(Subcommand, Debug)]
 enum MaintenanceCmd {
     /// Start maintenance: no automatic failover, never promoted while it lasts.
+    ///
+    /// `maintenance start NAME` covers a whole cluster, `maintenance start HOST:PORT`
+    /// one instance (its cluster is looked up), `maintenance start NAME HOST:PORT`
+    /// names both.
     Start {
-        cluster: String,
-        /// HOST:PORT; omit for the whole cluster.
+        /// Cluster NAME, or an instance's HOST:PORT.
+        target: String,
+        /// HOST:PORT of an instance of cluster NAME; omit for the whole cluster.
         instance: Option<String>,
+        /// Why: shown in `topology`, `analysis` and the audit trail.
         #[arg(long)]
         reason: String,
-        /// e.g. 30m, 2h is not supported: use 7200s.
+        /// How long it lasts; it ends by itself then (e.g. 90s, 30m, 2h, 1d).
         #[arg(long, value_parser = parse_duration)]
         duration: Duration,
     },
-    /// End maintenance.
-    End { cluster: String, instance: Option<String> },
+    /// End maintenance (same targets as `start`).
+    End {
+        /// Cluster NAME, or an instance's HOST:PORT.
+        target: String,
+        /// HOST:PORT of an instance of cluster NAME.
+        instance: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -236,20 +247,41 @@ enum ClusterCmd {
     Remove { name: String },
 }
 
+/// `maintenance start|end TARGET [INSTANCE]`: a TARGET with a `:` is an instance
+/// (cluster names cannot hold one) whose cluster the leader looks up.
+fn maintenance_target(target: String, instance: Option<String>) -> (String, Option<String>) {
+    match instance {
+        None if target.contains(':') => (String::new(), Some(target)),
+        instance => (target, instance),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map(|i| s.split_at(i)).unwrap_or((s, "s"));
-    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?} (use e.g. 10s, 500ms, 2m)"))?;
+    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?} (use e.g. 500ms, 10s, 30m, 2h, 1d)"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" | "" => n,
         "m" => n * 60.0,
-        _ => return Err(format!("bad duration unit in {s:?} (ms, s or m)")),
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h or d)")),
     };
-    if !(secs > 0.0 && secs.is_finite()) {
-        return Err(format!("duration {s:?} must be positive"));
+    if !(secs > 0.0 && secs.is_finite() && secs < 1e10) {
+        return Err(format!("duration {s:?} must be positive (and under 300 years)"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `2h`, `90s`, `1h 5m 3s`: whole units as far as they go.
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let parts = [(s / 86400, "d"), (s / 3600 % 24, "h"), (s / 60 % 60, "m"), (s % 60, "s")];
+    parts.iter().filter(|(n, _)| *n > 0).map(|(n, u)| format!("{n}{u}")).collect::<Vec<_>>().join(" ")
 }
 
 fn role_name(r: i32) -> &'static str {
@@ -648,11 +680,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Maintenance(MaintenanceCmd::Start { cluster, instance, reason, duration }) => {
+        Cmd::Maintenance(MaintenanceCmd::Start { target, instance, reason, duration }) => {
+            let (cluster, instance) = maintenance_target(target, instance);
             let r = client.maintenance(&cluster, instance.as_deref(), true, &reason, duration).await?;
-            done(json_out, &format!("maintenance of {} started", instance.as_deref().unwrap_or(&cluster)), r.log_index);
+            let what = instance.as_deref().unwrap_or(&cluster);
+            done(json_out, &format!("maintenance of {what} started for {}", human_duration(duration)), r.log_index);
         }
-        Cmd::Maintenance(MaintenanceCmd::End { cluster, instance }) => {
+        Cmd::Maintenance(MaintenanceCmd::End { target, instance }) => {
+            let (cluster, instance) = maintenance_target(target, instance);
             let r = client.maintenance(&cluster, instance.as_deref(), false, "", Duration::ZERO).await?;
             done(json_out, &format!("maintenance of {} ended", instance.as_deref().unwrap_or(&cluster)), r.log_index);
         }
@@ -812,14 +847,24 @@ fn topology_json(t: &primus_client::GetTopologyResponse) -> Value {
                 "reachable": i.reachable, "seen_by": seen_by, "flags": i.flags,
                 "last_error": i.last_error, "last_io_error": i.last_io_error, "last_sql_error": i.last_sql_error,
                 "observed_at_ms": i.observed_at_ms, "probe_latency_us": i.probe_latency_us,
+                "promotion_rule": i.promotion_rule,
+                "datacenter": if i.datacenter.is_empty() { Value::Null } else { Value::String(i.datacenter.clone()) },
+                "maintenance": i.maintenance.as_ref().map(maintenance_json),
             })
         })
         .collect();
+    let settings = t.settings.unwrap_or_default();
     json!({
         "cluster": t.cluster, "epoch": t.epoch,
         "primary": if t.primary.is_empty() { Value::Null } else { Value::String(t.primary.clone()) },
         "topology_index": t.topology_index, "served_by": t.served_by, "instances": instances,
+        "maintenance": t.cluster_maintenance.as_ref().map(maintenance_json),
+        "settings": {"automatic_failover": settings.automatic_failover, "semi_sync": settings.semi_sync},
     })
+}
+
+fn maintenance_json(m: &primus_client::MaintenanceView) -> Value {
+    json!({"reason": m.reason, "by": m.by, "since_ms": m.since_ms, "until_ms": m.until_ms})
 }
 
 /// orchestrator-style tree: each instance under its source.
@@ -830,6 +875,17 @@ fn print_topology(t: &primus_client::GetTopologyResponse) {
         t.epoch,
         if t.primary.is_empty() { "none" } else { &t.primary }
     );
+    let settings = t.settings.unwrap_or_default();
+    if settings.automatic_failover == Some(false) {
+        println!("automatic failover: off for this cluster");
+    }
+    if let Some(on) = settings.semi_sync {
+        println!("semi-sync no-loss mode: {}", if on { "on" } else { "off" });
+    }
+    if let Some(m) = &t.cluster_maintenance {
+        let left = Duration::from_millis(m.until_ms.saturating_sub(now_ms()));
+        println!("IN MAINTENANCE for {} more (by {}): {}", human_duration(left), m.by, m.reason);
+    }
     let by_addr: std::collections::BTreeMap<&str, &primus_client::InstanceView> =
         t.instances.iter().map(|i| (i.addr.as_str(), i)).collect();
     let children = |src: Option<&str>| -> Vec<&primus_client::InstanceView> {
@@ -865,6 +921,12 @@ fn print_topology(t: &primus_client::GetTopologyResponse) {
         }
         if !i.gtid_executed.is_empty() {
             facts.push(format!("gtid {}", i.gtid_executed));
+        }
+        if !i.datacenter.is_empty() {
+            facts.push(format!("dc {}", i.datacenter));
+        }
+        if !i.promotion_rule.is_empty() && i.promotion_rule != "neutral" {
+            facts.push(i.promotion_rule.clone());
         }
         let indent = if depth == 0 { String::new() } else { format!("{}+ ", "  ".repeat(depth)) };
         let flags = if i.flags.is_empty() { String::new() } else { format!("  ! {}", i.flags.join("; ")) };
@@ -979,5 +1041,34 @@ fn main() -> ExitCode {
             eprintln!("primusctl: error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_ms_s_m_h_d_and_refuse_junk() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
+        for bad in ["", "0s", "-1s", "2w", "h", "1e400s", "1x"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(human_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(human_duration(Duration::from_secs(90)), "1m 30s");
+        assert_eq!(human_duration(Duration::from_secs(86400 + 3605)), "1d 1h 5s");
+        assert_eq!(human_duration(Duration::from_millis(250)), "250ms");
+    }
+
+    #[test]
+    fn a_maintenance_target_with_a_colon_is_an_instance() {
+        assert_eq!(maintenance_target("db:3306".into(), None), (String::new(), Some("db:3306".into())));
+        assert_eq!(maintenance_target("c1".into(), None), ("c1".into(), None));
+        assert_eq!(maintenance_target("c1".into(), Some("db:3306".into())), ("c1".into(), Some("db:3306".into())));
     }
 }

@@ -733,6 +733,7 @@ impl Monitor {
     /// The topology with every instance's latest state, as this node sees it
     /// (with every coordinator's reachability when `with_peers`).
     pub fn view(&self, c: &ClusterRecord, with_peers: bool) -> GetTopologyResponse {
+        let now = now_ms();
         let own = self.own.read().unwrap_or_else(|p| p.into_inner());
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
         let ttl = self.report_ttl();
@@ -792,6 +793,19 @@ impl Monitor {
                 if inst.role == InstanceRole::Primary && obs.map(|o| o.read_only).unwrap_or(false) {
                     flags.push("primary is read_only".into());
                 }
+                let maintenance =
+                    c.instance_maintenance.get(&inst.addr).filter(|m| m.until_ms > now).map(maintenance_view);
+                if let Some(m) = &maintenance {
+                    flags.push(format!(
+                        "in maintenance for {} more s ({})",
+                        (m.until_ms - now).div_ceil(1000),
+                        m.reason
+                    ));
+                }
+                let promotion_rule = c.promotion_rules.get(&inst.addr).copied().unwrap_or_default();
+                if promotion_rule == primus_types::PromotionRule::MustNot {
+                    flags.push("never promoted (must_not)".into());
+                }
                 let heartbeat_delay_ms =
                     obs.and_then(|o| o.heartbeat_of(c.name.as_str()).map(|h| o.taken_at_ms as i64 - h.ts_ms as i64));
                 InstanceView {
@@ -826,6 +840,9 @@ impl Monitor {
                     last_sql_error: repl
                         .and_then(|r| r.last_sql_error.as_ref())
                         .map(|e| format!("{}: {}", e.errno, e.message)),
+                    promotion_rule: promotion_rule.to_string(),
+                    datacenter: c.datacenters.get(&inst.addr).cloned().unwrap_or_default(),
+                    maintenance,
                 }
             })
             .collect();
@@ -836,7 +853,21 @@ impl Monitor {
             instances,
             served_by: self.me,
             topology_index: c.topology_index,
+            cluster_maintenance: c.cluster_maintenance.as_ref().filter(|m| m.until_ms > now).map(maintenance_view),
+            settings: Some(primus_proto::v1::ClusterSettings {
+                automatic_failover: c.settings.automatic_failover,
+                semi_sync: c.settings.semi_sync,
+            }),
         }
+    }
+}
+
+fn maintenance_view(m: &primus_types::Maintenance) -> primus_proto::v1::MaintenanceView {
+    primus_proto::v1::MaintenanceView {
+        reason: m.reason.clone(),
+        by: m.by.clone(),
+        since_ms: m.since_ms,
+        until_ms: m.until_ms,
     }
 }
 

@@ -101,6 +101,29 @@ impl CoordinatorService {
         self.node.read_state(|s| s.clusters.get(name).map(f)).1.ok_or_else(|| cluster_not_found(name))
     }
 
+    /// The one registered cluster whose topology lists `instance`, from this node's
+    /// state machine: NOT_FOUND when none does, INVALID_ARGUMENT when several do.
+    fn cluster_of_instance(&self, instance: &InstanceAddr) -> Result<ClusterName, Status> {
+        let names: Vec<ClusterName> = self
+            .node
+            .read_state(|s| {
+                s.clusters
+                    .iter()
+                    .filter(|(_, c)| c.topology.instances.contains_key(instance))
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
+            .1;
+        match names.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(Status::not_found(format!("instance {instance} is in no registered cluster"))),
+            many => Err(Status::invalid_argument(format!(
+                "instance {instance} is in several clusters ({}): name the cluster too",
+                many.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
     fn engine(&self) -> Result<Arc<crate::failover::Engine>, Status> {
         self.node.engine.clone().ok_or_else(|| {
             Status::failed_precondition(format!(
@@ -718,13 +741,21 @@ impl Coordinator for CoordinatorService {
 
     async fn maintenance(&self, req: Request<MaintenanceRequest>) -> Result<Response<LogIndexResponse>, Status> {
         let forwarded = Self::is_forwarded(&req);
-        let r = req.into_inner();
-        let name = parse_name(&r.cluster)?;
+        let mut r = req.into_inner();
         let instance = if r.instance.is_empty() {
             None
         } else {
             Some(r.instance.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?)
         };
+        if r.cluster.is_empty() {
+            // `maintenance start HOST:PORT`: the instance names its cluster. The
+            // state machine checks again when the command applies.
+            let Some(i) = &instance else {
+                return Err(Status::invalid_argument("maintenance needs a cluster name or an instance HOST:PORT"));
+            };
+            r.cluster = self.cluster_of_instance(i)?.to_string();
+        }
+        let name = parse_name(&r.cluster)?;
         let maintenance = if r.start {
             if r.reason.trim().is_empty() {
                 return Err(Status::invalid_argument("maintenance needs a --reason"));
