@@ -785,3 +785,81 @@ async fn instance_maintenance_by_address_shows_in_topology_and_keeps_that_replic
     assert!(i0.is_some_and(|i| i["maintenance"].is_null()), "{v}");
     Ok(())
 }
+
+async fn wait_read_only(i: &Instance, timeout: Duration) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    while read_only(i).await != Some(true) {
+        anyhow::ensure!(t0.elapsed() < timeout, "{} still writable after {timeout:?}", i.addr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(t0.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writable_non_primaries_are_fenced_write_ahead_unless_in_maintenance() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions::default()).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
+    let client = w.client()?;
+    let primary = w.sandbox.primary();
+    let (r0, r1) = (&w.sandbox.replicas()[0], &w.sandbox.replicas()[1]);
+
+    // 1. A replica made writable by hand: set read-only again, its clients left alone.
+    let mut reader = r0.admin_conn().await?;
+    r0.set_read_only(false).await?;
+    let took = wait_read_only(r0, Duration::from_secs(10)).await?;
+    println!("writable replica {} fenced {} ms after read_only=0", r0.addr(), took.as_millis());
+    use mysql_async::prelude::Queryable;
+    let one: Option<u8> = reader.query_first("SELECT 1").await?;
+    assert_eq!(one, Some(1), "a replica's client connection was killed");
+
+    // 2. An instance detached and made writable (a primary of its own): fenced, its
+    //    client connections killed so that clients come back to the real primary.
+    r1.exec("STOP SLAVE").await?;
+    r1.exec("RESET SLAVE ALL").await?;
+    let mut app = r1.admin_conn().await?;
+    r1.set_read_only(false).await?;
+    let took = wait_read_only(r1, Duration::from_secs(10)).await?;
+    println!("detached writable {} fenced {} ms after read_only=0", r1.addr(), took.as_millis());
+    let killed = tokio::time::timeout(Duration::from_secs(5), app.query_first::<u8, _>("SELECT 1")).await;
+    assert!(matches!(killed, Ok(Err(_))), "the detached instance's client connection survived: {killed:?}");
+
+    // Both recorded, before and after; the primary untouched, no failover.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let h = loop {
+        let h = history(&client).await?;
+        if h.split_fences.len() >= 2 && h.split_fences.iter().all(|f| !f.outcome.is_empty()) {
+            break h;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "split fences not recorded: {h:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for f in &h.split_fences {
+        println!("{} {} epoch {}: {} {:?}", f.id, f.instance, f.epoch, f.outcome, f.evidence);
+    }
+    let of = |a: String| h.split_fences.iter().find(|f| f.instance == a).cloned();
+    let f0 = of(r0.addr()).ok_or_else(|| anyhow::anyhow!("no fence of {}", r0.addr()))?;
+    let f1 = of(r1.addr()).ok_or_else(|| anyhow::anyhow!("no fence of {}", r1.addr()))?;
+    assert!(f0.outcome.starts_with("read_only set, 0 client connections killed"), "{f0:?}");
+    assert!(f1.outcome.starts_with("read_only set") && !f1.outcome.contains(" 0 client"), "{f1:?}");
+    assert_eq!((f0.epoch, f1.epoch), (1, 1));
+    assert!(h.failovers.is_empty(), "{h:#?}");
+    assert_eq!(read_only(primary).await, Some(false), "the primary was fenced");
+
+    // 3. In maintenance: reported, left writable.
+    client.maintenance("c", Some(&r0.addr()), true, "schema work", Duration::from_secs(600)).await?;
+    r0.set_read_only(false).await?;
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut saw_split = false;
+    while Instant::now() < deadline {
+        let a = client.analysis("c").await?;
+        if a.code == "PrimarySplit" {
+            assert!(!a.actionable, "{a:?}");
+            saw_split = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(saw_split, "the analysis never reported the split");
+    assert_eq!(read_only(r0).await, Some(false), "an instance in maintenance was fenced");
+    assert_eq!(history(&client).await?.split_fences.len(), 2);
+    Ok(())
+}

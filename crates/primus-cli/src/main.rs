@@ -541,9 +541,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .iter()
                     .map(|x| json!({"at_ms": x.at_ms, "analysis": x.analysis_code, "evidence": x.evidence, "reason": x.reason}))
                     .collect();
-                print_json(
-                    json!({"failovers": r.failovers.iter().map(failover_json).collect::<Vec<_>>(), "refusals": refusals}),
-                );
+                let fences: Vec<Value> = r
+                    .split_fences
+                    .iter()
+                    .map(|f| json!({"id": f.id, "at_ms": f.at_ms, "instance": f.instance, "epoch": f.epoch,
+                        "evidence": f.evidence, "outcome": if f.outcome.is_empty() { Value::Null } else { Value::String(f.outcome.clone()) },
+                        "finished_at_ms": f.finished_at_ms}))
+                    .collect();
+                print_json(json!({"failovers": r.failovers.iter().map(failover_json).collect::<Vec<_>>(),
+                    "refusals": refusals, "split_fences": fences}));
             } else {
                 if r.failovers.is_empty() {
                     println!("no failovers of {name}");
@@ -554,6 +560,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 for x in &r.refusals {
                     println!("refused at {} ms ({}): {}", x.at_ms, x.analysis_code, x.reason);
+                }
+                for f in &r.split_fences {
+                    let outcome = if f.outcome.is_empty() { "not completed (leader changed?)" } else { &f.outcome };
+                    println!("{} split brain: fenced {} (epoch {}): {outcome}", f.id, f.instance, f.epoch);
+                    for e in &f.evidence {
+                        println!("    - {e}");
+                    }
                 }
             }
         }

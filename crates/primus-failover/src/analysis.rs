@@ -536,7 +536,10 @@ fn primary_split(input: &ClusterInput, th: &Thresholds) -> Option<Analysis> {
         Some(p) => ev.push(format!("every writable instance but {p} must be fenced")),
         None => ev.push("the topology has no primary: an operator must decide which one stays writable".into()),
     }
-    ev.extend(writable.iter().filter(|i| i.maintenance).map(|i| format!("{} is in maintenance", i.addr)));
+    let in_maintenance = |i: &&&InstanceInput| i.maintenance && Some(&i.addr) != input.primary.as_ref();
+    ev.extend(writable.iter().filter(in_maintenance).map(|i| format!("{} is in maintenance: left writable", i.addr)));
+    // Actionable: with a recorded primary, some other writable instance may be fenced.
+    let fenceable = writable.iter().any(|i| Some(&i.addr) != input.primary.as_ref() && !i.maintenance);
     let subject = input.primary.as_ref().unwrap_or(&writable[0].addr);
-    Some(Analysis::new(AnalysisCode::PrimarySplit, Some(subject), ev, false))
+    Some(Analysis::new(AnalysisCode::PrimarySplit, Some(subject), ev, input.primary.is_some() && fenceable))
 }

@@ -258,7 +258,7 @@ fn cases() -> Vec<Case> {
             "two_writable_instances_is_a_split",
             std().writable(R1),
             PrimarySplit,
-            false,
+            true,
             &[
                 "2 writable instances: 127.0.0.1:3306 (primary), 127.0.0.1:3307 (replica of 127.0.0.1:3306)",
                 "every writable instance but 127.0.0.1:3306 must be fenced",
@@ -268,15 +268,22 @@ fn cases() -> Vec<Case> {
             "old_primary_back_and_writable_is_a_split",
             std().detached(R3).writable(R3),
             PrimarySplit,
-            false,
+            true,
             &["127.0.0.1:3309 (detached)"],
         ),
         case(
             "split_outranks_a_dead_primary",
             replicas_lost(std().seen_all(P, Seen::Down)).writable(R1).writable(R2),
             PrimarySplit,
-            false,
+            true,
             &["also DeadPrimary on 127.0.0.1:3306"],
+        ),
+        case(
+            "writable_replica_in_maintenance_is_a_split_left_alone",
+            std().writable(R1).maintenance(R1),
+            PrimarySplit,
+            false,
+            &["127.0.0.1:3307 is in maintenance: left writable"],
         ),
         case(
             "maintenance_on_a_dead_primary_is_not_actionable",
@@ -395,12 +402,13 @@ fn analysis_table() {
 }
 
 #[test]
-fn only_dead_codes_are_ever_actionable() {
+fn only_codes_with_an_automatic_action_are_ever_actionable() {
     for c in cases() {
         let got = analyze(&c.sim.input(), &Thresholds::default());
         if got.actionable {
             assert!(
-                got.code.is_dead_primary() || got.code == DeadIntermediatePrimary || got.code == PrimaryLeaseExpired,
+                got.code.is_dead_primary()
+                    || matches!(got.code, DeadIntermediatePrimary | PrimaryLeaseExpired | PrimarySplit),
                 "{}: {got}",
                 c.name
             );

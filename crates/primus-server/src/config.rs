@@ -154,6 +154,10 @@ pub struct FailoverSection {
     pub prefer_same_datacenter: bool,
     /// Never promote a replica lagging more than this (seconds); unset = no limit.
     pub max_lag_for_candidate_s: Option<u64>,
+    /// Split brain: set read_only on every writable instance other than the recorded
+    /// primary (not demoted ones, which are always kept read-only, nor instances in
+    /// maintenance).
+    pub fence_split: bool,
 }
 
 /// `[fencing]`: the leases the leader grants to the agents of primaries.
@@ -187,6 +191,7 @@ impl Default for FailoverSection {
             step_timeout_ms: 5000,
             prefer_same_datacenter: true,
             max_lag_for_candidate_s: None,
+            fence_split: true,
         }
     }
 }

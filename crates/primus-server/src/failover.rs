@@ -74,6 +74,8 @@ pub struct Engine {
     fencing: crate::config::FencingSection,
     /// Divergent transaction count last logged per demoted former primary.
     divergent_seen: Mutex<HashMap<(ClusterName, InstanceAddr), u64>>,
+    /// Last split-fence attempt per instance (unix ms): at most one every 5 s.
+    split_fenced: Mutex<HashMap<InstanceAddr, u64>>,
 }
 
 fn thresholds(cfg: &FailoverSection) -> Thresholds {
@@ -115,6 +117,7 @@ impl Engine {
             leases,
             fencing,
             divergent_seen: Mutex::new(HashMap::new()),
+            split_fenced: Mutex::new(HashMap::new()),
         })
     }
 
@@ -218,6 +221,9 @@ impl Engine {
                     continue;
                 }
                 self.keep_demoted_fenced(&c);
+                if analysis.code == AnalysisCode::PrimarySplit && analysis.actionable {
+                    self.fence_split(&c);
+                }
                 self.keep_semi_sync(&c);
                 let dead = analysis.code.calls_for_failover();
                 let dead_intermediate = analysis.code == AnalysisCode::DeadIntermediatePrimary;
@@ -279,6 +285,99 @@ impl Engine {
                 e.monitor.probe_now(&a);
             });
         }
+    }
+
+    /// Split brain: an instance other than the recorded primary is writable (made so
+    /// by hand, or a replica configured without read_only). Raft's record decides who
+    /// the primary is, so every other writable instance is fenced — except demoted
+    /// ones (kept read-only by `keep_demoted_fenced`) and instances in maintenance
+    /// (an operator's business: alert only). At most one attempt per instance every 5 s.
+    fn fence_split(self: &Arc<Self>, c: &ClusterRecord) {
+        if !self.cfg.fence_split {
+            return;
+        }
+        let Some(primary) = c.topology.primary.clone() else { return };
+        let now = now_ms();
+        for addr in c.topology.instances.keys() {
+            if *addr == primary || c.demoted.contains(addr) || c.in_maintenance(addr, now) {
+                continue;
+            }
+            if self.monitor.own_observation(addr).is_none_or(|o| o.read_only) {
+                continue;
+            }
+            {
+                let mut q = self.split_fenced.lock().unwrap_or_else(|p| p.into_inner());
+                if q.get(addr).is_some_and(|t| now.saturating_sub(*t) < 5000) {
+                    continue;
+                }
+                q.insert(addr.clone(), now);
+            }
+            let e = self.clone();
+            let (cluster, a, epoch) = (c.name.clone(), addr.clone(), c.epoch);
+            let primary = primary.clone();
+            tokio::spawn(async move {
+                match e.fence_split_instance(&cluster, &primary, &a, epoch).await {
+                    Ok(Some(outcome)) => {
+                        tracing::warn!(%cluster, instance = %a, epoch, %outcome, "split brain: fenced a writable non-primary")
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::warn!(%cluster, instance = %a, epoch, error = %err, "split brain: could not fence")
+                    }
+                }
+                e.monitor.probe_now(&a);
+            });
+        }
+    }
+
+    /// Fence one writable non-primary, write-ahead: re-probe it, commit `FenceSplit`,
+    /// set read_only (and kill client connections when it replicates from nobody, i.e.
+    /// acts as a primary), commit the outcome. `Ok(None)`: nothing to do after all.
+    async fn fence_split_instance(
+        &self,
+        cluster: &ClusterName,
+        primary: &InstanceAddr,
+        addr: &InstanceAddr,
+        epoch: u64,
+    ) -> Result<Option<String>, String> {
+        let fresh = self.monitor.probe_fresh(std::slice::from_ref(addr)).await;
+        let Some(o) = fresh.first().and_then(|r| r.result.as_ref().ok()) else {
+            return Ok(None);
+        };
+        if o.read_only {
+            return Ok(None);
+        }
+        let acting_primary = !o.is_replica();
+        let mut evidence = vec![format!(
+            "{addr} is writable ({}) while {primary} is the primary of epoch {epoch}",
+            if acting_primary { "replicating from nobody" } else { "a replica" }
+        )];
+        if acting_primary {
+            evidence.push("its client connections are killed so that clients reconnect to the primary".into());
+        }
+        let id = format!("{cluster}-e{epoch}-split-{}", now_ms());
+        let start =
+            Command::FenceSplit { name: cluster.clone(), id: id.clone(), instance: addr.clone(), epoch, evidence };
+        self.commit(start, "primusd").await.map_err(|e| format!("not recorded, not fenced: {e}"))?;
+        let t = self.step_timeout();
+        let p = self.prober(addr);
+        let result = async {
+            let info = p.server_info().await.map_err(|e| e.to_string())?;
+            p.execute(&info.set_read_only_sql(true), t).await.map_err(|e| e.to_string())?;
+            let killed = if acting_primary { self.kill_clients(&p, t).await } else { 0 };
+            Ok::<_, String>(format!("read_only set, {killed} client connections killed"))
+        }
+        .await;
+        p.disconnect().await;
+        let outcome = match &result {
+            Ok(o) => o.clone(),
+            Err(e) => format!("failed: {e}"),
+        };
+        let finish = Command::FinishSplitFence { name: cluster.clone(), id, outcome: outcome.clone() };
+        if let Err(e) = self.commit(finish, "primusd").await {
+            tracing::warn!(%cluster, instance = %addr, error = %e, "split fence outcome not recorded");
+        }
+        result.map(Some)
     }
 
     /// Semi-sync no-loss mode: every instance must have lossless semi-sync on (or off,

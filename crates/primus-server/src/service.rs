@@ -69,7 +69,10 @@ fn rejection_status(r: Rejection) -> Status {
         Rejection::NoSeeds => Status::invalid_argument(msg),
         Rejection::UnsupportedFormat { .. } => Status::failed_precondition(msg),
         Rejection::FailoverInProgress(..) | Rejection::StaleEpoch { .. } => Status::aborted(msg),
-        Rejection::NoSuchFailover { .. } | Rejection::UnknownInstance { .. } => Status::not_found(msg),
+        Rejection::NoSuchFailover { .. } | Rejection::UnknownInstance { .. } | Rejection::NoSuchSplitFence { .. } => {
+            Status::not_found(msg)
+        }
+        Rejection::IsPrimary { .. } => Status::failed_precondition(msg),
     }
 }
 
@@ -663,9 +666,9 @@ impl Coordinator for CoordinatorService {
                 .await
                 .map(Response::new);
         }
-        let (failovers, refusals) = self.with_cluster(&name, |c| {
-            let f = c.history.iter().map(failover_view).collect::<Vec<_>>();
-            let r = c
+        let h = self.with_cluster(&name, |c| HistoryResponse {
+            failovers: c.history.iter().map(failover_view).collect(),
+            refusals: c
                 .refusals
                 .iter()
                 .map(|r| RefusalView {
@@ -674,10 +677,22 @@ impl Coordinator for CoordinatorService {
                     evidence: r.evidence.clone(),
                     reason: r.reason.clone(),
                 })
-                .collect::<Vec<_>>();
-            (f, r)
+                .collect(),
+            split_fences: c
+                .split_fences
+                .iter()
+                .map(|f| primus_proto::v1::SplitFenceView {
+                    id: f.id.clone(),
+                    at_ms: f.at_ms,
+                    instance: f.instance.to_string(),
+                    epoch: f.epoch,
+                    evidence: f.evidence.clone(),
+                    outcome: f.outcome.clone().unwrap_or_default(),
+                    finished_at_ms: f.finished_at_ms,
+                })
+                .collect(),
         })?;
-        Ok(Response::new(HistoryResponse { failovers, refusals }))
+        Ok(Response::new(h))
     }
 
     async fn analysis(&self, req: Request<AnalysisRequest>) -> Result<Response<AnalysisResponse>, Status> {

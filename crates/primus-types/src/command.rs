@@ -169,6 +169,23 @@ pub enum Command {
         instance: InstanceAddr,
         agent_id: String,
     },
+    /// Split brain: the leader is about to fence `instance`, writable although the
+    /// cluster's primary of `epoch` is another. Committed before the instance is
+    /// touched; refused when a failover is in progress, the epoch moved on or the
+    /// instance is the primary.
+    FenceSplit {
+        name: ClusterName,
+        id: String,
+        instance: InstanceAddr,
+        epoch: u64,
+        evidence: Vec<String>,
+    },
+    /// The outcome of a `FenceSplit`.
+    FinishSplitFence {
+        name: ClusterName,
+        id: String,
+        outcome: String,
+    },
 }
 
 impl Command {
@@ -220,6 +237,10 @@ impl Command {
             Command::RecordRefusal { name, analysis_code, reason, .. } => {
                 format!("failover of {name} refused ({analysis_code}): {reason}")
             }
+            Command::FenceSplit { name, id, instance, epoch, .. } => {
+                format!("split brain in {name}: fence {instance} (epoch {epoch}, {id})")
+            }
+            Command::FinishSplitFence { name, id, outcome } => format!("split fence {id} of {name}: {outcome}"),
         }
     }
 }
@@ -280,6 +301,10 @@ pub enum Rejection {
     UnknownInstance { name: ClusterName, instance: InstanceAddr },
     #[error("log entry format {found} is newer than this primusd understands ({supported}); upgrade this node")]
     UnsupportedFormat { found: u32, supported: u32 },
+    #[error("{instance} is the primary of cluster {name}: it is not fenced as a split")]
+    IsPrimary { name: ClusterName, instance: InstanceAddr },
+    #[error("no split fence {id} in cluster {name}")]
+    NoSuchSplitFence { name: ClusterName, id: String },
 }
 
 /// The result of applying one log entry.

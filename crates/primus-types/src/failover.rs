@@ -118,6 +118,22 @@ pub struct RefusalRecord {
     pub reason: String,
 }
 
+/// A writable instance other than the recorded primary (split brain), fenced by the
+/// leader: committed before it is touched (`outcome` None), completed after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitFenceRecord {
+    pub id: String,
+    pub at_ms: u64,
+    pub instance: InstanceAddr,
+    /// The cluster's epoch when it was decided; the recorded primary of that epoch stays.
+    pub epoch: u64,
+    pub evidence: Vec<String>,
+    #[serde(default)]
+    pub outcome: Option<String>,
+    #[serde(default)]
+    pub finished_at_ms: Option<u64>,
+}
+
 /// Per-instance promotion preference, as orchestrator has it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -14,7 +14,8 @@ pub mod topology;
 
 pub use command::{ClusterSettings, Command, Origin, Rejection, Request, Response};
 pub use failover::{
-    AgentRecord, FailoverKind, FailoverOutcome, FailoverRecord, Maintenance, PromotionRule, RefusalRecord, StepRecord,
+    AgentRecord, FailoverKind, FailoverOutcome, FailoverRecord, Maintenance, PromotionRule, RefusalRecord,
+    SplitFenceRecord, StepRecord,
 };
 pub use names::{ClusterName, InstanceAddr, NameError};
 pub use topology::{InstanceRole, Topology, TopologyInstance};

@@ -55,6 +55,10 @@ pub struct ClusterRecord {
     /// Fencing agents, per instance.
     #[serde(default)]
     pub agents: BTreeMap<InstanceAddr, crate::failover::AgentRecord>,
+    /// Writable non-primaries the leader fenced (oldest first, bounded by
+    /// `SPLIT_FENCE_RETENTION`).
+    #[serde(default)]
+    pub split_fences: Vec<crate::SplitFenceRecord>,
 }
 
 /// What clients ask most: where to write, under which epoch, and whether that is
@@ -87,6 +91,8 @@ pub struct InFlight {
 
 /// How many refusals a cluster keeps.
 pub const REFUSAL_RETENTION: usize = 20;
+/// Split fences kept per cluster.
+pub const SPLIT_FENCE_RETENTION: usize = 50;
 
 /// How many failover records a cluster keeps.
 pub const HISTORY_RETENTION: usize = 100;
@@ -244,6 +250,7 @@ impl Registry {
                         refusals: Vec::new(),
                         datacenters: BTreeMap::new(),
                         agents: BTreeMap::new(),
+                        split_fences: Vec::new(),
                     },
                 );
                 touched.push(StateKey::Cluster(name.clone()));
@@ -461,6 +468,47 @@ impl Registry {
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
             }
+            Command::FenceSplit { name, id, instance, epoch, evidence } => {
+                let c = self.cluster_mut(name)?;
+                if let Some(f) = c.in_flight() {
+                    return Err(Rejection::FailoverInProgress(name.clone(), f.id.clone()));
+                }
+                if *epoch != c.epoch {
+                    return Err(Rejection::StaleEpoch { name: name.clone(), got: *epoch, want: c.epoch });
+                }
+                if !c.topology.instances.contains_key(instance) {
+                    return Err(Rejection::UnknownInstance { name: name.clone(), instance: instance.clone() });
+                }
+                if c.topology.primary.as_ref() == Some(instance) {
+                    return Err(Rejection::IsPrimary { name: name.clone(), instance: instance.clone() });
+                }
+                c.split_fences.push(crate::SplitFenceRecord {
+                    id: id.clone(),
+                    at_ms: req.proposed_at_ms,
+                    instance: instance.clone(),
+                    epoch: *epoch,
+                    evidence: evidence.clone(),
+                    outcome: None,
+                    finished_at_ms: None,
+                });
+                if c.split_fences.len() > SPLIT_FENCE_RETENTION {
+                    c.split_fences.remove(0);
+                }
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
+            Command::FinishSplitFence { name, id, outcome } => {
+                let c = self.cluster_mut(name)?;
+                let f = c
+                    .split_fences
+                    .iter_mut()
+                    .find(|f| &f.id == id)
+                    .ok_or_else(|| Rejection::NoSuchSplitFence { name: name.clone(), id: id.clone() })?;
+                f.outcome = Some(outcome.clone());
+                f.finished_at_ms = Some(req.proposed_at_ms);
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
             Command::ClearDemoted { name, instance, .. } => {
                 let c = self.cluster_mut(name)?;
                 c.demoted.remove(instance);
@@ -651,6 +699,52 @@ mod tests {
             Request::new(Command::UpdateTopology { name: "c".parse().unwrap(), topology: topo }, Origin::default());
         assert_eq!(r.apply(&log_id(2), &up).0, Response::Done);
         r
+    }
+
+    #[test]
+    fn split_fence_is_recorded_before_and_after_and_never_of_the_primary_or_during_a_failover() {
+        let mut r = registered_with_topology();
+        let a = |p: u16| crate::InstanceAddr::new("h", p).unwrap();
+        let fence = |id: &str, inst: u16, epoch: u64| {
+            Request::new(
+                Command::FenceSplit {
+                    name: "c".parse().unwrap(),
+                    id: id.into(),
+                    instance: a(inst),
+                    epoch,
+                    evidence: vec!["2 writable".into()],
+                },
+                Origin::default(),
+            )
+        };
+        let rejected = |r: &mut Registry, i: u64, q: &Request| match r.apply(&log_id(i), q).0 {
+            Response::Rejected(e) => e,
+            other => panic!("{other:?} accepted"),
+        };
+        assert!(matches!(rejected(&mut r, 3, &fence("f1", 1, 1)), Rejection::IsPrimary { .. }));
+        assert!(matches!(rejected(&mut r, 4, &fence("f1", 2, 2)), Rejection::StaleEpoch { .. }));
+        assert!(matches!(rejected(&mut r, 5, &fence("f1", 9, 1)), Rejection::UnknownInstance { .. }));
+        assert_eq!(r.apply(&log_id(6), &fence("f1", 2, 1)).0, Response::Done);
+        let c = &r.clusters[&"c".parse().unwrap()];
+        assert_eq!(c.split_fences.len(), 1);
+        assert_eq!(c.split_fences[0].outcome, None, "written ahead: no outcome yet");
+        let fin = |id: &str| {
+            Request::new(
+                Command::FinishSplitFence {
+                    name: "c".parse().unwrap(),
+                    id: id.into(),
+                    outcome: "read_only set".into(),
+                },
+                Origin::default(),
+            )
+        };
+        assert!(matches!(rejected(&mut r, 7, &fin("nope")), Rejection::NoSuchSplitFence { .. }));
+        assert_eq!(r.apply(&log_id(8), &fin("f1")).0, Response::Done);
+        let c = &r.clusters[&"c".parse().unwrap()];
+        assert_eq!(c.split_fences[0].outcome.as_deref(), Some("read_only set"));
+        // A failover owns the instances while it runs.
+        assert_eq!(r.apply(&log_id(9), &start("c", 2)).0, Response::Done);
+        assert!(matches!(rejected(&mut r, 10, &fence("f2", 3, 2)), Rejection::FailoverInProgress(..)));
     }
 
     #[test]
