@@ -1199,9 +1199,20 @@ impl Instance {
         Ok(())
     }
 
-    /// SIGSTOP: the server freezes; clients see timeouts, not errors.
+    /// SIGSTOP: the server freezes; clients see timeouts, not errors. Returns once
+    /// every thread of the process is stopped (`kill` returns before a thread running
+    /// on another CPU has stopped: a statement sent right after could still be served).
     pub fn sigstop(&self) -> Result<()> {
-        self.signal(Signal::SIGSTOP)
+        self.signal(Signal::SIGSTOP)?;
+        let pid = self.pid().ok_or_else(|| anyhow!("{}: exited after SIGSTOP", self.what()))?;
+        let start = Instant::now();
+        while !all_threads_stopped(pid) {
+            if start.elapsed() > Duration::from_secs(2) {
+                bail!("{}: pid {pid} not stopped 2 s after SIGSTOP", self.what());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
     }
 
     /// SIGCONT after [`Instance::sigstop`].
@@ -1747,4 +1758,22 @@ pub fn mariadbd_pids_under(dir: &Path) -> Vec<u32> {
         }
     }
     pids
+}
+
+/// Whether every thread of `pid` is stopped (`T`, or `t` under a tracer) per
+/// /proc/PID/task/*/stat. A process that is gone counts as not stopped.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    let mut any = false;
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
+        // "TID (comm) STATE ...": comm may hold spaces and parentheses; the state follows the last ')'.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        match state {
+            Some("T") | Some("t") => any = true,
+            Some("X") | Some("Z") => {}
+            _ => return false,
+        }
+    }
+    any
 }
