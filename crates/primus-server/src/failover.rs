@@ -298,6 +298,7 @@ impl Engine {
         }
         let Some(primary) = c.topology.primary.clone() else { return };
         let now = now_ms();
+        let mut targets = Vec::new();
         for addr in c.topology.instances.keys() {
             if *addr == primary || c.demoted.contains(addr) || c.in_maintenance(addr, now) {
                 continue;
@@ -305,17 +306,21 @@ impl Engine {
             if self.monitor.own_observation(addr).is_none_or(|o| o.read_only) {
                 continue;
             }
-            {
-                let mut q = self.split_fenced.lock().unwrap_or_else(|p| p.into_inner());
-                if q.get(addr).is_some_and(|t| now.saturating_sub(*t) < 5000) {
-                    continue;
-                }
-                q.insert(addr.clone(), now);
+            let mut q = self.split_fenced.lock().unwrap_or_else(|p| p.into_inner());
+            if q.get(addr).is_some_and(|t| now.saturating_sub(*t) < 5000) {
+                continue;
             }
-            let e = self.clone();
-            let (cluster, a, epoch) = (c.name.clone(), addr.clone(), c.epoch);
-            let primary = primary.clone();
-            tokio::spawn(async move {
+            q.insert(addr.clone(), now);
+            targets.push(addr.clone());
+        }
+        if targets.is_empty() {
+            return;
+        }
+        // In the cluster's one operation slot: never concurrent with a failover being
+        // decided or run (which could be about to make one of them the primary).
+        let epoch = c.epoch;
+        self.spawn_for(&c.name, move |e, cluster| async move {
+            for a in targets {
                 match e.fence_split_instance(&cluster, &primary, &a, epoch).await {
                     Ok(Some(outcome)) => {
                         tracing::warn!(%cluster, instance = %a, epoch, %outcome, "split brain: fenced a writable non-primary")
@@ -326,8 +331,8 @@ impl Engine {
                     }
                 }
                 e.monitor.probe_now(&a);
-            });
-        }
+            }
+        });
     }
 
     /// Fence one writable non-primary, write-ahead: re-probe it, commit `FenceSplit`,
@@ -613,7 +618,9 @@ impl Engine {
         actor: String,
     ) -> Result<String, FailoverError> {
         if !self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone()) {
-            return Err(FailoverError::Refused(format!("a failover of {name} is already being decided or executed")));
+            return Err(FailoverError::Refused(format!(
+                "another operation on {name} (failover, repair or split fence) is being decided or executed; retry"
+            )));
         }
         let e = self.clone();
         let n = name.clone();
