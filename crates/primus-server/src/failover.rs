@@ -204,7 +204,8 @@ impl Engine {
                 _ = tick.tick() => {}
                 r = changes.changed() => { if r.is_err() { return; } }
             }
-            let clusters: Vec<ClusterRecord> = self.state.read(|s| s.registry.clusters.values().cloned().collect());
+            let clusters: Vec<Arc<ClusterRecord>> =
+                self.state.read(|s| s.registry.clusters.values().cloned().collect());
             let leads = self.leads();
             for c in clusters {
                 let input = self.input(&c);
@@ -575,7 +576,7 @@ impl Engine {
         false
     }
 
-    fn cluster(&self, name: &ClusterName) -> Result<ClusterRecord, FailoverError> {
+    fn cluster(&self, name: &ClusterName) -> Result<Arc<ClusterRecord>, FailoverError> {
         self.state
             .read(|s| s.registry.clusters.get(name).cloned())
             .ok_or_else(|| FailoverError::UnknownCluster(name.clone()))

@@ -374,7 +374,7 @@ fn bad_path(r: PathRejection) -> Refused {
 }
 
 /// The cluster's record as this node applied it, with the applied index.
-fn cluster(ctx: &NodeCtx, name: &ClusterName) -> Result<(u64, ClusterRecord), Refused> {
+fn cluster(ctx: &NodeCtx, name: &ClusterName) -> Result<(u64, std::sync::Arc<ClusterRecord>), Refused> {
     match ctx.read_state(|s| s.clusters.get(name).cloned()) {
         (applied, Some(c)) => Ok((applied, c)),
         (_, None) => Err(Refused(StatusCode::NOT_FOUND, format!("cluster {name} is not registered"))),
@@ -385,7 +385,7 @@ fn cluster(ctx: &NodeCtx, name: &ClusterName) -> Result<(u64, ClusterRecord), Re
 fn cluster_and_instance(
     ctx: &NodeCtx,
     path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<(u64, ClusterRecord, InstanceAddr), Refused> {
+) -> Result<(u64, std::sync::Arc<ClusterRecord>, InstanceAddr), Refused> {
     let Path((name, addr)) = path.map_err(bad_path)?;
     let name = parse_cluster(&name)?;
     let addr = parse_instance(&addr)?;

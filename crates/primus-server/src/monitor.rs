@@ -610,7 +610,8 @@ impl Monitor {
             if !self.is_leader() {
                 continue;
             }
-            let clusters: Vec<ClusterRecord> = self.state.read(|s| s.registry.clusters.values().cloned().collect());
+            let clusters: Vec<Arc<ClusterRecord>> =
+                self.state.read(|s| s.registry.clusters.values().cloned().collect());
             for c in clusters {
                 // A failover owns the topology until it finishes.
                 if c.in_flight().is_some() {

@@ -101,7 +101,7 @@ impl CoordinatorService {
         name: &ClusterName,
         f: impl FnOnce(&primus_types::state::ClusterRecord) -> R,
     ) -> Result<R, Status> {
-        self.node.read_state(|s| s.clusters.get(name).map(f)).1.ok_or_else(|| cluster_not_found(name))
+        self.node.read_state(|s| s.clusters.get(name).map(|c| f(c))).1.ok_or_else(|| cluster_not_found(name))
     }
 
     /// The one registered cluster whose topology lists `instance`, from this node's
@@ -125,6 +125,11 @@ impl CoordinatorService {
                 many.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
             ))),
         }
+    }
+
+    /// The cluster's shared record in this node's state machine (no copy), or NOT_FOUND.
+    fn cluster_record(&self, name: &ClusterName) -> Result<Arc<primus_types::state::ClusterRecord>, Status> {
+        self.node.read_state(|s| s.clusters.get(name).cloned()).1.ok_or_else(|| cluster_not_found(name))
     }
 
     fn engine(&self) -> Result<Arc<crate::failover::Engine>, Status> {
@@ -588,7 +593,7 @@ impl Coordinator for CoordinatorService {
                     .map(Response::new);
             }
         }
-        let rec = self.with_cluster(&name, |c| c.clone())?;
+        let rec = self.cluster_record(&name)?;
         let mon = self.node.monitor.as_ref().ok_or_else(|| {
             Status::failed_precondition(format!("node {} has no [mysql] section: it probes nothing", self.node.id))
         })?;
@@ -834,7 +839,7 @@ impl Coordinator for CoordinatorService {
                     .map(Response::new);
             }
         }
-        let rec = self.with_cluster(&name, |c| c.clone())?;
+        let rec = self.cluster_record(&name)?;
         if !rec.topology.instances.contains_key(&addr) {
             return Err(Status::not_found(format!("{addr} is not an instance of {name}")));
         }

@@ -12,6 +12,7 @@ use crate::topology::Topology;
 use crate::{LogId, NodeId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// How many audit records the state machine keeps (oldest are dropped first).
 pub const AUDIT_RETENTION: usize = 10_000;
@@ -171,7 +172,10 @@ pub enum DecodeError {
 /// Everything the coordinators agree on (for now: the cluster registry and the audit trail).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registry {
-    pub clusters: BTreeMap<ClusterName, ClusterRecord>,
+    /// Shared records: readers (the failover engine every tick, views) copy the map's
+    /// pointers, not the records with their histories; a mutation copies a record only
+    /// while someone still holds the old one.
+    pub clusters: BTreeMap<ClusterName, Arc<ClusterRecord>>,
     pub audit: BTreeMap<u64, AuditRecord>,
 }
 
@@ -232,7 +236,7 @@ impl Registry {
                 }
                 self.clusters.insert(
                     name.clone(),
-                    ClusterRecord {
+                    Arc::new(ClusterRecord {
                         name: name.clone(),
                         seeds: seeds.clone(),
                         settings: settings.clone(),
@@ -251,7 +255,7 @@ impl Registry {
                         datacenters: BTreeMap::new(),
                         agents: BTreeMap::new(),
                         split_fences: Vec::new(),
-                    },
+                    }),
                 );
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
@@ -539,7 +543,7 @@ impl Registry {
     }
 
     fn cluster_mut(&mut self, name: &ClusterName) -> Result<&mut ClusterRecord, Rejection> {
-        self.clusters.get_mut(name).ok_or_else(|| Rejection::ClusterNotFound(name.clone()))
+        self.clusters.get_mut(name).map(Arc::make_mut).ok_or_else(|| Rejection::ClusterNotFound(name.clone()))
     }
 
     fn record(&mut self, rec: AuditRecord, touched: &mut Vec<StateKey>) {
@@ -588,7 +592,7 @@ impl Registry {
         if key.starts_with(CLUSTER_PREFIX) {
             let rec: ClusterRecord =
                 serde_json::from_slice(value).map_err(|source| DecodeError::BadValue { key: name(), source })?;
-            self.clusters.insert(rec.name.clone(), rec);
+            self.clusters.insert(rec.name.clone(), Arc::new(rec));
         } else if key.starts_with(AUDIT_PREFIX) {
             let rec: AuditRecord =
                 serde_json::from_slice(value).map_err(|source| DecodeError::BadValue { key: name(), source })?;
