@@ -230,6 +230,26 @@ impl CoordinatorService {
         }
     }
 
+    /// Commit `command` (this node leads) or forward `req` to the leader with `call`:
+    /// the shape of every write RPC that answers with a log index.
+    async fn commit_or_forward<Req, F, Fut>(
+        &self,
+        command: Command,
+        actor: String,
+        inbound: Inbound,
+        req: Req,
+        call: F,
+    ) -> Result<Response<LogIndexResponse>, Status>
+    where
+        F: FnOnce(CoordinatorClient<tonic::transport::Channel>, Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<LogIndexResponse>, Status>>,
+    {
+        match self.write(command, actor).await {
+            Ok(log_index) => Ok(Response::new(LogIndexResponse { log_index })),
+            Err(nh) => self.forward(nh, inbound, req, call).await.map(Response::new),
+        }
+    }
+
     async fn linearizable(&self) -> Result<(), NotHere> {
         let timeout = self.node.cfg.raft.write_timeout();
         match tokio::time::timeout(timeout, self.node.raft.ensure_linearizable()).await {
@@ -733,12 +753,11 @@ impl Coordinator for CoordinatorService {
         let r = req.into_inner();
         let name = parse_name(&r.cluster)?;
         let id = if r.id.is_empty() { None } else { Some(r.id.clone()) };
-        match self.write(Command::AckFailover { name, id }, r.actor.clone()).await {
-            Ok(log_index) => Ok(Response::new(LogIndexResponse { log_index })),
-            Err(nh) => {
-                self.forward(nh, forwarded, r, |mut c, q| async move { c.ack(q).await }).await.map(Response::new)
-            }
-        }
+        let actor = r.actor.clone();
+        self.commit_or_forward(Command::AckFailover { name, id }, actor, forwarded, r, |mut c, q| async move {
+            c.ack(q).await
+        })
+        .await
     }
 
     async fn set_promotion_rule(
@@ -750,13 +769,15 @@ impl Coordinator for CoordinatorService {
         let name = parse_name(&r.cluster)?;
         let instance = r.instance.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?;
         let rule = r.rule.parse::<PromotionRule>().map_err(Status::invalid_argument)?;
-        match self.write(Command::SetPromotionRule { name, instance, rule }, r.actor.clone()).await {
-            Ok(log_index) => Ok(Response::new(LogIndexResponse { log_index })),
-            Err(nh) => self
-                .forward(nh, forwarded, r, |mut c, q| async move { c.set_promotion_rule(q).await })
-                .await
-                .map(Response::new),
-        }
+        let actor = r.actor.clone();
+        self.commit_or_forward(
+            Command::SetPromotionRule { name, instance, rule },
+            actor,
+            forwarded,
+            r,
+            |mut c, q| async move { c.set_promotion_rule(q).await },
+        )
+        .await
     }
 
     async fn maintenance(&self, req: Request<MaintenanceRequest>) -> Result<Response<LogIndexResponse>, Status> {
@@ -793,13 +814,15 @@ impl Coordinator for CoordinatorService {
         } else {
             None
         };
-        match self.write(Command::SetMaintenance { name, instance, maintenance }, r.actor.clone()).await {
-            Ok(log_index) => Ok(Response::new(LogIndexResponse { log_index })),
-            Err(nh) => self
-                .forward(nh, forwarded, r, |mut c, q| async move { c.maintenance(q).await })
-                .await
-                .map(Response::new),
-        }
+        let actor = r.actor.clone();
+        self.commit_or_forward(
+            Command::SetMaintenance { name, instance, maintenance },
+            actor,
+            forwarded,
+            r,
+            |mut c, q| async move { c.maintenance(q).await },
+        )
+        .await
     }
 
     async fn rejoin(&self, req: Request<RejoinRequest>) -> Result<Response<RejoinResponse>, Status> {
@@ -887,13 +910,15 @@ impl Coordinator for CoordinatorService {
         let instance = r.instance.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?;
         let dc = r.datacenter.trim();
         let datacenter = if dc.is_empty() { None } else { Some(dc.to_string()) };
-        match self.write(Command::SetInstanceDatacenter { name, instance, datacenter }, r.actor.clone()).await {
-            Ok(log_index) => Ok(Response::new(LogIndexResponse { log_index })),
-            Err(nh) => self
-                .forward(nh, forwarded, r, |mut c, q| async move { c.set_instance_datacenter(q).await })
-                .await
-                .map(Response::new),
-        }
+        let actor = r.actor.clone();
+        self.commit_or_forward(
+            Command::SetInstanceDatacenter { name, instance, datacenter },
+            actor,
+            forwarded,
+            r,
+            |mut c, q| async move { c.set_instance_datacenter(q).await },
+        )
+        .await
     }
 
     async fn get_primary(&self, req: Request<GetPrimaryRequest>) -> Result<Response<GetPrimaryResponse>, Status> {
@@ -963,13 +988,8 @@ impl Coordinator for CoordinatorService {
             return Err(Status::invalid_argument("agent_id must not be empty"));
         }
         let cmd = Command::RegisterAgent { name, instance, agent_id: r.agent_id.clone() };
-        match self.write(cmd, r.actor.clone()).await {
-            Ok(log_index) => Ok(Response::new(LogIndexResponse { log_index })),
-            Err(nh) => self
-                .forward(nh, inbound, r, |mut c, q| async move { c.register_agent(q).await })
-                .await
-                .map(Response::new),
-        }
+        let actor = r.actor.clone();
+        self.commit_or_forward(cmd, actor, inbound, r, |mut c, q| async move { c.register_agent(q).await }).await
     }
 
     async fn renew_lease(&self, req: Request<RenewLeaseRequest>) -> Result<Response<RenewLeaseResponse>, Status> {
@@ -1060,13 +1080,15 @@ impl Coordinator for CoordinatorService {
         let inbound = Self::is_forwarded(&req);
         let r = req.into_inner();
         let name = parse_name(&r.cluster)?;
-        match self.write(Command::SetSemiSync { name, enabled: r.enabled }, r.actor.clone()).await {
-            Ok(log_index) => Ok(Response::new(LogIndexResponse { log_index })),
-            Err(nh) => self
-                .forward(nh, inbound, r, |mut c, q| async move { c.set_semi_sync(q).await })
-                .await
-                .map(Response::new),
-        }
+        let actor = r.actor.clone();
+        self.commit_or_forward(
+            Command::SetSemiSync { name, enabled: r.enabled },
+            actor,
+            inbound,
+            r,
+            |mut c, q| async move { c.set_semi_sync(q).await },
+        )
+        .await
     }
 
     async fn set_automatic_failover(
@@ -1076,13 +1098,15 @@ impl Coordinator for CoordinatorService {
         let forwarded = Self::is_forwarded(&req);
         let r = req.into_inner();
         let name = parse_name(&r.cluster)?;
-        match self.write(Command::SetAutomaticFailover { name, enabled: r.enabled }, r.actor.clone()).await {
-            Ok(log_index) => Ok(Response::new(LogIndexResponse { log_index })),
-            Err(nh) => self
-                .forward(nh, forwarded, r, |mut c, q| async move { c.set_automatic_failover(q).await })
-                .await
-                .map(Response::new),
-        }
+        let actor = r.actor.clone();
+        self.commit_or_forward(
+            Command::SetAutomaticFailover { name, enabled: r.enabled },
+            actor,
+            forwarded,
+            r,
+            |mut c, q| async move { c.set_automatic_failover(q).await },
+        )
+        .await
     }
 }
 
