@@ -13,6 +13,25 @@ use tempfile::TempDir;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+/// `primus_store::open`, for tests that reopen a directory in the same process:
+/// after the stores are dropped, sled's own background I/O threads may hold the
+/// directory's lock for a moment longer (a new process, as a restarted primusd is,
+/// never sees that), so a lock conflict is retried for up to 5 s.
+fn open_store(path: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let start = std::time::Instant::now();
+    loop {
+        match primus_store::open(path) {
+            Err(StoreError::Sled(e)) if e.to_string().contains("could not acquire lock") => {
+                if start.elapsed() > std::time::Duration::from_secs(5) {
+                    return Err(StoreError::Sled(e));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn lid(term: u64, index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(term, 1), index)
 }
@@ -45,8 +64,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuil
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
         let dir = tempfile::tempdir()
             .map_err(|e| StorageError::from_io_error(openraft::ErrorSubject::Store, openraft::ErrorVerb::Write, e))?;
-        let (log, sm) =
-            primus_store::open(dir.path()).map_err(|e| StorageError::from(openraft::StorageIOError::write(&e)))?;
+        let (log, sm) = open_store(dir.path()).map_err(|e| StorageError::from(openraft::StorageIOError::write(&e)))?;
         Ok((dir, log, sm))
     }
 }
@@ -68,7 +86,7 @@ async fn reopen_preserves_log_vote_committed_and_state_machine() -> TestResult {
         blank(2, 5),
     ];
     {
-        let (mut log, mut sm) = primus_store::open(dir.path())?;
+        let (mut log, mut sm) = open_store(dir.path())?;
         assert!(log.is_fresh()?, "a new directory is fresh");
         log.blocking_append(entries.clone()).await?;
         log.save_vote(&Vote::new(2, 1)).await?;
@@ -83,7 +101,7 @@ async fn reopen_preserves_log_vote_committed_and_state_machine() -> TestResult {
         assert!(!log.is_fresh()?);
     }
 
-    let (mut log, mut sm) = primus_store::open(dir.path())?;
+    let (mut log, mut sm) = open_store(dir.path())?;
     assert!(!log.is_fresh()?, "a used directory is not fresh");
     assert_eq!(log.read_vote().await?, Some(Vote::new(2, 1)));
     assert_eq!(log.read_committed().await?, Some(lid(2, 5)));
@@ -115,7 +133,7 @@ async fn snapshot_survives_restart_and_installs_on_fresh_store() -> TestResult {
     let leader_dir = tempfile::tempdir()?;
     let entries = vec![membership(1, 1, &[1, 2]), register(1, 2, "alpha"), register(1, 3, "beta")];
     let built = {
-        let (_log, mut sm) = primus_store::open(leader_dir.path())?;
+        let (_log, mut sm) = open_store(leader_dir.path())?;
         sm.apply(entries).await?;
         let snapshot = sm.get_snapshot_builder().await.build_snapshot().await?;
         assert_eq!(snapshot.meta.last_log_id, Some(lid(1, 3)));
@@ -124,7 +142,7 @@ async fn snapshot_survives_restart_and_installs_on_fresh_store() -> TestResult {
     };
 
     // The snapshot is still the current one after a restart.
-    let (_log, mut sm) = primus_store::open(leader_dir.path())?;
+    let (_log, mut sm) = open_store(leader_dir.path())?;
     let current = sm.get_current_snapshot().await?.ok_or("snapshot lost on restart")?;
     assert_eq!(current.meta, built.meta);
     assert_eq!(current.snapshot.get_ref(), built.snapshot.get_ref());
@@ -132,7 +150,7 @@ async fn snapshot_survives_restart_and_installs_on_fresh_store() -> TestResult {
     // A fresh follower installs it and then holds the same state, also across a restart.
     let follower_dir = tempfile::tempdir()?;
     {
-        let (_flog, mut fsm) = primus_store::open(follower_dir.path())?;
+        let (_flog, mut fsm) = open_store(follower_dir.path())?;
         // State the snapshot does not have must disappear.
         fsm.apply([register(1, 1, "stale")]).await?;
         let mut receiving = fsm.begin_receiving_snapshot().await?;
@@ -140,7 +158,7 @@ async fn snapshot_survives_restart_and_installs_on_fresh_store() -> TestResult {
         fsm.install_snapshot(&current.meta, receiving).await?;
         assert_eq!(fsm.state().cloned(), sm.state().cloned());
     }
-    let (_flog, mut fsm) = primus_store::open(follower_dir.path())?;
+    let (_flog, mut fsm) = open_store(follower_dir.path())?;
     assert_eq!(fsm.state().cloned(), sm.state().cloned());
     assert!(!fsm.state().cloned().registry.clusters.keys().any(|n| n.to_string() == "stale"));
     let installed = fsm.get_current_snapshot().await?.ok_or("installed snapshot lost on restart")?;
@@ -159,10 +177,10 @@ fn set_format_version(path: &Path, version: &[u8]) -> TestResult {
 #[test]
 fn newer_data_format_is_refused() -> TestResult {
     let dir = tempfile::tempdir()?;
-    drop(primus_store::open(dir.path())?);
+    drop(open_store(dir.path())?);
     set_format_version(dir.path(), &(FORMAT_VERSION + 1).to_be_bytes())?;
 
-    let err = primus_store::open(dir.path()).err().ok_or("a newer format must be refused")?;
+    let err = open_store(dir.path()).err().ok_or("a newer format must be refused")?;
     assert!(
         matches!(err, StoreError::UnsupportedFormat { found, supported } if found == FORMAT_VERSION + 1 && supported == FORMAT_VERSION),
         "{err:?}"
@@ -173,7 +191,7 @@ fn newer_data_format_is_refused() -> TestResult {
 
     // An unknown (older, never released) version is refused too.
     set_format_version(dir.path(), &0u32.to_be_bytes())?;
-    assert!(matches!(primus_store::open(dir.path()), Err(StoreError::UnsupportedFormat { found: 0, .. })));
+    assert!(matches!(open_store(dir.path()), Err(StoreError::UnsupportedFormat { found: 0, .. })));
     Ok(())
 }
 
@@ -185,7 +203,7 @@ fn data_without_format_version_is_refused() -> TestResult {
         db.open_tree("raft_log")?.insert(1u64.to_be_bytes(), b"{}".as_slice())?;
         db.flush()?;
     }
-    assert!(matches!(primus_store::open(dir.path()), Err(StoreError::MissingFormatVersion)));
+    assert!(matches!(open_store(dir.path()), Err(StoreError::MissingFormatVersion)));
     Ok(())
 }
 
@@ -193,7 +211,7 @@ fn data_without_format_version_is_refused() -> TestResult {
 async fn corrupt_log_value_is_a_storage_error_not_a_panic() -> TestResult {
     let dir = tempfile::tempdir()?;
     {
-        let (mut log, _sm) = primus_store::open(dir.path())?;
+        let (mut log, _sm) = open_store(dir.path())?;
         log.blocking_append([blank(1, 1), blank(1, 2), blank(1, 3)]).await?;
     }
     {
@@ -201,7 +219,7 @@ async fn corrupt_log_value_is_a_storage_error_not_a_panic() -> TestResult {
         db.open_tree("raft_log")?.insert(2u64.to_be_bytes(), b"\x00not json".as_slice())?;
         db.flush()?;
     }
-    let (mut log, _sm) = primus_store::open(dir.path())?;
+    let (mut log, _sm) = open_store(dir.path())?;
     assert_eq!(log.try_get_log_entries(1..2).await?.len(), 1, "intact entries stay readable");
     let err = log.try_get_log_entries(1..4).await.err().ok_or("a corrupt entry must be an error")?;
     assert!(err.to_string().contains('2'), "{err}");
@@ -213,7 +231,7 @@ async fn corrupt_log_value_is_a_storage_error_not_a_panic() -> TestResult {
         db.open_tree("raft_log")?.insert(3u64.to_be_bytes(), b"[1,2]".as_slice())?;
         db.flush()?;
     }
-    let (mut log, _sm) = primus_store::open(dir.path())?;
+    let (mut log, _sm) = open_store(dir.path())?;
     assert!(log.get_log_state().await.is_err());
     Ok(())
 }
@@ -221,13 +239,13 @@ async fn corrupt_log_value_is_a_storage_error_not_a_panic() -> TestResult {
 #[test]
 fn corrupt_state_machine_value_is_refused_at_open() -> TestResult {
     let dir = tempfile::tempdir()?;
-    drop(primus_store::open(dir.path())?);
+    drop(open_store(dir.path())?);
     {
         let db = sled::open(dir.path())?;
         db.open_tree("state_machine")?.insert("c/alpha", b"{not json".as_slice())?;
         db.flush()?;
     }
-    let err = primus_store::open(dir.path()).err().ok_or("a corrupt state machine must be refused")?;
+    let err = open_store(dir.path()).err().ok_or("a corrupt state machine must be refused")?;
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
     Ok(())
 }
@@ -236,13 +254,13 @@ fn corrupt_state_machine_value_is_refused_at_open() -> TestResult {
 async fn truncate_removes_the_tail_durably_and_purge_survives_restart() -> TestResult {
     let dir = tempfile::tempdir()?;
     {
-        let (mut log, _sm) = primus_store::open(dir.path())?;
+        let (mut log, _sm) = open_store(dir.path())?;
         log.blocking_append((1..=10).map(|i| blank(1, i))).await?;
         log.truncate(lid(1, 8)).await?;
         log.purge(lid(1, 3)).await?;
         log.blocking_append([blank(2, 8)]).await?;
     }
-    let (mut log, _sm) = primus_store::open(dir.path())?;
+    let (mut log, _sm) = open_store(dir.path())?;
     let ids: Vec<LogId> = log.try_get_log_entries(..).await?.into_iter().map(|e| e.log_id).collect();
     let mut want: Vec<LogId> = (4..=7).map(|i| lid(1, i)).collect();
     want.push(lid(2, 8));
@@ -273,7 +291,7 @@ async fn child_appends_until_killed() -> TestResult {
     let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
         return Ok(());
     };
-    let (mut log, mut sm) = primus_store::open(Path::new(&dir))?;
+    let (mut log, mut sm) = open_store(Path::new(&dir))?;
     log.save_vote(&Vote::new(7, 1)).await?;
     println!("acked vote");
     for i in 1..=100_000u64 {
@@ -320,7 +338,7 @@ async fn acknowledged_appends_survive_sigkill() -> TestResult {
     child.wait()?;
     assert!(vote_acked && last_acked >= 300, "child stopped early at {last_acked}");
 
-    let (mut log, mut sm) = primus_store::open(dir.path())?;
+    let (mut log, mut sm) = open_store(dir.path())?;
     assert_eq!(log.read_vote().await?, Some(Vote::new(7, 1)));
     let entries = log.try_get_log_entries(1..=last_acked).await?;
     assert_eq!(entries.len() as u64, last_acked, "every acknowledged entry survives");
