@@ -338,6 +338,7 @@ async fn primary_and_replica_checks_follow_the_real_topology_on_every_node() -> 
         "primus_cluster_epoch",
         "primus_cluster_failover_in_progress",
         "primus_cluster_has_primary",
+        "primus_split_fences",
         "primus_probe_duration_seconds",
         "primus_instance_up",
         "primus_watch_subscribers",
@@ -350,6 +351,7 @@ async fn primary_and_replica_checks_follow_the_real_topology_on_every_node() -> 
     assert_eq!(metric_value(&text, "primus_raft_leader_id"), Some(leader as f64), "{text}");
     assert_eq!(metric_value(&text, "primus_cluster_epoch{cluster=\"c\"}"), Some(1.0), "{text}");
     assert_eq!(metric_value(&text, "primus_cluster_failover_in_progress{cluster=\"c\"}"), Some(0.0), "{text}");
+    assert_eq!(metric_value(&text, "primus_split_fences{cluster=\"c\"}"), Some(0.0), "{text}");
     for i in [&primary, &r0, &r1] {
         let s = format!("primus_instance_up{{cluster=\"c\",instance=\"{i}\"}}");
         assert_eq!(metric_value(&text, &s), Some(1.0), "{s}:\n{text}");

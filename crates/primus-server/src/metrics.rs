@@ -44,6 +44,8 @@ pub struct Metrics {
     cluster_epoch: IntGaugeVec,
     cluster_failover_in_progress: IntGaugeVec,
     cluster_has_primary: IntGaugeVec,
+    split_fences: IntGaugeVec,
+    in_maintenance: IntGaugeVec,
     failovers: IntGaugeVec,
     last_failover_duration: GaugeVec,
     last_failover_finished: GaugeVec,
@@ -142,6 +144,19 @@ impl Metrics {
                 "1 when the cluster has an agreed primary",
                 &["cluster"],
             )?,
+            split_fences: int_gauge_vec(
+                &r,
+                "primus_split_fences",
+                "Split-brain fences in the cluster's replicated record (the last 50): writable non-primaries \
+                 the leader set read-only; the same on every node",
+                &["cluster"],
+            )?,
+            in_maintenance: int_gauge_vec(
+                &r,
+                "primus_in_maintenance",
+                "1 per active maintenance: instance=\"\" for the whole cluster",
+                &["cluster", "instance"],
+            )?,
             failovers: int_gauge_vec(
                 &r,
                 "primus_failovers",
@@ -212,6 +227,8 @@ impl Metrics {
         self.cluster_epoch.reset();
         self.cluster_failover_in_progress.reset();
         self.cluster_has_primary.reset();
+        self.split_fences.reset();
+        self.in_maintenance.reset();
         self.failovers.reset();
         self.last_failover_duration.reset();
         self.last_failover_finished.reset();
@@ -223,6 +240,16 @@ impl Metrics {
             self.cluster_epoch.with_label_values(&[name]).set(i64_of(c.epoch));
             self.cluster_failover_in_progress.with_label_values(&[name]).set(i64::from(c.in_flight().is_some()));
             self.cluster_has_primary.with_label_values(&[name]).set(i64::from(c.topology.primary.is_some()));
+            self.split_fences.with_label_values(&[name]).set(i64_of(c.split_fences.len() as u64));
+            let now = crate::monitor::now_ms();
+            if c.cluster_maintenance.as_ref().is_some_and(|m| m.until_ms > now) {
+                self.in_maintenance.with_label_values(&[name, ""]).set(1);
+            }
+            for (addr, m) in &c.instance_maintenance {
+                if m.until_ms > now {
+                    self.in_maintenance.with_label_values(&[name, addr.to_string().as_str()]).set(1);
+                }
+            }
             for f in &c.history {
                 let kind = f.kind.to_string();
                 self.failovers.with_label_values(&[name, kind.as_str(), outcome_label(&f.outcome)]).inc();
