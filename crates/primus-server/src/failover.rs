@@ -368,6 +368,18 @@ impl Engine {
         let t = self.step_timeout();
         let p = self.prober(addr);
         let result = async {
+            // As before every failover step: still the leader (with a quorum), and the
+            // cluster still at this epoch with no failover started since.
+            self.confirm_leader().await.map_err(|e| format!("skipped: {e}"))?;
+            let (now_epoch, in_flight) = self
+                .state
+                .read(|s| s.registry.clusters.get(cluster).map(|c| (c.epoch, c.in_flight().is_some())))
+                .unwrap_or((0, false));
+            if now_epoch != epoch || in_flight {
+                return Err(format!(
+                    "skipped: the cluster moved on (epoch {now_epoch}, failover running: {in_flight})"
+                ));
+            }
             let info = p.server_info().await.map_err(|e| e.to_string())?;
             p.execute(&info.set_read_only_sql(true), t).await.map_err(|e| e.to_string())?;
             let killed = if acting_primary { self.kill_clients(&p, t).await } else { 0 };
