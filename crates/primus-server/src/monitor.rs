@@ -798,8 +798,8 @@ impl Monitor {
                     c.instance_maintenance.get(&inst.addr).filter(|m| m.until_ms > now).map(maintenance_view);
                 if let Some(m) = &maintenance {
                     flags.push(format!(
-                        "in maintenance for {} more s ({})",
-                        (m.until_ms - now).div_ceil(1000),
+                        "in maintenance for {} more ({})",
+                        human_secs((m.until_ms - now).div_ceil(1000)),
                         m.reason
                     ));
                 }
@@ -863,6 +863,16 @@ impl Monitor {
     }
 }
 
+/// `2h`, `1h 5m`, `59m 59s`, `45s`: the two largest units.
+fn human_secs(s: u64) -> String {
+    if s == 0 {
+        return "0s".into();
+    }
+    let parts = [(s / 86400, "d"), (s / 3600 % 24, "h"), (s / 60 % 60, "m"), (s % 60, "s")];
+    let first = parts.iter().position(|(n, _)| *n > 0).unwrap_or(3);
+    parts[first..].iter().take(2).filter(|(n, _)| *n > 0).map(|(n, u)| format!("{n}{u}")).collect::<Vec<_>>().join(" ")
+}
+
 fn maintenance_view(m: &primus_types::Maintenance) -> primus_proto::v1::MaintenanceView {
     primus_proto::v1::MaintenanceView {
         reason: m.reason.clone(),
@@ -881,6 +891,17 @@ impl primus_raft::ObservationSink for Monitor {
 #[cfg(test)]
 mod clock_tests {
     use super::*;
+
+    #[test]
+    fn durations_are_shown_in_their_two_largest_units() {
+        assert_eq!(human_secs(7200), "2h");
+        assert_eq!(human_secs(7199), "1h 59m");
+        assert_eq!(human_secs(3900), "1h 5m");
+        assert_eq!(human_secs(59 * 60 + 59), "59m 59s");
+        assert_eq!(human_secs(45), "45s");
+        assert_eq!(human_secs(0), "0s");
+        assert_eq!(human_secs(90_000), "1d 1h");
+    }
 
     fn record(at_ms: u64) -> ProbeRecord {
         ProbeRecord {
