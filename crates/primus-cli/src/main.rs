@@ -189,12 +189,30 @@ enum MembersCmd {
 
 #[derive(Subcommand, Debug)]
 enum InstanceCmd {
-    /// prefer | neutral | prefer_not | must_not
-    SetPromotionRule { cluster: String, instance: String, rule: String },
+    /// `set-promotion-rule [CLUSTER] HOST:PORT RULE`, RULE one of prefer | neutral |
+    /// prefer_not | must_not. Without CLUSTER the instance's cluster is looked up.
+    SetPromotionRule {
+        /// CLUSTER, or HOST:PORT when the cluster is left out.
+        first: String,
+        /// HOST:PORT, or RULE when the cluster is left out.
+        second: String,
+        /// RULE (when CLUSTER is given).
+        third: Option<String>,
+    },
     /// Label an instance with its datacenter ("" clears it). A failover prefers a
     /// candidate in the old primary's datacenter ([failover] prefer_same_datacenter);
     /// clients see the primary's label.
-    SetDatacenter { cluster: String, instance: String, datacenter: String },
+    ///
+    /// `set-datacenter [CLUSTER] HOST:PORT DC`; without CLUSTER the instance's cluster
+    /// is looked up.
+    SetDatacenter {
+        /// CLUSTER, or HOST:PORT when the cluster is left out.
+        first: String,
+        /// HOST:PORT, or DC when the cluster is left out.
+        second: String,
+        /// DC (when CLUSTER is given).
+        third: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -253,6 +271,23 @@ fn maintenance_target(target: String, instance: Option<String>) -> (String, Opti
     match instance {
         None if target.contains(':') => (String::new(), Some(target)),
         instance => (target, instance),
+    }
+}
+
+/// `[CLUSTER] HOST:PORT VALUE` → (cluster, or "" for the leader to look it up;
+/// instance; value).
+fn instance_args(
+    first: String,
+    second: String,
+    third: Option<String>,
+    value: &str,
+) -> anyhow::Result<(String, String, String)> {
+    match third {
+        Some(v) => Ok((first, second, v)),
+        None if first.contains(':') => Ok((String::new(), first, second)),
+        None => {
+            anyhow::bail!("expected [CLUSTER] HOST:PORT {value}: {first:?} is not a HOST:PORT and {value} is missing")
+        }
     }
 }
 
@@ -624,13 +659,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = client.ack(&name, id.as_deref()).await?;
             done(json_out, &format!("acknowledged failovers of {name}"), r.log_index);
         }
-        Cmd::Instance(InstanceCmd::SetPromotionRule { cluster, instance, rule }) => {
+        Cmd::Instance(InstanceCmd::SetPromotionRule { first, second, third }) => {
+            let (cluster, instance, rule) = instance_args(first, second, third, "RULE")?;
             let r = client.set_promotion_rule(&cluster, &instance, &rule).await?;
-            done(json_out, &format!("{instance} in {cluster}: promotion rule {rule}"), r.log_index);
+            done(json_out, &format!("{instance}: promotion rule {rule}"), r.log_index);
         }
-        Cmd::Instance(InstanceCmd::SetDatacenter { cluster, instance, datacenter }) => {
+        Cmd::Instance(InstanceCmd::SetDatacenter { first, second, third }) => {
+            let (cluster, instance, datacenter) = instance_args(first, second, third, "DC")?;
             let r = client.set_instance_datacenter(&cluster, &instance, &datacenter).await?;
-            done(json_out, &format!("{instance} in {cluster}: datacenter {datacenter:?}"), r.log_index);
+            done(json_out, &format!("{instance}: datacenter {datacenter:?}"), r.log_index);
         }
         Cmd::Primary { name, stale } => {
             let r = if stale { client.primary_stale(&name).await? } else { client.primary(&name).await? };
@@ -1076,6 +1113,15 @@ mod tests {
         assert_eq!(human_duration(Duration::from_secs(90)), "1m 30s");
         assert_eq!(human_duration(Duration::from_secs(86400 + 3605)), "1d 1h 5s");
         assert_eq!(human_duration(Duration::from_millis(250)), "250ms");
+    }
+
+    #[test]
+    fn instance_settings_take_the_cluster_or_leave_it_to_the_leader() {
+        let a = |f: &str, s: &str, t: Option<&str>| instance_args(f.into(), s.into(), t.map(Into::into), "RULE");
+        assert_eq!(a("db:3306", "prefer", None).ok(), Some((String::new(), "db:3306".into(), "prefer".into())));
+        assert_eq!(a("c1", "db:3306", Some("prefer")).ok(), Some(("c1".into(), "db:3306".into(), "prefer".into())));
+        let e = a("c1", "db:3306", None).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("RULE is missing"), "{e}");
     }
 
     #[test]

@@ -765,9 +765,12 @@ impl Coordinator for CoordinatorService {
         req: Request<SetPromotionRuleRequest>,
     ) -> Result<Response<LogIndexResponse>, Status> {
         let forwarded = Self::is_forwarded(&req);
-        let r = req.into_inner();
-        let name = parse_name(&r.cluster)?;
+        let mut r = req.into_inner();
         let instance = r.instance.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if r.cluster.is_empty() {
+            r.cluster = self.cluster_of_instance(&instance)?.to_string();
+        }
+        let name = parse_name(&r.cluster)?;
         let rule = r.rule.parse::<PromotionRule>().map_err(Status::invalid_argument)?;
         let actor = r.actor.clone();
         self.commit_or_forward(
@@ -905,9 +908,12 @@ impl Coordinator for CoordinatorService {
         req: Request<SetInstanceDatacenterRequest>,
     ) -> Result<Response<LogIndexResponse>, Status> {
         let forwarded = Self::is_forwarded(&req);
-        let r = req.into_inner();
-        let name = parse_name(&r.cluster)?;
+        let mut r = req.into_inner();
         let instance = r.instance.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if r.cluster.is_empty() {
+            r.cluster = self.cluster_of_instance(&instance)?.to_string();
+        }
+        let name = parse_name(&r.cluster)?;
         let dc = r.datacenter.trim();
         let datacenter = if dc.is_empty() { None } else { Some(dc.to_string()) };
         let actor = r.actor.clone();
