@@ -193,10 +193,13 @@ enum InstanceCmd {
     /// prefer_not | must_not. Without CLUSTER the instance's cluster is looked up.
     SetPromotionRule {
         /// CLUSTER, or HOST:PORT when the cluster is left out.
+        #[arg(value_name = "CLUSTER|HOST:PORT")]
         first: String,
         /// HOST:PORT, or RULE when the cluster is left out.
+        #[arg(value_name = "HOST:PORT|RULE")]
         second: String,
         /// RULE (when CLUSTER is given).
+        #[arg(value_name = "RULE")]
         third: Option<String>,
     },
     /// Label an instance with its datacenter ("" clears it). A failover prefers a
@@ -207,10 +210,13 @@ enum InstanceCmd {
     /// is looked up.
     SetDatacenter {
         /// CLUSTER, or HOST:PORT when the cluster is left out.
+        #[arg(value_name = "CLUSTER|HOST:PORT")]
         first: String,
         /// HOST:PORT, or DC when the cluster is left out.
+        #[arg(value_name = "HOST:PORT|DC")]
         second: String,
         /// DC (when CLUSTER is given).
+        #[arg(value_name = "DC")]
         third: Option<String>,
     },
 }
@@ -224,6 +230,7 @@ enum MaintenanceCmd {
     /// names both.
     Start {
         /// Cluster NAME, or an instance's HOST:PORT.
+        #[arg(value_name = "NAME|HOST:PORT")]
         target: String,
         /// HOST:PORT of an instance of cluster NAME; omit for the whole cluster.
         instance: Option<String>,
@@ -237,6 +244,7 @@ enum MaintenanceCmd {
     /// End maintenance (same targets as `start`).
     End {
         /// Cluster NAME, or an instance's HOST:PORT.
+        #[arg(value_name = "NAME|HOST:PORT")]
         target: String,
         /// HOST:PORT of an instance of cluster NAME.
         instance: Option<String>,
