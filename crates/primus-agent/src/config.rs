@@ -382,6 +382,37 @@ mysqld_pid_file = "/run/mysqld/mysqld.pid"
         Ok(c)
     }
 
+    /// Each section's keys, as serde lists them when it meets an unknown one, must all
+    /// appear (as a word) in docs/fencing.md: a new key cannot ship undocumented.
+    #[test]
+    fn every_key_is_documented_in_docs_fencing_md() {
+        let docs = include_str!("../../../docs/fencing.md");
+        let probe = "zz_not_a_key = 1";
+        for sec in ["", "lease", "mysql", "fence", "tls"] {
+            let text = match sec {
+                "" => format!("{probe}\n{GOOD}"),
+                "mysql" | "fence" => GOOD.replace(&format!("[{sec}]\n"), &format!("[{sec}]\n{probe}\n")),
+                s => format!("{GOOD}[{s}]\n{probe}\n"),
+            };
+            let e = match Config::parse(Path::new("agent.toml"), &text) {
+                Ok(_) => panic!("[{sec}] accepted an unknown key"),
+                Err(e) => e.to_string(),
+            };
+            let expected = e.split_once("expected").map(|(_, rest)| rest).unwrap_or("");
+            let keys: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            assert!(!keys.is_empty(), "[{sec}]: no key list in {e:?}");
+            for k in keys {
+                // As a whole word (tables write `key` or `[section] key`).
+                let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+                let documented = docs.match_indices(k).any(|(i, _)| {
+                    !docs[..i].chars().next_back().is_some_and(ident)
+                        && !docs[i + k.len()..].chars().next().is_some_and(ident)
+                });
+                assert!(documented, "[{sec}] {k} is not documented in docs/fencing.md");
+            }
+        }
+    }
+
     #[test]
     fn minimal_config_gets_documented_defaults() -> Result<(), ConfigError> {
         let c = check(GOOD)?;

@@ -586,6 +586,39 @@ addr = "127.0.0.1:7101"
         }
     }
 
+    /// Each section's keys, as serde lists them when it meets an unknown one, must
+    /// all appear (as a word) in docs/config.md: a new key cannot ship undocumented.
+    #[test]
+    fn every_key_is_documented_in_docs_config_md() {
+        let docs = include_str!("../../../docs/config.md");
+        let probe = "zz_not_a_key = 1";
+        let sections =
+            ["", "raft", "mysql", "failover", "fencing", "hooks", "watch", "http", "tls", "auth", "initial_members"];
+        for sec in sections {
+            let text = match sec {
+                "" => format!("{probe}\n{GOOD}"),
+                "initial_members" => GOOD.replace("id = 1\n", &format!("{probe}\nid = 1\n")),
+                s => GOOD.replace("[[initial_members]]", &format!("[{s}]\n{probe}\n[[initial_members]]")),
+            };
+            let e = match Config::parse(Path::new("c.toml"), &text) {
+                Ok(_) => panic!("[{sec}] accepted an unknown key"),
+                Err(e) => e.to_string(),
+            };
+            let expected = e.split_once("expected").map(|(_, rest)| rest).unwrap_or("");
+            let keys: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            assert!(!keys.is_empty(), "[{sec}]: no key list in {e:?}");
+            for k in keys {
+                // As a whole word (tables write `key` or `[section] key`).
+                let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+                let documented = docs.match_indices(k).any(|(i, _)| {
+                    !docs[..i].chars().next_back().is_some_and(ident)
+                        && !docs[i + k.len()..].chars().next().is_some_and(ident)
+                });
+                assert!(documented, "[{sec}] {k} is not documented in docs/config.md");
+            }
+        }
+    }
+
     #[test]
     fn good_config_parses_with_defaults() {
         let c = Config::parse(Path::new("c.toml"), GOOD).unwrap();
