@@ -270,10 +270,7 @@ impl Engine {
             let cluster = c.name.clone();
             tokio::spawn(async move {
                 let p = e.prober(&a);
-                let r = match p.server_info().await {
-                    Ok(info) => p.execute(&info.set_read_only_sql(true), e.step_timeout()).await,
-                    Err(err) => Err(err),
-                };
+                let r = set_read_only_over(&p, true, e.step_timeout()).await;
                 p.disconnect().await;
                 match r {
                     Ok(()) => {
@@ -380,8 +377,7 @@ impl Engine {
                     "skipped: the cluster moved on (epoch {now_epoch}, failover running: {in_flight})"
                 ));
             }
-            let info = p.server_info().await.map_err(|e| e.to_string())?;
-            p.execute(&info.set_read_only_sql(true), t).await.map_err(|e| e.to_string())?;
+            set_read_only_over(&p, true, t).await.map_err(|e| e.to_string())?;
             let killed = if acting_primary { self.kill_clients(&p, t).await } else { 0 };
             Ok::<_, String>(format!("read_only set, {killed} client connections killed"))
         }
@@ -915,10 +911,8 @@ impl Engine {
                             .is_some_and(|r| r.steps.iter().any(|s| s.outcome.starts_with("read_only set")));
                         if f.kind == FailoverKind::Switchover || fenced {
                             let p = self.prober(&f.old_primary);
-                            let r = match p.server_info().await {
-                                Ok(info) => p.execute(&info.set_read_only_sql(false), self.step_timeout()).await,
-                                Err(e) => Err(e),
-                            };
+                            let r = set_read_only_over(&p, false, self.step_timeout()).await;
+                            p.disconnect().await;
                             tracing::warn!(cluster = %name, failover_id = %id, kind = %f.kind, restored = r.is_ok(),
                                 "failover aborted: the fenced old primary made writable again");
                         }
@@ -1297,6 +1291,12 @@ impl Engine {
         }
         n
     }
+}
+
+/// `read_only` on (or off) over `p`, in the server's flavor (MySQL: `super_read_only` too).
+async fn set_read_only_over(p: &Prober, on: bool, t: Duration) -> Result<(), ProbeError> {
+    let info = p.server_info().await?;
+    p.execute(&info.set_read_only_sql(on), t).await
 }
 
 /// Test-only crash points (TiKV's fail-rs in spirit): with PRIMUS_FAULT_INJECTION=1,

@@ -104,6 +104,18 @@ impl CoordinatorService {
         self.node.read_state(|s| s.clusters.get(name).map(|c| f(c))).1.ok_or_else(|| cluster_not_found(name))
     }
 
+    /// The request's cluster; when it names none (`primusctl … HOST:PORT`), the one
+    /// registered cluster whose topology lists `instance` in this node's state machine
+    /// (a forwarded request is looked up again by the leader; the state machine checks
+    /// the instance when the command applies).
+    fn cluster_named_or_of(&self, cluster: &str, instance: Option<&InstanceAddr>) -> Result<ClusterName, Status> {
+        match (cluster.is_empty(), instance) {
+            (false, _) => parse_name(cluster),
+            (true, Some(i)) => self.cluster_of_instance(i),
+            (true, None) => Err(Status::invalid_argument("name a cluster or an instance HOST:PORT")),
+        }
+    }
+
     /// The one registered cluster whose topology lists `instance`, from this node's
     /// state machine: NOT_FOUND when none does, INVALID_ARGUMENT when several do.
     fn cluster_of_instance(&self, instance: &InstanceAddr) -> Result<ClusterName, Status> {
@@ -765,12 +777,9 @@ impl Coordinator for CoordinatorService {
         req: Request<SetPromotionRuleRequest>,
     ) -> Result<Response<LogIndexResponse>, Status> {
         let forwarded = Self::is_forwarded(&req);
-        let mut r = req.into_inner();
+        let r = req.into_inner();
         let instance = r.instance.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if r.cluster.is_empty() {
-            r.cluster = self.cluster_of_instance(&instance)?.to_string();
-        }
-        let name = parse_name(&r.cluster)?;
+        let name = self.cluster_named_or_of(&r.cluster, Some(&instance))?;
         let rule = r.rule.parse::<PromotionRule>().map_err(Status::invalid_argument)?;
         let actor = r.actor.clone();
         self.commit_or_forward(
@@ -785,21 +794,13 @@ impl Coordinator for CoordinatorService {
 
     async fn maintenance(&self, req: Request<MaintenanceRequest>) -> Result<Response<LogIndexResponse>, Status> {
         let forwarded = Self::is_forwarded(&req);
-        let mut r = req.into_inner();
+        let r = req.into_inner();
         let instance = if r.instance.is_empty() {
             None
         } else {
             Some(r.instance.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?)
         };
-        if r.cluster.is_empty() {
-            // `maintenance start HOST:PORT`: the instance names its cluster. The
-            // state machine checks again when the command applies.
-            let Some(i) = &instance else {
-                return Err(Status::invalid_argument("maintenance needs a cluster name or an instance HOST:PORT"));
-            };
-            r.cluster = self.cluster_of_instance(i)?.to_string();
-        }
-        let name = parse_name(&r.cluster)?;
+        let name = self.cluster_named_or_of(&r.cluster, instance.as_ref())?;
         let maintenance = if r.start {
             if r.reason.trim().is_empty() {
                 return Err(Status::invalid_argument("maintenance needs a --reason"));
@@ -908,12 +909,9 @@ impl Coordinator for CoordinatorService {
         req: Request<SetInstanceDatacenterRequest>,
     ) -> Result<Response<LogIndexResponse>, Status> {
         let forwarded = Self::is_forwarded(&req);
-        let mut r = req.into_inner();
+        let r = req.into_inner();
         let instance = r.instance.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if r.cluster.is_empty() {
-            r.cluster = self.cluster_of_instance(&instance)?.to_string();
-        }
-        let name = parse_name(&r.cluster)?;
+        let name = self.cluster_named_or_of(&r.cluster, Some(&instance))?;
         let dc = r.datacenter.trim();
         let datacenter = if dc.is_empty() { None } else { Some(dc.to_string()) };
         let actor = r.actor.clone();
