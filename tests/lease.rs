@@ -132,9 +132,7 @@ async fn an_agent_that_stops_renewing_gets_its_primary_failed_over() -> anyhow::
         f.analysis_code,
         stopped.elapsed().as_millis()
     );
-    for s in &f.steps {
-        println!("  step {}: {} -> {}", s.index, s.description, s.outcome);
-    }
+    print_steps(f);
     assert_eq!(f.analysis_code, "PrimaryLeaseExpired", "{f:#?}");
     assert_eq!(f.outcome, "succeeded", "{f:#?}");
     assert!(f.steps[0].outcome.starts_with("read_only set"), "the reachable old primary is fenced: {f:#?}");

@@ -398,18 +398,8 @@ mysqld_pid_file = "/run/mysqld/mysqld.pid"
                 Ok(_) => panic!("[{sec}] accepted an unknown key"),
                 Err(e) => e.to_string(),
             };
-            let expected = e.split_once("expected").map(|(_, rest)| rest).unwrap_or("");
-            let keys: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-            assert!(!keys.is_empty(), "[{sec}]: no key list in {e:?}");
-            for k in keys {
-                // As a whole word (tables write `key` or `[section] key`).
-                let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
-                let documented = docs.match_indices(k).any(|(i, _)| {
-                    !docs[..i].chars().next_back().is_some_and(ident)
-                        && !docs[i + k.len()..].chars().next().is_some_and(ident)
-                });
-                assert!(documented, "[{sec}] {k} is not documented in docs/fencing.md");
-            }
+            let missing = primus_daemon::undocumented_keys(&e, docs).unwrap_or_else(|m| panic!("[{sec}]: {m}"));
+            assert!(missing.is_empty(), "[{sec}] not documented in docs/fencing.md: {missing:?}");
         }
     }
 

@@ -107,3 +107,33 @@ pub async fn shutdown_signal() {
         }
     }
 }
+
+/// For the tests that keep configuration docs complete: the keys serde lists in
+/// `unknown_key_error` (the error of a section given an unknown key: "unknown field
+/// `x`, expected one of `a`, `b`") that `docs` never mentions as a whole word.
+/// `Err` when the error holds no key list.
+pub fn undocumented_keys(unknown_key_error: &str, docs: &str) -> Result<Vec<String>, String> {
+    let expected = unknown_key_error.split_once("expected").map(|(_, rest)| rest).unwrap_or("");
+    let keys: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    if keys.is_empty() {
+        return Err(format!("no key list in {unknown_key_error:?}"));
+    }
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mentioned = |k: &str| {
+        docs.match_indices(k).any(|(i, _)| {
+            !docs[..i].chars().next_back().is_some_and(ident) && !docs[i + k.len()..].chars().next().is_some_and(ident)
+        })
+    };
+    Ok(keys.into_iter().filter(|k| !mentioned(k)).map(str::to_string).collect())
+}
+
+#[cfg(test)]
+mod doc_key_tests {
+    #[test]
+    fn keys_missing_from_the_docs_are_named() {
+        let e = "unknown field `zz`, expected one of `ttl_ms`, `port`, `fence_split`";
+        let docs = "| `ttl_ms` | … | `[mysql] port` | fence_splitX";
+        assert_eq!(super::undocumented_keys(e, docs), Ok(vec!["fence_split".to_string()]));
+        assert!(super::undocumented_keys("bad toml", docs).is_err());
+    }
+}
