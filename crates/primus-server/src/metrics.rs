@@ -242,13 +242,11 @@ impl Metrics {
             self.cluster_has_primary.with_label_values(&[name]).set(i64::from(c.topology.primary.is_some()));
             self.split_fences.with_label_values(&[name]).set(i64_of(c.split_fences.len() as u64));
             let now = crate::monitor::now_ms();
-            if c.cluster_maintenance.as_ref().is_some_and(|m| m.until_ms > now) {
+            if c.cluster_maintenance_at(now).is_some() {
                 self.in_maintenance.with_label_values(&[name, ""]).set(1);
             }
-            for (addr, m) in &c.instance_maintenance {
-                if m.until_ms > now {
-                    self.in_maintenance.with_label_values(&[name, addr.to_string().as_str()]).set(1);
-                }
+            for addr in c.instance_maintenance.keys().filter(|a| c.instance_maintenance_at(a, now).is_some()) {
+                self.in_maintenance.with_label_values(&[name, addr.to_string().as_str()]).set(1);
             }
             for f in &c.history {
                 let kind = f.kind.to_string();

@@ -794,8 +794,7 @@ impl Monitor {
                 if inst.role == InstanceRole::Primary && obs.map(|o| o.read_only).unwrap_or(false) {
                     flags.push("primary is read_only".into());
                 }
-                let maintenance =
-                    c.instance_maintenance.get(&inst.addr).filter(|m| m.until_ms > now).map(maintenance_view);
+                let maintenance = c.instance_maintenance_at(&inst.addr, now).map(maintenance_view);
                 if let Some(m) = &maintenance {
                     flags.push(format!(
                         "in maintenance for {} more ({})",
@@ -854,7 +853,7 @@ impl Monitor {
             instances,
             served_by: self.me,
             topology_index: c.topology_index,
-            cluster_maintenance: c.cluster_maintenance.as_ref().filter(|m| m.until_ms > now).map(maintenance_view),
+            cluster_maintenance: c.cluster_maintenance_at(now).map(maintenance_view),
             settings: Some(primus_proto::v1::ClusterSettings {
                 automatic_failover: c.settings.automatic_failover,
                 semi_sync: c.settings.semi_sync,

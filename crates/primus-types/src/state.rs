@@ -129,8 +129,17 @@ impl ClusterRecord {
 
     /// Whether `addr` is under maintenance at `now_ms` (or the whole cluster is).
     pub fn in_maintenance(&self, addr: &InstanceAddr, now_ms: u64) -> bool {
-        let active = |m: &Maintenance| m.until_ms > now_ms;
-        self.cluster_maintenance.as_ref().is_some_and(active) || self.instance_maintenance.get(addr).is_some_and(active)
+        self.cluster_maintenance_at(now_ms).is_some() || self.instance_maintenance_at(addr, now_ms).is_some()
+    }
+
+    /// The whole cluster's maintenance, if it still runs at `now_ms`.
+    pub fn cluster_maintenance_at(&self, now_ms: u64) -> Option<&Maintenance> {
+        self.cluster_maintenance.as_ref().filter(|m| m.until_ms > now_ms)
+    }
+
+    /// `addr`'s own maintenance (not the cluster's), if it still runs at `now_ms`.
+    pub fn instance_maintenance_at(&self, addr: &InstanceAddr, now_ms: u64) -> Option<&Maintenance> {
+        self.instance_maintenance.get(addr).filter(|m| m.until_ms > now_ms)
     }
 }
 
