@@ -24,6 +24,8 @@ pub mod flavor;
 pub mod gtid;
 pub mod heartbeat;
 pub mod probe;
+#[doc(hidden)]
+pub mod samples;
 pub mod status;
 
 pub use divergence::{divergent_transactions, promotion_point, Divergence, DivergenceError, PromotionPoint};
