@@ -5,6 +5,7 @@ pub mod config;
 pub mod discovery;
 pub mod divergence;
 pub mod failover;
+pub mod faults;
 pub mod hooks;
 pub mod http;
 pub mod lease;

@@ -119,7 +119,7 @@ pub async fn run(
     config_path: &std::path::Path,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let fault_injection = std::env::var("PRIMUS_FAULT_INJECTION").map(|v| v == "1").unwrap_or(false);
+    let fault_injection = crate::faults::get().enabled();
     let faults = Arc::new(Faults::new(fault_injection));
     if fault_injection {
         tracing::warn!("fault injection is ENABLED (PRIMUS_FAULT_INJECTION=1): for tests only");
