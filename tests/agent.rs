@@ -296,7 +296,11 @@ struct WithAgent {
 }
 
 async fn primary_with_agent() -> anyhow::Result<WithAgent> {
-    let w = World::start(WorldOptions::default()).await?;
+    primary_with_agent_in(WorldOptions::default()).await
+}
+
+async fn primary_with_agent_in(o: WorldOptions) -> anyhow::Result<WithAgent> {
+    let w = World::start(o).await?;
     w.register_sandbox(CLUSTER, Duration::ZERO).await?;
     let primary = w.sandbox.primary().clone();
     create_app_user(&primary).await?;
@@ -463,6 +467,63 @@ async fn primary_is_fenced_within_ttl_when_every_coordinator_is_frozen() -> anyh
     assert!(took <= ttl + Duration::from_millis(300), "fenced only {took:?} after the freeze (ttl {ttl:?})");
     assert!(app_insert(&primary).await.is_err(), "the app user could write to the fenced primary");
     agent.wait_log("lease expired", Duration::from_secs(2)).await?;
+    Ok(())
+}
+
+/// A stall of every coordinator longer than the agent's TTL (but shorter than TTL +
+/// margin, so the leader never counts the lease as run out): the agent fences its
+/// primary, and the primary used to stay read-only for good ("the agent does not
+/// unfence"). Now the leader, once the agent holds a lease again, makes it writable,
+/// write-ahead (an unfence record in `history`), within 2 s of the re-grant; no failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_stall_longer_than_the_ttl_leaves_the_primary_writable_again_without_a_failover(
+) -> anyhow::Result<()> {
+    let WithAgent { agent, opts, primary, w } = primary_with_agent_in(WorldOptions {
+        // A wide margin: after the stall the leader must not count the lease as run out.
+        extra_config: "[fencing]\nlease_margin_ms = 2000\n".into(),
+        ..Default::default()
+    })
+    .await?;
+    let ttl = Duration::from_millis(opts.ttl_ms);
+    assert_stays_writable(&primary, Duration::from_secs(1), &agent, "before the stall").await?;
+    for id in 1..=3 {
+        w.group.sigstop(id)?;
+    }
+    let stopped = Instant::now();
+    let fenced = wait_read_only(&primary, stopped, Duration::from_millis(1800), &agent).await;
+    tokio::time::sleep_until((stopped + Duration::from_millis(1800)).into()).await;
+    for id in 1..=3 {
+        w.group.sigcont(id)?;
+    }
+    let resumed = Instant::now();
+    let fenced = fenced?;
+    println!("all coordinators stopped for 1.8 s: the agent fenced the primary {} ms in", fenced.as_millis());
+    assert!(fenced <= ttl + Duration::from_millis(300), "fenced {fenced:?} after the stall began (ttl {ttl:?})");
+    // Writable again, and staying so.
+    let writable_at = loop {
+        if !primary.read_only().await.unwrap_or(true) {
+            break resumed.elapsed();
+        }
+        anyhow::ensure!(
+            resumed.elapsed() < Duration::from_secs(15),
+            "the primary is still read-only 15 s after the stall\n--- agent log ---\n{}\n--- leader log ---\n{}",
+            agent.log_tail(30),
+            w.group.node(w.group.wait_leader(&[], Duration::from_secs(5)).await?.0).log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let regranted = agent.wait_log("lease granted again", Duration::from_secs(1)).await;
+    println!("writable again {} ms after the coordinators resumed ({regranted:?})", writable_at.as_millis());
+    // The re-grant comes within a renew interval or two (or an election) of the resume.
+    assert!(writable_at <= Duration::from_millis(2500), "writable only {writable_at:?} after the resume");
+    assert_stays_writable(&primary, Duration::from_secs(3), &agent, "after the unfence").await?;
+    app_insert(&primary).await?;
+    let h = w.client()?.history(CLUSTER).await?;
+    assert!(h.failovers.is_empty(), "a failover happened: {:#?}", h.failovers);
+    let u = h.unfences.last().ok_or_else(|| anyhow::anyhow!("no unfence recorded: {h:#?}"))?;
+    println!("unfence {}: {} ({:?})", u.id, u.outcome, u.evidence);
+    assert_eq!(u.instance, primary.addr());
+    assert!(u.outcome.starts_with("read_only set OFF"), "{u:#?}");
     Ok(())
 }
 

@@ -107,3 +107,11 @@ async fn leader_crash_after_repointing_is_finished_by_the_next_leader() -> anyho
 async fn leader_crash_after_heartbeat_step_is_finished_by_the_next_leader() -> anyhow::Result<()> {
     crash_at("failover.after_step=5").await
 }
+
+/// The leader dies right after the last step (`complete`). Recording that step and closing
+/// the failover were two entries: a leader dying between them left the failover in flight
+/// for ever (every resume failed with "plan has no step 7"), blocking every later failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_crash_after_the_complete_step_leaves_no_failover_in_flight() -> anyhow::Result<()> {
+    crash_at("failover.after_step=6").await
+}

@@ -244,6 +244,62 @@ pub mod world {
         }
     }
 
+    /// Samples every instance's `read_only` at once every 50 ms (45 ms deadline each) in
+    /// the background, until dropped or [`WritableSampler::stop`]ped.
+    pub struct WritableSampler {
+        task: tokio::task::JoinHandle<Vec<Sample>>,
+        stop: tokio::sync::watch::Sender<bool>,
+    }
+
+    /// One sample: when, and which instances answered writable.
+    #[derive(Debug, Clone)]
+    pub struct Sample {
+        pub at: Instant,
+        pub writable: Vec<String>,
+        /// Instances that did not answer within 45 ms.
+        pub silent: Vec<String>,
+    }
+
+    impl WritableSampler {
+        pub fn start(instances: Vec<primus_testkit::mariadb::Instance>) -> WritableSampler {
+            let (stop, rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(async move {
+                let mut out = Vec::new();
+                loop {
+                    if *rx.borrow() {
+                        return out;
+                    }
+                    let at = Instant::now();
+                    let answers = futures::future::join_all(
+                        instances.iter().map(|i| tokio::time::timeout(Duration::from_millis(45), i.read_only())),
+                    )
+                    .await;
+                    let mut s = Sample { at, writable: Vec::new(), silent: Vec::new() };
+                    for (i, a) in instances.iter().zip(answers) {
+                        match a {
+                            Ok(Ok(false)) => s.writable.push(i.addr()),
+                            Ok(Ok(true)) => {}
+                            _ => s.silent.push(i.addr()),
+                        }
+                    }
+                    out.push(s);
+                    tokio::time::sleep_until((at + Duration::from_millis(50)).into()).await;
+                }
+            });
+            WritableSampler { task, stop }
+        }
+
+        pub async fn stop(self) -> anyhow::Result<Vec<Sample>> {
+            let _ = self.stop.send(true);
+            Ok(self.task.await?)
+        }
+    }
+
+    /// The samples in which two or more instances answered writable.
+    pub fn two_writable(samples: &[Sample]) -> Vec<&Sample> {
+        samples.iter().filter(|s| s.writable.len() > 1).collect()
+    }
+
     pub fn inst<'a>(t: &'a GetTopologyResponse, addr: &str) -> &'a InstanceView {
         t.instances.iter().find(|i| i.addr == addr).unwrap_or_else(|| panic!("{addr} not in topology {t:#?}"))
     }

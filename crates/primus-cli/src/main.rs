@@ -584,15 +584,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .iter()
                     .map(|x| json!({"at_ms": x.at_ms, "analysis": x.analysis_code, "evidence": x.evidence, "reason": x.reason}))
                     .collect();
-                let fences: Vec<Value> = r
-                    .split_fences
-                    .iter()
-                    .map(|f| json!({"id": f.id, "at_ms": f.at_ms, "instance": f.instance, "epoch": f.epoch,
-                        "evidence": f.evidence, "outcome": if f.outcome.is_empty() { Value::Null } else { Value::String(f.outcome.clone()) },
-                        "finished_at_ms": f.finished_at_ms}))
-                    .collect();
+                let fences = |v: &[primus_client::SplitFenceView]| -> Vec<Value> {
+                    v.iter()
+                        .map(|f| json!({"id": f.id, "at_ms": f.at_ms, "instance": f.instance, "epoch": f.epoch,
+                            "evidence": f.evidence, "outcome": if f.outcome.is_empty() { Value::Null } else { Value::String(f.outcome.clone()) },
+                            "finished_at_ms": f.finished_at_ms}))
+                        .collect()
+                };
                 print_json(json!({"failovers": r.failovers.iter().map(failover_json).collect::<Vec<_>>(),
-                    "refusals": refusals, "split_fences": fences}));
+                    "refusals": refusals, "split_fences": fences(&r.split_fences), "unfences": fences(&r.unfences)}));
             } else {
                 if r.failovers.is_empty() {
                     println!("no failovers of {name}");
@@ -604,9 +604,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for x in &r.refusals {
                     println!("refused at {} ms ({}): {}", x.at_ms, x.analysis_code, x.reason);
                 }
-                for f in &r.split_fences {
+                let fences = r.split_fences.iter().map(|f| (f, "split brain: fenced"));
+                for (f, what) in fences.chain(r.unfences.iter().map(|f| (f, "read-only primary made writable again:")))
+                {
                     let outcome = if f.outcome.is_empty() { "not completed (leader changed?)" } else { &f.outcome };
-                    println!("{} split brain: fenced {} (epoch {}): {outcome}", f.id, f.instance, f.epoch);
+                    println!("{} {what} {} (epoch {}): {outcome}", f.id, f.instance, f.epoch);
                     for e in &f.evidence {
                         println!("    - {e}");
                     }

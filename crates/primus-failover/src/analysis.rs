@@ -52,10 +52,17 @@ pub enum AnalysisCode {
     /// off from the coordinators): the agent has fenced its server, so the cluster has no
     /// writable primary until another is promoted.
     PrimaryLeaseExpired,
+    /// The primary is reachable but read-only (fenced by its agent during a coordinator stall,
+    /// restarted with `read_only=ON`, a failover aborted after fencing it): nothing takes writes.
+    /// Actionable — the leader makes it writable again, write-ahead — once its agent holds a
+    /// lease again (or it has no agent), unless it is in maintenance.
+    ReadOnlyPrimary,
+    /// The primary is read-only and the leader's attempts to make it writable failed: fail over.
+    UnwritablePrimary,
 }
 
 impl AnalysisCode {
-    pub const ALL: [AnalysisCode; 13] = [
+    pub const ALL: [AnalysisCode; 15] = [
         AnalysisCode::NoProblem,
         AnalysisCode::DeadPrimary,
         AnalysisCode::DeadPrimaryAndSomeReplicas,
@@ -69,6 +76,8 @@ impl AnalysisCode {
         AnalysisCode::NoPrimary,
         AnalysisCode::NotEnoughFreshViews,
         AnalysisCode::PrimaryLeaseExpired,
+        AnalysisCode::ReadOnlyPrimary,
+        AnalysisCode::UnwritablePrimary,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +95,8 @@ impl AnalysisCode {
             AnalysisCode::NoPrimary => "NoPrimary",
             AnalysisCode::NotEnoughFreshViews => "NotEnoughFreshViews",
             AnalysisCode::PrimaryLeaseExpired => "PrimaryLeaseExpired",
+            AnalysisCode::ReadOnlyPrimary => "ReadOnlyPrimary",
+            AnalysisCode::UnwritablePrimary => "UnwritablePrimary",
         }
     }
 
@@ -98,8 +109,9 @@ impl AnalysisCode {
             AnalysisCode::DeadPrimary
             | AnalysisCode::DeadPrimaryAndSomeReplicas
             | AnalysisCode::DeadPrimaryAndReplicas
-            | AnalysisCode::PrimaryLeaseExpired => 2,
-            AnalysisCode::UnreachablePrimary => 3,
+            | AnalysisCode::PrimaryLeaseExpired
+            | AnalysisCode::UnwritablePrimary => 2,
+            AnalysisCode::UnreachablePrimary | AnalysisCode::ReadOnlyPrimary => 3,
             AnalysisCode::LockedSemiSyncPrimary => 4,
             AnalysisCode::DeadIntermediatePrimary => 5,
             AnalysisCode::AllReplicasNotReplicating => 6,
@@ -126,7 +138,10 @@ impl AnalysisCode {
     pub fn calls_for_failover(self) -> bool {
         matches!(
             self,
-            AnalysisCode::DeadPrimary | AnalysisCode::DeadPrimaryAndSomeReplicas | AnalysisCode::PrimaryLeaseExpired
+            AnalysisCode::DeadPrimary
+                | AnalysisCode::DeadPrimaryAndSomeReplicas
+                | AnalysisCode::PrimaryLeaseExpired
+                | AnalysisCode::UnwritablePrimary
         )
     }
 
@@ -440,6 +455,10 @@ fn primary_checks(input: &ClusterInput, th: &Thresholds, primary: &InstanceInput
         return (found, notes);
     };
 
+    if obs.read_only {
+        found.push(read_only_primary(input, primary, obs));
+    }
+
     let ss = &obs.semi_sync;
     if ss.source_enabled == Some(true) && ss.source_active == Some(true) && ss.source_clients == Some(0) {
         let mut ev = vec![format!(
@@ -465,6 +484,44 @@ fn primary_checks(input: &ClusterInput, th: &Thresholds, primary: &InstanceInput
         notes.extend(replicas.iter().filter(|r| !matches!(r.link, Link::Replicating { .. })).map(|r| r.line.clone()));
     }
     (found, notes)
+}
+
+/// The primary answers but refuses writes: the cluster takes no writes at all.
+fn read_only_primary(input: &ClusterInput, primary: &InstanceInput, obs: &Observation) -> Analysis {
+    let p = &primary.addr;
+    let sro = if obs.super_read_only == Some(true) { " and super_read_only" } else { "" };
+    let mut ev =
+        vec![format!("primary {p} is reachable but read_only{sro} is ON: no server of the cluster takes writes")];
+    if let Some(why) = &input.primary_unwritable {
+        ev.push(format!("it could not be made writable again: {why}"));
+        let actionable = if primary.maintenance {
+            ev.push(format!("primary {p} is in maintenance: no automatic action"));
+            false
+        } else {
+            ev.push("failing over to a replica".into());
+            true
+        };
+        return Analysis::new(AnalysisCode::UnwritablePrimary, Some(p), ev, actionable);
+    }
+    let actionable = match input.primary_agent_holds_lease {
+        _ if primary.maintenance => {
+            ev.push(format!("primary {p} is in maintenance: left as it is"));
+            false
+        }
+        Some(false) => {
+            ev.push("its agent holds no lease from the leader (yet): made writable once it does".into());
+            false
+        }
+        Some(true) => {
+            ev.push("its agent holds a lease again: the leader makes it writable (write-ahead)".into());
+            true
+        }
+        None => {
+            ev.push("it has no fencing agent: the leader makes it writable (write-ahead)".into());
+            true
+        }
+    };
+    Analysis::new(AnalysisCode::ReadOnlyPrimary, Some(p), ev, actionable)
 }
 
 /// Seed 004's intermediate masters: the replicas of an intermediate give the holistic view of it.

@@ -360,6 +360,54 @@ fn cases() -> Vec<Case> {
             evidence: &["in maintenance"],
         },
         Case {
+            name: "read_only_primary_without_an_agent_is_made_writable",
+            sim: Sim::standard().obs(P, |o| o.read_only = true),
+            code: ReadOnlyPrimary,
+            actionable: true,
+            subject: Some(P),
+            evidence: &["read_only is ON: no server of the cluster takes writes", "no fencing agent"],
+        },
+        Case {
+            name: "read_only_primary_whose_agent_holds_a_lease_again_is_made_writable",
+            sim: Sim::standard().obs(P, |o| o.read_only = true).agent(true),
+            code: ReadOnlyPrimary,
+            actionable: true,
+            subject: Some(P),
+            evidence: &["its agent holds a lease again"],
+        },
+        Case {
+            name: "read_only_primary_waits_for_its_agent_to_hold_a_lease",
+            sim: Sim::standard().obs(P, |o| o.read_only = true).agent(false),
+            code: ReadOnlyPrimary,
+            actionable: false,
+            subject: Some(P),
+            evidence: &["holds no lease from the leader"],
+        },
+        Case {
+            name: "read_only_primary_in_maintenance_is_left_alone",
+            sim: Sim::standard().obs(P, |o| o.read_only = true).maintenance(P),
+            code: ReadOnlyPrimary,
+            actionable: false,
+            subject: Some(P),
+            evidence: &["in maintenance: left as it is"],
+        },
+        Case {
+            name: "read_only_primary_that_cannot_be_made_writable_is_failed_over",
+            sim: Sim::standard().obs(P, |o| o.read_only = true).unwritable(),
+            code: UnwritablePrimary,
+            actionable: true,
+            subject: Some(P),
+            evidence: &["could not be made writable again", "failing over"],
+        },
+        Case {
+            name: "lease_run_out_beats_a_read_only_primary_its_agent_fenced_it",
+            sim: Sim::standard().obs(P, |o| o.read_only = true).agent(false).lease_expired(),
+            code: PrimaryLeaseExpired,
+            actionable: true,
+            subject: Some(P),
+            evidence: &["lease ran out", "also ReadOnlyPrimary"],
+        },
+        Case {
             name: "dead_intermediate_in_maintenance_is_not_actionable",
             sim: Sim::standard().replica(R3, R1).seen_all(R1, Seen::Timeout).io(R3, Connecting).maintenance(R1),
             code: DeadIntermediatePrimary,
@@ -408,7 +456,14 @@ fn only_codes_with_an_automatic_action_are_ever_actionable() {
         if got.actionable {
             assert!(
                 got.code.is_dead_primary()
-                    || matches!(got.code, DeadIntermediatePrimary | PrimaryLeaseExpired | PrimarySplit),
+                    || matches!(
+                        got.code,
+                        DeadIntermediatePrimary
+                            | PrimaryLeaseExpired
+                            | PrimarySplit
+                            | ReadOnlyPrimary
+                            | UnwritablePrimary
+                    ),
                 "{}: {got}",
                 c.name
             );

@@ -53,6 +53,14 @@ pub struct ClusterInput {
     /// the leader counts as run out.
     #[serde(default)]
     pub primary_lease_expired: Option<String>,
+    /// The primary's fencing agent as the leader counts its lease: `None` when the primary has
+    /// no agent, `Some(true)` while the agent holds a lease this leader granted.
+    #[serde(default)]
+    pub primary_agent_holds_lease: Option<bool>,
+    /// Set (with the evidence) when the leader tried to make a read-only primary writable and
+    /// could not, several times in a row.
+    #[serde(default)]
+    pub primary_unwritable: Option<String>,
 }
 
 impl ClusterInput {

@@ -42,6 +42,15 @@ pub enum FailoverError {
     Commit(String),
 }
 
+/// Why a read-only primary was not made writable.
+#[derive(Debug)]
+enum Unfence {
+    /// A precondition does not hold (yet): nothing was attempted on the server.
+    NotNow(String),
+    /// The server refused, or did not answer in time.
+    Failed(String),
+}
+
 /// What `rejoin` did.
 #[derive(Debug)]
 pub struct Rejoined {
@@ -76,7 +85,19 @@ pub struct Engine {
     divergent_seen: Mutex<HashMap<(ClusterName, InstanceAddr), u64>>,
     /// Last split-fence attempt per instance (unix ms): at most one every 5 s.
     split_fenced: Mutex<HashMap<InstanceAddr, u64>>,
+    /// Last attempt to make a read-only primary writable, per cluster (unix ms).
+    unfenced: Mutex<HashMap<ClusterName, u64>>,
+    /// Failed attempts in a row to make the primary of (cluster, epoch) writable, and the
+    /// last error; from `UNFENCE_ATTEMPTS` on the analysis calls for a failover.
+    unfence_failures: Mutex<HashMap<ClusterName, (u64, u32, String)>>,
 }
+
+/// Failed attempts to make a read-only primary writable before failing it over.
+const UNFENCE_ATTEMPTS: u32 = 3;
+
+/// Bound on the statement that makes a read-only primary writable (shorter than any
+/// lease, so that it cannot land after a lease the leader counted on has run out).
+const UNFENCE_TIMEOUT: Duration = Duration::from_millis(1000);
 
 fn thresholds(cfg: &FailoverSection) -> Thresholds {
     Thresholds {
@@ -118,6 +139,8 @@ impl Engine {
             fencing,
             divergent_seen: Mutex::new(HashMap::new()),
             split_fenced: Mutex::new(HashMap::new()),
+            unfenced: Mutex::new(HashMap::new()),
+            unfence_failures: Mutex::new(HashMap::new()),
         })
     }
 
@@ -173,6 +196,23 @@ impl Engine {
             voters,
             instances,
             primary_lease_expired: self.lease_expired(c),
+            primary_agent_holds_lease: c.topology.primary.as_ref().filter(|p| c.agents.contains_key(*p)).map(|p| {
+                // Leases live in the leader's memory: elsewhere nobody knows.
+                self.leads() && self.leases.holds(&c.name, p)
+            }),
+            primary_unwritable: self.unwritable(c),
+        }
+    }
+
+    /// The evidence line once the leader failed to make the primary of this epoch writable
+    /// `UNFENCE_ATTEMPTS` times in a row.
+    fn unwritable(&self, c: &ClusterRecord) -> Option<String> {
+        let f = self.unfence_failures.lock().unwrap_or_else(|p| p.into_inner());
+        match f.get(&c.name) {
+            Some((epoch, n, last)) if *epoch == c.epoch && *n >= UNFENCE_ATTEMPTS => {
+                Some(format!("{n} attempts to make it writable failed, the last with: {last}"))
+            }
+            _ => None,
         }
     }
 
@@ -224,6 +264,9 @@ impl Engine {
                 self.keep_demoted_fenced(&c);
                 if analysis.code == AnalysisCode::PrimarySplit && analysis.actionable {
                     self.fence_split(&c);
+                }
+                if analysis.code == AnalysisCode::ReadOnlyPrimary && analysis.actionable {
+                    self.unfence(&c);
                 }
                 self.keep_semi_sync(&c);
                 let dead = analysis.code.calls_for_failover();
@@ -390,6 +433,150 @@ impl Engine {
         let finish = Command::FinishSplitFence { name: cluster.clone(), id, outcome: outcome.clone() };
         if let Err(e) = self.commit(finish, "primusd").await {
             tracing::warn!(%cluster, instance = %addr, error = %e, "split fence outcome not recorded");
+        }
+        result.map(Some)
+    }
+
+    /// The recorded primary is read-only (its agent fenced it while the coordinators
+    /// stalled, a failover was aborted after fencing it, it restarted with
+    /// `read_only=ON`...) and nothing else is wrong: make it writable again, in the
+    /// cluster's operation slot, at most once a second.
+    fn unfence(self: &Arc<Self>, c: &ClusterRecord) {
+        let Some(primary) = c.topology.primary.clone() else { return };
+        let now = now_ms();
+        {
+            let mut q = self.unfenced.lock().unwrap_or_else(|p| p.into_inner());
+            if q.get(&c.name).is_some_and(|t| now.saturating_sub(*t) < 1000) {
+                return;
+            }
+            q.insert(c.name.clone(), now);
+        }
+        let epoch = c.epoch;
+        self.spawn_for(&c.name, move |e, cluster| async move {
+            match e.unfence_primary(&cluster, &primary, epoch).await {
+                Ok(Some(outcome)) => {
+                    e.unfence_failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&cluster);
+                    tracing::warn!(%cluster, instance = %primary, epoch, %outcome, "read-only primary made writable again")
+                }
+                Ok(None) => {}
+                Err(Unfence::NotNow(why)) => {
+                    tracing::info!(%cluster, instance = %primary, epoch, reason = %why, "read-only primary left read-only for now")
+                }
+                Err(Unfence::Failed(err)) => {
+                    let mut f = e.unfence_failures.lock().unwrap_or_else(|p| p.into_inner());
+                    let entry = f.entry(cluster.clone()).or_insert((epoch, 0, String::new()));
+                    if entry.0 != epoch {
+                        *entry = (epoch, 0, String::new());
+                    }
+                    entry.1 += 1;
+                    entry.2 = err.clone();
+                    tracing::warn!(%cluster, instance = %primary, epoch, error = %err, attempts = entry.1,
+                        "could not make the read-only primary writable");
+                }
+            }
+            e.monitor.probe_now(&primary);
+        });
+    }
+
+    /// Make the read-only primary of `epoch` writable, write-ahead: re-probe every
+    /// instance (the primary must be read-only, reachable and replicate from nobody; no
+    /// other instance may be writable), commit `UnfencePrimary`, confirm leadership and
+    /// re-read the epoch, check the agent's lease once more, set `read_only = OFF`,
+    /// commit the outcome. `Ok(None)`: nothing to do after all.
+    async fn unfence_primary(
+        &self,
+        cluster: &ClusterName,
+        primary: &InstanceAddr,
+        epoch: u64,
+    ) -> Result<Option<String>, Unfence> {
+        let c = self.cluster(cluster).map_err(|e| Unfence::NotNow(e.to_string()))?;
+        if c.epoch != epoch || c.in_flight().is_some() || c.topology.primary.as_ref() != Some(primary) {
+            return Ok(None);
+        }
+        if let Some(f) = c.history.last().filter(|f| matches!(f.outcome, Some(FailoverOutcome::Failed(_)))) {
+            if f.acked_by.is_none() {
+                return Err(Unfence::NotNow(format!(
+                    "failover {} failed and is not acknowledged: an operator decides (primusctl ack)",
+                    f.id
+                )));
+            }
+        }
+        let addrs: Vec<InstanceAddr> = c.topology.instances.keys().cloned().collect();
+        let fresh = self.monitor.probe_fresh(&addrs).await;
+        let Some(o) = fresh.iter().find(|r| &r.addr == primary).and_then(|r| r.result.as_ref().ok()) else {
+            return Ok(None);
+        };
+        if !o.read_only {
+            return Ok(None);
+        }
+        if o.is_replica() {
+            let from = o.replication.first().map(|r| format!("{}:{}", r.source_host, r.source_port));
+            return Err(Unfence::NotNow(format!(
+                "it replicates from {}: not made writable (an operator may have moved it; see primusctl topology)",
+                from.unwrap_or_default()
+            )));
+        }
+        let writable: Vec<String> = fresh
+            .iter()
+            .filter(|r| &r.addr != primary && r.result.as_ref().is_ok_and(|o| !o.read_only))
+            .map(|r| r.addr.to_string())
+            .collect();
+        if !writable.is_empty() {
+            return Err(Unfence::NotNow(format!(
+                "{} writable as well (split brain is fenced first)",
+                writable.join(", ")
+            )));
+        }
+        let agent = c.agents.get(primary).map(|a| a.agent_id.clone());
+        if agent.is_some() && !self.leases.holds(cluster, primary) {
+            return Ok(None);
+        }
+        let mut evidence =
+            vec![format!("primary {primary} of epoch {epoch} is read-only: no server of the cluster takes writes")];
+        evidence.push(match &agent {
+            Some(a) => format!("its agent {a} holds a lease granted by this leader"),
+            None => "it has no fencing agent".into(),
+        });
+        evidence.push(format!("no other instance of {cluster} is writable (fresh probes of {})", addrs.len()));
+        let id = format!("{cluster}-e{epoch}-unfence-{}", now_ms());
+        let start = Command::UnfencePrimary {
+            name: cluster.clone(),
+            id: id.clone(),
+            instance: primary.clone(),
+            epoch,
+            evidence,
+        };
+        self.commit(start, "primusd").await.map_err(|e| Unfence::NotNow(format!("not recorded, not touched: {e}")))?;
+        let p = self.prober(primary);
+        let result = async {
+            // As before every failover step: still the leader (with a quorum), the cluster
+            // still at this epoch with no failover started since, the lease still held.
+            self.confirm_leader().await.map_err(|e| Unfence::NotNow(format!("skipped: {e}")))?;
+            let (now_epoch, in_flight) = self
+                .state
+                .read(|s| s.registry.clusters.get(cluster).map(|c| (c.epoch, c.in_flight().is_some())))
+                .unwrap_or((0, false));
+            if now_epoch != epoch || in_flight {
+                return Err(Unfence::NotNow(format!(
+                    "skipped: the cluster moved on (epoch {now_epoch}, failover running: {in_flight})"
+                )));
+            }
+            if agent.is_some() && !self.leases.holds(cluster, primary) {
+                return Err(Unfence::NotNow("skipped: the agent's lease ran out meanwhile".into()));
+            }
+            set_read_only_over(&p, false, UNFENCE_TIMEOUT).await.map_err(|e| Unfence::Failed(e.to_string()))?;
+            Ok(format!("read_only set OFF (epoch {epoch})"))
+        }
+        .await;
+        p.disconnect().await;
+        let outcome = match &result {
+            Ok(o) => o.clone(),
+            Err(Unfence::NotNow(e)) => e.clone(),
+            Err(Unfence::Failed(e)) => format!("failed: {e}"),
+        };
+        let finish = Command::FinishUnfence { name: cluster.clone(), id, outcome };
+        if let Err(e) = self.commit(finish, "primusd").await {
+            tracing::warn!(%cluster, instance = %primary, error = %e, "unfence outcome not recorded");
         }
         result.map(Some)
     }
@@ -768,35 +955,85 @@ impl Engine {
         // The previous leader may have performed the next step and died before
         // recording it: count it as possibly done.
         let irreversible_done = steps.iter().take(f.next_step() + 1).any(Step::is_irreversible);
-        let candidate_writable = self
-            .monitor
-            .probe_fresh(std::slice::from_ref(&f.candidate))
-            .await
-            .first()
-            .is_some_and(|r| r.result.as_ref().is_ok_and(|o| !o.read_only));
-        if !irreversible_done && !candidate_writable && f.kind == FailoverKind::Automatic {
+        if !irreversible_done && f.kind == FailoverKind::Automatic {
             // Nothing irreversible happened: if the old primary is back, stand down.
             let rec = self.monitor.probe_fresh(std::slice::from_ref(&f.old_primary)).await;
             if rec.first().is_some_and(|r| r.result.as_ref().is_ok_and(|o| !o.read_only)) {
                 let why = "the old primary is reachable and writable again before any irreversible step";
                 tracing::warn!(cluster = %name, failover_id = %f.id, "aborting: {why}");
-                let _ = self
-                    .commit(
-                        Command::FinishFailover {
-                            name: name.clone(),
-                            id: f.id.clone(),
-                            outcome: FailoverOutcome::Aborted(why.into()),
-                            promotion_gtid: None,
-                        },
-                        "primusd",
-                    )
-                    .await;
+                if let Err(e) = self.abort(name, &f, &steps, why.to_string()).await {
+                    tracing::warn!(cluster = %name, failover_id = %f.id, error = %e, "abort not recorded");
+                }
                 return;
             }
         }
         if let Err(e) = self.execute(name, &f.id).await {
             tracing::warn!(cluster = %name, failover_id = %f.id, error = %e, "resumed failover stopped");
         }
+    }
+
+    /// Abort a failover before anything irreversible, write-ahead: as a leader confirmed
+    /// by a quorum, with the candidate confirmed read-only (set read-only if need be) when
+    /// its promotion may have been sent. The abort is committed before anybody makes the
+    /// old primary writable again: that is the ordinary upkeep of a read-only primary
+    /// (`unfence`), which waits for its agent's lease and checks every instance first.
+    /// When the candidate cannot be confirmed read-only the failover is recorded as
+    /// failed instead: an operator must look.
+    async fn abort(
+        &self,
+        name: &ClusterName,
+        f: &FailoverRecord,
+        steps: &[Step],
+        why: String,
+    ) -> Result<FailoverOutcome, FailoverError> {
+        self.confirm_leader().await?;
+        let promote_at = steps.iter().position(|s| matches!(s, Step::PromoteCandidate { .. }));
+        // A leader runs the steps in order, each recorded before the next: the promotion
+        // can have been sent only once every step before it is recorded.
+        let promote_maybe_sent = promote_at.is_some_and(|p| f.next_step() >= p);
+        let outcome = if !promote_maybe_sent {
+            FailoverOutcome::Aborted(why)
+        } else {
+            let cand = &f.candidate;
+            let r = self.monitor.probe_fresh(std::slice::from_ref(cand)).await;
+            match r.first().map(|r| &r.result) {
+                Some(Ok(o)) if o.read_only => FailoverOutcome::Aborted(format!("{why}; {cand} confirmed read-only")),
+                Some(Ok(_)) => {
+                    let p = self.prober(cand);
+                    let fenced = set_read_only_over(&p, true, self.step_timeout()).await;
+                    p.disconnect().await;
+                    match fenced {
+                        Ok(()) => FailoverOutcome::Aborted(format!("{why}; {cand} was writable and was set read-only")),
+                        Err(e) => FailoverOutcome::Failed(format!(
+                            "{why}; {cand} is writable and could not be set read-only ({e}): not aborted"
+                        )),
+                    }
+                }
+                Some(Err(e)) => FailoverOutcome::Failed(format!(
+                    "{why}; cannot confirm that {cand} is read-only ({e}): not aborted, an operator must check it"
+                )),
+                None => FailoverOutcome::Failed(format!("{why}; {cand} was not probed: not aborted")),
+            }
+        };
+        tracing::warn!(cluster = %name, failover_id = %f.id, epoch = f.epoch, outcome = ?outcome, "failover stopped");
+        self.commit(
+            Command::FinishFailover {
+                name: name.clone(),
+                id: f.id.clone(),
+                outcome: outcome.clone(),
+                promotion_gtid: None,
+            },
+            "primusd",
+        )
+        .await?;
+        Ok(outcome)
+    }
+
+    /// After a promote step that failed: whether the candidate is writable and replicates
+    /// from nobody anyway (the statement ran, its answer was lost).
+    async fn promoted_anyway(&self, candidate: &InstanceAddr) -> bool {
+        let r = self.monitor.probe_fresh(std::slice::from_ref(candidate)).await;
+        r.first().is_some_and(|r| r.result.as_ref().is_ok_and(|o| !o.read_only && !o.is_replica()))
     }
 
     /// Run the recorded plan from the first step not yet recorded.
@@ -807,47 +1044,18 @@ impl Engine {
             let Some(f) = c.in_flight().filter(|f| f.id == id).cloned() else { return Ok(()) };
             let steps = decode_plan(&f);
             let i = f.next_step();
-            let Some(step) = steps.get(i).cloned() else {
-                return Err(FailoverError::Refused(format!("failover {id}: plan has no step {i}")));
-            };
             // Before every step: still the leader, confirmed by a quorum.
             self.confirm_leader().await?;
-            if matches!(step, Step::Complete) {
-                // Recorded at the promote step; only a failover promoted by an older
-                // version lacks it, and then the best left is the new primary's set now.
-                let promotion_gtid = if f.promotion_gtid.is_none() && f.kind.changes_primary() {
-                    tracing::warn!(cluster = %name, failover_id = %id, epoch = f.epoch,
-                        "no promotion point recorded at the promote step: reading the new primary's GTIDs now");
-                    self.gtid_of(&f.candidate).await
-                } else {
-                    None
-                };
-                self.commit(
-                    Command::FailoverStep {
-                        name: name.clone(),
-                        id: id.to_string(),
-                        index: i as u32,
-                        description: step.to_string(),
-                        outcome: "done".into(),
-                    },
-                    "primusd",
-                )
-                .await?;
-                self.commit(
-                    Command::FinishFailover {
-                        name: name.clone(),
-                        id: id.to_string(),
-                        outcome: FailoverOutcome::Succeeded,
-                        promotion_gtid: promotion_gtid.clone(),
-                    },
-                    "primusd",
-                )
-                .await?;
-                tracing::warn!(cluster = %name, failover_id = %id, epoch = f.epoch, new_primary = %f.candidate,
-                    "failover completed");
-                self.post_hooks(name, id);
-                return Ok(());
-            }
+            // `complete` is recorded by the finish itself (one entry). A plan whose every
+            // step is recorded (`complete` too, by an older primusd that died before
+            // finishing) is finished as well.
+            let step = match steps.get(i) {
+                Some(Step::Complete) | None => {
+                    self.finish(name, &f, i).await?;
+                    return Ok(());
+                }
+                Some(step) => step.clone(),
+            };
             let result = match &step {
                 Step::PromoteCandidate { candidate } => {
                     match self.promote(candidate, f.epoch, c.settings.semi_sync == Some(true)).await {
@@ -866,6 +1074,12 @@ impl Engine {
                             .await?;
                             Ok(outcome)
                         }
+                        // The statements may have run although their answer was lost: the
+                        // server says whether it is the primary now.
+                        Err(e) if self.promoted_anyway(candidate).await => Ok(format!(
+                            "writable and replicating from nobody (epoch {}), although the promote reported: {e}",
+                            f.epoch
+                        )),
                         Err(e) => Err(e),
                     }
                 }
@@ -890,49 +1104,65 @@ impl Engine {
                 }
                 Err(e) => {
                     attempts += 1;
-                    let irreversible_done = steps.iter().take(i + 1).any(Step::is_irreversible)
-                        && !matches!(step, Step::PromoteCandidate { .. });
                     tracing::warn!(cluster = %name, failover_id = %id, epoch = f.epoch, step = %step, error = %e,
                         attempts, "step failed");
                     if attempts < 3 {
                         tokio::time::sleep(Duration::from_millis(200 * attempts as u64)).await;
                         continue;
                     }
-                    let outcome = if irreversible_done {
-                        FailoverOutcome::Failed(format!("{step}: {e}"))
+                    // From the promotion on, only forward: a failed promote counts as sent
+                    // (its candidate is then confirmed read-only before any abort).
+                    let irreversible_done = steps.iter().take(i).any(Step::is_irreversible);
+                    let why = format!("{step}: {e}");
+                    if irreversible_done {
+                        self.commit(
+                            Command::FinishFailover {
+                                name: name.clone(),
+                                id: id.to_string(),
+                                outcome: FailoverOutcome::Failed(why.clone()),
+                                promotion_gtid: None,
+                            },
+                            "primusd",
+                        )
+                        .await?;
                     } else {
-                        // Nothing irreversible happened: an old primary we fenced is still the
-                        // only primary, so give it its writes back (a switchover always fences
-                        // it; a failover only when it could reach it).
-                        let c_now = self.cluster(name).ok();
-                        let fenced = c_now
-                            .as_ref()
-                            .and_then(|c| c.in_flight())
-                            .is_some_and(|r| r.steps.iter().any(|s| s.outcome.starts_with("read_only set")));
-                        if f.kind == FailoverKind::Switchover || fenced {
-                            let p = self.prober(&f.old_primary);
-                            let r = set_read_only_over(&p, false, self.step_timeout()).await;
-                            p.disconnect().await;
-                            tracing::warn!(cluster = %name, failover_id = %id, kind = %f.kind, restored = r.is_ok(),
-                                "failover aborted: the fenced old primary made writable again");
-                        }
-                        FailoverOutcome::Aborted(format!("{step}: {e}"))
-                    };
-                    self.commit(
-                        Command::FinishFailover {
-                            name: name.clone(),
-                            id: id.to_string(),
-                            outcome,
-                            promotion_gtid: None,
-                        },
-                        "primusd",
-                    )
-                    .await?;
+                        self.abort(name, &f, &steps, why.clone()).await?;
+                    }
                     self.post_hooks(name, id);
-                    return Err(FailoverError::Refused(format!("{step}: {e}")));
+                    return Err(FailoverError::Refused(why));
                 }
             }
         }
+    }
+
+    /// Record the success of a failover whose steps are done: one entry that records its
+    /// `complete` step, moves the primary and closes it.
+    async fn finish(&self, name: &ClusterName, f: &FailoverRecord, i: usize) -> Result<(), FailoverError> {
+        // Recorded at the promote step; only a failover promoted by an older version (or
+        // whose promote answer was lost) lacks it, and then the best left is the new
+        // primary's set now.
+        let promotion_gtid = if f.promotion_gtid.is_none() && f.kind.changes_primary() {
+            tracing::warn!(cluster = %name, failover_id = %f.id, epoch = f.epoch,
+                "no promotion point recorded at the promote step: reading the new primary's GTIDs now");
+            self.gtid_of(&f.candidate).await
+        } else {
+            None
+        };
+        self.commit(
+            Command::FinishFailover {
+                name: name.clone(),
+                id: f.id.clone(),
+                outcome: FailoverOutcome::Succeeded,
+                promotion_gtid,
+            },
+            "primusd",
+        )
+        .await?;
+        failpoint("failover.after_step", Some(i));
+        tracing::warn!(cluster = %name, failover_id = %f.id, epoch = f.epoch, new_primary = %f.candidate,
+            "failover completed");
+        self.post_hooks(name, &f.id);
+        Ok(())
     }
 
     /// `primusctl rejoin`: repoint a demoted (or detached) instance under the primary,
@@ -1246,6 +1476,9 @@ impl Engine {
         sql.extend(o.server.set_read_only_sql(false));
         p.execute(&sql, t).await.map_err(|e| e.to_string())?;
         p.disconnect().await;
+        if crate::faults::get().active("failover.promote_answer_lost") {
+            return Err("failpoint failover.promote_answer_lost: the promote ran, its answer is dropped".into());
+        }
         let ss = if semi_sync { "lossless semi-sync on, " } else { "" };
         Ok((
             format!("replication stopped and reset, {ss}writable (epoch {epoch}), promotion point {}", point.gtid),
@@ -1299,23 +1532,9 @@ async fn set_read_only_over(p: &Prober, on: bool, t: Duration) -> Result<(), Pro
     p.execute(&info.set_read_only_sql(on), t).await
 }
 
-/// Test-only crash points (TiKV's fail-rs in spirit): with PRIMUS_FAULT_INJECTION=1,
-/// `PRIMUS_FAILPOINT=failover.after_start` or `failover.after_step=N` makes this
-/// process SIGKILL itself right after that record is committed, so tests can prove a
-/// new leader finishes (or cleanly aborts) a failover cut at every step.
+/// Test-only crash points: see [`crate::faults`].
 fn failpoint(name: &str, step: Option<usize>) {
-    if std::env::var("PRIMUS_FAULT_INJECTION").as_deref() != Ok("1") {
-        return;
-    }
-    let Ok(fp) = std::env::var("PRIMUS_FAILPOINT") else { return };
-    let hit = match step {
-        None => fp == name,
-        Some(n) => fp == format!("{name}={n}"),
-    };
-    if hit {
-        tracing::error!(failpoint = %fp, "failpoint hit: killing this process");
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-    }
+    crate::faults::get().kill_at(name, step);
 }
 
 /// How primus points a replica at a source: GTID positioning (per flavor), heartbeat

@@ -120,6 +120,16 @@ impl LeaseTable {
         (now >= e).then(|| now - e)
     }
 
+    /// Whether the agent of `instance` holds a lease this leader granted, right now.
+    pub fn holds(&self, cluster: &ClusterName, instance: &InstanceAddr) -> bool {
+        let now = Instant::now();
+        self.grants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(cluster.clone(), instance.clone()))
+            .is_some_and(|g| g.received_at + g.ttl > now)
+    }
+
     /// Forget grants of instances that are no longer anybody's concern.
     pub fn forget(&self, cluster: &ClusterName, instance: &InstanceAddr) {
         self.grants.lock().unwrap_or_else(|p| p.into_inner()).remove(&(cluster.clone(), instance.clone()));

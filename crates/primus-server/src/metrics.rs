@@ -45,6 +45,7 @@ pub struct Metrics {
     cluster_failover_in_progress: IntGaugeVec,
     cluster_has_primary: IntGaugeVec,
     split_fences: IntGaugeVec,
+    unfences: IntGaugeVec,
     in_maintenance: IntGaugeVec,
     failovers: IntGaugeVec,
     last_failover_duration: GaugeVec,
@@ -151,6 +152,13 @@ impl Metrics {
                  the leader set read-only; the same on every node",
                 &["cluster"],
             )?,
+            unfences: int_gauge_vec(
+                &r,
+                "primus_unfences",
+                "Times the leader made the cluster's read-only primary writable again, in its replicated record \
+                 (the last 50), e.g. after its agent fenced it during a coordinator stall; the same on every node",
+                &["cluster"],
+            )?,
             in_maintenance: int_gauge_vec(
                 &r,
                 "primus_in_maintenance",
@@ -228,6 +236,7 @@ impl Metrics {
         self.cluster_failover_in_progress.reset();
         self.cluster_has_primary.reset();
         self.split_fences.reset();
+        self.unfences.reset();
         self.in_maintenance.reset();
         self.failovers.reset();
         self.last_failover_duration.reset();
@@ -241,6 +250,7 @@ impl Metrics {
             self.cluster_failover_in_progress.with_label_values(&[name]).set(i64::from(c.in_flight().is_some()));
             self.cluster_has_primary.with_label_values(&[name]).set(i64::from(c.topology.primary.is_some()));
             self.split_fences.with_label_values(&[name]).set(i64_of(c.split_fences.len() as u64));
+            self.unfences.with_label_values(&[name]).set(i64_of(c.unfences.len() as u64));
             let now = crate::monitor::now_ms();
             if c.cluster_maintenance_at(now).is_some() {
                 self.in_maintenance.with_label_values(&[name, ""]).set(1);

@@ -36,13 +36,7 @@ pub fn now_ms() -> u64 {
 }
 
 fn clock_skew_ms() -> i64 {
-    static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *SKEW.get_or_init(|| {
-        if std::env::var_os("PRIMUS_FAULT_INJECTION").is_none() {
-            return 0;
-        }
-        std::env::var("PRIMUS_CLOCK_SKEW_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
-    })
+    crate::faults::get().clock_skew_ms()
 }
 
 /// Carry a peer's record times over to this node's clock: the age a record had
@@ -102,6 +96,10 @@ pub struct ProbeRecord {
     /// When the probe finished (prober's wall clock, unix ms).
     pub at_ms: u64,
     pub result: Result<Observation, ProbeError>,
+    /// When this node started the probe, on its monotonic clock (own probes only: never
+    /// sent, never compared with another node's time).
+    #[serde(skip)]
+    pub started: Option<Instant>,
 }
 
 /// A primary's heartbeat connection and the lock that keeps one write in flight.
@@ -143,6 +141,10 @@ pub struct Monitor {
     /// Replicas a source lists that are not in the committed topology yet.
     candidates: Mutex<BTreeMap<InstanceAddr, ClusterName>>,
     heartbeat_writers: Mutex<HashMap<InstanceAddr, HeartbeatWriter>>,
+    /// Per cluster: the last finished failover this node has applied, and when (its
+    /// monotonic clock) it first saw it. Own probes started before then describe the
+    /// shape the failover replaced.
+    reshaped: Mutex<HashMap<ClusterName, (String, Instant)>>,
     leader_channel: Mutex<Option<(String, tonic::transport::Channel)>>,
     /// How reports reach the leader (TLS, token).
     peer: primus_raft::PeerSecurity,
@@ -179,6 +181,7 @@ impl Monitor {
             changes: tokio::sync::watch::channel(0).0,
             candidates: Mutex::new(BTreeMap::new()),
             heartbeat_writers: Mutex::new(HashMap::new()),
+            reshaped: Mutex::new(HashMap::new()),
             leader_channel: Mutex::new(None),
             peer,
             rpc_timeout,
@@ -331,7 +334,7 @@ impl Monitor {
                 }
                 last_ok = Some(ok);
             }
-            let rec = ProbeRecord { addr: addr.clone(), at_ms: now_ms(), result };
+            let rec = ProbeRecord { addr: addr.clone(), at_ms: now_ms(), result, started: Some(started) };
             self.own.write().unwrap_or_else(|p| p.into_inner()).insert(addr.clone(), rec);
             if changed {
                 self.changes.send_modify(|n| *n += 1);
@@ -424,7 +427,7 @@ impl Monitor {
                     o.addr = a.clone();
                     o
                 });
-                ProbeRecord { addr: a, at_ms: now_ms(), result }
+                ProbeRecord { addr: a, at_ms: now_ms(), result, started: Some(started) }
             }
         });
         let recs = futures::future::join_all(futs).await;
@@ -628,6 +631,9 @@ impl Monitor {
                 } else {
                     self.refreshed_topology(&c)
                 };
+                // Compared as the state machine would store it (demoted former primaries
+                // marked), so that an unchanged shape is never committed again.
+                let new = new.with_demoted(&c.demoted);
                 if new != c.topology && !new.instances.is_empty() {
                     tracing::info!(cluster = %c.name, epoch = c.epoch, topology = %new.summary(), "topology changed");
                     let req = Request::new(
@@ -644,68 +650,32 @@ impl Monitor {
         }
     }
 
-    /// The committed topology updated with what this node's probes show: new
-    /// replicas, changed sources. Unreachable instances keep their last known place.
+    /// The committed topology updated with what this node's probes show (see
+    /// [`refresh_topology`]); newly seen replicas are probed as candidates until they join.
     fn refreshed_topology(&self, c: &ClusterRecord) -> Topology {
+        let since = self.reshaped_at(c);
         let own = self.own.read().unwrap_or_else(|p| p.into_inner());
-        // Observations taken before the last failover finished describe the old shape
-        // (the candidate still a replica, replicas under the old primary): with them, the
-        // refresh would move the primary back to the old one. Until fresher ones arrive,
-        // those instances keep the place the failover gave them.
-        let since = c.history.iter().rev().find_map(|f| f.finished_at_ms).unwrap_or(0);
-        let own: std::collections::HashMap<&InstanceAddr, &ProbeRecord> =
-            own.iter().filter(|(_, r)| r.at_ms >= since).collect();
-        let mut nodes: BTreeMap<InstanceAddr, (Option<InstanceAddr>, u32, String, String)> = BTreeMap::new();
-        let mut discovered = Vec::new();
-        for (addr, inst) in &c.topology.instances {
-            match own.get(addr).map(|r| &r.result) {
-                Some(Ok(o)) => {
-                    nodes.insert(
-                        addr.clone(),
-                        (
-                            source_of(o),
-                            o.server_id,
-                            o.server.flavor.to_string().to_lowercase(),
-                            o.server.version.to_string(),
-                        ),
-                    );
-                    discovered.extend(replicas_of(o));
-                }
-                _ => {
-                    nodes.insert(
-                        addr.clone(),
-                        (inst.source.clone(), inst.server_id, inst.flavor.clone(), inst.version.clone()),
-                    );
-                }
-            }
-        }
-        // Newly seen replicas join once this node has probed them successfully;
-        // until then they are candidates, probed like members.
+        let r = refresh_topology(c, &own, since);
+        drop(own);
         let mut candidates = self.candidates.lock().unwrap_or_else(|p| p.into_inner());
-        for a in discovered {
-            if nodes.contains_key(&a) {
-                continue;
-            }
-            match own.get(&a).map(|r| &r.result) {
-                Some(Ok(o)) => {
-                    nodes.insert(
-                        a.clone(),
-                        (
-                            source_of(o),
-                            o.server_id,
-                            o.server.flavor.to_string().to_lowercase(),
-                            o.server.version.to_string(),
-                        ),
-                    );
-                    candidates.remove(&a);
-                }
-                _ => {
-                    candidates.insert(a, c.name.clone());
-                }
-            }
+        for a in &r.joined {
+            candidates.remove(a);
         }
-        let nodes = nodes.into_iter().map(|(a, (s, id, f, v))| (a, s, id, f, v)).collect();
-        Topology::from_edges(nodes, c.topology.primary.as_ref())
+        for a in r.unprobed {
+            candidates.insert(a, c.name.clone());
+        }
+        r.topology
+    }
+
+    /// When this node first saw the last finished failover of `c` (none: `None`).
+    fn reshaped_at(&self, c: &ClusterRecord) -> Option<Instant> {
+        let last = c.history.iter().rev().find(|f| f.finished_at_ms.is_some())?;
+        let mut seen = self.reshaped.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = seen.entry(c.name.clone()).or_insert_with(|| (last.id.clone(), Instant::now()));
+        if entry.0 != last.id {
+            *entry = (last.id.clone(), Instant::now());
+        }
+        Some(entry.1)
     }
 
     /// Accept a follower's report (leader only).
@@ -862,6 +832,79 @@ impl Monitor {
     }
 }
 
+/// What [`refresh_topology`] found.
+pub struct Refreshed {
+    pub topology: Topology,
+    /// Replicas that sources list, not in the topology, that this node has not probed
+    /// successfully yet.
+    pub unprobed: Vec<InstanceAddr>,
+    /// Replicas that join the topology now.
+    pub joined: Vec<InstanceAddr>,
+}
+
+/// The committed topology of `c` updated with this node's own probes `own`: new
+/// replicas, changed sources. Pure.
+///
+/// * Unreachable instances keep their last known place.
+/// * Probes started before `since` (when this node saw the last failover finish, on its
+///   own monotonic clock) are not used: they show the shape the failover replaced (the
+///   candidate still a replica, replicas under the old primary).
+/// * The recorded primary stays the primary: only a failover moves it (the state
+///   machine refuses anything else). It is kept as the head of the tree even when its
+///   probe shows it replicating from another instance (an operator's change outside
+///   primus; `topology` flags it).
+pub fn refresh_topology(
+    c: &ClusterRecord,
+    own: &HashMap<InstanceAddr, ProbeRecord>,
+    since: Option<Instant>,
+) -> Refreshed {
+    let usable = |a: &InstanceAddr| {
+        own.get(a)
+            .filter(|r| since.is_none_or(|s| r.started.is_some_and(|t| t >= s)))
+            .and_then(|r| r.result.as_ref().ok())
+    };
+    let node = |o: &Observation, primary: bool| {
+        (
+            if primary { None } else { source_of(o) },
+            o.server_id,
+            o.server.flavor.to_string().to_lowercase(),
+            o.server.version.to_string(),
+        )
+    };
+    let mut nodes: BTreeMap<InstanceAddr, (Option<InstanceAddr>, u32, String, String)> = BTreeMap::new();
+    let mut discovered = Vec::new();
+    for (addr, inst) in &c.topology.instances {
+        let primary = c.topology.primary.as_ref() == Some(addr);
+        match usable(addr) {
+            Some(o) => {
+                nodes.insert(addr.clone(), node(o, primary));
+                discovered.extend(replicas_of(o));
+            }
+            None => {
+                let source = if primary { None } else { inst.source.clone() };
+                nodes.insert(addr.clone(), (source, inst.server_id, inst.flavor.clone(), inst.version.clone()));
+            }
+        }
+    }
+    // Newly seen replicas join once this node has probed them successfully; until then
+    // they are candidates, probed like members.
+    let (mut unprobed, mut joined) = (Vec::new(), Vec::new());
+    for a in discovered {
+        if nodes.contains_key(&a) {
+            continue;
+        }
+        match usable(&a) {
+            Some(o) => {
+                nodes.insert(a.clone(), node(o, false));
+                joined.push(a);
+            }
+            None => unprobed.push(a),
+        }
+    }
+    let nodes = nodes.into_iter().map(|(a, (s, id, f, v))| (a, s, id, f, v)).collect();
+    Refreshed { topology: Topology::from_edges(nodes, c.topology.primary.as_ref()), unprobed, joined }
+}
+
 /// `2h`, `1h 5m`, `59m 59s`, `45s`: the two largest units.
 fn human_secs(s: u64) -> String {
     if s == 0 {
@@ -907,6 +950,7 @@ mod clock_tests {
             addr: "db1:3306".parse().expect("addr"),
             at_ms,
             result: Err(ProbeError::Unreachable { message: "test".into() }),
+            started: None,
         }
     }
 
@@ -925,6 +969,60 @@ mod clock_tests {
         let mut r = vec![record(peer_sent - 5_000)];
         rebase_to_local_clock(&mut r, peer_sent, our_received);
         assert_eq!(r[0].at_ms, our_received - 5_000, "5 s old on the peer's clock is 5 s old here");
+    }
+
+    mod refresh {
+        use super::super::*;
+        use primus_mysql::samples::{a, observation, row, P, R1, R2};
+
+        /// Cluster `c`: primary P with replicas R1, R2, as registered.
+        fn cluster() -> ClusterRecord {
+            let n = |p: u16, s: Option<u16>| (a(p), s.map(a), p as u32 - 3305, "mariadb".into(), "10.11.6".into());
+            let json = serde_json::json!({"name": "c", "seeds": [a(P)], "registered_at_index": 1,
+                "registered_at_ms": 0, "registered_by": "t"});
+            let mut c: ClusterRecord = serde_json::from_value(json).expect("record");
+            c.topology = Topology::from_edges(vec![n(P, None), n(R1, Some(P)), n(R2, Some(P))], None);
+            c
+        }
+
+        fn probe(port: u16, source: Option<u16>, started: Instant) -> (InstanceAddr, ProbeRecord) {
+            let mut o = observation(port);
+            o.replication = source.map(row).into_iter().collect();
+            (a(port), ProbeRecord { addr: a(port), at_ms: 0, result: Ok(o), started: Some(started) })
+        }
+
+        #[test]
+        fn probes_from_before_the_failover_was_seen_do_not_move_the_primary_back() {
+            // R1 was promoted: the committed topology has it as the primary.
+            let mut c = cluster();
+            let n = |p: u16, s: Option<u16>| (a(p), s.map(a), p as u32 - 3305, "mariadb".into(), "10.11.6".into());
+            c.topology = Topology::from_edges(vec![n(P, None), n(R1, None), n(R2, Some(R1))], Some(&a(R1)));
+            let before = Instant::now();
+            let seen = before + Duration::from_millis(10);
+            // Probes taken before this node saw the failover finish show the old shape.
+            let own: HashMap<InstanceAddr, ProbeRecord> =
+                [probe(P, None, before), probe(R1, Some(P), before), probe(R2, Some(P), before)].into_iter().collect();
+            let r = refresh_topology(&c, &own, Some(seen));
+            assert_eq!(r.topology.primary, Some(a(R1)));
+            assert_eq!(r.topology.instances[&a(R2)].source, Some(a(R1)), "{:#?}", r.topology);
+            assert_eq!(r.topology.instances[&a(R1)].source, None);
+            // The same probes without the filter would have put P back at the head.
+            let unfiltered = refresh_topology(&c, &own, None);
+            assert_eq!(unfiltered.topology.instances[&a(R2)].source, Some(a(P)));
+            assert_eq!(unfiltered.topology.primary, Some(a(R1)), "the recorded primary stays the head anyway");
+        }
+
+        #[test]
+        fn the_recorded_primary_stays_the_head_of_the_tree_whatever_its_probe_shows() {
+            let c = cluster();
+            let now = Instant::now();
+            // P now replicates from R1 (changed by hand), R2 from R1.
+            let own: HashMap<InstanceAddr, ProbeRecord> =
+                [probe(P, Some(R1), now), probe(R1, None, now), probe(R2, Some(R1), now)].into_iter().collect();
+            let r = refresh_topology(&c, &own, None);
+            assert_eq!(r.topology.primary, Some(a(P)), "{:#?}", r.topology);
+            assert_eq!(r.topology.instances[&a(P)].source, None);
+        }
     }
 
     #[test]

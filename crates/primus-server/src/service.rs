@@ -72,7 +72,9 @@ fn rejection_status(r: Rejection) -> Status {
         Rejection::NoSuchFailover { .. } | Rejection::UnknownInstance { .. } | Rejection::NoSuchSplitFence { .. } => {
             Status::not_found(msg)
         }
-        Rejection::IsPrimary { .. } => Status::failed_precondition(msg),
+        Rejection::IsPrimary { .. } | Rejection::NotPrimary { .. } | Rejection::PrimaryMovesWithoutFailover { .. } => {
+            Status::failed_precondition(msg)
+        }
     }
 }
 
@@ -715,19 +717,8 @@ impl Coordinator for CoordinatorService {
                     reason: r.reason.clone(),
                 })
                 .collect(),
-            split_fences: c
-                .split_fences
-                .iter()
-                .map(|f| primus_proto::v1::SplitFenceView {
-                    id: f.id.clone(),
-                    at_ms: f.at_ms,
-                    instance: f.instance.to_string(),
-                    epoch: f.epoch,
-                    evidence: f.evidence.clone(),
-                    outcome: f.outcome.clone().unwrap_or_default(),
-                    finished_at_ms: f.finished_at_ms,
-                })
-                .collect(),
+            split_fences: c.split_fences.iter().map(fence_view).collect(),
+            unfences: c.unfences.iter().map(fence_view).collect(),
         })?;
         Ok(Response::new(h))
     }
@@ -1129,6 +1120,18 @@ pub fn primary_state_view(p: &primus_types::state::PrimaryState) -> PrimaryState
             epoch: f.epoch,
         }),
         demoted: p.demoted.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn fence_view(f: &primus_types::SplitFenceRecord) -> primus_proto::v1::SplitFenceView {
+    primus_proto::v1::SplitFenceView {
+        id: f.id.clone(),
+        at_ms: f.at_ms,
+        instance: f.instance.to_string(),
+        epoch: f.epoch,
+        evidence: f.evidence.clone(),
+        outcome: f.outcome.clone().unwrap_or_default(),
+        finished_at_ms: f.finished_at_ms,
     }
 }
 

@@ -186,6 +186,23 @@ pub enum Command {
         id: String,
         outcome: String,
     },
+    /// The leader is about to make the recorded primary of `epoch` writable again
+    /// (it was left read-only, e.g. fenced by its agent during a coordinator stall).
+    /// Committed before the instance is touched; refused when a failover is in
+    /// progress, the epoch moved on, or `instance` is not the primary.
+    UnfencePrimary {
+        name: ClusterName,
+        id: String,
+        instance: InstanceAddr,
+        epoch: u64,
+        evidence: Vec<String>,
+    },
+    /// The outcome of an `UnfencePrimary`.
+    FinishUnfence {
+        name: ClusterName,
+        id: String,
+        outcome: String,
+    },
 }
 
 impl Command {
@@ -241,6 +258,10 @@ impl Command {
                 format!("split brain in {name}: fence {instance} (epoch {epoch}, {id})")
             }
             Command::FinishSplitFence { name, id, outcome } => format!("split fence {id} of {name}: {outcome}"),
+            Command::UnfencePrimary { name, id, instance, epoch, .. } => {
+                format!("make primary {instance} of {name} writable again (epoch {epoch}, {id})")
+            }
+            Command::FinishUnfence { name, id, outcome } => format!("unfence {id} of {name}: {outcome}"),
         }
     }
 }
@@ -305,6 +326,13 @@ pub enum Rejection {
     IsPrimary { name: ClusterName, instance: InstanceAddr },
     #[error("no split fence {id} in cluster {name}")]
     NoSuchSplitFence { name: ClusterName, id: String },
+    #[error("{instance} is not the primary of cluster {name}: it is never made writable")]
+    NotPrimary { name: ClusterName, instance: InstanceAddr },
+    /// Only a failover moves the primary: a topology update that would is refused.
+    #[error(
+        "the topology update of {name} would move the primary from {from} to {to}: only a failover (with a new epoch) changes the primary"
+    )]
+    PrimaryMovesWithoutFailover { name: ClusterName, from: InstanceAddr, to: String },
 }
 
 /// The result of applying one log entry.

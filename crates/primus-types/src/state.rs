@@ -60,6 +60,10 @@ pub struct ClusterRecord {
     /// `SPLIT_FENCE_RETENTION`).
     #[serde(default)]
     pub split_fences: Vec<crate::SplitFenceRecord>,
+    /// Times the leader made a read-only primary writable again (oldest first,
+    /// bounded by `SPLIT_FENCE_RETENTION`); same shape as a split fence.
+    #[serde(default)]
+    pub unfences: Vec<crate::SplitFenceRecord>,
 }
 
 /// What clients ask most: where to write, under which epoch, and whether that is
@@ -264,6 +268,7 @@ impl Registry {
                         datacenters: BTreeMap::new(),
                         agents: BTreeMap::new(),
                         split_fences: Vec::new(),
+                        unfences: Vec::new(),
                     }),
                 );
                 touched.push(StateKey::Cluster(name.clone()));
@@ -271,6 +276,22 @@ impl Registry {
             }
             Command::UpdateTopology { name, topology } => {
                 let c = self.cluster_mut(name)?;
+                // The failover owns the topology until it finishes.
+                if let Some(f) = c.in_flight() {
+                    return Err(Rejection::FailoverInProgress(name.clone(), f.id.clone()));
+                }
+                // Only a failover (write-ahead, with a new epoch and a lease wait) moves
+                // the primary. A topology refresh may name one where there was none
+                // (first discovery), never another one.
+                if let Some(from) = &c.topology.primary {
+                    if topology.primary.as_ref() != Some(from) {
+                        return Err(Rejection::PrimaryMovesWithoutFailover {
+                            name: name.clone(),
+                            from: from.clone(),
+                            to: topology.primary.as_ref().map_or_else(|| "none".to_string(), ToString::to_string),
+                        });
+                    }
+                }
                 c.topology = topology.clone().with_demoted(&c.demoted);
                 c.topology_index = log_id.index;
                 touched.push(StateKey::Cluster(name.clone()));
@@ -337,6 +358,18 @@ impl Registry {
                 let f = c
                     .in_flight_mut(id)
                     .ok_or_else(|| Rejection::NoSuchFailover { name: name.clone(), id: id.clone() })?;
+                // Success records the plan's last step (`complete`) in the same entry: a
+                // leader dying between the two can no longer leave the failover with every
+                // step recorded and no finish.
+                if *outcome == FailoverOutcome::Succeeded && f.steps.len() + 1 == f.plan.len() {
+                    f.steps.push(StepRecord {
+                        index: f.steps.len() as u32,
+                        description: "complete".into(),
+                        outcome: "done".into(),
+                        at_ms: req.proposed_at_ms,
+                        log_index: log_id.index,
+                    });
+                }
                 f.outcome = Some(outcome.clone());
                 f.finished_at_ms = Some(req.proposed_at_ms);
                 // The point recorded at the promote step wins over a later reading.
@@ -514,6 +547,44 @@ impl Registry {
                 let c = self.cluster_mut(name)?;
                 let f = c
                     .split_fences
+                    .iter_mut()
+                    .find(|f| &f.id == id)
+                    .ok_or_else(|| Rejection::NoSuchSplitFence { name: name.clone(), id: id.clone() })?;
+                f.outcome = Some(outcome.clone());
+                f.finished_at_ms = Some(req.proposed_at_ms);
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
+            Command::UnfencePrimary { name, id, instance, epoch, evidence } => {
+                let c = self.cluster_mut(name)?;
+                if let Some(f) = c.in_flight() {
+                    return Err(Rejection::FailoverInProgress(name.clone(), f.id.clone()));
+                }
+                if *epoch != c.epoch {
+                    return Err(Rejection::StaleEpoch { name: name.clone(), got: *epoch, want: c.epoch });
+                }
+                if c.topology.primary.as_ref() != Some(instance) {
+                    return Err(Rejection::NotPrimary { name: name.clone(), instance: instance.clone() });
+                }
+                c.unfences.push(crate::SplitFenceRecord {
+                    id: id.clone(),
+                    at_ms: req.proposed_at_ms,
+                    instance: instance.clone(),
+                    epoch: *epoch,
+                    evidence: evidence.clone(),
+                    outcome: None,
+                    finished_at_ms: None,
+                });
+                if c.unfences.len() > SPLIT_FENCE_RETENTION {
+                    c.unfences.remove(0);
+                }
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
+            Command::FinishUnfence { name, id, outcome } => {
+                let c = self.cluster_mut(name)?;
+                let f = c
+                    .unfences
                     .iter_mut()
                     .find(|f| &f.id == id)
                     .ok_or_else(|| Rejection::NoSuchSplitFence { name: name.clone(), id: id.clone() })?;
@@ -925,5 +996,115 @@ mod tests {
         r.apply(&log_id(8), &up);
         let c = &r.clusters[&"c".parse().unwrap()];
         assert_eq!(c.topology.instances[&a(1)].role, crate::InstanceRole::Demoted);
+    }
+    fn update(topology: Topology) -> Request {
+        Request::new(Command::UpdateTopology { name: "c".parse().unwrap(), topology }, Origin::default())
+    }
+
+    #[test]
+    fn a_topology_update_never_moves_the_primary_and_waits_for_a_running_failover() {
+        let mut r = registered_with_topology();
+        let a = |p: u16| crate::InstanceAddr::new("h", p).unwrap();
+        let n = |p: u16, s: Option<u16>| (a(p), s.map(a), p as u32, "mariadb".to_string(), "10.11".to_string());
+        // A stale probe shows h:2 as the head of the tree (or nobody): refused, the
+        // primary stays h:1 at epoch 1.
+        let moved = Topology::from_edges(vec![n(1, Some(2)), n(2, None), n(3, Some(2))], None);
+        assert_eq!(moved.primary, Some(a(2)));
+        assert!(matches!(
+            r.apply(&log_id(3), &update(moved)).0,
+            Response::Rejected(Rejection::PrimaryMovesWithoutFailover { .. })
+        ));
+        let headless = Topology::from_edges(vec![n(1, None), n(2, None), n(3, Some(2)), n(4, Some(1))], None);
+        assert_eq!(headless.primary, None);
+        assert!(matches!(
+            r.apply(&log_id(4), &update(headless)).0,
+            Response::Rejected(Rejection::PrimaryMovesWithoutFailover { .. })
+        ));
+        let c = &r.clusters[&"c".parse().unwrap()];
+        assert_eq!((c.topology.primary.clone(), c.epoch), (Some(a(1)), 1));
+        // A new replica under the same primary is fine.
+        let grown = Topology::from_edges(vec![n(1, None), n(2, Some(1)), n(3, Some(1)), n(4, Some(1))], None);
+        assert_eq!(r.apply(&log_id(5), &update(grown.clone())).0, Response::Done);
+        // While a failover runs, nothing but the failover changes the topology.
+        assert_eq!(r.apply(&log_id(6), &start("c", 2)).0, Response::Done);
+        let shrunk = Topology::from_edges(vec![n(1, None), n(2, Some(1))], None);
+        assert!(matches!(
+            r.apply(&log_id(7), &update(shrunk)).0,
+            Response::Rejected(Rejection::FailoverInProgress(..))
+        ));
+        assert_eq!(r.clusters[&"c".parse().unwrap()].topology, grown);
+        // First discovery may name a primary where there was none.
+        let mut fresh = Registry::default();
+        fresh.apply(&log_id(1), &reg("c"));
+        assert_eq!(fresh.apply(&log_id(2), &update(grown)).0, Response::Done);
+    }
+
+    #[test]
+    fn a_successful_finish_records_the_complete_step_in_the_same_entry() {
+        let mut r = registered_with_topology();
+        let mut s = start("c", 2);
+        if let Command::StartFailover { plan, .. } = &mut s.command {
+            *plan = vec![serde_json::json!({"step": "promote_candidate"}), serde_json::json!({"step": "complete"})];
+        }
+        r.apply(&log_id(3), &s);
+        let step = Request::new(
+            Command::FailoverStep {
+                name: "c".parse().unwrap(),
+                id: "c-e2".into(),
+                index: 0,
+                description: "promote h:2".into(),
+                outcome: "writable".into(),
+            },
+            Origin::default(),
+        );
+        r.apply(&log_id(4), &step);
+        let fin = Request::new(
+            Command::FinishFailover {
+                name: "c".parse().unwrap(),
+                id: "c-e2".into(),
+                outcome: crate::FailoverOutcome::Succeeded,
+                promotion_gtid: None,
+            },
+            Origin::default(),
+        );
+        assert_eq!(r.apply(&log_id(5), &fin).0, Response::Done);
+        let f = &r.clusters[&"c".parse().unwrap()].history[0];
+        assert_eq!(f.steps.len(), 2, "{f:#?}");
+        assert_eq!((f.steps[1].index, f.steps[1].description.as_str(), f.steps[1].log_index), (1, "complete", 5));
+    }
+
+    #[test]
+    fn an_unfence_is_recorded_only_for_the_primary_of_the_current_epoch_and_never_during_a_failover() {
+        let mut r = registered_with_topology();
+        let a = |p: u16| crate::InstanceAddr::new("h", p).unwrap();
+        let unfence = |id: &str, inst: u16, epoch: u64| {
+            Request::new(
+                Command::UnfencePrimary {
+                    name: "c".parse().unwrap(),
+                    id: id.into(),
+                    instance: a(inst),
+                    epoch,
+                    evidence: vec!["read-only with a lease".into()],
+                },
+                Origin::default(),
+            )
+        };
+        let rejected = |r: &mut Registry, i: u64, q: &Request| match r.apply(&log_id(i), q).0 {
+            Response::Rejected(e) => e,
+            other => panic!("{other:?} accepted"),
+        };
+        assert!(matches!(rejected(&mut r, 3, &unfence("u1", 2, 1)), Rejection::NotPrimary { .. }));
+        assert!(matches!(rejected(&mut r, 4, &unfence("u1", 1, 2)), Rejection::StaleEpoch { .. }));
+        assert_eq!(r.apply(&log_id(5), &unfence("u1", 1, 1)).0, Response::Done);
+        let fin = Request::new(
+            Command::FinishUnfence { name: "c".parse().unwrap(), id: "u1".into(), outcome: "writable".into() },
+            Origin::default(),
+        );
+        assert_eq!(r.apply(&log_id(6), &fin).0, Response::Done);
+        let c = &r.clusters[&"c".parse().unwrap()];
+        assert_eq!(c.unfences.len(), 1);
+        assert_eq!(c.unfences[0].outcome.as_deref(), Some("writable"));
+        assert_eq!(r.apply(&log_id(7), &start("c", 2)).0, Response::Done);
+        assert!(matches!(rejected(&mut r, 8, &unfence("u2", 1, 2)), Rejection::FailoverInProgress(..)));
     }
 }
