@@ -527,6 +527,67 @@ async fn a_coordinator_stall_longer_than_the_ttl_leaves_the_primary_writable_aga
     Ok(())
 }
 
+/// Right after a failover the leader used to judge the *new* primary's lease run out
+/// ("it ran out 4097 ms ago"): its agent had only been answered `being_promoted`, which
+/// the leader did not count as a lease, so the analysis said PrimaryLeaseExpired and only
+/// the anti-flap block or a timely renewal stopped a second failover. With the block
+/// lifted (`recovery_block_period_ms = 1`), 20 switchovers in a row with an agent on every
+/// server: the analysis of each new primary never says its lease ran out, and every
+/// switchover is followed by no other failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_switchovers_with_agents_never_count_the_new_primary_s_lease_as_run_out() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions {
+        extra_config: "[failover]\nrecovery_block_period_ms = 1\n".into(),
+        ..Default::default()
+    })
+    .await?;
+    w.register_sandbox(CLUSTER, Duration::ZERO).await?;
+    let opts = world_agent_options(&w);
+    let mut agents = Vec::new();
+    for inst in w.sandbox.instances() {
+        agents.push(AgentProc::start(inst, &opts)?);
+    }
+    agents[0].wait_log("lease granted", Duration::from_secs(10)).await?;
+    let client = w.client()?;
+    let addrs: Vec<String> = w.sandbox.instances().iter().map(|i| i.addr()).collect();
+    let mut primary = 0usize;
+    for n in 1..=20usize {
+        let to = (primary + 1 + n % 2) % addrs.len();
+        let r = client.failover(CLUSTER, Some(&addrs[to]), true).await?;
+        let f = r.failover.ok_or_else(|| anyhow::anyhow!("switchover {n}: no record"))?;
+        anyhow::ensure!(f.outcome == "succeeded", "switchover {n} to {}: {f:#?}", addrs[to]);
+        primary = to;
+        // Right after the switchover, for one second: the new primary's lease is not
+        // counted as run out.
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            let a = client.analysis(CLUSTER).await?;
+            anyhow::ensure!(
+                a.code != "PrimaryLeaseExpired",
+                "switchover {n}: the new primary {}'s lease counted as run out right after its promotion: {a:#?}",
+                addrs[to]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let h = client.history(CLUSTER).await?;
+    let kinds: Vec<&str> = h.failovers.iter().map(|f| f.kind.as_str()).collect();
+    println!("{} failovers: {kinds:?}", h.failovers.len());
+    assert_eq!(h.failovers.len(), 20, "a failover other than the 20 switchovers happened: {kinds:?}");
+    assert!(h.failovers.iter().all(|f| f.kind == "switchover" && f.outcome == "succeeded"));
+    let writable: Vec<String> = {
+        let mut v = Vec::new();
+        for i in w.sandbox.instances() {
+            if !i.read_only().await? {
+                v.push(i.addr());
+            }
+        }
+        v
+    };
+    assert_eq!(writable, vec![addrs[primary].clone()], "writable at the end");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_with_agents_fences_the_old_primary_and_spares_the_promoted_one() -> anyhow::Result<()> {
     let w = World::start(WorldOptions::default()).await?;

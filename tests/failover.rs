@@ -617,8 +617,18 @@ async fn aborted_manual_failover_gives_the_fenced_primary_its_writes_back() -> a
     }
     assert_eq!(f.outcome, "aborted", "{f:#?}");
     assert!(f.steps.first().is_some_and(|s| s.outcome.starts_with("read_only set")), "the primary was fenced: {f:#?}");
-    assert_eq!(read_only(primary).await, Some(false), "the only primary must be writable again");
+    // The abort is recorded first; then the leader's upkeep makes the read-only primary
+    // writable again, write-ahead (an unfence record), once it has checked every instance.
+    let aborted = Instant::now();
+    while read_only(primary).await != Some(false) {
+        anyhow::ensure!(aborted.elapsed() < Duration::from_secs(5), "the only primary is still read-only 5 s later");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("primary writable again {} ms after the abort was read", aborted.elapsed().as_millis());
     assert_eq!(read_only(candidate).await, Some(true));
+    let h = w.client()?.history("c").await?;
+    let u = h.unfences.last().ok_or_else(|| anyhow::anyhow!("no unfence recorded: {h:#?}"))?;
+    assert_eq!((u.instance.as_str(), u.epoch), (primary.addr().as_str(), 2), "{u:#?}");
     let t = w.topology("c").await?;
     assert_eq!(t.primary, primary.addr());
     assert_eq!(t.epoch, 2, "the aborted failover used its epoch");

@@ -93,6 +93,25 @@ async fn only_the_primary_gets_a_lease_and_a_failover_waits_for_it_to_run_out() 
     Ok(())
 }
 
+/// A lease used to be granted to any caller naming the primary, registered or not, and a
+/// failover then skipped the wait for it (no agent record in Raft). Now only the agent
+/// Raft knows of gets one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_goes_only_to_the_agent_raft_knows_of() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions::default()).await?;
+    w.register_sandbox("c", Duration::ZERO).await?;
+    let client = w.client()?;
+    let primary = w.sandbox.primary().addr();
+    let r = client.renew_lease("c", &primary, "ghost", TTL_MS).await?;
+    assert_eq!((r.granted, r.reason.as_str(), r.fence_now), (false, "not_registered", false), "{r:?}");
+    client.register_agent("c", &primary, "agent-1").await?;
+    let r = client.renew_lease("c", &primary, "ghost", TTL_MS).await?;
+    assert_eq!((r.granted, r.reason.as_str()), (false, "not_registered"), "another agent's name: {r:?}");
+    let r = client.renew_lease("c", &primary, "agent-1", TTL_MS).await?;
+    assert!(r.granted, "the registered agent: {r:?}");
+    Ok(())
+}
+
 /// Wall-clock ms of a past monotonic instant.
 fn wall_ms_at(t: Instant) -> i64 {
     let now_wall =

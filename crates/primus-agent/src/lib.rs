@@ -35,6 +35,10 @@ pub enum AgentError {
     /// The coordinators know no such cluster or instance: the config is wrong.
     #[error("the coordinators do not know cluster {cluster:?} / instance {instance:?} ({message}); check `cluster` and `instance` in the config")]
     NotFound { cluster: String, instance: String, message: String },
+    /// The coordinators refuse this agent's configuration (e.g. a lease TTL that a
+    /// leader change would outlast).
+    #[error("the coordinators refuse this agent's configuration: {0}")]
+    Refused(String),
     #[error("bad coordinator endpoint: {0}")]
     Client(#[from] ClientError),
     #[error("a task of the agent ended: {0}")]
@@ -127,25 +131,22 @@ fn worth_logging(n: u64, every: u64) -> bool {
     n == 1 || n.is_multiple_of(every)
 }
 
-async fn renewer(
-    cfg: Config,
-    agent_id: String,
-    shared: Arc<Shared>,
-    publisher: Option<Arc<sentinel::Publisher>>,
-) -> Result<(), AgentError> {
-    let interval = cfg.lease.renew_interval();
-    let ttl_ms = cfg.lease.ttl_ms;
-    // Register (a Raft write): retried until it succeeds.
-    let reg = endpoint_clients(&cfg, cfg.lease.register_timeout())?;
-    let mut i = 0usize;
+/// Register (a Raft write), retried until it succeeds; `i` is the endpoint to try first.
+async fn register(cfg: &Config, agent_id: &str, i: &mut usize) -> Result<(), AgentError> {
+    let reg = endpoint_clients(cfg, cfg.lease.register_timeout())?;
+    let timings = primus_client::AgentTimings {
+        ttl_ms: cfg.lease.ttl_ms,
+        renew_interval_ms: cfg.lease.renew_interval_ms,
+        fence_timeout_ms: cfg.fence.timeout_ms,
+    };
     let mut failures = 0u64;
     loop {
-        let (name, c) = &reg[i % reg.len()];
+        let (name, c) = &reg[*i % reg.len()];
         let t = cfg.lease.register_timeout();
-        match tokio::time::timeout(t, c.register_agent(&cfg.cluster, &cfg.instance, &agent_id)).await {
+        match tokio::time::timeout(t, c.register_agent_with(&cfg.cluster, &cfg.instance, agent_id, timings)).await {
             Ok(Ok(r)) => {
                 tracing::info!(endpoint = %name, log_index = r.log_index, agent_id = %agent_id, "agent registered");
-                break;
+                return Ok(());
             }
             Ok(Err(e)) if matches!(e.code(), Some(tonic::Code::NotFound | tonic::Code::InvalidArgument)) => {
                 return Err(AgentError::NotFound {
@@ -153,6 +154,9 @@ async fn renewer(
                     instance: cfg.instance.clone(),
                     message: e.to_string(),
                 })
+            }
+            Ok(Err(e)) if e.code() == Some(tonic::Code::FailedPrecondition) => {
+                return Err(AgentError::Refused(e.to_string()));
             }
             Ok(Err(e)) => {
                 failures += 1;
@@ -167,10 +171,21 @@ async fn renewer(
                 }
             }
         }
-        i += 1;
-        tokio::time::sleep(interval).await;
+        *i += 1;
+        tokio::time::sleep(cfg.lease.renew_interval()).await;
     }
-    drop(reg);
+}
+
+async fn renewer(
+    cfg: Config,
+    agent_id: String,
+    shared: Arc<Shared>,
+    publisher: Option<Arc<sentinel::Publisher>>,
+) -> Result<(), AgentError> {
+    let interval = cfg.lease.renew_interval();
+    let ttl_ms = cfg.lease.ttl_ms;
+    let mut i = 0usize;
+    register(&cfg, &agent_id, &mut i).await?;
 
     let clients = endpoint_clients(&cfg, interval)?;
     let mut failures = 0u64;
@@ -225,6 +240,12 @@ async fn renewer(
         };
         if let Some(p) = &publisher {
             p.publish(until);
+        }
+        // The coordinators lost this agent's registration (a new agent replaced it, the
+        // cluster was registered again): register again, the lease running out meanwhile.
+        if matches!(&event, Event::Refused { reason, .. } if reason == "not_registered") {
+            tracing::warn!("the coordinators have no registration of this agent: registering again");
+            register(&cfg, &agent_id, &mut i).await?;
         }
         match &event {
             Event::Granted { epoch, .. } => {

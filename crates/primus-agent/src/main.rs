@@ -128,7 +128,7 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "primus-agent exiting");
             eprintln!("primus-agent: {e}");
-            ExitCode::from(if matches!(e, AgentError::NotFound { .. }) { 2 } else { 1 })
+            ExitCode::from(if matches!(e, AgentError::NotFound { .. } | AgentError::Refused(_)) { 2 } else { 1 })
         }
     }
 }

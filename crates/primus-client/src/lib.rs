@@ -221,6 +221,14 @@ pub fn default_actor() -> String {
     format!("{user}@{host}")
 }
 
+/// A fencing agent's lease timings, sent when it registers (0: unknown).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentTimings {
+    pub ttl_ms: u64,
+    pub renew_interval_ms: u64,
+    pub fence_timeout_ms: u64,
+}
+
 pub struct Client {
     endpoints: Vec<(String, Transport)>,
     /// Index of the endpoint that answered last; tried first next time.
@@ -629,11 +637,26 @@ impl Client {
         instance: &str,
         agent_id: &str,
     ) -> Result<LogIndexResponse, ClientError> {
+        self.register_agent_with(cluster, instance, agent_id, AgentTimings::default()).await
+    }
+
+    /// Register a fencing agent with its lease timings, which the leader checks against
+    /// the group's (FAILED_PRECONDITION when they cannot work) and keeps in Raft.
+    pub async fn register_agent_with(
+        &self,
+        cluster: &str,
+        instance: &str,
+        agent_id: &str,
+        timings: AgentTimings,
+    ) -> Result<LogIndexResponse, ClientError> {
         let r = RegisterAgentRequest {
             cluster: cluster.into(),
             instance: instance.into(),
             agent_id: agent_id.into(),
             actor: self.opts.actor.clone(),
+            ttl_ms: timings.ttl_ms,
+            renew_interval_ms: timings.renew_interval_ms,
+            fence_timeout_ms: timings.fence_timeout_ms,
         };
         self.call(|mut c, t| {
             let r = r.clone();

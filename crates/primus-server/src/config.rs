@@ -174,6 +174,16 @@ pub struct FencingSection {
     pub require_fencing: bool,
 }
 
+impl RaftSection {
+    /// How long the group can be without a leader after the leader dies, at worst but for
+    /// split votes: a follower waits `election_timeout_max` (openraft's leader lease) plus
+    /// up to another `election_timeout_max` after the last heartbeat, then needs a vote
+    /// round (bounded by `min(election_timeout_min, rpc_timeout)`).
+    pub fn worst_leaderless_ms(&self) -> u64 {
+        2 * self.election_timeout_max_ms + self.election_timeout_min_ms.min(self.rpc_timeout_ms)
+    }
+}
+
 impl Default for FencingSection {
     fn default() -> Self {
         FencingSection { max_lease_ttl_ms: 2000, lease_margin_ms: 700, require_fencing: false }
@@ -432,6 +442,19 @@ impl Config {
         }
         if r.snapshot_every_entries == 0 {
             return Err(invalid("raft.snapshot_every_entries", "must be greater than 0".into()));
+        }
+        if self.fencing.max_lease_ttl_ms <= r.worst_leaderless_ms() {
+            return Err(invalid(
+                "fencing.max_lease_ttl_ms",
+                format!(
+                    "{} ms is not longer than the group's worst leaderless window ({} ms = 2 x \
+                     raft.election_timeout_max_ms + the vote round): every leader change would fence every primary \
+                     with an agent; raise it (and the agents' lease.ttl_ms) above {} ms",
+                    self.fencing.max_lease_ttl_ms,
+                    r.worst_leaderless_ms(),
+                    r.worst_leaderless_ms()
+                ),
+            ));
         }
         for (key, v) in [
             ("raft.rpc_timeout_ms", r.rpc_timeout_ms),

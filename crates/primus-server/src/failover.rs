@@ -223,12 +223,21 @@ impl Engine {
         if !self.leads() {
             return None;
         }
-        let ago = self.leases.expired_for(&c.name, p)?;
-        Some(format!(
-            "agent {} of primary {p} has not renewed its lease: it ran out {} ms ago, so the agent has fenced its server",
-            agent.agent_id,
-            ago.as_millis()
-        ))
+        let fenced = self.monitor.own_observation(p).is_some_and(|o| o.read_only);
+        let ago = self.leases.expired_for(&c.name, p, Some(agent), fenced)?;
+        Some(match self.leases.granted(&c.name, p) {
+            Some(_) => format!(
+                "agent {} of primary {p} has not renewed its lease: it ran out {} ms ago, so the agent has fenced its server",
+                agent.agent_id,
+                ago.as_millis()
+            ),
+            None => format!(
+                "agent {} of primary {p} has not renewed its lease since this node became leader, and the server is \
+                 read-only: whatever lease it held ran out {} ms ago and its agent (or sentinel) fenced it",
+                agent.agent_id,
+                ago.as_millis()
+            ),
+        })
     }
 
     fn leads(&self) -> bool {
@@ -1060,6 +1069,14 @@ impl Engine {
                 Step::PromoteCandidate { candidate } => {
                     match self.promote(candidate, f.epoch, c.settings.semi_sync == Some(true)).await {
                         Ok((outcome, point)) => {
+                            // The new primary's agent holds a lease from now on (it was
+                            // answered "being promoted", which it counts as one): the leader
+                            // counts it too, so that it never judges a lease it granted
+                            // "never renewed" before the agent's next renewal.
+                            if let Some(agent) = c.agents.get(candidate) {
+                                let ttl = self.leases.ttl_of(Some(agent));
+                                self.leases.grant(name, candidate, ttl, tokio::time::Instant::now());
+                            }
                             // Committed before the step: a leader that resumes after the step
                             // finds the point already in the record.
                             self.commit(
@@ -1394,7 +1411,10 @@ impl Engine {
                 Ok(format!("applied {} (at {have})", targets.join(" + ")))
             }
             Step::WaitLeaseExpiry { addr } => {
-                let Some(agent) = c.agents.get(addr) else {
+                let agent = c.agents.get(addr);
+                // Leases go only to registered agents; a grant without a record (an older
+                // primusd) is waited out all the same.
+                if agent.is_none() && self.leases.granted(&c.name, addr).is_none() {
                     if self.fencing.require_fencing {
                         return Err(format!(
                             "{addr} has no fencing agent and [fencing] require_fencing is on: not promoting next to a \
@@ -1404,13 +1424,14 @@ impl Engine {
                     return Ok(format!(
                         "skipped: {addr} has no fencing agent: UNFENCED unless the fence step reached it"
                     ));
-                };
-                let until = self.leases.expiry(&c.name, addr);
+                }
+                let name = agent.map_or("(unregistered)", |a| a.agent_id.as_str());
+                let until = self.leases.expiry(&c.name, addr, agent);
                 let wait = until.saturating_duration_since(tokio::time::Instant::now());
-                tracing::warn!(cluster = %c.name, instance = %addr, epoch = f.epoch, agent = %agent.agent_id,
+                tracing::warn!(cluster = %c.name, instance = %addr, epoch = f.epoch, agent = %name,
                     wait_ms = wait.as_millis() as u64, "waiting for the old primary's lease to run out");
                 tokio::time::sleep_until(until).await;
-                Ok(format!("lease of agent {} ran out (waited {} ms)", agent.agent_id, wait.as_millis()))
+                Ok(format!("lease of agent {name} ran out (waited {} ms)", wait.as_millis()))
             }
             Step::PromoteCandidate { candidate } => {
                 self.promote(candidate, f.epoch, c.settings.semi_sync == Some(true)).await.map(|(outcome, _)| outcome)

@@ -5,21 +5,22 @@
 //! both on monotonic clocks, so the agent always believes its lease ended first.
 //! Leases live in the leader's memory only (a renewal is not a Raft write). A new
 //! leader knows nothing of the leases its predecessor granted, so it treats every
-//! agent's lease as running until `max_lease_ttl` plus an election timeout after it
+//! agent's lease as running until the agent's TTL *as recorded in Raft* (the longest
+//! any agent of that instance registered with) plus an election timeout after it
 //! became leader: a deposed leader stops granting at the latest an election timeout
 //! after it last heard from a quorum, which is before anybody else can be elected.
+//! Using the recorded TTL rather than this node's `[fencing] max_lease_ttl_ms` means a
+//! new leader configured with a shorter maximum still waits out what its predecessor
+//! may have granted.
+//!
+//! Grants are forgotten when this node stops leading: a later term starts from the
+//! inherited bound again.
 
-use primus_types::{ClusterName, InstanceAddr, NodeId, Raft};
+use primus_types::{AgentRecord, ClusterName, InstanceAddr, NodeId, Raft};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
-
-#[derive(Debug, Clone, Copy)]
-struct Grant {
-    received_at: Instant,
-    ttl: Duration,
-}
 
 pub struct LeaseTable {
     me: NodeId,
@@ -29,7 +30,8 @@ pub struct LeaseTable {
     election_timeout_max: Duration,
     /// The term in which this node last became leader, and when it noticed.
     leader_since: Mutex<Option<(u64, Instant)>>,
-    grants: Mutex<HashMap<(ClusterName, InstanceAddr), Grant>>,
+    /// The end of the longest lease granted per instance in this leadership.
+    grants: Mutex<HashMap<(ClusterName, InstanceAddr), Instant>>,
 }
 
 impl LeaseTable {
@@ -55,6 +57,19 @@ impl LeaseTable {
         self.max_ttl
     }
 
+    /// The TTL to count for `agent`'s leases: what Raft recorded for it (this node's
+    /// maximum for an agent too old to have said).
+    pub fn ttl_of(&self, agent: Option<&AgentRecord>) -> Duration {
+        agent.and_then(|a| a.ttl_ms).map_or(self.max_ttl, Duration::from_millis)
+    }
+
+    /// What is added to a lease before it counts as run out: this node's margin, or the
+    /// agent's fence timeout when that is longer (it fences after its lease ends).
+    fn margin_of(&self, agent: Option<&AgentRecord>) -> Duration {
+        let fence = agent.and_then(|a| a.fence_timeout_ms).map_or(Duration::ZERO, Duration::from_millis);
+        self.margin.max(fence + Duration::from_millis(200))
+    }
+
     /// When this node became leader in its current term (noted on first use in a
     /// term; the caller has just checked that it leads).
     fn leader_since(&self) -> Instant {
@@ -71,7 +86,7 @@ impl LeaseTable {
     }
 
     /// Watch leadership so `leader_since` is noted when leadership starts, not
-    /// when it is first needed.
+    /// when it is first needed, and grants are forgotten when it ends.
     pub fn start(self: &std::sync::Arc<Self>) {
         let me = self.clone();
         let mut rx = self.raft.metrics();
@@ -85,6 +100,7 @@ impl LeaseTable {
                     me.leader_since();
                 } else {
                     *me.leader_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    me.grants.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 }
                 if rx.changed().await.is_err() {
                     return;
@@ -93,41 +109,53 @@ impl LeaseTable {
         });
     }
 
-    /// Record a lease granted now (the request was received at `received_at`).
+    /// Record a lease granted now (the request was received at `received_at`). A
+    /// shorter grant never shortens one already given.
     pub fn grant(&self, cluster: &ClusterName, instance: &InstanceAddr, ttl: Duration, received_at: Instant) {
         self.leader_since();
+        let until = received_at + ttl;
         let mut g = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        g.insert((cluster.clone(), instance.clone()), Grant { received_at, ttl });
+        let e = g.entry((cluster.clone(), instance.clone())).or_insert(until);
+        *e = (*e).max(until);
+    }
+
+    /// The end of the lease this leader granted `instance`, if it granted one.
+    pub fn granted(&self, cluster: &ClusterName, instance: &InstanceAddr) -> Option<Instant> {
+        self.grants.lock().unwrap_or_else(|p| p.into_inner()).get(&(cluster.clone(), instance.clone())).copied()
     }
 
     /// The instant after which no lease of `instance` granted by this leader or a
     /// previous one can still be held (margin included).
-    pub fn expiry(&self, cluster: &ClusterName, instance: &InstanceAddr) -> Instant {
-        let inherited = self.leader_since() + self.max_ttl + self.election_timeout_max;
-        let own = self
-            .grants
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(cluster.clone(), instance.clone()))
-            .map(|g| g.received_at + g.ttl);
-        own.map_or(inherited, |o| o.max(inherited)) + self.margin
+    pub fn expiry(&self, cluster: &ClusterName, instance: &InstanceAddr, agent: Option<&AgentRecord>) -> Instant {
+        let inherited = self.leader_since() + self.ttl_of(agent) + self.election_timeout_max;
+        let own = self.granted(cluster, instance);
+        own.map_or(inherited, |o| o.max(inherited)) + self.margin_of(agent)
     }
 
-    /// How long ago the lease of `instance` ran out, if it has (`None`: it may still be held).
-    pub fn expired_for(&self, cluster: &ClusterName, instance: &InstanceAddr) -> Option<Duration> {
+    /// How long ago the lease of `instance` ran out (`None`: it may still be held, or
+    /// it never was). A lease this leader granted runs out at its end; a lease it never
+    /// granted counts as run out only once the inherited bound has passed *and* the
+    /// server was seen read-only (`fenced`): an agent that never held a lease never
+    /// fenced anything, and a promoted replica whose agent has not renewed yet must not
+    /// look like a primary whose agent died.
+    pub fn expired_for(
+        &self,
+        cluster: &ClusterName,
+        instance: &InstanceAddr,
+        agent: Option<&AgentRecord>,
+        fenced: bool,
+    ) -> Option<Duration> {
+        if self.granted(cluster, instance).is_none() && !fenced {
+            return None;
+        }
         let now = Instant::now();
-        let e = self.expiry(cluster, instance);
+        let e = self.expiry(cluster, instance, agent);
         (now >= e).then(|| now - e)
     }
 
     /// Whether the agent of `instance` holds a lease this leader granted, right now.
     pub fn holds(&self, cluster: &ClusterName, instance: &InstanceAddr) -> bool {
-        let now = Instant::now();
-        self.grants
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(cluster.clone(), instance.clone()))
-            .is_some_and(|g| g.received_at + g.ttl > now)
+        self.granted(cluster, instance).is_some_and(|until| until > Instant::now())
     }
 
     /// Forget grants of instances that are no longer anybody's concern.

@@ -264,6 +264,39 @@ impl CoordinatorService {
         }
     }
 
+    /// A fencing agent's timings must work with this group: its TTL no longer than
+    /// `[fencing] max_lease_ttl_ms`, and long enough that a leader change (the worst
+    /// leaderless window, plus two renewals: one may go to the dead leader) does not
+    /// fence a healthy primary. Older agents send no timings: not checked.
+    fn check_agent_timings(&self, r: &RegisterAgentRequest) -> Result<(), Status> {
+        if r.ttl_ms == 0 {
+            return Ok(());
+        }
+        let max = self.node.cfg.fencing.max_lease_ttl_ms;
+        if r.ttl_ms > max {
+            return Err(Status::failed_precondition(format!(
+                "lease.ttl_ms {} is longer than the coordinators' [fencing] max_lease_ttl_ms {max}: lower it to at \
+                 most {max}",
+                r.ttl_ms
+            )));
+        }
+        let window = self.node.cfg.raft.worst_leaderless_ms();
+        let need = window + 2 * r.renew_interval_ms;
+        if r.ttl_ms <= need {
+            return Err(Status::failed_precondition(format!(
+                "lease.ttl_ms {} does not outlast a leader change: the coordinators can be without a leader for up to \
+                 {window} ms (2 x raft.election_timeout_max_ms {} + a vote round), and two renewals take {} ms \
+                 (lease.renew_interval_ms {}); every leader change would fence the primary. Set lease.ttl_ms above \
+                 {need} (and at most {max}, [fencing] max_lease_ttl_ms), or shorten the coordinators' election timeouts",
+                r.ttl_ms,
+                self.node.cfg.raft.election_timeout_max_ms,
+                2 * r.renew_interval_ms,
+                r.renew_interval_ms
+            )));
+        }
+        Ok(())
+    }
+
     async fn linearizable(&self) -> Result<(), NotHere> {
         let timeout = self.node.cfg.raft.write_timeout();
         match tokio::time::timeout(timeout, self.node.raft.ensure_linearizable()).await {
@@ -982,7 +1015,18 @@ impl Coordinator for CoordinatorService {
         if r.agent_id.trim().is_empty() {
             return Err(Status::invalid_argument("agent_id must not be empty"));
         }
-        let cmd = Command::RegisterAgent { name, instance, agent_id: r.agent_id.clone() };
+        // Checked where it is committed (the leader, whose configuration decides).
+        if self.node.is_leader() {
+            self.check_agent_timings(&r)?;
+        }
+        let opt = |v: u64| (v > 0).then_some(v);
+        let cmd = Command::RegisterAgent {
+            name,
+            instance,
+            agent_id: r.agent_id.clone(),
+            ttl_ms: opt(r.ttl_ms),
+            fence_timeout_ms: opt(r.fence_timeout_ms),
+        };
         let actor = r.actor.clone();
         self.commit_or_forward(cmd, actor, inbound, r, |mut c, q| async move { c.register_agent(q).await }).await
     }
@@ -1031,18 +1075,24 @@ impl Coordinator for CoordinatorService {
             .read_state(|s| {
                 let c = s.clusters.get(&name)?;
                 let primary = c.topology.primary.as_ref().map(ToString::to_string).unwrap_or_default();
+                let agent = c.agents.get(&instance);
                 let verdict = if !c.topology.instances.contains_key(&instance) {
                     LeaseVerdict::Refuse { reason: "unknown_instance", fence_now: false }
                 } else if too_long {
                     LeaseVerdict::Refuse { reason: "ttl_too_long", fence_now: false }
                 } else {
+                    // A lease is waited out only for an agent Raft knows of: never grant one
+                    // to anybody else (the agent registers again on this answer).
+                    let unknown = agent.is_none_or(|a| a.agent_id != r.agent_id);
+                    let not_registered = LeaseVerdict::Refuse { reason: "not_registered", fence_now: false };
                     match c.in_flight().filter(|f| f.kind.changes_primary()) {
-                        Some(f) if f.candidate == instance => {
-                            LeaseVerdict::Refuse { reason: "being_promoted", fence_now: false }
-                        }
+                        Some(f) if f.candidate == instance && unknown => not_registered,
+                        // The agent counts this answer as a lease: so does the leader.
+                        Some(f) if f.candidate == instance => LeaseVerdict::Promoting,
                         // Fence at once; the failover still waits for the lease to run
                         // out, in case this answer never reaches the agent.
                         Some(f) if f.old_primary == instance => LeaseVerdict::FailoverInProgress(f.id.clone()),
+                        _ if c.topology.primary.as_ref() == Some(&instance) && unknown => not_registered,
                         _ if c.topology.primary.as_ref() == Some(&instance) => LeaseVerdict::Grant,
                         // A demoted former primary must stay read-only; an ordinary
                         // replica is left alone.
@@ -1055,12 +1105,16 @@ impl Coordinator for CoordinatorService {
         let Some((epoch, primary, verdict)) = decided else {
             return answer(false, 0, 0, String::new(), "unknown_cluster", false);
         };
+        let ttl = std::time::Duration::from_millis(r.ttl_ms);
         match verdict {
             LeaseVerdict::Grant => {
-                let ttl = std::time::Duration::from_millis(r.ttl_ms);
                 self.node.leases.grant(&name, &instance, ttl, received_at);
                 tracing::trace!(cluster = %name, instance = %instance, epoch, ttl_ms = r.ttl_ms, "lease granted");
                 answer(true, r.ttl_ms, epoch, primary, "", false)
+            }
+            LeaseVerdict::Promoting => {
+                self.node.leases.grant(&name, &instance, ttl, received_at);
+                answer(false, 0, epoch, primary, "being_promoted", false)
             }
             LeaseVerdict::FailoverInProgress(id) => {
                 tracing::warn!(cluster = %name, instance = %instance, epoch, failover_id = %id,
@@ -1138,6 +1192,8 @@ fn fence_view(f: &primus_types::SplitFenceRecord) -> primus_proto::v1::SplitFenc
 /// What a lease renewal gets, decided from the replicated state.
 enum LeaseVerdict {
     Grant,
+    /// The instance is the candidate of a failover in progress.
+    Promoting,
     /// The instance is the old primary of a failover in progress (its id).
     FailoverInProgress(String),
     Refuse {

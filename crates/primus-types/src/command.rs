@@ -168,6 +168,12 @@ pub enum Command {
         name: ClusterName,
         instance: InstanceAddr,
         agent_id: String,
+        /// The agent's lease TTL (an older agent sends none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
+        /// The agent's fence timeout.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence_timeout_ms: Option<u64>,
     },
     /// Split brain: the leader is about to fence `instance`, writable although the
     /// cluster's primary of `epoch` is another. Committed before the instance is
@@ -242,9 +248,10 @@ impl Command {
                 "{instance} in {name} no longer demoted: rejoined with --discard-divergent, divergent transactions \
                  left in its tables: {d}"
             ),
-            Command::RegisterAgent { name, instance, agent_id } => {
-                format!("agent {agent_id} registered for {instance} in {name}")
-            }
+            Command::RegisterAgent { name, instance, agent_id, ttl_ms, .. } => match ttl_ms {
+                Some(t) => format!("agent {agent_id} registered for {instance} in {name} (lease ttl {t} ms)"),
+                None => format!("agent {agent_id} registered for {instance} in {name}"),
+            },
             Command::RecordPromotionPoint { name, id, gtid, .. } => {
                 format!("failover {id} of {name}: promotion point {gtid}")
             }

@@ -175,6 +175,15 @@ impl std::fmt::Display for PromotionRule {
 pub struct AgentRecord {
     pub agent_id: String,
     pub registered_at_ms: u64,
+    /// The longest lease TTL any agent of this instance registered with (it never
+    /// shrinks): a leader that inherits this instance's leases waits at least this
+    /// long, whatever its own configuration says. `None`: registered by an older agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// The agent's `fence.timeout_ms`: how long it may take to fence its server once its
+    /// lease ran out (the leader's wait covers it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

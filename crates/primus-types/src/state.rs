@@ -448,13 +448,22 @@ impl Registry {
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
             }
-            Command::RegisterAgent { name, instance, agent_id } => {
+            Command::RegisterAgent { name, instance, agent_id, ttl_ms, fence_timeout_ms } => {
                 let c = self.cluster_mut(name)?;
                 if !c.topology.instances.contains_key(instance) {
                     return Err(Rejection::UnknownInstance { name: name.clone(), instance: instance.clone() });
                 }
-                let rec =
-                    crate::failover::AgentRecord { agent_id: agent_id.clone(), registered_at_ms: req.proposed_at_ms };
+                // Leases an earlier agent of this instance holds may be longer than the new
+                // agent's: the recorded TTL only grows.
+                let before = c.agents.get(instance);
+                let ttl_ms = (*ttl_ms).max(before.and_then(|a| a.ttl_ms));
+                let fence_timeout_ms = (*fence_timeout_ms).max(before.and_then(|a| a.fence_timeout_ms));
+                let rec = crate::failover::AgentRecord {
+                    agent_id: agent_id.clone(),
+                    registered_at_ms: req.proposed_at_ms,
+                    ttl_ms,
+                    fence_timeout_ms,
+                };
                 c.agents.insert(instance.clone(), rec);
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
