@@ -652,6 +652,95 @@ async fn agent_for_an_instance_the_coordinators_do_not_know_exits_with_code_2() 
     Ok(())
 }
 
+/// Raft timings for coordinators in three datacenters (deploy/primusd-3dc.example):
+/// after a leader crash the others wait 3-4 s before electing a new one.
+fn wan_world_options() -> WorldOptions {
+    WorldOptions {
+        raft: primus_testkit::coordinator::RaftTuning {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            ..Default::default()
+        },
+        extra_config: "[fencing]\nmax_lease_ttl_ms = 8000\n".into(),
+        ..Default::default()
+    }
+}
+
+/// With those timings the default agent TTL (1.5 s) used to be accepted, and every
+/// leader change then fenced the primary (for good, before the unfence upkeep). Now
+/// the leader refuses to register such an agent, which exits with code 2 and says
+/// which TTL would do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_ttl_that_a_leader_change_would_outlast_is_refused_and_the_agent_exits_with_code_2(
+) -> anyhow::Result<()> {
+    let w = World::start(wan_world_options()).await?;
+    w.register_sandbox(CLUSTER, Duration::ZERO).await?;
+    let mut agent = AgentProc::start(w.sandbox.primary(), &world_agent_options(&w))?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = agent.try_exit()? {
+            break st;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the agent still runs:\n{}", agent.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = agent.log();
+    println!("{}", agent.log_tail(3));
+    assert_eq!(status.code(), Some(2), "exit status {status:?}:\n{log}");
+    assert!(log.contains("does not outlast a leader change") && log.contains("above 5600"), "unclear error:\n{log}");
+    assert!(!w.sandbox.primary().read_only().await?, "the refused agent fenced the primary");
+    Ok(())
+}
+
+/// The same timings with a TTL the check accepts: a leader crash (kill -9, 3-4 s without
+/// a leader) and a leader stop (SIGTERM, handed over at once) leave the primary writable
+/// throughout, and nothing fails over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wan_raft_timings_neither_a_leader_crash_nor_a_leader_stop_fences_the_primary() -> anyhow::Result<()> {
+    let mut w = World::start(wan_world_options()).await?;
+    w.register_sandbox(CLUSTER, Duration::ZERO).await?;
+    let primary = w.sandbox.primary().clone();
+    let opts = AgentOptions { ttl_ms: 6000, ..world_agent_options(&w) };
+    let agent = AgentProc::start(&primary, &opts)?;
+    agent.wait_log("lease granted", Duration::from_secs(15)).await?;
+    let sampler = primus_integration_tests::world::WritableSampler::start(vec![primary.clone()]);
+
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(10)).await?;
+    w.group.kill9(leader)?;
+    let killed = Instant::now();
+    let others: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let (next, _) = w.group.wait_leader(&others, Duration::from_secs(15)).await?;
+    println!("leader {leader} killed: node {next} leads {} ms later", killed.elapsed().as_millis());
+    w.group.start_node(leader)?;
+    w.group.wait_leader(&[], Duration::from_secs(15)).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(10)).await?;
+    w.group.sigterm(leader)?;
+    let stopped = Instant::now();
+    let others: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let (next, _) = w.group.wait_leader(&others, Duration::from_secs(15)).await?;
+    println!("leader {leader} stopped (SIGTERM): node {next} leads {} ms later", stopped.elapsed().as_millis());
+    let code = w.group.wait_exit(leader, Duration::from_secs(10))?;
+    assert_eq!(code, Some(0));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let samples = sampler.stop().await?;
+    let read_only: Vec<_> = samples.iter().filter(|s| s.writable.is_empty() && s.silent.is_empty()).collect();
+    println!("{} samples of the primary, {} read-only", samples.len(), read_only.len());
+    assert!(
+        read_only.is_empty(),
+        "the primary was read-only {} times (first {:?} after the start)\n--- agent log ---\n{}",
+        read_only.len(),
+        read_only.first().map(|s| s.at.duration_since(samples[0].at)),
+        agent.log_tail(30)
+    );
+    assert!(!agent.log().contains("FENCED"), "{}", agent.log_tail(30));
+    assert!(w.client()?.history(CLUSTER).await?.failovers.is_empty(), "a failover happened");
+    Ok(())
+}
+
 fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

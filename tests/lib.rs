@@ -81,6 +81,8 @@ pub mod world {
         /// Run instance 0 (the primary) in its own network namespace on a bridge, so a
         /// test can cut it off for real (`World::net`); coordinators listen on 0.0.0.0.
         pub primary_in_netns: bool,
+        /// Raft timings of the coordinators (the testkit's fast LAN timings by default).
+        pub raft: primus_testkit::coordinator::RaftTuning,
     }
 
     impl Default for WorldOptions {
@@ -97,6 +99,7 @@ pub mod world {
                 env: Vec::new(),
                 http: false,
                 primary_in_netns: false,
+                raft: Default::default(),
             }
         }
     }
@@ -147,6 +150,7 @@ pub mod world {
                 env: o.env,
                 http: o.http,
                 listen_all: o.primary_in_netns,
+                raft: o.raft,
                 ..Default::default()
             })?;
             group.wait_leader(&[], Duration::from_secs(20)).await?;

@@ -121,3 +121,63 @@ async fn new_member_catches_up_from_snapshot_and_removal_keeps_group_writable() 
     register(&g.client_for(&[leader, 4], Duration::from_secs(5))?, "after-remove").await?;
     Ok(())
 }
+
+/// `primusctl members transfer-leader ID` hands leadership to ID at once (one vote round),
+/// and a leader stopped with SIGTERM hands it over before it exits, so that the group is
+/// without a leader for far less than an election timeout. WAN timings as in
+/// deploy/primusd-3dc.example (elections after 3-4 s without a leader).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_is_handed_over_on_request_and_before_a_sigterm_stop() -> anyhow::Result<()> {
+    let raft = RaftTuning {
+        heartbeat_ms: 100,
+        election_timeout_min_ms: 1000,
+        election_timeout_max_ms: 2000,
+        ..Default::default()
+    };
+    let mut g = CoordinatorGroup::start(GroupOptions { nodes: 3, raft, ..Default::default() })?;
+    let (leader, term) = g.wait_leader(&[], Duration::from_secs(20)).await?;
+    // A leader grants a transfer vote only once its own leader lease (election timeout
+    // max) has passed since it was elected.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let to = (1..=3).find(|i| *i != leader).unwrap_or(1);
+    let asked = Instant::now();
+    let out = std::process::Command::new(bin("primusctl")?)
+        .args(["--endpoints", &g.endpoints(), "-o", "json", "members", "transfer-leader", &to.to_string()])
+        .output()?;
+    let took = asked.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("transfer-leader {to}: {took:?}, {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(out.status.success(), "primusctl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&stdout)?;
+    assert_eq!(v["leader_id"].as_u64(), Some(to), "{v}");
+    assert!(v["term"].as_u64().unwrap_or(0) > term, "{v}");
+    assert!(took < Duration::from_secs(1), "the transfer took {took:?}");
+    let (l, _) = g.wait_leader(&[], Duration::from_secs(5)).await?;
+    assert_eq!(l, to);
+
+    // SIGTERM the leader: the others have a new leader long before an election timeout.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let others: Vec<u64> = (1..=3).filter(|i| *i != to).collect();
+    let watcher = g.client_for(&others, Duration::from_secs(1))?;
+    g.sigterm(to)?;
+    let stopped = Instant::now();
+    let new_leader = loop {
+        if let Ok(s) = watcher.node_status().await {
+            if let Some(l) = s.leader_id.filter(|l| *l != to && s.term > 0) {
+                if others.contains(&l) {
+                    break l;
+                }
+            }
+        }
+        anyhow::ensure!(stopped.elapsed() < Duration::from_secs(10), "no new leader 10 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let leaderless = stopped.elapsed();
+    let code = g.wait_exit(to, Duration::from_secs(10))?;
+    println!("SIGTERM of leader {to}: node {new_leader} leads {} ms later; exit code {code:?}", leaderless.as_millis());
+    assert_eq!(code, Some(0), "primusd did not stop cleanly");
+    assert!(g.node(to).log_tail(200).contains("handed leadership over before stopping"), "{}", g.node(to).log_tail(30));
+    // Without the hand-over the others wait 3-4 s (leader lease + election timeout).
+    assert!(leaderless < Duration::from_millis(1000), "{leaderless:?} without a leader after a SIGTERM stop");
+    Ok(())
+}

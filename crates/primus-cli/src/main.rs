@@ -185,6 +185,10 @@ enum MembersCmd {
     },
     /// Remove a coordinator from the group (voter or learner).
     Remove { id: u64 },
+    /// Hand leadership to voter ID: the leader waits until ID holds its whole log, then
+    /// asks it to start an election at once (before maintenance on the leader's host;
+    /// primusd does this by itself when it stops on SIGTERM).
+    TransferLeader { id: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -493,6 +497,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_json(json!({"added": id, "addr": addr, "datacenter": datacenter, "log_index": r.log_index}));
             } else {
                 println!("node {id} is now a voter (log index {})", r.log_index);
+            }
+        }
+        Cmd::Members(MembersCmd::TransferLeader { id }) => {
+            let r = client.transfer_leader(id).await?;
+            if json_out {
+                print_json(json!({"leader_id": r.leader_id, "term": r.term}));
+            } else {
+                println!("node {} leads now (term {})", r.leader_id, r.term);
             }
         }
         Cmd::Members(MembersCmd::Remove { id }) => {

@@ -488,6 +488,15 @@ impl Client {
         .map(|(_, v)| v)
     }
 
+    /// Hand leadership to voter `to`; returns who leads afterwards.
+    pub async fn transfer_leader(&self, to: u64) -> Result<TransferLeaderResponse, ClientError> {
+        self.call(|mut c, t| async move {
+            c.transfer_leader(req(TransferLeaderRequest { to }, t)).await.map(|r| r.into_inner())
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
     pub async fn remove_member(&self, id: u64) -> Result<RemoveMemberResponse, ClientError> {
         self.call(|mut c, t| async move {
             c.remove_member(req(RemoveMemberRequest { id }, t)).await.map(|r| r.into_inner())

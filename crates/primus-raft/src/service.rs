@@ -2,7 +2,10 @@
 
 use crate::faults::Faults;
 use primus_proto::raft::raft_server::Raft as RaftRpc;
-use primus_proto::raft::{FaultReply, FaultRequest, ObservationAck, ObservationReport, RaftReply, RaftRequest};
+use primus_proto::raft::{
+    FaultReply, FaultRequest, ObservationAck, ObservationReport, RaftReply, RaftRequest, TimeoutNowReply,
+    TimeoutNowRequest,
+};
 use primus_types::{NodeId, Raft};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -86,6 +89,39 @@ impl RaftRpc for RaftService {
                 Err(Status::invalid_argument(e))
             }
         }
+    }
+
+    async fn timeout_now(&self, req: Request<TimeoutNowRequest>) -> Result<Response<TimeoutNowReply>, Status> {
+        let r = req.into_inner();
+        if self.faults.is_dropped(r.from) {
+            return Err(Status::unavailable(format!("fault injection: traffic from node {} dropped", r.from)));
+        }
+        let refuse = |reason: String| {
+            tracing::info!(from = r.from, term = r.term, %reason, "leadership transfer refused");
+            Ok(Response::new(TimeoutNowReply { started: false, reason }))
+        };
+        let (leader, term, last, voter) = {
+            let m = self.raft.metrics().borrow().clone();
+            let voter = m.membership_config.membership().voter_ids().any(|v| v == self.me);
+            (m.current_leader, m.current_term, m.last_log_index.unwrap_or(0), voter)
+        };
+        if leader != Some(r.from) || term != r.term {
+            return refuse(format!(
+                "node {} is not the leader this node knows (leader {leader:?}, term {term}; asked by {} in term {})",
+                r.from, r.from, r.term
+            ));
+        }
+        if !voter {
+            return refuse(format!("node {} is not a voter", self.me));
+        }
+        if last < r.last_log_index {
+            return refuse(format!("node {} holds log index {last}, the leader {}", self.me, r.last_log_index));
+        }
+        if let Err(e) = self.raft.trigger().elect().await {
+            return refuse(format!("cannot start an election: {e}"));
+        }
+        tracing::info!(from = r.from, term, "leadership transfer: election started");
+        Ok(Response::new(TimeoutNowReply { started: true, reason: String::new() }))
     }
 
     async fn set_faults(&self, req: Request<FaultRequest>) -> Result<Response<FaultReply>, Status> {

@@ -174,6 +174,22 @@ pub struct FencingSection {
     pub require_fencing: bool,
 }
 
+impl Config {
+    /// A warning when no fencing agent could register with this configuration: its
+    /// `[fencing] max_lease_ttl_ms` does not outlast the group's worst leaderless window.
+    pub fn fencing_warning(&self) -> Option<String> {
+        let window = self.raft.worst_leaderless_ms();
+        (self.fencing.max_lease_ttl_ms <= window).then(|| {
+            format!(
+                "[fencing] max_lease_ttl_ms {} is not longer than the group's worst leaderless window ({window} ms = 2 \
+                 x raft.election_timeout_max_ms + a vote round): no fencing agent can register (a leader change \
+                 would fence every primary); raise it above {window} ms plus two agent renewals",
+                self.fencing.max_lease_ttl_ms
+            )
+        })
+    }
+}
+
 impl RaftSection {
     /// How long the group can be without a leader after the leader dies, at worst but for
     /// split votes: a follower waits `election_timeout_max` (openraft's leader lease) plus
@@ -442,19 +458,6 @@ impl Config {
         }
         if r.snapshot_every_entries == 0 {
             return Err(invalid("raft.snapshot_every_entries", "must be greater than 0".into()));
-        }
-        if self.fencing.max_lease_ttl_ms <= r.worst_leaderless_ms() {
-            return Err(invalid(
-                "fencing.max_lease_ttl_ms",
-                format!(
-                    "{} ms is not longer than the group's worst leaderless window ({} ms = 2 x \
-                     raft.election_timeout_max_ms + the vote round): every leader change would fence every primary \
-                     with an agent; raise it (and the agents' lease.ttl_ms) above {} ms",
-                    self.fencing.max_lease_ttl_ms,
-                    r.worst_leaderless_ms(),
-                    r.worst_leaderless_ms()
-                ),
-            ));
         }
         for (key, v) in [
             ("raft.rpc_timeout_ms", r.rpc_timeout_ms),

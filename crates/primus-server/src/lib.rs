@@ -8,6 +8,7 @@ pub mod failover;
 pub mod faults;
 pub mod hooks;
 pub mod http;
+pub mod leadership;
 pub mod lease;
 pub mod metrics;
 pub mod monitor;

@@ -49,6 +49,9 @@ fn main() -> ExitCode {
         }
     }
     if args.check_config {
+        if let Some(w) = cfg.fencing_warning() {
+            eprintln!("primusd: warning: {w}");
+        }
         println!("primusd: {} is valid", args.config.display());
         return ExitCode::SUCCESS;
     }

@@ -119,6 +119,9 @@ pub async fn run(
     config_path: &std::path::Path,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    if let Some(w) = cfg.fencing_warning() {
+        tracing::warn!("{w}");
+    }
     let fault_injection = crate::faults::get().enabled();
     let faults = Arc::new(Faults::new(fault_injection));
     if fault_injection {
@@ -341,8 +344,19 @@ pub async fn run(
     // One shutdown for both servers: the gRPC server's future fires it, and it
     // also fires if the gRPC server stops on its own (the sender is dropped).
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let leaving = ctx.clone();
     let shutdown = async move {
         shutdown.await;
+        // A planned stop of the leader: hand leadership over first, so that the group
+        // is without a leader for a vote round, not for an election timeout (which
+        // could outlast the agents' leases and fence every primary).
+        if leaving.is_leader() {
+            let bound = Duration::from_millis(2 * leaving.cfg.raft.election_timeout_max_ms + 1000);
+            match crate::leadership::transfer(&leaving, None, bound).await {
+                Ok((leader, term)) => tracing::info!(leader, term, "handed leadership over before stopping"),
+                Err(e) => tracing::warn!(error = %e, "could not hand leadership over before stopping"),
+            }
+        }
         let _ = stop_tx.send(true);
     };
     let http = http_listener.map(|l| {

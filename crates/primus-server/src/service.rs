@@ -554,6 +554,29 @@ impl Coordinator for CoordinatorService {
         }
     }
 
+    async fn transfer_leader(
+        &self,
+        req: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        if !self.node.is_leader() {
+            let nh = NotHere::Forward(self.node.leader_target());
+            return self
+                .forward(nh, forwarded, r, |mut c, q| async move { c.transfer_leader(q).await })
+                .await
+                .map(Response::new);
+        }
+        let bound = std::time::Duration::from_millis(2 * self.node.cfg.raft.election_timeout_max_ms + 2000);
+        match crate::leadership::transfer(&self.node, Some(r.to), bound).await {
+            Ok((leader_id, term)) => {
+                tracing::info!(to = r.to, leader_id, term, "leadership handed over on request");
+                Ok(Response::new(TransferLeaderResponse { leader_id, term }))
+            }
+            Err(e) => Err(Status::failed_precondition(format!("leadership not handed to node {}: {e}", r.to))),
+        }
+    }
+
     async fn register_cluster(
         &self,
         req: Request<RegisterClusterRequest>,

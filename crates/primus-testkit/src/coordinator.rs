@@ -405,6 +405,30 @@ impl CoordinatorGroup {
         }
     }
 
+    /// Send SIGTERM to node `id` without waiting ([`CoordinatorGroup::wait_exit`] reaps it).
+    pub fn sigterm(&self, id: u64) -> Result<()> {
+        let pid = self.nodes[&id].pid().ok_or_else(|| anyhow!("node {id} not running"))?;
+        signal(pid, nix::sys::signal::Signal::SIGTERM)
+    }
+
+    /// Wait for node `id` to exit (after [`CoordinatorGroup::sigterm`]); its exit code.
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Result<Option<i32>> {
+        let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        let Some(mut c) = node.child.take() else { bail!("node {id} is not running") };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = c.try_wait().context("wait")? {
+                return Ok(st.code());
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("node {id} did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn sigstop(&self, id: u64) -> Result<()> {
         let pid = self.nodes[&id].pid().ok_or_else(|| anyhow!("node {id} not running"))?;
         signal(pid, nix::sys::signal::Signal::SIGSTOP)
