@@ -652,6 +652,27 @@ async fn agent_for_an_instance_the_coordinators_do_not_know_exits_with_code_2() 
     Ok(())
 }
 
+/// After a switchover the old primary's agent holds no lease and keeps being answered
+/// `not_primary`; its sentinel used to see a "new" lease end on every renewal (the end was
+/// converted to CLOCK_MONOTONIC with a few hundred ns of jitter each time), fence again
+/// and log "the lease ran out; the server is read-only already" at INFO every 200-400 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sentinel_of_a_former_primary_logs_once_not_at_every_renewal() -> anyhow::Result<()> {
+    let WithAgent { agent, primary, w, .. } = primary_with_agent().await?;
+    agent.wait_log("sentinel started", Duration::from_secs(5)).await?;
+    let to = w.sandbox.replicas()[0].addr();
+    let r = w.client()?.failover(CLUSTER, Some(&to), true).await?;
+    assert_eq!(r.failover.map(|f| f.outcome).as_deref(), Some("succeeded"));
+    // The old primary's lease runs out 1.5 s later; then 5 s of renewals answered not_primary.
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    assert!(primary.read_only().await?, "the former primary is writable");
+    let log = agent.log();
+    let n = log.matches("the server is read-only already").count();
+    println!("{n} \"read-only already\" lines in 6.5 s after the switchover");
+    assert!(n <= 2, "{n} lines repeating the same state:\n{}", agent.log_tail(20));
+    Ok(())
+}
+
 /// Raft timings for coordinators in three datacenters (deploy/primusd-3dc.example):
 /// after a leader crash the others wait 3-4 s before electing a new one.
 fn wan_world_options() -> WorldOptions {

@@ -36,14 +36,34 @@ pub fn mono_now_ns() -> u64 {
     }
 }
 
-/// `instant` as nanoseconds on CLOCK_MONOTONIC.
-pub fn instant_to_mono_ns(instant: Instant) -> u64 {
-    let now = Instant::now();
-    let mono = mono_now_ns();
-    if instant >= now {
-        mono.saturating_add(instant.duration_since(now).as_nanos() as u64)
-    } else {
-        mono.saturating_sub(now.duration_since(instant).as_nanos() as u64).max(1)
+/// Maps `Instant`s onto CLOCK_MONOTONIC nanoseconds with one offset, read once, so that
+/// one instant always gives the same number. (Reading both clocks at every conversion
+/// gave a lease end a few hundred ns off each time: every renewal rewrote the lease file
+/// with an "new" end, and the sentinel fenced, and logged, again and again.)
+#[derive(Debug, Clone, Copy)]
+pub struct MonoClock {
+    instant: Instant,
+    ns: u64,
+}
+
+impl MonoClock {
+    pub fn new() -> MonoClock {
+        MonoClock { instant: Instant::now(), ns: mono_now_ns() }
+    }
+
+    /// `instant` as nanoseconds on CLOCK_MONOTONIC.
+    pub fn ns(&self, instant: Instant) -> u64 {
+        if instant >= self.instant {
+            self.ns.saturating_add(instant.duration_since(self.instant).as_nanos() as u64)
+        } else {
+            self.ns.saturating_sub(self.instant.duration_since(instant).as_nanos() as u64).max(1)
+        }
+    }
+}
+
+impl Default for MonoClock {
+    fn default() -> Self {
+        MonoClock::new()
     }
 }
 
@@ -121,6 +141,7 @@ impl LeaseRecord {
 /// order given; a write replaces the file atomically (write + rename).
 pub struct Publisher {
     tx: std::sync::mpsc::Sender<u64>,
+    clock: MonoClock,
 }
 
 impl Publisher {
@@ -164,12 +185,12 @@ impl Publisher {
                 }
             }
         })?;
-        Ok(Publisher { tx })
+        Ok(Publisher { tx, clock: MonoClock::new() })
     }
 
     /// Publish the lease end (`None`: no lease ever held).
     pub fn publish(&self, until: Option<Instant>) {
-        let _ = self.tx.send(until.map_or(0, instant_to_mono_ns));
+        let _ = self.tx.send(until.map_or(0, |u| self.clock.ns(u)));
     }
 }
 
@@ -266,6 +287,8 @@ pub async fn run(cfg: Config, agent_pid: u32) -> Result<(), String> {
     let grace = cfg.fence.timeout();
     let mut mine_until_ns = 0u64;
     let mut fenced_for = 0u64;
+    // What the last fence found: said at INFO when it changes, at DEBUG when it repeats.
+    let mut last_found: Option<Found> = None;
     tracing::info!(agent_pid, lease_file = %path.display(), "sentinel started");
     loop {
         let rec = read_record(&path).await.filter(|r| r.boot_id == boot);
@@ -294,29 +317,57 @@ pub async fn run(cfg: Config, agent_pid: u32) -> Result<(), String> {
             }
             Step::Fence { until_ns } => {
                 let late_ms = now_ns.saturating_sub(until_ns) / 1_000_000;
-                fence_once(&cfg, &mut mysql, agent, late_ms).await;
+                let found = fence_once(&cfg, &mut mysql, agent, late_ms, last_found).await;
+                last_found = Some(found);
                 fenced_for = until_ns;
             }
         }
     }
 }
 
-async fn fence_once(cfg: &Config, mysql: &mut LocalMysql, agent: AgentIs, late_ms: u64) {
+/// What a fence by the sentinel found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Fenced,
+    ReadOnlyAlready,
+    Down,
+    Failed,
+}
+
+async fn fence_once(cfg: &Config, mysql: &mut LocalMysql, agent: AgentIs, late_ms: u64, last: Option<Found>) -> Found {
     let started = Instant::now();
+    let again = |f: Found| last == Some(f);
     match mysql.fence_within(cfg.fence.timeout()).await {
-        Ok(r) if r.was_writable => tracing::warn!(
-            ?agent,
-            killed_connections = r.killed,
-            late_ms,
-            took_ms = started.elapsed().as_millis() as u64,
-            "SENTINEL FENCED: the lease ran out with no agent renewing it; server set read-only"
-        ),
-        Ok(_) => tracing::info!(?agent, late_ms, "the lease ran out; the server is read-only already"),
+        Ok(r) if r.was_writable => {
+            tracing::warn!(
+                ?agent,
+                killed_connections = r.killed,
+                late_ms,
+                took_ms = started.elapsed().as_millis() as u64,
+                "SENTINEL FENCED: the lease ran out with no agent renewing it; server set read-only"
+            );
+            Found::Fenced
+        }
+        Ok(_) => {
+            if again(Found::ReadOnlyAlready) {
+                tracing::debug!(?agent, late_ms, "the lease ran out; the server is read-only already");
+            } else {
+                tracing::info!(?agent, late_ms, "the lease ran out; the server is read-only already");
+            }
+            Found::ReadOnlyAlready
+        }
         Err(FenceError::Down(m)) => {
-            tracing::info!(?agent, detail = %m, "the lease ran out; mysqld is not accepting connections (nothing can write)")
+            if again(Found::Down) {
+                tracing::debug!(?agent, detail = %m, "the lease ran out; mysqld is not accepting connections");
+            } else {
+                tracing::info!(?agent, detail = %m,
+                    "the lease ran out; mysqld is not accepting connections (nothing can write)");
+            }
+            Found::Down
         }
         Err(e @ FenceError::Sql { .. }) => {
-            tracing::error!(?agent, error = %e, "the lease ran out and the sentinel cannot fence the server")
+            tracing::error!(?agent, error = %e, "the lease ran out and the sentinel cannot fence the server");
+            Found::Failed
         }
         Err(FenceError::Timeout { .. }) => {
             match fence::escalate(&cfg.fence, cfg.mysqld_port()).await {
@@ -352,6 +403,7 @@ async fn fence_once(cfg: &Config, mysql: &mut LocalMysql, agent: AgentIs, late_m
                     tracing::error!(error = %m, "mysqld did not answer the fence in time and could not be killed")
                 }
             }
+            Found::Fenced
         }
     }
 }
@@ -425,10 +477,21 @@ mod tests {
 
     #[test]
     fn instants_map_onto_the_monotonic_clock() {
+        let clock = MonoClock::new();
         let now = Instant::now();
-        let a = instant_to_mono_ns(now + Duration::from_secs(2));
+        let a = clock.ns(now + Duration::from_secs(2));
         let b = mono_now_ns();
         assert!(a > b + 1_900_000_000 && a < b + 2_100_000_000, "{a} vs {b}");
-        assert!(instant_to_mono_ns(now) <= mono_now_ns());
+        assert!(clock.ns(now) <= mono_now_ns());
+    }
+
+    #[test]
+    fn the_same_instant_always_maps_to_the_same_nanosecond() {
+        let clock = MonoClock::new();
+        let until = Instant::now() + Duration::from_millis(1500);
+        let first = clock.ns(until);
+        for _ in 0..1000 {
+            assert_eq!(clock.ns(until), first, "a lease end that did not move was published as a new one");
+        }
     }
 }
