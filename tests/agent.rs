@@ -300,12 +300,20 @@ async fn primary_with_agent() -> anyhow::Result<WithAgent> {
 }
 
 async fn primary_with_agent_in(o: WorldOptions) -> anyhow::Result<WithAgent> {
+    primary_with_agent_in_with(o, |_| {}).await
+}
+
+async fn primary_with_agent_in_with(
+    o: WorldOptions,
+    tune: impl FnOnce(&mut AgentOptions),
+) -> anyhow::Result<WithAgent> {
     let w = World::start(o).await?;
     w.register_sandbox(CLUSTER, Duration::ZERO).await?;
     let primary = w.sandbox.primary().clone();
     create_app_user(&primary).await?;
     w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
-    let opts = world_agent_options(&w);
+    let mut opts = world_agent_options(&w);
+    tune(&mut opts);
     let agent = AgentProc::start(&primary, &opts)?;
     agent.wait_log("lease granted", Duration::from_secs(10)).await?;
     Ok(WithAgent { agent, opts, primary, w })
@@ -670,6 +678,78 @@ async fn the_sentinel_of_a_former_primary_logs_once_not_at_every_renewal() -> an
     let n = log.matches("the server is read-only already").count();
     println!("{n} \"read-only already\" lines in 6.5 s after the switchover");
     assert!(n <= 2, "{n} lines repeating the same state:\n{}", agent.log_tail(20));
+    Ok(())
+}
+
+/// A primary whose mysqld crashed and restarted at once used to come back writable
+/// (MariaDB starts with read_only=OFF) while its agent still held the lease: clients
+/// wrote to it before anybody looked. Now the agent learns of the exit from a pidfd,
+/// blocks the TCP port at once, fences the restarted server over the unix socket and
+/// reopens the port; the coordinators then make it writable again (it is still the
+/// primary: automatic failover is off here), write-ahead. No client write lands before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_primary_takes_no_tcp_write_before_its_agent_fenced_it() -> anyhow::Result<()> {
+    let WithAgent { agent, primary, w, .. } = primary_with_agent_in_with(
+        WorldOptions { extra_config: "[failover]\nautomatic = false\n".into(), ..Default::default() },
+        |o| o.extra.push_str("restart_guard = \"block_port\"\n"),
+    )
+    .await?;
+    agent.wait_log("watching mysqld's process", Duration::from_secs(5)).await?;
+    assert_stays_writable(&primary, Duration::from_millis(500), &agent, "before the crash").await?;
+    // A client that writes every few ms, each time on a fresh TCP connection.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, inst) = (stop.clone(), primary.clone());
+        tokio::spawn(async move {
+            let mut ok_at = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if tokio::time::timeout(Duration::from_millis(300), app_insert(&inst)).await.is_ok_and(|r| r.is_ok()) {
+                    ok_at.push(wall_ms());
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            ok_at
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let crashed = wall_ms();
+    primary.restart().await?;
+    println!("mysqld killed and restarted: up again {} ms later", wall_ms() - crashed);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while primary.read_only().await.unwrap_or(true) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the restarted primary is still read-only 15 s later\n{}",
+            agent.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ok_at = writer.await?;
+    let h = w.client()?.history(CLUSTER).await?;
+    let unfence = h.unfences.last().ok_or_else(|| anyhow::anyhow!("no unfence recorded: {h:#?}"))?;
+    let after_crash: Vec<u64> = ok_at.iter().copied().filter(|t| *t > crashed).collect();
+    let before_unfence: Vec<u64> = after_crash.iter().copied().filter(|t| *t <= unfence.at_ms).collect();
+    println!(
+        "{} writes acknowledged before the crash, {} after it: the first {} ms after the crash, the unfence was \
+         recorded {} ms after it",
+        ok_at.len() - after_crash.len(),
+        after_crash.len(),
+        after_crash.first().map_or(0, |t| t - crashed),
+        unfence.at_ms.saturating_sub(crashed)
+    );
+    assert!(
+        before_unfence.is_empty(),
+        "{} writes acknowledged by the restarted server before it was made writable again (first {} ms after the \
+         crash)\n{}",
+        before_unfence.len(),
+        before_unfence[0] - crashed,
+        agent.log_tail(20)
+    );
+    assert!(agent.log().contains("RESTART FENCED"), "{}", agent.log_tail(20));
+    assert!(!after_crash.is_empty(), "no write acknowledged after the unfence");
+    assert!(h.failovers.is_empty(), "a failover happened");
     Ok(())
 }
 

@@ -127,6 +127,25 @@ pub enum Escalation {
     None,
 }
 
+/// What the agent does when its mysqld process exits (a crash, a kill, a restart):
+/// MariaDB and MySQL start writable unless their config says `read_only=ON`, so a
+/// restarted old primary could take a client write before anybody fenced it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartGuard {
+    /// `block_port` when `nft` and `ss` work on this host (CAP_NET_ADMIN), else `fence`.
+    Auto,
+    /// Drop mysqld's TCP port (nftables, as escalation = "block_port" does) the moment
+    /// the process exits; when the restarted server answers on the unix socket, fence it
+    /// and reopen the port. No TCP client can write before the fence.
+    BlockPort,
+    /// Fence the restarted server as soon as it answers (polled every 20 ms): a client
+    /// may get a write in first unless mysqld starts with `read_only=ON`.
+    Fence,
+    /// Nothing (mysqld must start with `read_only=ON`).
+    Off,
+}
+
 /// `[fence]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -151,6 +170,9 @@ pub struct FenceSection {
     /// Where the agent publishes its lease end for the sentinel; default
     /// `/run/primus-agent/<cluster>-<instance>.lease` (a tmpfs path is best).
     pub lease_file: Option<PathBuf>,
+    /// What to do when mysqld's process exits (see [`RestartGuard`]). Its pid comes
+    /// from `mysqld_pid_file`, else from the server's `@@pid_file`.
+    pub restart_guard: RestartGuard,
 }
 
 impl Default for FenceSection {
@@ -164,6 +186,7 @@ impl Default for FenceSection {
             nft_path: PathBuf::from("nft"),
             ss_path: PathBuf::from("ss"),
             lease_file: None,
+            restart_guard: RestartGuard::Auto,
         }
     }
 }
@@ -277,22 +300,23 @@ impl Config {
                 "required with escalation = \"kill\" (or set escalation = \"none\")".into(),
             ));
         }
-        if f.escalation == Escalation::BlockPort {
-            for (key, cmd, package) in
+        if f.escalation == Escalation::BlockPort || f.restart_guard == RestartGuard::BlockPort {
+            let key = if f.escalation == Escalation::BlockPort { "escalation" } else { "restart_guard" };
+            for (path_key, cmd, package) in
                 [("fence.nft_path", &f.nft_path, "nftables"), ("fence.ss_path", &f.ss_path, "iproute2")]
             {
                 if !command_exists(cmd) {
                     return Err(invalid(
-                        key,
+                        path_key,
                         format!(
-                            "escalation = \"block_port\" needs the {} command (package {package}); not found",
+                            "{key} = \"block_port\" needs the {} command (package {package}); not found",
                             cmd.display()
                         ),
                     ));
                 }
             }
             if self.mysqld_port().is_none() {
-                return Err(invalid("instance", "escalation = \"block_port\" needs the port of `instance`".into()));
+                return Err(invalid("instance", format!("{key} = \"block_port\" needs the port of `instance`")));
             }
         }
         if let Some(t) = &self.tls {
@@ -349,7 +373,7 @@ impl Config {
 }
 
 /// Whether `cmd` names an executable file (a path, or a name found in PATH).
-fn command_exists(cmd: &Path) -> bool {
+pub(crate) fn command_exists(cmd: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     if cmd.components().count() > 1 {

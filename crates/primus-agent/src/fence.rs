@@ -121,6 +121,25 @@ impl LocalMysql {
         Ok(Writability { read_only: ro != 0, super_read_only: mysql.then_some(sro != 0) })
     }
 
+    /// The server's `@@pid_file` (where mysqld writes its pid), bounded by the query timeout.
+    pub async fn pid_file(&mut self) -> Result<std::path::PathBuf, FenceError> {
+        let q = self.cfg.query_timeout();
+        let res = async {
+            let (conn, _) = self.connected().await?;
+            let row: Option<String> = bounded(q, "pid_file query", conn.query_first("SELECT @@global.pid_file"))
+                .await?
+                .map_err(|e| sql("pid_file query", e))?;
+            row.filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from)
+                .ok_or_else(|| FenceError::Sql { what: "pid_file query".into(), message: "no pid_file".into() })
+        }
+        .await;
+        if res.is_err() {
+            self.reset();
+        }
+        res
+    }
+
     /// Make the server read-only and kill every client connection (except
     /// replication, system threads and this one). Each statement is bounded by the
     /// query timeout; the caller bounds the whole.
@@ -273,6 +292,16 @@ fn kill_mysqld(f: &FenceSection) -> Result<Escalated, String> {
     Ok(Escalated::Killed { pid })
 }
 
+/// The pid in `path` when it names a live (not zombie) mysqld/mariadbd.
+pub fn live_mysqld_pid(path: &Path) -> Option<i32> {
+    let pid = read_pid(path).ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state letter follows the command in parentheses.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    ((comm.contains("mysqld") || comm.contains("mariadbd")) && !matches!(state, Some('Z' | 'X'))).then_some(pid)
+}
+
 fn read_pid(path: &Path) -> Result<i32, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     match text.trim().parse::<i32>() {
@@ -341,6 +370,12 @@ pub async fn unblock_port(f: &FenceSection, port: u16) -> Result<(), String> {
         Err(e) if e.contains("No such file") => Ok(()),
         other => other,
     }
+}
+
+/// Whether this process may use nftables here (the command exists and it may list
+/// tables: CAP_NET_ADMIN).
+pub async fn nft_usable(f: &FenceSection) -> bool {
+    run_cmd(&f.nft_path, &["list", "tables"], None, Duration::from_secs(5)).await.is_ok()
 }
 
 /// Whether the block of `port` is in place (a previous agent may have left it).

@@ -19,7 +19,7 @@ pub mod fence;
 pub mod lease;
 pub mod sentinel;
 
-use crate::config::{Config, Escalation};
+use crate::config::{Config, Escalation, RestartGuard};
 use crate::fence::{Escalated, FenceError, LocalMysql};
 use crate::lease::{Answer, Event, LeaseState};
 use primus_client::{Client, ClientError};
@@ -48,11 +48,25 @@ pub enum AgentError {
 struct Shared {
     state: Mutex<LeaseState>,
     changed: Notify,
+    /// mysqld's process exited and the server it restarts as is not fenced yet.
+    restart: Mutex<Restart>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Restart {
+    /// The restarted server must be fenced as soon as it answers.
+    pending: bool,
+    /// mysqld's TCP port was blocked when the process exited.
+    blocked: bool,
 }
 
 impl Shared {
     fn state(&self) -> MutexGuard<'_, LeaseState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn restart(&self) -> MutexGuard<'_, Restart> {
+        self.restart.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -63,6 +77,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         let shared = Arc::new(Shared {
             state: Mutex::new(LeaseState::new(cfg.lease.ttl(), Instant::now())),
             changed: Notify::new(),
+            restart: Mutex::new(Restart::default()),
         });
         let agent_id = cfg.agent_id();
         tracing::info!(
@@ -84,8 +99,14 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         } else {
             None
         };
+        let restart_mode = restart_mode(&cfg).await;
+        let watchdog = (restart_mode != RestartGuard::Off).then(|| {
+            let m = LocalMysql::new(&cfg.mysql, cfg.mysql.password().ok().flatten());
+            tokio::spawn(watchdog(cfg.clone(), shared.clone(), m, restart_mode).in_current_span())
+        });
         let mut guard = tokio::spawn(guard(cfg.clone(), shared.clone(), mysql).in_current_span());
         let mut renewer = tokio::spawn(renewer(cfg.clone(), agent_id, shared.clone(), publisher).in_current_span());
+        let _watchdog = watchdog.map(AbortOnDrop);
         tokio::select! {
             _ = shutdown => {
                 tracing::info!("primus-agent stopping (the lease is no longer renewed; the server is left as it is)");
@@ -108,6 +129,120 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     }
     .instrument(span)
     .await
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `fence.restart_guard` with `auto` resolved: block the port when nftables works here.
+async fn restart_mode(cfg: &Config) -> RestartGuard {
+    match cfg.fence.restart_guard {
+        RestartGuard::Auto => {
+            let usable = crate::config::command_exists(&cfg.fence.ss_path)
+                && cfg.mysqld_port().is_some()
+                && fence::nft_usable(&cfg.fence).await;
+            if usable {
+                RestartGuard::BlockPort
+            } else {
+                tracing::warn!(
+                    "fence.restart_guard = \"auto\": nftables is not usable here (nft/ss missing, or no \
+                     CAP_NET_ADMIN): a restarted mysqld is fenced as soon as it answers, and a client may write \
+                     first unless mysqld starts with read_only=ON"
+                );
+                RestartGuard::Fence
+            }
+        }
+        other => other,
+    }
+}
+
+/// Watch mysqld's process (pidfd: the kernel says at once when it exits). When it
+/// exits: block its TCP port (`block_port`), and ask the guard to fence the server it
+/// restarts as before anything else; then wait for the new process and watch it.
+async fn watchdog(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, mode: RestartGuard) {
+    let pid_file = match &cfg.fence.mysqld_pid_file {
+        Some(p) => p.clone(),
+        None => loop {
+            match mysql.pid_file().await {
+                Ok(p) => break p,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read @@pid_file yet");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        },
+    };
+    drop(mysql);
+    tracing::info!(pid_file = %pid_file.display(), mode = ?mode, "watching mysqld's process for restarts");
+    let mut last: Option<i32> = None;
+    loop {
+        let Some(pid) = fence::live_mysqld_pid(&pid_file).filter(|p| Some(*p) != last) else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        tracing::debug!(pid, "watching mysqld");
+        // A thread of its own, not the runtime's blocking pool: dropping the runtime
+        // would wait for it (until mysqld exits).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Err(e) = std::thread::Builder::new().name("mysqld-watch".into()).spawn(move || {
+            let _ = tx.send(wait_exit(pid));
+        }) {
+            tracing::warn!(pid, error = %e, "cannot start the mysqld watch thread");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(pid, error = %e, "cannot watch mysqld's process (pidfd)");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(_) => continue,
+        }
+        last = Some(pid);
+        let port = cfg.mysqld_port();
+        let mut blocked = false;
+        if let (RestartGuard::BlockPort, Some(p)) = (mode, port) {
+            match fence::block_port(&cfg.fence, p).await {
+                Ok(()) => blocked = true,
+                Err(e) => tracing::error!(pid, port = p, error = %e, "cannot block mysqld's port"),
+            }
+        }
+        tracing::warn!(
+            pid,
+            blocked,
+            "mysqld exited: its restarted server will be fenced before it takes a write{}",
+            if blocked { " (TCP port blocked until then)" } else { "" }
+        );
+        {
+            let mut r = shared.restart();
+            r.pending = true;
+            r.blocked |= blocked;
+        }
+        shared.changed.notify_one();
+    }
+}
+
+/// Block until process `pid` exits: its pidfd becomes readable then.
+fn wait_exit(pid: i32) -> Result<(), String> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let pid = rustix::process::Pid::from_raw(pid).ok_or_else(|| format!("bad pid {pid}"))?;
+    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).map_err(|e| e.to_string())?;
+    loop {
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        match poll(&mut fds, None) {
+            Ok(n) if n > 0 => return Ok(()),
+            Ok(_) | Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 fn endpoint_clients(cfg: &Config, timeout: Duration) -> Result<Vec<(String, Client)>, AgentError> {
@@ -307,6 +442,38 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
         }
     }
     loop {
+        // mysqld restarted: fence the new server before anything else, whatever the lease.
+        let restart = *shared.restart();
+        if restart.pending {
+            match tokio::time::timeout(fence_timeout, mysql.fence_within(fence_timeout)).await {
+                Ok(Ok(r)) => {
+                    tracing::warn!(
+                        was_writable = r.was_writable,
+                        killed_connections = r.killed,
+                        "RESTART FENCED: the restarted mysqld is read-only (the coordinators make it writable again \
+                         if it is still the primary and this agent holds its lease)"
+                    );
+                    fenced = true;
+                    shared.state().mark_fenced();
+                    let mut lifted = true;
+                    if restart.blocked {
+                        let epoch = shared.state().epoch;
+                        lifted = unblock(&cfg, port, epoch).await;
+                    }
+                    let mut r = shared.restart();
+                    r.pending = false;
+                    r.blocked = !lifted;
+                    if !lifted {
+                        blocked = true;
+                    }
+                }
+                _ => {
+                    mysql.reset();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            }
+        }
         let now = Instant::now();
         let (decision, holds, epoch, deadline) = {
             let s = shared.state();
