@@ -1208,3 +1208,36 @@ fn failover_view(f: &FailoverRecord) -> FailoverView {
         plan: f.plan.iter().map(|v| v.to_string()).collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> Status {
+        Status::from_error(Box::new(tonic::ConnectError(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))))
+    }
+
+    #[test]
+    fn only_a_forward_that_never_left_is_unavailable_to_the_caller() {
+        // Never reached the leader: the caller may repeat it.
+        assert_eq!(transport_failure(&refused()), Some(true));
+        // Broke with the request sent: the leader may have acted on it.
+        let broken = Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        assert_eq!(transport_failure(&broken), Some(false));
+        // The leader's own answers pass through as they are.
+        assert_eq!(transport_failure(&Status::unavailable("node 3 knows no leader")), None);
+        assert_eq!(transport_failure(&Status::not_found("cluster c is not registered")), None);
+    }
+
+    #[test]
+    fn a_failover_interrupted_after_its_start_is_not_one_to_ask_for_again() {
+        use crate::failover::FailoverError;
+        let s = failover_status(FailoverError::NotLeader("no quorum answered".into()));
+        assert_eq!(s.code(), tonic::Code::Unavailable, "nothing was started: retry elsewhere");
+        let s = failover_status(FailoverError::Interrupted { id: "c-e2".into(), reason: "no quorum answered".into() });
+        assert_eq!(s.code(), tonic::Code::Unknown, "{s:?}");
+        assert!(s.message().contains("c-e2") && s.message().contains("the new leader resumes it"), "{s:?}");
+    }
+}
