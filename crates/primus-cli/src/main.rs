@@ -24,8 +24,9 @@ struct Cli {
     /// Output format.
     #[arg(long, short = 'o', value_enum, global = true, default_value = "table")]
     output: Output,
-    /// Overall deadline per command, retries included (e.g. 10s, 500ms). Membership
-    /// changes wait at least 130 s, as they may include a snapshot transfer.
+    /// Overall deadline per command, retries included (e.g. 10s, 500ms): a command
+    /// issued during an election retries every endpoint until the new leader answers.
+    /// Membership changes wait at least 130 s, as they may include a snapshot transfer.
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
     /// Verbose client logging to stderr.

@@ -21,6 +21,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::{InterceptedService, Interceptor};
@@ -234,14 +235,102 @@ pub struct Client {
     /// Index of the endpoint that answered last; tried first next time.
     preferred: AtomicUsize,
     opts: ClientOptions,
+    /// What a channel to a coordinator that is not among the endpoints needs (a
+    /// leader named by a follower, for [`Client::status`]).
+    tls: Option<ClientTlsConfig>,
+    authorization: Option<AsciiMetadataValue>,
+    /// Channels to such coordinators, kept for the next call.
+    others: Mutex<HashMap<String, Transport>>,
 }
 
-/// Whether a failed call certainly had no effect and another endpoint may be tried.
-/// UNAVAILABLE means the endpoint could not be reached or knew no leader: the
-/// request was not proposed. Anything else (including UNKNOWN from a connection
-/// that broke mid-request) may have taken effect and is returned to the caller.
-fn retryable(s: &Status) -> bool {
+/// Whether a call leaves the coordinators as they were (a read: any failure may be
+/// retried) or may change them (a write: only a failure that certainly had no
+/// effect may be retried).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Effect {
+    Read,
+    Write,
+}
+
+/// Pause before retry round `round` (1 for the first retry): 50 ms doubling up to
+/// 250 ms, of which the upper half is spread by `jitter` (in [0, 1)) so that many
+/// clients do not retry in step. Short enough that a call waiting out an election
+/// (about half a second) answers at most a quarter of a second after the new leader
+/// is there; a round costs each coordinator one cheap request.
+fn backoff(round: u32, jitter: f64) -> Duration {
+    const FIRST_MS: u64 = 50;
+    const MAX_MS: u64 = 250;
+    let base = (FIRST_MS << round.saturating_sub(1).min(16)).min(MAX_MS);
+    let spread = (base / 2) as f64 * jitter.clamp(0.0, 1.0);
+    Duration::from_millis(base / 2 + spread as u64)
+}
+
+/// How long one attempt may take in retry round `round` (0 for the first), with
+/// `remaining` of the call's budget left. A write is never cut short (once sent it
+/// may take effect, so it could not be retried anyway). A read is, so that one frozen
+/// or cut-off endpoint cannot use up the whole budget: 1 s in the first round,
+/// doubling each round so that a slow but working group still answers.
+fn attempt_timeout(effect: Effect, round: u32, remaining: Duration) -> Duration {
+    match effect {
+        Effect::Write => remaining,
+        Effect::Read => remaining.min(Duration::from_secs(1) * (1u32 << round.min(16))),
+    }
+}
+
+/// Whether `s` was made up on this side from a transport failure (it carries the
+/// error as its source) rather than answered by a coordinator.
+fn local(s: &Status) -> bool {
+    std::error::Error::source(s).is_some()
+}
+
+/// Whether the request certainly never left this process: the connection (TCP or
+/// TLS) could not be established, or it closed before the request was handed to it
+/// (hyper's "canceled": a long-lived client's first call after its coordinator
+/// died). A connection that broke later may have delivered it.
+fn never_sent(s: &Status) -> bool {
+    sources(s).iter().any(|e| {
+        e.downcast_ref::<tonic::ConnectError>().is_some()
+            || e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled)
+    })
+}
+
+/// Whether a failed attempt may be repeated (on this endpoint or another).
+///
+/// Reads: whenever the failure is not an answer that retrying cannot change
+/// (unreachable endpoint, broken connection, timeout, no leader).
+///
+/// Writes: only when the call certainly had no effect. The coordinators answer
+/// UNAVAILABLE only before proposing anything (no leader known, the leader
+/// unreachable, leadership not confirmed); on this side, only a request that never
+/// left (see [`never_sent`]) qualifies. Anything else — UNKNOWN from a connection
+/// broken mid-request, a keep-alive timeout with the request sent — may have taken
+/// effect, and is returned to the caller.
+fn retryable(s: &Status, effect: Effect) -> bool {
+    match (effect, s.code()) {
+        (Effect::Write, Code::Unavailable) => !local(s) || never_sent(s),
+        (Effect::Write, _) => local(s) && never_sent(s),
+        (Effect::Read, Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled) => true,
+        (Effect::Read, Code::Internal) => local(s),
+        (Effect::Read, _) => false,
+    }
+}
+
+/// Whether a coordinator answered that it cannot reach a leader (it knows none, the
+/// one it knows is unreachable or not confirmed): when the call runs out of time on
+/// such answers, the group has no leader rather than no coordinator answering.
+fn no_leader_answer(s: &Status) -> bool {
     s.code() == Code::Unavailable
+        && !local(s)
+        && [
+            "knows no leader",
+            "answered but",
+            "is not the leader",
+            "unreachable from node",
+            "lost its quorum",
+            "confirm leadership",
+        ]
+        .iter()
+        .any(|p| s.message().contains(p))
 }
 
 /// The error sources under a status, outermost first (tonic's own message for a
@@ -310,6 +399,48 @@ fn tls_failure(detail: &str, using_tls: bool) -> Option<String> {
     Some(format!("TLS handshake failed: {hint} ({detail})"))
 }
 
+/// A lazily connected channel to `endpoint` (`host:port`, or with its scheme).
+fn transport(
+    endpoint: &str,
+    tls: Option<&ClientTlsConfig>,
+    authorization: Option<&AsciiMetadataValue>,
+    connect_timeout: Duration,
+) -> Result<Transport, ClientError> {
+    let bad = |reason: String| ClientError::BadEndpoint { endpoint: endpoint.to_string(), reason };
+    let url = match (endpoint.split_once("://"), tls) {
+        (None, Some(_)) => format!("https://{endpoint}"),
+        (None, None) => format!("http://{endpoint}"),
+        (Some(("http", _)), Some(_)) => return Err(bad("http:// endpoint, but TLS options were given".into())),
+        (Some(("https", _)), None) => {
+            return Err(bad("https:// endpoint needs the coordinators' CA (TLS options, --ca)".into()))
+        }
+        (Some(_), _) => endpoint.to_string(),
+    };
+    let mut ep = Endpoint::from_shared(url).map_err(|err| bad(err.to_string()))?;
+    if let Some(tls) = tls {
+        ep = ep.tls_config(tls.clone()).map_err(|err| bad(format!("TLS setup: {err}")))?;
+    }
+    let ch = ep
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        // Long-lived watch streams must notice a coordinator that vanished
+        // without closing the connection (a partition, a frozen host).
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .keep_alive_while_idle(true)
+        .connect_lazy();
+    Ok(InterceptedService::new(ch, TokenInterceptor(authorization.cloned())))
+}
+
+/// `host:port` of an endpoint given with or without its scheme.
+fn host_port(endpoint: &str) -> &str {
+    endpoint.split_once("://").map(|(_, hp)| hp).unwrap_or(endpoint).trim_end_matches('/')
+}
+
+fn role_name(role: i32) -> Role {
+    Role::try_from(role).unwrap_or(Role::Unspecified)
+}
+
 impl Client {
     pub fn new(endpoints: &[String], opts: ClientOptions) -> Result<Client, ClientError> {
         let endpoints: Vec<String> = endpoints
@@ -334,47 +465,69 @@ impl Client {
         };
         let mut out = Vec::new();
         for e in endpoints {
-            let bad = |reason: String| ClientError::BadEndpoint { endpoint: e.clone(), reason };
-            let url = match (e.split_once("://"), &tls) {
-                (None, Some(_)) => format!("https://{e}"),
-                (None, None) => format!("http://{e}"),
-                (Some(("http", _)), Some(_)) => return Err(bad("http:// endpoint, but TLS options were given".into())),
-                (Some(("https", _)), None) => {
-                    return Err(bad("https:// endpoint needs the coordinators' CA (TLS options, --ca)".into()))
-                }
-                (Some(_), _) => e.clone(),
-            };
-            let mut ep = Endpoint::from_shared(url).map_err(|err| bad(err.to_string()))?;
-            if let Some(tls) = &tls {
-                ep = ep.tls_config(tls.clone()).map_err(|err| bad(format!("TLS setup: {err}")))?;
-            }
-            let ch = ep
-                .connect_timeout(opts.connect_timeout)
-                .tcp_nodelay(true)
-                // Long-lived watch streams must notice a coordinator that vanished
-                // without closing the connection (a partition, a frozen host).
-                .http2_keep_alive_interval(Duration::from_secs(2))
-                .keep_alive_timeout(Duration::from_secs(3))
-                .keep_alive_while_idle(true)
-                .connect_lazy();
-            out.push((e, InterceptedService::new(ch, TokenInterceptor(authorization.clone()))));
+            let t = transport(&e, tls.as_ref(), authorization.as_ref(), opts.connect_timeout)?;
+            out.push((e, t));
         }
-        Ok(Client { endpoints: out, preferred: AtomicUsize::new(0), opts })
+        Ok(Client {
+            endpoints: out,
+            preferred: AtomicUsize::new(0),
+            opts,
+            tls,
+            authorization,
+            others: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn actor(&self) -> &str {
         &self.opts.actor
     }
 
-    /// Run `f` against endpoints until one answers, retrying while that is safe.
-    async fn call<T, F, Fut>(&self, f: F) -> Result<(String, T), ClientError>
+    /// A channel to the coordinator at `addr` (as the coordinators name their
+    /// members): the endpoint's own when it is one, else one kept for it.
+    fn channel_to(&self, addr: &str) -> Result<Transport, ClientError> {
+        if let Some((_, t)) = self.endpoints.iter().find(|(e, _)| host_port(e) == addr) {
+            return Ok(t.clone());
+        }
+        let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = others.get(addr) {
+            return Ok(t.clone());
+        }
+        let t = transport(addr, self.tls.as_ref(), self.authorization.as_ref(), self.opts.connect_timeout)?;
+        others.insert(addr.to_string(), t.clone());
+        Ok(t)
+    }
+
+    /// A call that changes nothing: retried after any failure retrying may fix.
+    async fn read<T, F, Fut>(&self, f: F) -> Result<(String, T), ClientError>
+    where
+        F: Fn(CoordinatorClient<Transport>, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call(Effect::Read, f).await
+    }
+
+    /// A call that may change the group: retried only after failures that certainly
+    /// had no effect.
+    async fn write<T, F, Fut>(&self, f: F) -> Result<(String, T), ClientError>
+    where
+        F: Fn(CoordinatorClient<Transport>, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call(Effect::Write, f).await
+    }
+
+    /// Run `f` against endpoints until one answers, retrying while that is safe for
+    /// `effect` (see [`retryable`]): each round tries every endpoint once, starting
+    /// with the one that answered last, then backs off (with jitter) before the next,
+    /// until `ClientOptions::timeout` runs out. `f` gets the attempt's time bound.
+    async fn call<T, F, Fut>(&self, effect: Effect, f: F) -> Result<(String, T), ClientError>
     where
         F: Fn(CoordinatorClient<Transport>, Duration) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.opts.timeout;
         let n = self.endpoints.len();
-        let mut attempt = 0u32;
+        let mut round = 0u32;
         let mut last_errors: Vec<String> = Vec::new();
         let mut saw_no_leader = None;
         loop {
@@ -389,8 +542,9 @@ impl Client {
                 if remaining.is_zero() {
                     break;
                 }
+                let bound = attempt_timeout(effect, round, remaining);
                 let client = CoordinatorClient::new(ch.clone());
-                match tokio::time::timeout(remaining, f(client, remaining)).await {
+                match tokio::time::timeout(bound, f(client, bound)).await {
                     Ok(Ok(v)) => {
                         self.preferred.store(i, Ordering::Relaxed);
                         return Ok((name.clone(), v));
@@ -413,15 +567,15 @@ impl Client {
                                 message: s.message().to_string(),
                             });
                         }
-                        if !retryable(&s) {
+                        if !retryable(&s, effect) {
                             return Err(ClientError::Rpc { endpoint: name.clone(), code: s.code(), message: detail });
                         }
-                        if s.message().contains("knows no leader") || s.message().contains("is not the leader") {
+                        if no_leader_answer(&s) {
                             saw_no_leader = Some(s.message().to_string());
                         }
                         last_errors.push(format!("{name}: {}", short(&detail)));
                     }
-                    Err(_) => last_errors.push(format!("{name}: timed out")),
+                    Err(_) => last_errors.push(format!("{name}: no answer within {} ms", bound.as_millis())),
                 }
             }
             if tls_failures.len() == n {
@@ -437,50 +591,67 @@ impl Client {
                     None => ClientError::Unreachable { timeout_ms: self.opts.timeout.as_millis(), details },
                 });
             }
-            attempt += 1;
-            let base = Duration::from_millis((50u64 << attempt.min(5)).min(1000));
-            let jitter = Duration::from_millis(rand::random::<u64>() % (base.as_millis() as u64 / 2 + 1));
-            tokio::time::sleep((base + jitter).min(remaining)).await;
+            round += 1;
+            tokio::time::sleep(backoff(round, rand::random::<f64>()).min(remaining)).await;
         }
     }
 
     /// This node's view, from whichever endpoint answers first.
     pub async fn node_status(&self) -> Result<GetStatusResponse, ClientError> {
-        self.call(|mut c, t| async move { c.get_status(req(GetStatusRequest {}, t)).await.map(|r| r.into_inner()) })
+        self.read(|mut c, t| async move { c.get_status(req(GetStatusRequest {}, t)).await.map(|r| r.into_inner()) })
             .await
             .map(|(_, v)| v)
     }
 
     /// The group as its leader sees it (with every member's matched index).
+    ///
+    /// Every endpoint is asked in turn (with the usual retries and backoff); a
+    /// follower's answer is followed to the leader it names, once, within the same
+    /// attempt's bound. During an election this waits for the new leader, whichever
+    /// endpoints are dead; when the timeout runs out with no leader answering, the
+    /// error says what the last node that answered knew.
     pub async fn status(&self) -> Result<GetStatusResponse, ClientError> {
-        let deadline = Instant::now() + self.opts.timeout;
-        loop {
-            let s = self.node_status().await?;
+        self.read(|mut c, t| async move {
+            let started = Instant::now();
+            let s = c.get_status(req(GetStatusRequest {}, t)).await?.into_inner();
             if s.role == Role::Leader as i32 {
                 return Ok(s);
             }
-            if s.leader_id.is_some() && !s.leader_addr.is_empty() {
-                let leader = Client::new(std::slice::from_ref(&s.leader_addr), self.opts.clone())?;
-                match leader.node_status().await {
-                    Ok(ls) if ls.role == Role::Leader as i32 => return Ok(ls),
-                    _ => {}
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(ClientError::NoLeader(format!(
-                    "node {} answered but knows no leader (role {:?}, term {})",
-                    s.node_id,
-                    Role::try_from(s.role).unwrap_or(Role::Unspecified),
-                    s.term
+            let (node, role, term) = (s.node_id, role_name(s.role), s.term);
+            let Some(leader) = s.leader_id.filter(|_| !s.leader_addr.is_empty()) else {
+                return Err(Status::unavailable(format!(
+                    "node {node} answered but knows no leader (role {role:?}, term {term})"
                 )));
+            };
+            let addr = s.leader_addr;
+            let unanswered = |why: String| {
+                Status::unavailable(format!(
+                    "node {node} answered but the leader it knows, node {leader} at {addr}, did not: {why} \
+                     (node {node}: role {role:?}, term {term})"
+                ))
+            };
+            let ch = self.channel_to(&addr).map_err(|e| unanswered(e.to_string()))?;
+            // Leave the rest of the attempt's bound some slack: a hop that times out
+            // still says which node answered and what it knew.
+            let left = t.saturating_sub(started.elapsed()) * 3 / 4;
+            let mut hop = CoordinatorClient::new(ch);
+            match tokio::time::timeout(left, hop.get_status(req(GetStatusRequest {}, left))).await {
+                Ok(Ok(ls)) if ls.get_ref().role == Role::Leader as i32 => Ok(ls.into_inner()),
+                Ok(Ok(ls)) => {
+                    let ls = ls.into_inner();
+                    Err(unanswered(format!("it is {:?} in term {}", role_name(ls.role), ls.term)))
+                }
+                Ok(Err(e)) => Err(unanswered(short(&detail(&e)))),
+                Err(_) => Err(unanswered(format!("no answer within {} ms", left.as_millis()))),
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
+        .map(|(_, v)| v)
     }
 
     pub async fn add_member(&self, id: u64, addr: &str, datacenter: &str) -> Result<AddMemberResponse, ClientError> {
         let r = AddMemberRequest { id, addr: addr.to_string(), datacenter: datacenter.to_string() };
-        self.call(|mut c, t| {
+        self.write(|mut c, t| {
             let r = r.clone();
             async move { c.add_member(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -498,7 +669,7 @@ impl Client {
     }
 
     pub async fn remove_member(&self, id: u64) -> Result<RemoveMemberResponse, ClientError> {
-        self.call(|mut c, t| async move {
+        self.write(|mut c, t| async move {
             c.remove_member(req(RemoveMemberRequest { id }, t)).await.map(|r| r.into_inner())
         })
         .await
@@ -517,7 +688,7 @@ impl Client {
             settings: Some(settings),
             actor: self.opts.actor.clone(),
         };
-        self.call(|mut c, t| {
+        self.write(|mut c, t| {
             let r = r.clone();
             async move { c.register_cluster(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -527,7 +698,7 @@ impl Client {
 
     pub async fn unregister_cluster(&self, name: &str) -> Result<UnregisterClusterResponse, ClientError> {
         let r = UnregisterClusterRequest { name: name.to_string(), actor: self.opts.actor.clone() };
-        self.call(|mut c, t| {
+        self.write(|mut c, t| {
             let r = r.clone();
             async move { c.unregister_cluster(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -537,7 +708,7 @@ impl Client {
 
     pub async fn list_clusters(&self, consistency: ReadConsistency) -> Result<ListClustersResponse, ClientError> {
         let r = ListClustersRequest { consistency: consistency as i32 };
-        self.call(|mut c, t| async move { c.list_clusters(req(r, t)).await.map(|r| r.into_inner()) })
+        self.read(|mut c, t| async move { c.list_clusters(req(r, t)).await.map(|r| r.into_inner()) })
             .await
             .map(|(_, v)| v)
     }
@@ -548,7 +719,7 @@ impl Client {
         consistency: ReadConsistency,
     ) -> Result<GetTopologyResponse, ClientError> {
         let r = GetTopologyRequest { cluster: cluster.to_string(), consistency: consistency as i32 };
-        self.call(|mut c, t| {
+        self.read(|mut c, t| {
             let r = r.clone();
             async move { c.get_topology(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -569,7 +740,7 @@ impl Client {
             actor: self.opts.actor.clone(),
             switchover,
         };
-        self.call(|mut c, t| {
+        self.write(|mut c, t| {
             let r = r.clone();
             async move { c.failover(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -579,7 +750,7 @@ impl Client {
 
     pub async fn history(&self, cluster: &str) -> Result<HistoryResponse, ClientError> {
         let r = HistoryRequest { cluster: cluster.to_string() };
-        self.call(|mut c, t| {
+        self.read(|mut c, t| {
             let r = r.clone();
             async move { c.history(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -589,7 +760,7 @@ impl Client {
 
     pub async fn analysis(&self, cluster: &str) -> Result<AnalysisResponse, ClientError> {
         let r = AnalysisRequest { cluster: cluster.to_string() };
-        self.call(|mut c, t| {
+        self.read(|mut c, t| {
             let r = r.clone();
             async move { c.analysis(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -600,7 +771,7 @@ impl Client {
     pub async fn ack(&self, cluster: &str, id: Option<&str>) -> Result<LogIndexResponse, ClientError> {
         let r =
             AckRequest { cluster: cluster.into(), id: id.unwrap_or_default().into(), actor: self.opts.actor.clone() };
-        self.call(|mut c, t| {
+        self.write(|mut c, t| {
             let r = r.clone();
             async move { c.ack(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -620,7 +791,7 @@ impl Client {
             rule: rule.into(),
             actor: self.opts.actor.clone(),
         };
-        self.call(|mut c, t| {
+        self.write(|mut c, t| {
             let r = r.clone();
             async move { c.set_promotion_rule(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -631,7 +802,7 @@ impl Client {
     /// Semi-sync no-loss mode of `cluster` (`None`: not managed by primus).
     pub async fn set_semi_sync(&self, cluster: &str, enabled: Option<bool>) -> Result<LogIndexResponse, ClientError> {
         let r = SetSemiSyncRequest { cluster: cluster.into(), enabled, actor: self.opts.actor.clone() };
-        self.call(|mut c, t| {
+        self.write(|mut c, t| {
             let r = r.clone();
             async move { c.set_semi_sync(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -667,7 +838,7 @@ impl Client {
             renew_interval_ms: timings.renew_interval_ms,
             fence_timeout_ms: timings.fence_timeout_ms,
         };
-        self.call(|mut c, t| {
+        self.write(|mut c, t| {
             let r = r.clone();
             async move { c.register_agent(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -686,7 +857,7 @@ impl Client {
     ) -> Result<RenewLeaseResponse, ClientError> {
         let r =
             RenewLeaseRequest { cluster: cluster.into(), instance: instance.into(), agent_id: agent_id.into(), ttl_ms };
-        self.call(|mut c, t| {
+        self.write(|mut c, t| {
             let r = r.clone();
             async move { c.renew_lease(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -706,7 +877,7 @@ impl Client {
             datacenter: datacenter.into(),
             actor: self.opts.actor.clone(),
         };
-        self.call(|mut c, t| {
+        self.write(|mut c, t| {
             let r = r.clone();
             async move { c.set_instance_datacenter(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -730,7 +901,7 @@ impl Client {
             duration_ms: duration.as_millis() as u64,
             actor: self.opts.actor.clone(),
         };
-        self.call(|mut c, t| {
+        self.write(|mut c, t| {
             let r = r.clone();
             async move { c.maintenance(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -744,7 +915,7 @@ impl Client {
         enabled: Option<bool>,
     ) -> Result<LogIndexResponse, ClientError> {
         let r = SetAutomaticFailoverRequest { cluster: cluster.into(), enabled, actor: self.opts.actor.clone() };
-        self.call(|mut c, t| {
+        self.write(|mut c, t| {
             let r = r.clone();
             async move { c.set_automatic_failover(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -774,7 +945,7 @@ impl Client {
             actor: self.opts.actor.clone(),
             discard_divergent,
         };
-        self.call(|mut c, t| {
+        self.write(|mut c, t| {
             let r = r.clone();
             async move { c.rejoin(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -796,7 +967,7 @@ impl Client {
     ) -> Result<DivergenceResponse, ClientError> {
         let r =
             DivergenceRequest { cluster: cluster.into(), instance: instance.into(), consistency: consistency as i32 };
-        self.call(|mut c, t| {
+        self.read(|mut c, t| {
             let r = r.clone();
             async move { c.divergence(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -824,7 +995,7 @@ impl Client {
         consistency: ReadConsistency,
     ) -> Result<GetPrimaryResponse, ClientError> {
         let r = GetPrimaryRequest { cluster: cluster.to_string(), consistency: consistency as i32 };
-        self.call(|mut c, t| {
+        self.read(|mut c, t| {
             let r = r.clone();
             async move { c.get_primary(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -864,7 +1035,7 @@ impl Client {
 
     pub async fn audit(&self, limit: u32, consistency: ReadConsistency) -> Result<AuditResponse, ClientError> {
         let r = AuditRequest { limit, consistency: consistency as i32 };
-        self.call(|mut c, t| async move { c.audit(req(r, t)).await.map(|r| r.into_inner()) }).await.map(|(_, v)| v)
+        self.read(|mut c, t| async move { c.audit(req(r, t)).await.map(|r| r.into_inner()) }).await.map(|(_, v)| v)
     }
 }
 
@@ -931,7 +1102,7 @@ impl Watcher {
             let mut client = CoordinatorClient::new(ch);
             self.floor = self.delivered;
             let opened = tokio::select! {
-                r = tokio::time::timeout(self.timeout, client.watch_primary(request)) => r,
+                r = tokio::time::timeout(attempt_timeout(Effect::Read, failures, self.timeout), client.watch_primary(request)) => r,
                 _ = tx.closed() => return,
             };
             match opened {
@@ -990,10 +1161,8 @@ impl Watcher {
             failures += 1;
             // The first retry goes to the next endpoint at once; then back off.
             if failures > 1 {
-                let base = Duration::from_millis((50u64 << failures.min(5)).min(1000));
-                let jitter = Duration::from_millis(rand::random::<u64>() % (base.as_millis() as u64 / 2 + 1));
                 tokio::select! {
-                    _ = tokio::time::sleep(base + jitter) => {}
+                    _ = tokio::time::sleep(backoff(failures - 1, rand::random::<f64>())) => {}
                     _ = tx.closed() => return,
                 }
             }
@@ -1076,6 +1245,144 @@ mod tests {
         assert!(Client::new(&["https://127.0.0.1:1".into()], ClientOptions::default()).is_err());
         let bad_token = ClientOptions { token: Some("a\u{7}b".into()), ..Default::default() };
         assert!(matches!(Client::new(&["127.0.0.1:1".into()], bad_token), Err(ClientError::Config(_))));
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_50_ms_to_at_most_250_ms_with_the_upper_half_jittered() {
+        let ms = |round, jitter| backoff(round, jitter).as_millis();
+        assert_eq!((ms(1, 0.0), ms(1, 0.999)), (25, 49));
+        assert_eq!((ms(2, 0.0), ms(2, 0.5)), (50, 75));
+        assert_eq!((ms(3, 0.0), ms(3, 1.0)), (100, 200));
+        for round in 4..100 {
+            assert_eq!(ms(round, 0.0), 125, "round {round}");
+            assert!(ms(round, 1.0) <= 250, "round {round}");
+        }
+        // Out-of-range jitter is clamped, never panics or overflows.
+        assert_eq!(ms(u32::MAX, f64::NAN), 125);
+        assert_eq!(ms(1, 7.0), 50);
+        // Five rounds of pauses add up to at most 850 ms.
+        let worst: u128 = (1..=5).map(|r| ms(r, 1.0)).sum();
+        assert_eq!(worst, 850);
+    }
+
+    #[test]
+    fn reads_are_bounded_per_attempt_and_writes_get_the_whole_remaining_budget() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(attempt_timeout(Effect::Write, 0, ten), ten);
+        assert_eq!(attempt_timeout(Effect::Write, 7, ten), ten);
+        assert_eq!(attempt_timeout(Effect::Read, 0, ten), Duration::from_secs(1));
+        assert_eq!(attempt_timeout(Effect::Read, 1, ten), Duration::from_secs(2));
+        assert_eq!(attempt_timeout(Effect::Read, 3, ten), Duration::from_secs(8));
+        assert_eq!(attempt_timeout(Effect::Read, 4, ten), ten, "never past what is left");
+        assert_eq!(attempt_timeout(Effect::Read, u32::MAX, ten), ten);
+        let little = Duration::from_millis(300);
+        assert_eq!(attempt_timeout(Effect::Read, 0, little), little);
+    }
+
+    /// A status as this side makes it up from a transport error (with a source).
+    fn local_status(e: impl std::error::Error + Send + Sync + 'static) -> Status {
+        Status::from_error(Box::new(e))
+    }
+
+    #[test]
+    fn writes_are_retried_only_when_they_certainly_had_no_effect() {
+        // The coordinators' own UNAVAILABLE answers come before anything is proposed.
+        let no_leader = Status::unavailable("node 2 knows no leader: the group is electing one");
+        assert!(retryable(&no_leader, Effect::Write) && retryable(&no_leader, Effect::Read));
+        // A connection that could not be established: the request never left.
+        let refused =
+            local_status(tonic::ConnectError(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))));
+        assert_eq!(refused.code(), Code::Unavailable);
+        assert!(never_sent(&refused));
+        assert!(retryable(&refused, Effect::Write) && retryable(&refused, Effect::Read));
+        // A connection that broke with the request sent: a read may go again, a write not.
+        let broken = local_status(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(!never_sent(&broken));
+        assert!(!retryable(&broken, Effect::Write) && retryable(&broken, Effect::Read));
+        // The server's UNKNOWN (its own forward broke mid-request) is the same.
+        let forwarded = Status::unknown("the connection from node 1 to leader node 3 failed during the request");
+        assert!(!retryable(&forwarded, Effect::Write) && retryable(&forwarded, Effect::Read));
+        // Answers that retrying cannot change are never retried.
+        for s in [
+            Status::not_found("cluster nope is not registered"),
+            Status::failed_precondition("no safe candidate"),
+            Status::invalid_argument("bad name"),
+            Status::aborted("failover c-e2 is already in progress"),
+            Status::internal("a server bug"),
+            Status::deadline_exceeded("not committed within 3000 ms; the write may still commit later"),
+        ] {
+            assert!(!retryable(&s, Effect::Write), "{s:?}");
+        }
+        assert!(retryable(&Status::deadline_exceeded("could not confirm leadership"), Effect::Read));
+        assert!(!retryable(&Status::not_found("x"), Effect::Read));
+        assert!(!retryable(&Status::internal("a server bug"), Effect::Read));
+    }
+
+    #[test]
+    fn no_leader_answers_are_told_apart_from_unreachable_endpoints() {
+        for m in [
+            "node 2 knows no leader: the group is electing one or has lost its quorum",
+            "leader node 3 at 127.0.0.1:7103 is unreachable from node 1: tcp connect error",
+            "node 1 answered but the leader it knows, node 3 at 127.0.0.1:7103, did not: connection refused",
+            "this node is not the leader (or lost its quorum): no quorum answered",
+            "cannot confirm leadership: ...",
+        ] {
+            assert!(no_leader_answer(&Status::unavailable(m)), "{m}");
+        }
+        let refused =
+            local_status(tonic::ConnectError(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))));
+        assert!(!no_leader_answer(&refused));
+        assert!(!no_leader_answer(&Status::not_found("node 2 knows no leader")));
+    }
+
+    #[test]
+    fn leader_addresses_match_endpoints_given_with_or_without_a_scheme() {
+        assert_eq!(host_port("127.0.0.1:7101"), "127.0.0.1:7101");
+        assert_eq!(host_port("https://db1.example:7101/"), "db1.example:7101");
+        assert_eq!(host_port("http://[::1]:7101"), "[::1]:7101");
+    }
+
+    /// A call to a port nobody listens on fails, as a request that never left, fast.
+    #[tokio::test]
+    async fn a_refused_connection_is_a_request_that_never_left() -> Result<(), ClientError> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let ch = transport(&format!("127.0.0.1:{port}"), None, None, Duration::from_secs(1))?;
+        let s = match CoordinatorClient::new(ch).get_status(GetStatusRequest {}).await {
+            Ok(r) => panic!("answered from a closed port: {r:?}"),
+            Err(s) => s,
+        };
+        assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+        assert!(never_sent(&s) && retryable(&s, Effect::Write), "{}", detail(&s));
+        Ok(())
+    }
+
+    /// Against endpoints that all refuse, a call retries with backoff until its
+    /// timeout, then says nothing answered (not that there is no leader).
+    #[tokio::test]
+    async fn a_call_retries_until_its_timeout_then_says_nothing_answered() -> Result<(), ClientError> {
+        let ports: Vec<String> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::Config(e.to_string()))?
+            .into_iter()
+            .map(|a| a.to_string())
+            .collect();
+        let c = Client::new(&ports, ClientOptions { timeout: Duration::from_millis(600), ..Default::default() })?;
+        let t0 = Instant::now();
+        let e = c.status().await.err().map(|e| e.to_string()).unwrap_or_default();
+        let took = t0.elapsed();
+        assert!(e.starts_with("no coordinator answered within 600 ms"), "{e}");
+        assert!(took >= Duration::from_millis(600) && took < Duration::from_millis(900), "{took:?}");
+        Ok(())
     }
 }
 

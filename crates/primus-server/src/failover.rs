@@ -40,6 +40,14 @@ pub enum FailoverError {
     Refused(String),
     #[error("not committed: {0}")]
     Commit(String),
+    /// The failover's start is committed but this node stopped leading before it
+    /// finished: the new leader resumes it. Not "not the leader": the request took
+    /// effect, and asking again would start another failover.
+    #[error(
+        "failover {id} started, but this coordinator stopped leading before it finished ({reason}); \
+         the new leader resumes it: see `primusctl history`"
+    )]
+    Interrupted { id: String, reason: String },
 }
 
 /// Why a read-only primary was not made writable.
@@ -950,7 +958,10 @@ impl Engine {
         )
         .await?;
         failpoint("failover.after_start", None);
-        self.execute(name, &id).await?;
+        self.execute(name, &id).await.map_err(|e| match e {
+            FailoverError::NotLeader(reason) => FailoverError::Interrupted { id: id.clone(), reason },
+            e => e,
+        })?;
         Ok(id)
     }
 

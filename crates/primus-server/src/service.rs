@@ -84,6 +84,25 @@ fn no_leader(me: NodeId) -> Status {
     ))
 }
 
+/// For a status that this node made up from a failed connection (it carries the
+/// error as its source), whether the request certainly never left: the connection
+/// could not be established, or closed before the request was handed to it (hyper's
+/// "canceled"). `None`: the status is the other side's answer.
+fn transport_failure(s: &Status) -> Option<bool> {
+    let mut cur = std::error::Error::source(s)?;
+    loop {
+        if cur.downcast_ref::<tonic::ConnectError>().is_some()
+            || cur.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled)
+        {
+            return Some(true);
+        }
+        match cur.source() {
+            Some(next) => cur = next,
+            None => return Some(false),
+        }
+    }
+}
+
 fn cluster_not_found(name: impl std::fmt::Display) -> Status {
     Status::not_found(format!("cluster {name} is not registered"))
 }
@@ -91,7 +110,9 @@ fn cluster_not_found(name: impl std::fmt::Display) -> Status {
 fn failover_status(e: crate::failover::FailoverError) -> Status {
     match e {
         crate::failover::FailoverError::UnknownCluster(n) => cluster_not_found(n),
-        crate::failover::FailoverError::NotLeader(m) => Status::unavailable(m),
+        e @ crate::failover::FailoverError::NotLeader(_) => Status::unavailable(e.to_string()),
+        // Started, so it may not be asked for again: the outcome is not known here.
+        e @ crate::failover::FailoverError::Interrupted { .. } => Status::unknown(e.to_string()),
         e => Status::failed_precondition(e.to_string()),
     }
 }
@@ -208,16 +229,22 @@ impl CoordinatorService {
                     request.metadata_mut().insert(primus_raft::security::AUTHORIZATION, auth);
                 }
                 call(client, request).await.map(Response::into_inner).map_err(|s| {
-                    if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
-                        && s.message().contains("transport")
-                    {
-                        Status::unavailable(format!(
-                            "leader node {leader} at {addr} is unreachable from node {}: {}",
-                            self.node.id,
-                            primus_raft::security::status_detail(&s)
-                        ))
-                    } else {
-                        s
+                    let detail = primus_raft::security::status_detail(&s);
+                    match transport_failure(&s) {
+                        // Nothing reached the leader: the caller may try again.
+                        Some(true) => Status::unavailable(format!(
+                            "leader node {leader} at {addr} is unreachable from node {}: {detail}",
+                            self.node.id
+                        )),
+                        // The leader may have acted on it: the caller must not blindly
+                        // repeat a write (clients repeat only UNAVAILABLE writes).
+                        Some(false) => Status::unknown(format!(
+                            "the connection from node {} to leader node {leader} at {addr} failed during the \
+                             request, which may or may not have taken effect: {detail}",
+                            self.node.id
+                        )),
+                        // The leader's own answer.
+                        None => s,
                     }
                 })
             }
@@ -1258,5 +1285,38 @@ fn failover_view(f: &FailoverRecord) -> FailoverView {
         acked_by: f.acked_by.clone().unwrap_or_default(),
         promotion_gtid: f.promotion_gtid.clone().unwrap_or_default(),
         plan: f.plan.iter().map(|v| v.to_string()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> Status {
+        Status::from_error(Box::new(tonic::ConnectError(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))))
+    }
+
+    #[test]
+    fn only_a_forward_that_never_left_is_unavailable_to_the_caller() {
+        // Never reached the leader: the caller may repeat it.
+        assert_eq!(transport_failure(&refused()), Some(true));
+        // Broke with the request sent: the leader may have acted on it.
+        let broken = Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        assert_eq!(transport_failure(&broken), Some(false));
+        // The leader's own answers pass through as they are.
+        assert_eq!(transport_failure(&Status::unavailable("node 3 knows no leader")), None);
+        assert_eq!(transport_failure(&Status::not_found("cluster c is not registered")), None);
+    }
+
+    #[test]
+    fn a_failover_interrupted_after_its_start_is_not_one_to_ask_for_again() {
+        use crate::failover::FailoverError;
+        let s = failover_status(FailoverError::NotLeader("no quorum answered".into()));
+        assert_eq!(s.code(), tonic::Code::Unavailable, "nothing was started: retry elsewhere");
+        let s = failover_status(FailoverError::Interrupted { id: "c-e2".into(), reason: "no quorum answered".into() });
+        assert_eq!(s.code(), tonic::Code::Unknown, "{s:?}");
+        assert!(s.message().contains("c-e2") && s.message().contains("the new leader resumes it"), "{s:?}");
     }
 }
