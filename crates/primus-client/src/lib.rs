@@ -661,7 +661,7 @@ impl Client {
 
     /// Hand leadership to voter `to`; returns who leads afterwards.
     pub async fn transfer_leader(&self, to: u64) -> Result<TransferLeaderResponse, ClientError> {
-        self.call(|mut c, t| async move {
+        self.write(|mut c, t| async move {
             c.transfer_leader(req(TransferLeaderRequest { to }, t)).await.map(|r| r.into_inner())
         })
         .await
