@@ -147,11 +147,18 @@ async fn leadership_is_handed_over_on_request_and_before_a_sigterm_stop() -> any
     let took = asked.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("transfer-leader {to}: {took:?}, {stdout} {}", String::from_utf8_lossy(&out.stderr));
-    anyhow::ensure!(out.status.success(), "primusctl failed: {}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        for i in 1..=3 {
+            println!("--- node {i} ---\n{}", g.node(i).log_tail(40));
+        }
+        anyhow::bail!("primusctl failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
     let v: serde_json::Value = serde_json::from_str(&stdout)?;
     assert_eq!(v["leader_id"].as_u64(), Some(to), "{v}");
     assert!(v["term"].as_u64().unwrap_or(0) > term, "{v}");
-    assert!(took < Duration::from_secs(1), "the transfer took {took:?}");
+    // One vote round, or the rest of the leader's lease when it was elected again just
+    // now (a start-up election can be repeated): within 2.5 s either way.
+    assert!(took < Duration::from_millis(2500), "the transfer took {took:?}");
     let (l, _) = g.wait_leader(&[], Duration::from_secs(5)).await?;
     assert_eq!(l, to);
 

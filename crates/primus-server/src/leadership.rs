@@ -17,15 +17,59 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Hand leadership to `to` (or to the most caught-up voter) and wait until another node
-/// leads; returns the new leader and its term.
+/// leads; returns the new leader and its term. When the election this starts is lost
+/// (this node elected again, e.g. it had led for less than its leader lease and refused
+/// its vote), it tries again until `timeout`.
 pub async fn transfer(ctx: &NodeCtx, to: Option<NodeId>, timeout: Duration) -> Result<(NodeId, u64), String> {
     let deadline = Instant::now() + timeout;
+    loop {
+        match attempt(ctx, to, deadline).await {
+            Attempt::Done(leader, term) => return Ok((leader, term)),
+            Attempt::Failed(e) => return Err(e),
+            Attempt::LeadingAgain(term) if Instant::now() < deadline => {
+                tracing::info!(term, "leadership transfer: this node was elected again; trying once more");
+            }
+            Attempt::LeadingAgain(term) => {
+                return Err(format!("this node was elected again (term {term}) within {} ms", timeout.as_millis()))
+            }
+        }
+    }
+}
+
+enum Attempt {
+    Done(NodeId, u64),
+    /// The target lost; this node leads again in a later term.
+    LeadingAgain(u64),
+    Failed(String),
+}
+
+async fn attempt(ctx: &NodeCtx, to: Option<NodeId>, deadline: Instant) -> Attempt {
+    match attempt_inner(ctx, to, deadline).await {
+        Ok(a) => a,
+        Err(e) => Attempt::Failed(e),
+    }
+}
+
+async fn attempt_inner(ctx: &NodeCtx, to: Option<NodeId>, deadline: Instant) -> Result<Attempt, String> {
     let me = ctx.id;
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    // This node grants the target's vote only once its own leader lease (openraft's:
+    // `election_timeout_max` after it was elected) has passed; before that the target's
+    // election fails and leadership goes to whoever wins the next one.
+    let lease_end = ctx.leases.leader_since() + Duration::from_millis(ctx.cfg.raft.election_timeout_max_ms + 20);
+    if lease_end > deadline {
+        return Err(format!(
+            "node {me} was elected less than raft.election_timeout_max_ms ago and cannot hand over within {} ms",
+            timeout.as_millis()
+        ));
+    }
+    tokio::time::sleep_until(lease_end).await;
     let (term, target, addr) = loop {
         let m = ctx.raft.metrics().borrow().clone();
         if m.current_leader != Some(me) || m.state != openraft::ServerState::Leader {
             return Err(format!("node {me} is not the leader (leader {:?})", m.current_leader));
         }
+        let timeout = deadline.saturating_duration_since(Instant::now());
         let last = m.last_log_index.unwrap_or(0);
         let membership = m.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().filter(|v| *v != me).collect();
@@ -76,7 +120,10 @@ pub async fn transfer(ctx: &NodeCtx, to: Option<NodeId>, timeout: Duration) -> R
         {
             let m = rx.borrow();
             if let Some(l) = m.current_leader.filter(|l| *l != me) {
-                return Ok((l, m.current_term));
+                return Ok(Attempt::Done(l, m.current_term));
+            }
+            if m.current_leader == Some(me) && m.current_term > term && m.state == openraft::ServerState::Leader {
+                return Ok(Attempt::LeadingAgain(m.current_term));
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());

@@ -72,7 +72,7 @@ impl LeaseTable {
 
     /// When this node became leader in its current term (noted on first use in a
     /// term; the caller has just checked that it leads).
-    fn leader_since(&self) -> Instant {
+    pub fn leader_since(&self) -> Instant {
         let term = self.raft.metrics().borrow().current_term;
         let mut g = self.leader_since.lock().unwrap_or_else(|p| p.into_inner());
         match *g {
