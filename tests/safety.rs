@@ -81,3 +81,49 @@ async fn after_a_failover_the_topology_is_committed_only_when_it_changes() -> an
     assert!(n <= 2, "{n} topology commits in 30 s after a failover: {lines:#?}");
     Ok(())
 }
+
+/// A leader cut off from its peers kept answering as leader: it served analysis with its
+/// stale view (epoch 1 while the majority had promoted at epoch 2) and `status` through it
+/// named itself leader at the old term. Now analysis is answered once the leader has
+/// confirmed its leadership with a quorum, and a node that has not heard from a quorum for
+/// an election timeout names no leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_peers_serves_no_stale_analysis_and_names_no_leader() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions { fault_injection: true, ..Default::default() }).await?;
+    w.register_sandbox(CLUSTER, Duration::from_millis(1500)).await?;
+    let (old, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
+    let majority: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
+    w.group.isolate(&[old]).await?;
+    let (new, term) = w.group.wait_leader(&majority, Duration::from_secs(10)).await?;
+    w.sandbox.primary().kill9()?;
+    let by_majority = w.group.client_for(&majority, Duration::from_secs(10))?;
+    let h = world::wait_finished(&by_majority, CLUSTER, 1, Duration::from_secs(30)).await?;
+    assert_eq!((h.failovers[0].outcome.as_str(), h.failovers[0].epoch), ("succeeded", 2), "{:#?}", h.failovers[0]);
+    println!("node {old} cut off; node {new} leads (term {term}) and failed over to epoch 2");
+
+    // For 3 s, ask only the cut-off node.
+    let by_old = w.group.client_for(&[old], Duration::from_millis(800))?;
+    let (mut stale_answers, mut refused, mut said_leader) = (Vec::new(), 0, 0);
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        match by_old.analysis(CLUSTER).await {
+            Ok(a) if a.epoch < 2 => stale_answers.push(format!("{} epoch {} by node {}", a.code, a.epoch, a.served_by)),
+            Ok(_) => {}
+            Err(_) => refused += 1,
+        }
+        let s = w.group.status_of(old).await?;
+        if s.leader_id == Some(old) {
+            said_leader += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "through the cut-off node: {} stale analyses, {refused} refused, named itself leader {said_leader} times",
+        stale_answers.len()
+    );
+    assert!(stale_answers.is_empty(), "stale analyses served: {stale_answers:?}");
+    assert_eq!(said_leader, 0, "the cut-off node still names itself leader");
+    let s = w.group.status_of(old).await?;
+    assert!(s.leader_id.is_none(), "{s:#?}");
+    Ok(())
+}

@@ -61,7 +61,13 @@ enum Output {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Show the coordinator group as its leader sees it: term, commit index, members.
-    Status,
+    /// The leader answers once it has confirmed its leadership with a quorum (during an
+    /// election this waits for the new leader); --stale prints the contacted node's own
+    /// view instead (a node that calls itself leader without a quorum names no leader).
+    Status {
+        #[arg(long)]
+        stale: bool,
+    },
     /// Add or remove coordinators.
     #[command(subcommand)]
     Members(MembersCmd),
@@ -95,8 +101,13 @@ enum Cmd {
     },
     /// Every failover of a cluster with its steps, times, analysis, epoch and outcome.
     History { name: String },
-    /// The leader's current analysis of a cluster (code and evidence).
-    Analysis { name: String },
+    /// The leader's current analysis of a cluster (code and evidence), confirmed with a
+    /// quorum; --stale: the contacted node's own analysis (not the one that decides).
+    Analysis {
+        name: String,
+        #[arg(long)]
+        stale: bool,
+    },
     /// Repoint a demoted former primary (HOST:PORT) under the current primary —
     /// refused, with the list, when it has transactions the primary lacks, or when it
     /// is divergent (it executed transactions after the failover that replaced it:
@@ -442,8 +453,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let json_out = cli.output == Output::Json;
     let print_json = |v: Value| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     match cli.cmd {
-        Cmd::Status => {
-            let s = client.status().await?;
+        Cmd::Status { stale } => {
+            let s = if stale { client.node_status().await? } else { client.status().await? };
             if json_out {
                 let members: Vec<Value> = s
                     .members
@@ -459,8 +470,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
                     "served_by": s.node_id, "members": members,
                     "millis_since_quorum_ack": s.millis_since_quorum_ack,
+                    "role": role_name(s.role), "consistency": if s.linearizable { "linearizable" } else { "stale" },
                 }));
             } else {
+                if stale {
+                    println!("(stale: node {}'s own view; it is {})", s.node_id, role_name(s.role));
+                }
                 println!(
                     "leader: node {} at {}   term: {}   commit index: {}   applied: {}   snapshot: {}   quorum ack: {} ms ago",
                     opt(s.leader_id),
@@ -628,18 +643,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Analysis { name } => {
-            let a = client.analysis(&name).await?;
+        Cmd::Analysis { name, stale } => {
+            let c = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
+            let a = client.analysis_with(&name, c).await?;
             if json_out {
                 print_json(json!({"cluster": name, "code": a.code, "subject": a.subject, "evidence": a.evidence,
-                    "actionable": a.actionable, "at_ms": a.at_ms, "served_by": a.served_by, "epoch": a.epoch}));
+                    "actionable": a.actionable, "at_ms": a.at_ms, "served_by": a.served_by, "epoch": a.epoch,
+                    "consistency": if a.linearizable { "linearizable" } else { "stale" }}));
             } else {
                 println!(
-                    "{name}: {}{} (epoch {}, by node {})",
+                    "{name}: {}{} (epoch {}, by node {}{})",
                     a.code,
                     if a.subject.is_empty() { String::new() } else { format!(" on {}", a.subject) },
                     a.epoch,
-                    a.served_by
+                    a.served_by,
+                    if a.linearizable { "" } else { "; stale: that node's own analysis" }
                 );
                 for e in &a.evidence {
                     println!("  - {e}");

@@ -598,9 +598,11 @@ impl Client {
 
     /// This node's view, from whichever endpoint answers first.
     pub async fn node_status(&self) -> Result<GetStatusResponse, ClientError> {
-        self.read(|mut c, t| async move { c.get_status(req(GetStatusRequest {}, t)).await.map(|r| r.into_inner()) })
-            .await
-            .map(|(_, v)| v)
+        self.read(
+            |mut c, t| async move { c.get_status(req(GetStatusRequest::default(), t)).await.map(|r| r.into_inner()) },
+        )
+        .await
+        .map(|(_, v)| v)
     }
 
     /// The group as its leader sees it (with every member's matched index).
@@ -613,8 +615,9 @@ impl Client {
     pub async fn status(&self) -> Result<GetStatusResponse, ClientError> {
         self.read(|mut c, t| async move {
             let started = Instant::now();
-            let s = c.get_status(req(GetStatusRequest {}, t)).await?.into_inner();
-            if s.role == Role::Leader as i32 {
+            let ask = GetStatusRequest { linearizable: true };
+            let s = c.get_status(req(ask, t)).await?.into_inner();
+            if s.role == Role::Leader as i32 && s.linearizable {
                 return Ok(s);
             }
             let (node, role, term) = (s.node_id, role_name(s.role), s.term);
@@ -635,8 +638,10 @@ impl Client {
             // still says which node answered and what it knew.
             let left = t.saturating_sub(started.elapsed()) * 3 / 4;
             let mut hop = CoordinatorClient::new(ch);
-            match tokio::time::timeout(left, hop.get_status(req(GetStatusRequest {}, left))).await {
-                Ok(Ok(ls)) if ls.get_ref().role == Role::Leader as i32 => Ok(ls.into_inner()),
+            match tokio::time::timeout(left, hop.get_status(req(ask, left))).await {
+                Ok(Ok(ls)) if ls.get_ref().role == Role::Leader as i32 && ls.get_ref().linearizable => {
+                    Ok(ls.into_inner())
+                }
                 Ok(Ok(ls)) => {
                     let ls = ls.into_inner();
                     Err(unanswered(format!("it is {:?} in term {}", role_name(ls.role), ls.term)))
@@ -758,8 +763,19 @@ impl Client {
         .map(|(_, v)| v)
     }
 
+    /// The leader's analysis, confirmed with a quorum (a leader cut off in a minority
+    /// answers nothing; the call waits for, or finds, one that leads).
     pub async fn analysis(&self, cluster: &str) -> Result<AnalysisResponse, ClientError> {
-        let r = AnalysisRequest { cluster: cluster.to_string() };
+        self.analysis_with(cluster, ReadConsistency::Linearizable).await
+    }
+
+    /// [`Client::analysis`], or with `Stale` the contacted node's own analysis.
+    pub async fn analysis_with(
+        &self,
+        cluster: &str,
+        consistency: ReadConsistency,
+    ) -> Result<AnalysisResponse, ClientError> {
+        let r = AnalysisRequest { cluster: cluster.to_string(), consistency: consistency as i32 };
         self.read(|mut c, t| {
             let r = r.clone();
             async move { c.analysis(req(r, t)).await.map(|r| r.into_inner()) }
@@ -1356,7 +1372,7 @@ mod retry_tests {
             .map(|a| a.port())
             .map_err(|e| ClientError::Config(e.to_string()))?;
         let ch = transport(&format!("127.0.0.1:{port}"), None, None, Duration::from_secs(1))?;
-        let s = match CoordinatorClient::new(ch).get_status(GetStatusRequest {}).await {
+        let s = match CoordinatorClient::new(ch).get_status(GetStatusRequest::default()).await {
             Ok(r) => panic!("answered from a closed port: {r:?}"),
             Err(s) => s,
         };

@@ -29,6 +29,7 @@ pub const PEER_PREFIX: &str = "/primus.raft.Raft/";
 pub const WRITE_METHODS: &[&str] = &[
     "AddMember",
     "RemoveMember",
+    "TransferLeader",
     "RegisterCluster",
     "UnregisterCluster",
     "Failover",

@@ -828,6 +828,7 @@ impl Monitor {
                 automatic_failover: c.settings.automatic_failover,
                 semi_sync: c.settings.semi_sync,
             }),
+            linearizable: false,
         }
     }
 }

@@ -324,7 +324,30 @@ impl CoordinatorService {
         Ok(())
     }
 
+    /// For a linearizable status: confirm with a quorum that this node leads.
+    async fn confirm_leadership(&self) -> Result<(), Status> {
+        match self.linearizable().await {
+            Ok(()) => Ok(()),
+            Err(NotHere::Failed(s)) => Err(s),
+            Err(NotHere::Forward(_)) => Err(no_leader(self.node.id)),
+        }
+    }
+
     async fn linearizable(&self) -> Result<(), NotHere> {
+        // A leader that has not heard from a quorum for longer than an election timeout
+        // has probably been replaced: say so at once rather than after write_timeout.
+        let m = self.node.raft.metrics().borrow().clone();
+        if m.state == ServerState::Leader
+            && m.millis_since_quorum_ack.is_some_and(|ms| ms > self.node.cfg.raft.election_timeout_max_ms)
+        {
+            return Err(Status::unavailable(format!(
+                "node {} calls itself leader but has not heard from a quorum for {} ms: it may have been replaced; \
+                 retry or try another endpoint",
+                self.node.id,
+                m.millis_since_quorum_ack.unwrap_or(0)
+            ))
+            .into());
+        }
         let timeout = self.node.cfg.raft.write_timeout();
         match tokio::time::timeout(timeout, self.node.raft.ensure_linearizable()).await {
             Err(_) => Err(Status::deadline_exceeded(format!(
@@ -396,7 +419,7 @@ impl CoordinatorService {
     async fn check_newcomer(&self, id: NodeId, addr: &str) -> Result<(), Status> {
         let ch = self.node.channel_to(addr)?;
         let mut c = CoordinatorClient::new(ch);
-        let mut req = Request::new(GetStatusRequest {});
+        let mut req = Request::new(GetStatusRequest::default());
         req.set_timeout(std::time::Duration::from_millis(self.node.cfg.raft.rpc_timeout_ms.max(1000)));
         // Our own token: the newcomer may require one for reads.
         self.node.peer.authorize(&mut req);
@@ -465,7 +488,13 @@ fn parse_name(name: &str) -> Result<ClusterName, Status> {
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
-    async fn get_status(&self, _req: Request<GetStatusRequest>) -> Result<Response<GetStatusResponse>, Status> {
+    async fn get_status(&self, req: Request<GetStatusRequest>) -> Result<Response<GetStatusResponse>, Status> {
+        // A leader asked for a linearizable answer confirms its leadership first: a
+        // leader cut off in a minority must not tell clients it leads.
+        let linearizable = req.get_ref().linearizable && self.node.is_leader();
+        if linearizable {
+            self.confirm_leadership().await?;
+        }
         let m = self.node.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -496,15 +525,20 @@ impl Coordinator for CoordinatorService {
                 }
             })
             .collect();
+        // A node that calls itself leader but has not heard from a quorum for longer than
+        // an election timeout may well have been replaced: it names no leader.
+        let quorum_lost = m.state == ServerState::Leader
+            && m.millis_since_quorum_ack.is_none_or(|ms| ms > self.node.cfg.raft.election_timeout_max_ms);
+        let current_leader = m.current_leader.filter(|_| !quorum_lost);
         let leader_addr =
-            m.current_leader.and_then(|l| membership.get_node(&l).map(|n| n.addr.clone())).unwrap_or_default();
+            current_leader.and_then(|l| membership.get_node(&l).map(|n| n.addr.clone())).unwrap_or_default();
         let applied = m.last_applied.map(|l| l.index);
         let committed = self.node.committed_index().max(applied);
         Ok(Response::new(GetStatusResponse {
             node_id: m.id,
             role: role as i32,
             term: m.current_term,
-            leader_id: m.current_leader,
+            leader_id: current_leader,
             leader_addr,
             commit_index: committed,
             applied_index: applied,
@@ -514,6 +548,7 @@ impl Coordinator for CoordinatorService {
             datacenter: self.node.cfg.datacenter.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             millis_since_quorum_ack: m.millis_since_quorum_ack,
+            linearizable,
         }))
     }
 
@@ -714,7 +749,9 @@ impl Coordinator for CoordinatorService {
         let mon = self.node.monitor.as_ref().ok_or_else(|| {
             Status::failed_precondition(format!("node {} has no [mysql] section: it probes nothing", self.node.id))
         })?;
-        Ok(Response::new(mon.view(&rec, linearizable)))
+        let mut view = mon.view(&rec, linearizable);
+        view.linearizable = linearizable;
+        Ok(Response::new(view))
     }
 
     async fn audit(&self, req: Request<AuditRequest>) -> Result<Response<AuditResponse>, Status> {
@@ -811,13 +848,16 @@ impl Coordinator for CoordinatorService {
         let r = req.into_inner();
         let name = parse_name(&r.cluster)?;
         let engine = self.engine()?;
-        // The leader's analysis is the one that decides: it sees every coordinator's view.
-        if !self.node.is_leader() {
-            let nh = NotHere::Forward(self.node.leader_target());
-            return self
-                .forward(nh, forwarded, r, |mut c, q| async move { c.analysis(q).await })
-                .await
-                .map(Response::new);
+        // The leader's analysis is the one that decides: it sees every coordinator's view,
+        // and it answers once it has confirmed with a quorum that it still leads.
+        let linearizable = r.consistency() == ReadConsistency::Linearizable;
+        if linearizable {
+            if let Err(nh) = self.linearizable().await {
+                return self
+                    .forward(nh, forwarded, r, |mut c, q| async move { c.analysis(q).await })
+                    .await
+                    .map(Response::new);
+            }
         }
         let epoch = self.with_cluster(&name, |c| c.epoch)?;
         let (at_ms, a) = engine
@@ -831,6 +871,7 @@ impl Coordinator for CoordinatorService {
             at_ms,
             served_by: self.node.id,
             epoch,
+            linearizable,
         }))
     }
 
