@@ -32,7 +32,7 @@ async fn wait_no_loss_mode(w: &World, timeout: Duration) -> anyhow::Result<()> {
             let (m, s, _, _) = semi_sync_vars(r).await?;
             ok &= (m, s) == (0, 1);
         }
-        ok &= semi_sync_clients(w.sandbox.primary()).await? == 2;
+        ok &= semi_sync_clients(w.sandbox.primary()).await? == w.sandbox.replicas().len() as u64;
         if ok {
             return Ok(());
         }
@@ -195,5 +195,75 @@ async fn no_acknowledged_write_is_lost_across_kill9_and_isolation_failovers_in_n
         total += acked;
     }
     println!("{runs} failovers (kill -9 and real isolation, alternating) in no-loss mode: {total} acknowledged inserts, none lost");
+    Ok(())
+}
+
+/// No-loss mode used to promote a replica lacking acknowledged transactions when the
+/// replica that held them was out of the candidate pool (here: in maintenance; equally
+/// unreadable, lagging or `must_not`): they were logged as "will be lost" and lost. Now
+/// the failover is refused (recorded, analysis DeadPrimaryWouldLoseData) until the
+/// operator accepts the loss explicitly with `failover --accept-loss`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_loss_mode_refuses_a_candidate_lacking_acknowledged_transactions_unless_the_loss_is_accepted(
+) -> anyhow::Result<()> {
+    let w = World::start(WorldOptions {
+        topology: primus_testkit::mariadb::Topology::PrimaryWithReplicas(3),
+        ..Default::default()
+    })
+    .await?;
+    w.register_sandbox("c", Duration::ZERO).await?;
+    let client = w.client()?;
+    client.set_semi_sync("c", Some(true)).await?;
+    wait_no_loss_mode(&w, Duration::from_secs(15)).await?;
+    w.sandbox.primary().insert_test_rows(1).await?;
+    w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
+    let (holder, lagging, other) = (&w.sandbox.replicas()[0], &w.sandbox.replicas()[1], &w.sandbox.replicas()[2]);
+    client.maintenance("c", Some(&holder.addr()), true, "test", Duration::from_secs(3600)).await?;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Two replicas stop receiving; the next commit is acknowledged by `holder` alone, and
+    // the primary dies at once (before the upkeep restarts the stopped IO threads).
+    lagging.stop_replication_io().await?;
+    other.stop_replication_io().await?;
+    let acked = w.sandbox.primary().insert_test_rows(5).await?;
+    w.sandbox.primary().kill9()?;
+    println!("5 rows acknowledged at {acked} (by {} alone); primary killed", holder.addr());
+
+    // Refused, with the reason recorded.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refusal = loop {
+        let h = client.history("c").await?;
+        anyhow::ensure!(h.failovers.is_empty(), "a replica lacking acknowledged rows was promoted: {:#?}", h.failovers);
+        if let Some(r) = h.refusals.iter().find(|r| r.analysis_code == "DeadPrimaryWouldLoseData") {
+            break r.clone();
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no refusal recorded: {h:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("refused: {}", refusal.reason);
+    assert!(refusal.reason.contains(&holder.addr()) && refusal.reason.contains("--accept-loss"), "{refusal:#?}");
+    // The analysis says so from the next tick on.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let a = client.analysis("c").await?;
+        if a.code == "DeadPrimaryWouldLoseData" {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "analysis: {a:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(client.history("c").await?.failovers.is_empty(), "failed over after all");
+    // A manual failover without the override is refused the same way.
+    let r = client.failover("c", None, false).await;
+    assert!(r.as_ref().is_err_and(|e| e.to_string().contains("--accept-loss")), "{r:?}");
+
+    // The operator accepts the loss: promoted, the override in the evidence.
+    let out = w.primusctl(&["-o", "json", "failover", "c", "--accept-loss"])?;
+    anyhow::ensure!(out.status.success(), "primusctl failover --accept-loss: {}", String::from_utf8_lossy(&out.stderr));
+    let h = client.history("c").await?;
+    let f = h.failovers.last().ok_or_else(|| anyhow::anyhow!("no failover"))?;
+    assert_eq!(f.outcome, "succeeded", "{f:#?}");
+    assert!([lagging.addr(), other.addr()].contains(&f.candidate), "{f:#?}");
+    assert!(f.evidence.iter().any(|e| e.contains("overridden") && e.contains(&holder.addr())), "{:#?}", f.evidence);
     Ok(())
 }

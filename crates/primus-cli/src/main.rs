@@ -91,6 +91,11 @@ enum Cmd {
         name: String,
         #[arg(long)]
         to: Option<String>,
+        /// No-loss (semi-sync) mode: promote even when a semi-sync replica may have
+        /// acknowledged transactions the candidate lacks (refused otherwise, with the
+        /// transactions named). The override is recorded in the failover's evidence.
+        #[arg(long)]
+        accept_loss: bool,
     },
     /// Planned switchover: the old primary goes read-only, the candidate catches up
     /// exactly, is promoted, and the old primary replicates from it.
@@ -590,11 +595,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_topology(&t);
             }
         }
-        Cmd::Failover { name, to } => {
+        Cmd::Failover { name, to, accept_loss } => {
             if !json_out {
                 eprintln!("failing over {name}{}…", to.as_ref().map(|t| format!(" to {t}")).unwrap_or_default());
+                if accept_loss {
+                    eprintln!(
+                        "WARNING: --accept-loss: in no-loss mode this promotes even a replica that lacks transactions \
+                         a semi-sync replica may have acknowledged; they are lost"
+                    );
+                }
             }
-            let r = with_progress(&client, &name, json_out, client.failover(&name, to.as_deref(), false)).await?;
+            let asked = client.failover_with(&name, to.as_deref(), false, accept_loss);
+            let r = with_progress(&client, &name, json_out, asked).await?;
             print_failover(r.failover.as_ref(), json_out);
         }
         Cmd::Switchover { name, to } => {

@@ -739,11 +739,24 @@ impl Client {
         to: Option<&str>,
         switchover: bool,
     ) -> Result<FailoverResponse, ClientError> {
+        self.failover_with(cluster, to, switchover, false).await
+    }
+
+    /// [`Client::failover`]; `accept_loss`: in no-loss (semi-sync) mode, promote even
+    /// when a semi-sync replica may have acknowledged transactions the candidate lacks.
+    pub async fn failover_with(
+        &self,
+        cluster: &str,
+        to: Option<&str>,
+        switchover: bool,
+        accept_loss: bool,
+    ) -> Result<FailoverResponse, ClientError> {
         let r = FailoverRequest {
             cluster: cluster.to_string(),
             to: to.unwrap_or_default().to_string(),
             actor: self.opts.actor.clone(),
             switchover,
+            accept_loss,
         };
         self.write(|mut c, t| {
             let r = r.clone();

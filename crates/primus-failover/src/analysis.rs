@@ -59,10 +59,16 @@ pub enum AnalysisCode {
     ReadOnlyPrimary,
     /// The primary is read-only and the leader's attempts to make it writable failed: fail over.
     UnwritablePrimary,
+    /// The primary is dead, but in no-loss (semi-sync) mode no replica can be promoted
+    /// without losing transactions a semi-sync replica may have acknowledged (one that
+    /// cannot be read, or one that holds what the candidate lacks). The leader keeps
+    /// re-checking with fresh probes and fails over once it can; an operator may accept
+    /// the loss (`primusctl failover --accept-loss`).
+    DeadPrimaryWouldLoseData,
 }
 
 impl AnalysisCode {
-    pub const ALL: [AnalysisCode; 15] = [
+    pub const ALL: [AnalysisCode; 16] = [
         AnalysisCode::NoProblem,
         AnalysisCode::DeadPrimary,
         AnalysisCode::DeadPrimaryAndSomeReplicas,
@@ -78,6 +84,7 @@ impl AnalysisCode {
         AnalysisCode::PrimaryLeaseExpired,
         AnalysisCode::ReadOnlyPrimary,
         AnalysisCode::UnwritablePrimary,
+        AnalysisCode::DeadPrimaryWouldLoseData,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -97,6 +104,7 @@ impl AnalysisCode {
             AnalysisCode::PrimaryLeaseExpired => "PrimaryLeaseExpired",
             AnalysisCode::ReadOnlyPrimary => "ReadOnlyPrimary",
             AnalysisCode::UnwritablePrimary => "UnwritablePrimary",
+            AnalysisCode::DeadPrimaryWouldLoseData => "DeadPrimaryWouldLoseData",
         }
     }
 
@@ -110,7 +118,8 @@ impl AnalysisCode {
             | AnalysisCode::DeadPrimaryAndSomeReplicas
             | AnalysisCode::DeadPrimaryAndReplicas
             | AnalysisCode::PrimaryLeaseExpired
-            | AnalysisCode::UnwritablePrimary => 2,
+            | AnalysisCode::UnwritablePrimary
+            | AnalysisCode::DeadPrimaryWouldLoseData => 2,
             AnalysisCode::UnreachablePrimary | AnalysisCode::ReadOnlyPrimary => 3,
             AnalysisCode::LockedSemiSyncPrimary => 4,
             AnalysisCode::DeadIntermediatePrimary => 5,
@@ -125,7 +134,10 @@ impl AnalysisCode {
     pub fn is_dead_primary(self) -> bool {
         matches!(
             self,
-            AnalysisCode::DeadPrimary | AnalysisCode::DeadPrimaryAndSomeReplicas | AnalysisCode::DeadPrimaryAndReplicas
+            AnalysisCode::DeadPrimary
+                | AnalysisCode::DeadPrimaryAndSomeReplicas
+                | AnalysisCode::DeadPrimaryAndReplicas
+                | AnalysisCode::DeadPrimaryWouldLoseData
         )
     }
 
@@ -142,6 +154,7 @@ impl AnalysisCode {
                 | AnalysisCode::DeadPrimaryAndSomeReplicas
                 | AnalysisCode::PrimaryLeaseExpired
                 | AnalysisCode::UnwritablePrimary
+                | AnalysisCode::DeadPrimaryWouldLoseData
         )
     }
 
@@ -240,6 +253,17 @@ pub fn analyze(input: &ClusterInput, th: &Thresholds) -> Analysis {
         }
     }
 
+    // No-loss mode: the leader found that failing over now would lose what a semi-sync
+    // replica may have acknowledged.
+    if let Some(why) = &input.no_loss_refusal {
+        for a in found
+            .iter_mut()
+            .filter(|a| matches!(a.code, AnalysisCode::DeadPrimary | AnalysisCode::DeadPrimaryAndSomeReplicas))
+        {
+            a.code = AnalysisCode::DeadPrimaryWouldLoseData;
+            a.evidence.insert(0, format!("no-loss mode: {why}"));
+        }
+    }
     // Stable: equal priorities keep discovery order (intermediates in address order).
     found.sort_by_key(|a| a.code.priority());
     let mut it = found.into_iter();

@@ -408,6 +408,14 @@ fn cases() -> Vec<Case> {
             evidence: &["lease ran out", "also ReadOnlyPrimary"],
         },
         Case {
+            name: "dead_primary_that_no_replica_can_replace_without_loss_says_so",
+            sim: replicas_lost(Sim::standard().seen_all(P, Seen::Down)).no_loss_refused(),
+            code: DeadPrimaryWouldLoseData,
+            actionable: true,
+            subject: Some(P),
+            evidence: &["no-loss mode: promoting 127.0.0.1:3308 could lose", "2/2 direct replicas lost it"],
+        },
+        Case {
             name: "dead_intermediate_in_maintenance_is_not_actionable",
             sim: Sim::standard().replica(R3, R1).seen_all(R1, Seen::Timeout).io(R3, Connecting).maintenance(R1),
             code: DeadIntermediatePrimary,

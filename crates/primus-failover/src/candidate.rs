@@ -532,6 +532,67 @@ impl<'a> Pool<'a> {
     }
 }
 
+/// No-loss (semi-sync) mode: what promoting `candidate` could lose, judged from `fresh`
+/// (the leader's own probes, taken for this decision; never another coordinator's older
+/// view). Every direct replica of `dead` that can acknowledge semi-synchronously (its
+/// `rpl_semi_sync_slave_enabled` not known OFF) may have acknowledged what it received,
+/// so the candidate must hold all of it: a readable replica that received a transaction
+/// the candidate lacks, and a replica that cannot be read now (it may have), are each a
+/// reason. Replicas out of the candidate pool (in maintenance, `must_not`, lagging)
+/// count too: being ineligible does not undo an acknowledgement. Empty: nothing
+/// acknowledged can be lost.
+pub fn no_loss_gaps(
+    input: &ClusterInput,
+    dead: &InstanceAddr,
+    candidate: &InstanceAddr,
+    fresh: &BTreeMap<InstanceAddr, Result<Observation, String>>,
+) -> Vec<String> {
+    let mut gaps = Vec::new();
+    let received = |o: &Observation| positions(o, row_for(o, dead)).1;
+    let cand = match fresh.get(candidate) {
+        Some(Ok(o)) => received(o),
+        Some(Err(e)) => return vec![format!("the candidate {candidate} cannot be read now ({e})")],
+        None => return vec![format!("the candidate {candidate} was not probed for this decision")],
+    };
+    for r in input.replicas_of(dead).filter(|r| &r.addr != candidate) {
+        let addr = &r.addr;
+        match fresh.get(addr) {
+            Some(Ok(o)) => {
+                if o.semi_sync.replica_enabled == Some(false) {
+                    continue;
+                }
+                let theirs = received(o);
+                match subtract(&theirs, &cand) {
+                    Some(gap) if !gap.is_empty() => gaps.push(format!(
+                        "{addr} received {gap}, which the candidate {candidate} lacks: it may have acknowledged them"
+                    )),
+                    Some(_) => {}
+                    None => gaps.push(format!("{addr} is of another flavor than the candidate {candidate}")),
+                }
+            }
+            other => {
+                let ever_off = r
+                    .views
+                    .values()
+                    .filter_map(|v| v.result.as_ref().ok())
+                    .all(|o| o.semi_sync.replica_enabled == Some(false))
+                    && !r.views.is_empty();
+                if ever_off {
+                    continue;
+                }
+                let why = match other {
+                    Some(Err(e)) => e.clone(),
+                    _ => "not probed".into(),
+                };
+                gaps.push(format!(
+                    "{addr} cannot be read now ({why}): it may have acknowledged transactions the candidate {candidate} lacks"
+                ));
+            }
+        }
+    }
+    gaps
+}
+
 /// A replica acknowledging transactions semi-synchronously (as last observed).
 fn semi_sync_replica(r: &Replica<'_>) -> bool {
     r.obs.is_some_and(|o| o.semi_sync.replica_active == Some(true))

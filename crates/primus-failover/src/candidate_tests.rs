@@ -480,3 +480,59 @@ fn a_switchover_candidate_behind_another_replica_is_accepted_and_that_replica_fo
     assert_eq!(c.followers, vec![a(R2)]);
     assert!(c.cannot_follow.is_empty(), "{:?}", c.cannot_follow);
 }
+
+mod no_loss {
+    use super::*;
+    use crate::no_loss_gaps;
+    use primus_mysql::Observation;
+    use std::collections::BTreeMap;
+
+    /// The leader's fresh probes of every replica of the simulated cluster (as the sim's
+    /// freshest observation), with `unreadable` failing.
+    fn fresh(sim: &Sim, unreadable: &[u16]) -> BTreeMap<primus_types::InstanceAddr, Result<Observation, String>> {
+        sim.specs
+            .iter()
+            .filter(|(p, _)| **p != P)
+            .map(|(p, s)| {
+                let r = if unreadable.contains(p) { Err("connection refused".to_string()) } else { Ok(s.obs.clone()) };
+                (a(*p), r)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_candidate_holding_everything_every_replica_received_loses_nothing() {
+        let sim = Sim::dead_primary().gtid(R1, "0-1-100", "0-1-104").gtid(R2, "0-1-100", "0-1-102");
+        let input = sim.input();
+        assert!(no_loss_gaps(&input, &a(P), &a(R1), &fresh(&sim, &[])).is_empty());
+    }
+
+    #[test]
+    fn what_an_ineligible_replica_received_still_counts() {
+        // R1 (in maintenance, or must_not: out of the pool) received 101..104; R2 did not.
+        let sim = Sim::dead_primary().gtid(R1, "0-1-100", "0-1-104").gtid(R2, "0-1-100", "0-1-100").maintenance(R1);
+        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R2), &fresh(&sim, &[]));
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert!(gaps[0].contains("127.0.0.1:3307 received 0-1-101..104"), "{gaps:?}");
+    }
+
+    #[test]
+    fn an_unreadable_replica_may_have_acknowledged_anything() {
+        let sim = Sim::dead_primary();
+        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[R2]));
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert!(gaps[0].contains("127.0.0.1:3308 cannot be read now (connection refused)"), "{gaps:?}");
+        // The candidate itself must be read for this decision too (not an older view).
+        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[R1]));
+        assert!(gaps[0].contains("the candidate 127.0.0.1:3307 cannot be read now"), "{gaps:?}");
+    }
+
+    #[test]
+    fn a_replica_that_never_acknowledges_semi_synchronously_is_left_out() {
+        let sim = Sim::dead_primary()
+            .gtid(R1, "0-1-100", "0-1-104")
+            .obs(R1, |o| o.semi_sync.replica_enabled = Some(false))
+            .gtid(R2, "0-1-100", "0-1-100");
+        assert!(no_loss_gaps(&sim.input(), &a(P), &a(R2), &fresh(&sim, &[])).is_empty());
+    }
+}

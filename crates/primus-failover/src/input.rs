@@ -61,6 +61,10 @@ pub struct ClusterInput {
     /// could not, several times in a row.
     #[serde(default)]
     pub primary_unwritable: Option<String>,
+    /// No-loss mode: why the leader's last attempt refused to fail over (a semi-sync
+    /// replica may have acknowledged what every candidate lacks).
+    #[serde(default)]
+    pub no_loss_refusal: Option<String>,
 }
 
 impl ClusterInput {

@@ -35,7 +35,7 @@ mod testkit;
 
 pub use analysis::{analyze, Analysis, AnalysisCode, UnknownAnalysisCode};
 pub use candidate::{
-    choose_candidate, choose_candidate_explicit, choose_candidate_for_switchover, Candidate, NoCandidate,
+    choose_candidate, choose_candidate_explicit, choose_candidate_for_switchover, no_loss_gaps, Candidate, NoCandidate,
 };
 pub use input::{ClusterInput, CoordinatorView, InstanceInput, NodeId, PromotionRule, Thresholds};
 pub use plan::{plan, plan_intermediate_repair, FailoverKind, FailoverPlan, Step};

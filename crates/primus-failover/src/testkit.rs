@@ -61,6 +61,7 @@ pub struct Sim {
     pub lease_expired: Option<String>,
     pub agent_holds_lease: Option<bool>,
     pub unwritable: Option<String>,
+    pub no_loss_refusal: Option<String>,
 }
 
 impl Sim {
@@ -73,6 +74,7 @@ impl Sim {
             lease_expired: None,
             agent_holds_lease: None,
             unwritable: None,
+            no_loss_refusal: None,
         }
     }
 
@@ -91,6 +93,12 @@ impl Sim {
     /// The leader failed to make the read-only primary writable.
     pub fn unwritable(mut self) -> Sim {
         self.unwritable = Some("3 attempts to make it writable failed: Access denied".into());
+        self
+    }
+
+    /// The leader's last attempt was refused in no-loss mode.
+    pub fn no_loss_refused(mut self) -> Sim {
+        self.no_loss_refusal = Some("promoting 127.0.0.1:3308 could lose acknowledged transactions".into());
         self
     }
 
@@ -321,6 +329,7 @@ impl Sim {
             primary_lease_expired: self.lease_expired.clone(),
             primary_agent_holds_lease: self.agent_holds_lease,
             primary_unwritable: self.unwritable.clone(),
+            no_loss_refusal: self.no_loss_refusal.clone(),
         }
     }
 }

@@ -26,7 +26,7 @@ use primus_types::{
     ClusterName, Command, FailoverKind, FailoverOutcome, FailoverRecord, InstanceAddr, NodeId, Origin, Raft, Rejection,
     Request,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -48,6 +48,24 @@ pub enum FailoverError {
          the new leader resumes it: see `primusctl history`"
     )]
     Interrupted { id: String, reason: String },
+}
+
+/// What an operator (or the engine itself) asks of a failover.
+#[derive(Debug, Clone)]
+pub struct FailoverAsk {
+    pub kind: FailoverKind,
+    /// The replica to promote (`None`: the engine chooses).
+    pub to: Option<InstanceAddr>,
+    pub actor: String,
+    /// No-loss mode: promote even if a semi-sync replica may have acknowledged
+    /// transactions the candidate lacks (`primusctl failover --accept-loss`).
+    pub accept_loss: bool,
+}
+
+impl FailoverAsk {
+    pub fn automatic() -> FailoverAsk {
+        FailoverAsk { kind: FailoverKind::Automatic, to: None, actor: "primusd".into(), accept_loss: false }
+    }
 }
 
 /// Why a read-only primary was not made writable.
@@ -98,6 +116,9 @@ pub struct Engine {
     /// Failed attempts in a row to make the primary of (cluster, epoch) writable, and the
     /// last error; from `UNFENCE_ATTEMPTS` on the analysis calls for a failover.
     unfence_failures: Mutex<HashMap<ClusterName, (u64, u32, String)>>,
+    /// No-loss mode: why the last attempt to fail over the primary of (cluster, epoch)
+    /// was refused (shown in the analysis until an attempt passes the check).
+    no_loss_refused: Mutex<HashMap<ClusterName, (u64, String)>>,
 }
 
 /// Failed attempts to make a read-only primary writable before failing it over.
@@ -149,6 +170,7 @@ impl Engine {
             split_fenced: Mutex::new(HashMap::new()),
             unfenced: Mutex::new(HashMap::new()),
             unfence_failures: Mutex::new(HashMap::new()),
+            no_loss_refused: Mutex::new(HashMap::new()),
         })
     }
 
@@ -209,6 +231,13 @@ impl Engine {
                 self.leads() && self.leases.holds(&c.name, p)
             }),
             primary_unwritable: self.unwritable(c),
+            no_loss_refusal: self
+                .no_loss_refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&c.name)
+                .filter(|(epoch, _)| *epoch == c.epoch)
+                .map(|(_, why)| why.clone()),
         }
     }
 
@@ -271,6 +300,9 @@ impl Engine {
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(c.name.clone(), (now_ms(), analysis.clone()));
+                if !analysis.code.is_dead_primary() {
+                    self.no_loss_refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.name);
+                }
                 if !leads {
                     continue;
                 }
@@ -300,8 +332,7 @@ impl Engine {
                 }
                 if dead && analysis.actionable && self.automatic_allowed(&c) {
                     self.spawn_for(&c.name, |e, name| async move {
-                        if let Err(err) = e.decide_and_run(&name, FailoverKind::Automatic, None, "primusd".into()).await
-                        {
+                        if let Err(err) = e.decide_and_run(&name, FailoverAsk::automatic()).await {
                             tracing::warn!(cluster = %name, error = %err, "automatic failover not started");
                             // Don't re-probe every instance on every tick while nothing changes.
                             let until = now_ms() + 2000;
@@ -823,13 +854,7 @@ impl Engine {
     /// An operator's failover or switchover: runs in its own task under the
     /// per-cluster guard, so it never races the automatic path and a cancelled
     /// request cannot stop it between two steps.
-    pub async fn request(
-        self: &Arc<Self>,
-        name: &ClusterName,
-        kind: FailoverKind,
-        to: Option<InstanceAddr>,
-        actor: String,
-    ) -> Result<String, FailoverError> {
+    pub async fn request(self: &Arc<Self>, name: &ClusterName, ask: FailoverAsk) -> Result<String, FailoverError> {
         if !self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone()) {
             return Err(FailoverError::Refused(format!(
                 "another operation on {name} (failover, repair or split fence) is being decided or executed; retry"
@@ -838,7 +863,7 @@ impl Engine {
         let e = self.clone();
         let n = name.clone();
         let task = tokio::spawn(async move {
-            let r = e.decide_and_run(&n, kind, to, actor).await;
+            let r = e.decide_and_run(&n, ask).await;
             e.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&n);
             r
         });
@@ -849,10 +874,9 @@ impl Engine {
     pub async fn decide_and_run(
         self: &Arc<Self>,
         name: &ClusterName,
-        kind: FailoverKind,
-        to: Option<InstanceAddr>,
-        actor: String,
+        ask: FailoverAsk,
     ) -> Result<String, FailoverError> {
+        let FailoverAsk { kind, to, actor, accept_loss } = ask;
         let c = self.cluster(name)?;
         if let Some(f) = c.in_flight() {
             return Err(FailoverError::Refused(format!("failover {} is already in progress", f.id)));
@@ -875,7 +899,13 @@ impl Engine {
             .filter(|a| kind != FailoverKind::Automatic || **a != primary)
             .cloned()
             .collect();
-        self.monitor.probe_fresh(&addrs).await;
+        let fresh: BTreeMap<InstanceAddr, Result<primus_mysql::Observation, String>> = self
+            .monitor
+            .probe_fresh(&addrs)
+            .await
+            .into_iter()
+            .map(|r| (r.addr, r.result.map_err(|e| e.to_string())))
+            .collect();
         let c = self.cluster(name)?;
         let input = self.input(&c);
         let th = thresholds(&self.cfg);
@@ -913,11 +943,55 @@ impl Engine {
                 return Err(err);
             }
         };
+        // No-loss mode: nothing a semi-sync replica may have acknowledged may be lost,
+        // judged from this decision's own probes. A switchover loses nothing (the
+        // candidate catches up with the fenced old primary).
+        let mut evidence = analysis.evidence.clone();
+        if c.settings.semi_sync == Some(true) && kind != FailoverKind::Switchover {
+            let gaps = primus_failover::no_loss_gaps(&input, &primary, &candidate.addr, &fresh);
+            if gaps.is_empty() {
+                self.no_loss_refused.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+                evidence.push(format!(
+                    "no-loss mode: {} holds everything every semi-sync replica received (fresh probes)",
+                    candidate.addr
+                ));
+            } else if accept_loss {
+                evidence
+                    .extend(gaps.iter().map(|g| format!("no-loss check overridden by {actor} (--accept-loss): {g}")));
+            } else {
+                let why = format!(
+                    "promoting {} could lose acknowledged transactions: {}; to promote anyway: primusctl failover {name} \
+                     --accept-loss",
+                    candidate.addr,
+                    gaps.join("; ")
+                );
+                self.no_loss_refused
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.clone(), (c.epoch, why.clone()));
+                tracing::warn!(cluster = %name, epoch = c.epoch, candidate = %candidate.addr, reason = %why,
+                    "no-loss mode: failover refused");
+                let err = FailoverError::Refused(format!("no-loss mode: {why}"));
+                if self.say_once(name, &err.to_string()) || kind != FailoverKind::Automatic {
+                    let mut ev = vec![format!("no-loss mode: {why}")];
+                    ev.extend(analysis.evidence.iter().cloned());
+                    let cmd = Command::RecordRefusal {
+                        name: name.clone(),
+                        analysis_code: AnalysisCode::DeadPrimaryWouldLoseData.to_string(),
+                        evidence: ev,
+                        reason: err.to_string(),
+                    };
+                    if let Err(e) = self.commit(cmd, &actor).await {
+                        tracing::warn!(cluster = %name, error = %e, "could not record the refusal");
+                    }
+                }
+                return Err(err);
+            }
+        }
         let steps = plan(&input, &analysis, &candidate, kind).steps;
         let plan_json: Vec<serde_json::Value> = steps.iter().filter_map(|s| serde_json::to_value(s).ok()).collect();
         let epoch = c.epoch + 1;
         let id = format!("{name}-e{epoch}");
-        let mut evidence = analysis.evidence.clone();
         evidence.extend(candidate.reasons.iter().map(|r| format!("candidate: {r}")));
         // pre_failover hooks may veto: they run before anything is committed or touched.
         if self.hooks.has(crate::hooks::HookKind::PreFailover) {

@@ -804,7 +804,8 @@ impl Coordinator for CoordinatorService {
                 .map(Response::new);
         }
         let kind = if r.switchover { FailoverKind::Switchover } else { FailoverKind::Manual };
-        let result = engine.request(&name, kind, to, r.actor.clone()).await;
+        let ask = crate::failover::FailoverAsk { kind, to, actor: r.actor.clone(), accept_loss: r.accept_loss };
+        let result = engine.request(&name, ask).await;
         let rec = self.node.read_state(|s| s.clusters.get(&name).and_then(|c| c.history.last().cloned())).1;
         match result {
             Ok(id) => match rec.filter(|f| f.id == id) {
