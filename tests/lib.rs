@@ -44,6 +44,29 @@ pub async fn wait_has_all(
     }
 }
 
+/// Wait until the group has recorded each of `ids` as a member that holds Raft log
+/// entries (one audit record each: `node N holds Raft log entries`).
+pub async fn wait_members_recorded(client: &Client, ids: &[u64], timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let audit = client.audit(10_000, ReadConsistency::Linearizable).await;
+        let summaries: Vec<String> =
+            audit.map(|a| a.records.into_iter().map(|r| r.summary).collect()).unwrap_or_default();
+        let missing: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !summaries.iter().any(|s| s.starts_with(&format!("node {id} holds Raft log entries"))))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the group did not record nodes {missing:?} as holding log entries within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub mod world {
     //! A MariaDB sandbox watched by a real primusd group, optionally with one cut-able
     //! link proxy per (coordinator, instance) pair.

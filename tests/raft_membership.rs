@@ -1,8 +1,8 @@
 //! Adding a node after the log was purged (it catches up from a snapshot) and
-//! removing one, while writes keep committing.
+//! removing one, while writes keep committing; a founding member started late.
 
 use primus_client::Role;
-use primus_integration_tests::{register, wait_has_all};
+use primus_integration_tests::{register, wait_has_all, wait_members_recorded};
 use primus_testkit::coordinator::{bin, CoordinatorGroup, GroupOptions, RaftTuning};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -186,5 +186,49 @@ async fn leadership_is_handed_over_on_request_and_before_a_sigterm_stop() -> any
     assert!(g.node(to).log_tail(200).contains("handed leadership over before stopping"), "{}", g.node(to).log_tail(30));
     // Without the hand-over the others wait 3-4 s (leader lease + election timeout).
     assert!(leaderless < Duration::from_millis(1000), "{leaderless:?} without a leader after a SIGTERM stop");
+    Ok(())
+}
+
+/// Nodes 1 and 2 of a 3-node config form the group and commit while node 3 has not
+/// been started. Node 3 then starts with its empty data_dir (as a wiped one would): the
+/// group has never seen it hold entries, so it joins without initialising and
+/// catches up. Once the group has recorded it, wiping it is refused like any member's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_founding_member_started_late_joins_and_catches_up() -> anyhow::Result<()> {
+    let mut g = CoordinatorGroup::start(GroupOptions { nodes: 3, not_started: vec![3], ..Default::default() })?;
+    g.wait_leader(&[1, 2], Duration::from_secs(20)).await?;
+    let client = g.client_for(&[1, 2], Duration::from_secs(5))?;
+    let mut acked = BTreeSet::new();
+    for i in 0..30 {
+        let name = format!("early-{i}");
+        register(&client, &name).await?;
+        acked.insert(name);
+    }
+    wait_members_recorded(&client, &[1, 2], Duration::from_secs(10)).await?;
+
+    let started = Instant::now();
+    g.start_node(3)?;
+    wait_has_all(&g, 3, &acked, Duration::from_secs(20)).await?;
+    println!("late founding member caught up in {:?}", started.elapsed());
+    anyhow::ensure!(g.node_mut(3).is_running(), "node 3 exited\n{}", g.node(3).log_tail(30));
+    let log3 = g.node(3).log_tail(200);
+    assert!(!log3.contains("group initialised"), "the late founding member initialised a group\n{log3}");
+    assert_eq!(g.status_of(3).await?.role, Role::Follower as i32);
+    let all = g.client(Duration::from_secs(5))?;
+    register(&all, "with-three").await?;
+    acked.insert("with-three".into());
+    wait_has_all(&g, 3, &acked, Duration::from_secs(10)).await?;
+
+    // Now the group has seen node 3 with entries: a wiped node 3 is refused.
+    wait_members_recorded(&all, &[1, 2, 3], Duration::from_secs(10)).await?;
+    g.kill9(3)?;
+    std::fs::remove_dir_all(g.node(3).data_dir())?;
+    g.start_node(3)?;
+    let code = g.wait_exit(3, Duration::from_secs(10));
+    let code = code.map_err(|e| anyhow::anyhow!("{e}\n{}", g.node(3).log_tail(30)))?;
+    assert_eq!(code, Some(2), "{}", g.node(3).log_tail(30));
+    for id in [1, 2] {
+        wait_has_all(&g, id, &acked, Duration::from_secs(10)).await?;
+    }
     Ok(())
 }

@@ -7,6 +7,9 @@
 //!   task, so a dead peer only ever costs its own task time.
 //! * [`service::RaftService`] is the receiving half: decodes, checks the envelope,
 //!   hands the request to the local `Raft`. Garbage gets `INVALID_ARGUMENT`, never a panic.
+//!   Until its [`service::Admission`] opens (a node with an empty data_dir checking with
+//!   its peers) it refuses Raft traffic, and it answers `JoinCheck` through a
+//!   [`service::JoinCheckAnswer`] the server provides.
 //! * [`security::PeerSecurity`] is how every outgoing channel to a peer is built:
 //!   `https` with this node's certificate when `[tls]` is set, and the shared bearer
 //!   token on every request when `[auth]` is set (checked by primusd's auth layer).
@@ -21,4 +24,4 @@ pub mod service;
 pub use faults::Faults;
 pub use network::{NetworkConfig, PeerNetwork};
 pub use security::{PeerSecurity, PeerTls};
-pub use service::{ObservationSink, RaftService};
+pub use service::{Admission, JoinCheckAnswer, ObservationSink, RaftService};

@@ -3,12 +3,13 @@
 use crate::faults::Faults;
 use primus_proto::raft::raft_server::Raft as RaftRpc;
 use primus_proto::raft::{
-    FaultReply, FaultRequest, ObservationAck, ObservationReport, RaftReply, RaftRequest, TimeoutNowReply,
-    TimeoutNowRequest,
+    FaultReply, FaultRequest, JoinCheckReply, JoinCheckRequest, ObservationAck, ObservationReport, RaftReply,
+    RaftRequest, TimeoutNowReply, TimeoutNowRequest,
 };
 use primus_types::{NodeId, Raft};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -20,16 +21,71 @@ pub trait ObservationSink: Send + Sync + 'static {
     fn accept(&self, from: NodeId, term: u64, sent_at_ms: u64, payload: &[u8]) -> Result<bool, String>;
 }
 
+/// Answers `JoinCheck` (implemented by the server, which knows the replicated state).
+pub trait JoinCheckAnswer: Send + Sync + 'static {
+    /// What this node knows about the group and about node `from`.
+    fn join_check(&self, from: NodeId) -> JoinCheckReply;
+}
+
+/// Whether this node takes part in Raft yet. A node that starts with an empty data_dir
+/// first asks its peers whether it may (see primus-server's `bootstrap`); until then it
+/// must not grant a vote or accept entries, as it may be a member that lost its log and
+/// its vote. Cheap to clone; clones share the state.
+#[derive(Clone, Debug)]
+pub struct Admission(Arc<AtomicBool>);
+
+impl Admission {
+    /// Taking part from the start (a node that recovered from its data_dir).
+    pub fn open() -> Self {
+        Admission(Arc::new(AtomicBool::new(true)))
+    }
+    /// Refusing Raft traffic until [`Admission::admit`].
+    pub fn closed() -> Self {
+        Admission(Arc::new(AtomicBool::new(false)))
+    }
+    pub fn admit(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_open(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 pub struct RaftService {
     me: NodeId,
     raft: Raft,
     faults: Arc<Faults>,
     sink: Option<Arc<dyn ObservationSink>>,
+    admission: Admission,
+    join: Option<Arc<dyn JoinCheckAnswer>>,
 }
 
 impl RaftService {
     pub fn new(me: NodeId, raft: Raft, faults: Arc<Faults>, sink: Option<Arc<dyn ObservationSink>>) -> Self {
-        RaftService { me, raft, faults, sink }
+        RaftService { me, raft, faults, sink, admission: Admission::open(), join: None }
+    }
+
+    /// Refuse AppendEntries, Vote, InstallSnapshot and TimeoutNow while `admission` is closed.
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
+    }
+
+    /// Answer `JoinCheck` with `answer` (without one: UNIMPLEMENTED, as an older release).
+    pub fn with_join_check(mut self, answer: Arc<dyn JoinCheckAnswer>) -> Self {
+        self.join = Some(answer);
+        self
+    }
+
+    /// `UNAVAILABLE` (the sender backs off and retries) while this node is not admitted.
+    fn admitted(&self, what: &str) -> Result<(), Status> {
+        if self.admission.is_open() {
+            return Ok(());
+        }
+        Err(Status::unavailable(format!(
+            "{what} refused: node {} started with an empty data_dir and is asking its peers whether it may join",
+            self.me
+        )))
     }
 
     /// Checks the envelope and decodes the openraft request inside it.
@@ -60,16 +116,19 @@ fn reply<T: Serialize>(value: &T) -> Result<Response<RaftReply>, Status> {
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
     async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.admitted("AppendEntries")?;
         let rpc = self.open(req, "AppendEntries")?;
         reply(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.admitted("Vote")?;
         let rpc = self.open(req, "Vote")?;
         reply(&self.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.admitted("InstallSnapshot")?;
         let rpc = self.open(req, "InstallSnapshot")?;
         reply(&self.raft.install_snapshot(rpc).await)
     }
@@ -92,6 +151,7 @@ impl RaftRpc for RaftService {
     }
 
     async fn timeout_now(&self, req: Request<TimeoutNowRequest>) -> Result<Response<TimeoutNowReply>, Status> {
+        self.admitted("TimeoutNow")?;
         let r = req.into_inner();
         if self.faults.is_dropped(r.from) {
             return Err(Status::unavailable(format!("fault injection: traffic from node {} dropped", r.from)));
@@ -122,6 +182,23 @@ impl RaftRpc for RaftService {
         }
         tracing::info!(from = r.from, term, "leadership transfer: election started");
         Ok(Response::new(TimeoutNowReply { started: true, reason: String::new() }))
+    }
+
+    async fn join_check(&self, req: Request<JoinCheckRequest>) -> Result<Response<JoinCheckReply>, Status> {
+        let r = req.into_inner();
+        if r.to != self.me {
+            return Err(Status::failed_precondition(format!(
+                "JoinCheck for node {} reached node {}: the address in initial_members is wrong",
+                r.to, self.me
+            )));
+        }
+        if self.faults.is_dropped(r.from) {
+            return Err(Status::unavailable(format!("fault injection: traffic from node {} dropped", r.from)));
+        }
+        match &self.join {
+            Some(answer) => Ok(Response::new(answer.join_check(r.from))),
+            None => Err(Status::unimplemented("JoinCheck is not served by this node")),
+        }
     }
 
     async fn set_faults(&self, req: Request<FaultRequest>) -> Result<Response<FaultReply>, Status> {

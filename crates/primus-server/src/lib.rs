@@ -1,6 +1,7 @@
 //! primusd: configuration, node wiring and the client-facing gRPC service.
 
 pub mod auth;
+pub mod bootstrap;
 pub mod config;
 pub mod discovery;
 pub mod divergence;

@@ -5,10 +5,11 @@ use crate::service::CoordinatorService;
 use anyhow::Context;
 use primus_proto::raft::raft_server::RaftServer;
 use primus_proto::v1::coordinator_server::CoordinatorServer;
-use primus_raft::{Faults, NetworkConfig, PeerNetwork, PeerSecurity, RaftService};
+use primus_raft::{Admission, Faults, NetworkConfig, PeerNetwork, PeerSecurity, RaftService};
 use primus_types::state::Registry;
 use primus_types::{NodeId, Raft};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -285,16 +286,42 @@ pub async fn run(
         channels: Mutex::new(HashMap::new()),
     });
 
-    if fresh && !cfg.initial_members.is_empty() {
-        // Every founding member initialises with the same membership; whichever
-        // wins the first election replicates it. A node that already received a
-        // vote or log from a faster peer gets NotAllowed, which is fine.
-        match raft.initialize(cfg.initial_membership()).await {
-            Ok(()) => {
-                tracing::info!(members = ?cfg.initial_membership().keys().collect::<Vec<_>>(), "group initialised")
+    // A first start with initial_members must not take part in Raft (vote, accept
+    // entries, initialise) before the other initial members have told it whether it is
+    // a founding member or a member that lost its data_dir (see crate::bootstrap). It
+    // serves their JoinCheck meanwhile, so founding members starting together can decide.
+    let check_first = fresh && !cfg.initial_members.is_empty();
+    let admission = if check_first { Admission::closed() } else { Admission::open() };
+    let joined = Arc::new(AtomicBool::new(!fresh));
+    // Set when the check refuses this node: the servers stop and `run` returns it.
+    let refused: Arc<Mutex<Option<crate::ExitError>>> = Arc::default();
+    let refused_signal = Arc::new(tokio::sync::Notify::new());
+    if check_first {
+        let (ctx, admission, joined) = (ctx.clone(), admission.clone(), joined.clone());
+        let (refused, refused_signal) = (refused.clone(), refused_signal.clone());
+        let config_path = config_path.to_path_buf();
+        tokio::spawn(async move {
+            match crate::bootstrap::first_start(&ctx, &config_path).await {
+                // Every founding member initialises with the same membership; whichever
+                // wins the first election replicates it. A node that already received a
+                // vote or log from a faster peer gets NotAllowed, which is fine.
+                Ok(crate::bootstrap::Start::Initialise) => {
+                    let members = ctx.cfg.initial_membership();
+                    match ctx.raft.initialize(members.clone()).await {
+                        Ok(()) => tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "group initialised"),
+                        Err(e) => tracing::info!(error = %e, "initialisation not needed (a peer got there first)"),
+                    }
+                }
+                Ok(crate::bootstrap::Start::Join { .. }) => {}
+                Err(e) => {
+                    *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    refused_signal.notify_one();
+                    return;
+                }
             }
-            Err(e) => tracing::info!(error = %e, "initialisation not needed (a peer got there first)"),
-        }
+            joined.store(true, Ordering::SeqCst);
+            admission.admit();
+        });
     } else if fresh {
         tracing::info!(
             node_id = cfg.node_id,
@@ -303,12 +330,16 @@ pub async fn run(
     } else {
         tracing::info!(node_id = cfg.node_id, "recovered from data_dir; initial_members ignored");
     }
+    crate::bootstrap::spawn_recorder(ctx.clone());
 
     let coordinator = CoordinatorServer::new(CoordinatorService::new(ctx.clone()))
         .max_decoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES);
-    let peer = RaftServer::new(RaftService::new(cfg.node_id, raft.clone(), faults, sink))
-        .max_decoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES);
+    let answerer = Arc::new(crate::bootstrap::Answerer::new(ctx.clone(), joined));
+    let peer = RaftServer::new(
+        RaftService::new(cfg.node_id, raft.clone(), faults, sink).with_admission(admission).with_join_check(answerer),
+    )
+    .max_decoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES);
     tracing::info!(
         node_id = cfg.node_id,
         %listen,
@@ -346,7 +377,10 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let leaving = ctx.clone();
     let shutdown = async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            () = refused_signal.notified() => {}
+        }
         // A planned stop of the leader: hand leadership over first, so that the group
         // is without a leader for a vote round, not for an election timeout (which
         // could outlast the agents' leases and fence every primary).
@@ -391,6 +425,9 @@ pub async fn run(
     tracing::info!("shutting down Raft");
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown reported an error");
+    }
+    if let Some(e) = refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e.into());
     }
     tracing::info!("primusd stopped cleanly");
     Ok(())

@@ -38,7 +38,7 @@ pub(crate) const KEY_VOTE: &[u8] = b"vote";
 pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
 pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
-/// Must not start with a `Registry` key prefix (`c/`, `a/`).
+/// Must not start with a `Registry` key prefix (`c/`, `a/`) nor be one of its keys (`n/members_seen`).
 pub(crate) const KEY_SM_META: &[u8] = b"m/applied";
 
 pub(crate) const KEY_SNAPSHOT_META: &[u8] = b"meta";

@@ -72,6 +72,9 @@ pub struct GroupOptions {
     pub token: Option<String>,
     /// With `token`: reads need it too.
     pub require_token_for_reads: bool,
+    /// Founding members whose configs are written but whose processes `start` leaves
+    /// alone (a founding member started late: the caller runs `start_node` later).
+    pub not_started: Vec<u64>,
 }
 
 /// One primusd process (running or not).
@@ -186,7 +189,7 @@ impl CoordinatorGroup {
         for (id, port) in g.founding.clone() {
             g.create_node(id, port, true)?;
         }
-        let ids: Vec<u64> = g.nodes.keys().copied().collect();
+        let ids: Vec<u64> = g.nodes.keys().copied().filter(|id| !g.opts.not_started.contains(id)).collect();
         for id in ids {
             g.start_node(id)?;
         }

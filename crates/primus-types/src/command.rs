@@ -209,6 +209,13 @@ pub enum Command {
         id: String,
         outcome: String,
     },
+    /// The leader saw member `id` hold Raft log entries (a follower's matched index
+    /// above 0, or the leader itself). Proposed once per node id; idempotent. A node
+    /// that starts with an empty `data_dir` under an id the group recorded has lost
+    /// its log and its vote, and is refused (primus-server's `bootstrap` module).
+    MemberSeen {
+        id: NodeId,
+    },
 }
 
 impl Command {
@@ -269,6 +276,7 @@ impl Command {
                 format!("make primary {instance} of {name} writable again (epoch {epoch}, {id})")
             }
             Command::FinishUnfence { name, id, outcome } => format!("unfence {id} of {name}: {outcome}"),
+            Command::MemberSeen { id } => format!("node {id} holds Raft log entries"),
         }
     }
 }
@@ -375,6 +383,16 @@ mod tests {
         assert_eq!(r.format, 1);
         assert!(matches!(r.command, Command::RegisterCluster { .. }));
         assert!(r.check_format().is_ok());
+    }
+
+    #[test]
+    fn member_seen_is_a_new_externally_tagged_variant() {
+        let r = Request::new(Command::MemberSeen { id: 3 }, Origin { actor: "primusd".into(), via_node: 1 });
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["command"], serde_json::json!({"MemberSeen": {"id": 3}}));
+        let back: Request = serde_json::from_value(json).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(r.command.summary(), "node 3 holds Raft log entries");
     }
 
     #[test]

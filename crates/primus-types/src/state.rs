@@ -11,7 +11,7 @@ use crate::names::{ClusterName, InstanceAddr};
 use crate::topology::Topology;
 use crate::{LogId, NodeId};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// How many audit records the state machine keeps (oldest are dropped first).
@@ -169,10 +169,15 @@ pub struct AuditRecord {
 pub enum StateKey {
     Cluster(ClusterName),
     Audit(u64),
+    /// [`Registry::members_seen`], one value.
+    MembersSeen,
 }
 
 const CLUSTER_PREFIX: &[u8] = b"c/";
 const AUDIT_PREFIX: &[u8] = b"a/";
+/// A whole key, not a prefix. Absent in a data_dir written before it existed
+/// (the set is then empty until the leader records the members again).
+const MEMBERS_SEEN_KEY: &[u8] = b"n/members_seen";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -182,7 +187,8 @@ pub enum DecodeError {
     BadValue { key: String, source: serde_json::Error },
 }
 
-/// Everything the coordinators agree on (for now: the cluster registry and the audit trail).
+/// Everything the coordinators agree on: the cluster registry, the audit trail, and
+/// which coordinators have held log entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registry {
     /// Shared records: readers (the failover engine every tick, views) copy the map's
@@ -190,6 +196,12 @@ pub struct Registry {
     /// while someone still holds the old one.
     pub clusters: BTreeMap<ClusterName, Arc<ClusterRecord>>,
     pub audit: BTreeMap<u64, AuditRecord>,
+    /// Node ids the group has seen hold Raft log entries ([`Command::MemberSeen`]).
+    /// Such a node that starts again with an empty data_dir has lost its log and its
+    /// vote. Never shrinks (node ids are never reused). Absent from snapshots and
+    /// states written before it existed.
+    #[serde(default)]
+    pub members_seen: BTreeSet<NodeId>,
 }
 
 impl Registry {
@@ -621,6 +633,12 @@ impl Registry {
                 }
                 Ok(())
             }
+            Command::MemberSeen { id } => {
+                if self.members_seen.insert(*id) {
+                    touched.push(StateKey::MembersSeen);
+                }
+                Ok(())
+            }
             Command::UnregisterCluster { name } => {
                 if self.clusters.remove(name).is_none() {
                     return Err(Rejection::ClusterNotFound(name.clone()));
@@ -658,6 +676,10 @@ impl Registry {
                 k.extend_from_slice(&idx.to_be_bytes());
                 (k, self.audit.get(idx).and_then(|v| serde_json::to_vec(v).ok()))
             }
+            StateKey::MembersSeen => (
+                MEMBERS_SEEN_KEY.to_vec(),
+                Some(&self.members_seen).filter(|s| !s.is_empty()).and_then(|s| serde_json::to_vec(s).ok()),
+            ),
         }
     }
 
@@ -667,7 +689,8 @@ impl Registry {
             .clusters
             .keys()
             .map(|n| StateKey::Cluster(n.clone()))
-            .chain(self.audit.keys().map(|i| StateKey::Audit(*i)));
+            .chain(self.audit.keys().map(|i| StateKey::Audit(*i)))
+            .chain(std::iter::once(StateKey::MembersSeen));
         keys.filter_map(|k| {
             let (k, v) = self.encode(&k);
             v.map(|v| (k, v))
@@ -678,7 +701,10 @@ impl Registry {
     /// Load one persisted pair (inverse of [`Registry::encode`]).
     pub fn load(&mut self, key: &[u8], value: &[u8]) -> Result<(), DecodeError> {
         let name = || String::from_utf8_lossy(key).into_owned();
-        if key.starts_with(CLUSTER_PREFIX) {
+        if key == MEMBERS_SEEN_KEY {
+            self.members_seen =
+                serde_json::from_slice(value).map_err(|source| DecodeError::BadValue { key: name(), source })?;
+        } else if key.starts_with(CLUSTER_PREFIX) {
             let rec: ClusterRecord =
                 serde_json::from_slice(value).map_err(|source| DecodeError::BadValue { key: name(), source })?;
             self.clusters.insert(rec.name.clone(), Arc::new(rec));
@@ -747,6 +773,56 @@ mod tests {
             copy.load(&k, &v).unwrap();
         }
         assert_eq!(copy, r);
+    }
+
+    fn seen(id: NodeId) -> Request {
+        Request::new(Command::MemberSeen { id }, Origin { actor: "primusd".into(), via_node: 1 })
+    }
+
+    #[test]
+    fn member_seen_is_recorded_once_persisted_under_its_own_key_and_audited() {
+        let mut r = Registry::default();
+        let (resp, touched) = r.apply(&log_id(1), &seen(2));
+        assert_eq!(resp, Response::Done);
+        assert_eq!(touched, vec![StateKey::MembersSeen, StateKey::Audit(1)]);
+        // Idempotent: a second proposal (e.g. a new leader's) changes nothing but the audit.
+        let (resp, touched) = r.apply(&log_id(2), &seen(2));
+        assert_eq!(resp, Response::Done);
+        assert_eq!(touched, vec![StateKey::Audit(2)]);
+        r.apply(&log_id(3), &seen(1));
+        assert_eq!(r.members_seen, BTreeSet::from([1, 2]));
+        assert_eq!(r.audit[&1].summary, "node 2 holds Raft log entries");
+        let (key, value) = r.encode(&StateKey::MembersSeen);
+        assert_eq!(key, b"n/members_seen");
+        assert_eq!(value.as_deref(), Some(&b"[1,2]"[..]));
+        r.apply(&log_id(4), &reg("c1"));
+        let mut copy = Registry::default();
+        for (k, v) in r.encode_all() {
+            copy.load(&k, &v).unwrap();
+        }
+        assert_eq!(copy, r);
+        // Nothing recorded: no key at all (the store deletes it / never writes it).
+        assert_eq!(Registry::default().encode(&StateKey::MembersSeen).1, None);
+        assert!(Registry::default().encode_all().is_empty());
+    }
+
+    #[test]
+    fn states_written_before_members_seen_existed_load_with_an_empty_set() {
+        // A data_dir of an earlier release: cluster and audit keys only.
+        let mut old = Registry::default();
+        old.apply(&log_id(1), &reg("c1"));
+        let mut loaded = Registry::default();
+        for (k, v) in old.encode_all() {
+            loaded.load(&k, &v).unwrap();
+        }
+        assert!(loaded.members_seen.is_empty());
+        assert_eq!(loaded, old);
+        // A snapshot of an earlier release: the registry's JSON without the field.
+        let mut json = serde_json::to_value(&old).unwrap();
+        json.as_object_mut().unwrap().remove("members_seen");
+        let from_snapshot: Registry = serde_json::from_value(json).unwrap();
+        assert_eq!(from_snapshot, old);
+        assert!(matches!(loaded.load(b"n/members_seen", b"{}"), Err(DecodeError::BadValue { .. })));
     }
 
     #[test]
