@@ -22,7 +22,7 @@ use tonic::Status;
 /// The Coordinator service's gRPC path prefix.
 pub const COORDINATOR_PREFIX: &str = "/primus.v1.Coordinator/";
 /// The peer (Raft) service's gRPC path prefix.
-pub const PEER_PREFIX: &str = "/primus.raft.Raft/";
+pub const PEER_PREFIX: &str = "/primus.raft.v1.Raft/";
 
 /// Coordinator RPCs that change something: they always need the token.
 /// (Failover covers switchovers too.)
@@ -294,6 +294,12 @@ mod tests {
         for m in &reads {
             assert_eq!(classify(&format!("{COORDINATOR_PREFIX}{m}")), Access::Read);
         }
+    }
+
+    #[test]
+    fn the_prefixes_are_the_generated_services_paths() {
+        assert_eq!(COORDINATOR_PREFIX, format!("/{}/", primus_proto::v1::coordinator_server::SERVICE_NAME));
+        assert_eq!(PEER_PREFIX, format!("/{}/", primus_proto::raft::raft_server::SERVICE_NAME));
     }
 
     #[test]
