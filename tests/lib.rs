@@ -233,7 +233,16 @@ pub mod world {
                     }
                 }
                 if Instant::now() > deadline {
-                    anyhow::bail!("timed out after {timeout:?} waiting for {what}; last topology: {t:#?}");
+                    let logs: Vec<String> = self
+                        .group
+                        .nodes
+                        .keys()
+                        .map(|id| format!("--- node {id} ---\n{}", self.group.node(*id).log_tail(25)))
+                        .collect();
+                    anyhow::bail!(
+                        "timed out after {timeout:?} waiting for {what}; last topology: {t:#?}\n{}",
+                        logs.join("\n")
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
