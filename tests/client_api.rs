@@ -311,8 +311,14 @@ async fn primusctl_primary_and_watch_answer_in_json_and_fail_clearly_for_unknown
     assert_eq!(v["cluster"], "c");
     assert_eq!(v["epoch"], 1);
     assert_eq!(v["consistency"], "linearizable");
+    // A stale read answers from the contacted node's own state: let every node apply
+    // the registration first (right after the write a follower may not have yet).
+    let want: std::collections::BTreeSet<String> = ["c".to_string()].into();
+    for id in 1..=3 {
+        primus_integration_tests::wait_has_all(&g, id, &want, Duration::from_secs(5)).await?;
+    }
     let out = run(&["primary", "c", "--stale"])?;
-    assert!(out.status.success());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("stale read from node"),
         "{}",

@@ -239,6 +239,27 @@ impl AgentProc {
     }
 }
 
+/// Remove the nftables block an agent may have left on `port` (it blocks mysqld's port
+/// when mysqld exits, until the restarted server is fenced; an agent stopped before that
+/// leaves it in place, by design). Tests and the sandbox must not leave it behind: a
+/// later mysqld on the same port would see every TCP connect time out.
+pub fn lift_port_block(port: u16, netns: Option<&str>) {
+    let table = format!("primus_fence_{port}");
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "nft"]);
+            c
+        }
+        None => Command::new("nft"),
+    };
+    let _ = cmd
+        .args(["delete", "table", "inet", &table])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 impl Drop for AgentProc {
     fn drop(&mut self) {
         for pid in &self.pids {
@@ -247,6 +268,9 @@ impl Drop for AgentProc {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(port) = self.instance.rsplit_once(':').and_then(|(_, p)| p.parse().ok()) {
+            lift_port_block(port, self.netns.as_deref());
         }
     }
 }

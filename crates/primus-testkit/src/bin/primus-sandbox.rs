@@ -188,6 +188,10 @@ fn down(dir: &Path) -> Result<()> {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
             println!("stopped primus-agent for {addr} (pid {pid})");
         }
+        // A block the agent put on its mariadbd's port (restart guard) goes with it.
+        if let Some(port) = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()) {
+            primus_testkit::agent::lift_port_block(port, None);
+        }
     }
     for (id, pid, _) in &s.coordinators {
         if alive(*pid) {
