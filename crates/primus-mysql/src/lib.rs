@@ -18,6 +18,7 @@
 //! * [`heartbeat`]: the `primus.heartbeat` row coordinators write on the primary and read on
 //!   every replica to see replication progress end to end.
 
+pub mod conn;
 pub mod divergence;
 pub mod errant;
 pub mod flavor;
@@ -28,6 +29,7 @@ pub mod probe;
 pub mod samples;
 pub mod status;
 
+pub use conn::{Connector, MysqlConn};
 pub use divergence::{divergent_transactions, promotion_point, Divergence, DivergenceError, PromotionPoint};
 pub use errant::{errant_transactions, ErrantReport};
 pub use flavor::{Flavor, ServerInfo, Version};
