@@ -99,6 +99,13 @@ fn primusctl_with_every_endpoint_down_fails_clearly() -> anyhow::Result<()> {
 async fn garbage_on_the_grpc_port_leaves_primusd_running() -> anyhow::Result<()> {
     let mut g = CoordinatorGroup::start(GroupOptions { nodes: 3, ..Default::default() })?;
     g.wait_leader(&[], Duration::from_secs(20)).await?;
+    // Node 1 takes Raft traffic once it has decided how it starts (bootstrap check):
+    // until then a Raft call gets UNAVAILABLE whatever its payload.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while g.status_of(1).await.ok().and_then(|s| s.leader_id).is_none() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "node 1 never names a leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let addr = g.node(1).addr();
     let mut seed = 0x9e3779b97f4a7c15u64;
     for round in 0..50 {

@@ -24,7 +24,7 @@
 //! 5. nobody knows a group, and this node plus the peers that answered "fresh" are a
 //!    majority of `initial_members` → initialise (a first start; every founding member
 //!    may call openraft's `initialize` with the same membership);
-//! 6. otherwise wait and ask again every [`RETRY`], logging why: fewer than a majority
+//! 6. otherwise wait and ask again (after 25 ms, doubling up to [`RETRY`]), logging why: fewer than a majority
 //!    could not elect a leader anyway, so waiting costs a first start nothing.
 //!
 //! Not covered (docs/operations.md, "A coordinator's data_dir was lost"): a majority of
@@ -49,6 +49,11 @@ use tokio::time::Instant;
 
 /// How often a waiting node asks its peers again.
 pub const RETRY: Duration = Duration::from_millis(500);
+
+/// The first retries come sooner (doubling up to [`RETRY`]): founding members started
+/// together are usually all listening a few ms later, and until this node decides it
+/// takes no part in Raft.
+const FIRST_RETRY: Duration = Duration::from_millis(25);
 /// A waiting node repeats an unchanged reason this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 /// How often the leader asks again whether a peer runs a release that knows `MemberSeen`.
@@ -163,6 +168,7 @@ pub async fn first_start(ctx: &NodeCtx, config_path: &Path) -> Result<Start, Exi
     let peers: Vec<(NodeId, String)> =
         ctx.cfg.initial_members.iter().filter(|m| m.id != me).map(|m| (m.id, m.addr.clone())).collect();
     let mut logged: Option<(Instant, Decision)> = None;
+    let mut retry = FIRST_RETRY;
     loop {
         let asked = peers.iter().map(|(id, addr)| async move { (*id, ask(ctx, *id, addr).await) });
         let answers: BTreeMap<NodeId, PeerView> = futures::future::join_all(asked).await.into_iter().collect();
@@ -204,7 +210,8 @@ pub async fn first_start(ctx: &NodeCtx, config_path: &Path) -> Result<Start, Exi
                     }
                     logged = Some((Instant::now(), decision));
                 }
-                tokio::time::sleep(RETRY).await;
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY);
             }
         }
     }
