@@ -19,6 +19,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::Status;
 
+/// What the gRPC layer knows of the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote: Option<std::net::SocketAddr>,
+    /// The connection is TLS.
+    pub tls: bool,
+    /// The client presented a certificate, verified against `ca_file`.
+    pub client_cert: bool,
+}
+
 /// The Coordinator service's gRPC path prefix.
 pub const COORDINATOR_PREFIX: &str = "/primus.v1.Coordinator/";
 /// The peer (Raft) service's gRPC path prefix.
@@ -144,12 +154,7 @@ impl AuthPolicy {
 
     /// Ok when a request to `path` with these headers, on a connection described
     /// by `conn` (absent: unknown, treated as plaintext), may go through.
-    pub fn check(
-        &self,
-        path: &str,
-        headers: &http::HeaderMap,
-        conn: Option<&crate::tls::ConnInfo>,
-    ) -> Result<(), Status> {
+    pub fn check(&self, path: &str, headers: &http::HeaderMap, conn: Option<&ConnInfo>) -> Result<(), Status> {
         if self.tls_only && !conn.is_some_and(|c| c.tls) {
             return Err(Status::failed_precondition(
                 "this coordinator serves TLS only: connect with TLS, trusting its CA (primusctl --ca FILE or PRIMUS_CA)",
@@ -239,7 +244,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if let Some(policy) = &self.policy {
-            let conn = req.extensions().get::<crate::tls::ConnInfo>();
+            let conn = req.extensions().get::<ConnInfo>();
             if let Err(status) = policy.check(req.uri().path(), req.headers(), conn) {
                 tracing::info!(
                     method = req.uri().path(),
@@ -321,7 +326,7 @@ mod tests {
     }
 
     fn check(p: &AuthPolicy, path: &str, h: &http::HeaderMap) -> Result<(), Status> {
-        let conn = crate::tls::ConnInfo { remote: None, tls: false, client_cert: false };
+        let conn = ConnInfo { remote: None, tls: false, client_cert: false };
         p.check(path, h, Some(&conn))
     }
 
@@ -361,7 +366,7 @@ mod tests {
 
     #[test]
     fn plaintext_on_a_tls_port_and_missing_client_certs_are_refused_before_the_token() {
-        use crate::tls::ConnInfo;
+        use ConnInfo;
         let p = AuthPolicy { tls_only: true, require_client_cert: true, ..Default::default() };
         let read = "/primus.v1.Coordinator/GetStatus";
         let h = headers(None);

@@ -34,7 +34,7 @@
 //! one to ask).
 
 use crate::config::{Config, ConfigError};
-use crate::node::NodeCtx;
+use crate::context::NodeCtx;
 use crate::ExitError;
 use openraft::ServerState;
 use primus_proto::raft::raft_client::RaftClient;

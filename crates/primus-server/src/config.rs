@@ -77,39 +77,7 @@ impl Default for WatchSection {
     }
 }
 
-/// `[tls]`: this node's certificate and the CA that signed every coordinator's.
-/// Files are read at start (and by `--check-config`); see docs/security.md.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSection {
-    /// PEM certificate chain of this node: the server certificate, and the client
-    /// certificate it presents to peers (so serverAuth + clientAuth EKU, or none).
-    pub cert_file: PathBuf,
-    /// PEM private key of `cert_file`.
-    pub key_file: PathBuf,
-    /// PEM CA bundle that verifies peers' server certificates and, when
-    /// `require_client_cert`, every client certificate.
-    pub ca_file: PathBuf,
-    /// Mutual TLS: refuse every client and peer without a certificate from `ca_file`.
-    #[serde(default)]
-    pub require_client_cert: bool,
-    /// Name to verify peers' certificates against, instead of the host of their address.
-    #[serde(default)]
-    pub server_name: Option<String>,
-    /// Bound on one TLS handshake, accepted or made.
-    #[serde(default = "d_handshake_timeout")]
-    pub handshake_timeout_ms: u64,
-}
-
-fn d_handshake_timeout() -> u64 {
-    5000
-}
-
-impl TlsSection {
-    pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_millis(self.handshake_timeout_ms)
-    }
-}
+pub use crate::tls::TlsSection;
 
 /// `[auth]`: where the shared bearer token is. The token itself is never in this file.
 #[derive(Debug, Clone, Deserialize)]

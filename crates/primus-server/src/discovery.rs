@@ -6,11 +6,52 @@
 //! appears. The first seed must answer: an unreachable seed or refused credentials
 //! stop the registration with a clear error, and nothing is committed.
 
-use crate::monitor::Targets;
-use primus_mysql::{Observation, ProbeError, Prober};
+use crate::config::MysqlSection;
+use primus_mysql::{Connector, MysqlConn, Observation, ProbeConfig, ProbeError, Prober};
 use primus_types::{InstanceAddr, Topology};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How to reach instances: probe settings and address overrides. The real
+/// [`Connector`]: one [`Prober`] per connection.
+#[derive(Clone)]
+pub struct Targets {
+    pub probe_config: ProbeConfig,
+    connect_via: HashMap<InstanceAddr, InstanceAddr>,
+}
+
+impl Targets {
+    pub fn from_config(m: &MysqlSection) -> Result<Targets, String> {
+        let mut pc = ProbeConfig::new(m.user.clone(), m.password()?);
+        pc.connect_timeout = m.connect_timeout();
+        pc.query_timeout = m.query_timeout();
+        pc.heartbeat_table =
+            m.heartbeat_table.parse().map_err(|e: primus_mysql::heartbeat::BadHeartbeatTable| e.to_string())?;
+        let mut connect_via = HashMap::new();
+        for (from, to) in &m.connect_via {
+            let f: InstanceAddr = from.parse().map_err(|e: primus_types::NameError| e.to_string())?;
+            let t: InstanceAddr = to.parse().map_err(|e: primus_types::NameError| e.to_string())?;
+            connect_via.insert(f, t);
+        }
+        Ok(Targets { probe_config: pc, connect_via })
+    }
+
+    pub fn connect_addr(&self, addr: &InstanceAddr) -> InstanceAddr {
+        self.connect_via.get(addr).cloned().unwrap_or_else(|| addr.clone())
+    }
+}
+
+impl Connector for Targets {
+    fn connect(&self, addr: &InstanceAddr) -> Arc<dyn MysqlConn> {
+        Arc::new(Prober::new(self.connect_addr(addr), self.probe_config.clone()))
+    }
+
+    fn probe_deadline(&self) -> Duration {
+        self.probe_config.connect_timeout + self.probe_config.query_timeout * 2 + Duration::from_millis(200)
+    }
+}
 
 /// Upper bound on instances walked from one seed set (a guard against loops and mistakes).
 const MAX_INSTANCES: usize = 10_000;
@@ -65,7 +106,7 @@ pub fn topology_from(observations: &BTreeMap<InstanceAddr, Observation>, hint: O
 
 pub async fn discover(
     seeds: &[InstanceAddr],
-    targets: &Targets,
+    connector: &dyn Connector,
     timeout: Duration,
 ) -> Result<Discovered, DiscoveryError> {
     let deadline = Instant::now() + timeout;
@@ -85,7 +126,7 @@ pub async fn discover(
         if remaining.is_zero() {
             return Err(DiscoveryError::Timeout(timeout));
         }
-        let prober = Prober::new(targets.connect_addr(&addr), targets.probe_config.clone());
+        let prober = connector.connect(&addr);
         let result = match tokio::time::timeout(remaining, prober.probe()).await {
             Ok(r) => r,
             Err(_) => return Err(DiscoveryError::Timeout(timeout)),

@@ -13,7 +13,7 @@
 //! request is answered within `request_timeout_ms` (or gets a 503); a connection
 //! that moves no byte for twice that long is closed.
 
-use crate::node::NodeCtx;
+use crate::context::NodeCtx;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -507,7 +507,7 @@ async fn replica(
         ));
     };
     let max_lag = ctx.cfg.http.max_replica_lag_s;
-    let now = crate::monitor::now_ms();
+    let now = crate::clock::now_ms();
     let role = c.topology.instances.get(&addr).map(|i| i.role);
     let view = mon.view(&c, false).instances.into_iter().find(|i| i.addr == addr.to_string());
     let mut reasons = Vec::new();
@@ -591,7 +591,34 @@ fn probe_max_age_ms(ctx: &NodeCtx) -> u64 {
 
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
-    match ctx.metrics.render(&ctx) {
+    let clusters = ctx.read_state(|s| s.clusters.values().cloned().collect::<Vec<_>>()).1;
+    let analysis = match &ctx.engine {
+        Some(e) => clusters
+            .iter()
+            .filter_map(|c| e.last_analysis(&c.name).map(|(_, a)| (c.name.clone(), a.code.to_string())))
+            .collect(),
+        None => Default::default(),
+    };
+    let mut instance_up = Vec::new();
+    if let Some(mon) = &ctx.monitor {
+        for c in &clusters {
+            // Not probed yet: neither up nor down.
+            for i in mon.view(c, false).instances.into_iter().filter(|i| i.observed_at_ms.is_some()) {
+                instance_up.push((c.name.to_string(), i.addr, i.reachable));
+            }
+        }
+    }
+    let snapshot = crate::metrics::Snapshot {
+        raft: ctx.raft.metrics().borrow().clone(),
+        leads_with_quorum: NodeCtx::leads_with_quorum(&ctx.raft, ctx.id, ctx.cfg.raft.election_timeout_min_ms),
+        committed_index: ctx.committed_index(),
+        watch_subscribers: ctx.feed.subscribers(),
+        clusters,
+        now_ms: crate::clock::now_ms(),
+        analysis,
+        instance_up,
+    };
+    match ctx.metrics.render(&snapshot) {
         Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::Metrics::content_type())], text).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "cannot encode metrics");

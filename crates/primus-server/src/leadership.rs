@@ -9,7 +9,7 @@
 //! election timeout plus leader lease (1-2 s across datacenters, longer than an agent's
 //! lease).
 
-use crate::node::NodeCtx;
+use crate::context::NodeCtx;
 use primus_proto::raft::raft_client::RaftClient;
 use primus_proto::raft::TimeoutNowRequest;
 use primus_types::NodeId;

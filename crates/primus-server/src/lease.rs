@@ -16,7 +16,9 @@
 //! Grants are forgotten when this node stops leading: a later term starts from the
 //! inherited bound again.
 
-use primus_types::{AgentRecord, ClusterName, InstanceAddr, NodeId, Raft};
+use crate::consensus::Consensus;
+use primus_types::state::Registry;
+use primus_types::{AgentRecord, ClusterName, InstanceAddr, NodeId};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -24,7 +26,7 @@ use tokio::time::Instant;
 
 pub struct LeaseTable {
     me: NodeId,
-    raft: Raft,
+    consensus: std::sync::Arc<dyn Consensus>,
     max_ttl: Duration,
     margin: Duration,
     election_timeout_max: Duration,
@@ -37,14 +39,14 @@ pub struct LeaseTable {
 impl LeaseTable {
     pub fn new(
         me: NodeId,
-        raft: Raft,
+        consensus: std::sync::Arc<dyn Consensus>,
         max_ttl: Duration,
         margin: Duration,
         election_timeout_max: Duration,
     ) -> LeaseTable {
         LeaseTable {
             me,
-            raft,
+            consensus,
             max_ttl,
             margin,
             election_timeout_max,
@@ -73,7 +75,7 @@ impl LeaseTable {
     /// When this node became leader in its current term (noted on first use in a
     /// term; the caller has just checked that it leads).
     pub fn leader_since(&self) -> Instant {
-        let term = self.raft.metrics().borrow().current_term;
+        let term = self.consensus.view().term;
         let mut g = self.leader_since.lock().unwrap_or_else(|p| p.into_inner());
         match *g {
             Some((t, at)) if t == term => at,
@@ -89,12 +91,12 @@ impl LeaseTable {
     /// when it is first needed, and grants are forgotten when it ends.
     pub fn start(self: &std::sync::Arc<Self>) {
         let me = self.clone();
-        let mut rx = self.raft.metrics();
+        let mut rx = self.consensus.watch();
         tokio::spawn(async move {
             loop {
                 let leads = {
-                    let m = rx.borrow();
-                    m.current_leader == Some(me.me) && m.state == openraft::ServerState::Leader
+                    let v = rx.borrow();
+                    v.leader == Some(me.me) && v.is_leader
                 };
                 if leads {
                     me.leader_since();
@@ -161,5 +163,98 @@ impl LeaseTable {
     /// Forget grants of instances that are no longer anybody's concern.
     pub fn forget(&self, cluster: &ClusterName, instance: &InstanceAddr) {
         self.grants.lock().unwrap_or_else(|p| p.into_inner()).remove(&(cluster.clone(), instance.clone()));
+    }
+}
+
+/// What a lease renewal gets, decided from the replicated state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseVerdict {
+    Grant,
+    /// The instance is the candidate of a failover in progress.
+    Promoting,
+    /// The instance is the old primary of a failover in progress (its id).
+    FailoverInProgress(String),
+    Refuse {
+        reason: &'static str,
+        fence_now: bool,
+    },
+}
+
+/// How the leader answers a renewal from `agent_id` for `instance` of cluster `name`
+/// (`too_long`: it asked for more than `max_lease_ttl_ms`): the cluster's epoch, its
+/// primary, and the verdict; `None` when the cluster is unknown. Pure: the leader
+/// decides from its applied state alone.
+pub fn verdict(
+    s: &Registry,
+    name: &ClusterName,
+    instance: &InstanceAddr,
+    agent_id: &str,
+    too_long: bool,
+) -> Option<(u64, String, LeaseVerdict)> {
+    let c = s.clusters.get(name)?;
+    let primary = c.topology.primary.as_ref().map(ToString::to_string).unwrap_or_default();
+    let agent = c.agents.get(instance);
+    let verdict = if !c.topology.instances.contains_key(instance) {
+        LeaseVerdict::Refuse { reason: "unknown_instance", fence_now: false }
+    } else if too_long {
+        LeaseVerdict::Refuse { reason: "ttl_too_long", fence_now: false }
+    } else {
+        // A lease is waited out only for an agent Raft knows of: never grant one to
+        // anybody else (the agent registers again on this answer).
+        let unknown = agent.is_none_or(|a| a.agent_id != agent_id);
+        let not_registered = LeaseVerdict::Refuse { reason: "not_registered", fence_now: false };
+        match c.in_flight().filter(|f| f.kind.changes_primary()) {
+            Some(f) if &f.candidate == instance && unknown => not_registered,
+            // The agent counts this answer as a lease: so does the leader.
+            Some(f) if &f.candidate == instance => LeaseVerdict::Promoting,
+            // Fence at once; the failover still waits for the lease to run out, in case
+            // this answer never reaches the agent.
+            Some(f) if &f.old_primary == instance => LeaseVerdict::FailoverInProgress(f.id.clone()),
+            _ if c.topology.primary.as_ref() == Some(instance) && unknown => not_registered,
+            _ if c.topology.primary.as_ref() == Some(instance) => LeaseVerdict::Grant,
+            // A demoted former primary must stay read-only; an ordinary replica is left alone.
+            _ => LeaseVerdict::Refuse { reason: "not_primary", fence_now: c.demoted.contains(instance) },
+        }
+    };
+    Some((c.epoch, primary, verdict))
+}
+
+/// A renewal's answer, after the leader recorded any grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewAnswer {
+    pub granted: bool,
+    pub ttl_ms: u64,
+    pub reason: &'static str,
+    pub fence_now: bool,
+}
+
+impl LeaseTable {
+    /// Carry out `verdict` for a renewal of `ttl` received at `received_at`: record a
+    /// grant (also for a candidate being promoted, which counts it as a lease).
+    pub fn answer(
+        &self,
+        name: &ClusterName,
+        instance: &InstanceAddr,
+        ttl: Duration,
+        received_at: Instant,
+        verdict: &LeaseVerdict,
+    ) -> RenewAnswer {
+        let ttl_ms = ttl.as_millis() as u64;
+        match verdict {
+            LeaseVerdict::Grant => {
+                self.grant(name, instance, ttl, received_at);
+                RenewAnswer { granted: true, ttl_ms, reason: "", fence_now: false }
+            }
+            LeaseVerdict::Promoting => {
+                self.grant(name, instance, ttl, received_at);
+                RenewAnswer { granted: false, ttl_ms: 0, reason: "being_promoted", fence_now: false }
+            }
+            LeaseVerdict::FailoverInProgress(_) => {
+                RenewAnswer { granted: false, ttl_ms: 0, reason: "failover_in_progress", fence_now: true }
+            }
+            LeaseVerdict::Refuse { reason, fence_now } => {
+                RenewAnswer { granted: false, ttl_ms: 0, reason, fence_now: *fence_now }
+            }
+        }
     }
 }

@@ -2,7 +2,10 @@
 
 pub mod auth;
 pub mod bootstrap;
+pub mod clock;
 pub mod config;
+pub mod consensus;
+pub mod context;
 pub mod discovery;
 pub mod divergence;
 pub mod failover;
@@ -15,6 +18,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod node;
 pub mod primary;
+pub mod proto_conv;
 pub mod service;
 pub mod tls;
 

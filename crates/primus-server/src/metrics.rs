@@ -15,7 +15,6 @@
 //! a gauge (`primus_failovers`), not a `_total` counter; to alert on a new failover
 //! use `changes(primus_cluster_epoch[…])` (the epoch only ever grows).
 
-use crate::node::NodeCtx;
 use primus_types::FailoverOutcome;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -203,11 +202,11 @@ impl Metrics {
         }
     }
 
-    /// Refresh the state series from `ctx` and encode everything in the Prometheus
+    /// Refresh the state series from `s` and encode everything in the Prometheus
     /// text format.
-    pub fn render(&self, ctx: &NodeCtx) -> prometheus::Result<String> {
+    pub fn render(&self, s: &Snapshot) -> prometheus::Result<String> {
         let _guard = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
-        self.refresh(ctx);
+        self.refresh(s);
         let families = self.registry.gather();
         let mut out = String::new();
         prometheus::TextEncoder::new().encode_utf8(&families, &mut out)?;
@@ -219,16 +218,15 @@ impl Metrics {
         prometheus::TextEncoder::new().format_type().to_string()
     }
 
-    fn refresh(&self, ctx: &NodeCtx) {
-        let m = ctx.raft.metrics().borrow().clone();
+    fn refresh(&self, s: &Snapshot) {
+        let m = &s.raft;
         self.raft_term.set(i64_of(m.current_term));
-        let leads = NodeCtx::leads_with_quorum(&ctx.raft, ctx.id, ctx.cfg.raft.election_timeout_min_ms);
-        self.raft_is_leader.set(i64::from(leads));
+        self.raft_is_leader.set(i64::from(s.leads_with_quorum));
         self.raft_leader_id.set(i64_of(m.current_leader.unwrap_or(0)));
         self.raft_applied_index.set(i64_of(m.last_applied.map(|l| l.index).unwrap_or(0)));
         self.raft_last_log_index.set(i64_of(m.last_log_index.unwrap_or(0)));
-        self.raft_commit_index.set(i64_of(ctx.committed_index().unwrap_or(0)));
-        self.watch_subscribers.set(i64::try_from(ctx.feed.subscribers()).unwrap_or(i64::MAX));
+        self.raft_commit_index.set(i64_of(s.committed_index.unwrap_or(0)));
+        self.watch_subscribers.set(i64::try_from(s.watch_subscribers).unwrap_or(i64::MAX));
 
         // Clusters and instances that went away must take their series with them.
         self.cluster_analysis.reset();
@@ -243,15 +241,14 @@ impl Metrics {
         self.last_failover_finished.reset();
         self.instance_up.reset();
 
-        let clusters = ctx.read_state(|s| s.clusters.values().cloned().collect::<Vec<_>>()).1;
-        for c in &clusters {
+        for c in &s.clusters {
             let name = c.name.as_str();
             self.cluster_epoch.with_label_values(&[name]).set(i64_of(c.epoch));
             self.cluster_failover_in_progress.with_label_values(&[name]).set(i64::from(c.in_flight().is_some()));
             self.cluster_has_primary.with_label_values(&[name]).set(i64::from(c.topology.primary.is_some()));
             self.split_fences.with_label_values(&[name]).set(i64_of(c.split_fences.len() as u64));
             self.unfences.with_label_values(&[name]).set(i64_of(c.unfences.len() as u64));
-            let now = crate::monitor::now_ms();
+            let now = s.now_ms;
             if c.cluster_maintenance_at(now).is_some() {
                 self.in_maintenance.with_label_values(&[name, ""]).set(1);
             }
@@ -272,22 +269,28 @@ impl Metrics {
                     self.last_failover_finished.with_label_values(&[name]).set(end as f64 / 1000.0);
                 }
             }
-            if let Some(e) = &ctx.engine {
-                if let Some((_, a)) = e.last_analysis(&c.name) {
-                    let code = a.code.to_string();
-                    self.cluster_analysis.with_label_values(&[name, code.as_str()]).set(1);
-                }
-            }
-            if let Some(mon) = &ctx.monitor {
-                for i in mon.view(c, false).instances {
-                    // Not probed yet: neither up nor down.
-                    if i.observed_at_ms.is_some() {
-                        self.instance_up.with_label_values(&[name, i.addr.as_str()]).set(i64::from(i.reachable));
-                    }
-                }
+            if let Some(code) = s.analysis.get(&c.name) {
+                self.cluster_analysis.with_label_values(&[name, code.as_str()]).set(1);
             }
         }
+        for (cluster, instance, up) in &s.instance_up {
+            self.instance_up.with_label_values(&[cluster.as_str(), instance.as_str()]).set(i64::from(*up));
+        }
     }
+}
+
+/// What a scrape reads, gathered by the caller: the node's handles, not the node.
+pub struct Snapshot {
+    pub raft: openraft::RaftMetrics<primus_types::NodeId, primus_types::Member>,
+    pub leads_with_quorum: bool,
+    pub committed_index: Option<u64>,
+    pub watch_subscribers: usize,
+    pub clusters: Vec<std::sync::Arc<primus_types::state::ClusterRecord>>,
+    pub now_ms: u64,
+    /// The latest analysis code per cluster (this node's).
+    pub analysis: std::collections::BTreeMap<primus_types::ClusterName, String>,
+    /// (cluster, instance, up) for each instance this node has probed.
+    pub instance_up: Vec<(String, String, bool)>,
 }
 
 impl Metrics {

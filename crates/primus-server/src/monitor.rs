@@ -11,32 +11,32 @@
 //! * The topology (who replicates from whom) *is* committed, but only when its
 //!   shape changes.
 
+use crate::clock::Clock;
 use crate::config::MysqlSection;
+use crate::consensus::Consensus;
 use crate::discovery::{self, replicas_of, source_of};
-use primus_mysql::{IoThreadState, Observation, ProbeConfig, ProbeError, Prober};
-use primus_proto::raft::raft_client::RaftClient;
+use primus_mysql::{Connector, IoThreadState, MysqlConn, Observation, ProbeError};
 use primus_proto::raft::ObservationReport;
 use primus_proto::v1::{GetTopologyResponse, InstanceView};
 use primus_store::StateHandle;
 use primus_types::state::ClusterRecord;
-use primus_types::{ClusterName, Command, InstanceAddr, InstanceRole, NodeId, Origin, Raft, Request, Topology};
+use primus_types::{ClusterName, Command, InstanceAddr, InstanceRole, NodeId, Origin, Request, Topology};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-/// This coordinator's wall clock, unix ms. Under fault injection
-/// (`PRIMUS_FAULT_INJECTION=1`) `PRIMUS_CLOCK_SKEW_MS` offsets it, so tests can run
-/// coordinators whose clocks disagree on one machine.
-pub fn now_ms() -> u64 {
-    let real =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    real.saturating_add(clock_skew_ms()).max(0) as u64
-}
+pub use crate::clock::now_ms;
+pub use crate::discovery::Targets;
 
-fn clock_skew_ms() -> i64 {
-    crate::faults::get().clock_skew_ms()
+/// How a follower's observation report reaches the leader (gRPC between coordinators;
+/// a simulator delivers it over its own network).
+#[async_trait::async_trait]
+pub trait PeerLink: Send + Sync + 'static {
+    /// Send `report` to the leader `to` at `addr`.
+    async fn report(&self, to: NodeId, addr: &str, report: ObservationReport) -> Result<(), String>;
 }
 
 /// Carry a peer's record times over to this node's clock: the age a record had
@@ -56,39 +56,6 @@ pub fn rebase_to_local_clock(records: &mut [ProbeRecord], sent_at_ms: u64, recei
     }
 }
 
-/// How to reach instances: probe settings and address overrides.
-#[derive(Clone)]
-pub struct Targets {
-    pub probe_config: ProbeConfig,
-    connect_via: HashMap<InstanceAddr, InstanceAddr>,
-}
-
-impl Targets {
-    pub fn from_config(m: &MysqlSection) -> Result<Targets, String> {
-        let mut pc = ProbeConfig::new(m.user.clone(), m.password()?);
-        pc.connect_timeout = m.connect_timeout();
-        pc.query_timeout = m.query_timeout();
-        pc.heartbeat_table =
-            m.heartbeat_table.parse().map_err(|e: primus_mysql::heartbeat::BadHeartbeatTable| e.to_string())?;
-        let mut connect_via = HashMap::new();
-        for (from, to) in &m.connect_via {
-            let f: InstanceAddr = from.parse().map_err(|e: primus_types::NameError| e.to_string())?;
-            let t: InstanceAddr = to.parse().map_err(|e: primus_types::NameError| e.to_string())?;
-            connect_via.insert(f, t);
-        }
-        Ok(Targets { probe_config: pc, connect_via })
-    }
-
-    pub fn connect_addr(&self, addr: &InstanceAddr) -> InstanceAddr {
-        self.connect_via.get(addr).cloned().unwrap_or_else(|| addr.clone())
-    }
-
-    /// A bound on one probe, whatever the server does.
-    pub fn probe_deadline(&self) -> Duration {
-        self.probe_config.connect_timeout + self.probe_config.query_timeout * 2 + Duration::from_millis(200)
-    }
-}
-
 /// One probe's outcome, as exchanged between coordinators.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbeRecord {
@@ -103,7 +70,7 @@ pub struct ProbeRecord {
 }
 
 /// A primary's heartbeat connection and the lock that keeps one write in flight.
-type HeartbeatWriter = (Arc<Prober>, Arc<tokio::sync::Mutex<()>>);
+type HeartbeatWriter = (Arc<dyn MysqlConn>, Arc<tokio::sync::Mutex<()>>);
 
 /// A probe task and the bell that makes it probe at once.
 type ProbeTask = (JoinHandle<()>, Arc<tokio::sync::Notify>);
@@ -125,8 +92,12 @@ struct PeerView {
 pub struct Monitor {
     me: NodeId,
     cfg: MysqlSection,
-    pub targets: Targets,
-    raft: Raft,
+    /// How this node reaches instances (real connections, or simulated ones).
+    pub connector: Arc<dyn Connector>,
+    consensus: Arc<dyn Consensus>,
+    /// This node's wall clock.
+    pub clock: Arc<dyn Clock>,
+    link: Arc<dyn PeerLink>,
     state: StateHandle,
     own: RwLock<HashMap<InstanceAddr, ProbeRecord>>,
     peers: RwLock<HashMap<NodeId, PeerView>>,
@@ -145,34 +116,33 @@ pub struct Monitor {
     /// monotonic clock) it first saw it. Own probes started before then describe the
     /// shape the failover replaced.
     reshaped: Mutex<HashMap<ClusterName, (String, Instant)>>,
-    leader_channel: Mutex<Option<(String, tonic::transport::Channel)>>,
-    /// How reports reach the leader (TLS, token).
-    peer: primus_raft::PeerSecurity,
-    rpc_timeout: Duration,
     election_timeout_min_ms: u64,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// Everything a [`Monitor`] needs from its node, behind seams.
+pub struct MonitorParts {
+    pub me: NodeId,
+    pub cfg: MysqlSection,
+    pub connector: Arc<dyn Connector>,
+    pub consensus: Arc<dyn Consensus>,
+    pub clock: Arc<dyn Clock>,
+    pub link: Arc<dyn PeerLink>,
+    pub state: StateHandle,
+    pub election_timeout_min_ms: u64,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
 impl Monitor {
-    // Called once, from node::run, with everything a monitor shares with the node.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        me: NodeId,
-        cfg: MysqlSection,
-        raft: Raft,
-        state: StateHandle,
-        rpc_timeout: Duration,
-        election_timeout_min_ms: u64,
-        metrics: Arc<crate::metrics::Metrics>,
-        peer: primus_raft::PeerSecurity,
-    ) -> Result<Arc<Monitor>, String> {
-        let targets = Targets::from_config(&cfg)?;
-        Ok(Arc::new(Monitor {
-            me,
-            cfg,
-            targets,
-            raft,
-            state,
+    pub fn new(p: MonitorParts) -> Arc<Monitor> {
+        Arc::new(Monitor {
+            me: p.me,
+            cfg: p.cfg,
+            connector: p.connector,
+            consensus: p.consensus,
+            clock: p.clock,
+            link: p.link,
+            state: p.state,
             own: RwLock::new(HashMap::new()),
             peers: RwLock::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
@@ -182,12 +152,14 @@ impl Monitor {
             candidates: Mutex::new(BTreeMap::new()),
             heartbeat_writers: Mutex::new(HashMap::new()),
             reshaped: Mutex::new(HashMap::new()),
-            leader_channel: Mutex::new(None),
-            peer,
-            rpc_timeout,
-            election_timeout_min_ms,
-            metrics,
-        }))
+            election_timeout_min_ms: p.election_timeout_min_ms,
+            metrics: p.metrics,
+        })
+    }
+
+    /// This node's wall clock, unix ms.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.wall_ms()
     }
 
     pub fn start(self: &Arc<Self>) {
@@ -207,7 +179,7 @@ impl Monitor {
     }
 
     pub fn leads_with_quorum(&self) -> bool {
-        crate::node::NodeCtx::leads_with_quorum(&self.raft, self.me, self.election_timeout_min_ms)
+        self.consensus.view().leads_with_quorum(self.election_timeout_min_ms)
     }
 
     /// This node's own latest successful observation of `addr`, if its last probe succeeded.
@@ -287,24 +259,25 @@ impl Monitor {
     }
 
     async fn probe_loop(self: Arc<Self>, addr: InstanceAddr, now: Arc<tokio::sync::Notify>) {
-        let prober = Prober::new(self.targets.connect_addr(&addr), self.targets.probe_config.clone());
+        let prober = self.connector.connect(&addr);
         let mut tick = tokio::time::interval(self.cfg.probe_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_ok: Option<bool> = None;
         let mut last_io: Option<String> = None;
         loop {
             tokio::select! {
+                biased;
                 _ = tick.tick() => {}
                 _ = now.notified() => {}
             }
             let started = Instant::now();
-            let result = match tokio::time::timeout(self.targets.probe_deadline(), prober.probe()).await {
+            let result = match tokio::time::timeout(self.connector.probe_deadline(), prober.probe()).await {
                 Ok(r) => r,
                 Err(_) => {
                     prober.disconnect().await;
                     Err(ProbeError::Timeout {
                         stage: primus_mysql::ProbeStage::Connect,
-                        after_ms: self.targets.probe_deadline().as_millis() as u64,
+                        after_ms: self.connector.probe_deadline().as_millis() as u64,
                     })
                 }
             };
@@ -334,7 +307,7 @@ impl Monitor {
                 }
                 last_ok = Some(ok);
             }
-            let rec = ProbeRecord { addr: addr.clone(), at_ms: now_ms(), result, started: Some(started) };
+            let rec = ProbeRecord { addr: addr.clone(), at_ms: self.now_ms(), result, started: Some(started) };
             self.own.write().unwrap_or_else(|p| p.into_inner()).insert(addr.clone(), rec);
             if changed {
                 self.changes.send_modify(|n| *n += 1);
@@ -354,7 +327,7 @@ impl Monitor {
             io_gtid: r.gtid_io_pos.as_ref().map(ToString::to_string),
             retrieved: r.retrieved_gtid_set.as_ref().map(ToString::to_string),
         };
-        let now = now_ms();
+        let now = self.now_ms();
         let mut p = self.progress_at.write().unwrap_or_else(|e| e.into_inner());
         match p.get(addr) {
             Some((prev, _)) if *prev == mark => {}
@@ -408,8 +381,9 @@ impl Monitor {
     /// double-check before a failover). Each probe has its own connection and deadline.
     pub async fn probe_fresh(&self, addrs: &[InstanceAddr]) -> Vec<ProbeRecord> {
         let futs = addrs.iter().map(|a| {
-            let prober = Prober::new(self.targets.connect_addr(a), self.targets.probe_config.clone());
-            let deadline = self.targets.probe_deadline();
+            let prober = self.connector.connect(a);
+            let deadline = self.connector.probe_deadline();
+            let clock = self.clock.clone();
             let a = a.clone();
             let metrics = self.metrics.clone();
             async move {
@@ -427,7 +401,7 @@ impl Monitor {
                     o.addr = a.clone();
                     o
                 });
-                ProbeRecord { addr: a, at_ms: now_ms(), result, started: Some(started) }
+                ProbeRecord { addr: a, at_ms: clock.wall_ms(), result, started: Some(started) }
             }
         });
         let recs = futures::future::join_all(futs).await;
@@ -467,7 +441,7 @@ impl Monitor {
     }
 
     async fn watch(self: Arc<Self>, addr: InstanceAddr) {
-        let prober = Prober::new(self.targets.connect_addr(&addr), self.targets.probe_config.clone());
+        let prober = self.connector.connect(&addr);
         loop {
             let started = Instant::now();
             let r = prober.execute(&["DO SLEEP(20)".to_string()], Duration::from_secs(25)).await;
@@ -499,17 +473,15 @@ impl Monitor {
             // Every interval, and at once when something changed: the leader's
             // failure detection waits for these reports.
             tokio::select! {
+                biased;
                 _ = tick.tick() => {}
                 r = changes.changed() => { if r.is_err() { return; } }
             }
-            let m = self.raft.metrics().borrow().clone();
-            let Some(leader) = m.current_leader else { continue };
+            let view = self.consensus.view();
+            let Some((leader, addr)) = view.leader_target() else { continue };
             if leader == self.me {
                 continue;
             }
-            let Some(addr) = m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone()) else {
-                continue;
-            };
             let records: Vec<ProbeRecord> =
                 self.own.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
             let payload = match serde_json::to_vec(&records) {
@@ -519,38 +491,11 @@ impl Monitor {
                     continue;
                 }
             };
-            let ch = match self.channel(&addr) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(%addr, error = %e, "bad leader address");
-                    continue;
-                }
-            };
-            let mut client = RaftClient::new(ch).max_encoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES);
-            let mut req = tonic::Request::new(ObservationReport {
-                from: self.me,
-                term: m.current_term,
-                payload,
-                sent_at_ms: now_ms(),
-            });
-            req.set_timeout(self.rpc_timeout);
-            self.peer.authorize(&mut req);
-            if let Err(e) = client.report_observations(req).await {
-                tracing::debug!(leader, error = %primus_raft::security::status_detail(&e), "observation report not delivered");
+            let report = ObservationReport { from: self.me, term: view.term, payload, sent_at_ms: self.now_ms() };
+            if let Err(e) = self.link.report(leader, &addr, report).await {
+                tracing::debug!(leader, error = %e, "observation report not delivered");
             }
         }
-    }
-
-    fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, String> {
-        let mut g = self.leader_channel.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((a, ch)) = g.as_ref() {
-            if a == addr {
-                return Ok(ch.clone());
-            }
-        }
-        let ch = self.peer.endpoint(addr)?.connect_timeout(self.rpc_timeout).connect_lazy();
-        *g = Some((addr.to_string(), ch.clone()));
-        Ok(ch)
     }
 
     /// The leader writes `(cluster, epoch, ts, coordinator)` on every primary.
@@ -574,21 +519,18 @@ impl Monitor {
                 let (prober, busy) = {
                     let mut w = self.heartbeat_writers.lock().unwrap_or_else(|p| p.into_inner());
                     w.entry(primary.clone())
-                        .or_insert_with(|| {
-                            let p = Prober::new(self.targets.connect_addr(&primary), self.targets.probe_config.clone());
-                            (Arc::new(p), Arc::new(tokio::sync::Mutex::new(())))
-                        })
+                        .or_insert_with(|| (self.connector.connect(&primary), Arc::new(tokio::sync::Mutex::new(()))))
                         .clone()
                 };
                 // One write in flight per primary: a hung primary never piles up writers.
                 let Ok(guard) = busy.try_lock_owned() else { continue };
                 let me = self.me;
-                let deadline = self.targets.probe_deadline();
+                let deadline = self.connector.probe_deadline();
+                let now = self.now_ms();
                 tokio::spawn(async move {
                     let _guard = guard;
                     let r =
-                        tokio::time::timeout(deadline, prober.write_heartbeat(cluster.as_str(), epoch, now_ms(), me))
-                            .await;
+                        tokio::time::timeout(deadline, prober.write_heartbeat(cluster.as_str(), epoch, now, me)).await;
                     match r {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => {
@@ -621,7 +563,7 @@ impl Monitor {
                     continue;
                 }
                 let new = if c.topology.instances.is_empty() {
-                    match discovery::discover(&c.seeds, &self.targets, self.cfg.discovery_timeout()).await {
+                    match discovery::discover(&c.seeds, self.connector.as_ref(), self.cfg.discovery_timeout()).await {
                         Ok(d) => d.topology,
                         Err(e) => {
                             tracing::debug!(cluster = %c.name, error = %e, "topology not discovered yet");
@@ -636,11 +578,15 @@ impl Monitor {
                 let new = new.with_demoted(&c.demoted);
                 if new != c.topology && !new.instances.is_empty() {
                     tracing::info!(cluster = %c.name, epoch = c.epoch, topology = %new.summary(), "topology changed");
-                    let req = Request::new(
+                    let req = Request::at(
                         Command::UpdateTopology { name: c.name.clone(), topology: new },
                         Origin { actor: "primusd topology".into(), via_node: self.me },
+                        self.now_ms(),
                     );
-                    match tokio::time::timeout(Duration::from_secs(5), self.raft.client_write(req)).await {
+                    match tokio::time::timeout(Duration::from_secs(5), self.consensus.write(req)).await {
+                        Ok(Ok((_, primus_types::Response::Rejected(r)))) => {
+                            tracing::warn!(cluster = %c.name, rejection = %r, "topology change refused")
+                        }
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => tracing::warn!(cluster = %c.name, error = %e, "topology change not committed"),
                         Err(_) => tracing::warn!(cluster = %c.name, "topology change not committed in 5 s"),
@@ -680,8 +626,8 @@ impl Monitor {
 
     /// Accept a follower's report (leader only).
     pub fn accept_report(&self, from: NodeId, term: u64, sent_at_ms: u64, payload: &[u8]) -> Result<bool, String> {
-        let received_at_ms = now_ms();
-        let current = self.raft.metrics().borrow().current_term;
+        let received_at_ms = self.now_ms();
+        let current = self.consensus.view().term;
         if term < current || !self.is_leader() {
             return Ok(false);
         }
@@ -704,7 +650,7 @@ impl Monitor {
     /// The topology with every instance's latest state, as this node sees it
     /// (with every coordinator's reachability when `with_peers`).
     pub fn view(&self, c: &ClusterRecord, with_peers: bool) -> GetTopologyResponse {
-        let now = now_ms();
+        let now = self.now_ms();
         let own = self.own.read().unwrap_or_else(|p| p.into_inner());
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
         let ttl = self.report_ttl();

@@ -1,12 +1,12 @@
 //! Wiring of one primusd node: store, Raft, network, gRPC server, bootstrap and shutdown.
 
 use crate::config::Config;
+use crate::context::NodeCtx;
 use crate::service::CoordinatorService;
 use anyhow::Context;
 use primus_proto::raft::raft_server::RaftServer;
 use primus_proto::v1::coordinator_server::CoordinatorServer;
 use primus_raft::{Admission, Faults, NetworkConfig, PeerNetwork, PeerSecurity, RaftService};
-use primus_types::state::Registry;
 use primus_types::{NodeId, Raft};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,98 +14,47 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;
 
-/// Shared by the gRPC services of one node.
-pub struct NodeCtx {
-    pub id: NodeId,
-    pub cfg: Config,
-    pub raft: Raft,
-    pub state: primus_store::StateHandle,
-    /// Present when `[mysql]` is configured.
-    pub monitor: Option<Arc<crate::monitor::Monitor>>,
-    /// Present when `[mysql]` is configured.
-    pub engine: Option<Arc<crate::failover::Engine>>,
-    /// Every cluster's primary, and the stream of its changes.
-    pub feed: Arc<crate::primary::PrimaryFeed>,
-    /// Fencing agents' leases (granted while this node leads).
-    pub leases: Arc<crate::lease::LeaseTable>,
-    /// Prometheus metrics of this node (served on `GET /metrics`).
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// How this node reaches other coordinators (TLS, its token).
-    pub peer: PeerSecurity,
-    channels: Mutex<HashMap<String, Channel>>,
+/// Observation reports to the leader over the peers' gRPC service (one cached
+/// channel to the current leader).
+pub struct GrpcPeerLink {
+    peer: PeerSecurity,
+    rpc_timeout: Duration,
+    channel: Mutex<Option<(String, Channel)>>,
 }
 
-impl NodeCtx {
-    /// Read the local state machine (not linearizable by itself). Returns the
-    /// applied index alongside the closure's result.
-    pub fn read_state<R>(&self, f: impl FnOnce(&Registry) -> R) -> (u64, R) {
-        self.state.read(|s| (s.last_applied.map(|l| l.index).unwrap_or(0), f(&s.registry)))
+impl GrpcPeerLink {
+    pub fn new(peer: PeerSecurity, rpc_timeout: Duration) -> GrpcPeerLink {
+        GrpcPeerLink { peer, rpc_timeout, channel: Mutex::new(None) }
     }
 
-    /// Highest log index known committed: on the leader, the index a majority of
-    /// voters hold (from replication progress); elsewhere, what was applied.
-    pub fn committed_index(&self) -> Option<u64> {
-        let m = self.raft.metrics().borrow().clone();
-        let applied = m.last_applied.map(|l| l.index);
-        let Some(repl) = m.replication.as_ref() else {
-            return applied;
-        };
-        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
-        let mut matched: Vec<u64> = voters
-            .iter()
-            .map(|v| {
-                if *v == m.id {
-                    m.last_log_index.unwrap_or(0)
-                } else {
-                    repl.get(v).and_then(|l| l.map(|l| l.index)).unwrap_or(0)
-                }
-            })
-            .collect();
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let quorum = matched.get(voters.len() / 2).copied();
-        quorum.max(applied)
-    }
-
-    pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        m.state == openraft::ServerState::Leader && m.current_leader == Some(self.id)
-    }
-
-    /// Leader *and* heard from a quorum within an election timeout: a leader cut off
-    /// into a minority still calls itself leader until it hears a higher term, so
-    /// leader-only duties (heartbeats, topology) check this instead.
-    pub fn leads_with_quorum(raft: &Raft, me: NodeId, election_timeout_min_ms: u64) -> bool {
-        let m = raft.metrics().borrow().clone();
-        m.state == openraft::ServerState::Leader
-            && m.current_leader == Some(me)
-            && m.millis_since_quorum_ack.is_some_and(|ms| ms < election_timeout_min_ms)
-    }
-
-    /// The leader this node knows of, with its address.
-    pub fn leader_target(&self) -> Option<(NodeId, String)> {
-        // Borrow, don't clone: this is on the path of every GetPrimary.
-        let rx = self.raft.metrics();
-        let m = rx.borrow();
-        let l = m.current_leader?;
-        let addr = m.membership_config.membership().get_node(&l)?.addr.clone();
-        Some((l, addr))
-    }
-
-    /// A reused channel to another coordinator's gRPC endpoint (for forwarding).
-    pub fn channel_to(&self, addr: &str) -> Result<Channel, tonic::Status> {
-        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ch) = map.get(addr) {
-            return Ok(ch.clone());
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut g = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((a, ch)) = g.as_ref() {
+            if a == addr {
+                return Ok(ch.clone());
+            }
         }
-        let ch = self
-            .peer
-            .endpoint(addr)
-            .map_err(|e| tonic::Status::internal(format!("cannot reach coordinator at {addr:?}: {e}")))?
-            .connect_timeout(Duration::from_millis(self.cfg.raft.connect_timeout_ms))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        map.insert(addr.to_string(), ch.clone());
+        let ch = self.peer.endpoint(addr)?.connect_timeout(self.rpc_timeout).connect_lazy();
+        *g = Some((addr.to_string(), ch.clone()));
         Ok(ch)
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::monitor::PeerLink for GrpcPeerLink {
+    async fn report(
+        &self,
+        _to: NodeId,
+        addr: &str,
+        report: primus_proto::raft::ObservationReport,
+    ) -> Result<(), String> {
+        let ch = self.channel(addr).map_err(|e| format!("bad leader address {addr:?}: {e}"))?;
+        let mut client = primus_proto::raft::raft_client::RaftClient::new(ch)
+            .max_encoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES);
+        let mut req = tonic::Request::new(report);
+        req.set_timeout(self.rpc_timeout);
+        self.peer.authorize(&mut req);
+        client.report_observations(req).await.map(|_| ()).map_err(|e| primus_raft::security::status_detail(&e))
     }
 }
 
@@ -215,25 +164,31 @@ pub async fn run(
     };
     let metrics = Arc::new(crate::metrics::Metrics::new().context("cannot register metrics")?);
 
+    let consensus: Arc<dyn crate::consensus::Consensus> = Arc::new(crate::consensus::RaftConsensus::new(raft.clone()));
     let monitor = match &cfg.mysql {
         Some(m) => {
-            let mon = crate::monitor::Monitor::new(
-                cfg.node_id,
-                m.clone(),
-                raft.clone(),
-                state.clone(),
-                Duration::from_millis(cfg.raft.rpc_timeout_ms),
-                cfg.raft.election_timeout_min_ms,
-                metrics.clone(),
-                peer_security.clone(),
-            )
-            .map_err(|e| {
+            let config_error = |message: String| {
                 crate::ExitError::config(crate::config::ConfigError::Invalid {
                     path: config_path.to_path_buf(),
                     key: "mysql".into(),
-                    message: e,
+                    message,
                 })
-            })?;
+            };
+            let targets = crate::discovery::Targets::from_config(m).map_err(config_error)?;
+            let mon = crate::monitor::Monitor::new(crate::monitor::MonitorParts {
+                me: cfg.node_id,
+                cfg: m.clone(),
+                connector: Arc::new(targets),
+                consensus: consensus.clone(),
+                clock: Arc::new(crate::clock::SystemClock),
+                link: Arc::new(GrpcPeerLink::new(
+                    peer_security.clone(),
+                    Duration::from_millis(cfg.raft.rpc_timeout_ms),
+                )),
+                state: state.clone(),
+                election_timeout_min_ms: cfg.raft.election_timeout_min_ms,
+                metrics: metrics.clone(),
+            });
             mon.start();
             Some(mon)
         }
@@ -244,7 +199,7 @@ pub async fn run(
     };
     let leases = Arc::new(crate::lease::LeaseTable::new(
         cfg.node_id,
-        raft.clone(),
+        consensus.clone(),
         Duration::from_millis(cfg.fencing.max_lease_ttl_ms),
         Duration::from_millis(cfg.fencing.lease_margin_ms),
         Duration::from_millis(cfg.raft.election_timeout_max_ms),
@@ -254,7 +209,7 @@ pub async fn run(
         (Some(mon), Some(m)) => {
             let e = crate::failover::Engine::new(
                 cfg.node_id,
-                raft.clone(),
+                consensus.clone(),
                 state.clone(),
                 mon.clone(),
                 cfg.failover.clone(),

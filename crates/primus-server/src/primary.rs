@@ -112,7 +112,7 @@ impl PrimaryFeed {
                 let (kind, state, detail, at_ms) = ev;
                 let event = PrimaryEvent {
                     kind: kind as i32,
-                    state: Some(crate::service::primary_state_view(&state)),
+                    state: Some(crate::proto_conv::primary_state_view(&state)),
                     applied_index: applied,
                     detail,
                     at_ms,
@@ -147,7 +147,7 @@ impl PrimaryFeed {
             }
             initial.push(PrimaryEvent {
                 kind: PrimaryEventKind::Current as i32,
-                state: Some(crate::service::primary_state_view(st)),
+                state: Some(crate::proto_conv::primary_state_view(st)),
                 applied_index: cur.applied,
                 detail: String::new(),
                 at_ms: 0,
@@ -186,7 +186,7 @@ impl PrimaryFeed {
                     };
                     PrimaryEvent {
                         kind: PrimaryEventKind::Replayed as i32,
-                        state: Some(crate::service::primary_state_view(&state)),
+                        state: Some(crate::proto_conv::primary_state_view(&state)),
                         applied_index: applied,
                         detail,
                         at_ms: f.finished_at_ms.unwrap_or(0),

@@ -7,15 +7,15 @@
 //! A forwarded request carries the caller's `authorization` (the leader checks it
 //! again: see crate::auth) and goes over TLS when `[tls]` is set.
 
-use crate::node::NodeCtx;
+use crate::context::NodeCtx;
+use crate::proto_conv::{failover_view, fence_view, primary_state_view};
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use primus_proto::v1::coordinator_client::CoordinatorClient;
 use primus_proto::v1::coordinator_server::Coordinator;
 use primus_proto::v1::*;
 use primus_types::{
-    ClusterName, Command, FailoverKind, FailoverOutcome, FailoverRecord, InstanceAddr, Maintenance, Member, NodeId,
-    Origin, PromotionRule, Rejection,
+    ClusterName, Command, FailoverKind, InstanceAddr, Maintenance, Member, NodeId, Origin, PromotionRule, Rejection,
 };
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -665,7 +665,7 @@ impl Coordinator for CoordinatorService {
                     return Err(rejection_status(Rejection::ClusterExists(name)));
                 }
                 let timeout = self.node.cfg.mysql.as_ref().map(|m| m.discovery_timeout()).unwrap_or_default();
-                let found = crate::discovery::discover(&seeds, &mon.targets, timeout)
+                let found = crate::discovery::discover(&seeds, mon.connector.as_ref(), timeout)
                     .await
                     .map_err(|e| Status::failed_precondition(format!("cannot register {name}: {e}")))?;
                 for (addr, err) in &found.unreachable {
@@ -924,7 +924,7 @@ impl Coordinator for CoordinatorService {
             if r.duration_ms == 0 {
                 return Err(Status::invalid_argument("maintenance needs a --duration"));
             }
-            let now = crate::monitor::now_ms();
+            let now = crate::clock::now_ms();
             Some(Maintenance {
                 reason: r.reason.clone(),
                 by: r.actor.clone(),
@@ -1152,7 +1152,7 @@ impl Coordinator for CoordinatorService {
         };
         // A leader cut off from its quorum may already have been replaced: it must
         // not extend anybody's right to take writes.
-        if !crate::node::NodeCtx::leads_with_quorum(
+        if !crate::context::NodeCtx::leads_with_quorum(
             &self.node.raft,
             self.node.id,
             self.node.cfg.raft.election_timeout_min_ms,
@@ -1162,59 +1162,17 @@ impl Coordinator for CoordinatorService {
         let too_long = std::time::Duration::from_millis(r.ttl_ms) > self.node.leases.max_ttl();
         // Decide under the state lock from the few fields that matter: a renewal comes
         // every few hundred ms per agent, so the cluster record is not copied.
-        let decided = self
-            .node
-            .read_state(|s| {
-                let c = s.clusters.get(&name)?;
-                let primary = c.topology.primary.as_ref().map(ToString::to_string).unwrap_or_default();
-                let agent = c.agents.get(&instance);
-                let verdict = if !c.topology.instances.contains_key(&instance) {
-                    LeaseVerdict::Refuse { reason: "unknown_instance", fence_now: false }
-                } else if too_long {
-                    LeaseVerdict::Refuse { reason: "ttl_too_long", fence_now: false }
-                } else {
-                    // A lease is waited out only for an agent Raft knows of: never grant one
-                    // to anybody else (the agent registers again on this answer).
-                    let unknown = agent.is_none_or(|a| a.agent_id != r.agent_id);
-                    let not_registered = LeaseVerdict::Refuse { reason: "not_registered", fence_now: false };
-                    match c.in_flight().filter(|f| f.kind.changes_primary()) {
-                        Some(f) if f.candidate == instance && unknown => not_registered,
-                        // The agent counts this answer as a lease: so does the leader.
-                        Some(f) if f.candidate == instance => LeaseVerdict::Promoting,
-                        // Fence at once; the failover still waits for the lease to run
-                        // out, in case this answer never reaches the agent.
-                        Some(f) if f.old_primary == instance => LeaseVerdict::FailoverInProgress(f.id.clone()),
-                        _ if c.topology.primary.as_ref() == Some(&instance) && unknown => not_registered,
-                        _ if c.topology.primary.as_ref() == Some(&instance) => LeaseVerdict::Grant,
-                        // A demoted former primary must stay read-only; an ordinary
-                        // replica is left alone.
-                        _ => LeaseVerdict::Refuse { reason: "not_primary", fence_now: c.demoted.contains(&instance) },
-                    }
-                };
-                Some((c.epoch, primary, verdict))
-            })
-            .1;
+        let decided = self.node.read_state(|s| crate::lease::verdict(s, &name, &instance, &r.agent_id, too_long)).1;
         let Some((epoch, primary, verdict)) = decided else {
             return answer(false, 0, 0, String::new(), "unknown_cluster", false);
         };
-        let ttl = std::time::Duration::from_millis(r.ttl_ms);
-        match verdict {
-            LeaseVerdict::Grant => {
-                self.node.leases.grant(&name, &instance, ttl, received_at);
-                tracing::trace!(cluster = %name, instance = %instance, epoch, ttl_ms = r.ttl_ms, "lease granted");
-                answer(true, r.ttl_ms, epoch, primary, "", false)
-            }
-            LeaseVerdict::Promoting => {
-                self.node.leases.grant(&name, &instance, ttl, received_at);
-                answer(false, 0, epoch, primary, "being_promoted", false)
-            }
-            LeaseVerdict::FailoverInProgress(id) => {
-                tracing::warn!(cluster = %name, instance = %instance, epoch, failover_id = %id,
-                    agent = %r.agent_id, "lease refused: a failover of this primary is in progress");
-                answer(false, 0, epoch, primary, "failover_in_progress", true)
-            }
-            LeaseVerdict::Refuse { reason, fence_now } => answer(false, 0, epoch, primary, reason, fence_now),
+        if let crate::lease::LeaseVerdict::FailoverInProgress(id) = &verdict {
+            tracing::warn!(cluster = %name, instance = %instance, epoch, failover_id = %id,
+                agent = %r.agent_id, "lease refused: a failover of this primary is in progress");
         }
+        let ttl = std::time::Duration::from_millis(r.ttl_ms);
+        let a = self.node.leases.answer(&name, &instance, ttl, received_at, &verdict);
+        answer(a.granted, a.ttl_ms, epoch, primary, a.reason, a.fence_now)
     }
 
     async fn set_semi_sync(&self, req: Request<SetSemiSyncRequest>) -> Result<Response<LogIndexResponse>, Status> {
@@ -1248,85 +1206,6 @@ impl Coordinator for CoordinatorService {
             |mut c, q| async move { c.set_automatic_failover(q).await },
         )
         .await
-    }
-}
-
-/// The wire form of a [`primus_types::state::PrimaryState`].
-pub fn primary_state_view(p: &primus_types::state::PrimaryState) -> PrimaryState {
-    PrimaryState {
-        cluster: p.cluster.to_string(),
-        primary: p.primary.as_ref().map(ToString::to_string).unwrap_or_default(),
-        epoch: p.epoch,
-        datacenter: p.datacenter.clone().unwrap_or_default(),
-        failover: p.failover.as_ref().map(|f| InFlightFailover {
-            id: f.id.clone(),
-            kind: f.kind.clone(),
-            old_primary: f.old_primary.to_string(),
-            candidate: f.candidate.to_string(),
-            epoch: f.epoch,
-        }),
-        demoted: p.demoted.iter().map(ToString::to_string).collect(),
-    }
-}
-
-fn fence_view(f: &primus_types::SplitFenceRecord) -> primus_proto::v1::SplitFenceView {
-    primus_proto::v1::SplitFenceView {
-        id: f.id.clone(),
-        at_ms: f.at_ms,
-        instance: f.instance.to_string(),
-        epoch: f.epoch,
-        evidence: f.evidence.clone(),
-        outcome: f.outcome.clone().unwrap_or_default(),
-        finished_at_ms: f.finished_at_ms,
-    }
-}
-
-/// What a lease renewal gets, decided from the replicated state.
-enum LeaseVerdict {
-    Grant,
-    /// The instance is the candidate of a failover in progress.
-    Promoting,
-    /// The instance is the old primary of a failover in progress (its id).
-    FailoverInProgress(String),
-    Refuse {
-        reason: &'static str,
-        fence_now: bool,
-    },
-}
-
-fn failover_view(f: &FailoverRecord) -> FailoverView {
-    let (outcome, reason) = match &f.outcome {
-        None => ("in_progress", String::new()),
-        Some(FailoverOutcome::Succeeded) => ("succeeded", String::new()),
-        Some(FailoverOutcome::Aborted(r)) => ("aborted", r.clone()),
-        Some(FailoverOutcome::Failed(r)) => ("failed", r.clone()),
-    };
-    FailoverView {
-        id: f.id.clone(),
-        kind: f.kind.to_string(),
-        analysis_code: f.analysis_code.clone(),
-        evidence: f.evidence.clone(),
-        old_primary: f.old_primary.to_string(),
-        candidate: f.candidate.to_string(),
-        epoch: f.epoch,
-        steps: f
-            .steps
-            .iter()
-            .map(|s| FailoverStepView {
-                index: s.index,
-                description: s.description.clone(),
-                outcome: s.outcome.clone(),
-                at_ms: s.at_ms,
-            })
-            .collect(),
-        started_at_ms: f.started_at_ms,
-        finished_at_ms: f.finished_at_ms,
-        outcome: outcome.into(),
-        outcome_reason: reason,
-        started_by: f.started_by.clone(),
-        acked_by: f.acked_by.clone().unwrap_or_default(),
-        promotion_gtid: f.promotion_gtid.clone().unwrap_or_default(),
-        plan: f.plan.iter().map(|v| v.to_string()).collect(),
     }
 }
 

@@ -15,14 +15,12 @@
 //! presented against `ca_file`, but lets a client without one finish, so it can
 //! be told). Handshakes run concurrently, each bounded by `handshake_timeout_ms`.
 
-use crate::config::TlsSection;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -147,15 +145,7 @@ pub fn grpc_acceptor(t: &TlsSection, files: &TlsFiles) -> Result<tokio_rustls::T
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// What the gRPC layer knows of the connection a request came on.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    pub remote: Option<SocketAddr>,
-    /// The connection is TLS.
-    pub tls: bool,
-    /// The client presented a certificate, verified against `ca_file`.
-    pub client_cert: bool,
-}
+pub use crate::auth::ConnInfo;
 
 /// One accepted connection of the gRPC listener.
 pub enum Conn {
@@ -310,6 +300,40 @@ pub fn http_tls_acceptor(t: &TlsSection) -> anyhow::Result<tokio_rustls::TlsAcce
         .map_err(|e| anyhow::anyhow!("key `tls.key_file`: cannot use it with tls.cert_file: {e}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// `[tls]`: this node's certificate and the CA that signed every coordinator's.
+/// Files are read at start (and by `--check-config`); see docs/security.md.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain of this node: the server certificate, and the client
+    /// certificate it presents to peers (so serverAuth + clientAuth EKU, or none).
+    pub cert_file: std::path::PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: std::path::PathBuf,
+    /// PEM CA bundle that verifies peers' server certificates and, when
+    /// `require_client_cert`, every client certificate.
+    pub ca_file: std::path::PathBuf,
+    /// Mutual TLS: refuse every client and peer without a certificate from `ca_file`.
+    #[serde(default)]
+    pub require_client_cert: bool,
+    /// Name to verify peers' certificates against, instead of the host of their address.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Bound on one TLS handshake, accepted or made.
+    #[serde(default = "d_handshake_timeout")]
+    pub handshake_timeout_ms: u64,
+}
+
+fn d_handshake_timeout() -> u64 {
+    5000
+}
+
+impl TlsSection {
+    pub fn handshake_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.handshake_timeout_ms)
+    }
 }
 
 #[cfg(test)]

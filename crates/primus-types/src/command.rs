@@ -298,6 +298,12 @@ impl Request {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        Request::at(command, origin, proposed_at_ms)
+    }
+
+    /// A request proposed at `proposed_at_ms` on the proposer's clock (a coordinator's
+    /// own clock, or a simulated one).
+    pub fn at(command: Command, origin: Origin, proposed_at_ms: u64) -> Self {
         Request { format: REQUEST_FORMAT, origin, proposed_at_ms, command }
     }
 

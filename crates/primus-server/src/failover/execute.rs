@@ -1,0 +1,453 @@
+//! Executing a recorded failover: one committed step at a time, resuming a predecessor's,
+//! finishing in one entry, aborting write-ahead; the steps themselves.
+
+use super::*;
+
+/// Test-only crash points: see [`crate::faults`].
+pub(super) fn failpoint(name: &str, step: Option<usize>) {
+    crate::faults::get().kill_at(name, step);
+}
+
+/// How long a best-effort fence of an unreachable old primary may try.
+pub(super) const BEST_EFFORT_FENCE_TIMEOUT: Duration = Duration::from_millis(150);
+
+pub(super) fn decode_plan(f: &FailoverRecord) -> Vec<Step> {
+    f.plan.iter().filter_map(|v| serde_json::from_value(v.clone()).ok()).collect()
+}
+
+impl Engine {
+    /// A new leader picks up an unfinished failover.
+    pub(super) async fn resume(self: &Arc<Self>, name: &ClusterName) {
+        let Ok(c) = self.cluster(name) else { return };
+        let Some(f) = c.in_flight().cloned() else { return };
+        tracing::warn!(cluster = %name, failover_id = %f.id, epoch = f.epoch, next_step = f.next_step(),
+            "resuming a failover started by a previous leader");
+        let steps = decode_plan(&f);
+        // The previous leader may have performed the next step and died before
+        // recording it: count it as possibly done.
+        let irreversible_done = steps.iter().take(f.next_step() + 1).any(Step::is_irreversible);
+        if !irreversible_done && f.kind == FailoverKind::Automatic {
+            // Nothing irreversible happened: if the old primary is back, stand down.
+            let rec = self.monitor.probe_fresh(std::slice::from_ref(&f.old_primary)).await;
+            if rec.first().is_some_and(|r| r.result.as_ref().is_ok_and(|o| !o.read_only)) {
+                let why = "the old primary is reachable and writable again before any irreversible step";
+                tracing::warn!(cluster = %name, failover_id = %f.id, "aborting: {why}");
+                if let Err(e) = self.abort(name, &f, &steps, why.to_string()).await {
+                    tracing::warn!(cluster = %name, failover_id = %f.id, error = %e, "abort not recorded");
+                }
+                return;
+            }
+        }
+        if let Err(e) = self.execute(name, &f.id).await {
+            tracing::warn!(cluster = %name, failover_id = %f.id, error = %e, "resumed failover stopped");
+        }
+    }
+
+    /// Abort a failover before anything irreversible, write-ahead: as a leader confirmed
+    /// by a quorum, with the candidate confirmed read-only (set read-only if need be) when
+    /// its promotion may have been sent. The abort is committed before anybody makes the
+    /// old primary writable again: that is the ordinary upkeep of a read-only primary
+    /// (`unfence`), which waits for its agent's lease and checks every instance first.
+    /// When the candidate cannot be confirmed read-only the failover is recorded as
+    /// failed instead: an operator must look.
+    pub(super) async fn abort(
+        &self,
+        name: &ClusterName,
+        f: &FailoverRecord,
+        steps: &[Step],
+        why: String,
+    ) -> Result<FailoverOutcome, FailoverError> {
+        self.confirm_leader().await?;
+        let promote_at = steps.iter().position(|s| matches!(s, Step::PromoteCandidate { .. }));
+        // A leader runs the steps in order, each recorded before the next: the promotion
+        // can have been sent only once every step before it is recorded.
+        let promote_maybe_sent = promote_at.is_some_and(|p| f.next_step() >= p);
+        let outcome = if !promote_maybe_sent {
+            FailoverOutcome::Aborted(why)
+        } else {
+            let cand = &f.candidate;
+            let r = self.monitor.probe_fresh(std::slice::from_ref(cand)).await;
+            match r.first().map(|r| &r.result) {
+                Some(Ok(o)) if o.read_only => FailoverOutcome::Aborted(format!("{why}; {cand} confirmed read-only")),
+                Some(Ok(_)) => {
+                    let p = self.prober(cand);
+                    let fenced = set_read_only_over(p.as_ref(), true, self.step_timeout()).await;
+                    p.disconnect().await;
+                    match fenced {
+                        Ok(()) => FailoverOutcome::Aborted(format!("{why}; {cand} was writable and was set read-only")),
+                        Err(e) => FailoverOutcome::Failed(format!(
+                            "{why}; {cand} is writable and could not be set read-only ({e}): not aborted"
+                        )),
+                    }
+                }
+                Some(Err(e)) => FailoverOutcome::Failed(format!(
+                    "{why}; cannot confirm that {cand} is read-only ({e}): not aborted, an operator must check it"
+                )),
+                None => FailoverOutcome::Failed(format!("{why}; {cand} was not probed: not aborted")),
+            }
+        };
+        tracing::warn!(cluster = %name, failover_id = %f.id, epoch = f.epoch, outcome = ?outcome, "failover stopped");
+        self.commit(
+            Command::FinishFailover {
+                name: name.clone(),
+                id: f.id.clone(),
+                outcome: outcome.clone(),
+                promotion_gtid: None,
+            },
+            "primusd",
+        )
+        .await?;
+        Ok(outcome)
+    }
+
+    /// After a promote step that failed: whether the candidate is writable and replicates
+    /// from nobody anyway (the statement ran, its answer was lost).
+    pub(super) async fn promoted_anyway(&self, candidate: &InstanceAddr) -> bool {
+        let r = self.monitor.probe_fresh(std::slice::from_ref(candidate)).await;
+        r.first().is_some_and(|r| r.result.as_ref().is_ok_and(|o| !o.read_only && !o.is_replica()))
+    }
+
+    /// Run the recorded plan from the first step not yet recorded.
+    pub(super) async fn execute(self: &Arc<Self>, name: &ClusterName, id: &str) -> Result<(), FailoverError> {
+        let mut attempts = 0u32;
+        loop {
+            let c = self.cluster(name)?;
+            let Some(f) = c.in_flight().filter(|f| f.id == id).cloned() else { return Ok(()) };
+            let steps = decode_plan(&f);
+            let i = f.next_step();
+            // Before every step: still the leader, confirmed by a quorum.
+            self.confirm_leader().await?;
+            // `complete` is recorded by the finish itself (one entry). A plan whose every
+            // step is recorded (`complete` too, by an older primusd that died before
+            // finishing) is finished as well.
+            let step = match steps.get(i) {
+                Some(Step::Complete) | None => {
+                    self.finish(name, &f, i).await?;
+                    return Ok(());
+                }
+                Some(step) => step.clone(),
+            };
+            let result = match &step {
+                Step::PromoteCandidate { candidate } => {
+                    match self.promote(candidate, f.epoch, c.settings.semi_sync == Some(true)).await {
+                        Ok((outcome, point)) => {
+                            // The new primary's agent holds a lease from now on (it was
+                            // answered "being promoted", which it counts as one): the leader
+                            // counts it too, so that it never judges a lease it granted
+                            // "never renewed" before the agent's next renewal.
+                            if let Some(agent) = c.agents.get(candidate) {
+                                let ttl = self.leases.ttl_of(Some(agent));
+                                self.leases.grant(name, candidate, ttl, tokio::time::Instant::now());
+                            }
+                            // Committed before the step: a leader that resumes after the step
+                            // finds the point already in the record.
+                            self.commit(
+                                Command::RecordPromotionPoint {
+                                    name: name.clone(),
+                                    id: id.to_string(),
+                                    gtid: point.gtid,
+                                    binlog_state: point.binlog_state,
+                                },
+                                "primusd",
+                            )
+                            .await?;
+                            Ok(outcome)
+                        }
+                        // The statements may have run although their answer was lost: the
+                        // server says whether it is the primary now.
+                        Err(e) if self.promoted_anyway(candidate).await => Ok(format!(
+                            "writable and replicating from nobody (epoch {}), although the promote reported: {e}",
+                            f.epoch
+                        )),
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => self.run_step(&c, &f, &step).await,
+            };
+            match result {
+                Ok(outcome) => {
+                    tracing::info!(cluster = %name, failover_id = %id, epoch = f.epoch, step = %step, %outcome, "step done");
+                    self.commit(
+                        Command::FailoverStep {
+                            name: name.clone(),
+                            id: id.to_string(),
+                            index: i as u32,
+                            description: step.to_string(),
+                            outcome,
+                        },
+                        "primusd",
+                    )
+                    .await?;
+                    failpoint("failover.after_step", Some(i));
+                    attempts = 0;
+                }
+                Err(e) => {
+                    attempts += 1;
+                    tracing::warn!(cluster = %name, failover_id = %id, epoch = f.epoch, step = %step, error = %e,
+                        attempts, "step failed");
+                    if attempts < 3 {
+                        tokio::time::sleep(Duration::from_millis(200 * attempts as u64)).await;
+                        continue;
+                    }
+                    // From the promotion on, only forward: a failed promote counts as sent
+                    // (its candidate is then confirmed read-only before any abort).
+                    let irreversible_done = steps.iter().take(i).any(Step::is_irreversible);
+                    let why = format!("{step}: {e}");
+                    if irreversible_done {
+                        self.commit(
+                            Command::FinishFailover {
+                                name: name.clone(),
+                                id: id.to_string(),
+                                outcome: FailoverOutcome::Failed(why.clone()),
+                                promotion_gtid: None,
+                            },
+                            "primusd",
+                        )
+                        .await?;
+                    } else {
+                        self.abort(name, &f, &steps, why.clone()).await?;
+                    }
+                    self.post_hooks(name, id);
+                    return Err(FailoverError::Refused(why));
+                }
+            }
+        }
+    }
+
+    /// Record the success of a failover whose steps are done: one entry that records its
+    /// `complete` step, moves the primary and closes it.
+    pub(super) async fn finish(&self, name: &ClusterName, f: &FailoverRecord, i: usize) -> Result<(), FailoverError> {
+        // Recorded at the promote step; only a failover promoted by an older version (or
+        // whose promote answer was lost) lacks it, and then the best left is the new
+        // primary's set now.
+        let promotion_gtid = if f.promotion_gtid.is_none() && f.kind.changes_primary() {
+            tracing::warn!(cluster = %name, failover_id = %f.id, epoch = f.epoch,
+                "no promotion point recorded at the promote step: reading the new primary's GTIDs now");
+            self.gtid_of(&f.candidate).await
+        } else {
+            None
+        };
+        self.commit(
+            Command::FinishFailover {
+                name: name.clone(),
+                id: f.id.clone(),
+                outcome: FailoverOutcome::Succeeded,
+                promotion_gtid,
+            },
+            "primusd",
+        )
+        .await?;
+        failpoint("failover.after_step", Some(i));
+        tracing::warn!(cluster = %name, failover_id = %f.id, epoch = f.epoch, new_primary = %f.candidate,
+            "failover completed");
+        self.post_hooks(name, &f.id);
+        Ok(())
+    }
+
+    /// post_failover / post_switchover / post_unsuccessful_failover, in the background:
+    /// they report, they cannot undo anything.
+    pub(super) fn post_hooks(&self, name: &ClusterName, id: &str) {
+        let Ok(c) = self.cluster(name) else { return };
+        let Some(f) = c.history.iter().rev().find(|f| f.id == id).cloned() else { return };
+        let Some(outcome) = f.outcome.clone() else { return };
+        let kind = crate::hooks::HookKind::after(f.kind, &outcome);
+        if !self.hooks.has(kind) {
+            return;
+        }
+        let ctx = crate::hooks::HookContext::from_record(name, &f, self.me);
+        let hooks = self.hooks.clone();
+        let (cluster, id) = (name.clone(), id.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = hooks.run(kind, &ctx).await {
+                tracing::warn!(%cluster, failover_id = %id, error = %e, "{kind} hook failed");
+            }
+        });
+    }
+
+    /// Perform one step on MySQL. Idempotent: each checks the instance first.
+    pub(super) async fn run_step(&self, c: &ClusterRecord, f: &FailoverRecord, step: &Step) -> Result<String, String> {
+        let t = self.step_timeout();
+        match step {
+            Step::FenceOldPrimary { addr, best_effort } => {
+                let p = self.prober(addr);
+                // Best effort means a majority already cannot reach it: a hung server
+                // would only burn a whole connect timeout here, so try briefly.
+                let reach = if *best_effort { BEST_EFFORT_FENCE_TIMEOUT } else { t };
+                let info = match tokio::time::timeout(reach, p.server_info()).await {
+                    Ok(Ok(i)) => i,
+                    Ok(Err(e)) if *best_effort && is_unreachable(&e) => {
+                        let hook = self.fence_hook(c, f).await;
+                        return Ok(format!("skipped: unreachable ({e}){hook}"));
+                    }
+                    Ok(Err(e)) => return Err(format!("cannot fence {addr}: {e}")),
+                    Err(_) if *best_effort => {
+                        p.disconnect().await;
+                        let hook = self.fence_hook(c, f).await;
+                        return Ok(format!("skipped: no answer within {} ms{hook}", reach.as_millis()));
+                    }
+                    Err(_) => return Err(format!("cannot fence {addr}: no answer within {} ms", reach.as_millis())),
+                };
+                p.execute(&info.set_read_only_sql(true), t).await.map_err(|e| e.to_string())?;
+                let killed = self.kill_clients(p.as_ref(), t).await;
+                p.disconnect().await;
+                let hook = self.fence_hook(c, f).await;
+                Ok(format!("read_only set, {killed} client connections killed{hook}"))
+            }
+            Step::WaitCandidateCatchUp { candidate, target_gtid, catch_up_with } => {
+                let mut targets = vec![target_gtid.clone()];
+                if let Some(old) = catch_up_with {
+                    // A switchover: everything the fenced old primary executed, read now.
+                    let r = self.monitor.probe_fresh(std::slice::from_ref(old)).await;
+                    let o =
+                        r.first().and_then(|r| r.result.as_ref().ok()).ok_or(format!("cannot read {old}'s GTIDs"))?;
+                    targets.push(o.gtid.executed().to_string());
+                }
+                let p = self.prober(candidate);
+                let info = p.server_info().await.map_err(|e| e.to_string())?;
+                let secs = self.cfg.catch_up_timeout_ms.div_ceil(1000).max(1);
+                for target in targets.iter().filter(|t| !t.is_empty()) {
+                    let q = primus_mysql::flavor::quote_string(target);
+                    let wait = match info.flavor {
+                        primus_mysql::Flavor::MariaDb => format!("DO MASTER_GTID_WAIT({q}, {secs})"),
+                        primus_mysql::Flavor::MySql => format!("DO WAIT_FOR_EXECUTED_GTID_SET({q}, {secs})"),
+                    };
+                    p.execute(&[wait], Duration::from_secs(secs + 2)).await.map_err(|e| e.to_string())?;
+                }
+                let o = p.probe().await.map_err(|e| e.to_string())?;
+                p.disconnect().await;
+                let have = o.gtid.executed();
+                for target in targets.iter().filter(|t| !t.is_empty()) {
+                    let want = parse_like(&have, target)?;
+                    if have.contains(&want) != Some(true) {
+                        return Err(format!("candidate applied only {have}, needs {target}"));
+                    }
+                }
+                Ok(format!("applied {} (at {have})", targets.join(" + ")))
+            }
+            Step::WaitLeaseExpiry { addr } => {
+                let agent = c.agents.get(addr);
+                // Leases go only to registered agents; a grant without a record (an older
+                // primusd) is waited out all the same.
+                if agent.is_none() && self.leases.granted(&c.name, addr).is_none() {
+                    if self.fencing.require_fencing {
+                        return Err(format!(
+                            "{addr} has no fencing agent and [fencing] require_fencing is on: not promoting next to a \
+                             primary that may still take writes"
+                        ));
+                    }
+                    return Ok(format!(
+                        "skipped: {addr} has no fencing agent: UNFENCED unless the fence step reached it"
+                    ));
+                }
+                let name = agent.map_or("(unregistered)", |a| a.agent_id.as_str());
+                let until = self.leases.expiry(&c.name, addr, agent);
+                let wait = until.saturating_duration_since(tokio::time::Instant::now());
+                tracing::warn!(cluster = %c.name, instance = %addr, epoch = f.epoch, agent = %name,
+                    wait_ms = wait.as_millis() as u64, "waiting for the old primary's lease to run out");
+                tokio::time::sleep_until(until).await;
+                Ok(format!("lease of agent {name} ran out (waited {} ms)", wait.as_millis()))
+            }
+            Step::PromoteCandidate { candidate } => {
+                self.promote(candidate, f.epoch, c.settings.semi_sync == Some(true)).await.map(|(outcome, _)| outcome)
+            }
+            Step::RepointReplica { replica, to } | Step::RepointOldPrimary { addr: replica, to } => {
+                let (user, password) = self.replication_credentials()?;
+                let p = self.prober(replica);
+                let o = match p.probe().await {
+                    Ok(o) => o,
+                    Err(e) if is_unreachable(&e) => return Ok(format!("skipped: unreachable ({e})")),
+                    Err(e) => return Err(e.to_string()),
+                };
+                if let Some(r) = o.replication.first() {
+                    if r.source_host == to.host() && r.source_port == to.port() && r.sql_running {
+                        return Ok("already replicating from the new primary".into());
+                    }
+                }
+                let sql = repoint_sql(&o, to, &user, &password, matches!(step, Step::RepointOldPrimary { .. }));
+                // The error of a refused CHANGE MASTER quotes the statement: never let the
+                // password reach logs or the Raft record.
+                p.execute(&sql, t).await.map_err(|e| redact(&e.to_string(), &password))?;
+                p.disconnect().await;
+                Ok(format!("replicating from {to}"))
+            }
+            Step::WriteHeartbeat { primary, epoch } => {
+                let p = self.prober(primary);
+                p.write_heartbeat(c.name.as_str(), *epoch, self.now_ms(), self.me).await.map_err(|e| e.to_string())?;
+                p.disconnect().await;
+                Ok(format!("heartbeat written with epoch {epoch}"))
+            }
+            Step::Complete => Ok("done".into()),
+        }
+    }
+
+    /// Promote `candidate`: stop its replication, read the promotion point (what it holds
+    /// before it takes its first write), reset replication and make it writable. Run again
+    /// on an already writable candidate (a resumed failover), the point read is an upper
+    /// bound that may include the new primary's own first writes — harmless for divergence,
+    /// which is about the old primary's transactions.
+    pub(super) async fn promote(
+        &self,
+        candidate: &InstanceAddr,
+        epoch: u64,
+        semi_sync: bool,
+    ) -> Result<(String, primus_mysql::PromotionPoint), String> {
+        let t = self.step_timeout();
+        let p = self.prober(candidate);
+        let o = p.probe().await.map_err(|e| e.to_string())?;
+        if o.is_replica() {
+            p.execute(&[o.server.stop_replica_sql()], t).await.map_err(|e| e.to_string())?;
+        }
+        let stopped = p.probe().await.map_err(|e| e.to_string())?;
+        let point = primus_mysql::promotion_point(&stopped);
+        let mut sql = Vec::new();
+        if o.is_replica() {
+            sql.push(o.server.reset_replica_sql(ResetReplica::All));
+        }
+        // No-loss mode: lossless semi-sync from the very first write on the new
+        // primary (its first commits wait for a repointed replica to acknowledge).
+        if semi_sync {
+            sql.extend(o.server.semi_sync_sql(true, true));
+        }
+        sql.extend(o.server.set_read_only_sql(false));
+        p.execute(&sql, t).await.map_err(|e| e.to_string())?;
+        p.disconnect().await;
+        if crate::faults::get().active("failover.promote_answer_lost") {
+            return Err("failpoint failover.promote_answer_lost: the promote ran, its answer is dropped".into());
+        }
+        let ss = if semi_sync { "lossless semi-sync on, " } else { "" };
+        Ok((
+            format!("replication stopped and reset, {ss}writable (epoch {epoch}), promotion point {}", point.gtid),
+            point,
+        ))
+    }
+
+    /// The operator's `fence` hooks (STONITH, VIP removal): most useful exactly when
+    /// primus cannot reach the old primary itself. Failures are reported, not fatal.
+    pub(super) async fn fence_hook(&self, c: &ClusterRecord, f: &FailoverRecord) -> String {
+        if !self.hooks.has(crate::hooks::HookKind::Fence) {
+            return String::new();
+        }
+        let ctx = crate::hooks::HookContext::from_record(&c.name, f, self.me);
+        match self.hooks.run(crate::hooks::HookKind::Fence, &ctx).await {
+            Ok(o) => format!("; fence hooks ran ({})", o.len()),
+            Err(e) => format!("; fence hook failed: {e}"),
+        }
+    }
+
+    /// Kill every client connection except replication and system threads.
+    pub(super) async fn kill_clients(&self, p: &dyn MysqlConn, t: Duration) -> usize {
+        let q = "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() \
+                 AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', 'Slave_worker') \
+                 AND USER NOT IN ('system user', 'event_scheduler')";
+        let Ok(rows) = p.query_rows(q, t).await else { return 0 };
+        let ids: Vec<String> = rows.iter().filter_map(|r| r.get(&["ID"]).flatten().map(str::to_string)).collect();
+        let mut n = 0;
+        for id in ids {
+            if id.chars().all(|c| c.is_ascii_digit()) && p.execute(&[format!("KILL CONNECTION {id}")], t).await.is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+}

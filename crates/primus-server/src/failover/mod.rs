@@ -1,0 +1,482 @@
+//! Failover execution on the leader: analysis → double-check → write-ahead start →
+//! one committed step at a time → finish.
+//!
+//! Safety rests on three rules:
+//! * Only a leader that a quorum acknowledged recently decides, and before every
+//!   step it confirms its leadership with a quorum (`ensure_linearizable`); a deposed
+//!   leader stops at once, between two steps.
+//! * Nothing touches MySQL before `StartFailover` (analysis, candidate, new epoch and
+//!   the whole plan) is committed, and each step is committed when done. A new
+//!   leader finds the unfinished record and resumes at the first step not recorded.
+//! * Every step is idempotent (it checks the instance's state first), so running a
+//!   step twice — once by a leader that died before recording it, once by its
+//!   successor — is harmless.
+
+use crate::config::{FailoverSection, MysqlSection};
+use crate::consensus::Consensus;
+use crate::monitor::Monitor;
+use primus_failover::{
+    analyze, choose_candidate, choose_candidate_explicit, plan, Analysis, AnalysisCode, ClusterInput, CoordinatorView,
+    InstanceInput, Step, Thresholds,
+};
+use primus_mysql::flavor::{ChangeSource, ResetReplica};
+use primus_mysql::{AnyGtidSet, MysqlConn, ProbeError};
+use primus_store::StateHandle;
+use primus_types::state::ClusterRecord;
+use primus_types::{
+    ClusterName, Command, FailoverKind, FailoverOutcome, FailoverRecord, InstanceAddr, NodeId, Origin, Rejection,
+    Request,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FailoverError {
+    #[error("this node is not the leader (or lost its quorum): {0}")]
+    NotLeader(String),
+    #[error("cluster {0} is not registered")]
+    UnknownCluster(ClusterName),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("not committed: {0}")]
+    Commit(String),
+    /// The failover's start is committed but this node stopped leading before it
+    /// finished: the new leader resumes it. Not "not the leader": the request took
+    /// effect, and asking again would start another failover.
+    #[error(
+        "failover {id} started, but this coordinator stopped leading before it finished ({reason}); \
+         the new leader resumes it: see `primusctl history`"
+    )]
+    Interrupted { id: String, reason: String },
+}
+
+/// What an operator (or the engine itself) asks of a failover.
+#[derive(Debug, Clone)]
+pub struct FailoverAsk {
+    pub kind: FailoverKind,
+    /// The replica to promote (`None`: the engine chooses).
+    pub to: Option<InstanceAddr>,
+    pub actor: String,
+    /// No-loss mode: promote even if a semi-sync replica may have acknowledged
+    /// transactions the candidate lacks (`primusctl failover --accept-loss`).
+    pub accept_loss: bool,
+}
+
+impl FailoverAsk {
+    pub fn automatic() -> FailoverAsk {
+        FailoverAsk { kind: FailoverKind::Automatic, to: None, actor: "primusd".into(), accept_loss: false }
+    }
+}
+
+/// Why a read-only primary was not made writable.
+#[derive(Debug)]
+enum Unfence {
+    /// A precondition does not hold (yet): nothing was attempted on the server.
+    NotNow(String),
+    /// The server refused, or did not answer in time.
+    Failed(String),
+}
+
+/// What `rejoin` did.
+#[derive(Debug)]
+pub struct Rejoined {
+    pub log_index: u64,
+    pub message: String,
+    /// With `discard_divergent`: the divergent transactions left behind.
+    pub discarded: Option<primus_mysql::Divergence>,
+}
+
+pub struct Engine {
+    me: NodeId,
+    consensus: Arc<dyn Consensus>,
+    state: StateHandle,
+    monitor: Arc<Monitor>,
+    cfg: FailoverSection,
+    mysql: MysqlSection,
+    /// Clusters with a decision or execution task running on this node.
+    running: Mutex<HashSet<ClusterName>>,
+    /// Latest analysis per cluster (for `primusctl analysis`).
+    last: RwLock<HashMap<ClusterName, (u64, Analysis)>>,
+    /// Last time a "no candidate" refusal was logged, per cluster (to keep logs quiet).
+    quiet: Mutex<HashMap<ClusterName, u64>>,
+    /// After a refused automatic attempt, no new one before this time (unix ms).
+    backoff: Mutex<HashMap<ClusterName, u64>>,
+    hooks: crate::hooks::Hooks,
+    /// Last time semi-sync settings were applied, per instance (unix ms).
+    semi_sync_fixed: Mutex<HashMap<InstanceAddr, u64>>,
+    /// Agents' leases, as this node (when leader) granted them.
+    leases: Arc<crate::lease::LeaseTable>,
+    fencing: crate::config::FencingSection,
+    /// Divergent transaction count last logged per demoted former primary.
+    divergent_seen: Mutex<HashMap<(ClusterName, InstanceAddr), u64>>,
+    /// Last split-fence attempt per instance (unix ms): at most one every 5 s.
+    split_fenced: Mutex<HashMap<InstanceAddr, u64>>,
+    /// Last attempt to make a read-only primary writable, per cluster (unix ms).
+    unfenced: Mutex<HashMap<ClusterName, u64>>,
+    /// Failed attempts in a row to make the primary of (cluster, epoch) writable, and the
+    /// last error; from `UNFENCE_ATTEMPTS` on the analysis calls for a failover.
+    unfence_failures: Mutex<HashMap<ClusterName, (u64, u32, String)>>,
+    /// No-loss mode: why the last attempt to fail over the primary of (cluster, epoch)
+    /// was refused (shown in the analysis until an attempt passes the check).
+    no_loss_refused: Mutex<HashMap<ClusterName, (u64, String)>>,
+}
+
+/// Failed attempts to make a read-only primary writable before failing it over.
+const UNFENCE_ATTEMPTS: u32 = 3;
+
+/// Bound on the statement that makes a read-only primary writable (shorter than any
+/// lease, so that it cannot land after a lease the leader counted on has run out).
+const UNFENCE_TIMEOUT: Duration = Duration::from_millis(1000);
+
+fn thresholds(cfg: &FailoverSection) -> Thresholds {
+    Thresholds {
+        view_max_age_ms: cfg.view_max_age_ms,
+        replica_progress_stale_ms: cfg.replica_progress_stale_ms,
+        max_lag_for_candidate_s: cfg.max_lag_for_candidate_s,
+        prefer_same_datacenter: cfg.prefer_same_datacenter,
+    }
+}
+
+mod decide;
+mod execute;
+mod rejoin;
+mod sql;
+mod upkeep;
+
+use execute::failpoint;
+use sql::*;
+
+impl Engine {
+    // Called once, from node::run, with everything an engine shares with the node.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        me: NodeId,
+        consensus: Arc<dyn Consensus>,
+        state: StateHandle,
+        monitor: Arc<Monitor>,
+        cfg: FailoverSection,
+        mysql: MysqlSection,
+        hooks: crate::hooks::Hooks,
+        leases: Arc<crate::lease::LeaseTable>,
+        fencing: crate::config::FencingSection,
+    ) -> Arc<Engine> {
+        Arc::new(Engine {
+            me,
+            consensus,
+            state,
+            monitor,
+            cfg,
+            mysql,
+            running: Mutex::new(HashSet::new()),
+            last: RwLock::new(HashMap::new()),
+            quiet: Mutex::new(HashMap::new()),
+            backoff: Mutex::new(HashMap::new()),
+            hooks,
+            semi_sync_fixed: Mutex::new(HashMap::new()),
+            leases,
+            fencing,
+            divergent_seen: Mutex::new(HashMap::new()),
+            split_fenced: Mutex::new(HashMap::new()),
+            unfenced: Mutex::new(HashMap::new()),
+            unfence_failures: Mutex::new(HashMap::new()),
+            no_loss_refused: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn start(self: &Arc<Self>) {
+        let e = self.clone();
+        tokio::spawn(async move { e.run().await });
+    }
+
+    /// The analysis this node computed last for `cluster` (the leader's is authoritative).
+    pub fn last_analysis(&self, cluster: &ClusterName) -> Option<(u64, Analysis)> {
+        self.last.read().unwrap_or_else(|p| p.into_inner()).get(cluster).cloned()
+    }
+
+    /// Build the decision input from every coordinator's latest views.
+    pub fn input(&self, c: &ClusterRecord) -> ClusterInput {
+        let now = self.now_ms();
+        let voters = self.consensus.view().voters;
+        let instances = c
+            .topology
+            .instances
+            .values()
+            .map(|i| {
+                let views = self
+                    .monitor
+                    .views_of(&i.addr)
+                    .into_iter()
+                    .map(|(node, rec)| (node, CoordinatorView { at_ms: rec.at_ms, result: rec.result }))
+                    .collect();
+                let rule = c.promotion_rules.get(&i.addr).copied().unwrap_or_default();
+                (
+                    i.addr.clone(),
+                    InstanceInput {
+                        addr: i.addr.clone(),
+                        role: i.role,
+                        source: i.source.clone(),
+                        datacenter: c.datacenters.get(&i.addr).cloned(),
+                        views,
+                        io_progress_at_ms: self.monitor.progress_at(&i.addr),
+                        maintenance: c.in_maintenance(&i.addr, now),
+                        promotion_rule: rule.to_string().parse().unwrap_or_default(),
+                    },
+                )
+            })
+            .collect();
+        ClusterInput {
+            cluster: c.name.to_string(),
+            epoch: c.epoch,
+            now_ms: now,
+            primary: c.topology.primary.clone(),
+            voters,
+            instances,
+            primary_lease_expired: self.lease_expired(c),
+            primary_agent_holds_lease: c.topology.primary.as_ref().filter(|p| c.agents.contains_key(*p)).map(|p| {
+                // Leases live in the leader's memory: elsewhere nobody knows.
+                self.leads() && self.leases.holds(&c.name, p)
+            }),
+            primary_unwritable: self.unwritable(c),
+            no_loss_refusal: self
+                .no_loss_refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&c.name)
+                .filter(|(epoch, _)| *epoch == c.epoch)
+                .map(|(_, why)| why.clone()),
+        }
+    }
+
+    /// The evidence line once the leader failed to make the primary of this epoch writable
+    /// `UNFENCE_ATTEMPTS` times in a row.
+    fn unwritable(&self, c: &ClusterRecord) -> Option<String> {
+        let f = self.unfence_failures.lock().unwrap_or_else(|p| p.into_inner());
+        match f.get(&c.name) {
+            Some((epoch, n, last)) if *epoch == c.epoch && *n >= UNFENCE_ATTEMPTS => {
+                Some(format!("{n} attempts to make it writable failed, the last with: {last}"))
+            }
+            _ => None,
+        }
+    }
+
+    /// On the leader: the evidence line when the primary's agent lease has run out.
+    fn lease_expired(&self, c: &ClusterRecord) -> Option<String> {
+        let p = c.topology.primary.as_ref()?;
+        let agent = c.agents.get(p)?;
+        if !self.leads() {
+            return None;
+        }
+        let fenced = self.monitor.own_observation(p).is_some_and(|o| o.read_only);
+        let ago = self.leases.expired_for(&c.name, p, Some(agent), fenced)?;
+        Some(match self.leases.granted(&c.name, p) {
+            Some(_) => format!(
+                "agent {} of primary {p} has not renewed its lease: it ran out {} ms ago, so the agent has fenced its server",
+                agent.agent_id,
+                ago.as_millis()
+            ),
+            None => format!(
+                "agent {} of primary {p} has not renewed its lease since this node became leader, and the server is \
+                 read-only: whatever lease it held ran out {} ms ago and its agent (or sentinel) fenced it",
+                agent.agent_id,
+                ago.as_millis()
+            ),
+        })
+    }
+
+    fn leads(&self) -> bool {
+        self.monitor.leads_with_quorum()
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut changes = self.monitor.changes.subscribe();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = tick.tick() => {}
+                r = changes.changed() => { if r.is_err() { return; } }
+            }
+            let clusters: Vec<Arc<ClusterRecord>> =
+                self.state.read(|s| s.registry.clusters.values().cloned().collect());
+            let leads = self.leads();
+            for c in clusters {
+                let input = self.input(&c);
+                let analysis = analyze(&input, &thresholds(&self.cfg));
+                self.last
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(c.name.clone(), (self.now_ms(), analysis.clone()));
+                if !analysis.code.is_dead_primary() {
+                    self.no_loss_refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.name);
+                }
+                if !leads {
+                    continue;
+                }
+                if c.in_flight().is_some() {
+                    self.spawn_for(&c.name, |e, name| async move { e.resume(&name).await });
+                    continue;
+                }
+                self.keep_demoted_fenced(&c);
+                if analysis.code == AnalysisCode::PrimarySplit && analysis.actionable {
+                    self.fence_split(&c);
+                }
+                if analysis.code == AnalysisCode::ReadOnlyPrimary && analysis.actionable {
+                    self.unfence(&c);
+                }
+                self.keep_semi_sync(&c);
+                let dead = analysis.code.calls_for_failover();
+                let dead_intermediate = analysis.code == AnalysisCode::DeadIntermediatePrimary;
+                if dead_intermediate && analysis.actionable && self.repair_allowed(&c) {
+                    self.spawn_for(&c.name, |e, name| async move {
+                        if let Err(err) = e.repair_intermediate(&name).await {
+                            tracing::warn!(cluster = %name, error = %err, "intermediate primary not repaired");
+                            let until = e.now_ms() + 2000;
+                            e.backoff.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), until);
+                        }
+                    });
+                    continue;
+                }
+                if dead && analysis.actionable && self.automatic_allowed(&c) {
+                    self.spawn_for(&c.name, |e, name| async move {
+                        if let Err(err) = e.decide_and_run(&name, FailoverAsk::automatic()).await {
+                            tracing::warn!(cluster = %name, error = %err, "automatic failover not started");
+                            // Don't re-probe every instance on every tick while nothing changes.
+                            let until = e.now_ms() + 2000;
+                            e.backoff.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), until);
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Run `f` for `name` unless a task for it already runs on this node.
+    fn spawn_for<F, Fut>(self: &Arc<Self>, name: &ClusterName, f: F)
+    where
+        F: FnOnce(Arc<Engine>, ClusterName) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if !self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone()) {
+            return;
+        }
+        let fut = f(self.clone(), name.clone());
+        let e = self.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            fut.await;
+            e.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+        });
+    }
+
+    /// Automatic failover enabled, and not blocked by a recent unacknowledged one.
+    fn automatic_allowed(&self, c: &ClusterRecord) -> bool {
+        if !c.settings.automatic_failover.unwrap_or(self.cfg.automatic) {
+            return false;
+        }
+        let now = self.now_ms();
+        // A failed failover (stopped after an irreversible step) blocks until an
+        // operator acks it, whatever its age: the topology may be half-changed and a
+        // second automatic failover could promote next to an already writable server.
+        let blocked = c.history.iter().rev().find(|f| f.kind == FailoverKind::Automatic).is_some_and(|f| {
+            f.acked_by.is_none()
+                && match &f.outcome {
+                    Some(FailoverOutcome::Failed(_)) => true,
+                    Some(FailoverOutcome::Succeeded) => {
+                        f.finished_at_ms.is_some_and(|t| now.saturating_sub(t) < self.cfg.recovery_block_period_ms)
+                    }
+                    _ => false,
+                }
+        });
+        if self.backoff.lock().unwrap_or_else(|p| p.into_inner()).get(&c.name).is_some_and(|t| now < *t) {
+            return false;
+        }
+        if blocked {
+            self.say_once(&c.name, "automatic failover blocked: a recent failover is not acknowledged (primusctl ack)");
+        }
+        !blocked
+    }
+
+    /// Repairing a dead intermediate primary follows the automatic-failover switch but
+    /// not the anti-flap block: it changes no primary, and its replicas are stuck until
+    /// it is done.
+    fn repair_allowed(&self, c: &ClusterRecord) -> bool {
+        c.settings.automatic_failover.unwrap_or(self.cfg.automatic)
+            && self.backoff.lock().unwrap_or_else(|p| p.into_inner()).get(&c.name).is_none_or(|t| self.now_ms() >= *t)
+    }
+
+    /// Log `msg` unless something was said about `cluster` in the last 30 s; true when logged.
+    fn say_once(&self, cluster: &ClusterName, msg: &str) -> bool {
+        let mut q = self.quiet.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.now_ms();
+        if q.get(cluster).is_none_or(|t| now.saturating_sub(*t) > 30_000) {
+            q.insert(cluster.clone(), now);
+            tracing::warn!(cluster = %cluster, "{msg}");
+            return true;
+        }
+        false
+    }
+
+    fn cluster(&self, name: &ClusterName) -> Result<Arc<ClusterRecord>, FailoverError> {
+        self.state
+            .read(|s| s.registry.clusters.get(name).cloned())
+            .ok_or_else(|| FailoverError::UnknownCluster(name.clone()))
+    }
+
+    async fn commit(&self, cmd: Command, actor: &str) -> Result<u64, FailoverError> {
+        let req = Request::at(cmd, Origin { actor: actor.to_string(), via_node: self.me }, self.now_ms());
+        let t = Duration::from_millis(self.cfg.step_timeout_ms);
+        match tokio::time::timeout(t, self.consensus.write(req)).await {
+            Err(_) => Err(FailoverError::Commit(format!("not committed within {} ms", t.as_millis()))),
+            Ok(Err(crate::consensus::WriteError::NotLeader { leader })) => {
+                Err(FailoverError::NotLeader(format!("not the leader (leader: {leader:?})")))
+            }
+            Ok(Err(e)) => Err(FailoverError::Commit(e.to_string())),
+            Ok(Ok((index, resp))) => match resp.into_result() {
+                Ok(()) => Ok(index),
+                Err(Rejection::FailoverInProgress(_, id)) => {
+                    Err(FailoverError::Refused(format!("failover {id} is already in progress")))
+                }
+                Err(r) => Err(FailoverError::Refused(r.to_string())),
+            },
+        }
+    }
+
+    /// Confirm with a quorum that we still lead, bounded by the step timeout.
+    async fn confirm_leader(&self) -> Result<(), FailoverError> {
+        let t = Duration::from_millis(self.cfg.step_timeout_ms);
+        match tokio::time::timeout(t, self.consensus.ensure_leader()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(FailoverError::NotLeader(e.to_string())),
+            Err(_) => Err(FailoverError::NotLeader("no quorum answered".into())),
+        }
+    }
+
+    async fn gtid_of(&self, addr: &InstanceAddr) -> Option<String> {
+        let r = self.monitor.probe_fresh(std::slice::from_ref(addr)).await;
+        r.first().and_then(|r| r.result.as_ref().ok()).map(|o| o.gtid.executed().to_string())
+    }
+
+    fn prober(&self, addr: &InstanceAddr) -> Arc<dyn MysqlConn> {
+        self.monitor.connector.connect(addr)
+    }
+
+    /// This node's wall clock, unix ms.
+    fn now_ms(&self) -> u64 {
+        self.monitor.now_ms()
+    }
+
+    fn step_timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.step_timeout_ms)
+    }
+
+    fn replication_credentials(&self) -> Result<(String, String), String> {
+        let user = self.mysql.replication_user.clone().ok_or(
+            "no [mysql] replication_user configured: cannot repoint replicas (set replication_user and \
+             replication_password_file)",
+        )?;
+        let password = self.mysql.replication_password()?.ok_or("no replication password configured")?;
+        Ok((user, password))
+    }
+}
