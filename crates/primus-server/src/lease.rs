@@ -34,6 +34,7 @@ pub struct LeaseTable {
     leader_since: Mutex<Option<(u64, Instant)>>,
     /// The end of the longest lease granted per instance in this leadership.
     grants: Mutex<HashMap<(ClusterName, InstanceAddr), Instant>>,
+    tasks: crate::tasks::Tasks,
 }
 
 impl LeaseTable {
@@ -52,6 +53,7 @@ impl LeaseTable {
             election_timeout_max,
             leader_since: Mutex::new(None),
             grants: Mutex::new(HashMap::new()),
+            tasks: crate::tasks::Tasks::default(),
         }
     }
 
@@ -92,7 +94,7 @@ impl LeaseTable {
     pub fn start(self: &std::sync::Arc<Self>) {
         let me = self.clone();
         let mut rx = self.consensus.watch();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             loop {
                 let leads = {
                     let v = rx.borrow();
@@ -109,6 +111,11 @@ impl LeaseTable {
                 }
             }
         });
+    }
+
+    /// Stop watching leadership.
+    pub fn stop(&self) {
+        self.tasks.stop();
     }
 
     /// Record a lease granted now (the request was received at `received_at`). A

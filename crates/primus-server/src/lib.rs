@@ -20,6 +20,7 @@ pub mod node;
 pub mod primary;
 pub mod proto_conv;
 pub mod service;
+pub mod tasks;
 pub mod tls;
 
 /// An error that decides the process exit code: 2 for configuration errors, 1 otherwise.

@@ -118,6 +118,7 @@ pub struct Monitor {
     reshaped: Mutex<HashMap<ClusterName, (String, Instant)>>,
     election_timeout_min_ms: u64,
     metrics: Arc<crate::metrics::Metrics>,
+    background: crate::tasks::Tasks,
 }
 
 /// Everything a [`Monitor`] needs from its node, behind seams.
@@ -154,6 +155,7 @@ impl Monitor {
             reshaped: Mutex::new(HashMap::new()),
             election_timeout_min_ms: p.election_timeout_min_ms,
             metrics: p.metrics,
+            background: crate::tasks::Tasks::default(),
         })
     }
 
@@ -164,13 +166,18 @@ impl Monitor {
 
     pub fn start(self: &Arc<Self>) {
         let m = self.clone();
-        tokio::spawn(async move { m.reconcile_loop().await });
+        self.background.spawn(async move { m.reconcile_loop().await });
         let m = self.clone();
-        tokio::spawn(async move { m.report_loop().await });
+        self.background.spawn(async move { m.report_loop().await });
         let m = self.clone();
-        tokio::spawn(async move { m.heartbeat_loop().await });
+        self.background.spawn(async move { m.heartbeat_loop().await });
         let m = self.clone();
-        tokio::spawn(async move { m.topology_loop().await });
+        self.background.spawn(async move { m.topology_loop().await });
+    }
+
+    /// Stop every task of this monitor (probes, reports, heartbeats, topology).
+    pub fn stop(&self) {
+        self.background.stop();
     }
 
     /// Leader with a fresh quorum acknowledgement (see `NodeCtx::leads_with_quorum`).
@@ -248,7 +255,7 @@ impl Monitor {
                     let a = addr.clone();
                     let now = Arc::new(tokio::sync::Notify::new());
                     let n = now.clone();
-                    tasks.insert(addr, (tokio::spawn(async move { m.probe_loop(a, n).await }), now));
+                    tasks.insert(addr, (self.background.spawn(async move { m.probe_loop(a, n).await }), now));
                 }
             }
             drop(tasks);
@@ -355,7 +362,7 @@ impl Monitor {
             return;
         }
         let m = self.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             for _ in 0..20 {
                 for r in &replicas {
                     m.probe_now(r);
@@ -435,7 +442,7 @@ impl Monitor {
             if !w.contains_key(&p) {
                 let m = self.clone();
                 let a = p.clone();
-                w.insert(p, tokio::spawn(async move { m.watch(a).await }));
+                w.insert(p, self.background.spawn(async move { m.watch(a).await }));
             }
         }
     }
@@ -527,7 +534,7 @@ impl Monitor {
                 let me = self.me;
                 let deadline = self.connector.probe_deadline();
                 let now = self.now_ms();
-                tokio::spawn(async move {
+                self.background.spawn(async move {
                     let _guard = guard;
                     let r =
                         tokio::time::timeout(deadline, prober.write_heartbeat(cluster.as_str(), epoch, now, me)).await;

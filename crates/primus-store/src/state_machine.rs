@@ -93,6 +93,50 @@ impl StateHandle {
         self.applied_tx.subscribe()
     }
 
+    /// A handle to a state kept only in memory, for in-memory state machines
+    /// (simulations): [`StateHandle::apply_entry`] and [`StateHandle::replace`] change it.
+    pub fn in_memory() -> StateHandle {
+        StateHandle {
+            inner: Arc::new(RwLock::new(AppliedState::default())),
+            applied_tx: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+
+    /// Apply one entry's request exactly as [`StateMachineStore`] does (the same pure
+    /// [`Registry`] call), without persisting anything; its response.
+    pub fn apply_request(&self, log_id: LogId, request: &primus_types::Request) -> Response {
+        let response = {
+            let mut guard = self.write();
+            guard.last_applied = Some(log_id);
+            guard.registry.apply(&log_id, request).0
+        };
+        self.published();
+        response
+    }
+
+    /// Apply a membership entry (recorded in the audit trail, as the store does).
+    pub fn apply_membership(&self, log_id: LogId, membership: &Membership<NodeId, Member>) {
+        {
+            let mut guard = self.write();
+            guard.last_applied = Some(log_id);
+            guard.registry.apply_internal(&log_id, membership_summary(membership));
+            guard.membership = StoredMembership::new(Some(log_id), membership.clone());
+        }
+        self.published();
+    }
+
+    /// Apply a blank entry (a new leader's first).
+    pub fn apply_blank(&self, log_id: LogId) {
+        self.write().last_applied = Some(log_id);
+        self.published();
+    }
+
+    /// Replace the whole state (an installed snapshot).
+    pub fn replace(&self, state: AppliedState) {
+        *self.write() = state;
+        self.published();
+    }
+
     fn published(&self) {
         let idx = self.read(|s| s.last_applied.map(|l| l.index).unwrap_or(0));
         self.applied_tx.send_replace(idx);

@@ -63,7 +63,7 @@ impl Engine {
         }
         let e = self.clone();
         let n = name.clone();
-        let task = tokio::spawn(async move {
+        let task = self.tasks.spawn(async move {
             let r = e.decide_and_run(&n, ask).await;
             e.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&n);
             r

@@ -257,7 +257,7 @@ impl Engine {
         let ctx = crate::hooks::HookContext::from_record(name, &f, self.me);
         let hooks = self.hooks.clone();
         let (cluster, id) = (name.clone(), id.to_string());
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if let Err(e) = hooks.run(kind, &ctx).await {
                 tracing::warn!(%cluster, failover_id = %id, error = %e, "{kind} hook failed");
             }

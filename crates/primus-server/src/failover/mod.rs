@@ -120,6 +120,8 @@ pub struct Engine {
     /// No-loss mode: why the last attempt to fail over the primary of (cluster, epoch)
     /// was refused (shown in the analysis until an attempt passes the check).
     no_loss_refused: Mutex<HashMap<ClusterName, (u64, String)>>,
+    /// Every task of this engine (stopped together by [`Engine::stop`]).
+    tasks: crate::tasks::Tasks,
 }
 
 /// Failed attempts to make a read-only primary writable before failing it over.
@@ -181,12 +183,18 @@ impl Engine {
             unfenced: Mutex::new(HashMap::new()),
             unfence_failures: Mutex::new(HashMap::new()),
             no_loss_refused: Mutex::new(HashMap::new()),
+            tasks: crate::tasks::Tasks::default(),
         })
     }
 
     pub fn start(self: &Arc<Self>) {
         let e = self.clone();
-        tokio::spawn(async move { e.run().await });
+        self.tasks.spawn(async move { e.run().await });
+    }
+
+    /// Stop every task of this engine (its loop, decisions and failovers running).
+    pub fn stop(&self) {
+        self.tasks.stop();
     }
 
     /// The analysis this node computed last for `cluster` (the leader's is authoritative).
@@ -364,7 +372,7 @@ impl Engine {
         let fut = f(self.clone(), name.clone());
         let e = self.clone();
         let name = name.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             fut.await;
             e.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
         });

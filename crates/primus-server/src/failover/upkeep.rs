@@ -19,7 +19,7 @@ impl Engine {
             let e = self.clone();
             let a = addr.clone();
             let cluster = c.name.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let p = e.prober(&a);
                 let r = set_read_only_over(p.as_ref(), true, e.step_timeout()).await;
                 p.disconnect().await;
@@ -322,7 +322,7 @@ impl Engine {
             let a = addr.clone();
             let cluster = c.name.clone();
             let restart_io = want && replica && ss.replica_active != Some(true);
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let p = e.prober(&a);
                 let r = match p.server_info().await {
                     Ok(info) => {
