@@ -1,0 +1,1 @@
+//! Simulated MySQL/MariaDB servers behind primus' `MysqlConn`/`Connector` seam.
