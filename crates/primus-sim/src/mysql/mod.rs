@@ -112,6 +112,9 @@ mod server;
 mod sql;
 mod world;
 
+#[cfg(test)]
+mod tests;
+
 pub use conn::{SimConn, SimConnector};
 pub use primus_mysql::status::UsingGtid;
 pub use server::{Gtid, Payload, ProcState, ReplicaTiming, ServerConfig, Txn, TxnId, WaitPoint};
