@@ -437,7 +437,8 @@ impl MysqlConn for SimConn {
 
 impl SimMysql {
     /// Application client `client` inserts row `row` on `addr` (over its own connection,
-    /// opened on first use and reopened after it broke): refused by `read_only`/
+    /// opened on first use and reopened after it broke; one connection per client id and
+    /// server, so concurrent writers should use distinct ids): refused by `read_only`/
     /// `super_read_only` (the application user has no privilege to bypass them), waiting for
     /// a semi-sync acknowledgement on a semi-sync source (see [`SemiSyncOutcome`]). There is
     /// no timeout: a silent link or a paused server make it wait — wrap it in
