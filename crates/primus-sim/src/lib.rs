@@ -1,0 +1,7 @@
+//! Deterministic simulation of primus (issue 13): primus' real decision and execution code
+//! run against simulated servers under seeded fault schedules, on a single-threaded tokio
+//! runtime with a paused clock.
+//!
+//! * [`mysql`]: simulated MySQL/MariaDB servers behind the `primus_mysql::MysqlConn` seam.
+
+pub mod mysql;
