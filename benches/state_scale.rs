@@ -9,7 +9,9 @@
 
 use openraft::CommittedLeaderId;
 use primus_types::state::{Registry, HISTORY_RETENTION};
-use primus_types::{Command, FailoverKind, FailoverOutcome, LogId, Origin, Request, Topology};
+use primus_types::{
+    AnalysisCode, Command, FailoverKind, FailoverOutcome, LogId, Origin, Request, Step, StepOutcome, Topology,
+};
 use std::time::{Duration, Instant};
 
 fn log_id(i: u64) -> LogId {
@@ -55,15 +57,14 @@ fn build(clusters: usize) -> (Registry, u64) {
                 "2/2 direct replicas lost it".to_string(),
                 format!("candidate: {new} most advanced (0-1-{}), no errant GTID, same datacenter", e * 100),
             ];
-            let plan =
-                (0..7).map(|s| serde_json::json!({"step": s, "addr": new.to_string(), "best_effort": true})).collect();
+            let plan = (0..7).map(|_| Step::FenceOldPrimary { addr: new.clone(), best_effort: true }).collect();
             apply(
                 &mut r,
                 Command::StartFailover {
                     name: name.clone(),
                     id: id.clone(),
                     kind: FailoverKind::Automatic,
-                    analysis_code: "DeadPrimary".into(),
+                    analysis_code: AnalysisCode::DeadPrimary,
                     evidence,
                     old_primary: old.clone(),
                     candidate: new.clone(),
@@ -79,7 +80,9 @@ fn build(clusters: usize) -> (Registry, u64) {
                         id: id.clone(),
                         index: s,
                         description: format!("step {s} on {new} (best effort) for epoch {epoch}"),
-                        outcome: format!("read_only set, 3 client connections killed; replicating from {new}"),
+                        outcome: StepOutcome::Done(format!(
+                            "read_only set, 3 client connections killed; replicating from {new}"
+                        )),
                     },
                 );
             }
@@ -115,7 +118,7 @@ fn main() {
         let built = Instant::now();
         let (mut r, mut idx) = build(clusters);
         let build_time = built.elapsed();
-        let bytes: usize = r.encode_all().iter().map(|(k, v)| k.len() + v.len()).sum();
+        let bytes: usize = r.encode_all().expect("the state encodes").iter().map(|(k, v)| k.len() + v.len()).sum();
         // The failover engine's read, every tick and every change.
         let engine = time(|| r.clusters.values().cloned().collect::<Vec<_>>());
         // The primary feed's recomputation after every applied entry.
@@ -130,7 +133,7 @@ fn main() {
         // What the store writes after an entry that touched one cluster (every
         // failover step): the whole record, history included.
         let key = primus_types::state::StateKey::Cluster(name.clone());
-        let record_bytes = r.encode(&key).1.map_or(0, |v| v.len());
+        let record_bytes = r.encode(&key).expect("the record encodes").1.map_or(0, |v| v.len());
         let persist = time(|| r.encode(&key));
         println!(
             "state_scale clusters={clusters}: persisting one touched record ({:.0} KiB with its history) {:.3} ms",

@@ -733,6 +733,13 @@ impl Client {
     }
 
     /// Emergency failover (`switchover = false`) or planned switchover; `to` picks the replica.
+    ///
+    /// A refusal's code says what asking again can do (docs/failover.md):
+    /// `FAILED_PRECONDITION` the cluster's state forbids it (or it failed after the
+    /// promotion), `ABORTED` another operation on the cluster runs (or it aborted before
+    /// anything irreversible), `INVALID_ARGUMENT`/`NOT_FOUND` a wrong `to` or cluster,
+    /// `UNKNOWN` it started and the new leader resumes it. Like every write, it is
+    /// repeated here only after `UNAVAILABLE` (nothing was done).
     pub async fn failover(
         &self,
         cluster: &str,

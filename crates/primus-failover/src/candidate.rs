@@ -541,11 +541,17 @@ impl<'a> Pool<'a> {
 /// reason. Replicas out of the candidate pool (in maintenance, `must_not`, lagging)
 /// count too: being ineligible does not undo an acknowledgement. Empty: nothing
 /// acknowledged can be lost.
+///
+/// `seen_received`: what semi-sync replicas of `dead` were *seen* to have received while
+/// it was the primary (see [`received_from`]); a replica that restarted since may have
+/// lost its relay log (`relay_log_recovery`) and with it transactions it acknowledged,
+/// so the candidate must hold those too.
 pub fn no_loss_gaps(
     input: &ClusterInput,
     dead: &InstanceAddr,
     candidate: &InstanceAddr,
     fresh: &BTreeMap<InstanceAddr, Result<Observation, String>>,
+    seen_received: Option<&AnyGtidSet>,
 ) -> Vec<String> {
     let mut gaps = Vec::new();
     let received = |o: &Observation| positions(o, row_for(o, dead)).1;
@@ -554,6 +560,15 @@ pub fn no_loss_gaps(
         Some(Err(e)) => return vec![format!("the candidate {candidate} cannot be read now ({e})")],
         None => return vec![format!("the candidate {candidate} was not probed for this decision")],
     };
+    if let Some(seen) = seen_received {
+        match subtract(seen, &cand) {
+            Some(gap) if !gap.is_empty() => gaps.push(format!(
+                "semi-sync replicas of {dead} were seen to have received {gap}, which the candidate {candidate} \
+                 lacks now (a replica restarted and lost its relay log?): they may have acknowledged them"
+            )),
+            Some(_) | None => {}
+        }
+    }
     for r in input.replicas_of(dead).filter(|r| &r.addr != candidate) {
         let addr = &r.addr;
         match fresh.get(addr) {
@@ -571,12 +586,12 @@ pub fn no_loss_gaps(
                 }
             }
             other => {
-                let ever_off = r
-                    .views
-                    .values()
-                    .filter_map(|v| v.result.as_ref().ok())
-                    .all(|o| o.semi_sync.replica_enabled == Some(false))
-                    && !r.views.is_empty();
+                // Left out only when some view of it could be read and every such view
+                // says semi-sync is off on it. Views that are all errors say nothing
+                // (the check used to pass vacuously then: found by primus-sim).
+                let mut readable = r.views.values().filter_map(|v| v.result.as_ref().ok()).peekable();
+                let ever_off =
+                    readable.peek().is_some() && readable.all(|o| o.semi_sync.replica_enabled == Some(false));
                 if ever_off {
                     continue;
                 }
@@ -591,6 +606,34 @@ pub fn no_loss_gaps(
         }
     }
     gaps
+}
+
+/// What `obs`, a replica of `source`, has received (executed plus relay log), when it
+/// acknowledges semi-synchronously (`rpl_semi_sync_slave_enabled` not known OFF);
+/// `None` otherwise.
+pub fn received_from(obs: &Observation, source: &InstanceAddr) -> Option<AnyGtidSet> {
+    let row = row_for(obs, source)?;
+    if obs.semi_sync.replica_enabled == Some(false) {
+        return None;
+    }
+    Some(positions(obs, Some(row)).1)
+}
+
+/// Whether a replica has executed everything it received (its relay log is applied);
+/// `None` when `obs` shows no replication channel or the sets cannot be compared.
+pub fn relay_applied(obs: &Observation) -> Option<bool> {
+    let row = obs.replication.first()?;
+    let (executed, received) = positions(obs, Some(row));
+    executed.contains(&received)
+}
+
+/// `a ∪ b` when both are of one flavor.
+pub fn union_of(a: &AnyGtidSet, b: &AnyGtidSet) -> Option<AnyGtidSet> {
+    match (a, b) {
+        (AnyGtidSet::MariaDb(x), AnyGtidSet::MariaDb(y)) => Some(AnyGtidSet::MariaDb(x.union(y))),
+        (AnyGtidSet::MySql(x), AnyGtidSet::MySql(y)) => Some(AnyGtidSet::MySql(x.union(y))),
+        _ => None,
+    }
 }
 
 /// A replica acknowledging transactions semi-synchronously (as last observed).

@@ -504,14 +504,14 @@ mod no_loss {
     fn a_candidate_holding_everything_every_replica_received_loses_nothing() {
         let sim = Sim::dead_primary().gtid(R1, "0-1-100", "0-1-104").gtid(R2, "0-1-100", "0-1-102");
         let input = sim.input();
-        assert!(no_loss_gaps(&input, &a(P), &a(R1), &fresh(&sim, &[])).is_empty());
+        assert!(no_loss_gaps(&input, &a(P), &a(R1), &fresh(&sim, &[]), None).is_empty());
     }
 
     #[test]
     fn what_an_ineligible_replica_received_still_counts() {
         // R1 (in maintenance, or must_not: out of the pool) received 101..104; R2 did not.
         let sim = Sim::dead_primary().gtid(R1, "0-1-100", "0-1-104").gtid(R2, "0-1-100", "0-1-100").maintenance(R1);
-        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R2), &fresh(&sim, &[]));
+        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R2), &fresh(&sim, &[]), None);
         assert_eq!(gaps.len(), 1, "{gaps:?}");
         assert!(gaps[0].contains("127.0.0.1:3307 received 0-1-101..104"), "{gaps:?}");
     }
@@ -519,12 +519,38 @@ mod no_loss {
     #[test]
     fn an_unreadable_replica_may_have_acknowledged_anything() {
         let sim = Sim::dead_primary();
-        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[R2]));
+        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[R2]), None);
         assert_eq!(gaps.len(), 1, "{gaps:?}");
         assert!(gaps[0].contains("127.0.0.1:3308 cannot be read now (connection refused)"), "{gaps:?}");
         // The candidate itself must be read for this decision too (not an older view).
-        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[R1]));
+        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[R1]), None);
         assert!(gaps[0].contains("the candidate 127.0.0.1:3307 cannot be read now"), "{gaps:?}");
+    }
+
+    #[test]
+    fn a_replica_no_coordinator_can_read_at_all_still_counts() {
+        // Every view of R2 is an error (cut off from every coordinator): nothing says its
+        // semi-sync is off, so it may have acknowledged what R1 lacks (found by primus-sim).
+        let sim =
+            Sim::dead_primary().obs(R2, |o| o.semi_sync.replica_enabled = Some(false)).seen_all(R2, Seen::Timeout);
+        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[R2]), None);
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert!(gaps[0].contains("127.0.0.1:3308 cannot be read now"), "{gaps:?}");
+    }
+
+    #[test]
+    fn what_semi_sync_replicas_were_seen_to_receive_must_be_on_the_candidate() {
+        // R1 restarted and lost its relay log: now it has 0-1-100, but it was seen to have
+        // received up to 0-1-104 (and may have acknowledged it) before.
+        let sim = Sim::dead_primary().gtid(R1, "0-1-100", "0-1-100").gtid(R2, "0-1-100", "0-1-100");
+        let seen: primus_mysql::AnyGtidSet =
+            primus_mysql::AnyGtidSet::MariaDb("0-1-104".parse().unwrap_or_else(|e| panic!("{e}")));
+        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[]), Some(&seen));
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert!(gaps[0].contains("were seen to have received 0-1-101..104"), "{gaps:?}");
+        let held: primus_mysql::AnyGtidSet =
+            primus_mysql::AnyGtidSet::MariaDb("0-1-100".parse().unwrap_or_else(|e| panic!("{e}")));
+        assert!(no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[]), Some(&held)).is_empty());
     }
 
     #[test]
@@ -533,6 +559,6 @@ mod no_loss {
             .gtid(R1, "0-1-100", "0-1-104")
             .obs(R1, |o| o.semi_sync.replica_enabled = Some(false))
             .gtid(R2, "0-1-100", "0-1-100");
-        assert!(no_loss_gaps(&sim.input(), &a(P), &a(R2), &fresh(&sim, &[])).is_empty());
+        assert!(no_loss_gaps(&sim.input(), &a(P), &a(R2), &fresh(&sim, &[]), None).is_empty());
     }
 }

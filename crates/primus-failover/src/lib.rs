@@ -33,9 +33,10 @@ mod plan_tests;
 #[cfg(test)]
 mod testkit;
 
-pub use analysis::{analyze, Analysis, AnalysisCode, UnknownAnalysisCode};
+pub use analysis::{analyze, replicates_from, Analysis, AnalysisCode, UnknownAnalysisCode};
 pub use candidate::{
-    choose_candidate, choose_candidate_explicit, choose_candidate_for_switchover, no_loss_gaps, Candidate, NoCandidate,
+    choose_candidate, choose_candidate_explicit, choose_candidate_for_switchover, no_loss_gaps, received_from,
+    relay_applied, union_of, Candidate, NoCandidate,
 };
 pub use input::{ClusterInput, CoordinatorView, InstanceInput, NodeId, PromotionRule, Thresholds};
 pub use plan::{plan, plan_intermediate_repair, FailoverKind, FailoverPlan, Step};

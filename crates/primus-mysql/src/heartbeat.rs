@@ -13,6 +13,7 @@
 
 use crate::flavor::{quote_ident, quote_string};
 use crate::status::StatusRow;
+#[cfg(feature = "client")]
 use mysql_async::prelude::Queryable;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -156,6 +157,8 @@ impl HeartbeatTable {
     }
 }
 
+/// Why [`write_to`] failed (feature `client`).
+#[cfg(feature = "client")]
 #[derive(Debug, thiserror::Error)]
 pub enum HeartbeatError {
     #[error("heartbeat write refused: the server is read-only ({message})")]
@@ -168,6 +171,7 @@ pub enum HeartbeatError {
     },
 }
 
+#[cfg(feature = "client")]
 fn server_code(e: &mysql_async::Error) -> Option<u16> {
     match e {
         mysql_async::Error::Server(s) => Some(s.code),
@@ -176,6 +180,7 @@ fn server_code(e: &mysql_async::Error) -> Option<u16> {
 }
 
 /// Writes the heartbeat of `cluster` into the default table `primus.heartbeat`; see [`write_to`].
+#[cfg(feature = "client")]
 pub async fn write(
     conn: &mut mysql_async::Conn,
     cluster: &str,
@@ -191,7 +196,8 @@ pub async fn write(
 ///
 /// Returns `true` if the row was inserted or changed, `false` if it was left as it was (a newer
 /// epoch holds it, or it already had exactly these values). No timeout is applied here: wrap the
-/// call, or use [`crate::Prober::write_heartbeat`].
+/// call, or use [`crate::Prober::write_heartbeat`]. Feature `client`.
+#[cfg(feature = "client")]
 pub async fn write_to(
     conn: &mut mysql_async::Conn,
     table: &HeartbeatTable,

@@ -17,7 +17,13 @@
 //!   an [`probe::Observation`] out.
 //! * [`heartbeat`]: the `primus.heartbeat` row coordinators write on the primary and read on
 //!   every replica to see replication progress end to end.
+//! * `conn`: the `MysqlConn`/`Connector` seam the engine talks to servers through.
+//!
+//! Talking to servers (the prober, `conn`, heartbeat writes) needs the `client` feature, on
+//! by default: it brings mysql_async and tokio. Without it the crate is the data types and
+//! pure functions above, which is all the decision crate (primus-failover) uses.
 
+#[cfg(feature = "client")]
 pub mod conn;
 pub mod divergence;
 pub mod errant;
@@ -29,11 +35,14 @@ pub mod probe;
 pub mod samples;
 pub mod status;
 
+#[cfg(feature = "client")]
 pub use conn::{Connector, MysqlConn};
 pub use divergence::{divergent_transactions, promotion_point, Divergence, DivergenceError, PromotionPoint};
 pub use errant::{errant_transactions, ErrantReport};
 pub use flavor::{Flavor, ServerInfo, Version};
 pub use gtid::{AnyGtidSet, GtidOrdering, GtidSetOps, MariaBinlogState, MariaGtidSet, MySqlGtidSet};
 pub use heartbeat::{HeartbeatRow, HeartbeatTable};
-pub use probe::{GtidState, Observation, ProbeConfig, ProbeCost, ProbeError, ProbeStage, Prober, Secret};
+#[cfg(feature = "client")]
+pub use probe::Prober;
+pub use probe::{GtidState, Observation, ProbeConfig, ProbeCost, ProbeError, ProbeStage, Secret};
 pub use status::{ConnectedReplica, IoThreadState, ReplicaStatus, StatusRow};

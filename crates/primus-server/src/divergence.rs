@@ -53,14 +53,33 @@ pub fn replaced_by<'a>(c: &'a ClusterRecord, addr: &InstanceAddr) -> Option<&'a 
 
 /// `None` when `addr` is not a former primary; otherwise its divergence as observed in `obs`,
 /// or why it cannot be computed.
+///
+/// Every later failover that changed the primary counts too: one that promoted a replica
+/// lacking some of what `addr` had executed before it was replaced left those behind on
+/// `addr` as well (found by primus-sim: a former primary holding 196 transactions the
+/// primary lacks was reported not divergent). The largest divergence wins, with the
+/// failover it is measured from.
 pub fn check(c: &ClusterRecord, addr: &InstanceAddr, obs: &Observation) -> Option<Result<Diverged, String>> {
     let f = replaced_by(c, addr)?;
-    let Some(point) = f.promotion_gtid.clone() else {
-        return Some(Err(format!("failover {} recorded no promotion point", f.id)));
-    };
-    Some(
-        primus_mysql::divergent_transactions(obs, &point, f.promotion_binlog_state.as_deref())
-            .map(|divergence| Diverged { failover: f.clone(), promotion_gtid: point, divergence })
-            .map_err(|e| format!("failover {}: {e}", f.id)),
-    )
+    let first = c.history.iter().position(|h| h.id == f.id)?;
+    let mut best: Option<Diverged> = None;
+    for g in
+        c.history[first..].iter().filter(|g| g.kind.changes_primary() && g.outcome == Some(FailoverOutcome::Succeeded))
+    {
+        let Some(point) = g.promotion_gtid.clone() else {
+            if g.id == f.id {
+                return Some(Err(format!("failover {} recorded no promotion point", f.id)));
+            }
+            continue;
+        };
+        let d = match primus_mysql::divergent_transactions(obs, &point, g.promotion_binlog_state.as_deref()) {
+            Ok(d) => d,
+            Err(e) if g.id == f.id => return Some(Err(format!("failover {}: {e}", f.id))),
+            Err(_) => continue,
+        };
+        if best.as_ref().is_none_or(|b| d.count() > b.divergence.count()) {
+            best = Some(Diverged { failover: g.clone(), promotion_gtid: point, divergence: d });
+        }
+    }
+    best.map(Ok)
 }

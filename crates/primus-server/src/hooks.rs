@@ -345,7 +345,7 @@ impl HookContext {
             None => (false, None),
         };
         HookContext {
-            failure_type: f.analysis_code.clone(),
+            failure_type: f.analysis_code.to_string(),
             failure_description: f.evidence.join("; "),
             failure_cluster: cluster.to_string(),
             failed_host: f.old_primary.host().to_string(),

@@ -2,7 +2,7 @@
 //! HTTP answers share them).
 
 use primus_proto::v1::{FailoverStepView, FailoverView, InFlightFailover, PrimaryState};
-use primus_types::{FailoverOutcome, FailoverRecord};
+use primus_types::{FailoverOutcome, FailoverRecord, Step};
 
 /// The wire form of a [`primus_types::state::PrimaryState`].
 pub fn primary_state_view(p: &primus_types::state::PrimaryState) -> PrimaryState {
@@ -44,7 +44,7 @@ pub fn failover_view(f: &FailoverRecord) -> FailoverView {
     FailoverView {
         id: f.id.clone(),
         kind: f.kind.to_string(),
-        analysis_code: f.analysis_code.clone(),
+        analysis_code: f.analysis_code.to_string(),
         evidence: f.evidence.clone(),
         old_primary: f.old_primary.to_string(),
         candidate: f.candidate.to_string(),
@@ -55,7 +55,7 @@ pub fn failover_view(f: &FailoverRecord) -> FailoverView {
             .map(|s| FailoverStepView {
                 index: s.index,
                 description: s.description.clone(),
-                outcome: s.outcome.clone(),
+                outcome: s.outcome.to_string(),
                 at_ms: s.at_ms,
             })
             .collect(),
@@ -66,6 +66,16 @@ pub fn failover_view(f: &FailoverRecord) -> FailoverView {
         started_by: f.started_by.clone(),
         acked_by: f.acked_by.clone().unwrap_or_default(),
         promotion_gtid: f.promotion_gtid.clone().unwrap_or_default(),
-        plan: f.plan.iter().map(|v| v.to_string()).collect(),
+        plan: f.plan.iter().map(step_json).collect(),
+    }
+}
+
+/// A plan step as JSON, keys sorted: what `history` showed when plans were stored as
+/// JSON values, and still shows.
+fn step_json(s: &Step) -> String {
+    match serde_json::to_value(s) {
+        Ok(v) => v.to_string(),
+        // Not reachable for a `Step` (strings and numbers only); said rather than hidden.
+        Err(e) => format!("{{\"unencodable\":{:?}}}", format!("{s}: {e}")),
     }
 }

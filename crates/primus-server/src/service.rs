@@ -15,7 +15,8 @@ use primus_proto::v1::coordinator_client::CoordinatorClient;
 use primus_proto::v1::coordinator_server::Coordinator;
 use primus_proto::v1::*;
 use primus_types::{
-    ClusterName, Command, FailoverKind, InstanceAddr, Maintenance, Member, NodeId, Origin, PromotionRule, Rejection,
+    ClusterName, Command, FailoverKind, FailoverOutcome, InstanceAddr, Maintenance, Member, NodeId, Origin,
+    PromotionRule, Rejection,
 };
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -107,13 +108,33 @@ fn cluster_not_found(name: impl std::fmt::Display) -> Status {
     Status::not_found(format!("cluster {name} is not registered"))
 }
 
+/// The gRPC code of each [`FailoverError`](crate::failover::FailoverError), by what a
+/// client may do about it. The client library repeats a write only on `UNAVAILABLE`
+/// (nothing was done: another coordinator may lead); every other code is final.
 fn failover_status(e: crate::failover::FailoverError) -> Status {
+    use crate::failover::FailoverError as E;
+    let msg = e.to_string();
     match e {
-        crate::failover::FailoverError::UnknownCluster(n) => cluster_not_found(n),
-        e @ crate::failover::FailoverError::NotLeader(_) => Status::unavailable(e.to_string()),
+        E::NotLeader(_) => Status::unavailable(msg),
+        E::UnknownCluster(n) => cluster_not_found(n),
+        E::UnknownInstance { .. } => Status::not_found(msg),
+        E::InvalidRequest(_) => Status::invalid_argument(msg),
+        // Retry when the other operation is done.
+        E::Busy(_) => Status::aborted(msg),
+        E::Refused(_) => Status::failed_precondition(msg),
+        E::Rejected(r) => {
+            let code = rejection_status(r).code();
+            Status::new(code, msg)
+        }
+        // Aborted: nothing irreversible happened, another attempt may work. Failed: the
+        // cluster is half-changed; not to be asked again before an operator looked.
+        E::Stopped { outcome: FailoverOutcome::Aborted(_), .. } => Status::aborted(msg),
+        E::Stopped { .. } => Status::failed_precondition(msg),
+        // It may still commit: check before asking again.
+        E::CommitTimeout(_) => Status::deadline_exceeded(msg),
+        E::Raft(_) | E::Internal(_) => Status::internal(msg),
         // Started, so it may not be asked for again: the outcome is not known here.
-        e @ crate::failover::FailoverError::Interrupted { .. } => Status::unknown(e.to_string()),
-        e => Status::failed_precondition(e.to_string()),
+        E::Interrupted { .. } => Status::unknown(msg),
     }
 }
 
@@ -833,7 +854,7 @@ impl Coordinator for CoordinatorService {
                 .iter()
                 .map(|r| RefusalView {
                     at_ms: r.at_ms,
-                    analysis_code: r.analysis_code.clone(),
+                    analysis_code: r.analysis_code.to_string(),
                     evidence: r.evidence.clone(),
                     reason: r.reason.clone(),
                 })
@@ -1239,5 +1260,59 @@ mod tests {
         let s = failover_status(FailoverError::Interrupted { id: "c-e2".into(), reason: "no quorum answered".into() });
         assert_eq!(s.code(), tonic::Code::Unknown, "{s:?}");
         assert!(s.message().contains("c-e2") && s.message().contains("the new leader resumes it"), "{s:?}");
+    }
+
+    #[test]
+    fn each_failover_error_answers_with_the_code_of_what_a_client_may_do() {
+        use crate::failover::FailoverError as E;
+        use tonic::Code;
+        let c: ClusterName = "c".parse().unwrap();
+        let i: InstanceAddr = "h:1".parse().unwrap();
+        let cases = [
+            (E::NotLeader("not the leader (leader: Some(2))".into()), Code::Unavailable),
+            (E::UnknownCluster(c.clone()), Code::NotFound),
+            (E::UnknownInstance { cluster: c.clone(), instance: i.clone() }, Code::NotFound),
+            (E::InvalidRequest("h:1 is the primary of c: name a replica to promote".into()), Code::InvalidArgument),
+            (E::Busy("failover c-e2 is already in progress".into()), Code::Aborted),
+            (E::Refused("no safe candidate: no replica can be promoted".into()), Code::FailedPrecondition),
+            (
+                E::Refused("no-loss mode: promoting h:2 could lose acknowledged transactions".into()),
+                Code::FailedPrecondition,
+            ),
+            (E::Rejected(Rejection::StaleEpoch { name: c.clone(), got: 3, want: 4 }), Code::Aborted),
+            (E::Rejected(Rejection::ClusterNotFound(c.clone())), Code::NotFound),
+            (
+                E::Stopped {
+                    id: "c-e2".into(),
+                    outcome: FailoverOutcome::Aborted("fence: cannot fence h:1".into()),
+                    reason: "fence: cannot fence h:1".into(),
+                },
+                Code::Aborted,
+            ),
+            (
+                E::Stopped {
+                    id: "c-e2".into(),
+                    outcome: FailoverOutcome::Failed("repoint: refused".into()),
+                    reason: "repoint: refused".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (E::CommitTimeout(5000), Code::DeadlineExceeded),
+            (E::Raft("raft stopped".into()), Code::Internal),
+            (E::Internal("failover task failed: panicked".into()), Code::Internal),
+            (E::Interrupted { id: "c-e2".into(), reason: "no quorum answered".into() }, Code::Unknown),
+        ];
+        for (e, code) in cases {
+            let text = e.to_string();
+            let s = failover_status(e);
+            assert_eq!(s.code(), code, "{text}");
+            assert_eq!(s.message(), text, "the message is the error's");
+        }
+        // The refusals keep their wording ("refused: …"), which operators and scripts read.
+        let s = failover_status(E::Busy("failover c-e2 is already in progress".into()));
+        assert_eq!(s.message(), "refused: failover c-e2 is already in progress");
+        // Only "not the leader" is an answer the client library retries a write on.
+        let s = failover_status(E::NotLeader("no quorum answered".into()));
+        assert!(s.message().contains("is not the leader"), "the client's no-leader wording: {s:?}");
     }
 }

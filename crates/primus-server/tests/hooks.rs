@@ -340,7 +340,7 @@ fn context_from_a_failover_record() {
     let f = FailoverRecord {
         id: "shop-e4".into(),
         kind: FailoverKind::Manual,
-        analysis_code: "DeadPrimary".into(),
+        analysis_code: primus_types::AnalysisCode::DeadPrimary,
         evidence: vec!["a".into(), "b".into()],
         old_primary: "db1:3306".parse().unwrap(),
         candidate: "db2:3307".parse().unwrap(),

@@ -276,7 +276,8 @@ fn load_state(tree: &sled::Tree) -> Result<AppliedState, StoreError> {
 fn replace_tree(tree: &sled::Tree, state: &AppliedState) -> Result<(), StoreError> {
     let meta = AppliedMeta { last_applied: state.last_applied, membership: state.membership.clone() };
     let meta = serde_json::to_vec(&meta).map_err(|e| StoreError::corrupt("state_machine/m/applied", e))?;
-    let mut wanted: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = state.registry.encode_all().into_iter().collect();
+    let mut wanted: std::collections::BTreeMap<Vec<u8>, Vec<u8>> =
+        state.registry.encode_all().map_err(|e| StoreError::corrupt("state_machine", e))?.into_iter().collect();
     wanted.insert(KEY_SM_META.to_vec(), meta);
     let mut batch = sled::Batch::default();
     for key in tree.iter().keys() {
@@ -409,7 +410,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             let mut batch = sled::Batch::default();
             for key in &touched {
-                match state.registry.encode(key) {
+                match state
+                    .registry
+                    .encode(key)
+                    .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, &e))?
+                {
                     (k, Some(v)) => batch.insert(k, v),
                     (k, None) => batch.remove(k),
                 }

@@ -10,7 +10,8 @@
 //! * `Request::format` is bumped only if the meaning of an existing field changes;
 //!   a node refuses entries of a format it does not know (see `Request::check_format`).
 
-use crate::failover::{FailoverKind, FailoverOutcome, PromotionRule};
+use crate::analysis::AnalysisCode;
+use crate::failover::{FailoverKind, FailoverOutcome, PromotionRule, Step, StepOutcome};
 use crate::names::{ClusterName, InstanceAddr};
 use crate::topology::Topology;
 use crate::NodeId;
@@ -75,12 +76,12 @@ pub enum Command {
         name: ClusterName,
         id: String,
         kind: FailoverKind,
-        analysis_code: String,
+        analysis_code: AnalysisCode,
         evidence: Vec<String>,
         old_primary: InstanceAddr,
         candidate: InstanceAddr,
         epoch: u64,
-        plan: Vec<serde_json::Value>,
+        plan: Vec<Step>,
     },
     /// A step of an in-progress failover completed (or was skipped, with the reason).
     FailoverStep {
@@ -88,7 +89,7 @@ pub enum Command {
         id: String,
         index: u32,
         description: String,
-        outcome: String,
+        outcome: StepOutcome,
     },
     /// Close a failover. On success the candidate becomes the primary, the followers
     /// replicate from it and the old primary is demoted.
@@ -146,7 +147,7 @@ pub enum Command {
     /// candidate). Recorded for `history`; consumes no epoch.
     RecordRefusal {
         name: ClusterName,
-        analysis_code: String,
+        analysis_code: AnalysisCode,
         evidence: Vec<String>,
         reason: String,
     },

@@ -5,11 +5,16 @@
 //! step commits as it completes; `FinishFailover` closes the record. A new leader
 //! finds an unfinished record in the state machine and resumes it from the first
 //! step not recorded as done, or aborts it if nothing irreversible happened.
-//! Plan steps are stored as JSON values so that this crate does not depend on the
-//! decision crate that defines them.
+//!
+//! Everything in a record is typed ([`Step`], [`StepOutcome`],
+//! [`AnalysisCode`](crate::AnalysisCode)) and serialized as the releases before
+//! these types wrote it (plan steps as `{"step": "…", …}` objects, outcomes and codes
+//! as strings): records written by any release load, and an older primusd in the
+//! group (during a rolling upgrade) reads what this one writes.
 
 use crate::names::InstanceAddr;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -55,13 +60,180 @@ pub enum FailoverOutcome {
     Failed(String),
 }
 
+/// One step of a failover: planned by primus-failover, committed in `StartFailover`,
+/// carried out by the leader's executor.
+///
+/// Stored in the Raft log as `{"step": "<snake_case name>", <fields>}`. As for
+/// [`Command`](crate::Command): a new step is a new variant, a variant is never
+/// renamed or removed, a new field carries `#[serde(default)]`; a step that does not
+/// decode makes its whole entry undecodable (never silently dropped from the plan).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// Make the old primary refuse writes (`read_only`/`super_read_only`, kill client
+    /// connections, fence hook). `best_effort`: a majority cannot reach it, so failing to fence it
+    /// does not stop the failover; otherwise (a switchover, or a failover of a primary we can
+    /// reach) the failover aborts if it cannot be fenced.
+    FenceOldPrimary {
+        addr: InstanceAddr,
+        best_effort: bool,
+    },
+    /// Wait until the candidate has applied `target_gtid` (everything it had received when the
+    /// plan was made). `catch_up_with`: also everything this instance — the fenced old primary of
+    /// a switchover — has executed, read after fencing.
+    WaitCandidateCatchUp {
+        candidate: InstanceAddr,
+        target_gtid: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        catch_up_with: Option<InstanceAddr>,
+    },
+    /// Wait until the lease of the old primary's fencing agent has run out (the
+    /// agent has fenced its server by then, reachable or not). Skipped, and the
+    /// failover recorded as unfenced, when the old primary has no agent.
+    WaitLeaseExpiry {
+        addr: InstanceAddr,
+    },
+    /// Stop replication, forget the source, make it writable.
+    PromoteCandidate {
+        candidate: InstanceAddr,
+    },
+    /// Replicate from the new primary by GTID.
+    RepointReplica {
+        replica: InstanceAddr,
+        to: InstanceAddr,
+    },
+    /// Switchover: the old primary becomes a replica of the new one.
+    RepointOldPrimary {
+        addr: InstanceAddr,
+        to: InstanceAddr,
+    },
+    /// Write the heartbeat row on the new primary with the failover's epoch (the fencing token).
+    WriteHeartbeat {
+        primary: InstanceAddr,
+        epoch: u64,
+    },
+    Complete,
+}
+
+impl Step {
+    /// From promotion on, the old primary is no longer the only possible primary: a new leader
+    /// must finish the failover, not abort it. (A step whose start is recorded but not its end
+    /// counts as done for this question.)
+    pub fn is_irreversible(&self) -> bool {
+        !matches!(self, Step::FenceOldPrimary { .. } | Step::WaitCandidateCatchUp { .. } | Step::WaitLeaseExpiry { .. })
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::FenceOldPrimary { addr, best_effort } => {
+                write!(f, "fence old primary {addr}{}", if *best_effort { " (best effort)" } else { "" })
+            }
+            Step::WaitCandidateCatchUp { candidate, target_gtid, catch_up_with } => {
+                write!(f, "wait for {candidate} to apply {target_gtid}")?;
+                if let Some(o) = catch_up_with {
+                    write!(f, " and everything {o} executed")?;
+                }
+                Ok(())
+            }
+            Step::WaitLeaseExpiry { addr } => write!(f, "wait for the lease of {addr}'s agent to run out"),
+            Step::PromoteCandidate { candidate } => write!(f, "promote {candidate}"),
+            Step::RepointReplica { replica, to } => write!(f, "repoint {replica} to {to}"),
+            Step::RepointOldPrimary { addr, to } => write!(f, "repoint old primary {addr} to {to}"),
+            Step::WriteHeartbeat { primary, epoch } => write!(f, "write heartbeat on {primary} with epoch {epoch}"),
+            Step::Complete => f.write_str("complete"),
+        }
+    }
+}
+
+/// What a step of a failover did, as recorded when it completed. A step that fails
+/// is not recorded: the failover is closed (aborted or failed) with the reason.
+///
+/// Serialized as the text every release wrote, and older ones still read: the
+/// detail for [`StepOutcome::Done`] (`"read_only set, 2 client connections killed"`,
+/// `"done"`), `"skipped: <reason>"` for [`StepOutcome::Skipped`], `"failed: <error>"`
+/// for [`StepOutcome::Failed`]. That is also its `Display`, which `history` and the
+/// audit trail show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// The step did what it says; what the instance showed. Never starts with
+    /// `skipped: ` or `failed: ` (it would read back as such).
+    Done(String),
+    /// The failover went on without this step; why (`unreachable (…)`, `… has no
+    /// fencing agent: UNFENCED unless the fence step reached it`).
+    Skipped(String),
+    /// A step after the promotion that failed (retries exhausted): past the promotion a
+    /// failover only goes forward, so it is recorded and the next step runs.
+    Failed(String),
+}
+
+impl StepOutcome {
+    const SKIPPED: &'static str = "skipped: ";
+    const FAILED: &'static str = "failed: ";
+
+    pub fn is_failed(&self) -> bool {
+        matches!(self, StepOutcome::Failed(_))
+    }
+
+    /// The outcome of the `complete` step.
+    pub fn complete() -> StepOutcome {
+        StepOutcome::Done("done".into())
+    }
+
+    pub fn is_skipped(&self) -> bool {
+        matches!(self, StepOutcome::Skipped(_))
+    }
+
+    /// The detail of a step done, or the reason of one skipped.
+    pub fn text(&self) -> &str {
+        match self {
+            StepOutcome::Done(t) | StepOutcome::Skipped(t) | StepOutcome::Failed(t) => t,
+        }
+    }
+
+    /// Read back a recorded outcome. Every string is one: releases before this type
+    /// wrote `done`, a detail, or `skipped: <reason>`, as it does.
+    pub fn parse(recorded: &str) -> StepOutcome {
+        if let Some(reason) = recorded.strip_prefix(Self::SKIPPED) {
+            return StepOutcome::Skipped(reason.to_string());
+        }
+        if let Some(error) = recorded.strip_prefix(Self::FAILED) {
+            return StepOutcome::Failed(error.to_string());
+        }
+        StepOutcome::Done(recorded.to_string())
+    }
+}
+
+impl fmt::Display for StepOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepOutcome::Done(detail) => f.write_str(detail),
+            StepOutcome::Skipped(reason) => write!(f, "{}{reason}", Self::SKIPPED),
+            StepOutcome::Failed(error) => write!(f, "{}{error}", Self::FAILED),
+        }
+    }
+}
+
+impl Serialize for StepOutcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for StepOutcome {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let recorded = String::deserialize(d)?;
+        Ok(StepOutcome::parse(&recorded))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub index: u32,
-    /// Human description of the step.
+    /// Human description of the step (its [`Step`]'s `Display` when it ran).
     pub description: String,
-    /// `done`, or `skipped: reason`.
-    pub outcome: String,
+    pub outcome: StepOutcome,
     pub at_ms: u64,
     /// Log index at which the step was recorded.
     pub log_index: u64,
@@ -71,14 +243,14 @@ pub struct StepRecord {
 pub struct FailoverRecord {
     pub id: String,
     pub kind: FailoverKind,
-    pub analysis_code: String,
+    pub analysis_code: crate::AnalysisCode,
     pub evidence: Vec<String>,
     pub old_primary: InstanceAddr,
     pub candidate: InstanceAddr,
     /// The epoch this failover establishes (the fencing token written into heartbeats).
     pub epoch: u64,
-    /// The plan, one JSON value per step (interpreted by the executor).
-    pub plan: Vec<serde_json::Value>,
+    /// The plan, in order (`steps[i]` records how `plan[i]` went).
+    pub plan: Vec<Step>,
     pub steps: Vec<StepRecord>,
     pub started_at_ms: u64,
     pub started_index: u64,
@@ -113,7 +285,7 @@ impl FailoverRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefusalRecord {
     pub at_ms: u64,
-    pub analysis_code: String,
+    pub analysis_code: crate::AnalysisCode,
     pub evidence: Vec<String>,
     pub reason: String,
 }

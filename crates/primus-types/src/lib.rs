@@ -2,25 +2,34 @@
 //!
 //! * [`ClusterName`], [`InstanceAddr`]: validated names of the things primus watches.
 //! * [`Command`], [`Request`], [`Response`]: what goes through the Raft log and what
-//!   applying it answers.
-//! * [`state::Registry`]: the replicated state, with a pure, deterministic `apply`.
-//! * [`TypeConfig`]: openraft's type configuration for the whole project.
+//!   applying it answers; the failover records it builds ([`FailoverRecord`] with its
+//!   [`Step`]s and [`StepOutcome`]s, [`AnalysisCode`]).
+//! * `state::Registry`: the replicated state, with a pure, deterministic `apply`.
+//! * `TypeConfig`: openraft's type configuration for the whole project.
+//!
+//! The last two need the `raft` feature (on by default): without it this crate does
+//! not depend on openraft, and so not on tokio (primus-failover stays free of both).
 
+pub mod analysis;
 pub mod command;
 pub mod failover;
 pub mod names;
+#[cfg(feature = "raft")]
+mod raft;
+#[cfg(feature = "raft")]
 pub mod state;
 pub mod topology;
 
+pub use analysis::{AnalysisCode, UnknownAnalysisCode};
 pub use command::{ClusterSettings, Command, Origin, Rejection, Request, Response};
 pub use failover::{
     AgentRecord, FailoverKind, FailoverOutcome, FailoverRecord, Maintenance, PromotionRule, RefusalRecord,
-    SplitFenceRecord, StepRecord,
+    SplitFenceRecord, Step, StepOutcome, StepRecord,
 };
 pub use names::{ClusterName, InstanceAddr, NameError};
+#[cfg(feature = "raft")]
+pub use raft::{Entry, LogId, Raft, SnapshotMeta, StoredMembership, TypeConfig, Vote};
 pub use topology::{InstanceRole, Topology, TopologyInstance};
-
-use std::io::Cursor;
 
 /// A coordinator's node id in the Raft group.
 pub type NodeId = u64;
@@ -41,19 +50,5 @@ impl std::fmt::Display for Member {
     }
 }
 
-openraft::declare_raft_types!(
-    /// openraft type configuration shared by store, network and server.
-    pub TypeConfig:
-        D = Request,
-        R = Response,
-        NodeId = NodeId,
-        Node = Member,
-        SnapshotData = Cursor<Vec<u8>>,
-);
-
-pub type LogId = openraft::LogId<NodeId>;
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type Vote = openraft::Vote<NodeId>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
-pub type Raft = openraft::Raft<TypeConfig>;
+#[cfg(test)]
+mod compat_tests;

@@ -6,7 +6,7 @@
 //! logic here, free of I/O, lets it be tested as a table and reused by any store.
 
 use crate::command::{ClusterSettings, Command, Rejection, Request, Response};
-use crate::failover::{FailoverOutcome, FailoverRecord, Maintenance, PromotionRule, StepRecord};
+use crate::failover::{FailoverOutcome, FailoverRecord, Maintenance, PromotionRule, Step, StepOutcome, StepRecord};
 use crate::names::{ClusterName, InstanceAddr};
 use crate::topology::Topology;
 use crate::{LogId, NodeId};
@@ -179,6 +179,19 @@ const AUDIT_PREFIX: &[u8] = b"a/";
 /// (the set is then empty until the leader records the members again).
 const MEMBERS_SEEN_KEY: &[u8] = b"n/members_seen";
 
+/// A persisted key and its value (see [`Registry::encode`]).
+pub type Encoded = (Vec<u8>, Vec<u8>);
+
+/// A value of the state that serde_json could not encode (not expected for these
+/// types; reported rather than written as a deletion).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode state key {key:?}: {source}")]
+pub struct EncodeError {
+    pub key: String,
+    #[source]
+    pub source: serde_json::Error,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("unknown state key prefix in {0:?}")]
@@ -324,7 +337,7 @@ impl Registry {
                 c.history.push(FailoverRecord {
                     id: id.clone(),
                     kind: *kind,
-                    analysis_code: analysis_code.clone(),
+                    analysis_code: *analysis_code,
                     evidence: evidence.clone(),
                     old_primary: old_primary.clone(),
                     candidate: candidate.clone(),
@@ -373,11 +386,11 @@ impl Registry {
                 // Success records the plan's last step (`complete`) in the same entry: a
                 // leader dying between the two can no longer leave the failover with every
                 // step recorded and no finish.
-                if *outcome == FailoverOutcome::Succeeded && f.steps.len() + 1 == f.plan.len() {
+                if *outcome == FailoverOutcome::Succeeded && f.plan.get(f.steps.len()) == Some(&Step::Complete) {
                     f.steps.push(StepRecord {
                         index: f.steps.len() as u32,
-                        description: "complete".into(),
-                        outcome: "done".into(),
+                        description: Step::Complete.to_string(),
+                        outcome: StepOutcome::complete(),
                         at_ms: req.proposed_at_ms,
                         log_index: log_id.index,
                     });
@@ -525,7 +538,7 @@ impl Registry {
                 let c = self.cluster_mut(name)?;
                 c.refusals.push(crate::RefusalRecord {
                     at_ms: req.proposed_at_ms,
-                    analysis_code: analysis_code.clone(),
+                    analysis_code: *analysis_code,
                     evidence: evidence.clone(),
                     reason: reason.clone(),
                 });
@@ -664,38 +677,48 @@ impl Registry {
     }
 
     /// The persisted form of `key`: its storage key and current value (`None` = deleted).
-    pub fn encode(&self, key: &StateKey) -> (Vec<u8>, Option<Vec<u8>>) {
+    /// A value that cannot be encoded is an error, never a deletion.
+    pub fn encode(&self, key: &StateKey) -> Result<(Vec<u8>, Option<Vec<u8>>), EncodeError> {
+        fn json<T: Serialize>(key: &[u8], v: Option<&T>) -> Result<Option<Vec<u8>>, EncodeError> {
+            v.map(serde_json::to_vec)
+                .transpose()
+                .map_err(|source| EncodeError { key: String::from_utf8_lossy(key).into_owned(), source })
+        }
         match key {
             StateKey::Cluster(name) => {
                 let mut k = CLUSTER_PREFIX.to_vec();
                 k.extend_from_slice(name.as_str().as_bytes());
-                (k, self.clusters.get(name).and_then(|v| serde_json::to_vec(v).ok()))
+                let v = json(&k, self.clusters.get(name))?;
+                Ok((k, v))
             }
             StateKey::Audit(idx) => {
                 let mut k = AUDIT_PREFIX.to_vec();
                 k.extend_from_slice(&idx.to_be_bytes());
-                (k, self.audit.get(idx).and_then(|v| serde_json::to_vec(v).ok()))
+                let v = json(&k, self.audit.get(idx))?;
+                Ok((k, v))
             }
-            StateKey::MembersSeen => (
-                MEMBERS_SEEN_KEY.to_vec(),
-                Some(&self.members_seen).filter(|s| !s.is_empty()).and_then(|s| serde_json::to_vec(s).ok()),
-            ),
+            StateKey::MembersSeen => {
+                let v = json(MEMBERS_SEEN_KEY, Some(&self.members_seen).filter(|s| !s.is_empty()))?;
+                Ok((MEMBERS_SEEN_KEY.to_vec(), v))
+            }
         }
     }
 
     /// Every key/value pair of the state, for writing a whole state at once.
-    pub fn encode_all(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pub fn encode_all(&self) -> Result<Vec<Encoded>, EncodeError> {
         let keys = self
             .clusters
             .keys()
             .map(|n| StateKey::Cluster(n.clone()))
             .chain(self.audit.keys().map(|i| StateKey::Audit(*i)))
             .chain(std::iter::once(StateKey::MembersSeen));
-        keys.filter_map(|k| {
-            let (k, v) = self.encode(&k);
-            v.map(|v| (k, v))
-        })
-        .collect()
+        let mut out = Vec::new();
+        for key in keys {
+            if let (k, Some(v)) = self.encode(&key)? {
+                out.push((k, v));
+            }
+        }
+        Ok(out)
     }
 
     /// Load one persisted pair (inverse of [`Registry::encode`]).
@@ -767,9 +790,9 @@ mod tests {
         r.apply(&log_id(2), &reg("b"));
         let unreg = Request::new(Command::UnregisterCluster { name: "a".parse().unwrap() }, Origin::default());
         let (_, touched) = r.apply(&log_id(3), &unreg);
-        assert!(r.encode(&touched[0]).1.is_none(), "unregistered cluster must encode as a delete");
+        assert!(r.encode(&touched[0]).unwrap().1.is_none(), "unregistered cluster must encode as a delete");
         let mut copy = Registry::default();
-        for (k, v) in r.encode_all() {
+        for (k, v) in r.encode_all().unwrap() {
             copy.load(&k, &v).unwrap();
         }
         assert_eq!(copy, r);
@@ -792,18 +815,18 @@ mod tests {
         r.apply(&log_id(3), &seen(1));
         assert_eq!(r.members_seen, BTreeSet::from([1, 2]));
         assert_eq!(r.audit[&1].summary, "node 2 holds Raft log entries");
-        let (key, value) = r.encode(&StateKey::MembersSeen);
+        let (key, value) = r.encode(&StateKey::MembersSeen).unwrap();
         assert_eq!(key, b"n/members_seen");
         assert_eq!(value.as_deref(), Some(&b"[1,2]"[..]));
         r.apply(&log_id(4), &reg("c1"));
         let mut copy = Registry::default();
-        for (k, v) in r.encode_all() {
+        for (k, v) in r.encode_all().unwrap() {
             copy.load(&k, &v).unwrap();
         }
         assert_eq!(copy, r);
         // Nothing recorded: no key at all (the store deletes it / never writes it).
-        assert_eq!(Registry::default().encode(&StateKey::MembersSeen).1, None);
-        assert!(Registry::default().encode_all().is_empty());
+        assert_eq!(Registry::default().encode(&StateKey::MembersSeen).unwrap().1, None);
+        assert!(Registry::default().encode_all().unwrap().is_empty());
     }
 
     #[test]
@@ -812,7 +835,7 @@ mod tests {
         let mut old = Registry::default();
         old.apply(&log_id(1), &reg("c1"));
         let mut loaded = Registry::default();
-        for (k, v) in old.encode_all() {
+        for (k, v) in old.encode_all().unwrap() {
             loaded.load(&k, &v).unwrap();
         }
         assert!(loaded.members_seen.is_empty());
@@ -841,7 +864,7 @@ mod tests {
                 name: name.parse().unwrap(),
                 id: format!("{name}-e{epoch}"),
                 kind: crate::FailoverKind::Automatic,
-                analysis_code: "DeadPrimary".into(),
+                analysis_code: crate::AnalysisCode::DeadPrimary,
                 evidence: vec![],
                 old_primary: "h:1".parse().unwrap(),
                 candidate: "h:2".parse().unwrap(),
@@ -951,7 +974,7 @@ mod tests {
                     name: "c".parse().unwrap(),
                     id: "c-e1-r1".into(),
                     kind: crate::FailoverKind::IntermediateRepair,
-                    analysis_code: "DeadIntermediatePrimary".into(),
+                    analysis_code: crate::AnalysisCode::DeadIntermediatePrimary,
                     evidence: vec![],
                     old_primary: a(2),
                     candidate: a(1),
@@ -1038,7 +1061,7 @@ mod tests {
                     id: "c-e2".into(),
                     index: i,
                     description: format!("s{i}"),
-                    outcome: "done".into(),
+                    outcome: StepOutcome::Done("done".into()),
                 },
                 Origin::default(),
             )
@@ -1129,7 +1152,7 @@ mod tests {
         let mut r = registered_with_topology();
         let mut s = start("c", 2);
         if let Command::StartFailover { plan, .. } = &mut s.command {
-            *plan = vec![serde_json::json!({"step": "promote_candidate"}), serde_json::json!({"step": "complete"})];
+            *plan = vec![Step::PromoteCandidate { candidate: "h:2".parse().unwrap() }, Step::Complete];
         }
         r.apply(&log_id(3), &s);
         let step = Request::new(
@@ -1138,7 +1161,7 @@ mod tests {
                 id: "c-e2".into(),
                 index: 0,
                 description: "promote h:2".into(),
-                outcome: "writable".into(),
+                outcome: StepOutcome::Done("writable".into()),
             },
             Origin::default(),
         );

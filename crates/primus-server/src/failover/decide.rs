@@ -3,13 +3,25 @@
 
 use super::*;
 
+/// How long an operator's failover or switchover waits for the cluster's operation slot.
+const OPERATOR_SLOT_WAIT: Duration = Duration::from_secs(5);
+
+/// How a failover's evidence records that an operator accepted losing what a semi-sync
+/// replica may have acknowledged (`--accept-loss`); the pre-promote check honours it.
+const LOSS_ACCEPTED: &str = "no-loss check overridden by";
+
+/// The operator accepted the loss for this failover (see [`LOSS_ACCEPTED`]).
+pub(super) fn loss_accepted(f: &FailoverRecord) -> bool {
+    f.evidence.iter().any(|e| e.starts_with(LOSS_ACCEPTED))
+}
+
 impl Engine {
     /// Repoint the replicas of a dead intermediate primary to its source, write-ahead
     /// through Raft like a failover (kind `intermediate_repair`, no epoch consumed).
     pub async fn repair_intermediate(self: &Arc<Self>, name: &ClusterName) -> Result<String, FailoverError> {
         let c = self.cluster(name)?;
         if let Some(f) = c.in_flight() {
-            return Err(FailoverError::Refused(format!("failover {} is already in progress", f.id)));
+            return Err(FailoverError::Busy(format!("failover {} is already in progress", f.id)));
         }
         self.confirm_leader().await?;
         // Double-check with the replicas' view now (the intermediate is unreachable).
@@ -28,8 +40,7 @@ impl Engine {
             .get(&intermediate)
             .and_then(|i| i.source.clone())
             .ok_or_else(|| FailoverError::Refused(format!("intermediate {intermediate} has no known source")))?;
-        let steps = primus_failover::plan_intermediate_repair(&input, &intermediate, &to).steps;
-        let plan_json: Vec<serde_json::Value> = steps.iter().filter_map(|s| serde_json::to_value(s).ok()).collect();
+        let plan = primus_failover::plan_intermediate_repair(&input, &intermediate, &to).steps;
         let id = format!("{name}-e{}-r{}", c.epoch, c.history.len() + 1);
         tracing::warn!(cluster = %name, failover_id = %id, epoch = c.epoch, analysis = %analysis,
             intermediate = %intermediate, to = %to, "repairing a dead intermediate primary");
@@ -38,12 +49,12 @@ impl Engine {
                 name: name.clone(),
                 id: id.clone(),
                 kind: FailoverKind::IntermediateRepair,
-                analysis_code: analysis.code.to_string(),
+                analysis_code: analysis.code,
                 evidence: analysis.evidence.clone(),
                 old_primary: intermediate,
                 candidate: to,
                 epoch: c.epoch,
-                plan: plan_json,
+                plan,
             },
             "primusd",
         )
@@ -56,8 +67,16 @@ impl Engine {
     /// per-cluster guard, so it never races the automatic path and a cancelled
     /// request cannot stop it between two steps.
     pub async fn request(self: &Arc<Self>, name: &ClusterName, ask: FailoverAsk) -> Result<String, FailoverError> {
-        if !self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone()) {
-            return Err(FailoverError::Refused(format!(
+        // The cluster's one operation slot may be held for a moment by upkeep (a split
+        // fence, an unfence, moving a replica left behind, a decision that finds nothing
+        // to do): wait for it a little rather than refusing the operator at once.
+        let waited_until = tokio::time::Instant::now() + OPERATOR_SLOT_WAIT;
+        while !self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone()) {
+            if tokio::time::Instant::now() < waited_until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            return Err(FailoverError::Busy(format!(
                 "another operation on {name} (failover, repair or split fence) is being decided or executed; retry"
             )));
         }
@@ -68,7 +87,7 @@ impl Engine {
             e.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&n);
             r
         });
-        task.await.map_err(|e| FailoverError::Refused(format!("failover task failed: {e}")))?
+        task.await.map_err(|e| FailoverError::Internal(format!("failover task failed: {e}")))?
     }
 
     /// Double-check, choose, commit the start, execute. Returns the failover id.
@@ -80,13 +99,25 @@ impl Engine {
         let FailoverAsk { kind, to, actor, accept_loss } = ask;
         let c = self.cluster(name)?;
         if let Some(f) = c.in_flight() {
-            return Err(FailoverError::Refused(format!("failover {} is already in progress", f.id)));
+            return Err(FailoverError::Busy(format!("failover {} is already in progress", f.id)));
         }
         let primary = c
             .topology
             .primary
             .clone()
             .ok_or_else(|| FailoverError::Refused(format!("cluster {name} has no primary to fail over from")))?;
+        // An operator's choice that no state of the cluster makes possible: an answer,
+        // not a refusal to record.
+        if let Some(t) = &to {
+            if !c.topology.instances.contains_key(t) {
+                return Err(FailoverError::UnknownInstance { cluster: name.clone(), instance: t.clone() });
+            }
+            if *t == primary {
+                return Err(FailoverError::InvalidRequest(format!(
+                    "{t} is the primary of {name}: name a replica to promote"
+                )));
+            }
+        }
         self.confirm_leader().await?;
         // Double-check with fresh probes of the primary and its replicas (seed 004):
         // the decision must not rest on a view that is a probe interval old.
@@ -133,7 +164,7 @@ impl Engine {
                 if self.say_once(name, &err.to_string()) {
                     let cmd = Command::RecordRefusal {
                         name: name.clone(),
-                        analysis_code: analysis.code.to_string(),
+                        analysis_code: analysis.code,
                         evidence: analysis.evidence.clone(),
                         reason: err.to_string(),
                     };
@@ -144,12 +175,31 @@ impl Engine {
                 return Err(err);
             }
         };
+        // A switchover's candidate catches up from the live primary over its replication
+        // channel. Raft records the source a failover intended; a replica that was down
+        // then still replicates from the demoted old primary, and as a switchover's
+        // candidate it would wait for ever with the primary fenced (found by primus-sim).
+        if kind == FailoverKind::Switchover {
+            if let Some(Ok(o)) = fresh.get(&candidate.addr) {
+                if !primus_failover::replicates_from(o, &primary) {
+                    let from: Vec<String> =
+                        o.replication.iter().map(|c| format!("{}:{}", c.source_host, c.source_port)).collect();
+                    let from = if from.is_empty() { "nobody".to_string() } else { from.join(", ") };
+                    return Err(FailoverError::Refused(format!(
+                        "no safe candidate: {} does not replicate from {primary} (it replicates from {from}): it \
+                         cannot catch up",
+                        candidate.addr
+                    )));
+                }
+            }
+        }
         // No-loss mode: nothing a semi-sync replica may have acknowledged may be lost,
         // judged from this decision's own probes. A switchover loses nothing (the
         // candidate catches up with the fenced old primary).
         let mut evidence = analysis.evidence.clone();
         if c.settings.semi_sync == Some(true) && kind != FailoverKind::Switchover {
-            let gaps = primus_failover::no_loss_gaps(&input, &primary, &candidate.addr, &fresh);
+            let seen = self.seen_received(name, &primary);
+            let gaps = primus_failover::no_loss_gaps(&input, &primary, &candidate.addr, &fresh, seen.as_ref());
             if gaps.is_empty() {
                 self.no_loss_refused.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
                 evidence.push(format!(
@@ -157,8 +207,7 @@ impl Engine {
                     candidate.addr
                 ));
             } else if accept_loss {
-                evidence
-                    .extend(gaps.iter().map(|g| format!("no-loss check overridden by {actor} (--accept-loss): {g}")));
+                evidence.extend(gaps.iter().map(|g| format!("{LOSS_ACCEPTED} {actor} (--accept-loss): {g}")));
             } else {
                 let why = format!(
                     "promoting {} could lose acknowledged transactions: {}; to promote anyway: primusctl failover {name} \
@@ -178,7 +227,7 @@ impl Engine {
                     ev.extend(analysis.evidence.iter().cloned());
                     let cmd = Command::RecordRefusal {
                         name: name.clone(),
-                        analysis_code: AnalysisCode::DeadPrimaryWouldLoseData.to_string(),
+                        analysis_code: AnalysisCode::DeadPrimaryWouldLoseData,
                         evidence: ev,
                         reason: err.to_string(),
                     };
@@ -189,8 +238,7 @@ impl Engine {
                 return Err(err);
             }
         }
-        let steps = plan(&input, &analysis, &candidate, kind).steps;
-        let plan_json: Vec<serde_json::Value> = steps.iter().filter_map(|s| serde_json::to_value(s).ok()).collect();
+        let plan = plan(&input, &analysis, &candidate, kind).steps;
         let epoch = c.epoch + 1;
         let id = format!("{name}-e{epoch}");
         evidence.extend(candidate.reasons.iter().map(|r| format!("candidate: {r}")));
@@ -222,12 +270,12 @@ impl Engine {
                 name: name.clone(),
                 id: id.clone(),
                 kind,
-                analysis_code: analysis.code.to_string(),
+                analysis_code: analysis.code,
                 evidence,
                 old_primary: primary,
                 candidate: candidate.addr.clone(),
                 epoch,
-                plan: plan_json,
+                plan,
             },
             &actor,
         )

@@ -10,10 +10,8 @@ pub(super) fn failpoint(name: &str, step: Option<usize>) {
 
 /// How long a best-effort fence of an unreachable old primary may try.
 pub(super) const BEST_EFFORT_FENCE_TIMEOUT: Duration = Duration::from_millis(150);
-
-pub(super) fn decode_plan(f: &FailoverRecord) -> Vec<Step> {
-    f.plan.iter().filter_map(|v| serde_json::from_value(v.clone()).ok()).collect()
-}
+/// Pause between reads of a just-fenced primary's GTIDs (see `executed_after_fence`).
+pub(super) const FENCED_READ_RETRY: Duration = Duration::from_millis(50);
 
 impl Engine {
     /// A new leader picks up an unfinished failover.
@@ -22,17 +20,16 @@ impl Engine {
         let Some(f) = c.in_flight().cloned() else { return };
         tracing::warn!(cluster = %name, failover_id = %f.id, epoch = f.epoch, next_step = f.next_step(),
             "resuming a failover started by a previous leader");
-        let steps = decode_plan(&f);
         // The previous leader may have performed the next step and died before
         // recording it: count it as possibly done.
-        let irreversible_done = steps.iter().take(f.next_step() + 1).any(Step::is_irreversible);
+        let irreversible_done = f.plan.iter().take(f.next_step() + 1).any(Step::is_irreversible);
         if !irreversible_done && f.kind == FailoverKind::Automatic {
             // Nothing irreversible happened: if the old primary is back, stand down.
             let rec = self.monitor.probe_fresh(std::slice::from_ref(&f.old_primary)).await;
             if rec.first().is_some_and(|r| r.result.as_ref().is_ok_and(|o| !o.read_only)) {
                 let why = "the old primary is reachable and writable again before any irreversible step";
                 tracing::warn!(cluster = %name, failover_id = %f.id, "aborting: {why}");
-                if let Err(e) = self.abort(name, &f, &steps, why.to_string()).await {
+                if let Err(e) = self.abort(name, &f, why.to_string()).await {
                     tracing::warn!(cluster = %name, failover_id = %f.id, error = %e, "abort not recorded");
                 }
                 return;
@@ -54,11 +51,10 @@ impl Engine {
         &self,
         name: &ClusterName,
         f: &FailoverRecord,
-        steps: &[Step],
         why: String,
     ) -> Result<FailoverOutcome, FailoverError> {
         self.confirm_leader().await?;
-        let promote_at = steps.iter().position(|s| matches!(s, Step::PromoteCandidate { .. }));
+        let promote_at = f.plan.iter().position(|s| matches!(s, Step::PromoteCandidate { .. }));
         // A leader runs the steps in order, each recorded before the next: the promotion
         // can have been sent only once every step before it is recorded.
         let promote_maybe_sent = promote_at.is_some_and(|p| f.next_step() >= p);
@@ -113,24 +109,37 @@ impl Engine {
         loop {
             let c = self.cluster(name)?;
             let Some(f) = c.in_flight().filter(|f| f.id == id).cloned() else { return Ok(()) };
-            let steps = decode_plan(&f);
             let i = f.next_step();
             // Before every step: still the leader, confirmed by a quorum.
             self.confirm_leader().await?;
             // `complete` is recorded by the finish itself (one entry). A plan whose every
             // step is recorded (`complete` too, by an older primusd that died before
             // finishing) is finished as well.
-            let step = match steps.get(i) {
+            let step = match f.plan.get(i) {
                 Some(Step::Complete) | None => {
                     self.finish(name, &f, i).await?;
                     return Ok(());
                 }
                 Some(step) => step.clone(),
             };
+            // No-loss mode, right before the promotion: the candidate must still hold
+            // everything a semi-sync replica may have acknowledged (a failing check is a
+            // failed step: retried, then the failover is aborted — nothing irreversible yet).
+            let no_loss = match &step {
+                Step::PromoteCandidate { .. }
+                    if c.settings.semi_sync == Some(true)
+                        && f.kind != FailoverKind::Switchover
+                        && !super::decide::loss_accepted(&f) =>
+                {
+                    self.no_loss_before_promote(name, &f).await
+                }
+                _ => Ok(()),
+            };
             let result = match &step {
+                Step::PromoteCandidate { .. } if no_loss.is_err() => Err(no_loss.err().unwrap_or_default()),
                 Step::PromoteCandidate { candidate } => {
                     match self.promote(candidate, f.epoch, c.settings.semi_sync == Some(true)).await {
-                        Ok((outcome, point)) => {
+                        Ok((detail, point)) => {
                             // The new primary's agent holds a lease from now on (it was
                             // answered "being promoted", which it counts as one): the leader
                             // counts it too, so that it never judges a lease it granted
@@ -151,14 +160,14 @@ impl Engine {
                                 "primusd",
                             )
                             .await?;
-                            Ok(outcome)
+                            Ok(StepOutcome::Done(detail))
                         }
                         // The statements may have run although their answer was lost: the
                         // server says whether it is the primary now.
-                        Err(e) if self.promoted_anyway(candidate).await => Ok(format!(
+                        Err(e) if self.promoted_anyway(candidate).await => Ok(StepOutcome::Done(format!(
                             "writable and replicating from nobody (epoch {}), although the promote reported: {e}",
                             f.epoch
-                        )),
+                        ))),
                         Err(e) => Err(e),
                     }
                 }
@@ -191,24 +200,34 @@ impl Engine {
                     }
                     // From the promotion on, only forward: a failed promote counts as sent
                     // (its candidate is then confirmed read-only before any abort).
-                    let irreversible_done = steps.iter().take(i).any(Step::is_irreversible);
+                    let irreversible_done = f.plan.iter().take(i).any(Step::is_irreversible);
                     let why = format!("{step}: {e}");
                     if irreversible_done {
+                        // The candidate is the primary now, whatever else fails (a repoint,
+                        // the heartbeat waiting for a semi-sync acknowledgement): record
+                        // the step as failed and go on, so that the failover finishes with
+                        // Raft naming the promoted candidate. Ending it `Failed` here left
+                        // Raft naming the old primary beside a promoted candidate, and no
+                        // writable primary once the faults healed (found by primus-sim).
+                        tracing::error!(cluster = %name, failover_id = %id, epoch = f.epoch, step = %step, error = %e,
+                            "step failed after the promotion; going on (the candidate is the primary)");
                         self.commit(
-                            Command::FinishFailover {
+                            Command::FailoverStep {
                                 name: name.clone(),
                                 id: id.to_string(),
-                                outcome: FailoverOutcome::Failed(why.clone()),
-                                promotion_gtid: None,
+                                index: i as u32,
+                                description: step.to_string(),
+                                outcome: StepOutcome::Failed(e.to_string()),
                             },
                             "primusd",
                         )
                         .await?;
-                    } else {
-                        self.abort(name, &f, &steps, why.clone()).await?;
+                        attempts = 0;
+                        continue;
                     }
+                    let outcome = self.abort(name, &f, why.clone()).await?;
                     self.post_hooks(name, id);
-                    return Err(FailoverError::Refused(why));
+                    return Err(FailoverError::Stopped { id: id.to_string(), outcome, reason: why });
                 }
             }
         }
@@ -264,8 +283,36 @@ impl Engine {
         });
     }
 
+    /// The GTIDs a just-fenced server executed. The fence step killed its client
+    /// connections, which can include the one a fresh probe picks up (the server answers
+    /// "connection was killed" once), so the read is retried for up to a step timeout.
+    /// Read-only by then, the server's set cannot grow, so a later read is as good.
+    async fn executed_after_fence(&self, old: &InstanceAddr) -> Result<String, String> {
+        let deadline = tokio::time::Instant::now() + self.step_timeout();
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let r = self.monitor.probe_fresh(std::slice::from_ref(old)).await;
+            let why = match r.first().map(|r| &r.result) {
+                Some(Ok(o)) => return Ok(o.gtid.executed().to_string()),
+                Some(Err(e)) => e.to_string(),
+                None => "no probe result".to_string(),
+            };
+            if tokio::time::Instant::now() + FENCED_READ_RETRY >= deadline {
+                return Err(format!("cannot read {old}'s GTIDs ({tries} tries, last: {why})"));
+            }
+            tracing::debug!(instance = %old, tries, error = %why, "reading the fenced primary's GTIDs again");
+            tokio::time::sleep(FENCED_READ_RETRY).await;
+        }
+    }
+
     /// Perform one step on MySQL. Idempotent: each checks the instance first.
-    pub(super) async fn run_step(&self, c: &ClusterRecord, f: &FailoverRecord, step: &Step) -> Result<String, String> {
+    pub(super) async fn run_step(
+        &self,
+        c: &ClusterRecord,
+        f: &FailoverRecord,
+        step: &Step,
+    ) -> Result<StepOutcome, String> {
         let t = self.step_timeout();
         match step {
             Step::FenceOldPrimary { addr, best_effort } => {
@@ -277,13 +324,13 @@ impl Engine {
                     Ok(Ok(i)) => i,
                     Ok(Err(e)) if *best_effort && is_unreachable(&e) => {
                         let hook = self.fence_hook(c, f).await;
-                        return Ok(format!("skipped: unreachable ({e}){hook}"));
+                        return Ok(StepOutcome::Skipped(format!("unreachable ({e}){hook}")));
                     }
                     Ok(Err(e)) => return Err(format!("cannot fence {addr}: {e}")),
                     Err(_) if *best_effort => {
                         p.disconnect().await;
                         let hook = self.fence_hook(c, f).await;
-                        return Ok(format!("skipped: no answer within {} ms{hook}", reach.as_millis()));
+                        return Ok(StepOutcome::Skipped(format!("no answer within {} ms{hook}", reach.as_millis())));
                     }
                     Err(_) => return Err(format!("cannot fence {addr}: no answer within {} ms", reach.as_millis())),
                 };
@@ -291,16 +338,13 @@ impl Engine {
                 let killed = self.kill_clients(p.as_ref(), t).await;
                 p.disconnect().await;
                 let hook = self.fence_hook(c, f).await;
-                Ok(format!("read_only set, {killed} client connections killed{hook}"))
+                Ok(StepOutcome::Done(format!("read_only set, {killed} client connections killed{hook}")))
             }
             Step::WaitCandidateCatchUp { candidate, target_gtid, catch_up_with } => {
                 let mut targets = vec![target_gtid.clone()];
                 if let Some(old) = catch_up_with {
                     // A switchover: everything the fenced old primary executed, read now.
-                    let r = self.monitor.probe_fresh(std::slice::from_ref(old)).await;
-                    let o =
-                        r.first().and_then(|r| r.result.as_ref().ok()).ok_or(format!("cannot read {old}'s GTIDs"))?;
-                    targets.push(o.gtid.executed().to_string());
+                    targets.push(self.executed_after_fence(old).await?);
                 }
                 let p = self.prober(candidate);
                 let info = p.server_info().await.map_err(|e| e.to_string())?;
@@ -322,7 +366,7 @@ impl Engine {
                         return Err(format!("candidate applied only {have}, needs {target}"));
                     }
                 }
-                Ok(format!("applied {} (at {have})", targets.join(" + ")))
+                Ok(StepOutcome::Done(format!("applied {} (at {have})", targets.join(" + "))))
             }
             Step::WaitLeaseExpiry { addr } => {
                 let agent = c.agents.get(addr);
@@ -335,9 +379,9 @@ impl Engine {
                              primary that may still take writes"
                         ));
                     }
-                    return Ok(format!(
-                        "skipped: {addr} has no fencing agent: UNFENCED unless the fence step reached it"
-                    ));
+                    return Ok(StepOutcome::Skipped(format!(
+                        "{addr} has no fencing agent: UNFENCED unless the fence step reached it"
+                    )));
                 }
                 let name = agent.map_or("(unregistered)", |a| a.agent_id.as_str());
                 let until = self.leases.expiry(&c.name, addr, agent);
@@ -345,22 +389,23 @@ impl Engine {
                 tracing::warn!(cluster = %c.name, instance = %addr, epoch = f.epoch, agent = %name,
                     wait_ms = wait.as_millis() as u64, "waiting for the old primary's lease to run out");
                 tokio::time::sleep_until(until).await;
-                Ok(format!("lease of agent {name} ran out (waited {} ms)", wait.as_millis()))
+                Ok(StepOutcome::Done(format!("lease of agent {name} ran out (waited {} ms)", wait.as_millis())))
             }
             Step::PromoteCandidate { candidate } => {
-                self.promote(candidate, f.epoch, c.settings.semi_sync == Some(true)).await.map(|(outcome, _)| outcome)
+                let semi_sync = c.settings.semi_sync == Some(true);
+                self.promote(candidate, f.epoch, semi_sync).await.map(|(detail, _)| StepOutcome::Done(detail))
             }
             Step::RepointReplica { replica, to } | Step::RepointOldPrimary { addr: replica, to } => {
                 let (user, password) = self.replication_credentials()?;
                 let p = self.prober(replica);
                 let o = match p.probe().await {
                     Ok(o) => o,
-                    Err(e) if is_unreachable(&e) => return Ok(format!("skipped: unreachable ({e})")),
+                    Err(e) if is_unreachable(&e) => return Ok(StepOutcome::Skipped(format!("unreachable ({e})"))),
                     Err(e) => return Err(e.to_string()),
                 };
                 if let Some(r) = o.replication.first() {
                     if r.source_host == to.host() && r.source_port == to.port() && r.sql_running {
-                        return Ok("already replicating from the new primary".into());
+                        return Ok(StepOutcome::Done("already replicating from the new primary".into()));
                     }
                 }
                 let sql = repoint_sql(&o, to, &user, &password, matches!(step, Step::RepointOldPrimary { .. }));
@@ -368,15 +413,15 @@ impl Engine {
                 // password reach logs or the Raft record.
                 p.execute(&sql, t).await.map_err(|e| redact(&e.to_string(), &password))?;
                 p.disconnect().await;
-                Ok(format!("replicating from {to}"))
+                Ok(StepOutcome::Done(format!("replicating from {to}")))
             }
             Step::WriteHeartbeat { primary, epoch } => {
                 let p = self.prober(primary);
                 p.write_heartbeat(c.name.as_str(), *epoch, self.now_ms(), self.me).await.map_err(|e| e.to_string())?;
                 p.disconnect().await;
-                Ok(format!("heartbeat written with epoch {epoch}"))
+                Ok(StepOutcome::Done(format!("heartbeat written with epoch {epoch}")))
             }
-            Step::Complete => Ok("done".into()),
+            Step::Complete => Ok(StepOutcome::complete()),
         }
     }
 
@@ -385,6 +430,41 @@ impl Engine {
     /// on an already writable candidate (a resumed failover), the point read is an upper
     /// bound that may include the new primary's own first writes — harmless for divergence,
     /// which is about the old primary's transactions.
+    /// No-loss mode, before the promote: the old primary is fenced now (its lease ran
+    /// out, or it was fenced), so it acknowledges nothing more; but what it committed
+    /// between the decision and its fence (a SIGSTOPped primary resuming, say) may have
+    /// reached a semi-sync replica and not the candidate (found by primus-sim: an
+    /// acknowledged write lost). Waits, up to 2 s (or `catch_up_timeout_ms` if shorter),
+    /// until the candidate holds everything every semi-sync replica received, judged from
+    /// fresh probes; a candidate that cannot get it from the fenced old primary is not
+    /// worth waiting longer for (the step fails, the failover is aborted, and the next
+    /// decision chooses one that holds it).
+    pub(super) async fn no_loss_before_promote(&self, name: &ClusterName, f: &FailoverRecord) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.catch_up_timeout_ms.min(2000));
+        loop {
+            let c = self.cluster(name).map_err(|e| e.to_string())?;
+            let addrs: Vec<InstanceAddr> =
+                c.topology.instances.keys().filter(|a| **a != f.old_primary).cloned().collect();
+            let fresh: BTreeMap<InstanceAddr, Result<primus_mysql::Observation, String>> = self
+                .monitor
+                .probe_fresh(&addrs)
+                .await
+                .into_iter()
+                .map(|r| (r.addr, r.result.map_err(|e| e.to_string())))
+                .collect();
+            let input = self.input(&c);
+            let seen = self.seen_received(name, &f.old_primary);
+            let gaps = primus_failover::no_loss_gaps(&input, &f.old_primary, &f.candidate, &fresh, seen.as_ref());
+            if gaps.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("no-loss mode: not promoted: {}", gaps.join("; ")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub(super) async fn promote(
         &self,
         candidate: &InstanceAddr,
@@ -395,6 +475,28 @@ impl Engine {
         let p = self.prober(candidate);
         let o = p.probe().await.map_err(|e| e.to_string())?;
         if o.is_replica() {
+            // Stop receiving, then let the SQL thread apply everything received before
+            // replication is reset: a reset discards the relay log, and with it whatever
+            // arrived after the decision's catch-up target — in no-loss mode,
+            // transactions a semi-sync acknowledgement already confirmed to a client
+            // (found by primus-sim).
+            let io = o.server.restart_io_thread_sql();
+            p.execute(&io[..1], t).await.map_err(|e| e.to_string())?;
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.catch_up_timeout_ms);
+            loop {
+                let now = p.probe().await.map_err(|e| e.to_string())?;
+                if primus_failover::relay_applied(&now) != Some(false) {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    let _ = p.execute(&io[1..], t).await;
+                    return Err(format!(
+                        "{candidate} did not apply its relay log within {} ms (not promoted; receiving again)",
+                        self.cfg.catch_up_timeout_ms
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             p.execute(&[o.server.stop_replica_sql()], t).await.map_err(|e| e.to_string())?;
         }
         let stopped = p.probe().await.map_err(|e| e.to_string())?;

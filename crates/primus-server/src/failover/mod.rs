@@ -25,22 +25,54 @@ use primus_store::StateHandle;
 use primus_types::state::ClusterRecord;
 use primus_types::{
     ClusterName, Command, FailoverKind, FailoverOutcome, FailoverRecord, InstanceAddr, NodeId, Origin, Rejection,
-    Request,
+    Request, StepOutcome,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+/// Why a failover, switchover, repair or rejoin did not happen (or did not finish
+/// here). Each kind tells a client something different about retrying, and answers
+/// with its own gRPC code (`service::failover_status`).
 #[derive(Debug, thiserror::Error)]
 pub enum FailoverError {
+    /// This node does not lead, or a quorum did not confirm it: nothing was done
+    /// (retry on another coordinator).
     #[error("this node is not the leader (or lost its quorum): {0}")]
     NotLeader(String),
     #[error("cluster {0} is not registered")]
     UnknownCluster(ClusterName),
+    /// The request names an instance the cluster's topology does not have.
+    #[error("refused: {instance} is not an instance of {cluster}")]
+    UnknownInstance { cluster: ClusterName, instance: InstanceAddr },
+    /// The request cannot be carried out whatever the cluster's state (e.g. promote
+    /// the primary itself).
+    #[error("refused: {0}")]
+    InvalidRequest(String),
+    /// Another operation on the cluster (failover, repair, split fence) is being
+    /// decided or executed: retry when it is done.
+    #[error("refused: {0}")]
+    Busy(String),
+    /// The cluster's state forbids it now: no primary, no safe candidate, the no-loss
+    /// check, a double-check that cleared the primary, a pre-failover hook's veto, an
+    /// instance that is not demoted or has diverged. Retrying changes nothing until
+    /// the state does.
     #[error("refused: {0}")]
     Refused(String),
+    /// The state machine refused the command (its own reason and code).
+    #[error("refused: {0}")]
+    Rejected(Rejection),
+    /// The failover started and stopped at a step that failed: closed as `aborted`
+    /// (nothing irreversible happened; the old primary stays) or `failed` (after the
+    /// promotion: an operator must look, and ack it). `reason` is the step's error.
+    #[error("refused: {reason}")]
+    Stopped { id: String, outcome: FailoverOutcome, reason: String },
+    /// Proposed, but not committed within the step timeout: it may still commit.
+    #[error("not committed: not committed within {0} ms")]
+    CommitTimeout(u128),
+    /// Raft failed the proposal (stopped, storage error).
     #[error("not committed: {0}")]
-    Commit(String),
+    Raft(String),
     /// The failover's start is committed but this node stopped leading before it
     /// finished: the new leader resumes it. Not "not the leader": the request took
     /// effect, and asking again would start another failover.
@@ -49,6 +81,9 @@ pub enum FailoverError {
          the new leader resumes it: see `primusctl history`"
     )]
     Interrupted { id: String, reason: String },
+    /// A bug (a task that panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// What an operator (or the engine itself) asks of a failover.
@@ -120,6 +155,11 @@ pub struct Engine {
     /// No-loss mode: why the last attempt to fail over the primary of (cluster, epoch)
     /// was refused (shown in the analysis until an attempt passes the check).
     no_loss_refused: Mutex<HashMap<ClusterName, (u64, String)>>,
+    /// No-loss mode: per cluster, what semi-sync replicas of its primary were seen (by
+    /// this node's probes) to have received since that server became primary. A replica
+    /// that restarts loses its relay log; what it acknowledged before must still be on
+    /// any candidate.
+    seen_received: Mutex<HashMap<ClusterName, (InstanceAddr, primus_mysql::AnyGtidSet)>>,
     /// Every task of this engine (stopped together by [`Engine::stop`]).
     tasks: crate::tasks::Tasks,
 }
@@ -183,6 +223,7 @@ impl Engine {
             unfenced: Mutex::new(HashMap::new()),
             unfence_failures: Mutex::new(HashMap::new()),
             no_loss_refused: Mutex::new(HashMap::new()),
+            seen_received: Mutex::new(HashMap::new()),
             tasks: crate::tasks::Tasks::default(),
         })
     }
@@ -256,6 +297,40 @@ impl Engine {
         }
     }
 
+    /// Add what the primary's semi-sync replicas received now (this node's probes) to
+    /// what they were seen to have received since it became primary.
+    fn note_received(&self, c: &ClusterRecord) {
+        let Some(primary) = c.topology.primary.clone() else { return };
+        let mut seen = self.seen_received.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.get(&c.name).is_some_and(|(p, _)| *p != primary) {
+            seen.remove(&c.name);
+        }
+        for addr in c.topology.instances.keys().filter(|a| **a != primary) {
+            let Some(got) =
+                self.monitor.own_observation(addr).and_then(|o| primus_failover::received_from(&o, &primary))
+            else {
+                continue;
+            };
+            match seen.get_mut(&c.name) {
+                Some((_, set)) => {
+                    if let Some(u) = primus_failover::union_of(set, &got) {
+                        *set = u;
+                    }
+                }
+                None => {
+                    seen.insert(c.name.clone(), (primary.clone(), got));
+                }
+            }
+        }
+    }
+
+    /// What semi-sync replicas of `primary` were seen to have received while it was the
+    /// primary.
+    fn seen_received(&self, name: &ClusterName, primary: &InstanceAddr) -> Option<primus_mysql::AnyGtidSet> {
+        let seen = self.seen_received.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(name).filter(|(p, _)| p == primary).map(|(_, s)| s.clone())
+    }
+
     /// The evidence line once the leader failed to make the primary of this epoch writable
     /// `UNFENCE_ATTEMPTS` times in a row.
     fn unwritable(&self, c: &ClusterRecord) -> Option<String> {
@@ -319,6 +394,9 @@ impl Engine {
                 if !analysis.code.is_dead_primary() {
                     self.no_loss_refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.name);
                 }
+                if c.settings.semi_sync == Some(true) {
+                    self.note_received(&c);
+                }
                 if !leads {
                     continue;
                 }
@@ -334,6 +412,20 @@ impl Engine {
                     self.unfence(&c);
                 }
                 self.keep_semi_sync(&c);
+                if !analysis.code.calls_for_failover()
+                    && analysis.code != AnalysisCode::DeadIntermediatePrimary
+                    && self.repair_allowed(&c)
+                    && self.left_behind(&c).is_some()
+                {
+                    self.spawn_for(&c.name, |e, name| async move {
+                        if let Err(err) = e.repoint_left_behind(&name).await {
+                            tracing::warn!(cluster = %name, error = %err, "replica left behind not moved");
+                            let until = e.now_ms() + 2000;
+                            e.backoff.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), until);
+                        }
+                    });
+                    continue;
+                }
                 let dead = analysis.code.calls_for_failover();
                 let dead_intermediate = analysis.code == AnalysisCode::DeadIntermediatePrimary;
                 if dead_intermediate && analysis.actionable && self.repair_allowed(&c) {
@@ -436,17 +528,17 @@ impl Engine {
         let req = Request::at(cmd, Origin { actor: actor.to_string(), via_node: self.me }, self.now_ms());
         let t = Duration::from_millis(self.cfg.step_timeout_ms);
         match tokio::time::timeout(t, self.consensus.write(req)).await {
-            Err(_) => Err(FailoverError::Commit(format!("not committed within {} ms", t.as_millis()))),
+            Err(_) => Err(FailoverError::CommitTimeout(t.as_millis())),
             Ok(Err(crate::consensus::WriteError::NotLeader { leader })) => {
                 Err(FailoverError::NotLeader(format!("not the leader (leader: {leader:?})")))
             }
-            Ok(Err(e)) => Err(FailoverError::Commit(e.to_string())),
+            Ok(Err(crate::consensus::WriteError::Raft(e))) => Err(FailoverError::Raft(e)),
             Ok(Ok((index, resp))) => match resp.into_result() {
                 Ok(()) => Ok(index),
                 Err(Rejection::FailoverInProgress(_, id)) => {
-                    Err(FailoverError::Refused(format!("failover {id} is already in progress")))
+                    Err(FailoverError::Busy(format!("failover {id} is already in progress")))
                 }
-                Err(r) => Err(FailoverError::Refused(r.to_string())),
+                Err(r) => Err(FailoverError::Rejected(r)),
             },
         }
     }

@@ -22,13 +22,13 @@ impl Engine {
         self.confirm_leader().await?;
         let c = self.cluster(name)?;
         if c.in_flight().is_some() {
-            return Err(FailoverError::Refused("a failover is in progress; retry when it is done".into()));
+            return Err(FailoverError::Busy("a failover is in progress; retry when it is done".into()));
         }
         let inst = c
             .topology
             .instances
             .get(addr)
-            .ok_or_else(|| FailoverError::Refused(format!("{addr} is not an instance of {name}")))?;
+            .ok_or_else(|| FailoverError::UnknownInstance { cluster: name.clone(), instance: addr.clone() })?;
         if !matches!(inst.role, primus_types::InstanceRole::Demoted | primus_types::InstanceRole::Detached) {
             return Err(FailoverError::Refused(format!(
                 "{addr} is a {}, not a demoted or detached instance",

@@ -365,3 +365,100 @@ impl Engine {
         }
     }
 }
+
+/// A replica a failover left behind: it was unreachable when the plan was made, came
+/// back, and still replicates from the demoted former primary.
+#[derive(Debug, Clone)]
+pub(super) struct LeftBehind {
+    pub replica: InstanceAddr,
+    pub demoted_source: InstanceAddr,
+    pub primary: InstanceAddr,
+}
+
+impl Engine {
+    /// The first replica left behind that can be moved under the primary with GTID
+    /// auto-positioning: everything it executed is on the primary (otherwise it holds
+    /// transactions the failover lost, and only an operator's `rejoin` may decide).
+    /// From this node's own probes; `None` while the primary itself is not writable.
+    pub(super) fn left_behind(&self, c: &ClusterRecord) -> Option<LeftBehind> {
+        let primary = c.topology.primary.clone()?;
+        let now = self.now_ms();
+        let p = self.monitor.own_observation(&primary).filter(|o| !o.read_only && o.replication.is_empty())?;
+        for addr in c.topology.instances.keys() {
+            if *addr == primary || c.demoted.contains(addr) || c.in_maintenance(addr, now) {
+                continue;
+            }
+            let Some(o) = self.monitor.own_observation(addr) else { continue };
+            let Some(source) = o
+                .replication
+                .first()
+                .and_then(|r| format!("{}:{}", r.source_host, r.source_port).parse::<InstanceAddr>().ok())
+            else {
+                continue;
+            };
+            if source == primary || !c.demoted.contains(&source) {
+                continue;
+            }
+            match p.gtid.executed().contains(&o.gtid.executed()) {
+                Some(true) => return Some(LeftBehind { replica: addr.clone(), demoted_source: source, primary }),
+                _ => {
+                    self.say_once(
+                        &c.name,
+                        &format!(
+                            "replica {addr} still replicates from demoted former primary {source} and holds \
+                             transactions primary {primary} lacks: not moved (primusctl rejoin decides)"
+                        ),
+                    );
+                }
+            }
+        }
+        None
+    }
+
+    /// Move a replica left behind under the primary, write-ahead through Raft like an
+    /// intermediate repair (no epoch consumed): without it, a replica that was down
+    /// during a failover replicates from a demoted server for ever — and in no-loss
+    /// mode the new primary waits for a semi-sync acknowledgement nobody gives.
+    pub async fn repoint_left_behind(self: &Arc<Self>, name: &ClusterName) -> Result<String, FailoverError> {
+        let c = self.cluster(name)?;
+        if let Some(f) = c.in_flight() {
+            return Err(FailoverError::Refused(format!("failover {} is already in progress", f.id)));
+        }
+        self.confirm_leader().await?;
+        let Some(found) = self.left_behind(&c) else {
+            return Err(FailoverError::Refused("no replica left behind".into()));
+        };
+        // Double-check with fresh probes of both ends.
+        self.monitor.probe_fresh(&[found.replica.clone(), found.primary.clone()]).await;
+        let c = self.cluster(name)?;
+        let Some(found) = self.left_behind(&c).filter(|f| f.replica == found.replica) else {
+            return Err(FailoverError::Refused("double-check: the replica is no longer left behind".into()));
+        };
+        let LeftBehind { replica, demoted_source, primary } = found;
+        let steps = vec![Step::RepointReplica { replica: replica.clone(), to: primary.clone() }, Step::Complete];
+        let id = format!("{name}-e{}-r{}", c.epoch, c.history.len() + 1);
+        let evidence = vec![
+            format!("replica {replica} replicates from {demoted_source}, a former primary demoted by a failover"),
+            format!("everything it executed is on primary {primary}: repoint it there"),
+        ];
+        tracing::warn!(cluster = %name, failover_id = %id, epoch = c.epoch, replica = %replica,
+            demoted = %demoted_source, to = %primary, "moving a replica left behind by a failover");
+        self.commit(
+            Command::StartFailover {
+                name: name.clone(),
+                id: id.clone(),
+                kind: FailoverKind::IntermediateRepair,
+                analysis_code: AnalysisCode::ReplicaOfDemotedPrimary,
+                evidence,
+                old_primary: demoted_source,
+                candidate: primary,
+                epoch: c.epoch,
+                plan: steps,
+            },
+            "primusd",
+        )
+        .await?;
+        self.execute(name, &id).await?;
+        Ok(id)
+    }
+}
