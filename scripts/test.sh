@@ -24,8 +24,33 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "primus-failover is pure: no tokio, no mysql_async among its dependencies"
+# The decisions must not be able to do I/O (issue 13). primus-failover uses
+# primus-mysql without its `client` feature and primus-types without `raft`
+# (openraft brings tokio); a dependency that pulls either back in fails here.
+tree="$(cargo tree -p primus-failover -e normal --prefix none --locked)"
+impure="$(printf '%s\n' "$tree" | grep -E '^(tokio|mysql_async) v' | sed 's/ (\*)$//' | sort -u || true)"
+if [ -n "$impure" ]; then
+    {
+        echo "FAILED: primus-failover must not depend on tokio or mysql_async, but \`cargo tree -p primus-failover -e normal\` lists:"
+        printf '%s\n' "$impure" | sed 's/^/  /'
+        echo "Which dependency brings it: cargo tree -p primus-failover -e normal -i tokio (or -i mysql_async)."
+        echo "Depend on primus-mysql with default-features = false and on primus-types with default-features = false."
+    } >&2
+    exit 1
+fi
+# Its own build (with those features off) must be warning-free too: the workspace
+# build above compiles it with every feature the other crates turn on.
+cargo clippy -p primus-failover --all-targets --locked -- -D warnings
+
 step "build binaries (the integration tests start them as real processes)"
 cargo build --workspace --bins --locked
+
+step "simulation: 1,000 seeded fault schedules against the real decision code (scripts/sim.sh)"
+sim_rc=0
+bash scripts/sim.sh --schedules 1000 || sim_rc=$?
+step "simulation: 40 schedules run twice, which must agree event for event"
+bash scripts/sim.sh --schedules 40 --first-seed 5001 --check-determinism || sim_rc=$?
 
 step "tests"
 rc=0
@@ -39,5 +64,9 @@ if [ "$rc" -ne 0 ]; then
     summary="$(python3 scripts/junit-failures.py "$junit" 2>&1 || true)"
     printf '%s\n' "$summary"
     printf '%s\n' "$summary" >&2
+fi
+if [ "$sim_rc" -ne 0 ]; then
+    echo "the simulation found invariant violations (see its FAILED lines and replay commands above)" >&2
+    [ "$rc" -ne 0 ] || rc=$sim_rc
 fi
 exit "$rc"

@@ -4,4 +4,9 @@
 //!
 //! * [`mysql`]: simulated MySQL/MariaDB servers behind the `primus_mysql::MysqlConn` seam.
 
+pub mod agent;
+pub mod coord;
 pub mod mysql;
+pub mod raft;
+pub mod run;
+pub mod schedule;

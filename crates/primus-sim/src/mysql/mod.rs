@@ -482,6 +482,13 @@ impl SimMysql {
         self.with(|w, _| w.server(addr).map(|s| s.executed_set()))
     }
 
+    /// `addr` is up (running, or paused: it takes writes again when resumed) and an
+    /// application write would pass `read_only` (for invariants: cheaper than
+    /// [`SimMysql::observe`]).
+    pub fn writable(&self, addr: &InstanceAddr) -> Result<bool, SimError> {
+        self.with(|w, _| w.server(addr).map(|s| s.proc != ProcState::Crashed && !s.read_only && !s.super_read_only))
+    }
+
     pub fn process_state(&self, addr: &InstanceAddr) -> Result<ProcState, SimError> {
         self.with(|w, _| w.server(addr).map(|s| s.proc))
     }

@@ -1,0 +1,179 @@
+//! A simulated `primus-agent`: the real lease decision ([`primus_agent::lease::LeaseState`],
+//! fed with [`Answer::from_response`] as the agent's renewer does) and the agent's fence
+//! (kill client connections, `read_only` on, again for whoever connected meanwhile;
+//! mysqld killed when that does not finish within the fence timeout — escalation
+//! `kill`), over the simulated servers' local socket.
+//!
+//! The loop mirrors `primus_agent::run`'s renewer and guard rather than sharing them:
+//! those are written against mysql_async, nftables and the gRPC client. What decides
+//! — when a lease holds, when to fence — is the agent's own code.
+
+use crate::mysql::{Peer, SimMysql};
+use primus_agent::lease::{Answer, Event, LeaseState};
+use primus_mysql::conn::MysqlConn;
+use primus_mysql::ProbeConfig;
+use primus_types::{ClusterName, InstanceAddr, NodeId};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What an agent needs from the simulation around it.
+#[async_trait::async_trait]
+pub trait AgentEnv: Send + Sync + 'static {
+    fn sim(&self) -> &SimMysql;
+    fn cluster(&self) -> &ClusterName;
+    fn addr(&self, i: usize) -> InstanceAddr;
+    fn coordinators(&self) -> Vec<NodeId>;
+    fn max_ttl(&self) -> Duration;
+    /// One RegisterAgent (`register`) or RenewLease call to coordinator `to`; `None`
+    /// when it got no answer.
+    async fn renew(
+        &self,
+        i: usize,
+        to: NodeId,
+        agent_id: &str,
+        ttl: Duration,
+        register: bool,
+    ) -> Option<primus_client::RenewLeaseResponse>;
+    fn note(&self, line: String);
+}
+
+/// The agent's settings in the simulation (the sandbox's: TTL 1.5 s, renewal every
+/// 300 ms, fence bound 500 ms, checks every 100 ms).
+const TTL: Duration = Duration::from_millis(1500);
+const RENEW: Duration = Duration::from_millis(300);
+const FENCE_TIMEOUT: Duration = Duration::from_millis(500);
+const CHECK: Duration = Duration::from_millis(100);
+
+/// Run the agent of server `i` until aborted (a crash of its host).
+pub async fn agent_loop(env: Arc<dyn AgentEnv>, i: usize, seed: u64) {
+    let addr = env.addr(i);
+    let agent_id = format!("agent-{addr}-{seed:x}");
+    let state = Arc::new(Mutex::new(LeaseState::new(TTL, Instant::now())));
+    let guard = tokio::spawn(guard(env.clone(), addr.clone(), state.clone()));
+    let _abort = AbortOnDrop(guard);
+    let coords = env.coordinators();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut k = rng.gen_range(0..coords.len());
+    // Register (until a leader takes it).
+    let register = |k: &mut usize| {
+        let env = env.clone();
+        let coords = coords.clone();
+        let agent_id = agent_id.clone();
+        let mut at = *k;
+        async move {
+            loop {
+                let to = coords[at % coords.len()];
+                if env.renew(i, to, &agent_id, TTL, true).await.is_some() {
+                    return at;
+                }
+                at += 1;
+                tokio::time::sleep(RENEW).await;
+            }
+        }
+    };
+    k = register(&mut k).await;
+    loop {
+        let sent_at = Instant::now();
+        let to = coords[k % coords.len()];
+        let answer = match tokio::time::timeout(RENEW, env.renew(i, to, &agent_id, TTL, false)).await {
+            Ok(Some(r)) => Answer::from_response(&r),
+            _ => Answer::NoAnswer,
+        };
+        if answer == Answer::NoAnswer {
+            k += 1;
+        }
+        let event = state.lock().unwrap_or_else(PoisonError::into_inner).on_answer(sent_at, &answer);
+        if matches!(&event, Event::Refused { reason, .. } if reason == "not_registered") {
+            k = register(&mut k).await;
+        }
+        tokio::time::sleep_until(sent_at + RENEW).await;
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Fence when the lease says so; check a fenced server stays read-only.
+async fn guard(env: Arc<dyn AgentEnv>, addr: InstanceAddr, state: Arc<Mutex<LeaseState>>) {
+    let sim = env.sim().clone();
+    let mut cfg = ProbeConfig::new("root", "");
+    cfg.connect_timeout = Duration::from_millis(200);
+    cfg.query_timeout = Duration::from_millis(200);
+    let local = sim.connector(Peer::Local(addr.clone()), cfg);
+    let conn = local.conn(&addr);
+    let mut fenced = false;
+    let mut next_check = Instant::now();
+    loop {
+        let now = Instant::now();
+        let (decision, deadline) = {
+            let s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            (s.must_fence(now), s.next_deadline(now))
+        };
+        match decision {
+            None => fenced = false,
+            Some(reason) => {
+                let need = if !fenced {
+                    true
+                } else if now >= next_check {
+                    next_check = now + CHECK;
+                    sim.writable(&addr).unwrap_or(false)
+                } else {
+                    false
+                };
+                if need {
+                    env.note(format!("agent of {addr}: fencing ({reason})"));
+                    match tokio::time::timeout(FENCE_TIMEOUT, fence(&sim, &conn, &addr)).await {
+                        Ok(Ok(())) => {
+                            env.note(format!("agent of {addr}: fenced ({reason})"));
+                            fenced = true;
+                            state.lock().unwrap_or_else(PoisonError::into_inner).mark_fenced();
+                        }
+                        Ok(Err(_)) | Err(_) => {
+                            // Escalation: mysqld does not confirm the fence in time.
+                            if sim.process_state(&addr).ok() != Some(crate::mysql::ProcState::Crashed) {
+                                env.note(format!("agent of {addr}: fence not confirmed; killing mysqld ({reason})"));
+                                let _ = sim.crash(&addr);
+                            }
+                            fenced = true;
+                            conn.disconnect().await;
+                        }
+                    }
+                }
+            }
+        }
+        let wake = deadline.unwrap_or(now + CHECK).min(now + CHECK);
+        tokio::time::sleep_until(wake.max(Instant::now() + Duration::from_millis(1))).await;
+    }
+}
+
+/// The agent's fence (`LocalMysql::fence`): kill clients, read-only on, kill again.
+async fn fence(sim: &SimMysql, conn: &crate::mysql::SimConn, addr: &InstanceAddr) -> Result<(), String> {
+    // Already read-only (the agent learns it with a query, which a paused server does
+    // not answer: then the fence times out and escalates).
+    let running = sim.process_state(addr).ok() == Some(crate::mysql::ProcState::Running);
+    if running && !sim.writable(addr).map_err(|e| e.to_string())? {
+        return Ok(());
+    }
+    let info = conn.server_info().await.map_err(|e| e.to_string())?;
+    kill_clients(sim, conn, addr).await?;
+    conn.execute(&info.set_read_only_sql(true), FENCE_TIMEOUT).await.map_err(|e| e.to_string())?;
+    kill_clients(sim, conn, addr).await
+}
+
+async fn kill_clients(sim: &SimMysql, conn: &crate::mysql::SimConn, addr: &InstanceAddr) -> Result<(), String> {
+    let ids: Vec<u64> =
+        sim.processlist(addr).into_iter().filter(|p| matches!(p.peer, Some(Peer::App(_)))).map(|p| p.id).collect();
+    for id in ids {
+        // Unknown thread (it ended meanwhile) is fine.
+        let _ = conn.execute(&[format!("KILL CONNECTION {id}")], FENCE_TIMEOUT).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,1169 @@
+//! One simulated run: a cluster of simulated MySQL/MariaDB servers (each with a fencing
+//! agent), N coordinators running primus' real code, application clients writing unique
+//! rows, and a seeded fault schedule; invariants are checked every few simulated
+//! milliseconds and once more after every fault healed.
+//!
+//! Everything runs on one current-thread tokio runtime with a paused clock, seeded
+//! (`tokio_unstable`'s `rng_seed` for `select!`, [`crate::raft::runtime::seed`] for
+//! openraft's election timeouts, and `StdRng`s drawn from the seed for the rest): the
+//! same seed gives the same run, which [`Outcome::digest`] shows.
+
+use crate::coord::{CoordConfig, SimClock, SimCoordinator};
+use crate::mysql::{AppError, Link, Peer, ReplicationSetup, ServerConfig, SimMysql, WorldConfig};
+use crate::raft::net::SimNet;
+use crate::schedule::{Fault, Party, Schedule};
+use primus_server::consensus::Consensus;
+use primus_server::failover::FailoverAsk;
+use primus_store::AppliedState;
+use primus_types::{
+    ClusterName, ClusterSettings, Command, FailoverKind, InstanceAddr, NodeId, Origin, Request, Response,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub seed: u64,
+    /// 3 or 5.
+    pub coordinators: usize,
+    /// Replicas of the primary (1..).
+    pub replicas: usize,
+    /// The last replica replicates from the first one (an intermediate primary).
+    pub chain: bool,
+    /// Semi-sync no-loss mode (`semi_sync = true` in the cluster's settings).
+    pub semi_sync: bool,
+    /// MySQL 8.0 servers instead of MariaDB 10.11.
+    pub mysql: bool,
+    /// A fencing agent beside every server.
+    pub agents: bool,
+    /// Application clients.
+    pub clients: usize,
+    /// Simulated time with faults.
+    pub fault_ms: u64,
+    /// After every fault healed: the bound within which the group must converge.
+    pub settle_ms: u64,
+    /// A fixed schedule (replay, shrinking, named regressions); `None`: drawn from the seed.
+    pub schedule: Option<Schedule>,
+    /// Faults per schedule when drawn.
+    pub faults: usize,
+    /// Once the faults healed, an operator rejoins demoted former primaries (the runbook).
+    pub operator_rejoins: bool,
+}
+
+impl Options {
+    /// The run of `seed`: its shape (group size, flavor, semi-sync, chain) drawn from it too.
+    /// The shape of the run, in one line.
+    pub fn shape(&self) -> String {
+        format!(
+            "{} coordinators, {} replicas{}, {}, {}, {} clients, {} s of faults",
+            self.coordinators,
+            self.replicas,
+            if self.chain { " (chained)" } else { "" },
+            if self.mysql { "MySQL 8.0" } else { "MariaDB 10.11" },
+            if self.semi_sync { "semi-sync no-loss" } else { "async" },
+            self.clients,
+            self.fault_ms / 1000
+        )
+    }
+
+    pub fn from_seed(seed: u64, fault_ms: u64) -> Options {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x0907);
+        Options {
+            seed,
+            coordinators: if rng.gen_bool(0.25) { 5 } else { 3 },
+            replicas: rng.gen_range(2..=3),
+            chain: rng.gen_bool(0.2),
+            semi_sync: rng.gen_bool(0.4),
+            mysql: rng.gen_bool(0.3),
+            agents: true,
+            clients: 2,
+            fault_ms,
+            settle_ms: 20_000,
+            schedule: None,
+            faults: rng.gen_range(1..=8),
+            operator_rejoins: true,
+        }
+    }
+}
+
+/// A broken promise, with when and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub at_ms: u64,
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub seed: u64,
+    pub shape: String,
+    pub schedule: Schedule,
+    pub violations: Vec<Violation>,
+    /// Readable trace of faults and what the coordinators committed.
+    pub trace: Vec<String>,
+    pub failovers: u64,
+    pub acked: u64,
+    pub failed: u64,
+    pub unknown: u64,
+    /// Analysis codes the leader reached (how often, sampled).
+    pub analysis_codes: BTreeMap<String, u64>,
+    /// Failover steps recorded, by kind.
+    pub steps: BTreeMap<String, u64>,
+    /// Former primaries found divergent at the end (and flagged by primus).
+    pub divergent: u64,
+    /// Simulated ms the run covered.
+    pub simulated_ms: u64,
+    /// A hash of the trace (equal for two runs of one seed).
+    pub digest: u64,
+}
+
+/// The simulated wall clock at the start of a run (unix ms); trace times are ms after it.
+const WALL_START_MS: u64 = 1_700_000_000_000;
+
+fn addr(i: usize) -> InstanceAddr {
+    format!("db{}:3306", i + 1).parse().unwrap_or_else(|_| unreachable!("a valid address"))
+}
+
+/// The network state the schedule sets, shared by every link function.
+#[derive(Default)]
+struct Links {
+    /// Silent cuts between parties (both directions).
+    cut: BTreeSet<(Party, Party)>,
+}
+
+impl Links {
+    fn blocked(&self, a: &Party, b: &Party) -> bool {
+        self.cut.contains(&(a.clone(), b.clone())) || self.cut.contains(&(b.clone(), a.clone()))
+    }
+}
+
+/// Everything the tasks of a run share.
+struct Harness {
+    opts: Options,
+    cfg: CoordConfig,
+    sim: SimMysql,
+    net: SimNet,
+    links: Arc<Mutex<Links>>,
+    coords: tokio::sync::Mutex<BTreeMap<NodeId, SimCoordinator>>,
+    /// Each coordinator's last applied state, sampled (readable without the async lock).
+    views: Mutex<BTreeMap<NodeId, Option<AppliedState>>>,
+    cluster: ClusterName,
+    servers: Vec<InstanceAddr>,
+    agents: Mutex<BTreeMap<usize, tokio::task::JoinHandle<()>>>,
+    log: Mutex<Log>,
+    origin: Instant,
+}
+
+#[derive(Default)]
+struct Log {
+    trace: Vec<String>,
+    violations: Vec<Violation>,
+    acks: Vec<(u64, InstanceAddr, u64)>,
+    failed: u64,
+    unknown: u64,
+    codes: BTreeMap<String, u64>,
+    divergent: u64,
+}
+
+impl Harness {
+    fn ms(&self) -> u64 {
+        Instant::now().saturating_duration_since(self.origin).as_millis() as u64
+    }
+
+    fn trace(&self, line: String) {
+        let at = self.ms();
+        self.log.lock().unwrap_or_else(PoisonError::into_inner).trace.push(format!("{at:>7} ms  {line}"));
+    }
+
+    fn violate(&self, invariant: &'static str, detail: String) {
+        let at_ms = self.ms();
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        // One report per invariant and detail is enough.
+        if !log.violations.iter().any(|v| v.invariant == invariant && v.detail == detail) {
+            log.trace.push(format!("{at_ms:>7} ms  VIOLATION {invariant}: {detail}"));
+            log.violations.push(Violation { at_ms, invariant, detail });
+        }
+    }
+
+    /// Install the link function of the simulated servers' network.
+    fn install_links(self: &Arc<Self>) {
+        let links = self.links.clone();
+        let servers = self.servers.clone();
+        let party_of = move |a: &InstanceAddr| Party::Server(servers.iter().position(|s| s == a).unwrap_or(usize::MAX));
+        self.sim.set_links(Arc::new(move |peer: &Peer, to: &InstanceAddr| {
+            let from = match peer {
+                Peer::Coordinator(n) => Party::Coord(*n),
+                Peer::App(_) => Party::Apps,
+                Peer::Server(a) => party_of(a),
+                Peer::Local(_) => return Link::Up,
+            };
+            if links.lock().unwrap_or_else(PoisonError::into_inner).blocked(&from, &party_of(to)) {
+                Link::Silent
+            } else {
+                Link::Up
+            }
+        }));
+    }
+
+    /// Apply the cuts to the coordinators' network too.
+    fn sync_coord_links(&self) {
+        let links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
+        for a in 1..=self.opts.coordinators as NodeId {
+            for b in 1..=self.opts.coordinators as NodeId {
+                if a != b {
+                    let l = if links.blocked(&Party::Coord(a), &Party::Coord(b)) { Link::Silent } else { Link::Up };
+                    self.net.set_link(a, b, l);
+                }
+            }
+        }
+    }
+
+    fn blocked(&self, a: &Party, b: &Party) -> bool {
+        self.links.lock().unwrap_or_else(PoisonError::into_inner).blocked(a, b)
+    }
+
+    /// The applied state of the coordinator that applied most (applied means committed).
+    fn most_applied(&self) -> Option<AppliedState> {
+        let views = self.views.lock().unwrap_or_else(PoisonError::into_inner);
+        views.values().flatten().max_by_key(|s| s.last_applied.map(|l| l.index).unwrap_or(0)).cloned()
+    }
+
+    /// Commit `cmd` through whichever running coordinator leads (an operator's client
+    /// reaching the leader).
+    async fn commit(&self, cmd: Command, actor: &str) -> Result<Response, String> {
+        let coords = self.coords.lock().await;
+        for c in coords.values() {
+            let Some(r) = &c.running else { continue };
+            if c.gate.paused() || !r.consensus.view().is_leader {
+                continue;
+            }
+            let req = Request::at(cmd.clone(), Origin { actor: actor.into(), via_node: c.id }, 0);
+            let consensus = r.consensus.clone();
+            drop(coords);
+            return match tokio::time::timeout(
+                Duration::from_secs(5),
+                primus_server::consensus::Consensus::write(consensus.as_ref(), req),
+            )
+            .await
+            {
+                Ok(Ok((_, resp))) => Ok(resp),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timed out".into()),
+            };
+        }
+        Err("no leader".into())
+    }
+}
+
+/// Run `opts` to completion on the current (paused, current-thread) runtime.
+pub async fn run(opts: Options) -> Outcome {
+    crate::raft::runtime::seed(opts.seed);
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let schedule = match &opts.schedule {
+        Some(s) => s.clone(),
+        None => Schedule::draw(&mut StdRng::seed_from_u64(rng.gen()), &opts),
+    };
+    let world = WorldConfig { wall_clock_start_ms: WALL_START_MS, ..WorldConfig::default() };
+    let sim = match SimMysql::new(world, StdRng::seed_from_u64(rng.gen())) {
+        Ok(s) => s,
+        Err(e) => return failed_setup(&opts, schedule, format!("cannot create the servers: {e}")),
+    };
+    let servers: Vec<InstanceAddr> = (0..=opts.replicas).map(addr).collect();
+    for (i, a) in servers.iter().enumerate() {
+        let mut cfg = if opts.mysql {
+            ServerConfig::mysql(a.clone(), i as u32 + 1)
+        } else {
+            ServerConfig::mariadb(a.clone(), i as u32 + 1)
+        };
+        cfg.slave_net_timeout = Duration::from_secs(4);
+        if let Err(e) = sim.add_server(cfg) {
+            return failed_setup(&opts, schedule, format!("cannot add {a}: {e}"));
+        }
+    }
+    let mut cfg = CoordConfig::defaults();
+    if opts.mysql {
+        cfg.mysql.user = "primus".into();
+    }
+    let net = SimNet::new(StdRng::seed_from_u64(rng.gen()), (0, 2), Duration::from_millis(cfg.raft.rpc_timeout_ms));
+    let origin = Instant::now();
+    let h = Arc::new(Harness {
+        opts: opts.clone(),
+        cfg: cfg.clone(),
+        sim: sim.clone(),
+        net: net.clone(),
+        links: Arc::default(),
+        coords: tokio::sync::Mutex::new(BTreeMap::new()),
+        views: Mutex::new(BTreeMap::new()),
+        cluster: "sim".parse().unwrap_or_else(|_| unreachable!("a valid name")),
+        servers: servers.clone(),
+        agents: Mutex::new(BTreeMap::new()),
+        log: Mutex::new(Log::default()),
+        origin,
+    });
+    h.install_links();
+    if let Err(e) = setup(&h, &mut rng).await {
+        return failed_setup(&opts, schedule, e);
+    }
+
+    // Faults, workload and checks.
+    let checker = tokio::spawn(check_loop(h.clone()));
+    let mut clients = Vec::new();
+    for c in 0..opts.clients {
+        clients.push(tokio::spawn(client_loop(h.clone(), c as u64, StdRng::seed_from_u64(rng.gen()))));
+    }
+    let start = Instant::now();
+    for t in &schedule.faults {
+        tokio::time::sleep_until(start + Duration::from_millis(t.at_ms)).await;
+        apply(&h, &t.fault).await;
+    }
+    tokio::time::sleep_until(start + Duration::from_millis(opts.fault_ms)).await;
+    apply(&h, &Fault::HealAll).await;
+    let healed_ms = sim.now_ms();
+    // Converge: checked once the bound has passed (and earlier if it already holds).
+    let settle_deadline = Instant::now() + Duration::from_millis(opts.settle_ms);
+    let mut last = Vec::new();
+    let mut rejoined = BTreeSet::new();
+    while Instant::now() < settle_deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        last = converged(&h, healed_ms).await;
+        if last.is_empty() {
+            break;
+        }
+        if opts.operator_rejoins {
+            operator_rejoins(&h, &mut rejoined).await;
+        }
+    }
+    for c in &clients {
+        c.abort();
+    }
+    if !last.is_empty() {
+        for a in &h.servers {
+            h.trace(format!("at the end: {}", server_line(&sim, a)));
+        }
+        if let Some(c) = h.most_applied().and_then(|s| s.registry.clusters.get(&h.cluster).cloned()) {
+            h.trace(format!("at the end: demoted {:?}; leader's analysis {:?}", c.demoted, leader_analysis(&h).await));
+        }
+    }
+    for v in last {
+        h.violate("converges after the faults heal", v);
+    }
+    if opts.semi_sync {
+        no_loss_check(&h);
+    }
+    divergence_check(&h);
+    single_writer_check(&h);
+    checker.abort();
+    let unmodelled = sim.unmodelled_statements();
+    if let Some((a, sql)) = unmodelled.first() {
+        h.violate("every statement is modelled", format!("{a}: {sql} ({} in all)", unmodelled.len()));
+    }
+
+    let mut out =
+        Outcome { seed: opts.seed, shape: opts.shape(), schedule, simulated_ms: h.ms(), ..Outcome::default() };
+    if let Some(s) = h.most_applied() {
+        if let Some(c) = s.registry.clusters.get(&h.cluster) {
+            out.failovers = c.history.iter().filter(|f| f.kind.changes_primary()).count() as u64;
+            for f in &c.history {
+                for s in &f.steps {
+                    let kind = s.description.split_whitespace().next().unwrap_or("?").to_string();
+                    *out.steps.entry(kind).or_default() += 1;
+                }
+            }
+            for f in &c.history {
+                let steps: Vec<String> = f
+                    .steps
+                    .iter()
+                    .map(|s| format!("@{} {} [{}]", s.at_ms.saturating_sub(WALL_START_MS), s.description, s.outcome))
+                    .collect();
+                h.trace(format!(
+                    "history: {} {:?} {} -> {} epoch {} outcome {:?}: {} | evidence: {}",
+                    f.id,
+                    f.kind,
+                    f.old_primary,
+                    f.candidate,
+                    f.epoch,
+                    f.outcome,
+                    steps.join("; "),
+                    f.evidence.join("; ")
+                ));
+            }
+            let primary = c.topology.primary.as_ref().map(ToString::to_string).unwrap_or_default();
+            h.trace(format!("final: epoch {} primary {primary} failovers {}", c.epoch, out.failovers));
+        }
+    }
+    // Stop everything of this run before the runtime goes (no task outlives it).
+    {
+        let mut coords = h.coords.lock().await;
+        for c in coords.values_mut() {
+            c.crash(&net).await;
+        }
+    }
+    for (_, a) in std::mem::take(&mut *h.agents.lock().unwrap_or_else(PoisonError::into_inner)) {
+        a.abort();
+    }
+    let log = std::mem::take(&mut *h.log.lock().unwrap_or_else(PoisonError::into_inner));
+    out.violations = log.violations;
+    out.acked = log.acks.len() as u64;
+    out.failed = log.failed;
+    out.unknown = log.unknown;
+    out.analysis_codes = log.codes;
+    out.divergent = log.divergent;
+    // The digest covers every acknowledged write (time, server, row) too: two runs of
+    // one seed agree on those only if they agree event for event.
+    let acks: Vec<String> = log.acks.iter().map(|(at, s, r)| format!("{at} {s} {r}")).collect();
+    out.digest = digest(&log.trace) ^ digest(&acks).rotate_left(1) ^ (log.failed << 32) ^ log.unknown;
+    out.trace = log.trace;
+    out
+}
+
+fn digest(lines: &[String]) -> u64 {
+    // FNV-1a: stable across builds and platforms (std's hasher is not promised to be).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for l in lines {
+        for b in l.bytes().chain(std::iter::once(b'\n')) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn failed_setup(opts: &Options, schedule: Schedule, why: String) -> Outcome {
+    Outcome {
+        seed: opts.seed,
+        schedule,
+        violations: vec![Violation { at_ms: 0, invariant: "the simulation sets up", detail: why }],
+        ..Outcome::default()
+    }
+}
+
+async fn setup(h: &Arc<Harness>, rng: &mut StdRng) -> Result<(), String> {
+    let opts = &h.opts;
+    // Replication: db1 the primary; the last replica below the first with `chain`.
+    for i in 1..h.servers.len() {
+        let source = if opts.chain && i == h.servers.len() - 1 && i > 1 { &h.servers[1] } else { &h.servers[0] };
+        h.sim.replicate(&h.servers[i], source, &ReplicationSetup::default()).map_err(|e| e.to_string())?;
+    }
+    h.sim.admin(&h.servers[0], "SET GLOBAL read_only = OFF").await.map_err(|e| e.to_string())?;
+    // Coordinators.
+    let ids: Vec<NodeId> = (1..=opts.coordinators as NodeId).collect();
+    {
+        let mut coords = h.coords.lock().await;
+        for id in &ids {
+            let clock = Arc::new(SimClock::new(WALL_START_MS, h.origin));
+            let mut c = SimCoordinator::new(*id, clock, h.net.gate(*id));
+            c.start(&h.cfg, &h.net, &h.sim).await?;
+            coords.insert(*id, c);
+        }
+        coords.get(&1).ok_or("no node 1")?.initialize(&ids).await?;
+    }
+    // A leader, then the cluster as `primusctl cluster add` registers it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let topology = loop {
+        if Instant::now() > deadline {
+            return Err("no leader elected within 10 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let coords = h.coords.lock().await;
+        let Some(leader) = coords.values().find(|c| c.running.as_ref().is_some_and(|r| r.consensus.view().is_leader))
+        else {
+            continue;
+        };
+        let Some(r) = &leader.running else { continue };
+        let found = primus_server::discovery::discover(
+            &h.servers[..1],
+            r.monitor.connector.as_ref(),
+            h.cfg.mysql.discovery_timeout(),
+        )
+        .await
+        .map_err(|e| format!("discovery: {e}"))?;
+        break found.topology;
+    };
+    let settings = ClusterSettings { automatic_failover: Some(true), semi_sync: opts.semi_sync.then_some(true) };
+    let cmd = Command::RegisterCluster {
+        name: h.cluster.clone(),
+        seeds: h.servers[..1].to_vec(),
+        settings,
+        topology: Some(topology),
+    };
+    match h.commit(cmd, "sim").await? {
+        Response::Rejected(r) => return Err(format!("registration refused: {r}")),
+        _ => h.trace(format!("registered {} with {} servers", h.cluster, h.servers.len())),
+    }
+    if opts.agents {
+        for i in 0..h.servers.len() {
+            start_agent(h, i, rng.gen());
+        }
+    }
+    // Let the group settle (semi-sync set up, leases granted) before the faults start.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sample_views(h).await;
+    Ok(())
+}
+
+fn start_agent(h: &Arc<Harness>, i: usize, seed: u64) {
+    let task = tokio::spawn(crate::agent::agent_loop(h.clone() as Arc<dyn crate::agent::AgentEnv>, i, seed));
+    if let Some(old) = h.agents.lock().unwrap_or_else(PoisonError::into_inner).insert(i, task) {
+        old.abort();
+    }
+}
+
+fn stop_agent(h: &Harness, i: usize) {
+    if let Some(old) = h.agents.lock().unwrap_or_else(PoisonError::into_inner).remove(&i) {
+        old.abort();
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::agent::AgentEnv for Harness {
+    fn sim(&self) -> &SimMysql {
+        &self.sim
+    }
+
+    fn cluster(&self) -> &ClusterName {
+        &self.cluster
+    }
+
+    fn addr(&self, i: usize) -> InstanceAddr {
+        self.servers[i].clone()
+    }
+
+    fn coordinators(&self) -> Vec<NodeId> {
+        (1..=self.opts.coordinators as NodeId).collect()
+    }
+
+    fn max_ttl(&self) -> Duration {
+        Duration::from_millis(self.cfg.fencing.max_lease_ttl_ms)
+    }
+
+    async fn renew(
+        &self,
+        i: usize,
+        to: NodeId,
+        agent_id: &str,
+        ttl: Duration,
+        register: bool,
+    ) -> Option<primus_client::RenewLeaseResponse> {
+        let me = Party::Server(i);
+        // The request's hop: the host's link and the coordinator's gate.
+        if self.blocked(&me, &Party::Coord(to)) {
+            tokio::time::sleep(ttl).await;
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (gate, running) = {
+            let coords = self.coords.lock().await;
+            let c = coords.get(&to)?;
+            let r = c.running.as_ref()?;
+            (c.gate.clone(), (r.consensus.clone(), r.state.clone(), r.leases.clone()))
+        };
+        gate.pass().await;
+        let (consensus, state, leases) = running;
+        let instance = self.servers[i].clone();
+        if register {
+            // RegisterAgent, as the service commits it on the leader.
+            let view = primus_server::consensus::Consensus::view(consensus.as_ref());
+            if !view.is_leader {
+                return None;
+            }
+            let cmd = Command::RegisterAgent {
+                name: self.cluster.clone(),
+                instance,
+                agent_id: agent_id.to_string(),
+                ttl_ms: Some(ttl.as_millis() as u64),
+                fence_timeout_ms: Some(500),
+            };
+            let req = Request::at(cmd, Origin { actor: format!("agent {agent_id}"), via_node: to }, 0);
+            let r =
+                tokio::time::timeout(ttl, primus_server::consensus::Consensus::write(consensus.as_ref(), req)).await;
+            return match r {
+                Ok(Ok(_)) => Some(primus_client::RenewLeaseResponse { granted: true, ..Default::default() }),
+                _ => None,
+            };
+        }
+        // RenewLease, as the service answers it (service.rs `renew_lease`).
+        let received_at = Instant::now();
+        let view = primus_server::consensus::Consensus::view(consensus.as_ref());
+        let not_leader = primus_client::RenewLeaseResponse { reason: "not_leader".into(), ..Default::default() };
+        if !view.leads_with_quorum(self.cfg.raft.election_timeout_min_ms) {
+            return Some(not_leader);
+        }
+        let too_long = ttl > leases.max_ttl();
+        let decided =
+            state.read(|s| primus_server::lease::verdict(&s.registry, &self.cluster, &instance, agent_id, too_long));
+        let (epoch, primary, verdict) = decided?;
+        let a = leases.answer(&self.cluster, &instance, ttl, received_at, &verdict);
+        let resp = primus_client::RenewLeaseResponse {
+            granted: a.granted,
+            ttl_ms: a.ttl_ms,
+            epoch,
+            primary,
+            reason: a.reason.to_string(),
+            fence_now: a.fence_now,
+            served_by: to,
+        };
+        // The answer's hop back.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if self.blocked(&me, &Party::Coord(to)) {
+            tokio::time::sleep(ttl).await;
+            return None;
+        }
+        Some(resp)
+    }
+
+    fn note(&self, line: String) {
+        self.trace(line);
+    }
+}
+
+/// Carry out one fault.
+async fn apply(h: &Arc<Harness>, f: &Fault) {
+    h.trace(format!("fault: {f}"));
+    match f {
+        Fault::CrashServer(i) => {
+            let _ = h.sim.crash(&h.servers[*i]);
+        }
+        Fault::RestartServer(i) => {
+            let _ = h.sim.start(&h.servers[*i]);
+        }
+        Fault::PauseServer(i) => {
+            let _ = h.sim.pause(&h.servers[*i]);
+        }
+        Fault::ResumeServer(i) => {
+            let _ = h.sim.resume(&h.servers[*i]);
+        }
+        Fault::CrashHost(i) => {
+            let _ = h.sim.crash(&h.servers[*i]);
+            stop_agent(h, *i);
+        }
+        Fault::RestartHost(i) => {
+            let _ = h.sim.start(&h.servers[*i]);
+            if h.opts.agents && !h.agents.lock().unwrap_or_else(PoisonError::into_inner).contains_key(i) {
+                start_agent(h, *i, h.ms() ^ (*i as u64));
+            }
+        }
+        Fault::CrashCoord(n) => {
+            let mut coords = h.coords.lock().await;
+            if let Some(c) = coords.get_mut(n) {
+                c.crash(&h.net).await;
+            }
+        }
+        Fault::RestartCoord(n) => {
+            let mut coords = h.coords.lock().await;
+            if let Some(c) = coords.get_mut(n) {
+                if let Err(e) = c.start(&h.cfg, &h.net, &h.sim).await {
+                    h.violate("a coordinator restarts", e);
+                }
+            }
+        }
+        Fault::PauseCoord(n) => h.net.gate(*n).pause(),
+        Fault::ResumeCoord(n) => h.net.gate(*n).resume(),
+        Fault::Partition(side) => {
+            let all = all_parties(h);
+            let mut l = h.links.lock().unwrap_or_else(PoisonError::into_inner);
+            for a in side {
+                for b in all.iter().filter(|b| !side.contains(b)) {
+                    l.cut.insert((a.clone(), b.clone()));
+                }
+            }
+        }
+        Fault::Cut(a, b) => {
+            h.links.lock().unwrap_or_else(PoisonError::into_inner).cut.insert((a.clone(), b.clone()));
+        }
+        Fault::Heal => h.links.lock().unwrap_or_else(PoisonError::into_inner).cut.clear(),
+        Fault::ClockStep(n, ms) => {
+            if let Some(c) = h.coords.lock().await.get(n) {
+                c.clock.step(*ms);
+            }
+        }
+        Fault::ClockDrift(n, ppm) => {
+            if let Some(c) = h.coords.lock().await.get(n) {
+                c.clock.set_drift_ppm(*ppm);
+            }
+        }
+        Fault::SlowReplica(i, ms) => {
+            let timing = crate::mysql::ReplicaTiming {
+                apply_cost: Duration::from_millis(*ms),
+                ..crate::mysql::ReplicaTiming::default()
+            };
+            let _ = h.sim.set_timing(&h.servers[*i], timing);
+        }
+        Fault::Switchover => {
+            let h2 = h.clone();
+            tokio::spawn(async move {
+                let engine = {
+                    let coords = h2.coords.lock().await;
+                    coords
+                        .values()
+                        .filter(|c| !c.gate.paused())
+                        .filter_map(|c| c.running.as_ref())
+                        .find(|r| r.consensus.view().is_leader)
+                        .map(|r| r.engine.clone())
+                };
+                if let Some(e) = engine {
+                    let ask = FailoverAsk {
+                        kind: FailoverKind::Switchover,
+                        to: None,
+                        actor: "operator".into(),
+                        accept_loss: false,
+                    };
+                    let r = tokio::time::timeout(Duration::from_secs(30), e.request(&h2.cluster, ask)).await;
+                    h2.trace(format!("switchover: {:?}", r.map(|r| r.map_err(|e| e.to_string()))));
+                }
+            });
+        }
+        Fault::Ack => {
+            let last = h
+                .most_applied()
+                .and_then(|s| s.registry.clusters.get(&h.cluster)?.history.last().map(|f| f.id.clone()));
+            if let Some(id) = last {
+                let r = h.commit(Command::AckFailover { name: h.cluster.clone(), id: Some(id) }, "operator").await;
+                h.trace(format!("ack: {:?}", r.map(|_| ())));
+            }
+        }
+        Fault::HealAll => {
+            h.links.lock().unwrap_or_else(PoisonError::into_inner).cut.clear();
+            for i in 0..h.servers.len() {
+                let _ = h.sim.resume(&h.servers[i]);
+                if h.sim.process_state(&h.servers[i]).ok() == Some(crate::mysql::ProcState::Crashed) {
+                    let _ = h.sim.start(&h.servers[i]);
+                }
+                let _ = h.sim.set_timing(&h.servers[i], crate::mysql::ReplicaTiming::default());
+                if h.opts.agents && !h.agents.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&i) {
+                    start_agent(h, i, h.ms() ^ (i as u64));
+                }
+            }
+            let mut coords = h.coords.lock().await;
+            for c in coords.values_mut() {
+                c.gate.resume();
+                if c.running.is_none() {
+                    if let Err(e) = c.start(&h.cfg, &h.net, &h.sim).await {
+                        h.violate("a coordinator restarts", e);
+                    }
+                }
+            }
+        }
+    }
+    h.sync_coord_links();
+    h.sim.links_changed();
+}
+
+fn all_parties(h: &Harness) -> Vec<Party> {
+    let mut v: Vec<Party> = (1..=h.opts.coordinators as NodeId).map(Party::Coord).collect();
+    v.extend((0..h.servers.len()).map(Party::Server));
+    v.push(Party::Apps);
+    v
+}
+
+/// An application client: finds the primary as primus-client does (asks a coordinator,
+/// moving to the next when one does not answer) and writes unique rows to it.
+async fn client_loop(h: Arc<Harness>, id: u64, mut rng: StdRng) {
+    let mut endpoint = id as usize;
+    let n = h.opts.coordinators as NodeId;
+    loop {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(10..40))).await;
+        let to = (endpoint % n as usize) as NodeId + 1;
+        // GetPrimary (stale read: what a client's cached watch gives).
+        let primary = if h.blocked(&Party::Apps, &Party::Coord(to)) {
+            None
+        } else {
+            let coords = h.coords.lock().await;
+            coords.get(&to).filter(|c| !c.gate.paused()).and_then(|c| c.running.as_ref()).and_then(|r| {
+                r.state.read(|s| s.registry.clusters.get(&h.cluster).and_then(|c| c.topology.primary.clone()))
+            })
+        };
+        let Some(primary) = primary else {
+            endpoint += 1;
+            continue;
+        };
+        let row = (id << 40) | rng.gen_range(0..(1u64 << 39));
+        match tokio::time::timeout(Duration::from_secs(1), h.sim.app_write(id, &primary, row)).await {
+            Ok(Ok(ack)) => {
+                let at = h.sim.txn(ack.txn).map(|t| t.committed_at_ms).unwrap_or(0);
+                h.log.lock().unwrap_or_else(PoisonError::into_inner).acks.push((at, ack.server, row));
+            }
+            Ok(Err(AppError::ConnectionLost)) | Err(_) => {
+                h.log.lock().unwrap_or_else(PoisonError::into_inner).unknown += 1;
+            }
+            Ok(Err(_)) => {
+                h.log.lock().unwrap_or_else(PoisonError::into_inner).failed += 1;
+                endpoint += 1;
+            }
+        }
+    }
+}
+
+/// Sample every coordinator's applied state; their incarnations.
+async fn sample_views(h: &Harness) -> BTreeMap<NodeId, u64> {
+    let coords = h.coords.lock().await;
+    let mut views = h.views.lock().unwrap_or_else(PoisonError::into_inner);
+    for (id, c) in coords.iter() {
+        views.insert(*id, c.running.as_ref().map(|r| r.state.cloned()));
+    }
+    coords.iter().map(|(id, c)| (*id, c.incarnation)).collect()
+}
+
+/// Invariants checked every 10 simulated ms.
+async fn check_loop(h: Arc<Harness>) {
+    let mut writable: BTreeMap<InstanceAddr, bool> = BTreeMap::new();
+    // Per coordinator incarnation: the highest epoch seen.
+    let mut epochs: BTreeMap<(NodeId, u64), u64> = BTreeMap::new();
+    let mut tick = 0u64;
+    let mut leaders: Vec<(NodeId, u64)> = Vec::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tick += 1;
+        let now_leaders: Vec<(NodeId, u64)> = {
+            let coords = h.coords.lock().await;
+            coords
+                .values()
+                .filter_map(|c| c.running.as_ref().map(|r| (c.id, r.consensus.view())))
+                .filter(|(_, v)| v.is_leader)
+                .map(|(id, v)| (id, v.term))
+                .collect()
+        };
+        if now_leaders != leaders {
+            let l: Vec<String> = now_leaders.iter().map(|(id, t)| format!("c{id} (term {t})")).collect();
+            h.trace(format!("leader: {}", if l.is_empty() { "none".into() } else { l.join(", ") }));
+            leaders = now_leaders;
+        }
+        // No await from the sample to the writability reads below: nothing moves between.
+        let incarnations = sample_views(&h).await;
+        let best = h.most_applied();
+        // Epochs only grow (on each node, within one run of it).
+        {
+            let views = h.views.lock().unwrap_or_else(PoisonError::into_inner);
+            for (id, v) in views.iter() {
+                let Some(v) = v else { continue };
+                let Some(c) = v.registry.clusters.get(&h.cluster) else { continue };
+                let key = (*id, incarnations.get(id).copied().unwrap_or(0));
+                let seen = epochs.entry(key).or_insert(c.epoch);
+                if c.epoch < *seen {
+                    h.violate("epochs only grow", format!("node {id}: epoch {} after {}", c.epoch, *seen));
+                }
+                *seen = (*seen).max(c.epoch);
+            }
+        }
+        // A server becomes writable only when a committed record makes it the primary.
+        for a in &h.servers {
+            let now = h.sim.writable(a).unwrap_or(false);
+            let before = writable.insert(a.clone(), now).unwrap_or(a == &h.servers[0]);
+            if now && !before {
+                let ok = best.as_ref().and_then(|s| s.registry.clusters.get(&h.cluster)).is_some_and(|c| {
+                    match c.in_flight() {
+                        Some(f) if f.kind.changes_primary() => &f.candidate == a,
+                        _ => c.topology.primary.as_ref() == Some(a),
+                    }
+                });
+                if !ok {
+                    h.violate(
+                        "a server is made writable only by a committed record",
+                        format!("{a} became writable; committed state: {}", describe(best.as_ref(), &h.cluster)),
+                    );
+                }
+            }
+        }
+        // The leader's analysis, sampled.
+        if tick.is_multiple_of(10) {
+            let code = {
+                let coords = h.coords.lock().await;
+                coords
+                    .values()
+                    .filter_map(|c| c.running.as_ref())
+                    .find(|r| r.consensus.view().is_leader)
+                    .and_then(|r| r.engine.last_analysis(&h.cluster))
+                    .map(|(_, a)| format!("{:?}", a.code))
+            };
+            if let Some(code) = code {
+                *h.log.lock().unwrap_or_else(PoisonError::into_inner).codes.entry(code).or_default() += 1;
+            }
+        }
+    }
+}
+
+fn server_line(sim: &SimMysql, a: &InstanceAddr) -> String {
+    match sim.observe(a) {
+        Ok(o) => {
+            let repl: Vec<String> = o
+                .replication
+                .iter()
+                .map(|r| {
+                    format!("from {}:{} io {:?} sql {}", r.source_host, r.source_port, r.io_running, r.sql_running)
+                })
+                .collect();
+            format!(
+                "{a} {:?} read_only {} semi-sync source {:?}/{:?} replica {:?} clients {:?}; {}",
+                sim.process_state(a).ok(),
+                o.read_only,
+                o.semi_sync.source_enabled,
+                o.semi_sync.source_active,
+                o.semi_sync.replica_enabled,
+                o.semi_sync.source_clients,
+                if repl.is_empty() { "replicates from nobody".into() } else { repl.join(", ") }
+            )
+        }
+        Err(e) => format!("{a}: {e}"),
+    }
+}
+
+async fn leader_analysis(h: &Harness) -> Option<String> {
+    let coords = h.coords.lock().await;
+    coords
+        .values()
+        .filter_map(|c| c.running.as_ref())
+        .find(|r| r.consensus.view().is_leader)
+        .and_then(|r| r.engine.last_analysis(&h.cluster))
+        .map(|(_, a)| format!("{:?} {:?}", a.code, a.evidence))
+}
+
+fn describe(s: Option<&AppliedState>, cluster: &ClusterName) -> String {
+    let Some(c) = s.and_then(|s| s.registry.clusters.get(cluster)) else { return "none".into() };
+    let flight = c.in_flight().map(|f| format!(", failover {} {} → {} in flight", f.id, f.old_primary, f.candidate));
+    format!(
+        "epoch {} primary {:?}{}",
+        c.epoch,
+        c.topology.primary.as_ref().map(ToString::to_string),
+        flight.unwrap_or_default()
+    )
+}
+
+/// After every fault healed: one writable primary, named by every coordinator, nothing
+/// in flight. Empty when converged; otherwise what is still wrong.
+async fn converged(h: &Harness, healed_ms: u64) -> Vec<String> {
+    sample_views(h).await;
+    let mut wrong = Vec::new();
+    let writable: Vec<&InstanceAddr> = h.servers.iter().filter(|a| h.sim.writable(a).unwrap_or(false)).collect();
+    let views = h.views.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let primaries: BTreeSet<Option<InstanceAddr>> = views
+        .values()
+        .map(|v| v.as_ref().and_then(|s| s.registry.clusters.get(&h.cluster)).and_then(|c| c.topology.primary.clone()))
+        .collect();
+    if writable.len() != 1 {
+        wrong.push(format!("{} writable servers: {writable:?}", writable.len()));
+    }
+    if primaries.len() != 1 {
+        wrong.push(format!("the coordinators name different primaries: {primaries:?}"));
+    } else if let (Some(Some(p)), [w]) = (primaries.iter().next(), writable.as_slice()) {
+        if p != *w {
+            wrong.push(format!("the coordinators name {p} but {w} is writable"));
+        }
+    }
+    for (id, v) in &views {
+        if let Some(f) = v.as_ref().and_then(|s| s.registry.clusters.get(&h.cluster)).and_then(|c| c.in_flight()) {
+            wrong.push(format!("node {id}: failover {} still in flight", f.id));
+        }
+    }
+    // Available, not only writable: the clients' writes are acknowledged again.
+    if let [w] = writable.as_slice() {
+        let log = h.log.lock().unwrap_or_else(PoisonError::into_inner);
+        if !log.acks.iter().any(|(at, s, _)| *at > healed_ms && s == *w) {
+            wrong.push(format!("no write acknowledged by {w} since every fault healed"));
+        }
+    }
+    wrong
+}
+
+/// What the runbook has an operator do once the faults are over: `primusctl ack` a
+/// failed failover (after checking its candidate, which primus could not), and
+/// `primusctl rejoin` each demoted former primary — one holding divergent transactions
+/// rebuilt from the primary first (MySQL) or rejoined with `--discard-divergent` (MariaDB).
+async fn operator_rejoins(h: &Harness, done: &mut BTreeSet<InstanceAddr>) {
+    let Some(c) = h.most_applied().and_then(|s| s.registry.clusters.get(&h.cluster).cloned()) else { return };
+    if let Some(f) = c
+        .history
+        .last()
+        .filter(|f| f.acked_by.is_none() && matches!(f.outcome, Some(primus_types::FailoverOutcome::Failed(_))))
+    {
+        let r = h.commit(Command::AckFailover { name: h.cluster.clone(), id: Some(f.id.clone()) }, "operator").await;
+        h.trace(format!("operator: ack failed failover {}: {:?}", f.id, r.map(|_| ())));
+    }
+    let engine = {
+        let coords = h.coords.lock().await;
+        coords
+            .values()
+            .filter_map(|c| c.running.as_ref())
+            .find(|r| r.consensus.view().is_leader)
+            .map(|r| r.engine.clone())
+    };
+    let Some(engine) = engine else { return };
+    let todo: Vec<InstanceAddr> = c.demoted.iter().filter(|a| !done.contains(*a)).cloned().collect();
+    for addr in &todo {
+        let r = tokio::time::timeout(Duration::from_secs(10), engine.rejoin(&h.cluster, addr, "operator", false)).await;
+        match r {
+            Ok(Ok(j)) => {
+                h.trace(format!("operator: rejoin {addr}: {}", j.message));
+                done.insert(addr.clone());
+            }
+            Ok(Err(e)) if e.to_string().contains("is divergent") => {
+                // The runbook: rebuild it from the primary, or on MariaDB replicate from the
+                // promotion point (`rejoin --discard-divergent`); in no-loss mode what
+                // diverged was never acknowledged.
+                let primary = c.topology.primary.clone();
+                let discard = !h.opts.mysql;
+                if !discard {
+                    if let Some(p) = &primary {
+                        let _ = h.sim.clone_data(p, addr);
+                    }
+                }
+                let r =
+                    tokio::time::timeout(Duration::from_secs(10), engine.rejoin(&h.cluster, addr, "operator", discard))
+                        .await;
+                let how = if discard { "rejoin --discard-divergent" } else { "rebuild from the primary, rejoin" };
+                match r {
+                    Ok(Ok(j)) => {
+                        h.trace(format!("operator: {how} {addr}: {}", j.message));
+                        done.insert(addr.clone());
+                    }
+                    Ok(Err(e)) => h.trace(format!("operator: {how} {addr} refused: {e}")),
+                    Err(_) => h.trace(format!("operator: {how} {addr} timed out")),
+                }
+            }
+            Ok(Err(e)) => h.trace(format!("operator: rejoin {addr} refused: {e}")),
+            Err(_) => h.trace(format!("operator: rejoin {addr} timed out")),
+        }
+    }
+}
+
+/// Every former primary holding transactions the primary lacks is flagged divergent by
+/// primus (`primusctl divergence`, the topology flag): computed from the servers' GTIDs,
+/// compared with `primus_server::divergence::check` on the same observation.
+fn divergence_check(h: &Harness) {
+    let Some(c) = h.most_applied().and_then(|s| s.registry.clusters.get(&h.cluster).cloned()) else { return };
+    let Some(p) = c.topology.primary.clone() else { return };
+    let Ok(primary_has) = h.sim.executed(&p) else { return };
+    for d in &c.demoted {
+        let Ok(has) = h.sim.executed(d) else { continue };
+        let Some(extra) = primus_mysql::AnyGtidSet::errant(&has, &primary_has) else { continue };
+        if extra.is_empty() {
+            continue;
+        }
+        let seen = h.sim.observe(d).ok().and_then(|o| primus_server::divergence::check(&c, d, &o));
+        match seen {
+            Some(Ok(x)) if !x.divergence.is_empty() => {
+                h.trace(format!("divergence: {d} holds {extra}, flagged: {}", x.flag()));
+                h.log.lock().unwrap_or_else(PoisonError::into_inner).divergent += 1;
+            }
+            other => h.violate(
+                "every divergent transaction on a former primary is flagged",
+                format!(
+                    "{d} holds {extra} that primary {p} lacks; primus says {}",
+                    match other {
+                        Some(Ok(_)) => "not divergent".to_string(),
+                        Some(Err(e)) => format!("it cannot tell: {e}"),
+                        None => "it is not a former primary".to_string(),
+                    }
+                ),
+            ),
+        }
+    }
+}
+
+/// No-loss mode: every acknowledged row is on the final primary.
+fn no_loss_check(h: &Harness) {
+    let Some(primary) = h.most_applied().and_then(|s| s.registry.clusters.get(&h.cluster)?.topology.primary.clone())
+    else {
+        return;
+    };
+    let rows = h.sim.rows(&primary).unwrap_or_default();
+    let log = h.log.lock().unwrap_or_else(PoisonError::into_inner);
+    let lost: Vec<(u64, InstanceAddr, u64)> = log.acks.iter().filter(|(_, _, r)| !rows.contains(r)).cloned().collect();
+    drop(log);
+    if let Some((at, server, row)) = lost.first() {
+        h.violate(
+            "in no-loss mode every acknowledged write is on the final primary",
+            format!(
+                "{} acknowledged rows missing on {primary}, e.g. row {row} committed on {server} at {at}",
+                lost.len()
+            ),
+        );
+    }
+}
+
+/// Never two servers acknowledging writes in overlapping intervals: the servers that
+/// acknowledged writes, in commit order (runs of one server merged), must follow the
+/// order in which Raft's records made servers primary (the first primary, then each
+/// failover's candidate that was sent a promote). Two servers taking writes at once
+/// alternate more often than the records allow.
+fn single_writer_check(h: &Harness) {
+    let mut acks = h.log.lock().unwrap_or_else(PoisonError::into_inner).acks.clone();
+    acks.sort();
+    let mut primaries = vec![h.servers[0].clone()];
+    if let Some(c) = h.most_applied().and_then(|s| s.registry.clusters.get(&h.cluster).cloned()) {
+        for f in c.history.iter().filter(|f| f.kind.changes_primary()) {
+            if f.steps.iter().any(|s| s.description.starts_with("promote")) {
+                primaries.push(f.candidate.clone());
+            }
+        }
+    }
+    let mut runs: Vec<(InstanceAddr, u64, u64)> = Vec::new();
+    for (at, server, row) in &acks {
+        match runs.last() {
+            Some((s, _, _)) if s == server => {}
+            _ => runs.push((server.clone(), *at, *row)),
+        }
+    }
+    let mut k = 0;
+    for (server, at, row) in &runs {
+        match primaries[k..].iter().position(|p| p == server) {
+            Some(p) => k += p,
+            None => {
+                let order: Vec<String> = primaries.iter().map(ToString::to_string).collect();
+                let seen: Vec<String> = runs.iter().map(|(s, at, _)| format!("{s}@{at}")).collect();
+                h.violate(
+                    "never two servers acknowledge writes in overlapping intervals",
+                    format!(
+                        "row {row} acknowledged by {server} at {at} out of the order Raft made primaries ({}); \
+                         writers in commit order: {}",
+                        order.join(" → "),
+                        seen.join(", ")
+                    ),
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// A readable report of `out`.
+pub fn report(out: &Outcome) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "seed {} — {} violation(s) — {}", out.seed, out.violations.len(), out.shape);
+    let _ = writeln!(s, "schedule:\n{}", out.schedule);
+    for v in &out.violations {
+        let _ = writeln!(s, "VIOLATION at {} ms: {}: {}", v.at_ms, v.invariant, v.detail);
+    }
+    let _ = writeln!(s, "trace:");
+    for l in &out.trace {
+        let _ = writeln!(s, "  {l}");
+    }
+    s
+}
+
+/// Run `opts` on a fresh seeded runtime of this thread.
+pub fn run_blocking(opts: Options) -> Outcome {
+    let mut b = tokio::runtime::Builder::new_current_thread();
+    b.enable_time().start_paused(true);
+    #[cfg(tokio_unstable)]
+    b.rng_seed(tokio::runtime::RngSeed::from_bytes(&opts.seed.to_le_bytes()));
+    match b.build() {
+        Ok(rt) => {
+            let out = rt.block_on(run(opts));
+            rt.shutdown_background();
+            out
+        }
+        Err(e) => failed_setup(&opts, Schedule::default(), format!("cannot build a runtime: {e}")),
+    }
+}
+
+/// Used by the schedule: the indexes of servers and ids of coordinators.
+pub fn parties(opts: &Options) -> (usize, Vec<NodeId>) {
+    (opts.replicas + 1, (1..=opts.coordinators as NodeId).collect())
+}
