@@ -541,7 +541,9 @@ async fn a_coordinator_stall_longer_than_the_ttl_leaves_the_primary_writable_aga
 /// the anti-flap block or a timely renewal stopped a second failover. With the block
 /// lifted (`recovery_block_period_ms = 1`), 20 switchovers in a row with an agent on every
 /// server: the analysis of each new primary never says its lease ran out, and every
-/// switchover is followed by no other failover.
+/// switchover is followed by no other failover. Each new primary also stays writable
+/// for the second after its switchover (its agent used to fence it when the lease it
+/// held in an earlier round ran out just then).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_switchovers_with_agents_never_count_the_new_primary_s_lease_as_run_out() -> anyhow::Result<()> {
     let w = World::start(WorldOptions {
@@ -561,7 +563,37 @@ async fn twenty_switchovers_with_agents_never_count_the_new_primary_s_lease_as_r
     let mut primary = 0usize;
     for n in 1..=20usize {
         let to = (primary + 1 + n % 2) % addrs.len();
-        let r = client.failover(CLUSTER, Some(&addrs[to]), true).await?;
+        let r = match client.failover(CLUSTER, Some(&addrs[to]), true).await {
+            Ok(r) => r,
+            Err(e) => {
+                let h = client.history(CLUSTER).await?;
+                let summary: Vec<String> = h
+                    .failovers
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{} {} {} -> {} ({}) {} {:?}",
+                            f.id, f.kind, f.old_primary, f.candidate, f.outcome, f.analysis_code, f.evidence
+                        )
+                    })
+                    .collect();
+                let logs: Vec<String> =
+                    (0..agents.len()).map(|i| format!("--- agent of {} ---\n{}", addrs[i], agents[i].log())).collect();
+                let nodes: Vec<String> = w
+                    .group
+                    .nodes
+                    .keys()
+                    .map(|id| format!("--- node {id} ---\n{}", w.group.node(*id).log_tail(80)))
+                    .collect();
+                anyhow::bail!(
+                    "switchover {n} to {}: {e}\nhistory:\n{}\n{}\n{}",
+                    addrs[to],
+                    summary.join("\n"),
+                    logs.join("\n"),
+                    nodes.join("\n")
+                );
+            }
+        };
         let f = r.failover.ok_or_else(|| anyhow::anyhow!("switchover {n}: no record"))?;
         anyhow::ensure!(f.outcome == "succeeded", "switchover {n} to {}: {f:#?}", addrs[to]);
         primary = to;
@@ -575,6 +607,16 @@ async fn twenty_switchovers_with_agents_never_count_the_new_primary_s_lease_as_r
                 "switchover {n}: the new primary {}'s lease counted as run out right after its promotion: {a:#?}",
                 addrs[to]
             );
+            // ... and nothing fences it: its agent may still hold the lease it had as
+            // the primary of an earlier round, refused `not_primary` since, and that lease
+            // ending just as the switchover promotes the server must not make it read-only.
+            if w.sandbox.instances()[to].read_only().await? {
+                anyhow::bail!(
+                    "switchover {n}: the new primary {} turned read-only right after its promotion\n--- its agent ---\n{}",
+                    addrs[to],
+                    agents[to].log()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -592,7 +634,21 @@ async fn twenty_switchovers_with_agents_never_count_the_new_primary_s_lease_as_r
         }
         v
     };
-    assert_eq!(writable, vec![addrs[primary].clone()], "writable at the end");
+    let confirmed = agents.iter().map(|a| a.log().matches("answer now that it may be").count()).sum::<usize>();
+    println!("refusal-based fences lifted by a fresh answer: {confirmed}");
+    if writable != vec![addrs[primary].clone()] {
+        let logs: Vec<String> =
+            (0..agents.len()).map(|i| format!("--- agent of {} ---\n{}", addrs[i], agents[i].log())).collect();
+        let nodes: Vec<String> =
+            w.group.nodes.keys().map(|id| format!("--- node {id} ---\n{}", w.group.node(*id).log_tail(60))).collect();
+        panic!(
+            "writable at the end: {writable:?}, expected only {}\nlast: {:#?}\n{}\n{}",
+            addrs[primary],
+            h.failovers.last(),
+            logs.join("\n"),
+            nodes.join("\n")
+        );
+    }
     Ok(())
 }
 

@@ -16,6 +16,13 @@
 //! * Any other refusal: read-only once any lease held has run out. A server that
 //!   never held a lease and is refused without `fence_now` (an ordinary replica,
 //!   reason `not_primary`) is left alone, as the coordinators leave it.
+//!   Such a refusal can be older than the server's state: a replica refused
+//!   `not_primary` may be promoted by a switchover just as the lease it held as an
+//!   earlier primary runs out. So before fencing a *writable* server on a refusal
+//!   (`FenceReason::needs_confirmation`), the agent asks again and decides on an
+//!   answer to a request sent after it saw the server writable
+//!   (`answered_since`): the coordinators answer `being_promoted` (or grant) from the
+//!   moment a failover to this server is committed, before they make it writable.
 //! * No answer at all since start: read-only `ttl` after start (the agent cannot
 //!   confirm its server may take writes).
 //! * `not_leader` answers count as no answer (a node without a leader knows nothing).
@@ -68,6 +75,15 @@ pub enum FenceReason {
     NeverConfirmed,
 }
 
+impl FenceReason {
+    /// A refusal may predate a promotion of this very server (see the module docs):
+    /// a writable server is fenced on it only after a fresh answer confirms it.
+    /// Every other reason is acted on at once.
+    pub fn needs_confirmation(&self) -> bool {
+        matches!(self, FenceReason::Refused(_))
+    }
+}
+
 impl fmt::Display for FenceReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -118,6 +134,8 @@ pub struct LeaseState {
     refused: Option<String>,
     /// Set once the agent decided to fence; only for reporting grants after it.
     fenced_once: bool,
+    /// When the request behind the newest authoritative answer was sent.
+    answered_sent_at: Option<Instant>,
     pub epoch: u64,
 }
 
@@ -131,12 +149,16 @@ impl LeaseState {
             fence_now: None,
             refused: None,
             fenced_once: false,
+            answered_sent_at: None,
             epoch: 0,
         }
     }
 
     /// Apply the answer to a request sent at `sent_at`.
     pub fn on_answer(&mut self, sent_at: Instant, answer: &Answer) -> Event {
+        if *answer != Answer::NoAnswer {
+            self.answered_sent_at = Some(self.answered_sent_at.map_or(sent_at, |t| t.max(sent_at)));
+        }
         match answer {
             Answer::NoAnswer => Event::NoAnswer,
             Answer::Granted { ttl_ms, epoch } => {
@@ -217,6 +239,11 @@ impl LeaseState {
         self.lease_until
     }
 
+    /// Whether an authoritative answer came to a request sent at or after `t`.
+    pub fn answered_since(&self, t: Instant) -> bool {
+        self.answered_sent_at.is_some_and(|s| s >= t)
+    }
+
     /// Record that the agent fenced the server.
     pub fn mark_fenced(&mut self) {
         self.fenced_once = true;
@@ -239,6 +266,36 @@ mod tests {
 
     fn refused(reason: &str, fence_now: bool) -> Answer {
         Answer::Refused { reason: reason.into(), fence_now, epoch: 3 }
+    }
+
+    /// A replica that was primary earlier: refused `not_primary`, its old lease runs
+    /// out just as a switchover promotes it. The refusal alone asks for a fence, but it
+    /// must be confirmed; the fresh answer (`being_promoted`, sent after the server was
+    /// seen writable) lifts it, and an answer to an older request does not count.
+    #[test]
+    fn a_refusal_that_predates_a_promotion_is_confirmed_before_it_fences() {
+        let t0 = Instant::now();
+        let mut s = LeaseState::new(TTL, t0);
+        s.on_answer(t0, &granted(1500));
+        s.on_answer(t0 + ms(300), &refused("not_primary", false));
+        let seen_writable = t0 + ms(1600);
+        let r = s.must_fence(seen_writable).expect("the old lease ran out");
+        assert_eq!(r, FenceReason::Refused("not_primary".into()));
+        assert!(r.needs_confirmation());
+        assert!(!s.answered_since(seen_writable));
+        // An answer to a request sent before the server was seen writable: not fresh.
+        s.on_answer(seen_writable - ms(1), &refused("not_primary", false));
+        assert!(!s.answered_since(seen_writable));
+        // No answer at all: not fresh either.
+        s.on_answer(seen_writable + ms(5), &Answer::NoAnswer);
+        assert!(!s.answered_since(seen_writable));
+        s.on_answer(seen_writable + ms(10), &refused("being_promoted", false));
+        assert!(s.answered_since(seen_writable));
+        assert_eq!(s.must_fence(seen_writable + ms(20)), None);
+        // Other reasons are never held back.
+        assert!(!FenceReason::LeaseExpired.needs_confirmation());
+        assert!(!FenceReason::FenceNow("failover_in_progress".into()).needs_confirmation());
+        assert!(!FenceReason::NeverConfirmed.needs_confirmation());
     }
 
     #[test]

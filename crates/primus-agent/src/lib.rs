@@ -48,6 +48,8 @@ pub enum AgentError {
 struct Shared {
     state: Mutex<LeaseState>,
     changed: Notify,
+    /// Ask the renewer for a renewal now rather than at its next interval.
+    renew_now: Notify,
     /// mysqld's process exited and the server it restarts as is not fenced yet.
     restart: Mutex<Restart>,
 }
@@ -77,6 +79,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         let shared = Arc::new(Shared {
             state: Mutex::new(LeaseState::new(cfg.lease.ttl(), Instant::now())),
             changed: Notify::new(),
+            renew_now: Notify::new(),
             restart: Mutex::new(Restart::default()),
         });
         let agent_id = cfg.agent_id();
@@ -104,7 +107,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
             let m = LocalMysql::new(&cfg.mysql, cfg.mysql.password().ok().flatten());
             tokio::spawn(watchdog(cfg.clone(), shared.clone(), m, restart_mode).in_current_span())
         });
-        let mut guard = tokio::spawn(guard(cfg.clone(), shared.clone(), mysql).in_current_span());
+        let mut guard = tokio::spawn(guard(cfg.clone(), shared.clone(), mysql, publisher.clone()).in_current_span());
         let mut renewer = tokio::spawn(renewer(cfg.clone(), agent_id, shared.clone(), publisher).in_current_span());
         let _watchdog = watchdog.map(AbortOnDrop);
         tokio::select! {
@@ -414,12 +417,27 @@ async fn renewer(
             Event::NoAnswer => {}
         }
         shared.changed.notify_one();
-        tokio::time::sleep_until(sent_at + interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(sent_at + interval) => {}
+            _ = shared.renew_now.notified() => {}
+        }
     }
 }
 
 /// Decide and fence. Never waits on the renewer; bounded by the fence timeout.
-async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
+async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, publisher: Option<Arc<sentinel::Publisher>>) {
+    // The agent fenced the server, or found it read-only, after its lease ran out: the
+    // sentinel need not fence for that lease end (see sentinel::LeaseRecord::fenced_ns).
+    let mark_fenced = |shared: &Shared| {
+        let until = {
+            let mut s = shared.state();
+            s.mark_fenced();
+            s.lease_until()
+        };
+        if let (Some(p), Some(u)) = (&publisher, until) {
+            p.publish_fenced(u);
+        }
+    };
     let check = cfg.fence.check_interval();
     let fence_timeout = cfg.fence.timeout();
     // The server was fenced (or its mysqld killed) by this agent and has not been
@@ -454,7 +472,7 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
                          if it is still the primary and this agent holds its lease)"
                     );
                     fenced = true;
-                    shared.state().mark_fenced();
+                    mark_fenced(&shared);
                     let mut lifted = true;
                     if restart.blocked {
                         let epoch = shared.state().epoch;
@@ -513,6 +531,28 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
             } else {
                 false
             };
+            let need = if need && reason.needs_confirmation() {
+                match confirm_refusal(&cfg, &shared, &mut mysql, fence_timeout).await {
+                    Confirmed::ReadOnly => {
+                        if !fenced {
+                            tracing::info!(epoch, reason = %reason, "must be read-only, and is already: keeping it so");
+                        }
+                        fenced = true;
+                        errors = 0;
+                        mark_fenced(&shared);
+                        false
+                    }
+                    Confirmed::Lifted => {
+                        tracing::info!(epoch, reason = %reason,
+                            "the server is writable and the coordinators answer now that it may be (it is being \
+                             promoted, or holds the lease again): not fencing");
+                        false
+                    }
+                    Confirmed::Fence => true,
+                }
+            } else {
+                need
+            };
             if need {
                 let started = Instant::now();
                 match mysql.fence_within(fence_timeout).await {
@@ -527,7 +567,7 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
                         }
                         fenced = true;
                         errors = 0;
-                        shared.state().mark_fenced();
+                        mark_fenced(&shared);
                         if blocked {
                             blocked = !unblock(&cfg, port, epoch).await;
                         }
@@ -560,13 +600,13 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
                                      both ways until it answers and is fenced");
                                 fenced = true;
                                 blocked = true;
-                                shared.state().mark_fenced();
+                                mark_fenced(&shared);
                             }
                             Ok(Escalated::Killed { pid }) => {
                                 tracing::error!(epoch, reason = %reason, pid, waited_ms = waited,
                                     "ESCALATED: mysqld did not answer the fence in time; sent it SIGKILL");
                                 fenced = true;
-                                shared.state().mark_fenced();
+                                mark_fenced(&shared);
                             }
                             Ok(Escalated::Disabled) => {
                                 tracing::error!(epoch, reason = %reason, waited_ms = waited,
@@ -617,6 +657,49 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql) {
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
             _ = shared.changed.notified() => {}
+        }
+    }
+}
+
+/// What a refusal-based fence decision came to (see `lease` module docs).
+enum Confirmed {
+    /// The server is read-only: nothing to fence.
+    ReadOnly,
+    /// A renewal sent after the server was seen writable was granted (or answered
+    /// `being_promoted`): the refusal is outdated.
+    Lifted,
+    /// Still refused, no fresh answer in time, or the server could not be checked.
+    Fence,
+}
+
+/// Before fencing on a refusal (`not_primary` and no lease left), which may predate
+/// the coordinators promoting this very server: check the server, and when it is
+/// writable, ask for a renewal now and decide on its answer. The coordinators answer
+/// `being_promoted` from the commit of a failover to this server on, before they make it
+/// writable, so a request sent after it was seen writable tells a promotion from a
+/// stray write. Waits at most one renewal interval (the renewer's own timeout); no
+/// fresh answer in that time means fence.
+async fn confirm_refusal(cfg: &Config, shared: &Shared, mysql: &mut LocalMysql, bound: Duration) -> Confirmed {
+    match tokio::time::timeout(bound, mysql.writability()).await {
+        Ok(Ok(w)) if !w.writable() => return Confirmed::ReadOnly,
+        Ok(Ok(_)) => {}
+        // Down, hung or failing: the fence path deals with it as it always has.
+        Ok(Err(_)) | Err(_) => return Confirmed::Fence,
+    }
+    let seen_writable = Instant::now();
+    let until = seen_writable + cfg.lease.renew_interval();
+    shared.renew_now.notify_one();
+    loop {
+        // Registered before the check, so an answer between the two is not missed.
+        let changed = shared.changed.notified();
+        {
+            let s = shared.state();
+            if s.answered_since(seen_writable) {
+                return if s.must_fence(Instant::now()).is_some() { Confirmed::Fence } else { Confirmed::Lifted };
+            }
+        }
+        if tokio::time::timeout_at(until, changed).await.is_err() {
+            return Confirmed::Fence;
         }
     }
 }

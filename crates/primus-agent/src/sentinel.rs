@@ -110,13 +110,19 @@ pub struct LeaseRecord {
     pub start: u64,
     /// Lease end on CLOCK_MONOTONIC; 0 when this agent never held a lease.
     pub until_ns: u64,
+    /// The lease end for which the agent itself found the server read-only (or made
+    /// it so) after that end; 0 when none. The sentinel has nothing left to do for
+    /// that end: fencing again later could hit a server the coordinators have since
+    /// promoted (the agent asks them before it fences on a refusal; the sentinel
+    /// cannot). Older sentinels ignore the field.
+    pub fenced_ns: u64,
 }
 
 impl LeaseRecord {
     pub fn encode(&self) -> String {
         format!(
-            "primus-lease v1 boot={} pid={} start={} until_ns={}\n",
-            self.boot_id, self.pid, self.start, self.until_ns
+            "primus-lease v1 boot={} pid={} start={} until_ns={} fenced_ns={}\n",
+            self.boot_id, self.pid, self.start, self.until_ns, self.fenced_ns
         )
     }
 
@@ -125,7 +131,7 @@ impl LeaseRecord {
         if words.next()? != "primus-lease" || words.next()? != "v1" {
             return None;
         }
-        let mut r = LeaseRecord { boot_id: String::new(), pid: 0, start: 0, until_ns: 0 };
+        let mut r = LeaseRecord { boot_id: String::new(), pid: 0, start: 0, until_ns: 0, fenced_ns: 0 };
         for w in words {
             let (k, v) = w.split_once('=')?;
             match k {
@@ -133,6 +139,7 @@ impl LeaseRecord {
                 "pid" => r.pid = v.parse().ok()?,
                 "start" => r.start = v.parse().ok()?,
                 "until_ns" => r.until_ns = v.parse().ok()?,
+                "fenced_ns" => r.fenced_ns = v.parse().ok()?,
                 _ => {}
             }
         }
@@ -143,8 +150,14 @@ impl LeaseRecord {
 /// Writes the agent's lease end to the lease file, off the async runtime, in the
 /// order given; a write replaces the file atomically (write + rename).
 pub struct Publisher {
-    tx: std::sync::mpsc::Sender<u64>,
+    tx: std::sync::mpsc::Sender<Publish>,
     clock: MonoClock,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Publish {
+    Until(u64),
+    Fenced(u64),
 }
 
 impl Publisher {
@@ -158,25 +171,30 @@ impl Publisher {
             pid: me,
             start: proc_info(me).map(|p| p.start).unwrap_or(0),
             until_ns: 0,
+            fenced_ns: 0,
         };
         // Fail now, with the path in the message, rather than on the first renewal.
         write_atomic(&path, &base.encode())?;
-        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        let (tx, rx) = std::sync::mpsc::channel::<Publish>();
         std::thread::Builder::new().name("lease-file".into()).spawn(move || {
             let mut errors = 0u64;
-            let mut written = Some(0u64);
-            while let Ok(mut until_ns) = rx.recv() {
-                // Only the newest value matters, and only when it changed (a failed
+            let mut written = Some((0u64, 0u64));
+            let (mut until_ns, mut fenced_ns) = (0u64, 0u64);
+            while let Ok(first) = rx.recv() {
+                // Only the newest values matter, and only when they changed (a failed
                 // renewal publishes the same lease end again).
-                while let Ok(next) = rx.try_recv() {
-                    until_ns = next;
+                for p in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                    match p {
+                        Publish::Until(u) => until_ns = u,
+                        Publish::Fenced(u) => fenced_ns = u,
+                    }
                 }
-                if written == Some(until_ns) {
+                if written == Some((until_ns, fenced_ns)) {
                     continue;
                 }
-                let rec = LeaseRecord { until_ns, ..base.clone() };
+                let rec = LeaseRecord { until_ns, fenced_ns, ..base.clone() };
                 match write_atomic(&path, &rec.encode()) {
-                    Ok(()) => written = Some(until_ns),
+                    Ok(()) => written = Some((until_ns, fenced_ns)),
                     Err(e) => {
                         written = None;
                         errors += 1;
@@ -193,7 +211,13 @@ impl Publisher {
 
     /// Publish the lease end (`None`: no lease ever held).
     pub fn publish(&self, until: Option<Instant>) {
-        let _ = self.tx.send(until.map_or(0, |u| self.clock.ns(u)));
+        let _ = self.tx.send(Publish::Until(until.map_or(0, |u| self.clock.ns(u))));
+    }
+
+    /// Publish that the agent found the server read-only (or made it so) after the
+    /// lease that ended at `until` ran out.
+    pub fn publish_fenced(&self, until: Instant) {
+        let _ = self.tx.send(Publish::Fenced(self.clock.ns(until)));
     }
 }
 
@@ -303,6 +327,11 @@ pub async fn run(cfg: Config, agent_pid: u32) -> Result<(), String> {
                     tracing::debug!(until_ns = r.until_ns, "lease end moved");
                 }
                 mine_until_ns = r.until_ns;
+                // The agent handled this lease end itself: count it as fenced.
+                if r.fenced_ns != 0 && r.fenced_ns == mine_until_ns && fenced_for != mine_until_ns {
+                    tracing::debug!(until_ns = r.until_ns, "the agent found the server read-only after this lease end");
+                    fenced_for = mine_until_ns;
+                }
             } else if r.until_ns > now_ns && alive(r.pid, r.start).is_some() {
                 other_holds = true;
             }
@@ -420,8 +449,11 @@ mod tests {
 
     #[test]
     fn lease_record_round_trips_and_rejects_garbage() {
-        let r = LeaseRecord { boot_id: "b-1".into(), pid: 42, start: 7, until_ns: 123 };
+        let r = LeaseRecord { boot_id: "b-1".into(), pid: 42, start: 7, until_ns: 123, fenced_ns: 120 };
         assert_eq!(LeaseRecord::parse(&r.encode()), Some(r));
+        // A file written by an older agent has no fenced_ns: nothing handled.
+        let old = LeaseRecord::parse("primus-lease v1 boot=b-1 pid=42 start=7 until_ns=123\n");
+        assert_eq!(old.map(|r| (r.until_ns, r.fenced_ns)), Some((123, 0)));
         for bad in
             ["", "garbage", "primus-lease v2 boot=b pid=1", "primus-lease v1 boot=b pid=x", "primus-lease v1 pid=3"]
         {
