@@ -265,3 +265,64 @@ impl LeaseTable {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::{GroupView, WriteError};
+    use primus_types::{Request, Response};
+    use tokio::sync::watch;
+
+    /// A group this node leads in term 7; nothing is ever written.
+    struct Leads(watch::Sender<GroupView>);
+
+    #[async_trait::async_trait]
+    impl Consensus for Leads {
+        async fn write(&self, _req: Request) -> Result<(u64, Response), WriteError> {
+            unreachable!("the lease table does not write")
+        }
+        async fn ensure_leader(&self) -> Result<(), WriteError> {
+            Ok(())
+        }
+        fn view(&self) -> GroupView {
+            self.0.borrow().clone()
+        }
+        fn watch(&self) -> watch::Receiver<GroupView> {
+            self.0.subscribe()
+        }
+    }
+
+    fn table(max_ttl_ms: u64, margin_ms: u64) -> LeaseTable {
+        let view = GroupView { term: 7, ..Default::default() };
+        let (tx, _) = watch::channel(view);
+        LeaseTable::new(
+            1,
+            std::sync::Arc::new(Leads(tx)),
+            Duration::from_millis(max_ttl_ms),
+            Duration::from_millis(margin_ms),
+            Duration::from_millis(300),
+        )
+    }
+
+    /// Issue 12 item 7b: a new leader whose own `max_lease_ttl_ms` (2 s) is shorter than
+    /// the TTL an agent registered with under an earlier leader (6 s) waits out the
+    /// recorded TTL, not its own, and at least the agent's recorded fence time.
+    #[tokio::test]
+    async fn a_new_leader_waits_out_the_ttl_raft_recorded_for_the_agent_not_its_own_maximum() {
+        let t = table(2000, 100);
+        let (c, i): (ClusterName, InstanceAddr) = ("c".parse().unwrap(), InstanceAddr::new("db1", 3306).unwrap());
+        let since = t.leader_since();
+        let agent =
+            AgentRecord { agent_id: "a".into(), registered_at_ms: 0, ttl_ms: Some(6000), fence_timeout_ms: Some(900) };
+        // Inherited (never granted here): 6 s TTL + an election timeout + the agent's
+        // fence time and 200 ms (longer than this node's 100 ms margin).
+        let want = since + Duration::from_millis(6000 + 300 + 900 + 200);
+        assert_eq!(t.expiry(&c, &i, Some(&agent)), want);
+        // An agent registered by an older version (no TTL recorded): this node's maximum.
+        let old = AgentRecord { ttl_ms: None, fence_timeout_ms: None, ..agent.clone() };
+        assert_eq!(t.expiry(&c, &i, Some(&old)), since + Duration::from_millis(2000 + 300 + 200));
+        // A longer lease this leader granted itself still wins.
+        t.grant(&c, &i, Duration::from_millis(9000), since);
+        assert_eq!(t.expiry(&c, &i, Some(&agent)), since + Duration::from_millis(9000 + 900 + 200));
+    }
+}

@@ -4,7 +4,8 @@
 //! mysqld killed when that does not finish within the fence timeout — escalation
 //! `kill`), over the simulated servers' local socket.
 //!
-//! The loop mirrors `primus_agent::run`'s renewer and guard rather than sharing them:
+//! The loop mirrors `primus_agent::run`'s renewer and guard (including the confirmation
+//! of a refusal before a writable server is fenced on it) rather than sharing them:
 //! those are written against mysql_async, nftables and the gRPC client. What decides
 //! — when a lease holds, when to fence — is the agent's own code.
 
@@ -17,6 +18,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// What an agent needs from the simulation around it.
@@ -52,7 +54,8 @@ pub async fn agent_loop(env: Arc<dyn AgentEnv>, i: usize, seed: u64) {
     let addr = env.addr(i);
     let agent_id = format!("agent-{addr}-{seed:x}");
     let state = Arc::new(Mutex::new(LeaseState::new(TTL, Instant::now())));
-    let guard = tokio::spawn(guard(env.clone(), addr.clone(), state.clone()));
+    let renew_now = Arc::new(Notify::new());
+    let guard = tokio::spawn(guard(env.clone(), addr.clone(), state.clone(), renew_now.clone()));
     let _abort = AbortOnDrop(guard);
     let coords = env.coordinators();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -89,7 +92,10 @@ pub async fn agent_loop(env: Arc<dyn AgentEnv>, i: usize, seed: u64) {
         if matches!(&event, Event::Refused { reason, .. } if reason == "not_registered") {
             k = register(&mut k).await;
         }
-        tokio::time::sleep_until(sent_at + RENEW).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(sent_at + RENEW) => {}
+            _ = renew_now.notified() => {}
+        }
     }
 }
 
@@ -102,7 +108,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Fence when the lease says so; check a fenced server stays read-only.
-async fn guard(env: Arc<dyn AgentEnv>, addr: InstanceAddr, state: Arc<Mutex<LeaseState>>) {
+async fn guard(env: Arc<dyn AgentEnv>, addr: InstanceAddr, state: Arc<Mutex<LeaseState>>, renew_now: Arc<Notify>) {
     let sim = env.sim().clone();
     let mut cfg = ProbeConfig::new("root", "");
     cfg.connect_timeout = Duration::from_millis(200);
@@ -127,6 +133,39 @@ async fn guard(env: Arc<dyn AgentEnv>, addr: InstanceAddr, state: Arc<Mutex<Leas
                     sim.writable(&addr).unwrap_or(false)
                 } else {
                     false
+                };
+                // As the agent's `confirm_refusal`: a refusal may predate a promotion of
+                // this server, so a writable server is fenced on it only after an answer
+                // to a renewal sent once it was seen writable still refuses.
+                let need = if need && reason.needs_confirmation() {
+                    if sim.process_state(&addr).ok() == Some(crate::mysql::ProcState::Running)
+                        && !sim.writable(&addr).unwrap_or(true)
+                    {
+                        fenced = true;
+                        state.lock().unwrap_or_else(PoisonError::into_inner).mark_fenced();
+                        false
+                    } else {
+                        let seen = Instant::now();
+                        renew_now.notify_one();
+                        let until = seen + RENEW;
+                        loop {
+                            let (fresh, still) = {
+                                let s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                                (s.answered_since(seen), s.must_fence(Instant::now()).is_some())
+                            };
+                            if fresh || Instant::now() >= until {
+                                if fresh && !still {
+                                    env.note(format!(
+                                        "agent of {addr}: refusal outdated by a fresh answer; not fencing"
+                                    ));
+                                }
+                                break !fresh || still;
+                            }
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                } else {
+                    need
                 };
                 if need {
                     env.note(format!("agent of {addr}: fencing ({reason})"));
