@@ -869,6 +869,27 @@ async fn check_loop(h: Arc<Harness>) {
                         format!("{a} became writable; committed state: {}", describe(best.as_ref(), &h.cluster)),
                     );
                 }
+                // No-loss mode: a server made writable (a promotion, or the primary
+                // unfenced) holds every write acknowledged so far — on every later
+                // primary, not only the final one.
+                if h.opts.semi_sync {
+                    let rows = h.sim.rows(a).unwrap_or_default();
+                    let missing: Vec<(u64, InstanceAddr, u64)> = {
+                        let log = h.log.lock().unwrap_or_else(PoisonError::into_inner);
+                        log.acks.iter().filter(|(_, _, r)| !rows.contains(r)).cloned().collect()
+                    };
+                    if let Some((at, server, row)) = missing.first() {
+                        h.violate(
+                            "in no-loss mode every acknowledged write is on every later primary",
+                            format!(
+                                "{a} became writable without {} acknowledged rows, e.g. row {row} committed on {server} at \
+                                 {at}; committed state: {}",
+                                missing.len(),
+                                describe(best.as_ref(), &h.cluster)
+                            ),
+                        );
+                    }
+                }
             }
         }
         // The leader's analysis, sampled.
