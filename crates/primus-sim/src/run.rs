@@ -729,6 +729,27 @@ async fn apply(h: &Arc<Harness>, f: &Fault) {
                 h.trace(format!("ack: {:?}", r.map(|_| ())));
             }
         }
+        Fault::Maintenance(i, ms) => {
+            let since_ms = WALL_START_MS + h.ms();
+            let m = primus_types::failover::Maintenance {
+                reason: "simulated operator".into(),
+                by: "operator".into(),
+                since_ms,
+                until_ms: since_ms + ms,
+            };
+            let instance = i.map(|i| h.servers[i].clone());
+            let r = h
+                .commit(Command::SetMaintenance { name: h.cluster.clone(), instance, maintenance: Some(m) }, "operator")
+                .await;
+            h.trace(format!("maintenance: {:?}", r.map(|_| ())));
+        }
+        Fault::EndMaintenance(i) => {
+            let instance = i.map(|i| h.servers[i].clone());
+            let r = h
+                .commit(Command::SetMaintenance { name: h.cluster.clone(), instance, maintenance: None }, "operator")
+                .await;
+            h.trace(format!("end maintenance: {:?}", r.map(|_| ())));
+        }
         Fault::HealAll => {
             h.links.lock().unwrap_or_else(PoisonError::into_inner).cut.clear();
             for i in 0..h.servers.len() {
@@ -750,10 +771,33 @@ async fn apply(h: &Arc<Harness>, f: &Fault) {
                     }
                 }
             }
+            drop(coords);
+            // The operator ends every maintenance too (the group must converge after),
+            // once a leader takes it.
+            let h2 = h.clone();
+            tokio::spawn(async move { end_all_maintenance(&h2).await });
         }
     }
     h.sync_coord_links();
     h.sim.links_changed();
+}
+
+/// End the cluster's and every server's maintenance (retried while no leader takes it).
+async fn end_all_maintenance(h: &Harness) {
+    let Some(c) = h.most_applied().and_then(|s| s.registry.clusters.get(&h.cluster).cloned()) else { return };
+    let mut targets: Vec<Option<InstanceAddr>> = c.instance_maintenance.keys().cloned().map(Some).collect();
+    if c.cluster_maintenance.is_some() {
+        targets.push(None);
+    }
+    for instance in targets {
+        let cmd = Command::SetMaintenance { name: h.cluster.clone(), instance, maintenance: None };
+        for _ in 0..50 {
+            if h.commit(cmd.clone(), "operator").await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 fn all_parties(h: &Harness) -> Vec<Party> {

@@ -77,6 +77,11 @@ pub enum Fault {
     SlowReplica(usize, u64),
     Switchover,
     Ack,
+    /// An operator puts a server (`Some`) or the whole cluster (`None`) in maintenance
+    /// for this many ms (by the coordinators' wall clocks, which may be stepped).
+    Maintenance(Option<usize>, u64),
+    /// ... and ends it early.
+    EndMaintenance(Option<usize>),
     /// Everything healed, restarted and resumed (the end of every schedule).
     HealAll,
 }
@@ -106,6 +111,8 @@ impl fmt::Display for Fault {
             Fault::SlowReplica(i, ms) => write!(f, "slow {} {ms}", db(i)),
             Fault::Switchover => write!(f, "switchover"),
             Fault::Ack => write!(f, "ack"),
+            Fault::Maintenance(i, ms) => write!(f, "maintenance {} {ms}", i.as_ref().map_or("cluster".into(), db)),
+            Fault::EndMaintenance(i) => write!(f, "end-maintenance {}", i.as_ref().map_or("cluster".into(), db)),
             Fault::HealAll => write!(f, "heal-all"),
         }
     }
@@ -149,6 +156,10 @@ impl std::str::FromStr for Fault {
             Some("slow") => Fault::SlowReplica(server(1)?, num(2)?.max(0) as u64),
             Some("switchover") => Fault::Switchover,
             Some("ack") => Fault::Ack,
+            Some("maintenance") if w.get(1) == Some(&"cluster") => Fault::Maintenance(None, num(2)?.max(0) as u64),
+            Some("maintenance") => Fault::Maintenance(Some(server(1)?), num(2)?.max(0) as u64),
+            Some("end-maintenance") if w.get(1) == Some(&"cluster") => Fault::EndMaintenance(None),
+            Some("end-maintenance") => Fault::EndMaintenance(Some(server(1)?)),
             Some("heal-all") => Fault::HealAll,
             _ => return Err(format!("unknown fault {s:?}")),
         })
@@ -205,7 +216,7 @@ impl Schedule {
             let undo = (at + hold).min(span);
             let s = rng.gen_range(0..servers);
             let c = *coords.choose(rng).unwrap_or(&1);
-            let (fault, undo_fault) = match rng.gen_range(0..14) {
+            let (fault, undo_fault) = match rng.gen_range(0..15) {
                 0 | 1 => (Fault::CrashServer(s), Some(Fault::RestartServer(s))),
                 2 => (Fault::PauseServer(s), Some(Fault::ResumeServer(s))),
                 3 => (Fault::CrashHost(s), Some(Fault::RestartHost(s))),
@@ -236,7 +247,14 @@ impl Schedule {
                 10 => (Fault::ClockStep(c, rng.gen_range(-5000..5000)), None),
                 11 => (Fault::ClockDrift(c, rng.gen_range(-500..500)), None),
                 12 => (Fault::SlowReplica(s, rng.gen_range(5..200)), None),
-                _ => (if rng.gen_bool(0.7) { Fault::Switchover } else { Fault::Ack }, None),
+                13 => (if rng.gen_bool(0.7) { Fault::Switchover } else { Fault::Ack }, None),
+                _ => {
+                    // Maintenance of a server or of the whole cluster, for a while; ended
+                    // early by the operator half the time (else it runs out on its own).
+                    let who = rng.gen_bool(0.7).then_some(s);
+                    let ms = rng.gen_range(500..6000u64);
+                    (Fault::Maintenance(who, ms), rng.gen_bool(0.5).then_some(Fault::EndMaintenance(who)))
+                }
             };
             faults.push(Timed { at_ms: at, fault });
             if let Some(u) = undo_fault {

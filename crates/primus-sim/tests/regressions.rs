@@ -196,3 +196,46 @@ fn a_former_primary_is_flagged_divergent_for_what_a_later_failover_left_behind()
          @13815 restart db1; @14633 heal; @15454 restart-host db1",
     );
 }
+
+/// When the first failover's first step ran (ms after the start of the simulated wall
+/// clock, as the trace counts), from the history line at the end of the trace.
+fn first_failover_step_ms(out: &primus_sim::run::Outcome) -> Option<u64> {
+    let line = out.trace.iter().find(|l| l.contains("history: "))?;
+    let after = &line[line.find("): @")? + 4..];
+    after.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// When the trace says `what` happened (its ms column).
+fn trace_ms(out: &primus_sim::run::Outcome, what: &str) -> u64 {
+    let line = out.trace.iter().find(|l| l.contains(what)).unwrap_or_else(|| panic!("{what:?} not in the trace"));
+    line.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no time in {line:?}"))
+}
+
+/// Operator maintenance: a primary that crashes while its cluster is in maintenance is
+/// not failed over until the maintenance ends (the same crash without maintenance is,
+/// at once), also when the maintenance runs out by the coordinators' wall clocks.
+#[test]
+fn a_crashed_primary_is_failed_over_only_once_its_maintenance_ends() {
+    let mut o = shape(7, false, 2);
+    o.operator_rejoins = false;
+    // The crash, without maintenance: failed over within a second or so.
+    let out = run(o.clone(), "@3000 crash db1");
+    let crash = trace_ms(&out, "fault: crash db1");
+    let first = first_failover_step_ms(&out).unwrap_or_else(|| panic!("no failover: {}", report(&out)));
+    assert!(first < crash + 2000, "failed over only at {first} ms, crash at {crash}: {}", report(&out));
+    // In maintenance for longer than the faults last: no failover until heal-all ends it.
+    let out = run(o.clone(), "@2000 maintenance cluster 60000; @3000 crash db1");
+    let heal = trace_ms(&out, "fault: heal-all");
+    if let Some(first) = first_failover_step_ms(&out) {
+        assert!(first >= heal, "a failover at {first} ms, during maintenance (until {heal}): {}", report(&out));
+    }
+    // The primary's own maintenance runs out 4 s after it began: then it is failed over.
+    let out = run(o, "@2000 maintenance db1 4000; @3000 crash db1");
+    let began = trace_ms(&out, "fault: maintenance db1");
+    let first = first_failover_step_ms(&out).unwrap_or_else(|| panic!("no failover: {}", report(&out)));
+    assert!(
+        first >= began + 4000 && first < began + 6000,
+        "failover at {first} ms; maintenance from {began} for 4000 ms: {}",
+        report(&out)
+    );
+}
