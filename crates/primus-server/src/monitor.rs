@@ -386,6 +386,14 @@ impl Monitor {
 
     /// Probe `addrs` right now, bypassing the schedule, and return the results (the
     /// double-check before a failover). Each probe has its own connection and deadline.
+    /// `probe_fresh`, as the map the failover decisions take (errors as text).
+    pub async fn probe_fresh_map(
+        &self,
+        addrs: &[InstanceAddr],
+    ) -> std::collections::BTreeMap<InstanceAddr, Result<primus_mysql::Observation, String>> {
+        self.probe_fresh(addrs).await.into_iter().map(|r| (r.addr, r.result.map_err(|e| e.to_string()))).collect()
+    }
+
     pub async fn probe_fresh(&self, addrs: &[InstanceAddr]) -> Vec<ProbeRecord> {
         let futs = addrs.iter().map(|a| {
             let prober = self.connector.connect(a);

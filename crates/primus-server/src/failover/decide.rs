@@ -131,13 +131,8 @@ impl Engine {
             .filter(|a| kind != FailoverKind::Automatic || **a != primary)
             .cloned()
             .collect();
-        let fresh: BTreeMap<InstanceAddr, Result<primus_mysql::Observation, String>> = self
-            .monitor
-            .probe_fresh(&addrs)
-            .await
-            .into_iter()
-            .map(|r| (r.addr, r.result.map_err(|e| e.to_string())))
-            .collect();
+        let fresh: BTreeMap<InstanceAddr, Result<primus_mysql::Observation, String>> =
+            self.monitor.probe_fresh_map(&addrs).await;
         let c = self.cluster(name)?;
         let input = self.input(&c);
         let th = thresholds(&self.cfg);

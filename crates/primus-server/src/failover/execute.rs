@@ -445,13 +445,8 @@ impl Engine {
             let c = self.cluster(name).map_err(|e| e.to_string())?;
             let addrs: Vec<InstanceAddr> =
                 c.topology.instances.keys().filter(|a| **a != f.old_primary).cloned().collect();
-            let fresh: BTreeMap<InstanceAddr, Result<primus_mysql::Observation, String>> = self
-                .monitor
-                .probe_fresh(&addrs)
-                .await
-                .into_iter()
-                .map(|r| (r.addr, r.result.map_err(|e| e.to_string())))
-                .collect();
+            let fresh: BTreeMap<InstanceAddr, Result<primus_mysql::Observation, String>> =
+                self.monitor.probe_fresh_map(&addrs).await;
             let input = self.input(&c);
             let seen = self.seen_received(name, &f.old_primary);
             let gaps = primus_failover::no_loss_gaps(&input, &f.old_primary, &f.candidate, &fresh, seen.as_ref());
