@@ -898,6 +898,65 @@ async fn with_wan_raft_timings_neither_a_leader_crash_nor_a_leader_stop_fences_t
     Ok(())
 }
 
+/// Issue 12 item 7b on real processes: lease settings are the group's, in Raft, not
+/// each node's. Node 1 accepts 6 s leases and waits 4 s past a lease; nodes 2 and 3
+/// are configured with a 2 s maximum and a 100 ms margin. The agent registers while
+/// node 1 leads; then leadership moves to node 2. Node 2 must keep granting the 6 s
+/// lease node 1 accepted (refusing it as too long would fence a healthy primary), and
+/// when the primary's mysqld is killed it must wait out 6 s + the 4 s margin Raft
+/// recorded, not its own 100 ms: ≥ 9 s from the kill to a writable replica (with its
+/// own settings it would promote after about 6.7 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_configured_with_a_shorter_lease_ttl_and_margin_waits_out_what_the_group_recorded(
+) -> anyhow::Result<()> {
+    let node_config = std::collections::BTreeMap::from([
+        (1, "[fencing]\nmax_lease_ttl_ms = 8000\nlease_margin_ms = 4000\n".to_string()),
+        (2, "[fencing]\nmax_lease_ttl_ms = 2000\nlease_margin_ms = 100\n".to_string()),
+        (3, "[fencing]\nmax_lease_ttl_ms = 2000\nlease_margin_ms = 100\n".to_string()),
+    ]);
+    let w = World::start(WorldOptions { node_config, ..Default::default() }).await?;
+    w.register_sandbox(CLUSTER, Duration::ZERO).await?;
+    let primary = w.sandbox.primary().clone();
+    create_app_user(&primary).await?;
+    w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
+    w.transfer_leader(1, Duration::from_secs(15)).await?;
+    let opts = AgentOptions { ttl_ms: 6000, ..world_agent_options(&w) };
+    let agent = AgentProc::start(&primary, &opts)?;
+    agent.wait_log("lease granted", Duration::from_secs(10)).await?;
+
+    w.transfer_leader(2, Duration::from_secs(15)).await?;
+    // Longer than the 6 s TTL: node 2 kept renewing the lease.
+    assert_stays_writable(&primary, Duration::from_millis(7000), &agent, "with node 2 leading").await?;
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
+    anyhow::ensure!(leader == 2, "node {leader} leads, not node 2: the test needs node 2 to fail over");
+
+    let killed = Instant::now();
+    primary.kill9()?;
+    let deadline = killed + Duration::from_secs(30);
+    let (promoted, took) = 'found: loop {
+        for r in w.sandbox.replicas() {
+            if tokio::time::timeout(Duration::from_millis(300), r.read_only()).await.ok().and_then(|r| r.ok())
+                == Some(false)
+            {
+                break 'found (r.addr(), killed.elapsed());
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no replica became writable within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let f = first_finished_failover(&w, Duration::from_secs(20), &agent).await?;
+    println!("kill -9 of the primary -> {promoted} writable after {} ms (leader: node 2)", took.as_millis());
+    primus_integration_tests::world::print_steps(&f);
+    assert_eq!(f.outcome, "succeeded", "{f:#?}");
+    assert_eq!(f.candidate, promoted);
+    assert!(
+        took >= Duration::from_millis(9000),
+        "node 2 promoted {} ms after the kill: it did not wait out the 6 s lease and the 4 s margin Raft recorded",
+        took.as_millis()
+    );
+    Ok(())
+}
+
 fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

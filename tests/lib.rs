@@ -106,6 +106,9 @@ pub mod world {
         pub primary_in_netns: bool,
         /// Raft timings of the coordinators (the testkit's fast LAN timings by default).
         pub raft: primus_testkit::coordinator::RaftTuning,
+        /// Extra TOML for one coordinator (by node id), after `extra_config`: nodes
+        /// configured differently from each other.
+        pub node_config: BTreeMap<u64, String>,
     }
 
     impl Default for WorldOptions {
@@ -123,6 +126,7 @@ pub mod world {
                 http: false,
                 primary_in_netns: false,
                 raft: Default::default(),
+                node_config: BTreeMap::new(),
             }
         }
     }
@@ -151,7 +155,7 @@ pub mod world {
                     o.probe_interval_ms, o.query_timeout_ms, o.query_timeout_ms, o.extra_config
                 ),
             )?;
-            let mut node_config = BTreeMap::new();
+            let mut node_config = o.node_config.clone();
             let links = if o.proxied {
                 let m = LinkMatrix::start(o.coordinators, &sandbox.addrs()).await?;
                 for i in 0..o.coordinators {
@@ -159,7 +163,9 @@ pub mod world {
                     for (from, to) in m.address_map_strings(i) {
                         t.push_str(&format!("\"{from}\" = \"{to}\"\n"));
                     }
-                    node_config.insert(i as u64 + 1, t);
+                    let own = node_config.entry(i as u64 + 1).or_default();
+                    own.push('\n');
+                    own.push_str(&t);
                 }
                 Some(m)
             } else {
@@ -192,6 +198,25 @@ pub mod world {
                 .args(["--endpoints", &self.group.endpoints(), "--timeout", "15s"])
                 .args(args)
                 .output()?)
+        }
+
+        /// Hand Raft leadership to node `to` with `primusctl members transfer-leader`
+        /// (retried: a leader hands over only once its own leader lease has passed).
+        pub async fn transfer_leader(&self, to: u64, timeout: Duration) -> anyhow::Result<()> {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let (leader, _) = self.group.wait_leader(&[], Duration::from_secs(10)).await?;
+                if leader == to {
+                    return Ok(());
+                }
+                let out = self.primusctl(&["members", "transfer-leader", &to.to_string()])?;
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "leadership did not move from node {leader} to node {to} within {timeout:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
 
         pub async fn topology(&self, cluster: &str) -> anyhow::Result<GetTopologyResponse> {

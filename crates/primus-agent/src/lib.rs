@@ -380,9 +380,14 @@ async fn renewer(
             p.publish(until);
         }
         // The coordinators lost this agent's registration (a new agent replaced it, the
-        // cluster was registered again): register again, the lease running out meanwhile.
+        // cluster was registered again), or the leader grants only once its own lease
+        // settings are recorded with it (a new leader with a larger margin): register
+        // again, the lease running out meanwhile.
         if matches!(&event, Event::Refused { reason, .. } if reason == "not_registered") {
-            tracing::warn!("the coordinators have no registration of this agent: registering again");
+            tracing::warn!(
+                "the leader has no registration of this agent under its lease settings (a new agent replaced it, or \
+                 a leader with a larger [fencing] lease_margin_ms took over): registering again"
+            );
             register(&cfg, &agent_id, &mut i).await?;
         }
         match &event {

@@ -13,6 +13,14 @@
 //! new leader configured with a shorter maximum still waits out what its predecessor
 //! may have granted.
 //!
+//! The margin is recorded the same way: a leader grants a lease only under settings
+//! Raft holds for the agent (a TTL no longer than the recorded one, a recorded margin
+//! at least its own `[fencing] lease_margin_ms`); otherwise it answers
+//! `not_registered`, the agent registers again and the leader's margin is committed
+//! with the registration before any grant. So every lease was granted under a margin
+//! Raft knows, and a later leader counts with the largest of its own and the recorded
+//! one, whatever its configuration says.
+//!
 //! Grants are forgotten when this node stops leading: a later term starts from the
 //! inherited bound again.
 
@@ -57,8 +65,9 @@ impl LeaseTable {
         }
     }
 
-    pub fn max_ttl(&self) -> Duration {
-        self.max_ttl
+    /// This node's own `[fencing]` settings, for [`verdict`].
+    pub fn limits(&self) -> LeaseLimits {
+        LeaseLimits { max_ttl: self.max_ttl, margin: self.margin }
     }
 
     /// The TTL to count for `agent`'s leases: what Raft recorded for it (this node's
@@ -67,11 +76,13 @@ impl LeaseTable {
         agent.and_then(|a| a.ttl_ms).map_or(self.max_ttl, Duration::from_millis)
     }
 
-    /// What is added to a lease before it counts as run out: this node's margin, or the
-    /// agent's fence timeout when that is longer (it fences after its lease ends).
+    /// What is added to a lease before it counts as run out: the largest of this node's
+    /// margin, the margin Raft recorded for the agent (the largest of the leaders that
+    /// granted it leases) and the agent's fence timeout (it fences after its lease ends).
     fn margin_of(&self, agent: Option<&AgentRecord>) -> Duration {
         let fence = agent.and_then(|a| a.fence_timeout_ms).map_or(Duration::ZERO, Duration::from_millis);
-        self.margin.max(fence + Duration::from_millis(200))
+        let recorded = agent.and_then(|a| a.margin_ms).map_or(Duration::ZERO, Duration::from_millis);
+        self.margin.max(recorded).max(fence + Duration::from_millis(200))
     }
 
     /// When this node became leader in its current term (noted on first use in a
@@ -187,28 +198,57 @@ pub enum LeaseVerdict {
     },
 }
 
-/// How the leader answers a renewal from `agent_id` for `instance` of cluster `name`
-/// (`too_long`: it asked for more than `max_lease_ttl_ms`): the cluster's epoch, its
-/// primary, and the verdict; `None` when the cluster is unknown. Pure: the leader
-/// decides from its applied state alone.
+/// A leader's own `[fencing]` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseLimits {
+    /// `max_lease_ttl_ms`.
+    pub max_ttl: Duration,
+    /// `lease_margin_ms`.
+    pub margin: Duration,
+}
+
+/// The longest TTL a renewal of `agent`'s lease may ask for: this leader's maximum, or
+/// the TTL Raft recorded for the agent when a leader accepted a longer one (a new
+/// leader configured with a smaller maximum does not fence a primary that an earlier
+/// one let hold such leases).
+pub fn longest_ttl(limits: LeaseLimits, agent: Option<&AgentRecord>) -> Duration {
+    limits.max_ttl.max(agent.and_then(|a| a.ttl_ms).map_or(Duration::ZERO, Duration::from_millis))
+}
+
+/// Whether Raft holds `agent`'s lease settings as this leader would grant under them:
+/// a TTL at least `ttl` (when one is recorded) and a margin at least this leader's.
+/// If not, the leader must not grant before the agent registered again (with this
+/// leader committing the registration and its margin).
+fn settings_recorded(agent: &AgentRecord, ttl: Duration, limits: LeaseLimits) -> bool {
+    let ttl_ok = agent.ttl_ms.is_none_or(|t| ttl <= Duration::from_millis(t));
+    let margin_ok = agent.margin_ms.is_some_and(|m| Duration::from_millis(m) >= limits.margin);
+    ttl_ok && margin_ok
+}
+
+/// How the leader answers a renewal of a `ttl` lease from `agent_id` for `instance` of
+/// cluster `name` under its own `limits`: the cluster's epoch, its primary, and the
+/// verdict; `None` when the cluster is unknown. Pure: the leader decides from its
+/// applied state alone.
 pub fn verdict(
     s: &Registry,
     name: &ClusterName,
     instance: &InstanceAddr,
     agent_id: &str,
-    too_long: bool,
+    ttl: Duration,
+    limits: LeaseLimits,
 ) -> Option<(u64, String, LeaseVerdict)> {
     let c = s.clusters.get(name)?;
     let primary = c.topology.primary.as_ref().map(ToString::to_string).unwrap_or_default();
     let agent = c.agents.get(instance);
     let verdict = if !c.topology.instances.contains_key(instance) {
         LeaseVerdict::Refuse { reason: "unknown_instance", fence_now: false }
-    } else if too_long {
+    } else if ttl > longest_ttl(limits, agent) {
         LeaseVerdict::Refuse { reason: "ttl_too_long", fence_now: false }
     } else {
-        // A lease is waited out only for an agent Raft knows of: never grant one to
-        // anybody else (the agent registers again on this answer).
-        let unknown = agent.is_none_or(|a| a.agent_id != agent_id);
+        // A lease is waited out only for an agent Raft knows of, and only as long as
+        // Raft records: never grant one to anybody else, nor under settings Raft does
+        // not hold (the agent registers again on this answer).
+        let unknown = agent.is_none_or(|a| a.agent_id != agent_id || !settings_recorded(a, ttl, limits));
         let not_registered = LeaseVerdict::Refuse { reason: "not_registered", fence_now: false };
         match c.in_flight().filter(|f| f.kind.changes_primary()) {
             Some(f) if &f.candidate == instance && unknown => not_registered,
@@ -304,25 +344,107 @@ mod tests {
         )
     }
 
-    /// Issue 12 item 7b: a new leader whose own `max_lease_ttl_ms` (2 s) is shorter than
-    /// the TTL an agent registered with under an earlier leader (6 s) waits out the
-    /// recorded TTL, not its own, and at least the agent's recorded fence time.
+    fn agent(ttl: Option<u64>, fence: Option<u64>, margin: Option<u64>) -> AgentRecord {
+        AgentRecord {
+            agent_id: "a".into(),
+            registered_at_ms: 0,
+            ttl_ms: ttl,
+            fence_timeout_ms: fence,
+            margin_ms: margin,
+        }
+    }
+
+    /// Issue 12 item 7b: a new leader whose own `max_lease_ttl_ms` (2 s) and
+    /// `lease_margin_ms` (100 ms) are smaller than what Raft recorded for the agent
+    /// under an earlier leader (a 6 s TTL, a 3 s margin) waits out the recorded ones,
+    /// not its own, and at least the agent's recorded fence time.
     #[tokio::test]
-    async fn a_new_leader_waits_out_the_ttl_raft_recorded_for_the_agent_not_its_own_maximum() {
+    async fn a_new_leader_waits_out_the_ttl_and_margin_raft_recorded_for_the_agent_not_its_own() {
         let t = table(2000, 100);
         let (c, i): (ClusterName, InstanceAddr) = ("c".parse().unwrap(), InstanceAddr::new("db1", 3306).unwrap());
         let since = t.leader_since();
-        let agent =
-            AgentRecord { agent_id: "a".into(), registered_at_ms: 0, ttl_ms: Some(6000), fence_timeout_ms: Some(900) };
-        // Inherited (never granted here): 6 s TTL + an election timeout + the agent's
-        // fence time and 200 ms (longer than this node's 100 ms margin).
-        let want = since + Duration::from_millis(6000 + 300 + 900 + 200);
-        assert_eq!(t.expiry(&c, &i, Some(&agent)), want);
+        // Inherited (never granted here): 6 s TTL + an election timeout + the recorded
+        // 3 s margin (longer than this node's 100 ms and the fence time).
+        let rec = agent(Some(6000), Some(900), Some(3000));
+        assert_eq!(t.expiry(&c, &i, Some(&rec)), since + Duration::from_millis(6000 + 300 + 3000));
+        // No margin recorded (an older leader registered it): the agent's fence time and
+        // 200 ms, which is longer than this node's 100 ms margin.
+        let no_margin = agent(Some(6000), Some(900), None);
+        assert_eq!(t.expiry(&c, &i, Some(&no_margin)), since + Duration::from_millis(6000 + 300 + 900 + 200));
         // An agent registered by an older version (no TTL recorded): this node's maximum.
-        let old = AgentRecord { ttl_ms: None, fence_timeout_ms: None, ..agent.clone() };
+        let old = agent(None, None, None);
         assert_eq!(t.expiry(&c, &i, Some(&old)), since + Duration::from_millis(2000 + 300 + 200));
         // A longer lease this leader granted itself still wins.
         t.grant(&c, &i, Duration::from_millis(9000), since);
-        assert_eq!(t.expiry(&c, &i, Some(&agent)), since + Duration::from_millis(9000 + 900 + 200));
+        assert_eq!(t.expiry(&c, &i, Some(&rec)), since + Duration::from_millis(9000 + 3000));
+    }
+
+    /// A registry with cluster `c` whose primary `h:1` has agent `a` registered as `rec`.
+    fn registry_with_agent(rec: &AgentRecord) -> Registry {
+        use primus_types::{Command, Origin, Topology};
+        let log_id = |i| primus_types::LogId::new(openraft::CommittedLeaderId::new(1, 1), i);
+        let name: ClusterName = "c".parse().unwrap();
+        let h = |p: u16| InstanceAddr::new("h", p).unwrap();
+        let mut r = Registry::default();
+        let mut apply =
+            |i, cmd| assert_eq!(r.apply(&log_id(i), &Request::new(cmd, Origin::default())).0, Response::Done);
+        apply(
+            1,
+            Command::RegisterCluster {
+                name: name.clone(),
+                seeds: vec![h(1)],
+                settings: Default::default(),
+                topology: None,
+            },
+        );
+        let topology = Topology::from_edges(
+            vec![
+                (h(1), None, 1, "mariadb".into(), "10.11".into()),
+                (h(2), Some(h(1)), 2, "mariadb".into(), "10.11".into()),
+            ],
+            None,
+        );
+        apply(2, Command::UpdateTopology { name: name.clone(), topology });
+        apply(
+            3,
+            Command::RegisterAgent {
+                name,
+                instance: h(1),
+                agent_id: rec.agent_id.clone(),
+                ttl_ms: rec.ttl_ms,
+                fence_timeout_ms: rec.fence_timeout_ms,
+                margin_ms: rec.margin_ms,
+            },
+        );
+        r
+    }
+
+    /// Issue 12 item 7b: a leader grants a lease only under settings Raft holds for the
+    /// agent. A margin smaller than its own (or none) and a TTL longer than the recorded
+    /// one get `not_registered` (the agent registers again, and the leader's margin is
+    /// committed before any grant); a TTL an earlier leader accepted is not refused as
+    /// too long by a leader configured with a smaller maximum.
+    #[test]
+    fn a_lease_is_granted_only_under_a_ttl_and_margin_raft_recorded() {
+        let (name, primary) = ("c".parse::<ClusterName>().unwrap(), InstanceAddr::new("h", 1).unwrap());
+        let ms = Duration::from_millis;
+        let limits = LeaseLimits { max_ttl: ms(2000), margin: ms(700) };
+        let decide = |rec: &AgentRecord, ttl: u64| {
+            let r = registry_with_agent(rec);
+            verdict(&r, &name, &primary, "a", ms(ttl), limits).map(|v| v.2)
+        };
+        let not_registered = Some(LeaseVerdict::Refuse { reason: "not_registered", fence_now: false });
+        let too_long = Some(LeaseVerdict::Refuse { reason: "ttl_too_long", fence_now: false });
+        assert_eq!(decide(&agent(Some(1500), Some(500), Some(700)), 1500), Some(LeaseVerdict::Grant));
+        assert_eq!(decide(&agent(Some(1500), Some(500), Some(3000)), 1500), Some(LeaseVerdict::Grant));
+        assert_eq!(decide(&agent(Some(1500), Some(500), Some(100)), 1500), not_registered, "smaller margin");
+        assert_eq!(decide(&agent(Some(1500), Some(500), None), 1500), not_registered, "no margin recorded");
+        assert_eq!(decide(&agent(Some(1500), Some(500), Some(700)), 1800), not_registered, "longer than recorded");
+        assert_eq!(decide(&agent(Some(1500), Some(500), Some(700)), 2500), too_long);
+        // An earlier leader accepted 6 s: this one (2 s maximum) keeps granting it.
+        assert_eq!(decide(&agent(Some(6000), Some(500), Some(700)), 6000), Some(LeaseVerdict::Grant));
+        assert_eq!(decide(&agent(Some(6000), Some(500), Some(700)), 6001), too_long);
+        // An older agent that recorded no TTL: this leader's maximum bounds it.
+        assert_eq!(decide(&agent(None, None, Some(700)), 2000), Some(LeaseVerdict::Grant));
     }
 }

@@ -320,7 +320,17 @@ impl CoordinatorService {
         if r.ttl_ms == 0 {
             return Ok(());
         }
-        let max = self.node.cfg.fencing.max_lease_ttl_ms;
+        // A TTL an earlier leader accepted for this instance stays accepted (the new
+        // leader waits it out in any case): the group's maximum, not only this node's.
+        let recorded = match (parse_name(&r.cluster), r.instance.parse::<InstanceAddr>()) {
+            (Ok(name), Ok(instance)) => {
+                self.node
+                    .read_state(|s| s.clusters.get(&name).and_then(|c| c.agents.get(&instance)).and_then(|a| a.ttl_ms))
+                    .1
+            }
+            _ => None,
+        };
+        let max = self.node.cfg.fencing.max_lease_ttl_ms.max(recorded.unwrap_or(0));
         if r.ttl_ms > max {
             return Err(Status::failed_precondition(format!(
                 "lease.ttl_ms {} is longer than the coordinators' [fencing] max_lease_ttl_ms {max}: lower it to at \
@@ -1139,6 +1149,8 @@ impl Coordinator for CoordinatorService {
             agent_id: r.agent_id.clone(),
             ttl_ms: opt(r.ttl_ms),
             fence_timeout_ms: opt(r.fence_timeout_ms),
+            // This leader grants leases only under a margin Raft records (lease.rs).
+            margin_ms: Some(self.node.cfg.fencing.lease_margin_ms),
         };
         let actor = r.actor.clone();
         self.commit_or_forward(cmd, actor, inbound, r, |mut c, q| async move { c.register_agent(q).await }).await
@@ -1180,10 +1192,11 @@ impl Coordinator for CoordinatorService {
         ) {
             return answer(false, 0, 0, String::new(), "not_leader", false);
         }
-        let too_long = std::time::Duration::from_millis(r.ttl_ms) > self.node.leases.max_ttl();
+        let ttl = std::time::Duration::from_millis(r.ttl_ms);
+        let limits = self.node.leases.limits();
         // Decide under the state lock from the few fields that matter: a renewal comes
         // every few hundred ms per agent, so the cluster record is not copied.
-        let decided = self.node.read_state(|s| crate::lease::verdict(s, &name, &instance, &r.agent_id, too_long)).1;
+        let decided = self.node.read_state(|s| crate::lease::verdict(s, &name, &instance, &r.agent_id, ttl, limits)).1;
         let Some((epoch, primary, verdict)) = decided else {
             return answer(false, 0, 0, String::new(), "unknown_cluster", false);
         };
@@ -1191,7 +1204,6 @@ impl Coordinator for CoordinatorService {
             tracing::warn!(cluster = %name, instance = %instance, epoch, failover_id = %id,
                 agent = %r.agent_id, "lease refused: a failover of this primary is in progress");
         }
-        let ttl = std::time::Duration::from_millis(r.ttl_ms);
         let a = self.node.leases.answer(&name, &instance, ttl, received_at, &verdict);
         answer(a.granted, a.ttl_ms, epoch, primary, a.reason, a.fence_now)
     }

@@ -580,6 +580,7 @@ impl crate::agent::AgentEnv for Harness {
                 agent_id: agent_id.to_string(),
                 ttl_ms: Some(ttl.as_millis() as u64),
                 fence_timeout_ms: Some(500),
+                margin_ms: Some(leases.limits().margin.as_millis() as u64),
             };
             let req = Request::at(cmd, Origin { actor: format!("agent {agent_id}"), via_node: to }, 0);
             let r =
@@ -596,9 +597,9 @@ impl crate::agent::AgentEnv for Harness {
         if !view.leads_with_quorum(self.cfg.raft.election_timeout_min_ms) {
             return Some(not_leader);
         }
-        let too_long = ttl > leases.max_ttl();
+        let limits = leases.limits();
         let decided =
-            state.read(|s| primus_server::lease::verdict(&s.registry, &self.cluster, &instance, agent_id, too_long));
+            state.read(|s| primus_server::lease::verdict(&s.registry, &self.cluster, &instance, agent_id, ttl, limits));
         let (epoch, primary, verdict) = decided?;
         let a = leases.answer(&self.cluster, &instance, ttl, received_at, &verdict);
         let resp = primus_client::RenewLeaseResponse {

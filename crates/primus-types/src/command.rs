@@ -175,6 +175,10 @@ pub enum Command {
         /// The agent's fence timeout.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fence_timeout_ms: Option<u64>,
+        /// The committing leader's `[fencing] lease_margin_ms` (an older leader sends
+        /// none; an older release ignores it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        margin_ms: Option<u64>,
     },
     /// Split brain: the leader is about to fence `instance`, writable although the
     /// cluster's primary of `epoch` is another. Committed before the instance is

@@ -356,6 +356,13 @@ pub struct AgentRecord {
     /// lease ran out (the leader's wait covers it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence_timeout_ms: Option<u64>,
+    /// The largest `[fencing] lease_margin_ms` of any leader that granted this
+    /// instance's agents a lease (it never shrinks): a leader registers the agent again
+    /// under its own margin before granting, so a later leader configured with a
+    /// smaller one still waits at least this long past a lease. `None`: registered by
+    /// an older coordinator release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -473,7 +473,7 @@ impl Registry {
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
             }
-            Command::RegisterAgent { name, instance, agent_id, ttl_ms, fence_timeout_ms } => {
+            Command::RegisterAgent { name, instance, agent_id, ttl_ms, fence_timeout_ms, margin_ms } => {
                 let c = self.cluster_mut(name)?;
                 if !c.topology.instances.contains_key(instance) {
                     return Err(Rejection::UnknownInstance { name: name.clone(), instance: instance.clone() });
@@ -483,11 +483,13 @@ impl Registry {
                 let before = c.agents.get(instance);
                 let ttl_ms = (*ttl_ms).max(before.and_then(|a| a.ttl_ms));
                 let fence_timeout_ms = (*fence_timeout_ms).max(before.and_then(|a| a.fence_timeout_ms));
+                let margin_ms = (*margin_ms).max(before.and_then(|a| a.margin_ms));
                 let rec = crate::failover::AgentRecord {
                     agent_id: agent_id.clone(),
                     registered_at_ms: req.proposed_at_ms,
                     ttl_ms,
                     fence_timeout_ms,
+                    margin_ms,
                 };
                 c.agents.insert(instance.clone(), rec);
                 touched.push(StateKey::Cluster(name.clone()));
@@ -891,6 +893,48 @@ mod tests {
             Request::new(Command::UpdateTopology { name: "c".parse().unwrap(), topology: topo }, Origin::default());
         assert_eq!(r.apply(&log_id(2), &up).0, Response::Done);
         r
+    }
+
+    /// Issue 12 item 7b: what an agent's leases are counted with (TTL, fence time, the
+    /// margin of the leaders that granted them) only grows in Raft, whichever agent or
+    /// leader registers next, and a record written before the margin existed loads.
+    #[test]
+    fn an_agent_s_recorded_lease_ttl_and_margin_never_shrink() {
+        let mut r = registered_with_topology();
+        let inst = crate::InstanceAddr::new("h", 1).unwrap();
+        let register = |agent: &str, ttl: u64, margin: Option<u64>| {
+            Request::new(
+                Command::RegisterAgent {
+                    name: "c".parse().unwrap(),
+                    instance: inst.clone(),
+                    agent_id: agent.into(),
+                    ttl_ms: Some(ttl),
+                    fence_timeout_ms: Some(500),
+                    margin_ms: margin,
+                },
+                Origin::default(),
+            )
+        };
+        let rec = |r: &Registry| r.clusters[&"c".parse::<ClusterName>().unwrap()].agents[&inst].clone();
+        assert_eq!(r.apply(&log_id(3), &register("a1", 6000, Some(3000))).0, Response::Done);
+        // A new agent with a shorter TTL, registered by a leader with a smaller margin
+        // (and one by an older leader that sends none).
+        assert_eq!(r.apply(&log_id(4), &register("a2", 1500, Some(100))).0, Response::Done);
+        assert_eq!(r.apply(&log_id(5), &register("a2", 1500, None)).0, Response::Done);
+        let a = rec(&r);
+        assert_eq!((a.agent_id.as_str(), a.ttl_ms, a.margin_ms), ("a2", Some(6000), Some(3000)));
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["margin_ms"], 3000);
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("margin_ms");
+        let loaded: crate::failover::AgentRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(loaded.margin_ms, None);
+        // A command written by an older leader (no margin field) decodes too.
+        let cmd = serde_json::json!({"RegisterAgent": {"name": "c", "instance": "h:1", "agent_id": "a3"}});
+        assert!(matches!(
+            serde_json::from_value::<Command>(cmd).unwrap(),
+            Command::RegisterAgent { margin_ms: None, ttl_ms: None, .. }
+        ));
     }
 
     #[test]
