@@ -1213,6 +1213,13 @@ pub fn report(out: &Outcome) -> String {
     s
 }
 
+/// Whether tokio's own random choices (`select!` branch order, which watch notifier a
+/// waiter queues on) are seeded: only in a build with `--cfg tokio_unstable`
+/// (`.cargo/config.toml`).
+pub fn seeded_runtime() -> bool {
+    cfg!(tokio_unstable)
+}
+
 /// Run `opts` on a fresh seeded runtime of this thread.
 pub fn run_blocking(opts: Options) -> Outcome {
     let mut b = tokio::runtime::Builder::new_current_thread();

@@ -87,7 +87,17 @@ impl Engine {
             e.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&n);
             r
         });
-        task.await.map_err(|e| FailoverError::Internal(format!("failover task failed: {e}")))?
+        // Not the JoinError's text: it names tokio's process-wide task id, which means
+        // nothing to an operator (and differs between two replays of one simulated seed).
+        task.await.map_err(|e| {
+            FailoverError::Internal(if e.is_cancelled() {
+                "failover task failed: cancelled (this coordinator is stopping; a failover it started is carried on \
+                 by the next leader)"
+                    .into()
+            } else {
+                "failover task failed: panicked".into()
+            })
+        })?
     }
 
     /// Double-check, choose, commit the start, execute. Returns the failover id.

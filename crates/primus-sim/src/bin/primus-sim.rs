@@ -67,6 +67,16 @@ fn options(args: &Args, seed: u64) -> anyhow::Result<Options> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if !primus_sim::run::seeded_runtime() {
+        eprintln!(
+            "primus-sim: built without --cfg tokio_unstable (an environment RUSTFLAGS replaces .cargo/config.toml's): \
+             tokio's own random choices are not seeded, so a seed may not replay event for event"
+        );
+        anyhow::ensure!(
+            !args.check_determinism,
+            "--check-determinism needs a build with --cfg tokio_unstable (unset RUSTFLAGS, or add it to them)"
+        );
+    }
     if let Some(seed) = args.seed {
         return one(&args, seed);
     }
