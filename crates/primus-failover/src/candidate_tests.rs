@@ -504,14 +504,14 @@ mod no_loss {
     fn a_candidate_holding_everything_every_replica_received_loses_nothing() {
         let sim = Sim::dead_primary().gtid(R1, "0-1-100", "0-1-104").gtid(R2, "0-1-100", "0-1-102");
         let input = sim.input();
-        assert!(no_loss_gaps(&input, &a(P), &a(R1), &fresh(&sim, &[]), None).is_empty());
+        assert!(no_loss_gaps(&input, &a(P), &a(R1), &fresh(&sim, &[]), None, None).is_empty());
     }
 
     #[test]
     fn what_an_ineligible_replica_received_still_counts() {
         // R1 (in maintenance, or must_not: out of the pool) received 101..104; R2 did not.
         let sim = Sim::dead_primary().gtid(R1, "0-1-100", "0-1-104").gtid(R2, "0-1-100", "0-1-100").maintenance(R1);
-        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R2), &fresh(&sim, &[]), None);
+        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R2), &fresh(&sim, &[]), None, None);
         assert_eq!(gaps.len(), 1, "{gaps:?}");
         assert!(gaps[0].contains("127.0.0.1:3307 received 0-1-101..104"), "{gaps:?}");
     }
@@ -519,11 +519,11 @@ mod no_loss {
     #[test]
     fn an_unreadable_replica_may_have_acknowledged_anything() {
         let sim = Sim::dead_primary();
-        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[R2]), None);
+        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[R2]), None, None);
         assert_eq!(gaps.len(), 1, "{gaps:?}");
         assert!(gaps[0].contains("127.0.0.1:3308 cannot be read now (connection refused)"), "{gaps:?}");
         // The candidate itself must be read for this decision too (not an older view).
-        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[R1]), None);
+        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[R1]), None, None);
         assert!(gaps[0].contains("the candidate 127.0.0.1:3307 cannot be read now"), "{gaps:?}");
     }
 
@@ -533,7 +533,7 @@ mod no_loss {
         // semi-sync is off, so it may have acknowledged what R1 lacks (found by primus-sim).
         let sim =
             Sim::dead_primary().obs(R2, |o| o.semi_sync.replica_enabled = Some(false)).seen_all(R2, Seen::Timeout);
-        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[R2]), None);
+        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[R2]), None, None);
         assert_eq!(gaps.len(), 1, "{gaps:?}");
         assert!(gaps[0].contains("127.0.0.1:3308 cannot be read now"), "{gaps:?}");
     }
@@ -545,12 +545,28 @@ mod no_loss {
         let sim = Sim::dead_primary().gtid(R1, "0-1-100", "0-1-100").gtid(R2, "0-1-100", "0-1-100");
         let seen: primus_mysql::AnyGtidSet =
             primus_mysql::AnyGtidSet::MariaDb("0-1-104".parse().unwrap_or_else(|e| panic!("{e}")));
-        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[]), Some(&seen));
+        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[]), Some(&seen), None);
         assert_eq!(gaps.len(), 1, "{gaps:?}");
         assert!(gaps[0].contains("were seen to have received 0-1-101..104"), "{gaps:?}");
         let held: primus_mysql::AnyGtidSet =
             primus_mysql::AnyGtidSet::MariaDb("0-1-100".parse().unwrap_or_else(|e| panic!("{e}")));
-        assert!(no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[]), Some(&held)).is_empty());
+        assert!(no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[]), Some(&held), None).is_empty());
+    }
+
+    /// Found by primus-sim (seed 605753): the dead primary was itself promoted with
+    /// 0-1-485; its former primary may have acknowledged any of that on its semi-sync
+    /// acknowledgement, so a candidate holding only 0-1-369 (it was down then) must not
+    /// be promoted; one holding the whole promotion point may.
+    #[test]
+    fn the_dead_primary_s_own_promotion_point_must_be_on_the_candidate() {
+        let sim = Sim::dead_primary().gtid(R1, "0-1-369", "0-1-369").gtid(R2, "0-1-369", "0-1-369");
+        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[]), None, Some("0-1-485"));
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert!(gaps[0].contains("held 0-1-370..485 when it was promoted"), "{gaps:?}");
+        let sim = Sim::dead_primary().gtid(R1, "0-2-500", "0-2-500").gtid(R2, "0-2-500", "0-2-500");
+        assert!(no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[]), None, Some("0-1-485")).is_empty());
+        let gaps = no_loss_gaps(&sim.input(), &a(P), &a(R1), &fresh(&sim, &[]), None, Some("not a gtid"));
+        assert!(gaps[0].contains("cannot be compared"), "{gaps:?}");
     }
 
     #[test]
@@ -559,6 +575,6 @@ mod no_loss {
             .gtid(R1, "0-1-100", "0-1-104")
             .obs(R1, |o| o.semi_sync.replica_enabled = Some(false))
             .gtid(R2, "0-1-100", "0-1-100");
-        assert!(no_loss_gaps(&sim.input(), &a(P), &a(R2), &fresh(&sim, &[]), None).is_empty());
+        assert!(no_loss_gaps(&sim.input(), &a(P), &a(R2), &fresh(&sim, &[]), None, None).is_empty());
     }
 }

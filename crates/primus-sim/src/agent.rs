@@ -8,9 +8,14 @@
 //! of a refusal before a writable server is fenced on it) rather than sharing them:
 //! those are written against mysql_async, nftables and the gRPC client. What decides
 //! — when a lease holds, when to fence — is the agent's own code.
+//!
+//! The agent publishes its lease end in a [`LeaseFile`], as the real one does for its
+//! sentinel. When the agent alone is killed, its [`sentinel`] fences the server at the
+//! end of that lease, deciding with the real sentinel's `decide`.
 
 use crate::mysql::{Peer, SimMysql};
 use primus_agent::lease::{Answer, Event, LeaseState};
+use primus_agent::sentinel::{AgentIs, Step};
 use primus_mysql::conn::MysqlConn;
 use primus_mysql::ProbeConfig;
 use primus_types::{ClusterName, InstanceAddr, NodeId};
@@ -40,6 +45,30 @@ pub trait AgentEnv: Send + Sync + 'static {
         register: bool,
     ) -> Option<primus_client::RenewLeaseResponse>;
     fn note(&self, line: String);
+    /// The lease file of the live agent of server `i`, if one runs.
+    fn lease_file(&self, i: usize) -> Option<LeaseFile>;
+}
+
+/// What an agent publishes for its sentinel (`sentinel::LeaseRecord`): the end of the
+/// lease it holds, and the lease end after which it found its server fenced.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseFile(Arc<Mutex<(Option<Instant>, Option<Instant>)>>);
+
+impl LeaseFile {
+    fn publish(&self, until: Option<Instant>) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).0 = until;
+    }
+
+    fn publish_fenced(&self, until: Option<Instant>) {
+        if let Some(u) = until {
+            self.0.lock().unwrap_or_else(PoisonError::into_inner).1 = Some(u);
+        }
+    }
+
+    /// (lease end, lease end after which the agent found the server fenced).
+    pub fn read(&self) -> (Option<Instant>, Option<Instant>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The agent's settings in the simulation (the sandbox's: TTL 1.5 s, renewal every
@@ -49,13 +78,14 @@ const RENEW: Duration = Duration::from_millis(300);
 const FENCE_TIMEOUT: Duration = Duration::from_millis(500);
 const CHECK: Duration = Duration::from_millis(100);
 
-/// Run the agent of server `i` until aborted (a crash of its host).
-pub async fn agent_loop(env: Arc<dyn AgentEnv>, i: usize, seed: u64) {
+/// Run the agent of server `i` until aborted (a crash of it or of its host), publishing
+/// its lease in `file`.
+pub async fn agent_loop(env: Arc<dyn AgentEnv>, i: usize, seed: u64, file: LeaseFile) {
     let addr = env.addr(i);
     let agent_id = format!("agent-{addr}-{seed:x}");
     let state = Arc::new(Mutex::new(LeaseState::new(TTL, Instant::now())));
     let renew_now = Arc::new(Notify::new());
-    let guard = tokio::spawn(guard(env.clone(), addr.clone(), state.clone(), renew_now.clone()));
+    let guard = tokio::spawn(guard(env.clone(), addr.clone(), state.clone(), renew_now.clone(), file.clone()));
     let _abort = AbortOnDrop(guard);
     let coords = env.coordinators();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -88,7 +118,12 @@ pub async fn agent_loop(env: Arc<dyn AgentEnv>, i: usize, seed: u64) {
         if answer == Answer::NoAnswer {
             k += 1;
         }
-        let event = state.lock().unwrap_or_else(PoisonError::into_inner).on_answer(sent_at, &answer);
+        let event = {
+            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let event = s.on_answer(sent_at, &answer);
+            file.publish(s.lease_until());
+            event
+        };
         if matches!(&event, Event::Refused { reason, .. } if reason == "not_registered") {
             k = register(&mut k).await;
         }
@@ -108,7 +143,19 @@ impl Drop for AbortOnDrop {
 }
 
 /// Fence when the lease says so; check a fenced server stays read-only.
-async fn guard(env: Arc<dyn AgentEnv>, addr: InstanceAddr, state: Arc<Mutex<LeaseState>>, renew_now: Arc<Notify>) {
+async fn guard(
+    env: Arc<dyn AgentEnv>,
+    addr: InstanceAddr,
+    state: Arc<Mutex<LeaseState>>,
+    renew_now: Arc<Notify>,
+    file: LeaseFile,
+) {
+    // As the agent's `mark_fenced`: the sentinel need not fence for this lease end.
+    let mark_fenced = || {
+        let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.mark_fenced();
+        file.publish_fenced(s.lease_until());
+    };
     let sim = env.sim().clone();
     let mut cfg = ProbeConfig::new("root", "");
     cfg.connect_timeout = Duration::from_millis(200);
@@ -142,7 +189,7 @@ async fn guard(env: Arc<dyn AgentEnv>, addr: InstanceAddr, state: Arc<Mutex<Leas
                         && !sim.writable(&addr).unwrap_or(true)
                     {
                         fenced = true;
-                        state.lock().unwrap_or_else(PoisonError::into_inner).mark_fenced();
+                        mark_fenced();
                         false
                     } else {
                         let seen = Instant::now();
@@ -173,7 +220,7 @@ async fn guard(env: Arc<dyn AgentEnv>, addr: InstanceAddr, state: Arc<Mutex<Leas
                         Ok(Ok(())) => {
                             env.note(format!("agent of {addr}: fenced ({reason})"));
                             fenced = true;
-                            state.lock().unwrap_or_else(PoisonError::into_inner).mark_fenced();
+                            mark_fenced();
                         }
                         Ok(Err(_)) | Err(_) => {
                             // Escalation: mysqld does not confirm the fence in time.
@@ -190,6 +237,56 @@ async fn guard(env: Arc<dyn AgentEnv>, addr: InstanceAddr, state: Arc<Mutex<Leas
         }
         let wake = deadline.unwrap_or(now + CHECK).min(now + CHECK);
         tokio::time::sleep_until(wake.max(Instant::now() + Duration::from_millis(1))).await;
+    }
+}
+
+/// The sentinel of server `i`'s killed agent (`primus_agent::sentinel::run`): at the end
+/// of the lease the agent last published in `mine` it fences the server (escalating to
+/// a kill of a mysqld that does not answer), unless the agent had found it fenced for
+/// that lease end or a restarted agent holds a lease; then it exits. Decided by the real
+/// sentinel's [`primus_agent::sentinel::decide`]. Only a dead agent's sentinel is run: a
+/// live agent fences first (its sentinel would find the server read-only already).
+pub async fn sentinel(env: Arc<dyn AgentEnv>, i: usize, mine: LeaseFile) {
+    let addr = env.addr(i);
+    let sim = env.sim().clone();
+    let mut cfg = ProbeConfig::new("root", "");
+    cfg.connect_timeout = Duration::from_millis(200);
+    cfg.query_timeout = Duration::from_millis(200);
+    let conn = sim.connector(Peer::Local(addr.clone()), cfg).conn(&addr);
+    // Lease ends as nanoseconds on one clock (0: none), as in the lease file.
+    let base = Instant::now().checked_sub(Duration::from_secs(3600)).unwrap_or_else(Instant::now);
+    let ns = |t: Instant| t.saturating_duration_since(base).as_nanos() as u64 + 1;
+    let mut fenced_for = 0u64;
+    loop {
+        let now = Instant::now();
+        let (until, agent_fenced) = mine.read();
+        let mine_until = until.map_or(0, ns);
+        if mine_until != 0 && agent_fenced.map(ns) == Some(mine_until) {
+            fenced_for = mine_until;
+        }
+        let other_holds = env.lease_file(i).is_some_and(|f| f.read().0.is_some_and(|u| u > now));
+        match primus_agent::sentinel::decide(ns(now), mine_until, fenced_for, AgentIs::Gone, other_holds, FENCE_TIMEOUT)
+        {
+            Step::Wait(d) => tokio::time::sleep(d.max(Duration::from_millis(1))).await,
+            Step::Exit(why) => {
+                env.note(format!("sentinel of {addr}: exits ({why})"));
+                return;
+            }
+            Step::Fence { until_ns } => {
+                fenced_for = until_ns;
+                match tokio::time::timeout(FENCE_TIMEOUT, fence(&sim, &conn, &addr)).await {
+                    Ok(Ok(())) => env.note(format!("sentinel of {addr}: lease ran out with no agent; fenced")),
+                    _ if sim.process_state(&addr).ok() == Some(crate::mysql::ProcState::Crashed) => {
+                        env.note(format!("sentinel of {addr}: lease ran out; mysqld is down (nothing can write)"));
+                    }
+                    _ => {
+                        env.note(format!("sentinel of {addr}: fence not confirmed; killing mysqld"));
+                        let _ = sim.crash(&addr);
+                        conn.disconnect().await;
+                    }
+                }
+            }
+        }
     }
 }
 

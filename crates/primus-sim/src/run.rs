@@ -137,6 +137,8 @@ fn addr(i: usize) -> InstanceAddr {
 struct Links {
     /// Silent cuts between parties (both directions).
     cut: BTreeSet<(Party, Party)>,
+    /// Lossy links between coordinators (both directions): the percentage of messages lost.
+    loss: BTreeMap<(NodeId, NodeId), u8>,
 }
 
 impl Links {
@@ -157,7 +159,9 @@ struct Harness {
     views: Mutex<BTreeMap<NodeId, Option<AppliedState>>>,
     cluster: ClusterName,
     servers: Vec<InstanceAddr>,
-    agents: Mutex<BTreeMap<usize, tokio::task::JoinHandle<()>>>,
+    agents: Mutex<BTreeMap<usize, (tokio::task::JoinHandle<()>, crate::agent::LeaseFile)>>,
+    /// Sentinels of killed agents, by server (they die with their host).
+    sentinels: Mutex<BTreeMap<usize, tokio::task::JoinHandle<()>>>,
     log: Mutex<Log>,
     origin: Instant,
 }
@@ -221,6 +225,8 @@ impl Harness {
                 if a != b {
                     let l = if links.blocked(&Party::Coord(a), &Party::Coord(b)) { Link::Silent } else { Link::Up };
                     self.net.set_link(a, b, l);
+                    let loss = links.loss.get(&(a.min(b), a.max(b))).copied().unwrap_or(0);
+                    self.net.set_loss(a, b, loss);
                 }
             }
         }
@@ -305,6 +311,7 @@ pub async fn run(opts: Options) -> Outcome {
         cluster: "sim".parse().unwrap_or_else(|_| unreachable!("a valid name")),
         servers: servers.clone(),
         agents: Mutex::new(BTreeMap::new()),
+        sentinels: Mutex::new(BTreeMap::new()),
         log: Mutex::new(Log::default()),
         origin,
     });
@@ -406,8 +413,11 @@ pub async fn run(opts: Options) -> Outcome {
             c.crash(&net).await;
         }
     }
-    for (_, a) in std::mem::take(&mut *h.agents.lock().unwrap_or_else(PoisonError::into_inner)) {
+    for (_, (a, _)) in std::mem::take(&mut *h.agents.lock().unwrap_or_else(PoisonError::into_inner)) {
         a.abort();
+    }
+    for (_, s) in std::mem::take(&mut *h.sentinels.lock().unwrap_or_else(PoisonError::into_inner)) {
+        s.abort();
     }
     let log = std::mem::take(&mut *h.log.lock().unwrap_or_else(PoisonError::into_inner));
     out.violations = log.violations;
@@ -510,14 +520,32 @@ async fn setup(h: &Arc<Harness>, rng: &mut StdRng) -> Result<(), String> {
 }
 
 fn start_agent(h: &Arc<Harness>, i: usize, seed: u64) {
-    let task = tokio::spawn(crate::agent::agent_loop(h.clone() as Arc<dyn crate::agent::AgentEnv>, i, seed));
-    if let Some(old) = h.agents.lock().unwrap_or_else(PoisonError::into_inner).insert(i, task) {
+    let file = crate::agent::LeaseFile::default();
+    let task =
+        tokio::spawn(crate::agent::agent_loop(h.clone() as Arc<dyn crate::agent::AgentEnv>, i, seed, file.clone()));
+    if let Some((old, _)) = h.agents.lock().unwrap_or_else(PoisonError::into_inner).insert(i, (task, file)) {
         old.abort();
     }
 }
 
+/// The host of server `i` is gone: its agent and any sentinel die with it.
 fn stop_agent(h: &Harness, i: usize) {
-    if let Some(old) = h.agents.lock().unwrap_or_else(PoisonError::into_inner).remove(&i) {
+    if let Some((old, _)) = h.agents.lock().unwrap_or_else(PoisonError::into_inner).remove(&i) {
+        old.abort();
+    }
+    if let Some(s) = h.sentinels.lock().unwrap_or_else(PoisonError::into_inner).remove(&i) {
+        s.abort();
+    }
+}
+
+/// kill -9 of the agent of server `i` alone: its sentinel takes over its last lease.
+fn kill_agent(h: &Arc<Harness>, i: usize) {
+    let Some((task, file)) = h.agents.lock().unwrap_or_else(PoisonError::into_inner).remove(&i) else {
+        return;
+    };
+    task.abort();
+    let s = tokio::spawn(crate::agent::sentinel(h.clone() as Arc<dyn crate::agent::AgentEnv>, i, file));
+    if let Some(old) = h.sentinels.lock().unwrap_or_else(PoisonError::into_inner).insert(i, s) {
         old.abort();
     }
 }
@@ -623,6 +651,10 @@ impl crate::agent::AgentEnv for Harness {
     fn note(&self, line: String) {
         self.trace(line);
     }
+
+    fn lease_file(&self, i: usize) -> Option<crate::agent::LeaseFile> {
+        self.agents.lock().unwrap_or_else(PoisonError::into_inner).get(&i).map(|(_, f)| f.clone())
+    }
 }
 
 /// Carry out one fault.
@@ -647,6 +679,12 @@ async fn apply(h: &Arc<Harness>, f: &Fault) {
         }
         Fault::RestartHost(i) => {
             let _ = h.sim.start(&h.servers[*i]);
+            if h.opts.agents && !h.agents.lock().unwrap_or_else(PoisonError::into_inner).contains_key(i) {
+                start_agent(h, *i, h.ms() ^ (*i as u64));
+            }
+        }
+        Fault::CrashAgent(i) => kill_agent(h, *i),
+        Fault::RestartAgent(i) => {
             if h.opts.agents && !h.agents.lock().unwrap_or_else(PoisonError::into_inner).contains_key(i) {
                 start_agent(h, *i, h.ms() ^ (*i as u64));
             }
@@ -679,7 +717,14 @@ async fn apply(h: &Arc<Harness>, f: &Fault) {
         Fault::Cut(a, b) => {
             h.links.lock().unwrap_or_else(PoisonError::into_inner).cut.insert((a.clone(), b.clone()));
         }
-        Fault::Heal => h.links.lock().unwrap_or_else(PoisonError::into_inner).cut.clear(),
+        Fault::Lossy(a, b, percent) => {
+            h.links.lock().unwrap_or_else(PoisonError::into_inner).loss.insert((*a.min(b), *a.max(b)), *percent);
+        }
+        Fault::Heal => {
+            let mut l = h.links.lock().unwrap_or_else(PoisonError::into_inner);
+            l.cut.clear();
+            l.loss.clear();
+        }
         Fault::ClockStep(n, ms) => {
             if let Some(c) = h.coords.lock().await.get(n) {
                 c.clock.step(*ms);
@@ -691,11 +736,10 @@ async fn apply(h: &Arc<Harness>, f: &Fault) {
             }
         }
         Fault::SlowReplica(i, ms) => {
-            let timing = crate::mysql::ReplicaTiming {
-                apply_cost: Duration::from_millis(*ms),
-                ..crate::mysql::ReplicaTiming::default()
-            };
-            let _ = h.sim.set_timing(&h.servers[*i], timing);
+            let _ = h.sim.update_timing(&h.servers[*i], |t| t.apply_cost = Duration::from_millis(*ms));
+        }
+        Fault::SlowStatements(i, ms) => {
+            let _ = h.sim.update_timing(&h.servers[*i], |t| t.statement_delay = Duration::from_millis(*ms));
         }
         Fault::Switchover => {
             let h2 = h.clone();
@@ -752,7 +796,11 @@ async fn apply(h: &Arc<Harness>, f: &Fault) {
             h.trace(format!("end maintenance: {:?}", r.map(|_| ())));
         }
         Fault::HealAll => {
-            h.links.lock().unwrap_or_else(PoisonError::into_inner).cut.clear();
+            {
+                let mut l = h.links.lock().unwrap_or_else(PoisonError::into_inner);
+                l.cut.clear();
+                l.loss.clear();
+            }
             for i in 0..h.servers.len() {
                 let _ = h.sim.resume(&h.servers[i]);
                 if h.sim.process_state(&h.servers[i]).ok() == Some(crate::mysql::ProcState::Crashed) {

@@ -60,6 +60,9 @@ pub enum Fault {
     /// The whole host: mysqld and its agent.
     CrashHost(usize),
     RestartHost(usize),
+    /// kill -9 of a server's agent alone (mysqld and the agent's sentinel live on).
+    CrashAgent(usize),
+    RestartAgent(usize),
     CrashCoord(NodeId),
     RestartCoord(NodeId),
     /// SIGSTOP of a primusd.
@@ -69,12 +72,18 @@ pub enum Fault {
     Partition(Vec<Party>),
     /// Silent cut between two parties.
     Cut(Party, Party),
+    /// The link between two coordinators loses this percentage of messages, both ways
+    /// (Raft RPCs and observation reports time out), until healed.
+    Lossy(NodeId, NodeId, u8),
     /// Every cut healed.
     Heal,
     ClockStep(NodeId, i64),
     ClockDrift(NodeId, i64),
     /// A replica's SQL thread takes this long per transaction.
     SlowReplica(usize, u64),
+    /// Every statement on a server waits this long before it runs (0: no longer), and
+    /// runs even when its caller gave up.
+    SlowStatements(usize, u64),
     Switchover,
     Ack,
     /// An operator puts a server (`Some`) or the whole cluster (`None`) in maintenance
@@ -96,6 +105,8 @@ impl fmt::Display for Fault {
             Fault::ResumeServer(i) => write!(f, "resume {}", db(i)),
             Fault::CrashHost(i) => write!(f, "crash-host {}", db(i)),
             Fault::RestartHost(i) => write!(f, "restart-host {}", db(i)),
+            Fault::CrashAgent(i) => write!(f, "crash-agent {}", db(i)),
+            Fault::RestartAgent(i) => write!(f, "restart-agent {}", db(i)),
             Fault::CrashCoord(n) => write!(f, "crash c{n}"),
             Fault::RestartCoord(n) => write!(f, "restart c{n}"),
             Fault::PauseCoord(n) => write!(f, "pause c{n}"),
@@ -105,10 +116,12 @@ impl fmt::Display for Fault {
                 write!(f, "partition {}", s.join(","))
             }
             Fault::Cut(a, b) => write!(f, "cut {a} {b}"),
+            Fault::Lossy(a, b, p) => write!(f, "lossy c{a} c{b} {p}"),
             Fault::Heal => write!(f, "heal"),
             Fault::ClockStep(n, ms) => write!(f, "clock-step c{n} {ms}"),
             Fault::ClockDrift(n, ppm) => write!(f, "clock-drift c{n} {ppm}"),
             Fault::SlowReplica(i, ms) => write!(f, "slow {} {ms}", db(i)),
+            Fault::SlowStatements(i, ms) => write!(f, "slow-sql {} {ms}", db(i)),
             Fault::Switchover => write!(f, "switchover"),
             Fault::Ack => write!(f, "ack"),
             Fault::Maintenance(i, ms) => write!(f, "maintenance {} {ms}", i.as_ref().map_or("cluster".into(), db)),
@@ -146,14 +159,18 @@ impl std::str::FromStr for Fault {
             Some("resume") => Fault::ResumeCoord(coord(1)?),
             Some("crash-host") => Fault::CrashHost(server(1)?),
             Some("restart-host") => Fault::RestartHost(server(1)?),
+            Some("crash-agent") => Fault::CrashAgent(server(1)?),
+            Some("restart-agent") => Fault::RestartAgent(server(1)?),
             Some("partition") => Fault::Partition(
                 w.get(1).ok_or(format!("{s:?}: no side"))?.split(',').map(str::parse).collect::<Result<_, _>>()?,
             ),
             Some("cut") => Fault::Cut(party(1)?, party(2)?),
+            Some("lossy") => Fault::Lossy(coord(1)?, coord(2)?, num(3)?.clamp(0, 100) as u8),
             Some("heal") => Fault::Heal,
             Some("clock-step") => Fault::ClockStep(coord(1)?, num(2)?),
             Some("clock-drift") => Fault::ClockDrift(coord(1)?, num(2)?),
             Some("slow") => Fault::SlowReplica(server(1)?, num(2)?.max(0) as u64),
+            Some("slow-sql") => Fault::SlowStatements(server(1)?, num(2)?.max(0) as u64),
             Some("switchover") => Fault::Switchover,
             Some("ack") => Fault::Ack,
             Some("maintenance") if w.get(1) == Some(&"cluster") => Fault::Maintenance(None, num(2)?.max(0) as u64),
@@ -216,7 +233,7 @@ impl Schedule {
             let undo = (at + hold).min(span);
             let s = rng.gen_range(0..servers);
             let c = *coords.choose(rng).unwrap_or(&1);
-            let (fault, undo_fault) = match rng.gen_range(0..15) {
+            let (fault, undo_fault) = match rng.gen_range(0..17) {
                 0 | 1 => (Fault::CrashServer(s), Some(Fault::RestartServer(s))),
                 2 => (Fault::PauseServer(s), Some(Fault::ResumeServer(s))),
                 3 => (Fault::CrashHost(s), Some(Fault::RestartHost(s))),
@@ -246,8 +263,19 @@ impl Schedule {
                 }
                 10 => (Fault::ClockStep(c, rng.gen_range(-5000..5000)), None),
                 11 => (Fault::ClockDrift(c, rng.gen_range(-500..500)), None),
-                12 => (Fault::SlowReplica(s, rng.gen_range(5..200)), None),
+                12 if rng.gen_bool(0.5) => (Fault::SlowReplica(s, rng.gen_range(5..200)), None),
+                // Every statement on a server slow: some shorter, some longer than the
+                // coordinators' query timeout and the agents' fence bound.
+                12 => (Fault::SlowStatements(s, rng.gen_range(20..1500)), Some(Fault::SlowStatements(s, 0))),
                 13 => (if rng.gen_bool(0.7) { Fault::Switchover } else { Fault::Ack }, None),
+                // The agent alone: its sentinel fences at the end of its last lease.
+                14 => (Fault::CrashAgent(s), Some(Fault::RestartAgent(s))),
+                15 => {
+                    // A flaky link between two coordinators.
+                    let mut two: Vec<NodeId> = coords.clone();
+                    two.shuffle(rng);
+                    (Fault::Lossy(two[0], two[1], rng.gen_range(10..=60)), Some(Fault::Heal))
+                }
                 _ => {
                     // Maintenance of a server or of the whole cluster, for a while; ended
                     // early by the operator half the time (else it runs out on its own).

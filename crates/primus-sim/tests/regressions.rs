@@ -240,6 +240,43 @@ fn a_crashed_primary_is_failed_over_only_once_its_maintenance_ends() {
     );
 }
 
+/// The agent of the primary is killed alone (kill -9; mysqld and the agent's sentinel
+/// live on) and stays dead, while the primary is cut off from the coordinator majority
+/// and its replicas but not from the applications, and the coordinator one client asks
+/// is cut off from the others (so that client keeps writing to the old primary). The
+/// sentinel fences the primary at the end of the lease the agent last published, before
+/// the majority, which waits out that lease, promotes a replica. Revert-checked: with no
+/// sentinel in the model, the old primary acknowledges that client's writes after the
+/// promotion (two writers).
+#[test]
+fn a_killed_agent_s_sentinel_fences_its_primary_before_another_is_promoted() {
+    let mut o = shape(21, false, 2);
+    o.operator_rejoins = false;
+    let out = run(
+        o,
+        "@3000 crash-agent db1; @3000 cut db1 c1; @3000 cut db1 c3; @3000 cut db1 db2; @3000 cut db1 db3; \
+         @3000 cut c2 c1; @3000 cut c2 c3; @9000 heal",
+    );
+    assert!(
+        out.trace.iter().any(|l| l.contains("sentinel of db1:3306: lease ran out with no agent; fenced")),
+        "{}",
+        report(&out)
+    );
+    assert_eq!(out.failovers, 1, "{}", report(&out));
+}
+
+/// Found by the simulator (seed 605753): no-loss mode, a chain db1 → db2 → db3. db3 is
+/// down while db1 is failed over to db2 (promotion point 0-1-485); db2 then dies too
+/// (its agent kills it when its fence cannot finish) and db3, back with 0-1-369 only,
+/// was promoted: 113 acknowledged rows, held by db2 alone, lost. The candidate must
+/// hold the dead primary's own promotion point: now the failover is refused.
+#[test]
+fn no_loss_mode_never_promotes_a_candidate_lacking_the_dead_primary_s_promotion_point() {
+    let o = primus_sim::run::Options::from_seed(605753, 20_000);
+    let out = run(o, "@4866 crash-host db3; @6384 partition db1,c3; @7362 slow db3 86; @9238 heal; @11284 restart db3");
+    assert_eq!(out.failovers, 1, "{}", report(&out));
+}
+
 /// Found by the determinism check (seed 5012): after a coordinator was paused and
 /// resumed, the messages it had held were released in an order tokio's unseeded dice
 /// chose (which of a watch channel's notifiers each waiter queued on), and two runs of

@@ -204,7 +204,15 @@ impl Engine {
         let mut evidence = analysis.evidence.clone();
         if c.settings.semi_sync == Some(true) && kind != FailoverKind::Switchover {
             let seen = self.seen_received(name, &primary);
-            let gaps = primus_failover::no_loss_gaps(&input, &primary, &candidate.addr, &fresh, seen.as_ref());
+            let promoted_with = Self::promoted_with(&c, &primary);
+            let gaps = primus_failover::no_loss_gaps(
+                &input,
+                &primary,
+                &candidate.addr,
+                &fresh,
+                seen.as_ref(),
+                promoted_with.as_deref(),
+            );
             if gaps.is_empty() {
                 self.no_loss_refused.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
                 evidence.push(format!(

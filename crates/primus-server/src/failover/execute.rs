@@ -449,7 +449,15 @@ impl Engine {
                 self.monitor.probe_fresh_map(&addrs).await;
             let input = self.input(&c);
             let seen = self.seen_received(name, &f.old_primary);
-            let gaps = primus_failover::no_loss_gaps(&input, &f.old_primary, &f.candidate, &fresh, seen.as_ref());
+            let promoted_with = Self::promoted_with(&c, &f.old_primary);
+            let gaps = primus_failover::no_loss_gaps(
+                &input,
+                &f.old_primary,
+                &f.candidate,
+                &fresh,
+                seen.as_ref(),
+                promoted_with.as_deref(),
+            );
             if gaps.is_empty() {
                 return Ok(());
             }

@@ -324,6 +324,20 @@ impl Engine {
         }
     }
 
+    /// `primary`'s promotion point, if a failover made it the primary of `c` (the latest
+    /// one that promoted it, succeeded, with its point recorded in Raft).
+    fn promoted_with(c: &ClusterRecord, primary: &InstanceAddr) -> Option<String> {
+        c.history
+            .iter()
+            .rev()
+            .find(|f| {
+                &f.candidate == primary
+                    && f.kind.changes_primary()
+                    && f.outcome == Some(primus_types::FailoverOutcome::Succeeded)
+            })
+            .and_then(|f| f.promotion_gtid.clone())
+    }
+
     /// What semi-sync replicas of `primary` were seen to have received while it was the
     /// primary.
     fn seen_received(&self, name: &ClusterName, primary: &InstanceAddr) -> Option<primus_mysql::AnyGtidSet> {

@@ -468,6 +468,11 @@ impl SimMysql {
         self.with(|w, _| w.server_mut(addr).map(|s| s.cfg.timing = timing))
     }
 
+    /// Change part of a server's timing.
+    pub fn update_timing(&self, addr: &InstanceAddr, f: impl FnOnce(&mut ReplicaTiming)) -> Result<(), SimError> {
+        self.with(|w, _| w.server_mut(addr).map(|s| f(&mut s.cfg.timing)))
+    }
+
     /// What a probe would read on `addr` now, whatever its state or the network (for
     /// invariants and tests). Heartbeats from `primus.heartbeat`.
     pub fn observe(&self, addr: &InstanceAddr) -> Result<Observation, SimError> {

@@ -117,6 +117,9 @@ pub struct ReplicaTiming {
     /// Serial cost of applying one transaction (the SQL thread applies one at a time, so a
     /// backlog builds up when transactions arrive faster).
     pub apply_cost: Duration,
+    /// Every client statement (and connect) waits this long on the server before it runs
+    /// (an overloaded or stalled server); it runs even when its caller gave up meanwhile.
+    pub statement_delay: Duration,
 }
 
 impl Default for ReplicaTiming {
@@ -128,6 +131,7 @@ impl Default for ReplicaTiming {
             apply_delay: Duration::from_millis(1),
             apply_jitter: Duration::ZERO,
             apply_cost: Duration::ZERO,
+            statement_delay: Duration::ZERO,
         }
     }
 }
@@ -373,6 +377,11 @@ pub(crate) struct Server {
     pub next_thread_id: u64,
     /// Requests received while paused, run in order on resume.
     pub inbox: VecDeque<Pending>,
+    /// Requests held by `statement_delay`, in arrival order, with when they run.
+    pub delayed: VecDeque<(Instant, Pending)>,
+    /// Sessions their clients closed while a statement they sent was held: removed once
+    /// what they sent has run (a statement the server received runs).
+    pub closed_with_held: Vec<u64>,
     /// Statements in progress that wait for something (sleep, GTID wait, semi-sync ack...).
     pub waiters: Vec<Waiter>,
     /// Writes blocked behind a `SET GLOBAL read_only = ON` that waits for commits in progress.
@@ -413,6 +422,8 @@ impl Server {
             sessions: BTreeMap::new(),
             next_thread_id: 1,
             inbox: VecDeque::new(),
+            delayed: VecDeque::new(),
+            closed_with_held: Vec::new(),
             waiters: Vec::new(),
             deferred: VecDeque::new(),
             closed_while_paused: Vec::new(),

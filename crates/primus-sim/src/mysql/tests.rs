@@ -178,6 +178,35 @@ async fn crashed_primary_refuses_connections_and_its_replicas_reconnect_without_
     assert!(o.uptime_s.expect("uptime") <= 2);
 }
 
+/// A server whose statements are slow (`statement_delay`): a call bounded below the
+/// delay times out, and the statement still runs once its time comes; statements keep
+/// their order; with the delay back at 0 the server answers at once again.
+#[tokio::test(start_paused = true)]
+async fn slow_statements_run_late_in_order_even_when_the_caller_gave_up() {
+    let sim = world(5);
+    let [p, _r] = <[InstanceAddr; 2]>::try_from(cluster(&sim, 1, false, |_| {})).expect("two");
+    let c = conn(&sim, &p);
+    c.probe().await.expect("connected");
+    sim.update_timing(&p, |t| t.statement_delay = Duration::from_millis(800)).expect("timing");
+    let started = Instant::now();
+    match c.execute(&["SET GLOBAL read_only = ON".to_string()], Duration::from_millis(300)).await {
+        Err(ProbeError::Timeout { stage: ProbeStage::Execute, after_ms }) => assert_eq!(after_ms, 300),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(!sim.observe(&p).expect("obs").read_only, "not run yet");
+    sleep(Duration::from_millis(600)).await;
+    assert!(sim.observe(&p).expect("obs").read_only, "the statement ran 800 ms after it arrived");
+    let c2 = conn(&sim, &p);
+    let t = Instant::now();
+    c2.execute(&["SET GLOBAL read_only = OFF".to_string()], Duration::from_secs(5)).await.expect("runs, late");
+    assert!(t.elapsed() >= Duration::from_millis(800) * 2, "connect and statement each held: {:?}", t.elapsed());
+    sim.update_timing(&p, |t| t.statement_delay = Duration::ZERO).expect("timing");
+    let t = Instant::now();
+    c2.probe().await.expect("answers");
+    assert!(t.elapsed() < Duration::from_millis(100), "{:?}", t.elapsed());
+    assert!(started.elapsed() > Duration::from_millis(900));
+}
+
 #[tokio::test(start_paused = true)]
 async fn paused_server_makes_calls_time_out_and_runs_a_statement_sent_meanwhile_when_resumed() {
     let sim = world(4);
@@ -862,6 +891,7 @@ fn scenario(seed: u64) -> Vec<String> {
                 apply_delay: Duration::from_millis(10),
                 apply_jitter: Duration::from_millis(300),
                 apply_cost: Duration::from_millis(2),
+                ..ReplicaTiming::default()
             };
             c.semi_sync_source_at_start = c.server_id == 1;
             c.semi_sync_replica_at_start = true;

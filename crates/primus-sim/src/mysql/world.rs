@@ -218,6 +218,9 @@ impl World {
             for a in &addrs {
                 progress |= self.step_waiters(a, now);
             }
+            for a in &addrs {
+                progress |= self.step_delayed(a, now);
+            }
             if !progress {
                 return;
             }
@@ -225,11 +228,36 @@ impl World {
         tracing::warn!("simulated servers still changing after 64 rounds at one instant");
     }
 
+    /// Run the held requests of a running server that are due.
+    fn step_delayed(&mut self, addr: &InstanceAddr, now: Instant) -> bool {
+        let mut ran = false;
+        loop {
+            let Some(s) = self.servers.get_mut(addr) else { return ran };
+            if !s.running() || s.delayed.front().is_none_or(|(t, _)| *t > now) {
+                return ran;
+            }
+            let Some((_, p)) = s.delayed.pop_front() else { return ran };
+            let session = p.session;
+            self.process(addr, p, now);
+            ran = true;
+            // A session closed meanwhile goes once nothing it sent is held any more.
+            if let (Some(k), Some(s)) = (session, self.servers.get_mut(addr)) {
+                if s.closed_with_held.contains(&k.id) && !s.delayed.iter().any(|(_, p)| p.session == Some(k)) {
+                    s.closed_with_held.retain(|id| *id != k.id);
+                    s.sessions.remove(&k.id);
+                }
+            }
+        }
+    }
+
     /// When something next happens by itself (the driver sleeps until then, or until the
     /// poll interval ends: links can change without notice).
     pub fn next_event(&self, now: Instant) -> Instant {
         let mut next = now + self.cfg.poll_interval;
         for s in self.servers.values().filter(|s| s.running()) {
+            if let Some((t, _)) = s.delayed.front() {
+                next = next.min(*t);
+            }
             if let Some(r) = &s.repl {
                 if let Some(t) = r.next_event(s.cfg.timing.apply_cost, s.cfg.slave_net_timeout) {
                     next = next.min(t);
@@ -272,8 +300,14 @@ impl World {
         }
         let (tx, rx) = oneshot::channel();
         let p = Pending { session, ident, req, reply: tx };
+        let delay = s.cfg.timing.statement_delay;
         if s.proc == ProcState::Paused {
             s.inbox.push_back(p);
+        } else if !delay.is_zero() || !s.delayed.is_empty() {
+            // Behind the statements held before it, in order.
+            let due = s.delayed.back().map_or(now + delay, |(t, _)| (*t).max(now + delay));
+            s.delayed.push_back((due, p));
+            self.advance(now);
         } else {
             self.process(addr, p, now);
             self.advance(now);
@@ -500,7 +534,11 @@ impl World {
     /// The client closed its side: the session goes away (its statements in progress go on).
     pub fn close_session(&mut self, addr: &InstanceAddr, key: SessionKey) {
         if let Some(s) = self.servers.get_mut(addr) {
-            if key.incarnation == s.incarnation && s.proc != ProcState::Paused {
+            let held = s.delayed.iter().any(|(_, p)| p.session == Some(key));
+            if key.incarnation == s.incarnation && s.proc != ProcState::Paused && held {
+                // What it sent runs first (see `step_delayed`).
+                s.closed_with_held.push(key.id);
+            } else if key.incarnation == s.incarnation && s.proc != ProcState::Paused {
                 s.sessions.remove(&key.id);
             } else if key.incarnation == s.incarnation {
                 // A paused server notices the close when it resumes.
@@ -523,6 +561,8 @@ impl World {
         s.closed_while_paused.clear();
         s.waiters.clear();
         s.inbox.clear();
+        s.delayed.clear();
+        s.closed_with_held.clear();
         s.deferred.clear();
         if let Some(r) = s.repl.as_mut() {
             r.io = Io::Stopped;

@@ -70,6 +70,9 @@ struct Inner {
     gates: BTreeMap<NodeId, Gate>,
     /// Directed links between coordinators that are not up.
     cut: BTreeMap<(NodeId, NodeId), Link>,
+    /// Directed links that lose this percentage of messages (a lost request or answer:
+    /// the caller times out).
+    loss: BTreeMap<(NodeId, NodeId), u8>,
     /// One-way delay of a message: uniform in `delay.0..=delay.1` ms.
     delay: (u64, u64),
     /// Upper bound of an RPC (openraft's own bound can be longer).
@@ -88,6 +91,7 @@ impl SimNet {
             sinks: BTreeMap::new(),
             gates: BTreeMap::new(),
             cut: BTreeMap::new(),
+            loss: BTreeMap::new(),
             delay,
             rpc_timeout,
             rng,
@@ -130,6 +134,25 @@ impl SimNet {
         });
     }
 
+    /// The link `from → to` loses `percent` % of messages (0: none).
+    pub fn set_loss(&self, from: NodeId, to: NodeId, percent: u8) {
+        self.with(|n| {
+            if percent == 0 {
+                n.loss.remove(&(from, to));
+            } else {
+                n.loss.insert((from, to), percent.min(100));
+            }
+        });
+    }
+
+    /// Whether this message `from → to` is lost (drawn from the seed).
+    fn lost(&self, from: NodeId, to: NodeId) -> bool {
+        self.with(|n| match n.loss.get(&(from, to)).copied() {
+            Some(p) => n.rng.gen_range(0..100u8) < p,
+            None => false,
+        })
+    }
+
     /// Every link up again.
     pub fn heal(&self) {
         self.with(|n| n.cut.clear());
@@ -158,6 +181,9 @@ impl SimNet {
             Link::Up => {}
             Link::Refused => return Err(true),
             Link::Silent => return Err(false),
+        }
+        if self.lost(from, to) {
+            return Err(false);
         }
         tokio::time::sleep(self.delay()).await;
         Ok(())
