@@ -302,6 +302,9 @@ impl World {
 
     /// Moves replica `addr`'s threads up to `now`. Returns whether anything changed.
     pub(crate) fn step_replica(&mut self, addr: &InstanceAddr, now: Instant) -> bool {
+        if !self.servers.get(addr).is_some_and(|r| r.running() && r.repl.is_some()) {
+            return false;
+        }
         let Some(mut r) = self.servers.remove(addr) else { return false };
         let mut progress = false;
         if r.running() && r.repl.is_some() {

@@ -133,7 +133,12 @@ pub(crate) struct World {
     /// Simulated instant the world was created (wall clock `cfg.wall_clock_start_ms`).
     pub epoch: Instant,
     pub links: LinkFn,
-    pub servers: BTreeMap<InstanceAddr, Server>,
+    /// Boxed: a replica's step takes its server out of the map and puts it back, many
+    /// times per simulated ms (moving the box, not the server).
+    pub servers: BTreeMap<InstanceAddr, Box<Server>>,
+    /// The servers' addresses in map order (servers are only ever added): `advance` walks
+    /// them without copying every address each time.
+    order: std::sync::Arc<Vec<InstanceAddr>>,
     /// Every transaction ever committed anywhere, by id.
     pub txns: Vec<Txn>,
     /// Statements the simulator did not understand, per server.
@@ -150,6 +155,7 @@ impl World {
             epoch: now,
             links,
             servers: BTreeMap::new(),
+            order: std::sync::Arc::new(Vec::new()),
             txns: Vec::new(),
             unmodelled: Vec::new(),
             app_sessions: BTreeMap::new(),
@@ -166,11 +172,11 @@ impl World {
     }
 
     pub fn server(&self, addr: &InstanceAddr) -> Result<&Server, SimError> {
-        self.servers.get(addr).ok_or_else(|| SimError::UnknownServer(addr.clone()))
+        self.servers.get(addr).map(|s| &**s).ok_or_else(|| SimError::UnknownServer(addr.clone()))
     }
 
     pub fn server_mut(&mut self, addr: &InstanceAddr) -> Result<&mut Server, SimError> {
-        self.servers.get_mut(addr).ok_or_else(|| SimError::UnknownServer(addr.clone()))
+        self.servers.get_mut(addr).map(|s| &mut **s).ok_or_else(|| SimError::UnknownServer(addr.clone()))
     }
 
     pub fn txn(&self, id: TxnId) -> Option<&Txn> {
@@ -202,23 +208,24 @@ impl World {
             }
         };
         let addr = cfg.addr.clone();
-        self.servers.insert(addr, Server::new(cfg, info, uuid, now));
+        self.servers.insert(addr, Box::new(Server::new(cfg, info, uuid, now)));
+        self.order = std::sync::Arc::new(self.servers.keys().cloned().collect());
         Ok(())
     }
 
     /// Moves the whole world up to `now`: replication threads, then statements in progress,
     /// until nothing more happens at this instant.
     pub fn advance(&mut self, now: Instant) {
-        let addrs: Vec<InstanceAddr> = self.servers.keys().cloned().collect();
+        let addrs = self.order.clone();
         for _ in 0..64 {
             let mut progress = false;
-            for a in &addrs {
+            for a in addrs.iter() {
                 progress |= self.step_replica(a, now);
             }
-            for a in &addrs {
+            for a in addrs.iter() {
                 progress |= self.step_waiters(a, now);
             }
-            for a in &addrs {
+            for a in addrs.iter() {
                 progress |= self.step_delayed(a, now);
             }
             if !progress {
