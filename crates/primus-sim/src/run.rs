@@ -344,6 +344,14 @@ pub async fn run(opts: Options) -> Outcome {
         if last.is_empty() {
             break;
         }
+        // The service manager (`Restart=on-abort`) starts a mysqld that died after the
+        // faults healed again — one its agent killed when its fence could not finish (found
+        // by seed 713232: the only primary killed so, nothing writable for good).
+        for a in &h.servers {
+            if sim.process_state(a).ok() == Some(crate::mysql::ProcState::Crashed) && sim.start(a).is_ok() {
+                h.trace(format!("service manager: started {a} again"));
+            }
+        }
         if opts.operator_rejoins {
             operator_rejoins(&h, &mut rejoined).await;
         }

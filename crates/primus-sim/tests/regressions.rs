@@ -277,6 +277,23 @@ fn no_loss_mode_never_promotes_a_candidate_lacking_the_dead_primary_s_promotion_
     assert_eq!(out.failovers, 1, "{}", report(&out));
 }
 
+/// Found by the simulator (seed 713232, a 20,000-schedule run): right after every fault
+/// healed, the new primary's agent lost its lease in a leader change, could not fence
+/// (semi-sync writes held the read-only lock) and killed mysqld. Nothing restarted it, so
+/// nothing was writable for good. The harness now models the service manager restarting
+/// a mysqld that died after the heal; the restarted primary comes back read-only and the
+/// leader makes it writable again (the unfence upkeep).
+#[test]
+fn a_primary_killed_by_its_agent_after_the_faults_healed_is_writable_again_once_restarted() {
+    let o = primus_sim::run::Options::from_seed(713232, 20_000);
+    run(
+        o,
+        "@850 crash-agent db2; @1985 switchover; @4102 clock-drift c3 293; @4177 restart-agent db2; \
+         @5724 partition c5; @6014 heal; @7105 crash-host db3; @10143 crash db2; @10628 restart-host db3; \
+         @13877 restart db2; @14997 partition db1,c3; @18416 heal",
+    );
+}
+
 /// Found by the determinism check (seed 5012): after a coordinator was paused and
 /// resumed, the messages it had held were released in an order tokio's unseeded dice
 /// chose (which of a watch channel's notifiers each waiter queued on), and two runs of
