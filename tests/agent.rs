@@ -602,8 +602,11 @@ async fn twenty_switchovers_with_agents_never_count_the_new_primary_s_lease_as_r
         let until = Instant::now() + Duration::from_secs(1);
         while Instant::now() < until {
             let a = client.analysis(CLUSTER).await?;
+            // About the new primary (the leader's last analysis may still be the one it
+            // made while the switchover was in flight, of the old primary whose lease the
+            // switchover waited out: seen once in CI, within 200 ms of the finish).
             anyhow::ensure!(
-                a.code != "PrimaryLeaseExpired",
+                a.code != "PrimaryLeaseExpired" || a.subject != addrs[to],
                 "switchover {n}: the new primary {}'s lease counted as run out right after its promotion: {a:#?}",
                 addrs[to]
             );
