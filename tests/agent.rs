@@ -1369,7 +1369,16 @@ async fn primary_cut_off_by_a_real_partition_fences_itself_before_another_is_pro
                 break d.clone();
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "no divergence report after healing: {d:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no divergence report after healing: {d:?}\n--- agent of the old primary ---\n{}\n--- nft ---\n{}",
+            agent.log_tail(40),
+            std::process::Command::new("nft")
+                .args(["list", "ruleset"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_else(|e| e.to_string())
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     println!("after healing: {} divergent transactions listed ({:?})", d.count, d.gtids);
