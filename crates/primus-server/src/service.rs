@@ -316,21 +316,25 @@ impl CoordinatorService {
     /// `[fencing] max_lease_ttl_ms`, and long enough that a leader change (the worst
     /// leaderless window, plus two renewals: one may go to the dead leader) does not
     /// fence a healthy primary. Older agents send no timings: not checked.
-    fn check_agent_timings(&self, r: &RegisterAgentRequest) -> Result<(), Status> {
+    fn check_agent_timings(
+        &self,
+        r: &RegisterAgentRequest,
+        name: &ClusterName,
+        instance: &InstanceAddr,
+    ) -> Result<(), Status> {
         if r.ttl_ms == 0 {
             return Ok(());
         }
         // A TTL an earlier leader accepted for this instance stays accepted (the new
-        // leader waits it out in any case): the group's maximum, not only this node's.
-        let recorded = match (parse_name(&r.cluster), r.instance.parse::<InstanceAddr>()) {
-            (Ok(name), Ok(instance)) => {
-                self.node
-                    .read_state(|s| s.clusters.get(&name).and_then(|c| c.agents.get(&instance)).and_then(|a| a.ttl_ms))
-                    .1
-            }
-            _ => None,
-        };
-        let max = self.node.cfg.fencing.max_lease_ttl_ms.max(recorded.unwrap_or(0));
+        // leader waits it out in any case): the group's maximum, as renewals count it.
+        let max = self
+            .node
+            .read_state(|s| {
+                let agent = s.clusters.get(name).and_then(|c| c.agents.get(instance));
+                crate::lease::longest_ttl(self.node.leases.limits(), agent)
+            })
+            .1
+            .as_millis() as u64;
         if r.ttl_ms > max {
             return Err(Status::failed_precondition(format!(
                 "lease.ttl_ms {} is longer than the coordinators' [fencing] max_lease_ttl_ms {max}: lower it to at \
@@ -1140,7 +1144,7 @@ impl Coordinator for CoordinatorService {
         }
         // Checked where it is committed (the leader, whose configuration decides).
         if self.node.is_leader() {
-            self.check_agent_timings(&r)?;
+            self.check_agent_timings(&r, &name, &instance)?;
         }
         let opt = |v: u64| (v > 0).then_some(v);
         let cmd = Command::RegisterAgent {
