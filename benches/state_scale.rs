@@ -70,6 +70,7 @@ fn build(clusters: usize) -> (Registry, u64) {
                     candidate: new.clone(),
                     epoch,
                     plan,
+                    request_id: None,
                 },
             );
             for s in 0..7u32 {

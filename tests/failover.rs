@@ -878,3 +878,52 @@ async fn writable_non_primaries_are_fenced_write_ahead_unless_in_maintenance() -
     assert_eq!(history(&client).await?.split_fences.len(), 2);
     Ok(())
 }
+
+/// One failover request sent twice at once (to the leader and through a follower) and
+/// a third time after it finished, all with one request id: the cluster is failed over
+/// once, and every attempt is answered with that one failover. An id that is too long
+/// is refused with INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_request_repeated_with_its_request_id_fails_over_once_and_every_repeat_gets_that_failover(
+) -> anyhow::Result<()> {
+    use primus_client::coordinator_client::CoordinatorClient;
+    let w = World::start(WorldOptions::default()).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(20)).await?;
+    let follower = (1..=3).find(|i| *i != leader).unwrap_or(1);
+    let raw = |id: u64| {
+        let addr = format!("http://{}", w.group.node(id).addr());
+        async move { anyhow::Ok(CoordinatorClient::new(tonic::transport::Endpoint::from_shared(addr)?.connect().await?)) }
+    };
+    let (mut to_leader, mut to_follower) = (raw(leader).await?, raw(follower).await?);
+    let ask = primus_client::FailoverRequest {
+        cluster: "c".into(),
+        to: w.sandbox.replicas()[0].addr(),
+        actor: "test".into(),
+        request_id: "op-4711".into(),
+        ..Default::default()
+    };
+    let (a, b) = tokio::join!(to_leader.failover(ask.clone()), to_follower.failover(ask.clone()));
+    let a = a.map_err(|e| anyhow::anyhow!("the attempt sent to the leader: {e:?}"))?;
+    let b = b.map_err(|e| anyhow::anyhow!("the attempt sent through a follower: {e:?}"))?;
+    let (a, b) = (a.into_inner().failover.unwrap_or_default(), b.into_inner().failover.unwrap_or_default());
+    let again = to_follower.failover(ask.clone()).await;
+    let again = again.map_err(|e| anyhow::anyhow!("the repeat after it finished: {e:?}"))?;
+    let again = again.into_inner().failover.unwrap_or_default();
+    println!(
+        "three attempts of request op-4711: {} {} / {} {} / {} {}",
+        a.id, a.outcome, b.id, b.outcome, again.id, again.outcome
+    );
+    for f in [&a, &b, &again] {
+        assert_eq!((f.id.as_str(), f.outcome.as_str(), f.epoch), ("c-e2", "succeeded", 2), "{f:#?}");
+        assert_eq!(f.request_id, "op-4711", "{f:#?}");
+    }
+    let h = history(&w.client()?).await?;
+    assert_eq!(h.failovers.len(), 1, "one failover for one request: {h:#?}");
+    assert_eq!(w.topology("c").await?.epoch, 2);
+
+    let too_long = primus_client::FailoverRequest { request_id: "x".repeat(129), ..ask };
+    let e = to_leader.failover(too_long).await.err().ok_or_else(|| anyhow::anyhow!("a 129-byte id was accepted"))?;
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    Ok(())
+}

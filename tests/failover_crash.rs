@@ -115,3 +115,48 @@ async fn leader_crash_after_heartbeat_step_is_finished_by_the_next_leader() -> a
 async fn leader_crash_after_the_complete_step_leaves_no_failover_in_flight() -> anyhow::Result<()> {
     crash_at("failover.after_step=6").await
 }
+
+/// An operator's failover whose leader dies right after committing its start (the
+/// client's connection breaks mid-request): the client asks again with the same request
+/// id, and the next leader answers with that failover once it has finished it, instead of
+/// the call failing with a broken connection (which left the operator guessing whether to
+/// ask again, and asking again would have started a second failover).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_request_broken_by_the_leader_s_death_is_answered_by_the_next_leader_with_the_same_failover(
+) -> anyhow::Result<()> {
+    let w = World::start(WorldOptions {
+        fault_injection: true,
+        env: vec![("PRIMUS_FAILPOINT".into(), "failover.after_start".into())],
+        ..Default::default()
+    })
+    .await?;
+    w.client()?.register_cluster("c", &[w.sandbox.primary().addr()], ClusterSettings::default()).await?;
+    w.wait_topology("c", "all coordinators see every instance", Duration::from_secs(15), |t| {
+        t.instances.iter().all(|i| i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok))
+    })
+    .await?;
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
+    let order: Vec<u64> = std::iter::once(leader).chain((1..=3).filter(|i| *i != leader)).collect();
+    let client = w.group.client_for(&order, Duration::from_secs(60))?;
+    let to = w.sandbox.replicas()[0].addr();
+    let t0 = Instant::now();
+    let r = client.failover("c", Some(&to), false).await;
+    let took = t0.elapsed();
+    let f = r.map_err(|e| anyhow::anyhow!("failover failed after {} ms: {e}", took.as_millis()))?.failover;
+    let f = f.ok_or_else(|| anyhow::anyhow!("no failover record"))?;
+    let others: Vec<u64> = order[1..].to_vec();
+    let new_leader = w.group.wait_leader(&others, Duration::from_secs(10)).await?.0;
+    println!(
+        "failover request: leader {leader} died after committing its start; node {new_leader} answered in {} ms: {} {} \
+         epoch {}",
+        took.as_millis(),
+        f.id,
+        f.outcome,
+        f.epoch
+    );
+    assert_eq!((f.kind.as_str(), f.outcome.as_str(), f.epoch), ("manual", "succeeded", 2), "{f:#?}");
+    assert_eq!(f.candidate, to, "{f:#?}");
+    let h = w.client()?.history("c").await?;
+    assert_eq!(h.failovers.len(), 1, "the request was carried out once: {h:#?}");
+    Ok(())
+}

@@ -96,6 +96,12 @@ enum Cmd {
         /// transactions named). The override is recorded in the failover's evidence.
         #[arg(long)]
         accept_loss: bool,
+        /// Identifies this request (1–128 printable characters; default: a random
+        /// one). Run the command again with the same ID — after primusctl was killed or
+        /// timed out — and it is answered with the failover the first run started,
+        /// never with a second one. primusctl itself retries under one ID.
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
     },
     /// Planned switchover: the old primary goes read-only, the candidate catches up
     /// exactly, is promoted, and the old primary replicates from it.
@@ -103,6 +109,10 @@ enum Cmd {
         name: String,
         #[arg(long)]
         to: Option<String>,
+        /// As for `failover`: asked again with the same ID, answered with the
+        /// switchover the first run started.
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
     },
     /// Every failover of a cluster with its steps, times, analysis, epoch and outcome.
     History { name: String },
@@ -595,7 +605,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_topology(&t);
             }
         }
-        Cmd::Failover { name, to, accept_loss } => {
+        Cmd::Failover { name, to, accept_loss, request_id } => {
             if !json_out {
                 eprintln!("failing over {name}{}…", to.as_ref().map(|t| format!(" to {t}")).unwrap_or_default());
                 if accept_loss {
@@ -605,15 +615,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
             }
-            let asked = client.failover_with(&name, to.as_deref(), false, accept_loss);
+            let asked = client.failover_with_id(&name, to.as_deref(), false, accept_loss, request_id.as_deref());
             let r = with_progress(&client, &name, json_out, asked).await?;
             print_failover(r.failover.as_ref(), json_out);
         }
-        Cmd::Switchover { name, to } => {
+        Cmd::Switchover { name, to, request_id } => {
             if !json_out {
                 eprintln!("switching over {name}{}…", to.as_ref().map(|t| format!(" to {t}")).unwrap_or_default());
             }
-            let r = with_progress(&client, &name, json_out, client.failover(&name, to.as_deref(), true)).await?;
+            let asked = client.failover_with_id(&name, to.as_deref(), true, false, request_id.as_deref());
+            let r = with_progress(&client, &name, json_out, asked).await?;
             print_failover(r.failover.as_ref(), json_out);
         }
         Cmd::History { name } => {
@@ -894,7 +905,7 @@ fn failover_json(f: &primus_client::FailoverView) -> Value {
         "old_primary": f.old_primary, "new_primary": f.candidate, "epoch": f.epoch,
         "outcome": f.outcome, "outcome_reason": f.outcome_reason, "started_at_ms": f.started_at_ms,
         "finished_at_ms": f.finished_at_ms, "started_by": f.started_by, "acked_by": f.acked_by,
-        "promotion_gtid": f.promotion_gtid,
+        "promotion_gtid": f.promotion_gtid, "request_id": f.request_id,
         "steps": f.steps.iter().map(|s| json!({"index": s.index, "step": s.description, "outcome": s.outcome, "at_ms": s.at_ms})).collect::<Vec<_>>(),
     })
 }

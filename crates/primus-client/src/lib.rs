@@ -250,6 +250,10 @@ pub struct Client {
 enum Effect {
     Read,
     Write,
+    /// A write sent with a request id the coordinators recognise when it is asked
+    /// again (a failover): a repeat is answered with the first attempt's outcome, so
+    /// it may be retried after any failure a read may be retried after.
+    IdempotentWrite,
 }
 
 /// Pause before retry round `round` (1 for the first retry): 50 ms doubling up to
@@ -272,9 +276,15 @@ fn backoff(round: u32, jitter: f64) -> Duration {
 /// doubling each round so that a slow but working group still answers.
 fn attempt_timeout(effect: Effect, round: u32, remaining: Duration) -> Duration {
     match effect {
-        Effect::Write => remaining,
+        Effect::Write | Effect::IdempotentWrite => remaining,
         Effect::Read => remaining.min(Duration::from_secs(1) * (1u32 << round.min(16))),
     }
+}
+
+/// A fresh request id for a failover: 128 random bits in hex (32 characters), the
+/// same for every attempt of one call.
+fn new_request_id() -> String {
+    format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
 }
 
 /// Whether `s` was made up on this side from a transport failure (it carries the
@@ -299,6 +309,11 @@ fn never_sent(s: &Status) -> bool {
 /// Reads: whenever the failure is not an answer that retrying cannot change
 /// (unreachable endpoint, broken connection, timeout, no leader).
 ///
+/// Idempotent writes (a failover with its request id): as reads. A repeat that
+/// reaches the leader after the first attempt started a failover is answered with that
+/// failover (UNKNOWN "it started, the new leader resumes it", a connection broken
+/// mid-request, a commit that timed out and may still land: all safe to ask again).
+///
 /// Writes: only when the call certainly had no effect. The coordinators answer
 /// UNAVAILABLE only before proposing anything (no leader known, the leader
 /// unreachable, leadership not confirmed); on this side, only a request that never
@@ -309,9 +324,12 @@ fn retryable(s: &Status, effect: Effect) -> bool {
     match (effect, s.code()) {
         (Effect::Write, Code::Unavailable) => !local(s) || never_sent(s),
         (Effect::Write, _) => local(s) && never_sent(s),
-        (Effect::Read, Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled) => true,
-        (Effect::Read, Code::Internal) => local(s),
-        (Effect::Read, _) => false,
+        (
+            Effect::Read | Effect::IdempotentWrite,
+            Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled,
+        ) => true,
+        (Effect::Read | Effect::IdempotentWrite, Code::Internal) => local(s),
+        (Effect::Read | Effect::IdempotentWrite, _) => false,
     }
 }
 
@@ -738,8 +756,14 @@ impl Client {
     /// `FAILED_PRECONDITION` the cluster's state forbids it (or it failed after the
     /// promotion), `ABORTED` another operation on the cluster runs (or it aborted before
     /// anything irreversible), `INVALID_ARGUMENT`/`NOT_FOUND` a wrong `to` or cluster,
-    /// `UNKNOWN` it started and the new leader resumes it. Like every write, it is
-    /// repeated here only after `UNAVAILABLE` (nothing was done).
+    /// `UNKNOWN` it started and the new leader resumes it.
+    ///
+    /// Every attempt carries one request id, chosen here; the leader records it with
+    /// the failover's start. So unlike other writes the call is repeated after any
+    /// failure that may have left the request undone or unanswered (a connection that
+    /// broke mid-request, a leader that died after starting it, no leader yet): a repeat
+    /// is answered with the failover the first attempt started, once it has finished,
+    /// never with a second failover. Until the call's timeout runs out.
     pub async fn failover(
         &self,
         cluster: &str,
@@ -758,14 +782,30 @@ impl Client {
         switchover: bool,
         accept_loss: bool,
     ) -> Result<FailoverResponse, ClientError> {
+        self.failover_with_id(cluster, to, switchover, accept_loss, None).await
+    }
+
+    /// [`Client::failover_with`] under the caller's request id (`None`: a fresh one).
+    /// A request asked again with the same id — by this process or another, e.g. a
+    /// script that runs `primusctl failover --request-id` again after the first run
+    /// was killed — is answered with the failover the first attempt started.
+    pub async fn failover_with_id(
+        &self,
+        cluster: &str,
+        to: Option<&str>,
+        switchover: bool,
+        accept_loss: bool,
+        request_id: Option<&str>,
+    ) -> Result<FailoverResponse, ClientError> {
         let r = FailoverRequest {
             cluster: cluster.to_string(),
             to: to.unwrap_or_default().to_string(),
             actor: self.opts.actor.clone(),
             switchover,
             accept_loss,
+            request_id: request_id.map(str::to_string).unwrap_or_else(new_request_id),
         };
-        self.write(|mut c, t| {
+        self.call(Effect::IdempotentWrite, |mut c, t| {
             let r = r.clone();
             async move { c.failover(req(r, t)).await.map(|r| r.into_inner()) }
         })
@@ -1341,6 +1381,9 @@ mod retry_tests {
         assert_eq!(broken.code(), Code::Unknown);
         assert!(!never_sent(&broken));
         assert!(!retryable(&broken, Effect::Write) && retryable(&broken, Effect::Read));
+        // A failover sent with its request id may go again: a repeat is answered with
+        // the failover the first attempt started.
+        assert!(retryable(&broken, Effect::IdempotentWrite));
         // The server's UNKNOWN (its own forward broke mid-request) is the same.
         let forwarded = Status::unknown("the connection from node 1 to leader node 3 failed during the request");
         assert!(!retryable(&forwarded, Effect::Write) && retryable(&forwarded, Effect::Read));
@@ -1355,6 +1398,18 @@ mod retry_tests {
         ] {
             assert!(!retryable(&s, Effect::Write), "{s:?}");
         }
+        // The leader's own answers that asking again cannot change are final for an
+        // idempotent write too; a start interrupted by the leader's death is not.
+        for s in [
+            Status::not_found("cluster nope is not registered"),
+            Status::failed_precondition("no safe candidate"),
+            Status::aborted("failover c-e2 is already in progress"),
+            Status::internal("a server bug"),
+        ] {
+            assert!(!retryable(&s, Effect::IdempotentWrite), "{s:?}");
+        }
+        let interrupted = Status::unknown("failover c-e2 started; node 1 stopped leading: the new leader resumes it");
+        assert!(retryable(&interrupted, Effect::IdempotentWrite) && !retryable(&interrupted, Effect::Write));
         assert!(retryable(&Status::deadline_exceeded("could not confirm leadership"), Effect::Read));
         assert!(!retryable(&Status::not_found("x"), Effect::Read));
         assert!(!retryable(&Status::internal("a server bug"), Effect::Read));

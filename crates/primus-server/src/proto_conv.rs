@@ -67,6 +67,7 @@ pub fn failover_view(f: &FailoverRecord) -> FailoverView {
         acked_by: f.acked_by.clone().unwrap_or_default(),
         promotion_gtid: f.promotion_gtid.clone().unwrap_or_default(),
         plan: f.plan.iter().map(step_json).collect(),
+        request_id: f.request_id.clone().unwrap_or_default(),
     }
 }
 

@@ -135,10 +135,81 @@ fn failover_status(e: crate::failover::FailoverError) -> Status {
         E::Raft(_) | E::Internal(_) => Status::internal(msg),
         // Started, so it may not be asked for again: the outcome is not known here.
         E::Interrupted { .. } => Status::unknown(msg),
+        // Answered with the failover the request started (see `answer_repeat`); only
+        // if that record is gone from the history by then does this reach the client.
+        E::Repeated { .. } => Status::already_exists(msg),
     }
 }
 
+/// The longest request id a client may send with a failover.
+const MAX_REQUEST_ID: usize = 128;
+
+/// A failover request's id: `None` when empty; at most [`MAX_REQUEST_ID`] printable
+/// ASCII characters.
+fn parse_request_id(id: &str) -> Result<Option<String>, Status> {
+    if id.is_empty() {
+        return Ok(None);
+    }
+    if id.len() > MAX_REQUEST_ID || !id.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(Status::invalid_argument(format!(
+            "request_id must be 1 to {MAX_REQUEST_ID} printable ASCII characters without spaces, got {} bytes",
+            id.len()
+        )));
+    }
+    Ok(Some(id.to_string()))
+}
+
 impl CoordinatorService {
+    /// The answer to a repeated failover request: the failover its first attempt
+    /// started with request id `rid`, once finished (waiting while it is in progress and
+    /// this node leads), or `None` when no failover of `name` was started with that id.
+    async fn answer_repeat(&self, name: &ClusterName, rid: &str) -> Option<Result<FailoverResponse, Status>> {
+        let mut said = false;
+        loop {
+            let f = self
+                .node
+                .read_state(|s| {
+                    s.clusters
+                        .get(name)
+                        .and_then(|c| c.history.iter().rev().find(|f| f.request_id.as_deref() == Some(rid)).cloned())
+                })
+                .1?;
+            match f.outcome.clone() {
+                Some(FailoverOutcome::Succeeded) => {
+                    tracing::info!(cluster = %name, failover_id = %f.id, epoch = f.epoch, request_id = rid,
+                        "a repeated failover request: answered with the failover its first attempt started");
+                    return Some(Ok(FailoverResponse { failover: Some(failover_view(&f)) }));
+                }
+                Some(outcome @ (FailoverOutcome::Aborted(_) | FailoverOutcome::Failed(_))) => {
+                    let reason = match &outcome {
+                        FailoverOutcome::Aborted(r) | FailoverOutcome::Failed(r) => r.clone(),
+                        FailoverOutcome::Succeeded => String::new(),
+                    };
+                    return Some(Err(failover_status(crate::failover::FailoverError::Stopped {
+                        id: f.id.clone(),
+                        outcome,
+                        reason: format!("failover {} (request {rid}) stopped: {reason}", f.id),
+                    })));
+                }
+                None if !self.node.is_leader() => {
+                    return Some(Err(Status::unavailable(format!(
+                        "node {} is not the leader any more: failover {} (request {rid}) is carried on by the next \
+                         leader; retry there",
+                        self.node.id, f.id
+                    ))));
+                }
+                None => {
+                    if !said {
+                        said = true;
+                        tracing::info!(cluster = %name, failover_id = %f.id, epoch = f.epoch, request_id = rid,
+                            "a repeated failover request: waiting for the failover its first attempt started");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
     /// `f` of the cluster's record in this node's state machine, or NOT_FOUND.
     fn with_cluster<R>(
         &self,
@@ -830,6 +901,7 @@ impl Coordinator for CoordinatorService {
         } else {
             Some(r.to.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?)
         };
+        let request_id = parse_request_id(&r.request_id)?;
         let engine = self.engine()?;
         if !self.node.is_leader() {
             let nh = NotHere::Forward(self.node.leader_target());
@@ -838,8 +910,27 @@ impl Coordinator for CoordinatorService {
                 .await
                 .map(Response::new);
         }
+        if let Some(rid) = &request_id {
+            // A repeat must see what its first attempt committed: confirming leadership
+            // also waits until this node has applied everything committed before.
+            if let Err(nh) = self.linearizable().await {
+                return self
+                    .forward(nh, forwarded, r, |mut c, q| async move { c.failover(q).await })
+                    .await
+                    .map(Response::new);
+            }
+            if let Some(answer) = self.answer_repeat(&name, rid).await {
+                return answer.map(Response::new);
+            }
+        }
         let kind = if r.switchover { FailoverKind::Switchover } else { FailoverKind::Manual };
-        let ask = crate::failover::FailoverAsk { kind, to, actor: r.actor.clone(), accept_loss: r.accept_loss };
+        let ask = crate::failover::FailoverAsk {
+            kind,
+            to,
+            actor: r.actor.clone(),
+            accept_loss: r.accept_loss,
+            request_id: request_id.clone(),
+        };
         let result = engine.request(&name, ask).await;
         let rec = self.node.read_state(|s| s.clusters.get(&name).and_then(|c| c.history.last().cloned())).1;
         match result {
@@ -847,7 +938,24 @@ impl Coordinator for CoordinatorService {
                 Some(f) => Ok(Response::new(FailoverResponse { failover: Some(failover_view(&f)) })),
                 None => Err(Status::internal(format!("failover {id} finished but its record is missing"))),
             },
-            Err(e) => Err(failover_status(e)),
+            Err(e) => {
+                // A repeat that overtook its first attempt (still deciding on this
+                // leader, or its start proposed and committed only now): answer with
+                // the failover the first attempt started.
+                use crate::failover::FailoverError as E;
+                let raced = matches!(
+                    e,
+                    E::Repeated { .. }
+                        | E::Busy(_)
+                        | E::Rejected(Rejection::FailoverInProgress(..) | Rejection::StaleEpoch { .. })
+                );
+                if let (true, Some(rid)) = (raced, &request_id) {
+                    if let Some(answer) = self.answer_repeat(&name, rid).await {
+                        return answer.map(Response::new);
+                    }
+                }
+                Err(failover_status(e))
+            }
         }
     }
 

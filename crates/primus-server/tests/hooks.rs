@@ -355,6 +355,7 @@ fn context_from_a_failover_record() {
         promotion_gtid: None,
         promotion_binlog_state: None,
         acked_by: None,
+        request_id: None,
     };
     let c = HookContext::from_record(&"shop".parse().unwrap(), &f, 3);
     assert_eq!(c.failure_type, "DeadPrimary");

@@ -767,6 +767,7 @@ async fn apply(h: &Arc<Harness>, f: &Fault) {
                         to: None,
                         actor: "operator".into(),
                         accept_loss: false,
+                        request_id: None,
                     };
                     let r = tokio::time::timeout(Duration::from_secs(30), e.request(&h2.cluster, ask)).await;
                     h2.trace(format!("switchover: {:?}", r.map(|r| r.map_err(|e| e.to_string()))));

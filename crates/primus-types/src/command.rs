@@ -82,6 +82,9 @@ pub enum Command {
         candidate: InstanceAddr,
         epoch: u64,
         plan: Vec<Step>,
+        /// The operator's request id (see `FailoverRecord::request_id`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
     },
     /// A step of an in-progress failover completed (or was skipped, with the reason).
     FailoverStep {

@@ -291,8 +291,10 @@ const CLUSTER: &str = r#"{
 fn a_start_failover_entry_of_3315362_decodes_with_its_plan_typed() {
     let v: Value = serde_json::from_str(START_FAILOVER).unwrap();
     let r: Request = decodes_and_round_trips(&v);
-    let Command::StartFailover { kind, analysis_code, plan, .. } = &r.command else { panic!("{r:?}") };
+    let Command::StartFailover { kind, analysis_code, plan, request_id, .. } = &r.command else { panic!("{r:?}") };
     assert_eq!((*kind, *analysis_code), (FailoverKind::Switchover, AnalysisCode::NoProblem));
+    // Written before failover requests carried ids: none, and none written back.
+    assert_eq!(request_id, &None);
     let (old, new) = (addr("127.0.0.1:34385"), addr("127.0.0.1:41975"));
     assert_eq!(
         plan,

@@ -268,6 +268,11 @@ pub struct FailoverRecord {
     pub promotion_binlog_state: Option<String>,
     #[serde(default)]
     pub acked_by: Option<String>,
+    /// The id the operator's client sent with its request: a repeat of the request
+    /// (after a broken connection or a leader's death) is answered with this failover
+    /// instead of starting another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl FailoverRecord {

@@ -322,7 +322,18 @@ impl Registry {
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
             }
-            Command::StartFailover { name, id, kind, analysis_code, evidence, old_primary, candidate, epoch, plan } => {
+            Command::StartFailover {
+                name,
+                id,
+                kind,
+                analysis_code,
+                evidence,
+                old_primary,
+                candidate,
+                epoch,
+                plan,
+                request_id,
+            } => {
                 let c = self.cluster_mut(name)?;
                 if let Some(f) = c.in_flight() {
                     return Err(Rejection::FailoverInProgress(name.clone(), f.id.clone()));
@@ -352,6 +363,7 @@ impl Registry {
                     promotion_gtid: None,
                     promotion_binlog_state: None,
                     acked_by: None,
+                    request_id: request_id.clone(),
                 });
                 if c.history.len() > HISTORY_RETENTION {
                     c.history.remove(0);
@@ -872,6 +884,7 @@ mod tests {
                 candidate: "h:2".parse().unwrap(),
                 epoch,
                 plan: vec![],
+                request_id: None,
             },
             Origin::default(),
         )
@@ -1024,6 +1037,7 @@ mod tests {
                     candidate: a(1),
                     epoch,
                     plan: vec![],
+                    request_id: None,
                 },
                 Origin::default(),
             )

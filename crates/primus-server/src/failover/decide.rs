@@ -55,6 +55,7 @@ impl Engine {
                 candidate: to,
                 epoch: c.epoch,
                 plan,
+                request_id: None,
             },
             "primusd",
         )
@@ -106,8 +107,15 @@ impl Engine {
         name: &ClusterName,
         ask: FailoverAsk,
     ) -> Result<String, FailoverError> {
-        let FailoverAsk { kind, to, actor, accept_loss } = ask;
+        let FailoverAsk { kind, to, actor, accept_loss, request_id } = ask;
         let c = self.cluster(name)?;
+        // Under the cluster's operation slot, so a first attempt of this request has
+        // either committed its start or given up by now.
+        if let Some(rid) = &request_id {
+            if let Some(f) = c.history.iter().rev().find(|f| f.request_id.as_deref() == Some(rid.as_str())) {
+                return Err(FailoverError::Repeated { id: f.id.clone(), request_id: rid.clone() });
+            }
+        }
         if let Some(f) = c.in_flight() {
             return Err(FailoverError::Busy(format!("failover {} is already in progress", f.id)));
         }
@@ -289,6 +297,7 @@ impl Engine {
                 candidate: candidate.addr.clone(),
                 epoch,
                 plan,
+                request_id,
             },
             &actor,
         )

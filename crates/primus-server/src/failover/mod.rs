@@ -84,6 +84,10 @@ pub enum FailoverError {
     /// A bug (a task that panicked).
     #[error("internal error: {0}")]
     Internal(String),
+    /// The request's id is recorded with failover `id` already: this is a repeat of a
+    /// request that started it (answered with that failover, not a second one).
+    #[error("request {request_id} started failover {id} already")]
+    Repeated { id: String, request_id: String },
 }
 
 /// What an operator (or the engine itself) asks of a failover.
@@ -96,11 +100,20 @@ pub struct FailoverAsk {
     /// No-loss mode: promote even if a semi-sync replica may have acknowledged
     /// transactions the candidate lacks (`primusctl failover --accept-loss`).
     pub accept_loss: bool,
+    /// The operator's request id, recorded with the start (see
+    /// `FailoverRecord::request_id`).
+    pub request_id: Option<String>,
 }
 
 impl FailoverAsk {
     pub fn automatic() -> FailoverAsk {
-        FailoverAsk { kind: FailoverKind::Automatic, to: None, actor: "primusd".into(), accept_loss: false }
+        FailoverAsk {
+            kind: FailoverKind::Automatic,
+            to: None,
+            actor: "primusd".into(),
+            accept_loss: false,
+            request_id: None,
+        }
     }
 }
 

@@ -454,6 +454,7 @@ impl Engine {
                 candidate: primary,
                 epoch: c.epoch,
                 plan: steps,
+                request_id: None,
             },
             "primusd",
         )
