@@ -927,3 +927,38 @@ async fn a_failover_request_repeated_with_its_request_id_fails_over_once_and_eve
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     Ok(())
 }
+
+/// The analysis asked for right after a switchover returns is of the cluster as the
+/// switchover left it: made after the switchover finished, under its epoch, of the new
+/// primary as it is. (The leader answered with the analysis it had cached up to 200 ms
+/// earlier, labelled with the current epoch: one made during the switchover, of the old
+/// primary; made fresh, it judged the new primary by views from before its promotion,
+/// read-only, until the next probe.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_analysis_asked_for_right_after_a_switchover_is_made_after_it_finished() -> anyhow::Result<()> {
+    let w = World::start(WorldOptions::default()).await?;
+    w.register_sandbox("c", Duration::from_millis(1500)).await?;
+    let client = w.client()?;
+    let mut addrs: Vec<String> = w.sandbox.replicas().iter().map(|r| r.addr()).collect();
+    addrs.push(w.sandbox.primary().addr());
+    for (n, to) in addrs.iter().enumerate() {
+        let f = client.failover("c", Some(to), true).await?.failover.unwrap_or_default();
+        let a = client.analysis("c").await?;
+        let finished = f.finished_at_ms.unwrap_or(u64::MAX);
+        println!(
+            "switchover {} to {to} finished at {finished}: analysis at {} (epoch {}): {} {}",
+            n + 1,
+            a.at_ms,
+            a.epoch,
+            a.code,
+            a.subject
+        );
+        assert_eq!(f.outcome, "succeeded", "{f:#?}");
+        assert!(a.at_ms >= finished, "analysis made {} ms before the switchover finished: {a:#?}", finished - a.at_ms);
+        assert_eq!(a.epoch, f.epoch, "{a:#?}");
+        assert_eq!(a.subject, f.candidate, "an analysis of another primary after the switchover: {a:#?}");
+        // The leader's views of the new primary were from before its promotion.
+        assert_ne!(a.code, "ReadOnlyPrimary", "the new primary judged by a view from before its promotion: {a:#?}");
+    }
+    Ok(())
+}

@@ -1003,9 +1003,9 @@ impl Coordinator for CoordinatorService {
                     .map(Response::new);
             }
         }
-        let epoch = self.with_cluster(&name, |c| c.epoch)?;
-        let (at_ms, a) = engine
-            .last_analysis(&name)
+        self.with_cluster(&name, |_| ())?;
+        let (at_ms, epoch, a) = engine
+            .analysis_now(&name)
             .ok_or_else(|| Status::unavailable(format!("no analysis of {name} yet; retry in a moment")))?;
         Ok(Response::new(AnalysisResponse {
             code: a.code.to_string(),

@@ -260,6 +260,15 @@ impl Engine {
         tracing::warn!(cluster = %name, failover_id = %f.id, epoch = f.epoch, new_primary = %f.candidate,
             "failover completed");
         self.post_hooks(name, &f.id);
+        // This node's views of the new primary (and of a switchover's live old primary)
+        // date from before the promotion, when it was a read-only replica: until the next
+        // probe interval every analysis would find the new primary read-only. Look again
+        // now, so the analysis the operator asks for next is of the cluster as it is.
+        let mut look = vec![f.candidate.clone()];
+        if f.kind == FailoverKind::Switchover {
+            look.push(f.old_primary.clone());
+        }
+        self.monitor.probe_fresh(&look).await;
         Ok(())
     }
 

@@ -256,6 +256,19 @@ impl Engine {
         self.last.read().unwrap_or_else(|p| p.into_inner()).get(cluster).cloned()
     }
 
+    /// `cluster`'s analysis made now, from the cluster's record as applied now and every
+    /// coordinator's latest views, with the time and the record's epoch: `None` for a
+    /// cluster not registered, or before this node's first analysis of it (it has no
+    /// views to judge by yet). Not [`Engine::last_analysis`], which can be up to a tick
+    /// (200 ms) older than the record: right after a switchover, an analysis of the old
+    /// primary made while it was being fenced.
+    pub fn analysis_now(&self, cluster: &ClusterName) -> Option<(u64, u64, Analysis)> {
+        self.last_analysis(cluster)?;
+        let c = self.cluster(cluster).ok()?;
+        let analysis = analyze(&self.input(&c), &thresholds(&self.cfg));
+        Some((self.now_ms(), c.epoch, analysis))
+    }
+
     /// Build the decision input from every coordinator's latest views.
     pub fn input(&self, c: &ClusterRecord) -> ClusterInput {
         let now = self.now_ms();
