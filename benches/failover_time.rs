@@ -34,6 +34,11 @@
 //!   time from the first failed write to the first acknowledged write on the new primary;
 //!   afterwards every acknowledged row must be on the new primary.
 //!
+//! `FAILOVER_AGENTS=1` starts a `primus-agent` beside every server (the README
+//! sandbox's settings: lease TTL 1.5 s, renewal 300 ms, restart guard auto, lease
+//! hand-back on), so a failover of a killed primary includes the agent's hand-back
+//! (or the lease wait when there is none).
+//!
 //! Runs are interleaved (kill, stop, switchover) and no new run starts after
 //! `FAILOVER_BUDGET_SECS` (default 540), so the whole bench stays around 10 minutes. A run that
 //! fails is printed with the reason and counted; a failure after the fault (no promotion,
@@ -96,7 +101,8 @@ fn between(later: u64, earlier: u64) -> Duration {
 // ---------------------------------------------------------------------------------------------
 
 struct World {
-    // Dropped first: the coordinators stop before the servers they watch.
+    // Dropped first: the agents, then the coordinators, before the servers they watch.
+    _agents: Vec<primus_testkit::agent::AgentProc>,
     group: CoordinatorGroup,
     sandbox: Sandbox,
     _secrets: tempfile::TempDir,
@@ -118,7 +124,7 @@ impl World {
         )?;
         let group = CoordinatorGroup::start(GroupOptions { nodes: 3, extra_config: extra, ..Default::default() })?;
         group.wait_leader(&[], Duration::from_secs(20)).await?;
-        let w = World { group, sandbox, _secrets: secrets, setup: Duration::ZERO };
+        let w = World { _agents: Vec::new(), group, sandbox, _secrets: secrets, setup: Duration::ZERO };
         w.client()?
             .register_cluster(CLUSTER, &[w.sandbox.primary().addr()], ClusterSettings::default())
             .await
@@ -128,7 +134,22 @@ impl World {
         tokio::time::sleep(Duration::from_millis(2000)).await;
         w.sandbox.insert_rows(100).await?;
         w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
-        Ok(World { setup: t0.elapsed(), ..w })
+        // FAILOVER_AGENTS=1: a primus-agent beside every server, as the README's sandbox
+        // runs them (lease TTL 1.5 s, renewal every 300 ms, restart guard auto).
+        let mut agents = Vec::new();
+        if env_or("FAILOVER_AGENTS", 0u8) == 1 {
+            let opts = primus_testkit::agent::AgentOptions {
+                cluster: CLUSTER.into(),
+                coordinators: vec![w.group.endpoints()],
+                ..Default::default()
+            };
+            for i in w.sandbox.instances() {
+                agents.push(primus_testkit::agent::AgentProc::start(i, &opts)?);
+            }
+            agents[0].wait_log("lease granted", Duration::from_secs(10)).await?;
+            agents[0].wait_log("watching mysqld's process", Duration::from_secs(10)).await?;
+        }
+        Ok(World { _agents: agents, setup: t0.elapsed(), ..w })
     }
 
     fn client(&self) -> Result<Client> {
@@ -785,12 +806,14 @@ async fn main() -> Result<()> {
     println!(
         "failover_time config: [mysql] probe_interval_ms={} query_timeout_ms={} connect_timeout_ms={} \
          heartbeat_interval_ms={} (primusd defaults); [failover] and [raft] defaults; MariaDB {}; 3 coordinators, \
-         primary + 2 replicas; runs: kill9={kill_runs} sigstop={stop_runs} switchover={sw_runs}; budget {} s",
+         primary + 2 replicas; agents: {}; runs: kill9={kill_runs} sigstop={stop_runs} switchover={sw_runs}; \
+         budget {} s",
         t.probe_interval_ms,
         t.query_timeout_ms,
         t.connect_timeout_ms,
         t.heartbeat_interval_ms,
         mariadb.version,
+        if env_or("FAILOVER_AGENTS", 0u8) == 1 { "one beside every server (FAILOVER_AGENTS=1)" } else { "none" },
         budget.as_secs()
     );
 

@@ -173,6 +173,12 @@ pub struct FenceSection {
     /// What to do when mysqld's process exits (see [`RestartGuard`]). Its pid comes
     /// from `mysqld_pid_file`, else from the server's `@@pid_file`.
     pub restart_guard: RestartGuard,
+    /// When mysqld's process exits and its TCP port is blocked (`restart_guard` is
+    /// `block_port`, or `auto` where nftables works), hand the lease back to the
+    /// leader at once, so that a failover need not wait for it to run out; renew again
+    /// only once the restarted server is fenced. Without a blocked port the lease is
+    /// never handed back.
+    pub release_lease_on_exit: bool,
 }
 
 impl Default for FenceSection {
@@ -187,6 +193,7 @@ impl Default for FenceSection {
             ss_path: PathBuf::from("ss"),
             lease_file: None,
             restart_guard: RestartGuard::Auto,
+            release_lease_on_exit: true,
         }
     }
 }

@@ -52,6 +52,8 @@ struct Shared {
     renew_now: Notify,
     /// mysqld's process exited and the server it restarts as is not fenced yet.
     restart: Mutex<Restart>,
+    /// The renewer hands the lease back and stops renewing (see [`Handback`]).
+    handback: Mutex<Handback>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -62,6 +64,14 @@ struct Restart {
     blocked: bool,
 }
 
+/// The lease hand-back after mysqld exited (`fence.release_lease_on_exit`).
+#[derive(Debug, Default, Clone)]
+struct Handback {
+    /// What to tell the leader; `Some` from the exit until the renewer has registered
+    /// again after the restarted server was fenced.
+    reason: Option<String>,
+}
+
 impl Shared {
     fn state(&self) -> MutexGuard<'_, LeaseState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -69,6 +79,10 @@ impl Shared {
 
     fn restart(&self) -> MutexGuard<'_, Restart> {
         self.restart.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn handback(&self) -> MutexGuard<'_, Handback> {
+        self.handback.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -81,6 +95,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
             changed: Notify::new(),
             renew_now: Notify::new(),
             restart: Mutex::new(Restart::default()),
+            handback: Mutex::new(Handback::default()),
         });
         let agent_id = cfg.agent_id();
         tracing::info!(
@@ -229,8 +244,80 @@ async fn watchdog(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, mode:
             r.pending = true;
             r.blocked |= blocked;
         }
+        // The process is gone and no TCP client can reach its successor before the
+        // guard has fenced it: the lease protects nothing any more, so hand it back and
+        // spare a failover the wait for it (issue 14). Not without the block.
+        if blocked && cfg.fence.release_lease_on_exit {
+            let reason = format!(
+                "mysqld pid {pid} exited; TCP port {} is blocked until the restarted server is fenced",
+                port.unwrap_or_default()
+            );
+            shared.handback().reason = Some(reason);
+            shared.renew_now.notify_one();
+        } else if cfg.fence.release_lease_on_exit {
+            tracing::warn!(
+                pid,
+                "mysqld exited but its port is not blocked: the lease is not handed back (a failover \
+                waits for it to run out)"
+            );
+        }
         shared.changed.notify_one();
     }
+}
+
+/// The renewer's part of a hand-back: tell the leader (until it has recorded it, or
+/// the restarted server is fenced already), renew nothing meanwhile, and once the
+/// restarted server is fenced register again (which takes the hand-back back in Raft)
+/// before renewing.
+async fn hand_back(
+    cfg: &Config,
+    agent_id: &str,
+    shared: &Shared,
+    reason: &str,
+    i: &mut usize,
+) -> Result<(), AgentError> {
+    let clients = endpoint_clients(cfg, cfg.lease.register_timeout())?;
+    let t0 = Instant::now();
+    let mut failures = 0u64;
+    while shared.restart().pending {
+        let (name, c) = &clients[*i % clients.len()];
+        match tokio::time::timeout(
+            cfg.lease.register_timeout(),
+            c.release_lease(&cfg.cluster, &cfg.instance, agent_id, reason),
+        )
+        .await
+        {
+            Ok(Ok(r)) => {
+                tracing::warn!(endpoint = %name, log_index = r.log_index, took_ms = t0.elapsed().as_millis() as u64,
+                    reason, "LEASE HANDED BACK: a failover need not wait for it; renewing again once the restarted \
+                    server is fenced");
+                break;
+            }
+            Ok(Err(e)) if e.code() == Some(tonic::Code::FailedPrecondition) => {
+                tracing::warn!(endpoint = %name, error = %e, "the leader did not take the lease back; it runs out");
+                break;
+            }
+            other => {
+                failures += 1;
+                if worth_logging(failures, 20) {
+                    let error = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "no answer in time".into(),
+                    };
+                    tracing::warn!(endpoint = %name, error = %error, failures, "cannot hand the lease back; retrying");
+                }
+                *i += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    while shared.restart().pending {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!("the restarted server is fenced: registering again to renew the lease");
+    register(cfg, agent_id, i).await?;
+    shared.handback().reason = None;
+    Ok(())
 }
 
 /// Block until process `pid` exits: its pidfd becomes readable then.
@@ -329,6 +416,11 @@ async fn renewer(
     let mut failures = 0u64;
     let mut last_reason = String::from("none");
     loop {
+        let handback = shared.handback().reason.clone();
+        if let Some(reason) = handback {
+            hand_back(&cfg, &agent_id, &shared, &reason, &mut i).await?;
+            continue;
+        }
         let sent_at = Instant::now();
         let (name, c) = &clients[i % clients.len()];
         let answer = match tokio::time::timeout(interval, c.renew_lease(&cfg.cluster, &cfg.instance, &agent_id, ttl_ms))

@@ -913,8 +913,37 @@ impl Client {
             ttl_ms: timings.ttl_ms,
             renew_interval_ms: timings.renew_interval_ms,
             fence_timeout_ms: timings.fence_timeout_ms,
+            release: String::new(),
         };
         self.write(|mut c, t| {
+            let r = r.clone();
+            async move { c.register_agent(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
+    /// A fencing agent hands back the lease of `instance` (`reason`: which mysqld
+    /// exited, how its port is guarded): only once no restarted server can take a write
+    /// before the agent has fenced it. Failovers then skip the wait for this lease; the
+    /// agent gets none until it registers again. Releasing twice is releasing once, so
+    /// the call is retried like a read.
+    pub async fn release_lease(
+        &self,
+        cluster: &str,
+        instance: &str,
+        agent_id: &str,
+        reason: &str,
+    ) -> Result<LogIndexResponse, ClientError> {
+        let r = RegisterAgentRequest {
+            cluster: cluster.into(),
+            instance: instance.into(),
+            agent_id: agent_id.into(),
+            actor: self.opts.actor.clone(),
+            release: reason.into(),
+            ..Default::default()
+        };
+        self.call(Effect::IdempotentWrite, |mut c, t| {
             let r = r.clone();
             async move { c.register_agent(req(r, t)).await.map(|r| r.into_inner()) }
         })

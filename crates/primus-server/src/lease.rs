@@ -247,8 +247,11 @@ pub fn verdict(
     } else {
         // A lease is waited out only for an agent Raft knows of, and only as long as
         // Raft records: never grant one to anybody else, nor under settings Raft does
-        // not hold (the agent registers again on this answer).
-        let unknown = agent.is_none_or(|a| a.agent_id != agent_id || !settings_recorded(a, ttl, limits));
+        // not hold, nor to an agent that handed its lease back (failovers no longer
+        // wait for it): the agent registers again on this answer, which Raft orders
+        // after the release.
+        let unknown =
+            agent.is_none_or(|a| a.agent_id != agent_id || !settings_recorded(a, ttl, limits) || a.released.is_some());
         let not_registered = LeaseVerdict::Refuse { reason: "not_registered", fence_now: false };
         match c.in_flight().filter(|f| f.kind.changes_primary()) {
             Some(f) if &f.candidate == instance && unknown => not_registered,
@@ -351,6 +354,7 @@ mod tests {
             ttl_ms: ttl,
             fence_timeout_ms: fence,
             margin_ms: margin,
+            released: None,
         }
     }
 
@@ -414,8 +418,23 @@ mod tests {
                 ttl_ms: rec.ttl_ms,
                 fence_timeout_ms: rec.fence_timeout_ms,
                 margin_ms: rec.margin_ms,
+                release: None,
             },
         );
+        if let Some(x) = &rec.released {
+            apply(
+                4,
+                Command::RegisterAgent {
+                    name: "c".parse().unwrap(),
+                    instance: h(1),
+                    agent_id: rec.agent_id.clone(),
+                    ttl_ms: None,
+                    fence_timeout_ms: None,
+                    margin_ms: None,
+                    release: Some(x.reason.clone()),
+                },
+            );
+        }
         r
     }
 
@@ -446,5 +465,12 @@ mod tests {
         assert_eq!(decide(&agent(Some(6000), Some(500), Some(700)), 6001), too_long);
         // An older agent that recorded no TTL: this leader's maximum bounds it.
         assert_eq!(decide(&agent(None, None, Some(700)), 2000), Some(LeaseVerdict::Grant));
+        // Issue 14: an agent that handed its lease back gets none until it registers
+        // again (Raft orders that registration after the release).
+        let released = AgentRecord {
+            released: Some(primus_types::LeaseRelease { at_ms: 1, reason: "mysqld exited".into() }),
+            ..agent(Some(1500), Some(500), Some(700))
+        };
+        assert_eq!(decide(&released, 1500), not_registered, "released");
     }
 }

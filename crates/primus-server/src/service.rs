@@ -73,9 +73,10 @@ fn rejection_status(r: Rejection) -> Status {
         Rejection::NoSuchFailover { .. } | Rejection::UnknownInstance { .. } | Rejection::NoSuchSplitFence { .. } => {
             Status::not_found(msg)
         }
-        Rejection::IsPrimary { .. } | Rejection::NotPrimary { .. } | Rejection::PrimaryMovesWithoutFailover { .. } => {
-            Status::failed_precondition(msg)
-        }
+        Rejection::IsPrimary { .. }
+        | Rejection::NotPrimary { .. }
+        | Rejection::PrimaryMovesWithoutFailover { .. }
+        | Rejection::AgentNotRegistered { .. } => Status::failed_precondition(msg),
     }
 }
 
@@ -140,6 +141,9 @@ fn failover_status(e: crate::failover::FailoverError) -> Status {
         E::Repeated { .. } => Status::already_exists(msg),
     }
 }
+
+/// The longest account an agent may give when it releases its lease.
+const MAX_RELEASE_REASON: usize = 1024;
 
 /// The longest request id a client may send with a failover.
 const MAX_REQUEST_ID: usize = 128;
@@ -1250,8 +1254,16 @@ impl Coordinator for CoordinatorService {
         if r.agent_id.trim().is_empty() {
             return Err(Status::invalid_argument("agent_id must not be empty"));
         }
-        // Checked where it is committed (the leader, whose configuration decides).
-        if self.node.is_leader() {
+        if r.release.len() > MAX_RELEASE_REASON {
+            return Err(Status::invalid_argument(format!(
+                "release must be at most {MAX_RELEASE_REASON} bytes, got {}",
+                r.release.len()
+            )));
+        }
+        let release = (!r.release.is_empty()).then(|| r.release.clone());
+        // Checked where it is committed (the leader, whose configuration decides). A
+        // release changes no lease settings.
+        if self.node.is_leader() && release.is_none() {
             self.check_agent_timings(&r, &name, &instance)?;
         }
         let opt = |v: u64| (v > 0).then_some(v);
@@ -1263,6 +1275,7 @@ impl Coordinator for CoordinatorService {
             fence_timeout_ms: opt(r.fence_timeout_ms),
             // This leader grants leases only under a margin Raft records (lease.rs).
             margin_ms: Some(self.node.cfg.fencing.lease_margin_ms),
+            release,
         };
         let actor = r.actor.clone();
         self.commit_or_forward(cmd, actor, inbound, r, |mut c, q| async move { c.register_agent(q).await }).await

@@ -44,6 +44,9 @@ pub trait AgentEnv: Send + Sync + 'static {
         ttl: Duration,
         register: bool,
     ) -> Option<primus_client::RenewLeaseResponse>;
+    /// The agent hands the lease back (RegisterAgent with `release`) through
+    /// coordinator `to`: `Some(true)` recorded, `Some(false)` refused, `None` no answer.
+    async fn release(&self, i: usize, to: NodeId, agent_id: &str, reason: &str) -> Option<bool>;
     fn note(&self, line: String);
     /// The lease file of the live agent of server `i`, if one runs.
     fn lease_file(&self, i: usize) -> Option<LeaseFile>;
@@ -108,7 +111,60 @@ pub async fn agent_loop(env: Arc<dyn AgentEnv>, i: usize, seed: u64, file: Lease
         }
     };
     k = register(&mut k).await;
+    // The agent's watchdog (`primus_agent::watchdog`): the moment mysqld's process
+    // exits, hand the lease back. The simulated servers start read-only, standing for
+    // the real agent's blocked port until it has fenced the restarted server.
+    let handback = Arc::new(Mutex::new(None::<String>));
+    let watch = {
+        let (sim, addr, handback, renew_now) = (env.sim().clone(), addr.clone(), handback.clone(), renew_now.clone());
+        tokio::spawn(async move {
+            let mut was_up = true;
+            loop {
+                let up = sim.process_state(&addr).ok() != Some(crate::mysql::ProcState::Crashed);
+                if was_up && !up {
+                    *handback.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(format!("mysqld of {addr} exited; its port is blocked until the restart is fenced"));
+                    renew_now.notify_one();
+                }
+                was_up = up;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let _watch = AbortOnDrop(watch);
+    let crashed =
+        |env: &Arc<dyn AgentEnv>| env.sim().process_state(&addr).ok() == Some(crate::mysql::ProcState::Crashed);
     loop {
+        // As the agent's `hand_back`: tell a leader (until one recorded it, or the server
+        // is back), renew nothing meanwhile, register again once the restarted server is
+        // read-only, then renew.
+        let reason = handback.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(reason) = reason {
+            while crashed(&env) {
+                let to = coords[k % coords.len()];
+                match env.release(i, to, &agent_id, &reason).await {
+                    Some(ok) => {
+                        env.note(format!(
+                            "agent of {addr}: lease handed back ({})",
+                            if ok { "recorded" } else { "refused" }
+                        ));
+                        break;
+                    }
+                    None => {
+                        k += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            // The restarted server answers (read-only from its config): the real
+            // agent's restart fence is done at that moment.
+            while crashed(&env) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            k = register(&mut k).await;
+            *handback.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            continue;
+        }
         let sent_at = Instant::now();
         let to = coords[k % coords.len()];
         let answer = match tokio::time::timeout(RENEW, env.renew(i, to, &agent_id, TTL, false)).await {

@@ -617,6 +617,7 @@ impl crate::agent::AgentEnv for Harness {
                 ttl_ms: Some(ttl.as_millis() as u64),
                 fence_timeout_ms: Some(500),
                 margin_ms: Some(leases.limits().margin.as_millis() as u64),
+                release: None,
             };
             let req = Request::at(cmd, Origin { actor: format!("agent {agent_id}"), via_node: to }, 0);
             let r =
@@ -654,6 +655,42 @@ impl crate::agent::AgentEnv for Harness {
             return None;
         }
         Some(resp)
+    }
+
+    async fn release(&self, i: usize, to: NodeId, agent_id: &str, reason: &str) -> Option<bool> {
+        let me = Party::Server(i);
+        if self.blocked(&me, &Party::Coord(to)) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (gate, consensus) = {
+            let coords = self.coords.lock().await;
+            let c = coords.get(&to)?;
+            let r = c.running.as_ref()?;
+            (c.gate.clone(), r.consensus.clone())
+        };
+        gate.pass().await;
+        // RegisterAgent with `release`, as the service commits it on the leader.
+        if !primus_server::consensus::Consensus::view(consensus.as_ref()).is_leader {
+            return None;
+        }
+        let cmd = Command::RegisterAgent {
+            name: self.cluster.clone(),
+            instance: self.servers[i].clone(),
+            agent_id: agent_id.to_string(),
+            ttl_ms: None,
+            fence_timeout_ms: None,
+            margin_ms: None,
+            release: Some(reason.to_string()),
+        };
+        let req = Request::at(cmd, Origin { actor: format!("agent {agent_id}"), via_node: to }, 0);
+        let w = primus_server::consensus::Consensus::write(consensus.as_ref(), req);
+        match tokio::time::timeout(Duration::from_millis(1500), w).await {
+            Ok(Ok((_, primus_types::Response::Rejected(_)))) => Some(false),
+            Ok(Ok(_)) => Some(true),
+            _ => None,
+        }
     }
 
     fn note(&self, line: String) {

@@ -182,6 +182,14 @@ pub enum Command {
         /// none; an older release ignores it).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         margin_ms: Option<u64>,
+        /// `Some(why)`: not a registration but the registered agent handing its lease
+        /// back: its mysqld exited and no restarted server can take a write before the
+        /// agent has fenced it. Failovers of the instance skip the wait for its lease,
+        /// and no lease is granted, until the agent registers again. A field rather than
+        /// a command of its own so that an older primusd still decodes the entry (it
+        /// reads a registration, and waits the lease out as before).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        release: Option<String>,
     },
     /// Split brain: the leader is about to fence `instance`, writable although the
     /// cluster's primary of `epoch` is another. Committed before the instance is
@@ -263,6 +271,9 @@ impl Command {
                 "{instance} in {name} no longer demoted: rejoined with --discard-divergent, divergent transactions \
                  left in its tables: {d}"
             ),
+            Command::RegisterAgent { name, instance, agent_id, release: Some(why), .. } => {
+                format!("agent {agent_id} of {instance} in {name} released its lease: {why}")
+            }
             Command::RegisterAgent { name, instance, agent_id, ttl_ms, .. } => match ttl_ms {
                 Some(t) => format!("agent {agent_id} registered for {instance} in {name} (lease ttl {t} ms)"),
                 None => format!("agent {agent_id} registered for {instance} in {name}"),
@@ -362,6 +373,9 @@ pub enum Rejection {
         "the topology update of {name} would move the primary from {from} to {to}: only a failover (with a new epoch) changes the primary"
     )]
     PrimaryMovesWithoutFailover { name: ClusterName, from: InstanceAddr, to: String },
+    /// A lease released by an agent that is not the one registered for the instance.
+    #[error("agent {agent_id} is not the registered agent of {instance} in cluster {name}: its release is ignored")]
+    AgentNotRegistered { name: ClusterName, instance: InstanceAddr, agent_id: String },
 }
 
 /// The result of applying one log entry.

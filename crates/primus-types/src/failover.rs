@@ -368,6 +368,20 @@ pub struct AgentRecord {
     /// an older coordinator release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub margin_ms: Option<u64>,
+    /// The agent handed its lease back (its mysqld exited and cannot take a write
+    /// again before the agent fences it): a failover need not wait for the lease, and
+    /// none is granted until the agent registers again (which clears this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<LeaseRelease>,
+}
+
+/// An agent's hand-back of its lease (see [`AgentRecord::released`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRelease {
+    /// When the leader proposed it (its wall clock).
+    pub at_ms: u64,
+    /// The agent's account: which mysqld process exited, how its port is guarded.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,8 +23,8 @@ pub mod topology;
 pub use analysis::{AnalysisCode, UnknownAnalysisCode};
 pub use command::{ClusterSettings, Command, Origin, Rejection, Request, Response};
 pub use failover::{
-    AgentRecord, FailoverKind, FailoverOutcome, FailoverRecord, Maintenance, PromotionRule, RefusalRecord,
-    SplitFenceRecord, Step, StepOutcome, StepRecord,
+    AgentRecord, FailoverKind, FailoverOutcome, FailoverRecord, LeaseRelease, Maintenance, PromotionRule,
+    RefusalRecord, SplitFenceRecord, Step, StepOutcome, StepRecord,
 };
 pub use names::{ClusterName, InstanceAddr, NameError};
 #[cfg(feature = "raft")]

@@ -485,10 +485,25 @@ impl Registry {
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
             }
-            Command::RegisterAgent { name, instance, agent_id, ttl_ms, fence_timeout_ms, margin_ms } => {
+            Command::RegisterAgent { name, instance, agent_id, ttl_ms, fence_timeout_ms, margin_ms, release } => {
                 let c = self.cluster_mut(name)?;
                 if !c.topology.instances.contains_key(instance) {
                     return Err(Rejection::UnknownInstance { name: name.clone(), instance: instance.clone() });
+                }
+                if let Some(reason) = release {
+                    // Only the registered agent hands back the instance's lease; its
+                    // recorded TTL and margin stay (a later registration clears it).
+                    let rec = c.agents.get_mut(instance).filter(|a| a.agent_id == *agent_id).ok_or_else(|| {
+                        Rejection::AgentNotRegistered {
+                            name: name.clone(),
+                            instance: instance.clone(),
+                            agent_id: agent_id.clone(),
+                        }
+                    })?;
+                    rec.released =
+                        Some(crate::failover::LeaseRelease { at_ms: req.proposed_at_ms, reason: reason.clone() });
+                    touched.push(StateKey::Cluster(name.clone()));
+                    return Ok(());
                 }
                 // Leases an earlier agent of this instance holds may be longer than the new
                 // agent's: the recorded TTL only grows.
@@ -502,6 +517,7 @@ impl Registry {
                     ttl_ms,
                     fence_timeout_ms,
                     margin_ms,
+                    released: None,
                 };
                 c.agents.insert(instance.clone(), rec);
                 touched.push(StateKey::Cluster(name.clone()));
@@ -908,6 +924,56 @@ mod tests {
         r
     }
 
+    /// Issue 14: the registered agent hands its lease back (recorded with the reason;
+    /// TTL and margin kept); another agent cannot; the next registration clears it; an
+    /// entry written without the field decodes as a registration.
+    #[test]
+    fn only_the_registered_agent_releases_its_lease_and_registering_again_takes_it_back() {
+        let mut r = registered_with_topology();
+        let inst = crate::InstanceAddr::new("h", 1).unwrap();
+        let cmd = |agent: &str, release: Option<&str>| {
+            Request::at(
+                Command::RegisterAgent {
+                    name: "c".parse().unwrap(),
+                    instance: inst.clone(),
+                    agent_id: agent.into(),
+                    ttl_ms: Some(1500),
+                    fence_timeout_ms: Some(500),
+                    margin_ms: Some(700),
+                    release: release.map(str::to_string),
+                },
+                Origin::default(),
+                77,
+            )
+        };
+        let rec = |r: &Registry| r.clusters[&"c".parse::<ClusterName>().unwrap()].agents.get(&inst).cloned();
+        // Nobody registered: nothing to release.
+        assert!(matches!(
+            r.apply(&log_id(3), &cmd("a1", Some("mysqld exited"))).0,
+            Response::Rejected(Rejection::AgentNotRegistered { .. })
+        ));
+        assert_eq!(rec(&r), None);
+        assert_eq!(r.apply(&log_id(4), &cmd("a1", None)).0, Response::Done);
+        assert!(matches!(
+            r.apply(&log_id(5), &cmd("a2", Some("mysqld exited"))).0,
+            Response::Rejected(Rejection::AgentNotRegistered { .. })
+        ));
+        assert_eq!(rec(&r).and_then(|a| a.released), None);
+        assert_eq!(r.apply(&log_id(6), &cmd("a1", Some("mysqld pid 7 exited"))).0, Response::Done);
+        let a = rec(&r).unwrap();
+        assert_eq!(
+            (a.agent_id.as_str(), a.ttl_ms, a.margin_ms, a.released.map(|x| (x.at_ms, x.reason))),
+            ("a1", Some(1500), Some(700), Some((77, "mysqld pid 7 exited".to_string())))
+        );
+        assert_eq!(r.apply(&log_id(7), &cmd("a1", None)).0, Response::Done);
+        assert_eq!(rec(&r).and_then(|a| a.released), None);
+        let json = serde_json::json!({"RegisterAgent": {"name": "c", "instance": "h:1", "agent_id": "a3"}});
+        assert!(matches!(
+            serde_json::from_value::<Command>(json).unwrap(),
+            Command::RegisterAgent { release: None, .. }
+        ));
+    }
+
     /// Issue 12 item 7b: what an agent's leases are counted with (TTL, fence time, the
     /// margin of the leaders that granted them) only grows in Raft, whichever agent or
     /// leader registers next, and a record written before the margin existed loads.
@@ -924,6 +990,7 @@ mod tests {
                     ttl_ms: Some(ttl),
                     fence_timeout_ms: Some(500),
                     margin_ms: margin,
+                    release: None,
                 },
                 Origin::default(),
             )

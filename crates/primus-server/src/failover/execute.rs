@@ -10,6 +10,8 @@ pub(super) fn failpoint(name: &str, step: Option<usize>) {
 
 /// How long a best-effort fence of an unreachable old primary may try.
 pub(super) const BEST_EFFORT_FENCE_TIMEOUT: Duration = Duration::from_millis(150);
+/// How often a lease wait looks for the agent's release in the applied state.
+const RELEASE_POLL: Duration = Duration::from_millis(10);
 /// Pause between reads of a just-fenced primary's GTIDs (see `executed_after_fence`).
 pub(super) const FENCED_READ_RETRY: Duration = Duration::from_millis(50);
 
@@ -393,11 +395,37 @@ impl Engine {
                     )));
                 }
                 let name = agent.map_or("(unregistered)", |a| a.agent_id.as_str());
+                // The agent handed the lease back: its mysqld exited, and no restarted
+                // server takes a write before the agent has fenced it (issue 14). Raft
+                // ordered the release before any later grant (a released agent is
+                // granted nothing until it registers again, which clears the release).
+                let released = |c: &ClusterRecord| {
+                    c.agents.get(addr).and_then(|a| a.released.clone().map(|r| (a.agent_id.clone(), r)))
+                };
+                if let Some((id, r)) = released(c) {
+                    tracing::warn!(cluster = %c.name, instance = %addr, epoch = f.epoch, agent = %id,
+                        reason = %r.reason, "the old primary's agent released its lease: not waiting");
+                    return Ok(StepOutcome::Done(format!("agent {id} released its lease ({}): no wait", r.reason)));
+                }
+                let started = tokio::time::Instant::now();
                 let until = self.leases.expiry(&c.name, addr, agent);
-                let wait = until.saturating_duration_since(tokio::time::Instant::now());
+                let wait = until.saturating_duration_since(started);
                 tracing::warn!(cluster = %c.name, instance = %addr, epoch = f.epoch, agent = %name,
                     wait_ms = wait.as_millis() as u64, "waiting for the old primary's lease to run out");
-                tokio::time::sleep_until(until).await;
+                // Until the lease runs out, or the agent's release is applied here.
+                while tokio::time::Instant::now() < until {
+                    tokio::time::sleep_until(until.min(tokio::time::Instant::now() + RELEASE_POLL)).await;
+                    if let Some((id, r)) = self.cluster(&c.name).ok().and_then(|c| released(&c)) {
+                        let waited = started.elapsed().as_millis();
+                        tracing::warn!(cluster = %c.name, instance = %addr, epoch = f.epoch, agent = %id,
+                            reason = %r.reason, waited_ms = waited as u64,
+                            "the old primary's agent released its lease: done waiting");
+                        return Ok(StepOutcome::Done(format!(
+                            "agent {id} released its lease ({}) after {waited} ms of the wait",
+                            r.reason
+                        )));
+                    }
+                }
                 Ok(StepOutcome::Done(format!("lease of agent {name} ran out (waited {} ms)", wait.as_millis())))
             }
             Step::PromoteCandidate { candidate } => {
