@@ -1494,3 +1494,39 @@ async fn a_primary_whose_agent_died_first_is_failed_over_only_after_its_lease_ra
     );
     Ok(())
 }
+
+/// Issue 14, item 1: the Raft leader and the primary's mysqld killed together, the
+/// agent alive. A new leader inherits every lease it never saw granted (TTL + an
+/// election timeout + margin from its election: 2.8 s with the defaults); the agent
+/// hands its lease back to whichever coordinator leads next, and the failover skips
+/// that wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_leader_and_the_primary_killed_together_fail_over_without_the_inherited_lease_wait(
+) -> anyhow::Result<()> {
+    let WithAgent { agent, opts, primary, mut w } = primary_with_agent().await?;
+    agent.wait_log("watching mysqld's process", Duration::from_secs(5)).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(10)).await?;
+    let killed = Instant::now();
+    w.group.kill9(leader)?;
+    primary.kill9()?;
+    let (promoted, took) = wait_any_writable(w.sandbox.replicas(), killed, Duration::from_secs(20)).await?;
+    let f = first_finished_failover(&w, Duration::from_secs(15), &agent).await?;
+    let wait = f.steps.iter().find(|s| s.description.starts_with("wait for the lease")).map(|s| s.outcome.clone());
+    println!(
+        "coordinator leader {leader} and the primary's mysqld killed together: {} writable {} ms later; lease step: {}",
+        promoted.addr(),
+        took.as_millis(),
+        wait.as_deref().unwrap_or("(none)")
+    );
+    assert_eq!(f.outcome, "succeeded", "{f:#?}");
+    assert!(
+        wait.as_deref().is_some_and(|o| o.contains("released its lease")),
+        "the new leader did not take the hand-back: {f:#?}\n--- agent log ---\n{}",
+        agent.log_tail(30)
+    );
+    // The inherited wait alone would be TTL + election timeout (600 ms) + margin (700 ms).
+    let inherited = Duration::from_millis(opts.ttl_ms + 600 + 700);
+    assert!(took < inherited, "writable {took:?} after the kills: no faster than the inherited wait {inherited:?}");
+    Ok(())
+}

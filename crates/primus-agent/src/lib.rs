@@ -268,14 +268,16 @@ async fn watchdog(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, mode:
 /// The renewer's part of a hand-back: tell the leader (until it has recorded it, or
 /// the restarted server is fenced already), renew nothing meanwhile, and once the
 /// restarted server is fenced register again (which takes the hand-back back in Raft)
-/// before renewing.
+/// before renewing. `registration`: the log index of the registration whose lease is
+/// handed back; returns the new registration's.
 async fn hand_back(
     cfg: &Config,
     agent_id: &str,
     shared: &Shared,
     reason: &str,
+    registration: u64,
     i: &mut usize,
-) -> Result<(), AgentError> {
+) -> Result<u64, AgentError> {
     let clients = endpoint_clients(cfg, cfg.lease.register_timeout())?;
     let t0 = Instant::now();
     let mut failures = 0u64;
@@ -283,7 +285,7 @@ async fn hand_back(
         let (name, c) = &clients[*i % clients.len()];
         match tokio::time::timeout(
             cfg.lease.register_timeout(),
-            c.release_lease(&cfg.cluster, &cfg.instance, agent_id, reason),
+            c.release_lease(&cfg.cluster, &cfg.instance, agent_id, registration, reason),
         )
         .await
         {
@@ -315,9 +317,9 @@ async fn hand_back(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::info!("the restarted server is fenced: registering again to renew the lease");
-    register(cfg, agent_id, i).await?;
+    let registration = register(cfg, agent_id, i).await?;
     shared.handback().reason = None;
-    Ok(())
+    Ok(registration)
 }
 
 /// Block until process `pid` exits: its pidfd becomes readable then.
@@ -357,7 +359,8 @@ fn worth_logging(n: u64, every: u64) -> bool {
 }
 
 /// Register (a Raft write), retried until it succeeds; `i` is the endpoint to try first.
-async fn register(cfg: &Config, agent_id: &str, i: &mut usize) -> Result<(), AgentError> {
+/// Returns the log index the registration was committed at (a hand-back names it).
+async fn register(cfg: &Config, agent_id: &str, i: &mut usize) -> Result<u64, AgentError> {
     let reg = endpoint_clients(cfg, cfg.lease.register_timeout())?;
     let timings = primus_client::AgentTimings {
         ttl_ms: cfg.lease.ttl_ms,
@@ -371,7 +374,7 @@ async fn register(cfg: &Config, agent_id: &str, i: &mut usize) -> Result<(), Age
         match tokio::time::timeout(t, c.register_agent_with(&cfg.cluster, &cfg.instance, agent_id, timings)).await {
             Ok(Ok(r)) => {
                 tracing::info!(endpoint = %name, log_index = r.log_index, agent_id = %agent_id, "agent registered");
-                return Ok(());
+                return Ok(r.log_index);
             }
             Ok(Err(e)) if matches!(e.code(), Some(tonic::Code::NotFound | tonic::Code::InvalidArgument)) => {
                 return Err(AgentError::NotFound {
@@ -410,7 +413,7 @@ async fn renewer(
     let interval = cfg.lease.renew_interval();
     let ttl_ms = cfg.lease.ttl_ms;
     let mut i = 0usize;
-    register(&cfg, &agent_id, &mut i).await?;
+    let mut registration = register(&cfg, &agent_id, &mut i).await?;
 
     let clients = endpoint_clients(&cfg, interval)?;
     let mut failures = 0u64;
@@ -418,7 +421,7 @@ async fn renewer(
     loop {
         let handback = shared.handback().reason.clone();
         if let Some(reason) = handback {
-            hand_back(&cfg, &agent_id, &shared, &reason, &mut i).await?;
+            registration = hand_back(&cfg, &agent_id, &shared, &reason, registration, &mut i).await?;
             continue;
         }
         let sent_at = Instant::now();
@@ -480,7 +483,7 @@ async fn renewer(
                 "the leader has no registration of this agent under its lease settings (a new agent replaced it, or \
                  a leader with a larger [fencing] lease_margin_ms took over): registering again"
             );
-            register(&cfg, &agent_id, &mut i).await?;
+            registration = register(&cfg, &agent_id, &mut i).await?;
         }
         match &event {
             Event::Granted { epoch, .. } => {

@@ -914,6 +914,7 @@ impl Client {
             renew_interval_ms: timings.renew_interval_ms,
             fence_timeout_ms: timings.fence_timeout_ms,
             release: String::new(),
+            registration_index: 0,
         };
         self.write(|mut c, t| {
             let r = r.clone();
@@ -924,8 +925,9 @@ impl Client {
     }
 
     /// A fencing agent hands back the lease of `instance` (`reason`: which mysqld
-    /// exited, how its port is guarded): only once no restarted server can take a write
-    /// before the agent has fenced it. Failovers then skip the wait for this lease; the
+    /// exited, how its port is guarded) held under its registration committed at
+    /// `registration_index`: only once no restarted server can take a write before the
+    /// agent has fenced it. Failovers then skip the wait for this lease; the
     /// agent gets none until it registers again. Releasing twice is releasing once, so
     /// the call is retried like a read.
     pub async fn release_lease(
@@ -933,6 +935,7 @@ impl Client {
         cluster: &str,
         instance: &str,
         agent_id: &str,
+        registration_index: u64,
         reason: &str,
     ) -> Result<LogIndexResponse, ClientError> {
         let r = RegisterAgentRequest {
@@ -941,6 +944,7 @@ impl Client {
             agent_id: agent_id.into(),
             actor: self.opts.actor.clone(),
             release: reason.into(),
+            registration_index,
             ..Default::default()
         };
         self.call(Effect::IdempotentWrite, |mut c, t| {

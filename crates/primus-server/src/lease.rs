@@ -355,6 +355,7 @@ mod tests {
             fence_timeout_ms: fence,
             margin_ms: margin,
             released: None,
+            registered_index: None,
         }
     }
 
@@ -419,6 +420,7 @@ mod tests {
                 fence_timeout_ms: rec.fence_timeout_ms,
                 margin_ms: rec.margin_ms,
                 release: None,
+                of_registration: None,
             },
         );
         if let Some(x) = &rec.released {
@@ -432,6 +434,7 @@ mod tests {
                     fence_timeout_ms: None,
                     margin_ms: None,
                     release: Some(x.reason.clone()),
+                    of_registration: Some(3),
                 },
             );
         }

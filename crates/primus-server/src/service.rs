@@ -1275,6 +1275,7 @@ impl Coordinator for CoordinatorService {
             fence_timeout_ms: opt(r.fence_timeout_ms),
             // This leader grants leases only under a margin Raft records (lease.rs).
             margin_ms: Some(self.node.cfg.fencing.lease_margin_ms),
+            of_registration: release.as_ref().map(|_| r.registration_index),
             release,
         };
         let actor = r.actor.clone();

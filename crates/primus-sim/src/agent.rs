@@ -35,7 +35,8 @@ pub trait AgentEnv: Send + Sync + 'static {
     fn coordinators(&self) -> Vec<NodeId>;
     fn max_ttl(&self) -> Duration;
     /// One RegisterAgent (`register`) or RenewLease call to coordinator `to`; `None`
-    /// when it got no answer.
+    /// when it got no answer. A registration's answer carries the log index it was
+    /// committed at in `epoch`.
     async fn renew(
         &self,
         i: usize,
@@ -46,7 +47,7 @@ pub trait AgentEnv: Send + Sync + 'static {
     ) -> Option<primus_client::RenewLeaseResponse>;
     /// The agent hands the lease back (RegisterAgent with `release`) through
     /// coordinator `to`: `Some(true)` recorded, `Some(false)` refused, `None` no answer.
-    async fn release(&self, i: usize, to: NodeId, agent_id: &str, reason: &str) -> Option<bool>;
+    async fn release(&self, i: usize, to: NodeId, agent_id: &str, registration: u64, reason: &str) -> Option<bool>;
     fn note(&self, line: String);
     /// The lease file of the live agent of server `i`, if one runs.
     fn lease_file(&self, i: usize) -> Option<LeaseFile>;
@@ -102,15 +103,15 @@ pub async fn agent_loop(env: Arc<dyn AgentEnv>, i: usize, seed: u64, file: Lease
         async move {
             loop {
                 let to = coords[at % coords.len()];
-                if env.renew(i, to, &agent_id, TTL, true).await.is_some() {
-                    return at;
+                if let Some(r) = env.renew(i, to, &agent_id, TTL, true).await {
+                    return (at, r.epoch);
                 }
                 at += 1;
                 tokio::time::sleep(RENEW).await;
             }
         }
     };
-    k = register(&mut k).await;
+    let (mut k, mut registration) = register(&mut k).await;
     // The agent's watchdog (`primus_agent::watchdog`): the moment mysqld's process
     // exits, hand the lease back. The simulated servers start read-only, standing for
     // the real agent's blocked port until it has fenced the restarted server.
@@ -142,7 +143,7 @@ pub async fn agent_loop(env: Arc<dyn AgentEnv>, i: usize, seed: u64, file: Lease
         if let Some(reason) = reason {
             while crashed(&env) {
                 let to = coords[k % coords.len()];
-                match env.release(i, to, &agent_id, &reason).await {
+                match env.release(i, to, &agent_id, registration, &reason).await {
                     Some(ok) => {
                         env.note(format!(
                             "agent of {addr}: lease handed back ({})",
@@ -161,7 +162,7 @@ pub async fn agent_loop(env: Arc<dyn AgentEnv>, i: usize, seed: u64, file: Lease
             while crashed(&env) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            k = register(&mut k).await;
+            (k, registration) = register(&mut k).await;
             *handback.lock().unwrap_or_else(PoisonError::into_inner) = None;
             continue;
         }
@@ -181,7 +182,7 @@ pub async fn agent_loop(env: Arc<dyn AgentEnv>, i: usize, seed: u64, file: Lease
             event
         };
         if matches!(&event, Event::Refused { reason, .. } if reason == "not_registered") {
-            k = register(&mut k).await;
+            (k, registration) = register(&mut k).await;
         }
         tokio::select! {
             _ = tokio::time::sleep_until(sent_at + RENEW) => {}

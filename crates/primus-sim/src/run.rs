@@ -139,6 +139,9 @@ struct Links {
     cut: BTreeSet<(Party, Party)>,
     /// Lossy links between coordinators (both directions): the percentage of messages lost.
     loss: BTreeMap<(NodeId, NodeId), u8>,
+    /// Lossy links between a server's agent and a coordinator: the percentage of
+    /// requests lost, and of answers.
+    agent_loss: BTreeMap<(usize, NodeId), u8>,
 }
 
 impl Links {
@@ -163,6 +166,8 @@ struct Harness {
     /// Sentinels of killed agents, by server (they die with their host).
     sentinels: Mutex<BTreeMap<usize, tokio::task::JoinHandle<()>>>,
     log: Mutex<Log>,
+    /// Draws which agent messages a lossy link loses (seeded from the run's seed).
+    loss_rng: Mutex<StdRng>,
     origin: Instant,
 }
 
@@ -234,6 +239,16 @@ impl Harness {
 
     fn blocked(&self, a: &Party, b: &Party) -> bool {
         self.links.lock().unwrap_or_else(PoisonError::into_inner).blocked(a, b)
+    }
+
+    /// Whether a message between server `i`'s agent and coordinator `to` is lost on a
+    /// lossy link (drawn per message).
+    fn agent_message_lost(&self, i: usize, to: NodeId) -> bool {
+        let p = self.links.lock().unwrap_or_else(PoisonError::into_inner).agent_loss.get(&(i, to)).copied();
+        match p {
+            Some(p) if p > 0 => self.loss_rng.lock().unwrap_or_else(PoisonError::into_inner).gen_range(0..100) < p,
+            _ => false,
+        }
     }
 
     /// The applied state of the coordinator that applied most (applied means committed).
@@ -313,6 +328,7 @@ pub async fn run(opts: Options) -> Outcome {
         agents: Mutex::new(BTreeMap::new()),
         sentinels: Mutex::new(BTreeMap::new()),
         log: Mutex::new(Log::default()),
+        loss_rng: Mutex::new(StdRng::seed_from_u64(opts.seed ^ 0x1055_a6e7)),
         origin,
     });
     h.install_links();
@@ -590,7 +606,7 @@ impl crate::agent::AgentEnv for Harness {
     ) -> Option<primus_client::RenewLeaseResponse> {
         let me = Party::Server(i);
         // The request's hop: the host's link and the coordinator's gate.
-        if self.blocked(&me, &Party::Coord(to)) {
+        if self.blocked(&me, &Party::Coord(to)) || self.agent_message_lost(i, to) {
             tokio::time::sleep(ttl).await;
             return None;
         }
@@ -618,12 +634,16 @@ impl crate::agent::AgentEnv for Harness {
                 fence_timeout_ms: Some(500),
                 margin_ms: Some(leases.limits().margin.as_millis() as u64),
                 release: None,
+                of_registration: None,
             };
             let req = Request::at(cmd, Origin { actor: format!("agent {agent_id}"), via_node: to }, 0);
             let r =
                 tokio::time::timeout(ttl, primus_server::consensus::Consensus::write(consensus.as_ref(), req)).await;
             return match r {
-                Ok(Ok(_)) => Some(primus_client::RenewLeaseResponse { granted: true, ..Default::default() }),
+                // A registration's answer carries the log index it was committed at.
+                Ok(Ok((index, _))) if !self.agent_message_lost(i, to) => {
+                    Some(primus_client::RenewLeaseResponse { granted: true, epoch: index, ..Default::default() })
+                }
                 _ => None,
             };
         }
@@ -648,18 +668,18 @@ impl crate::agent::AgentEnv for Harness {
             fence_now: a.fence_now,
             served_by: to,
         };
-        // The answer's hop back.
+        // The answer's hop back (a lost answer: the leader granted, the agent never knew).
         tokio::time::sleep(Duration::from_millis(1)).await;
-        if self.blocked(&me, &Party::Coord(to)) {
+        if self.blocked(&me, &Party::Coord(to)) || self.agent_message_lost(i, to) {
             tokio::time::sleep(ttl).await;
             return None;
         }
         Some(resp)
     }
 
-    async fn release(&self, i: usize, to: NodeId, agent_id: &str, reason: &str) -> Option<bool> {
+    async fn release(&self, i: usize, to: NodeId, agent_id: &str, registration: u64, reason: &str) -> Option<bool> {
         let me = Party::Server(i);
-        if self.blocked(&me, &Party::Coord(to)) {
+        if self.blocked(&me, &Party::Coord(to)) || self.agent_message_lost(i, to) {
             tokio::time::sleep(Duration::from_millis(300)).await;
             return None;
         }
@@ -683,10 +703,12 @@ impl crate::agent::AgentEnv for Harness {
             fence_timeout_ms: None,
             margin_ms: None,
             release: Some(reason.to_string()),
+            of_registration: Some(registration),
         };
         let req = Request::at(cmd, Origin { actor: format!("agent {agent_id}"), via_node: to }, 0);
         let w = primus_server::consensus::Consensus::write(consensus.as_ref(), req);
         match tokio::time::timeout(Duration::from_millis(1500), w).await {
+            _ if self.agent_message_lost(i, to) => None,
             Ok(Ok((_, primus_types::Response::Rejected(_)))) => Some(false),
             Ok(Ok(_)) => Some(true),
             _ => None,
@@ -765,10 +787,14 @@ async fn apply(h: &Arc<Harness>, f: &Fault) {
         Fault::Lossy(a, b, percent) => {
             h.links.lock().unwrap_or_else(PoisonError::into_inner).loss.insert((*a.min(b), *a.max(b)), *percent);
         }
+        Fault::LossyAgent(i, c, percent) => {
+            h.links.lock().unwrap_or_else(PoisonError::into_inner).agent_loss.insert((*i, *c), *percent);
+        }
         Fault::Heal => {
             let mut l = h.links.lock().unwrap_or_else(PoisonError::into_inner);
             l.cut.clear();
             l.loss.clear();
+            l.agent_loss.clear();
         }
         Fault::ClockStep(n, ms) => {
             if let Some(c) = h.coords.lock().await.get(n) {
@@ -846,6 +872,7 @@ async fn apply(h: &Arc<Harness>, f: &Fault) {
                 let mut l = h.links.lock().unwrap_or_else(PoisonError::into_inner);
                 l.cut.clear();
                 l.loss.clear();
+                l.agent_loss.clear();
             }
             for i in 0..h.servers.len() {
                 let _ = h.sim.resume(&h.servers[i]);

@@ -75,6 +75,10 @@ pub enum Fault {
     /// The link between two coordinators loses this percentage of messages, both ways
     /// (Raft RPCs and observation reports time out), until healed.
     Lossy(NodeId, NodeId, u8),
+    /// The link between a server's agent and a coordinator loses this percentage of
+    /// requests and, independently, of answers (a renewal granted whose answer is
+    /// lost), until healed.
+    LossyAgent(usize, NodeId, u8),
     /// Every cut healed.
     Heal,
     ClockStep(NodeId, i64),
@@ -117,6 +121,7 @@ impl fmt::Display for Fault {
             }
             Fault::Cut(a, b) => write!(f, "cut {a} {b}"),
             Fault::Lossy(a, b, p) => write!(f, "lossy c{a} c{b} {p}"),
+            Fault::LossyAgent(i, c, p) => write!(f, "lossy-agent {} c{c} {p}", db(i)),
             Fault::Heal => write!(f, "heal"),
             Fault::ClockStep(n, ms) => write!(f, "clock-step c{n} {ms}"),
             Fault::ClockDrift(n, ppm) => write!(f, "clock-drift c{n} {ppm}"),
@@ -166,6 +171,7 @@ impl std::str::FromStr for Fault {
             ),
             Some("cut") => Fault::Cut(party(1)?, party(2)?),
             Some("lossy") => Fault::Lossy(coord(1)?, coord(2)?, num(3)?.clamp(0, 100) as u8),
+            Some("lossy-agent") => Fault::LossyAgent(server(1)?, coord(2)?, num(3)?.clamp(0, 100) as u8),
             Some("heal") => Fault::Heal,
             Some("clock-step") => Fault::ClockStep(coord(1)?, num(2)?),
             Some("clock-drift") => Fault::ClockDrift(coord(1)?, num(2)?),
@@ -270,12 +276,14 @@ impl Schedule {
                 13 => (if rng.gen_bool(0.7) { Fault::Switchover } else { Fault::Ack }, None),
                 // The agent alone: its sentinel fences at the end of its last lease.
                 14 => (Fault::CrashAgent(s), Some(Fault::RestartAgent(s))),
-                15 => {
+                15 if rng.gen_bool(0.5) => {
                     // A flaky link between two coordinators.
                     let mut two: Vec<NodeId> = coords.clone();
                     two.shuffle(rng);
                     (Fault::Lossy(two[0], two[1], rng.gen_range(10..=60)), Some(Fault::Heal))
                 }
+                // A flaky link between an agent and a coordinator.
+                15 => (Fault::LossyAgent(s, c, rng.gen_range(10..=60)), Some(Fault::Heal)),
                 _ => {
                     // Maintenance of a server or of the whole cluster, for a while; ended
                     // early by the operator half the time (else it runs out on its own).

@@ -190,6 +190,12 @@ pub enum Command {
         /// reads a registration, and waits the lease out as before).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         release: Option<String>,
+        /// With `release`: the log index at which the released registration was
+        /// committed (what the agent's `RegisterAgent` answered). A release naming any
+        /// other registration — one delayed in the network past the agent's next
+        /// registration — is refused, so it can never release a lease granted since.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        of_registration: Option<u64>,
     },
     /// Split brain: the leader is about to fence `instance`, writable although the
     /// cluster's primary of `epoch` is another. Committed before the instance is
@@ -373,8 +379,12 @@ pub enum Rejection {
         "the topology update of {name} would move the primary from {from} to {to}: only a failover (with a new epoch) changes the primary"
     )]
     PrimaryMovesWithoutFailover { name: ClusterName, from: InstanceAddr, to: String },
-    /// A lease released by an agent that is not the one registered for the instance.
-    #[error("agent {agent_id} is not the registered agent of {instance} in cluster {name}: its release is ignored")]
+    /// A lease released by an agent that is not the one registered for the instance, or
+    /// for a registration other than the current one.
+    #[error(
+        "agent {agent_id} is not the registered agent of {instance} in cluster {name}, or the release names an \
+         earlier registration: it is ignored"
+    )]
     AgentNotRegistered { name: ClusterName, instance: InstanceAddr, agent_id: String },
 }
 

@@ -373,6 +373,10 @@ pub struct AgentRecord {
     /// none is granted until the agent registers again (which clears this).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released: Option<LeaseRelease>,
+    /// The log index this registration was committed at: a release must name it.
+    /// `None`: registered by an older coordinator (no release is taken then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_index: Option<u64>,
 }
 
 /// An agent's hand-back of its lease (see [`AgentRecord::released`]).

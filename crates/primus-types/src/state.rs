@@ -485,7 +485,16 @@ impl Registry {
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
             }
-            Command::RegisterAgent { name, instance, agent_id, ttl_ms, fence_timeout_ms, margin_ms, release } => {
+            Command::RegisterAgent {
+                name,
+                instance,
+                agent_id,
+                ttl_ms,
+                fence_timeout_ms,
+                margin_ms,
+                release,
+                of_registration,
+            } => {
                 let c = self.cluster_mut(name)?;
                 if !c.topology.instances.contains_key(instance) {
                     return Err(Rejection::UnknownInstance { name: name.clone(), instance: instance.clone() });
@@ -493,13 +502,17 @@ impl Registry {
                 if let Some(reason) = release {
                     // Only the registered agent hands back the instance's lease; its
                     // recorded TTL and margin stay (a later registration clears it).
-                    let rec = c.agents.get_mut(instance).filter(|a| a.agent_id == *agent_id).ok_or_else(|| {
-                        Rejection::AgentNotRegistered {
+                    let current = |a: &&mut crate::failover::AgentRecord| {
+                        a.agent_id == *agent_id
+                            && a.registered_index.is_some()
+                            && a.registered_index == *of_registration
+                    };
+                    let rec =
+                        c.agents.get_mut(instance).filter(current).ok_or_else(|| Rejection::AgentNotRegistered {
                             name: name.clone(),
                             instance: instance.clone(),
                             agent_id: agent_id.clone(),
-                        }
-                    })?;
+                        })?;
                     rec.released =
                         Some(crate::failover::LeaseRelease { at_ms: req.proposed_at_ms, reason: reason.clone() });
                     touched.push(StateKey::Cluster(name.clone()));
@@ -518,6 +531,7 @@ impl Registry {
                     fence_timeout_ms,
                     margin_ms,
                     released: None,
+                    registered_index: Some(log_id.index),
                 };
                 c.agents.insert(instance.clone(), rec);
                 touched.push(StateKey::Cluster(name.clone()));
@@ -931,7 +945,7 @@ mod tests {
     fn only_the_registered_agent_releases_its_lease_and_registering_again_takes_it_back() {
         let mut r = registered_with_topology();
         let inst = crate::InstanceAddr::new("h", 1).unwrap();
-        let cmd = |agent: &str, release: Option<&str>| {
+        let cmd = |agent: &str, release: Option<(&str, u64)>| {
             Request::at(
                 Command::RegisterAgent {
                     name: "c".parse().unwrap(),
@@ -940,32 +954,35 @@ mod tests {
                     ttl_ms: Some(1500),
                     fence_timeout_ms: Some(500),
                     margin_ms: Some(700),
-                    release: release.map(str::to_string),
+                    release: release.map(|r| r.0.to_string()),
+                    of_registration: release.map(|r| r.1),
                 },
                 Origin::default(),
                 77,
             )
         };
         let rec = |r: &Registry| r.clusters[&"c".parse::<ClusterName>().unwrap()].agents.get(&inst).cloned();
+        let refused = |resp: Response| matches!(resp, Response::Rejected(Rejection::AgentNotRegistered { .. }));
         // Nobody registered: nothing to release.
-        assert!(matches!(
-            r.apply(&log_id(3), &cmd("a1", Some("mysqld exited"))).0,
-            Response::Rejected(Rejection::AgentNotRegistered { .. })
-        ));
+        assert!(refused(r.apply(&log_id(3), &cmd("a1", Some(("mysqld exited", 3)))).0));
         assert_eq!(rec(&r), None);
         assert_eq!(r.apply(&log_id(4), &cmd("a1", None)).0, Response::Done);
-        assert!(matches!(
-            r.apply(&log_id(5), &cmd("a2", Some("mysqld exited"))).0,
-            Response::Rejected(Rejection::AgentNotRegistered { .. })
-        ));
+        assert_eq!(rec(&r).and_then(|a| a.registered_index), Some(4));
+        // Another agent, or another registration of this one: refused.
+        assert!(refused(r.apply(&log_id(5), &cmd("a2", Some(("mysqld exited", 4)))).0));
+        assert!(refused(r.apply(&log_id(6), &cmd("a1", Some(("mysqld exited", 3)))).0));
         assert_eq!(rec(&r).and_then(|a| a.released), None);
-        assert_eq!(r.apply(&log_id(6), &cmd("a1", Some("mysqld pid 7 exited"))).0, Response::Done);
+        assert_eq!(r.apply(&log_id(7), &cmd("a1", Some(("mysqld pid 7 exited", 4)))).0, Response::Done);
         let a = rec(&r).unwrap();
         assert_eq!(
-            (a.agent_id.as_str(), a.ttl_ms, a.margin_ms, a.released.map(|x| (x.at_ms, x.reason))),
-            ("a1", Some(1500), Some(700), Some((77, "mysqld pid 7 exited".to_string())))
+            (a.agent_id.as_str(), a.ttl_ms, a.margin_ms, a.registered_index, a.released.map(|x| (x.at_ms, x.reason))),
+            ("a1", Some(1500), Some(700), Some(4), Some((77, "mysqld pid 7 exited".to_string())))
         );
-        assert_eq!(r.apply(&log_id(7), &cmd("a1", None)).0, Response::Done);
+        // Registering again takes the lease back; a release of the earlier registration
+        // that arrives late (delayed in the network) is refused.
+        assert_eq!(r.apply(&log_id(8), &cmd("a1", None)).0, Response::Done);
+        assert_eq!(rec(&r).and_then(|a| a.released), None);
+        assert!(refused(r.apply(&log_id(9), &cmd("a1", Some(("mysqld pid 7 exited", 4)))).0));
         assert_eq!(rec(&r).and_then(|a| a.released), None);
         let json = serde_json::json!({"RegisterAgent": {"name": "c", "instance": "h:1", "agent_id": "a3"}});
         assert!(matches!(
@@ -991,6 +1008,7 @@ mod tests {
                     fence_timeout_ms: Some(500),
                     margin_ms: margin,
                     release: None,
+                    of_registration: None,
                 },
                 Origin::default(),
             )

@@ -269,6 +269,14 @@ impl Engine {
         Some((self.now_ms(), c.epoch, analysis))
     }
 
+    /// Whether the agent of `instance` holds a lease this leader granted, right now. An
+    /// agent that handed its lease back holds none, whatever this leader granted before
+    /// the release (a failover no longer waits for that grant, so nothing may count on
+    /// it: no unfence on its strength).
+    fn agent_holds_lease(&self, c: &ClusterRecord, instance: &InstanceAddr) -> bool {
+        c.agents.get(instance).is_some_and(|a| a.released.is_none()) && self.leases.holds(&c.name, instance)
+    }
+
     /// Build the decision input from every coordinator's latest views.
     pub fn input(&self, c: &ClusterRecord) -> ClusterInput {
         let now = self.now_ms();
@@ -310,7 +318,7 @@ impl Engine {
             primary_lease_expired: self.lease_expired(c),
             primary_agent_holds_lease: c.topology.primary.as_ref().filter(|p| c.agents.contains_key(*p)).map(|p| {
                 // Leases live in the leader's memory: elsewhere nobody knows.
-                self.leads() && self.leases.holds(&c.name, p)
+                self.leads() && self.agent_holds_lease(c, p)
             }),
             primary_unwritable: self.unwritable(c),
             no_loss_refusal: self

@@ -236,7 +236,7 @@ impl Engine {
             )));
         }
         let agent = c.agents.get(primary).map(|a| a.agent_id.clone());
-        if agent.is_some() && !self.leases.holds(cluster, primary) {
+        if agent.is_some() && !self.agent_holds_lease(&c, primary) {
             return Ok(None);
         }
         let mut evidence =
@@ -260,16 +260,14 @@ impl Engine {
             // As before every failover step: still the leader (with a quorum), the cluster
             // still at this epoch with no failover started since, the lease still held.
             self.confirm_leader().await.map_err(|e| Unfence::NotNow(format!("skipped: {e}")))?;
-            let (now_epoch, in_flight) = self
-                .state
-                .read(|s| s.registry.clusters.get(cluster).map(|c| (c.epoch, c.in_flight().is_some())))
-                .unwrap_or((0, false));
+            let now = self.cluster(cluster).map_err(|e| Unfence::NotNow(e.to_string()))?;
+            let (now_epoch, in_flight) = (now.epoch, now.in_flight().is_some());
             if now_epoch != epoch || in_flight {
                 return Err(Unfence::NotNow(format!(
                     "skipped: the cluster moved on (epoch {now_epoch}, failover running: {in_flight})"
                 )));
             }
-            if agent.is_some() && !self.leases.holds(cluster, primary) {
+            if agent.is_some() && !self.agent_holds_lease(&now, primary) {
                 return Err(Unfence::NotNow("skipped: the agent's lease ran out meanwhile".into()));
             }
             set_read_only_over(p.as_ref(), false, UNFENCE_TIMEOUT).await.map_err(|e| Unfence::Failed(e.to_string()))?;
