@@ -928,7 +928,10 @@ async fn a_leader_configured_with_a_shorter_lease_ttl_and_margin_waits_out_what_
     create_app_user(&primary).await?;
     w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
     w.transfer_leader(1, Duration::from_secs(15)).await?;
-    let opts = AgentOptions { ttl_ms: 6000, ..world_agent_options(&w) };
+    // The wait is what this test is about: no hand-back of the lease when mysqld dies
+    // (with it, the failover does not wait at all).
+    let opts =
+        AgentOptions { ttl_ms: 6000, extra: "release_lease_on_exit = false\n".into(), ..world_agent_options(&w) };
     let agent = AgentProc::start(&primary, &opts)?;
     agent.wait_log("lease granted", Duration::from_secs(10)).await?;
 

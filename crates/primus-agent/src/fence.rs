@@ -315,17 +315,22 @@ pub fn block_table(port: u16) -> String {
     format!("primus_fence_{port}")
 }
 
-/// The nft script that (re)creates the block: every TCP packet to `port` coming in
-/// and from `port` going out is dropped — new connections, and the replies of
-/// connections already open, so a statement mysqld had received before it hung
-/// cannot be acknowledged when it wakes. The unix socket is not affected (the agent
-/// fences over it). Atomic and idempotent (add + delete + create in one transaction).
+/// The nft script that (re)creates the block: every TCP packet to `port` coming in is
+/// refused with a TCP reset, and every packet from `port` going out is dropped except
+/// resets — new connections fail at once (clients and coordinators see "connection
+/// refused" rather than waiting for a timeout: a failover's best-effort fence of a
+/// crashed primary gives up at once instead of after 150 ms), and the replies of
+/// connections already open never leave, so a statement mysqld had received before it
+/// hung cannot be acknowledged when it wakes (a reset carries no data). The unix
+/// socket is not affected (the agent fences over it). Atomic and idempotent (add +
+/// delete + create in one transaction).
 pub fn block_script(port: u16) -> String {
     let t = block_table(port);
     format!(
         "add table inet {t}\ndelete table inet {t}\ntable inet {t} {{\n\
-         \tchain input {{ type filter hook input priority -300; policy accept; tcp dport {port} drop; }}\n\
-         \tchain output {{ type filter hook output priority -300; policy accept; tcp sport {port} drop; }}\n}}\n"
+         \tchain input {{ type filter hook input priority -300; policy accept; tcp dport {port} reject with tcp reset; }}\n\
+         \tchain output {{ type filter hook output priority -300; policy accept; \
+         tcp sport {port} tcp flags & rst == rst accept; tcp sport {port} drop; }}\n}}\n"
     )
 }
 
@@ -388,10 +393,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn block_script_drops_the_port_both_ways_in_one_idempotent_transaction() {
+    fn block_script_refuses_the_port_in_and_lets_only_resets_out_in_one_idempotent_transaction() {
         let s = block_script(3306);
         assert!(s.starts_with("add table inet primus_fence_3306\ndelete table inet primus_fence_3306\n"), "{s}");
-        assert!(s.contains("hook input priority -300; policy accept; tcp dport 3306 drop;"), "{s}");
-        assert!(s.contains("hook output priority -300; policy accept; tcp sport 3306 drop;"), "{s}");
+        assert!(s.contains("hook input priority -300; policy accept; tcp dport 3306 reject with tcp reset;"), "{s}");
+        assert!(
+            s.contains("hook output priority -300; policy accept; tcp sport 3306 tcp flags & rst == rst accept; tcp sport 3306 drop;"),
+            "{s}"
+        );
     }
 }

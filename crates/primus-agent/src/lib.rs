@@ -278,13 +278,17 @@ async fn hand_back(
     registration: u64,
     i: &mut usize,
 ) -> Result<u64, AgentError> {
-    let clients = endpoint_clients(cfg, cfg.lease.register_timeout())?;
+    // Each attempt bounded by a renewal interval, as renewals are: a dead coordinator
+    // (the leader may have died with mysqld) costs one interval, not a registration
+    // timeout, before the next endpoint is tried.
+    let attempt = cfg.lease.renew_interval();
+    let clients = endpoint_clients(cfg, attempt)?;
     let t0 = Instant::now();
     let mut failures = 0u64;
     while shared.restart().pending {
         let (name, c) = &clients[*i % clients.len()];
         match tokio::time::timeout(
-            cfg.lease.register_timeout(),
+            attempt,
             c.release_lease(&cfg.cluster, &cfg.instance, agent_id, registration, reason),
         )
         .await
@@ -309,7 +313,7 @@ async fn hand_back(
                     tracing::warn!(endpoint = %name, error = %error, failures, "cannot hand the lease back; retrying");
                 }
                 *i += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     }
