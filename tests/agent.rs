@@ -1425,6 +1425,19 @@ async fn wait_any_writable(
     }
 }
 
+/// After a fault at `since` that calls for a failover: the replica made writable, how
+/// long after the fault, the finished failover, and how its lease step went.
+async fn failover_after(
+    w: &World,
+    agent: &AgentProc,
+    since: Instant,
+) -> anyhow::Result<(Instance, Duration, primus_client::FailoverView, Option<String>)> {
+    let (promoted, took) = wait_any_writable(w.sandbox.replicas(), since, Duration::from_secs(20)).await?;
+    let f = first_finished_failover(w, Duration::from_secs(15), agent).await?;
+    let wait = f.steps.iter().find(|s| s.description.starts_with("wait for the lease")).map(|s| s.outcome.clone());
+    Ok((promoted, took, f, wait))
+}
+
 /// Issue 14, item 1: kill -9 of a primary's mysqld. Its agent sees the process exit
 /// (pidfd), blocks the port so that no restarted server can take a TCP write before it
 /// has fenced it, and hands its lease back; the leader records that in Raft, and the
@@ -1437,9 +1450,7 @@ async fn kill9_of_a_primary_whose_agent_hands_its_lease_back_fails_over_without_
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let killed = Instant::now();
     primary.kill9()?;
-    let (promoted, took) = wait_any_writable(w.sandbox.replicas(), killed, Duration::from_secs(15)).await?;
-    let f = first_finished_failover(&w, Duration::from_secs(15), &agent).await?;
-    let wait = f.steps.iter().find(|s| s.description.starts_with("wait for the lease")).map(|s| s.outcome.clone());
+    let (promoted, took, f, wait) = failover_after(&w, &agent, killed).await?;
     println!(
         "kill -9 of the primary's mysqld: {} writable {} ms later (lease ttl {} ms); lease step: {}",
         promoted.addr(),
@@ -1476,9 +1487,7 @@ async fn a_primary_whose_agent_died_first_is_failed_over_only_after_its_lease_ra
     agent.kill9()?;
     let killed = Instant::now();
     primary.kill9()?;
-    let (promoted, took) = wait_any_writable(w.sandbox.replicas(), killed, Duration::from_secs(15)).await?;
-    let f = first_finished_failover(&w, Duration::from_secs(15), &agent).await?;
-    let wait = f.steps.iter().find(|s| s.description.starts_with("wait for the lease")).map(|s| s.outcome.clone());
+    let (promoted, took, f, wait) = failover_after(&w, &agent, killed).await?;
     println!(
         "agent then mysqld killed: {} writable {} ms later (lease ttl {} ms); lease step: {}",
         promoted.addr(),
@@ -1513,9 +1522,7 @@ async fn the_coordinator_leader_and_the_primary_killed_together_fail_over_withou
     let killed = Instant::now();
     w.group.kill9(leader)?;
     primary.kill9()?;
-    let (promoted, took) = wait_any_writable(w.sandbox.replicas(), killed, Duration::from_secs(20)).await?;
-    let f = first_finished_failover(&w, Duration::from_secs(15), &agent).await?;
-    let wait = f.steps.iter().find(|s| s.description.starts_with("wait for the lease")).map(|s| s.outcome.clone());
+    let (promoted, took, f, wait) = failover_after(&w, &agent, killed).await?;
     println!(
         "coordinator leader {leader} and the primary's mysqld killed together: {} writable {} ms later; lease step: {}",
         promoted.addr(),

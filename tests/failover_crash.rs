@@ -7,7 +7,9 @@ use primus_client::ClusterSettings;
 use primus_integration_tests::world::{World, WorldOptions};
 use std::time::{Duration, Instant};
 
-async fn crash_at(failpoint: &str) -> anyhow::Result<()> {
+/// A world whose coordinators kill themselves at `failpoint`, with cluster "c"
+/// registered and every instance seen by every coordinator.
+async fn world_dying_at(failpoint: &str) -> anyhow::Result<World> {
     let w = World::start(WorldOptions {
         fault_injection: true,
         env: vec![("PRIMUS_FAILPOINT".into(), failpoint.into())],
@@ -19,6 +21,11 @@ async fn crash_at(failpoint: &str) -> anyhow::Result<()> {
         t.instances.iter().all(|i| i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok))
     })
     .await?;
+    Ok(w)
+}
+
+async fn crash_at(failpoint: &str) -> anyhow::Result<()> {
+    let w = world_dying_at(failpoint).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
     w.sandbox.primary().kill9()?;
@@ -124,17 +131,7 @@ async fn leader_crash_after_the_complete_step_leaves_no_failover_in_flight() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_request_broken_by_the_leader_s_death_is_answered_by_the_next_leader_with_the_same_failover(
 ) -> anyhow::Result<()> {
-    let w = World::start(WorldOptions {
-        fault_injection: true,
-        env: vec![("PRIMUS_FAILPOINT".into(), "failover.after_start".into())],
-        ..Default::default()
-    })
-    .await?;
-    w.client()?.register_cluster("c", &[w.sandbox.primary().addr()], ClusterSettings::default()).await?;
-    w.wait_topology("c", "all coordinators see every instance", Duration::from_secs(15), |t| {
-        t.instances.iter().all(|i| i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok))
-    })
-    .await?;
+    let w = world_dying_at("failover.after_start").await?;
     let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
     let order: Vec<u64> = std::iter::once(leader).chain((1..=3).filter(|i| *i != leader)).collect();
     let client = w.group.client_for(&order, Duration::from_secs(60))?;

@@ -170,28 +170,18 @@ impl CoordinatorService {
     async fn answer_repeat(&self, name: &ClusterName, rid: &str) -> Option<Result<FailoverResponse, Status>> {
         let mut said = false;
         loop {
-            let f = self
-                .node
-                .read_state(|s| {
-                    s.clusters
-                        .get(name)
-                        .and_then(|c| c.history.iter().rev().find(|f| f.request_id.as_deref() == Some(rid)).cloned())
-                })
-                .1?;
-            match f.outcome.clone() {
+            let f =
+                self.node.read_state(|s| s.clusters.get(name).and_then(|c| c.failover_of_request(rid).cloned())).1?;
+            match &f.outcome {
                 Some(FailoverOutcome::Succeeded) => {
                     tracing::info!(cluster = %name, failover_id = %f.id, epoch = f.epoch, request_id = rid,
                         "a repeated failover request: answered with the failover its first attempt started");
                     return Some(Ok(FailoverResponse { failover: Some(failover_view(&f)) }));
                 }
-                Some(outcome @ (FailoverOutcome::Aborted(_) | FailoverOutcome::Failed(_))) => {
-                    let reason = match &outcome {
-                        FailoverOutcome::Aborted(r) | FailoverOutcome::Failed(r) => r.clone(),
-                        FailoverOutcome::Succeeded => String::new(),
-                    };
+                Some(outcome @ (FailoverOutcome::Aborted(reason) | FailoverOutcome::Failed(reason))) => {
                     return Some(Err(failover_status(crate::failover::FailoverError::Stopped {
                         id: f.id.clone(),
-                        outcome,
+                        outcome: outcome.clone(),
                         reason: format!("failover {} (request {rid}) stopped: {reason}", f.id),
                     })));
                 }

@@ -127,6 +127,12 @@ impl ClusterRecord {
         self.history.last().filter(|r| r.in_progress())
     }
 
+    /// The failover an operator's request with id `request_id` started, if the history
+    /// still holds it.
+    pub fn failover_of_request(&self, request_id: &str) -> Option<&FailoverRecord> {
+        self.history.iter().rev().find(|f| f.request_id.as_deref() == Some(request_id))
+    }
+
     fn in_flight_mut(&mut self, id: &str) -> Option<&mut FailoverRecord> {
         self.history.last_mut().filter(|r| r.in_progress() && r.id == id)
     }

@@ -112,7 +112,7 @@ impl Engine {
         // Under the cluster's operation slot, so a first attempt of this request has
         // either committed its start or given up by now.
         if let Some(rid) = &request_id {
-            if let Some(f) = c.history.iter().rev().find(|f| f.request_id.as_deref() == Some(rid.as_str())) {
+            if let Some(f) = c.failover_of_request(rid) {
                 return Err(FailoverError::Repeated { id: f.id.clone(), request_id: rid.clone() });
             }
         }
