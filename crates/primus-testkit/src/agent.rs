@@ -29,6 +29,8 @@ pub struct AgentOptions {
     pub extra: String,
     /// Extra top-level keys (before the first table), e.g. `token_file = "..."`.
     pub top_level: String,
+    /// Extra environment for the agent process (e.g. a faked clock).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for AgentOptions {
@@ -42,6 +44,7 @@ impl Default for AgentOptions {
             escalation: "kill".into(),
             extra: String::new(),
             top_level: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -53,6 +56,7 @@ pub struct AgentProc {
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     netns: Option<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     /// Every pid this handle's agent had: their sentinels are killed on drop.
     pids: Vec<u32>,
@@ -137,6 +141,7 @@ impl AgentProc {
             log_path,
             netns: inst.netns().map(str::to_string),
             child: None,
+            env: o.env.clone(),
             pids: Vec::new(),
             _tmp: None,
         };
@@ -166,7 +171,8 @@ impl AgentProc {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .stdin(Stdio::null())
-            .env("RUST_LOG", std::env::var("PRIMUS_TEST_LOG").unwrap_or_else(|_| "info".into()));
+            .env("RUST_LOG", std::env::var("PRIMUS_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let child = cmd.spawn().with_context(|| format!("spawn {}", exe.display()))?;
         self.pids.push(child.id());
         self.child = Some(child);
@@ -175,6 +181,13 @@ impl AgentProc {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Start the agent again with the same config (SIGKILLing it first if it runs),
+    /// as a service manager restarting it would.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9()?;
+        self.spawn()
     }
 
     /// Exit status, if the agent has exited.

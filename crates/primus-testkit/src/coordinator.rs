@@ -75,6 +75,10 @@ pub struct GroupOptions {
     /// Founding members whose configs are written but whose processes `start` leaves
     /// alone (a founding member started late: the caller runs `start_node` later).
     pub not_started: Vec<u64>,
+    /// Run node `i + 1` inside network namespace `netns[i]` (when present), listening
+    /// on that namespace's address, which its peers and clients use too (see
+    /// [`crate::netns`]). Other nodes stay on 127.0.0.1 (or `listen_all`).
+    pub netns: Vec<Option<crate::netns::NetHost>>,
 }
 
 /// One primusd process (running or not).
@@ -88,16 +92,20 @@ pub struct NodeProc {
     pub log_path: PathBuf,
     /// Environment for this node only (after the group's), from its next start.
     pub env: Vec<(String, String)>,
+    /// The address peers and clients reach it on (127.0.0.1, or its namespace's).
+    pub host: std::net::Ipv4Addr,
+    /// Its network namespace, when it runs in one.
+    pub netns: Option<String>,
     child: Option<Child>,
 }
 
 impl NodeProc {
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
-    /// `127.0.0.1:PORT` of this node's HTTP endpoint (groups started with `http: true`).
+    /// `HOST:PORT` of this node's HTTP endpoint (groups started with `http: true`).
     pub fn http_addr(&self) -> Option<String> {
-        self.http_port.map(|p| format!("127.0.0.1:{p}"))
+        self.http_port.map(|p| format!("{}:{p}", self.host))
     }
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
@@ -205,13 +213,20 @@ impl CoordinatorGroup {
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let http_port = if self.opts.http { Some(crate::ports::free_port()?) } else { None };
         let r = &self.opts.raft;
-        let listen_ip = if self.opts.listen_all { "0.0.0.0" } else { "127.0.0.1" };
+        let net = self.net_of(id);
+        let host = net.as_ref().map_or(std::net::Ipv4Addr::LOCALHOST, |h| h.addr);
+        let listen_ip = match &net {
+            Some(h) => h.addr.to_string(),
+            None if self.opts.listen_all => "0.0.0.0".into(),
+            None => "127.0.0.1".into(),
+        };
         let mut cfg = format!(
             "node_id = {id}\ndatacenter = \"dc{id}\"\nlisten = \"{listen_ip}:{port}\"\ndata_dir = \"{}\"\n",
             dir.join("data").display()
         );
         if let Some(h) = http_port {
-            cfg.push_str(&format!("http_listen = \"127.0.0.1:{h}\"\n"));
+            let http_ip = if net.is_some() { listen_ip.as_str() } else { "127.0.0.1" };
+            cfg.push_str(&format!("http_listen = \"{http_ip}:{h}\"\n"));
         }
         cfg.push_str(&self.opts.extra_config);
         if let Some(extra) = self.opts.node_config.get(&id) {
@@ -240,17 +255,25 @@ impl CoordinatorGroup {
         }
         if founding {
             for (mid, mport) in &self.founding {
+                let mhost = self.net_of(*mid).map_or(std::net::Ipv4Addr::LOCALHOST, |h| h.addr);
                 cfg.push_str(&format!(
-                    "\n[[initial_members]]\nid = {mid}\naddr = \"127.0.0.1:{mport}\"\ndatacenter = \"dc{mid}\"\n"
+                    "\n[[initial_members]]\nid = {mid}\naddr = \"{mhost}:{mport}\"\ndatacenter = \"dc{mid}\"\n"
                 ));
             }
         }
         let config_path = dir.join("primusd.toml");
         std::fs::write(&config_path, cfg).with_context(|| format!("write {}", config_path.display()))?;
         let log_path = dir.join("primusd.log");
-        self.nodes
-            .insert(id, NodeProc { id, port, http_port, dir, config_path, log_path, env: Vec::new(), child: None });
+        let netns = net.map(|h| h.ns);
+        self.nodes.insert(
+            id,
+            NodeProc { id, port, http_port, dir, config_path, log_path, env: Vec::new(), host, netns, child: None },
+        );
         Ok(())
+    }
+
+    fn net_of(&self, id: u64) -> Option<crate::netns::NetHost> {
+        usize::try_from(id).ok().and_then(|i| self.opts.netns.get(i.checked_sub(1)?).cloned().flatten())
     }
 
     /// Start (or restart) node `id` from its existing directory.
@@ -267,7 +290,14 @@ impl CoordinatorGroup {
             .open(&node.log_path)
             .with_context(|| format!("open {}", node.log_path.display()))?;
         let log2 = log.try_clone().context("dup log file")?;
-        let mut cmd = Command::new(&primusd);
+        let mut cmd = match &node.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&primusd);
+                c
+            }
+            None => Command::new(&primusd),
+        };
         cmd.arg("--config")
             .arg(&node.config_path)
             .stdout(Stdio::from(log))
@@ -291,7 +321,7 @@ impl CoordinatorGroup {
         let port = crate::ports::free_port()?;
         self.create_node(id, port, false)?;
         self.start_node(id)?;
-        Ok(format!("127.0.0.1:{port}"))
+        Ok(self.nodes[&id].addr())
     }
 
     pub fn node(&self, id: u64) -> &NodeProc {

@@ -53,9 +53,14 @@ pub struct NetLab {
 impl NetLab {
     /// A bridge named after `tag` (≤ 8 characters, unique per concurrent lab).
     pub fn new(tag: &str) -> Result<NetLab> {
-        anyhow::ensure!(tag.len() <= 8 && !tag.is_empty(), "netns tag must be 1-8 characters");
         // 10.77.X.0/24 with X from the process id: concurrent test processes differ.
-        let x = (std::process::id() % 200 + 20) as u8;
+        Self::with_subnet(tag, (std::process::id() % 200 + 20) as u8)
+    }
+
+    /// [`NetLab::new`] on `10.77.<x>.0/24`: for callers that run several labs at once
+    /// and number them themselves.
+    pub fn with_subnet(tag: &str, x: u8) -> Result<NetLab> {
+        anyhow::ensure!(tag.len() <= 8 && !tag.is_empty(), "netns tag must be 1-8 characters");
         let lab = NetLab {
             tag: tag.to_string(),
             bridge: format!("pb{tag}"),
@@ -108,6 +113,24 @@ impl NetLab {
             ip_in(&other.ns, &["neigh", "replace", &me, "lladdr", DEAD_MAC, "dev", &other.dev, "nud", "permanent"])?;
         }
         Ok(())
+    }
+
+    /// Silently drop every packet `from` sends to `to` (one direction only): `from`'s
+    /// neighbour entry for `to` is pinned to an unused MAC. TCP between them then
+    /// times out both ways (no answer gets back), UDP from `to` still arrives.
+    pub fn block(&self, from: &NetHost, to: &NetHost) -> Result<()> {
+        ip_in(&from.ns, &["neigh", "replace", &to.addr.to_string(), "lladdr", DEAD_MAC, "dev", &from.dev, "nud", "permanent"])
+    }
+
+    /// Undo [`NetLab::block`] (a no-op when there is no such block).
+    pub fn unblock(&self, from: &NetHost, to: &NetHost) -> Result<()> {
+        let _ = ip_in(&from.ns, &["neigh", "del", &to.addr.to_string(), "dev", &from.dev]);
+        Ok(())
+    }
+
+    /// Every host of the lab, in the order they were added.
+    pub fn hosts(&self) -> Vec<NetHost> {
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Undo [`NetLab::cut`].
