@@ -52,6 +52,10 @@ bash scripts/sim.sh --schedules 1000 || sim_rc=$?
 step "simulation: 40 schedules run twice, which must agree event for event"
 bash scripts/sim.sh --schedules 40 --first-seed 5001 --check-determinism || sim_rc=$?
 
+step "nemesis: 3 short random fault schedules on real processes in network namespaces (scripts/nemesis.sh)"
+nemesis_rc=0
+bash scripts/nemesis.sh --schedules 3 --seconds 20 || nemesis_rc=$?
+
 step "tests"
 rc=0
 cargo nextest run --workspace --locked --no-fail-fast "$@" || rc=$?
@@ -64,6 +68,10 @@ if [ "$rc" -ne 0 ]; then
     summary="$(python3 scripts/junit-failures.py "$junit" 2>&1 || true)"
     printf '%s\n' "$summary"
     printf '%s\n' "$summary" >&2
+fi
+if [ "$nemesis_rc" -ne 0 ]; then
+    echo "the nemesis found invariant violations on real processes (see its VIOLATION lines, kept logs and replay commands above)" >&2
+    [ "$rc" -ne 0 ] || rc=$nemesis_rc
 fi
 if [ "$sim_rc" -ne 0 ]; then
     echo "the simulation found invariant violations (see its FAILED lines and replay commands above)" >&2

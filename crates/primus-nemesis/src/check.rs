@@ -140,8 +140,11 @@ pub fn check(writes: &[Write], fin: &Final) -> (Vec<Violation>, Tally) {
             writes.iter().filter(|w| w.outcome == Outcome::Ack && !on_primary.contains(&w.id)).collect();
         tally.acknowledged_lost = lost.len();
         if fin.no_loss && !lost.is_empty() {
-            let ex: Vec<String> =
-                lost.iter().take(5).map(|w| format!("id {} acknowledged by {} at {} us", w.id, w.server, w.end_us)).collect();
+            let ex: Vec<String> = lost
+                .iter()
+                .take(5)
+                .map(|w| format!("id {} acknowledged by {} at {} us", w.id, w.server, w.end_us))
+                .collect();
             out.push(v(
                 "no acknowledged write lost (no-loss mode)",
                 format!("{} acknowledged writes are not on the final primary {primary}: {}", lost.len(), ex.join("; ")),

@@ -36,6 +36,19 @@ struct Cli {
 enum Cmd {
     /// Run schedules and print the report (exit 1 on any violation or failed run).
     Run(RunArgs),
+    /// Print the schedules of these seeds without running them.
+    Schedule {
+        /// First seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How many seeds from --seed.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        coordinators: usize,
+    },
     /// Run one schedule in this process (what `run` starts per schedule).
     #[command(hide = true)]
     One {
@@ -49,6 +62,8 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long)]
         subnet: u8,
+        #[arg(long)]
+        no_agents: bool,
     },
     /// The application client (runs inside a client namespace).
     #[command(hide = true)]
@@ -86,6 +101,15 @@ struct RunArgs {
     /// Print every schedule's own output (the default when running 3 or fewer).
     #[arg(long)]
     verbose: bool,
+    /// Labs use the subnets 10.77.(B + seed % 100).0/24 for this B (100..=155); runs
+    /// at once on one machine need bases 100 apart or disjoint seeds.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(100..=155))]
+    subnet_base: u8,
+    /// Start no primus-agent: a deliberately unsafe deployment in which nothing fences
+    /// a primary cut off from the coordinators. The checker's self-test: schedules that
+    /// partition the primary with a client must then report split brain.
+    #[arg(long)]
+    no_agents: bool,
 }
 
 fn main() {
@@ -99,13 +123,13 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Workload(a) => runtime()?.block_on(workload::run(a)),
-        Cmd::One { seed, seconds, coordinators, dir, subnet } => {
+        Cmd::One { seed, seconds, coordinators, dir, subnet, no_agents } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("NEMESIS_LOG").unwrap_or_else(|_| "warn".into()),
                 )
                 .init();
-            let o = run::OneOptions { seed, seconds, coordinators, dir, subnet };
+            let o = run::OneOptions { seed, seconds, coordinators, dir, subnet, no_agents };
             let r = runtime()?.block_on(run::run_one(&o))?;
             println!(
                 "  {} writes acknowledged, {} failed, {} unknown; {} acknowledged not on the final primary; \
@@ -126,6 +150,12 @@ fn real_main() -> Result<()> {
             std::process::exit(if r.violations.is_empty() { 0 } else { 1 });
         }
         Cmd::Run(a) => run_many(a),
+        Cmd::Schedule { seed, count, seconds, coordinators } => {
+            for s in seed..seed + count {
+                print!("{}", schedule::Schedule::generate(s, seconds, coordinators).describe());
+            }
+            Ok(())
+        }
     }
 }
 
@@ -169,12 +199,13 @@ fn run_many(a: RunArgs) -> Result<()> {
             let log = std::fs::File::create(dir.join("run.log"))?;
             let log2 = log.try_clone()?;
             // Concurrent labs get distinct subnets (and namespace names).
-            let subnet = 100 + (seed % 100) as u8;
+            let subnet = a.subnet_base + (seed % 100) as u8;
             let child = Command::new(&exe)
                 .args(["one", "--seed", &seed.to_string(), "--seconds", &a.seconds.to_string()])
                 .args(["--coordinators", &a.coordinators.to_string(), "--subnet", &subnet.to_string()])
                 .arg("--dir")
                 .arg(&dir)
+                .args(a.no_agents.then_some("--no-agents"))
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(log2)
@@ -199,10 +230,8 @@ fn run_many(a: RunArgs) -> Result<()> {
             }
             let result: Option<run::OneResult> =
                 std::fs::read(dir.join("result.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-            let replay = format!(
-                "scripts/nemesis.sh --seed {seed} --seconds {} --coordinators {}",
-                a.seconds, a.coordinators
-            );
+            let replay =
+                format!("scripts/nemesis.sh --seed {seed} --seconds {} --coordinators {}", a.seconds, a.coordinators);
             match result {
                 Some(r) => {
                     let ok = r.violations.is_empty();
@@ -215,6 +244,9 @@ fn run_many(a: RunArgs) -> Result<()> {
                         r.tally.acknowledged,
                         if r.no_loss { " (no-loss mode)" } else { "" }
                     );
+                    for e in r.episodes.iter().filter(|e| e.detail.starts_with("not injected")) {
+                        println!("  @{} ms {}: {}", e.at_ms, e.kind, e.detail);
+                    }
                     if !ok {
                         for v in &r.violations {
                             println!("  VIOLATION [{}]: {}", v.invariant, v.detail);

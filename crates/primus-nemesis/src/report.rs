@@ -69,8 +69,7 @@ pub fn render(results: &[OneResult], seconds: u64, took: Duration) -> String {
             ms(percentile(&times, 99.0)),
         ));
     }
-    let invariants: BTreeSet<&str> =
-        results.iter().flat_map(|r| &r.violations).map(|v| v.invariant.as_str()).collect();
+    let invariants: BTreeSet<&str> = results.iter().flat_map(|r| &r.violations).map(|v| v.invariant.as_str()).collect();
     if !invariants.is_empty() {
         s.push_str("\nViolated invariants:\n");
         for i in invariants {

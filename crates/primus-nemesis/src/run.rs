@@ -34,6 +34,9 @@ pub struct OneOptions {
     pub dir: PathBuf,
     /// Which 10.77.X.0/24 the lab uses (schedules run at once must differ).
     pub subnet: u8,
+    /// Start no primus-agent: a deliberately unsafe deployment (nothing fences a
+    /// primary nobody can reach), to show that the checker catches split brain.
+    pub no_agents: bool,
 }
 
 /// A primary change seen by the sampler, blamed on the fault injected last before it.
@@ -155,6 +158,10 @@ impl Lab {
         v
     }
 
+    fn agent(&mut self, i: usize) -> Result<&mut AgentProc> {
+        self.agents.get_mut(i).ok_or_else(|| anyhow!("no agent runs beside db{i}"))
+    }
+
     fn inst(&self, i: usize) -> &Instance {
         self.sandbox.instance(i)
     }
@@ -253,12 +260,12 @@ impl Lab {
             Fault::KillAgent(r) => {
                 let Host::Db(i) = self.resolve(r).await else { bail!("not a server") };
                 self.killed.insert(format!("agent{i}"));
-                self.agents[i].kill9()?;
+                self.agent(i)?.kill9()?;
                 (self.name(Host::Db(i)), Undo::RestartAgent(i))
             }
             Fault::StopAgent(r) => {
                 let Host::Db(i) = self.resolve(r).await else { bail!("not a server") };
-                self.agents[i].sigstop()?;
+                self.agent(i)?.sigstop()?;
                 (self.name(Host::Db(i)), Undo::ContAgent(i))
             }
             Fault::KillPrimusd(r) => {
@@ -329,7 +336,10 @@ impl Lab {
             }
             Fault::Ack => {
                 let r = client.ack(CLUSTER, None).await;
-                (format!("{}", r.map(|_| "acknowledged".to_string()).unwrap_or_else(|e| format!("refused: {e}"))), Undo::Nothing)
+                (
+                    format!("{}", r.map(|_| "acknowledged".to_string()).unwrap_or_else(|e| format!("refused: {e}"))),
+                    Undo::Nothing,
+                )
             }
         })
     }
@@ -350,10 +360,10 @@ impl Lab {
                 self.killed.remove(&format!("mysqld{i}"));
             }
             Undo::RestartAgent(i) => {
-                self.agents[*i].restart()?;
+                self.agent(*i)?.restart()?;
                 self.killed.remove(&format!("agent{i}"));
             }
-            Undo::ContAgent(i) => self.agents[*i].sigcont()?,
+            Undo::ContAgent(i) => self.agent(*i)?.sigcont()?,
             Undo::RestartPrimusd(n) => {
                 if !self.group.node_mut(*n).is_running() {
                     self.group.start_node(*n)?;
@@ -391,10 +401,8 @@ impl Lab {
             let _ = self.group.sigcont(n);
             if !self.group.node_mut(n).is_running() {
                 if !self.killed.contains(&format!("primusd{n}")) {
-                    self.crashed.push(format!(
-                        "primusd {n} exited on its own; log tail:\n{}",
-                        self.group.node(n).log_tail(20)
-                    ));
+                    self.crashed
+                        .push(format!("primusd {n} exited on its own; log tail:\n{}", self.group.node(n).log_tail(20)));
                 }
                 self.group.start_node(n)?;
             }
@@ -550,7 +558,7 @@ async fn setup(o: &OneOptions, sched: &Schedule) -> Result<Lab> {
         }
     }
     let mut agents = Vec::new();
-    for i in 0..sched.servers {
+    for i in (0..sched.servers).filter(|_| !o.no_agents) {
         let opts = AgentOptions {
             cluster: CLUSTER.into(),
             coordinators: vec![group.endpoints()],
@@ -558,6 +566,9 @@ async fn setup(o: &OneOptions, sched: &Schedule) -> Result<Lab> {
             ..Default::default()
         };
         agents.push(AgentProc::start_in(sandbox.instance(i), &opts, &o.dir.join(format!("agent-db{i}")))?);
+    }
+    if o.no_agents {
+        println!("  NO AGENTS: nothing fences a primary cut off from the coordinators (checker self-test)");
     }
     // Every agent holds a lease before the first fault.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -607,10 +618,8 @@ fn start_workload(lab: &mut Lab, seconds: u64) -> Result<()> {
 pub async fn run_one(o: &OneOptions) -> Result<OneResult> {
     let sched = Schedule::generate(o.seed, o.seconds, o.coordinators);
     print!("{}", sched.describe());
-    let replay = format!(
-        "scripts/nemesis.sh --seed {} --seconds {} --coordinators {}",
-        o.seed, o.seconds, o.coordinators
-    );
+    let replay =
+        format!("scripts/nemesis.sh --seed {} --seconds {} --coordinators {}", o.seed, o.seconds, o.coordinators);
     let setup_started = Instant::now();
     let mut lab = setup(o, &sched).await?;
     println!("  lab ready in {} ms", setup_started.elapsed().as_millis());
@@ -702,6 +711,17 @@ pub async fn run_one(o: &OneOptions) -> Result<OneResult> {
         }
     };
     let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let lines: Vec<String> = samples
+        .iter()
+        .map(|(at, i, ro)| {
+            format!(
+                "{{\"at_us\":{at},\"server\":\"{}\",\"read_only\":{}}}",
+                lab.inst(*i).addr(),
+                ro.map(|b| b.to_string()).unwrap_or_else(|| "null".into())
+            )
+        })
+        .collect();
+    std::fs::write(lab.dir.join("read-only-samples.jsonl"), lines.join("\n") + "\n")?;
     let changes = primary_changes(&lab, &samples, &injected, t0);
 
     let res = OneResult {

@@ -30,9 +30,9 @@ impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Role::Primary => write!(f, "primary"),
-            Role::Replica(p) => write!(f, "replica#{p}"),
+            Role::Replica(_) => write!(f, "a replica"),
             Role::Leader => write!(f, "leader"),
-            Role::Follower(p) => write!(f, "follower#{p}"),
+            Role::Follower(_) => write!(f, "a follower"),
             Role::Server(i) => write!(f, "db{i}"),
             Role::Coord(n) => write!(f, "c{n}"),
             Role::Client(i) => write!(f, "client{i}"),
@@ -219,10 +219,12 @@ fn draw(rng: &mut StdRng, coordinators: usize, servers: usize, clients: usize) -
         3 => Fault::StopAgent(server(rng)),
         4 => Fault::KillPrimusd(coord(rng)),
         5 => Fault::StopPrimusd(coord(rng)),
-        6 => Fault::Partition(match rng.gen_range(0..4) {
+        6 => Fault::Partition(match rng.gen_range(0..5) {
             0 => vec![Role::Primary],
             1 => vec![Role::Leader],
             2 => vec![Role::Primary, Role::Leader],
+            // The primary keeps one client: the split-brain case fencing must stop.
+            3 => vec![Role::Primary, Role::Client(rng.gen_range(0..clients))],
             _ => {
                 let a = any_host(rng);
                 let b = any_host(rng);

@@ -54,7 +54,8 @@ impl NetLab {
     /// A bridge named after `tag` (≤ 8 characters, unique per concurrent lab).
     pub fn new(tag: &str) -> Result<NetLab> {
         // 10.77.X.0/24 with X from the process id: concurrent test processes differ.
-        Self::with_subnet(tag, (std::process::id() % 200 + 20) as u8)
+        // 20..=99: the nemesis numbers its labs from 100 up.
+        Self::with_subnet(tag, (std::process::id() % 80 + 20) as u8)
     }
 
     /// [`NetLab::new`] on `10.77.<x>.0/24`: for callers that run several labs at once
@@ -119,7 +120,10 @@ impl NetLab {
     /// neighbour entry for `to` is pinned to an unused MAC. TCP between them then
     /// times out both ways (no answer gets back), UDP from `to` still arrives.
     pub fn block(&self, from: &NetHost, to: &NetHost) -> Result<()> {
-        ip_in(&from.ns, &["neigh", "replace", &to.addr.to_string(), "lladdr", DEAD_MAC, "dev", &from.dev, "nud", "permanent"])
+        ip_in(
+            &from.ns,
+            &["neigh", "replace", &to.addr.to_string(), "lladdr", DEAD_MAC, "dev", &from.dev, "nud", "permanent"],
+        )
     }
 
     /// Undo [`NetLab::block`] (a no-op when there is no such block).
