@@ -267,3 +267,74 @@ async fn no_loss_mode_refuses_a_candidate_lacking_acknowledged_transactions_unle
     assert!(f.evidence.iter().any(|e| e.contains("overridden") && e.contains(&holder.addr())), "{:#?}", f.evidence);
     Ok(())
 }
+
+/// Found by the nemesis (seed 115): in no-loss mode a replica restarted after it had
+/// received a transaction but before its acknowledgement reached the primary comes
+/// back with semi-sync off (a runtime setting), replicates asynchronously past that
+/// transaction, and is then switched to semi-sync by primus — from a position after the
+/// transaction, so nobody ever acknowledges it. The primary waited for ever: writable,
+/// and taking no write. Here both replicas receive a transaction asynchronously (their
+/// semi-sync side off, as after a restart); every replica holds it, so it is safe on
+/// them, and the primary must take writes again within a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_loss_primary_waiting_for_acks_of_a_transaction_every_replica_already_holds_takes_writes_again(
+) -> anyhow::Result<()> {
+    let w = World::start(WorldOptions::default()).await?;
+    w.register_sandbox("c", Duration::ZERO).await?;
+    w.client()?.set_semi_sync("c", Some(true)).await?;
+    wait_no_loss_mode(&w, Duration::from_secs(15)).await?;
+    let primary = w.sandbox.primary().clone();
+    primary.insert_test_rows(1).await?;
+    // Both replicas reconnect without semi-sync: they receive, apply and acknowledge nothing.
+    for r in w.sandbox.replicas() {
+        r.exec("SET GLOBAL rpl_semi_sync_slave_enabled = OFF").await?;
+        r.exec("STOP SLAVE IO_THREAD").await?;
+        r.exec("START SLAVE IO_THREAD").await?;
+    }
+    // This commit is sent to both replicas and waits for an acknowledgement.
+    let stuck = {
+        let p = primary.clone();
+        tokio::spawn(async move {
+            p.exec_timeout("INSERT INTO primus_test.t (v) VALUES ('stuck')", Duration::from_secs(60)).await
+        })
+    };
+    let pos = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pos = primary.gtid_binlog_pos().await?;
+            let mut all = true;
+            for r in w.sandbox.replicas() {
+                let n: Option<u64> = r.query_one("SELECT COUNT(*) FROM primus_test.t WHERE v = 'stuck'").await?;
+                all &= n == Some(1);
+            }
+            if all {
+                break pos;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the replicas did not receive the waiting transaction");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    println!("the waiting transaction ({pos}) is on every replica; primus restores semi-sync on them");
+    let t = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(20), stuck).await;
+    // Its session may be ended by primus (killed): the commit stands all the same.
+    anyhow::ensure!(r.is_ok(), "the primary still waits for an acknowledgement 20 s later: nobody will ever give it");
+    println!("the waiting commit returned after {} ms: {r:?}", t.elapsed().as_millis());
+    let n: Option<u64> = primary.query_one("SELECT COUNT(*) FROM primus_test.t WHERE v = 'stuck'").await?;
+    anyhow::ensure!(n == Some(1), "the waiting transaction is not committed on the primary");
+    // And later commits are lossless again: each waits for a replica's acknowledgement.
+    wait_no_loss_mode(&w, Duration::from_secs(15)).await?;
+    let before: u64 = primary
+        .query_one("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_yes_tx'")
+        .await?
+        .map(|(_, v): (String, u64)| v)
+        .unwrap_or(0);
+    primary.insert_test_rows(1).await?;
+    let after: u64 = primary
+        .query_one("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_yes_tx'")
+        .await?
+        .map(|(_, v): (String, u64)| v)
+        .unwrap_or(0);
+    anyhow::ensure!(after > before, "a later commit was not acknowledged by a semi-sync replica ({before} -> {after})");
+    Ok(())
+}

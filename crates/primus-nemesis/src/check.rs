@@ -57,6 +57,9 @@ pub struct Final {
     pub primary_by_coordinator: BTreeMap<u64, String>,
     /// Failovers still in progress at the end.
     pub in_flight: Vec<String>,
+    /// The last write tried on the agreed primary failed: why.
+    #[serde(default)]
+    pub write_error: Option<String>,
     /// How long after the heal the cluster converged (`None`: not within the bound).
     pub converged_after_ms: Option<u64>,
     /// The convergence bound (10 s).
@@ -127,8 +130,12 @@ pub fn check(writes: &[Write], fin: &Final) -> (Vec<Violation>, Tally) {
             "converges after the heal",
             format!(
                 "not converged within {} ms of the last heal: writable {:?}, GetPrimary per coordinator {:?}, \
-                 failovers in flight {:?}",
-                fin.converge_bound_ms, fin.writable, fin.primary_by_coordinator, fin.in_flight
+                 failovers in flight {:?}, write on the primary: {}",
+                fin.converge_bound_ms,
+                fin.writable,
+                fin.primary_by_coordinator,
+                fin.in_flight,
+                fin.write_error.as_deref().unwrap_or("ok")
             ),
         )),
     }

@@ -122,7 +122,17 @@ struct Lab {
     /// Processes the nemesis itself killed or stopped (their exit is no crash).
     killed: BTreeSet<String>,
     crashed: Vec<String>,
+    /// Instances maintenance was asked for (ended again at the heal).
+    maintained: BTreeSet<String>,
     net: NetLab,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // The servers run in their own process groups (their files are kept for a
+        // failing schedule): stop them here.
+        self.sandbox.kill_all();
+    }
 }
 
 fn clock_file(dir: &Path, h: Host) -> PathBuf {
@@ -331,8 +341,15 @@ impl Lab {
             Fault::Maintenance(r) => {
                 let Host::Db(i) = self.resolve(r).await else { bail!("not a server") };
                 let addr = self.inst(i).addr();
-                client.maintenance(CLUSTER, Some(&addr), true, "nemesis", Duration::from_secs(120)).await?;
-                (self.name(Host::Db(i)), Undo::EndMaintenance(addr))
+                // Ended at the end of the episode and again at the heal even when this
+                // call fails: an unanswered write may still commit.
+                self.maintained.insert(addr.clone());
+                let r = client.maintenance(CLUSTER, Some(&addr), true, "nemesis", Duration::from_secs(120)).await;
+                let what = match r {
+                    Ok(_) => self.name(Host::Db(i)),
+                    Err(e) => format!("{} (the call failed: {e})", self.name(Host::Db(i))),
+                };
+                (what, Undo::EndMaintenance(addr))
             }
             Fault::Ack => {
                 let r = client.ack(CLUSTER, None).await;
@@ -421,6 +438,19 @@ impl Lab {
             self.undo(&Undo::ContMysqld(i)).await?;
         }
         self.killed.clear();
+        // Every maintenance asked for ends, whatever its own end's call said.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for addr in std::mem::take(&mut self.maintained) {
+            loop {
+                match self.undo(&Undo::EndMaintenance(addr.clone())).await {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() > deadline => {
+                        bail!("could not end the maintenance on {addr} within 15 s of the heal: {e:#}")
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -488,6 +518,9 @@ async fn setup(o: &OneOptions, sched: &Schedule) -> Result<Lab> {
     let mut sopts = SandboxOptions::new(Topology::PrimaryWithReplicas(sched.servers - 1));
     sopts.netns = dbs.iter().cloned().map(Some).collect();
     sopts.base_dir = Some(o.dir.join("mariadb"));
+    // Keep the servers' files (error logs, binlogs) for a failing schedule; the Lab
+    // kills the servers when dropped.
+    sopts.keep = true;
     let sandbox = Sandbox::start(sopts).await.context("starting the MariaDB servers")?;
     let p = sandbox.primary();
     for sql in [
@@ -497,6 +530,8 @@ async fn setup(o: &OneOptions, sched: &Schedule) -> Result<Lab> {
         // No SUPER, no READ_ONLY ADMIN: read_only stops it, as it stops applications.
         "CREATE USER 'app'@'%' IDENTIFIED BY 'app-pass'",
         "GRANT SELECT, INSERT ON nemesis.* TO 'app'@'%'",
+        // The convergence check's own writes (not part of the clients' history).
+        "CREATE TABLE nemesis.probes (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY) ENGINE=InnoDB",
     ] {
         p.exec(sql).await?;
     }
@@ -589,6 +624,7 @@ async fn setup(o: &OneOptions, sched: &Schedule) -> Result<Lab> {
         blocks: BTreeMap::new(),
         killed: BTreeSet::new(),
         crashed: Vec::new(),
+        maintained: BTreeSet::new(),
     })
 }
 
@@ -769,7 +805,10 @@ async fn converge(lab: &Lab, healed: Instant, no_loss: bool) -> Result<Final> {
             Err(e) => vec![format!("history unavailable: {e}")],
         };
         let agreed = fin.writable.len() == 1 && fin.primary_by_coordinator.values().all(|p| *p == fin.writable[0]);
-        if agreed && fin.in_flight.is_empty() {
+        // Writable is not enough: a primary blocked waiting for semi-sync
+        // acknowledgements answers read_only = 0 and commits nothing.
+        fin.write_error = if agreed { write_probe(&fin.writable[0]).await.err() } else { None };
+        if agreed && fin.in_flight.is_empty() && fin.write_error.is_none() {
             fin.converged_after_ms = Some(healed.elapsed().as_millis() as u64);
             break;
         }
@@ -804,6 +843,28 @@ async fn converge(lab: &Lab, healed: Instant, no_loss: bool) -> Result<Final> {
         }
     }
     Ok(fin)
+}
+
+/// One INSERT on `addr` as the application user, within a second.
+async fn write_probe(addr: &str) -> Result<(), String> {
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("bad address {addr}"))?;
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(host.to_string())
+        .tcp_port(port.parse().map_err(|_| format!("bad port in {addr}"))?)
+        .user(Some("app"))
+        .pass(Some("app-pass"))
+        .prefer_socket(false);
+    let r = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut c = mysql_async::Conn::new(opts).await?;
+        c.query_drop("INSERT INTO nemesis.probes () VALUES ()").await?;
+        c.disconnect().await
+    })
+    .await;
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("a write on {addr} failed: {e}")),
+        Err(_) => Err(format!("a write on {addr} was not answered within 1 s")),
+    }
 }
 
 fn panics(lab: &Lab) -> Vec<String> {

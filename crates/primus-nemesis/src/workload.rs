@@ -36,6 +36,10 @@ pub struct WorkloadArgs {
     pub timeout_ms: u64,
 }
 
+/// Server errors that certainly mean the INSERT did not run: read-only (1290, 1792),
+/// access denied (1044, 1045, 1142), no such table (1146).
+const REFUSED: [u16; 6] = [1290, 1792, 1044, 1045, 1142, 1146];
+
 /// CLOCK_MONOTONIC in microseconds: one clock for every process on the machine.
 pub fn mono_us() -> u64 {
     match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
@@ -114,8 +118,13 @@ pub async fn run(a: WorkloadArgs) -> Result<()> {
         let end_us = mono_us();
         let (outcome, error, keep) = match r {
             Ok(Ok(())) => (Outcome::Ack, String::new(), true),
-            // The server answered with an error: the autocommit INSERT rolled back.
-            Ok(Err(mysql_async::Error::Server(e))) => (Outcome::Fail, format!("{} {}", e.code, e.message), true),
+            // The server refused the statement (read-only, no privilege, no table): the
+            // autocommit INSERT did not run. Any other error (a killed connection, an
+            // interrupted statement) may come after the commit: unknown.
+            Ok(Err(mysql_async::Error::Server(e))) if REFUSED.contains(&e.code) => {
+                (Outcome::Fail, format!("{} {}", e.code, e.message), true)
+            }
+            Ok(Err(mysql_async::Error::Server(e))) => (Outcome::Unknown, format!("{} {}", e.code, e.message), false),
             Ok(Err(e)) => (Outcome::Unknown, e.to_string(), false),
             Err(_) => (Outcome::Unknown, format!("no answer within {timeout:?}"), false),
         };

@@ -153,6 +153,9 @@ pub struct Engine {
     hooks: crate::hooks::Hooks,
     /// Last time semi-sync settings were applied, per instance (unix ms).
     semi_sync_fixed: Mutex<HashMap<InstanceAddr, u64>>,
+    /// Last time a no-loss primary was checked for commits waiting on acknowledgements
+    /// nobody will give (unix ms).
+    stranded_checked: Mutex<HashMap<ClusterName, u64>>,
     /// Agents' leases, as this node (when leader) granted them.
     leases: Arc<crate::lease::LeaseTable>,
     fencing: crate::config::FencingSection,
@@ -229,6 +232,7 @@ impl Engine {
             backoff: Mutex::new(HashMap::new()),
             hooks,
             semi_sync_fixed: Mutex::new(HashMap::new()),
+            stranded_checked: Mutex::new(HashMap::new()),
             leases,
             fencing,
             divergent_seen: Mutex::new(HashMap::new()),
@@ -460,6 +464,7 @@ impl Engine {
                     self.unfence(&c);
                 }
                 self.keep_semi_sync(&c);
+                self.release_stranded_acks(&c);
                 if !analysis.code.calls_for_failover()
                     && analysis.code != AnalysisCode::DeadIntermediatePrimary
                     && self.repair_allowed(&c)

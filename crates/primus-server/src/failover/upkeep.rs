@@ -345,6 +345,109 @@ impl Engine {
         }
     }
 
+    /// Semi-sync no-loss mode: commits on the primary that wait for an acknowledgement of
+    /// transactions a replica already holds. A replica that received a transaction
+    /// asynchronously — restarted with its semi-sync side off (a runtime setting), say,
+    /// before primus switched it back on — reconnects past it and never acknowledges it,
+    /// so the commit, and every commit queued behind it, waits for ever: the primary is
+    /// writable and takes no write (found by the nemesis, seed 115). Once a second, the
+    /// primary's sessions waiting on an acknowledgement for 2 s or more are listed; if,
+    /// read afterwards, everything the primary binlogged is already executed by a replica,
+    /// what they wait for is on that replica (the guarantee the acknowledgement stands
+    /// for), and they are killed: the server commits what it binlogged, semi-sync stays
+    /// on for every later commit (switching it off and on would let others commit
+    /// unacknowledged meanwhile). A wait for a transaction no replica holds is a true one
+    /// and is left alone. MariaDB only: there a waiting transaction is in
+    /// `gtid_binlog_pos` (MySQL's `gtid_executed` may not hold it yet).
+    pub(super) fn release_stranded_acks(self: &Arc<Self>, c: &ClusterRecord) {
+        if c.settings.semi_sync != Some(true) || c.in_flight().is_some() {
+            return;
+        }
+        let Some(primary) = c.topology.primary.clone() else { return };
+        let replicas: Vec<InstanceAddr> = c.topology.instances.keys().filter(|a| **a != primary).cloned().collect();
+        if replicas.is_empty() {
+            return;
+        }
+        {
+            let mut q = self.stranded_checked.lock().unwrap_or_else(|p| p.into_inner());
+            let now = self.now_ms();
+            if q.get(&c.name).is_some_and(|t| now.saturating_sub(*t) < 1000) {
+                return;
+            }
+            q.insert(c.name.clone(), now);
+        }
+        let e = self.clone();
+        let cluster = c.name.clone();
+        let epoch = c.epoch;
+        self.tasks.spawn(async move {
+            match e.release_stranded(&primary, &replicas).await {
+                Ok(Some(done)) => tracing::warn!(%cluster, instance = %primary, epoch, "{done}"),
+                Ok(None) => {}
+                Err(err) => tracing::debug!(%cluster, instance = %primary, epoch, error = %err,
+                    "checking for commits waiting on acknowledgements failed"),
+            }
+        });
+    }
+
+    async fn release_stranded(
+        &self,
+        primary: &InstanceAddr,
+        replicas: &[InstanceAddr],
+    ) -> Result<Option<String>, String> {
+        let t = self.step_timeout();
+        let p = self.prober(primary);
+        let info = p.server_info().await.map_err(|e| e.to_string())?;
+        if info.flavor != primus_mysql::Flavor::MariaDb {
+            return Ok(None);
+        }
+        let rows = p
+            .query_rows(
+                "SELECT ID FROM information_schema.PROCESSLIST \
+                 WHERE STATE LIKE 'Waiting for semi-sync ACK%' AND TIME >= 2",
+                t,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let ids: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.get(&["ID"]).flatten().map(str::to_string))
+            .filter(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()))
+            .collect();
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        // Read after the list: every listed session's transaction is in it.
+        let rows = p.query_rows("SELECT @@GLOBAL.gtid_binlog_pos AS pos", t).await.map_err(|e| e.to_string())?;
+        let binlogged = rows.first().and_then(|r| r.get(&["pos"]).flatten().map(str::to_string)).unwrap_or_default();
+        let want = binlogged.parse().map(primus_mysql::AnyGtidSet::MariaDb).map_err(
+            |e: primus_mysql::gtid::GtidParseError| {
+                format!("cannot read the primary's binlog position {binlogged:?}: {e}")
+            },
+        )?;
+        let fresh = self.monitor.probe_fresh_map(replicas).await;
+        let Some(holder) = fresh
+            .iter()
+            .find(|(_, r)| r.as_ref().is_ok_and(|o| o.gtid.executed().contains(&want) == Some(true)))
+            .map(|(a, _)| a.clone())
+        else {
+            return Ok(None);
+        };
+        let mut killed = 0;
+        for id in &ids {
+            if p.execute(&[format!("KILL CONNECTION {id}")], t).await.is_ok() {
+                killed += 1;
+            }
+        }
+        p.disconnect().await;
+        self.monitor.probe_now(primary);
+        Ok(Some(format!(
+            "no-loss mode: {killed} of {} sessions had waited 2 s or more for semi-sync acknowledgements of \
+             transactions replica {holder} already holds (binlog {binlogged}), which no replica would acknowledge \
+             any more: killed them so that the primary commits them and takes writes again",
+            ids.len()
+        )))
+    }
+
     /// Log (once per change of its count) that a demoted former primary is divergent.
     pub(super) fn note_divergence(&self, c: &ClusterRecord, addr: &InstanceAddr, o: &primus_mysql::Observation) {
         let Some(Ok(d)) = crate::divergence::check(c, addr, o) else { return };
