@@ -1283,6 +1283,46 @@ async fn hung_primary_resumed_30_s_later_takes_no_write_and_never_two_are_writab
     Ok(())
 }
 
+/// Issue 14 (SIGSTOP failovers): a primary frozen since long before its failover starts
+/// has not answered its agent for longer than the fence timeout when the leader tells
+/// the agent to fence. The agent gives it one short attempt, not the whole timeout
+/// again, and escalates (before: another 500 ms, a third of what is left after
+/// detection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_frozen_long_before_its_failover_is_escalated_at_once_not_after_another_fence_timeout(
+) -> anyhow::Result<()> {
+    let WithAgent { agent, opts, primary, w } = primary_with_agent().await?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let hung = Instant::now();
+    primary.sigstop()?;
+    let f = first_finished_failover(&w, Duration::from_secs(30), &agent).await?;
+    assert_eq!(f.outcome, "succeeded", "{f:#?}");
+    println!("SIGSTOP -> failover finished after {} ms", hung.elapsed().as_millis());
+    primus_integration_tests::world::print_steps(&f);
+    let log = agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("ESCALATED"))
+        .ok_or_else(|| anyhow::anyhow!("the agent did not escalate:\n{}", agent.log_tail(30)))?;
+    let field = |name: &str| -> Option<u64> {
+        let rest = line.split(&format!("{name}=")).nth(1)?;
+        rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    let (attempt, waited) = (field("attempt_ms"), field("waited_ms"));
+    println!("agent: {line}");
+    let (Some(attempt), Some(waited)) = (attempt, waited) else {
+        anyhow::bail!("no attempt_ms / waited_ms in the escalation line: {line}")
+    };
+    assert!(
+        attempt < opts.fence_timeout_ms / 2,
+        "the frozen server was given {attempt} ms to answer the fence (the timeout is {} ms, and it had been silent \
+         for {waited} ms in all)",
+        opts.fence_timeout_ms
+    );
+    assert!(waited >= opts.fence_timeout_ms, "escalated after only {waited} ms of silence: {line}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_cut_off_by_a_real_partition_fences_itself_before_another_is_promoted() -> anyhow::Result<()> {
     // The primary runs in its own network namespace; the partition pins every peer's

@@ -274,3 +274,98 @@ async fn cut_off_primary_without_writes_is_not_divergent_and_rejoins_cleanly() -
     assert!(!d.former_primary, "{d:#?}");
     Ok(())
 }
+
+/// Found by the nemesis (seed 198): a replica still replicating from the old primary can
+/// receive, between the leader's decision and its repoint, transactions of the old primary
+/// beyond the promotion point. Repointed with GTID auto-positioning it then holds them as
+/// errant transactions under the new primary, unreported by `divergence` (it is no former
+/// primary). The failpoint holds the repoint 3 s; meanwhile the cut-off old primary takes
+/// writes and the replica fetches them. The repoint must stop the replica, see what it
+/// holds, and refuse: not repointed, replication stopped, flagged errant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_fetched_divergent_transactions_before_its_repoint_is_not_repointed_under_the_new_primary(
+) -> anyhow::Result<()> {
+    let w = World::start(WorldOptions {
+        proxied: true,
+        fault_injection: true,
+        env: vec![("PRIMUS_FAILPOINT".into(), "failover.repoint_delay".into())],
+        ..Default::default()
+    })
+    .await?;
+    let primary = w.sandbox.primary().clone();
+    primary.insert_test_rows(1).await?;
+    primary
+        .exec(&format!(
+            "CREATE TABLE {APP_TABLE} (id BIGINT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64) NOT NULL) ENGINE=InnoDB"
+        ))
+        .await?;
+    primary.exec("CREATE USER 'app'@'%' IDENTIFIED BY 'app-pass'").await?;
+    primary.exec("GRANT SELECT, INSERT ON primus_test.* TO 'app'@'%'").await?;
+    w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
+    w.client()?.register_cluster("c", &[primary.addr()], ClusterSettings::default()).await?;
+    w.wait_topology("c", "all coordinators see every instance", Duration::from_secs(15), |t| {
+        t.instances.len() == 3 && t.instances.iter().all(|i| i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
+    let other = (1..=3u64).find(|i| *i != leader).expect("three coordinators");
+    {
+        let links = w.links.as_ref().expect("proxied");
+        for m in [leader, other] {
+            links.cut(m as usize - 1, 0, CutMode::Reset);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for r in w.sandbox.replicas() {
+        r.stop_replication_io().await?;
+    }
+    // Wait for the promotion; the repoints then wait 3 s (failpoint).
+    let client = w.client()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let f = loop {
+        if let Ok(h) = client.history("c").await {
+            if let Some(f) = h.failovers.iter().find(|f| f.steps.iter().any(|s| s.description.starts_with("promote ")))
+            {
+                break f.clone();
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no promotion within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let other_replica =
+        w.sandbox.replicas().iter().find(|r| r.addr() != f.candidate).expect("a replica not promoted").clone();
+    // The cut-off old primary takes writes, and the other replica fetches them from it.
+    app_writes(&primary, 4).await?;
+    other_replica.start_replication_io().await?;
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    while app_rows(&other_replica).await? < 4 {
+        anyhow::ensure!(Instant::now() < deadline, "the replica did not fetch the old primary's new writes in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("{} fetched 4 transactions of the old primary beyond the promotion point", other_replica.addr());
+    let h = wait_finished(&client, "c", 1, Duration::from_secs(30)).await?;
+    let f = h.failovers[0].clone();
+    primus_integration_tests::world::print_steps(&f);
+    let step = f
+        .steps
+        .iter()
+        .find(|s| s.description.contains(&format!("repoint {}", other_replica.addr())))
+        .ok_or_else(|| anyhow::anyhow!("no repoint step for {}: {f:#?}", other_replica.addr()))?;
+    assert!(
+        step.outcome.contains("holds transactions") && step.outcome.contains("not repointed"),
+        "the replica holding divergent transactions was repointed: {step:#?}"
+    );
+    let s = other_replica.slave_status().await?.expect("still configured as a replica");
+    assert_ne!(
+        (s.master_host.as_str(), s.master_port),
+        (f.candidate.rsplit_once(':').map(|(h, _)| h).unwrap_or_default(), new_port(&f.candidate)),
+        "repointed under the new primary"
+    );
+    assert!(!s.is_running(), "its replication must stay stopped: {s:?}");
+    Ok(())
+}
+
+fn new_port(addr: &str) -> u16 {
+    addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0)
+}

@@ -29,6 +29,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+/// The shortest attempt to fence a server that has been silent for longer than the
+/// fence timeout already: one round trip, in case it has just come back.
+const MIN_FENCE_ATTEMPT: Duration = Duration::from_millis(50);
+
 /// Why the agent stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -548,6 +552,11 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, publishe
     // seen writable with a lease since.
     let mut fenced = false;
     let mut next_check = Instant::now();
+    // When mysqld last answered this agent (a local check or a fence). A fence due
+    // when it has been silent for a while gets only what is left of `timeout_ms`:
+    // a server frozen since long before (SIGSTOP, a hung disk) is escalated at once
+    // instead of being given the whole timeout again (issue 14: SIGSTOP failovers).
+    let mut last_answer = Instant::now();
     let mut errors = 0u64;
     // escalation = "block_port": mysqld's TCP port is blocked until the server
     // answers and is fenced.
@@ -611,7 +620,11 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, publishe
                 true
             } else if now >= next_check {
                 next_check = now + check;
-                match tokio::time::timeout(fence_timeout, mysql.writability()).await {
+                let r = tokio::time::timeout(fence_timeout, mysql.writability()).await;
+                if matches!(r, Ok(Ok(_))) {
+                    last_answer = Instant::now();
+                }
+                match r {
                     Ok(Ok(w)) if w.writable() => {
                         tracing::warn!(epoch, reason = %reason, "server is writable again without a lease; fencing again");
                         true
@@ -659,8 +672,11 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, publishe
             };
             if need {
                 let started = Instant::now();
-                match mysql.fence_within(fence_timeout).await {
+                let silent = started.saturating_duration_since(last_answer);
+                let budget = fence_timeout.saturating_sub(silent).max(MIN_FENCE_ATTEMPT);
+                match mysql.fence_within(budget).await {
                     Ok(r) => {
+                        last_answer = Instant::now();
                         let took_ms = started.elapsed().as_millis() as u64;
                         if r.was_writable {
                             tracing::warn!(epoch, reason = %reason, killed_connections = r.killed, took_ms,
@@ -696,10 +712,12 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, publishe
                         // Still hung, and the block holds: nothing gets in or out.
                     }
                     Err(FenceError::Timeout { .. }) => {
-                        let waited = started.elapsed().as_millis() as u64;
+                        // How long mysqld has not answered, this attempt included.
+                        let attempt_ms = started.elapsed().as_millis() as u64;
+                        let waited = attempt_ms + silent.as_millis() as u64;
                         match fence::escalate(&cfg.fence, port).await {
                             Ok(Escalated::Blocked { port }) => {
-                                tracing::error!(epoch, reason = %reason, port, waited_ms = waited,
+                                tracing::error!(epoch, reason = %reason, port, waited_ms = waited, attempt_ms,
                                     "ESCALATED: mysqld did not answer the fence in time; its TCP port is blocked \
                                      both ways until it answers and is fenced");
                                 fenced = true;
@@ -707,7 +725,7 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, publishe
                                 mark_fenced(&shared);
                             }
                             Ok(Escalated::Killed { pid }) => {
-                                tracing::error!(epoch, reason = %reason, pid, waited_ms = waited,
+                                tracing::error!(epoch, reason = %reason, pid, waited_ms = waited, attempt_ms,
                                     "ESCALATED: mysqld did not answer the fence in time; sent it SIGKILL");
                                 fenced = true;
                                 mark_fenced(&shared);
@@ -739,6 +757,7 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, publishe
                 .map_or(cfg.mysql.query_timeout(), |d| d.saturating_duration_since(now).min(cfg.mysql.query_timeout()));
             match tokio::time::timeout(bound, mysql.writability()).await {
                 Ok(Ok(w)) => {
+                    last_answer = Instant::now();
                     if fenced && holds && w.writable() {
                         tracing::info!(epoch, "server writable again with a lease (made writable by the coordinators)");
                         fenced = false;

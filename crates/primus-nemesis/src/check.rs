@@ -43,6 +43,10 @@ pub struct DivergenceSeen {
     pub count_exact: bool,
     /// The call failed: why.
     pub error: String,
+    /// The leader's topology flags the server with errant GTIDs (how primus reports a
+    /// replica, not a former primary, holding transactions the primary lacks).
+    #[serde(default)]
+    pub flagged_errant: bool,
 }
 
 /// The state after the last fault was healed and the convergence wait ended.
@@ -157,8 +161,9 @@ pub fn check(writes: &[Write], fin: &Final) -> (Vec<Violation>, Tally) {
                 format!("{} acknowledged writes are not on the final primary {primary}: {}", lost.len(), ex.join("; ")),
             ));
         }
-        // 4. Every transaction a server holds beyond the final primary is reported by
-        //    `primusctl divergence`.
+        // 4. Every transaction a server holds beyond the final primary is reported: by
+        //    `primusctl divergence` for a former primary, as errant GTIDs in the topology
+        //    for any other server.
         for (server, ids) in &fin.rows {
             if server == primary {
                 continue;
@@ -168,7 +173,7 @@ pub fn check(writes: &[Write], fin: &Final) -> (Vec<Violation>, Tally) {
                 continue;
             }
             let seen = fin.divergence.get(server).cloned().unwrap_or_default();
-            let reported = seen.divergent && (!seen.count_exact || seen.count >= extra as u64);
+            let reported = (seen.divergent && (!seen.count_exact || seen.count >= extra as u64)) || seen.flagged_errant;
             if !reported {
                 out.push(v(
                     "divergence reported",
@@ -292,9 +297,20 @@ mod tests {
         assert_eq!(invariants(&check(&writes, &fin).0), ["divergence reported"]);
         fin.divergence.insert(
             "a".into(),
-            DivergenceSeen { former_primary: true, divergent: true, count: 1, count_exact: true, error: String::new() },
+            DivergenceSeen {
+                former_primary: true,
+                divergent: true,
+                count: 1,
+                count_exact: true,
+                error: String::new(),
+                flagged_errant: false,
+            },
         );
         assert!(check(&writes, &fin).0.is_empty());
+        // A replica (no former primary) is reported by its errant flag.
+        let mut replica = converged("b", &[("a", &[1]), ("b", &[])]);
+        replica.divergence.insert("a".into(), DivergenceSeen { flagged_errant: true, ..Default::default() });
+        assert!(check(&writes, &replica).0.is_empty());
         // An exact count lower than the rows found is not a report of them all.
         fin.rows.insert("a".into(), [1, 7].into_iter().collect());
         assert_eq!(invariants(&check(&writes, &fin).0), ["divergence reported"]);

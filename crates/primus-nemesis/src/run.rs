@@ -826,18 +826,23 @@ async fn converge(lab: &Lab, healed: Instant, no_loss: bool) -> Result<Final> {
     if let [primary] = fin.writable.as_slice() {
         let on_primary = fin.rows.get(primary).cloned().unwrap_or_default();
         let client = lab.group.client(Duration::from_secs(5))?;
+        let topology = client.topology(CLUSTER, ReadConsistency::Linearizable).await.ok();
         for (server, ids) in &fin.rows {
             if server != primary && ids.difference(&on_primary).next().is_some() {
-                let seen = match client.divergence(CLUSTER, server).await {
+                let mut seen = match client.divergence(CLUSTER, server).await {
                     Ok(d) => DivergenceSeen {
                         former_primary: d.former_primary,
                         divergent: d.divergent,
                         count: d.count,
                         count_exact: d.count_exact,
                         error: String::new(),
+                        flagged_errant: false,
                     },
                     Err(e) => DivergenceSeen { error: e.to_string(), ..Default::default() },
                 };
+                seen.flagged_errant = topology.as_ref().is_some_and(|t| {
+                    t.instances.iter().any(|i| i.addr == *server && i.flags.iter().any(|f| f.contains("errant")))
+                });
                 fin.divergence.insert(server.clone(), seen);
             }
         }

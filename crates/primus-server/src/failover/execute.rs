@@ -317,6 +317,40 @@ impl Engine {
         }
     }
 
+    /// Before a replica is repointed: stop its replication, then compare what it executed
+    /// with the new primary (fresh probes of both, taken after the stop). A replica still
+    /// replicating from a demoted or fenced source can receive, between the decision and
+    /// this step, transactions of that source beyond the promotion point; repointed with
+    /// GTID auto-positioning it would then hold them as errant transactions under the new
+    /// primary, silently (found by the nemesis, seed 198: a replica left behind by a
+    /// failover pulled six divergent transactions from the demoted old primary after the
+    /// leader had checked it and before it was moved). Such a replica is not repointed:
+    /// its replication stays stopped (so it pulls nothing more), the topology flags its
+    /// errant transactions, and `primusctl rejoin` decides. `Some(reason)`: refused.
+    async fn stop_unless_errant(
+        &self,
+        p: &dyn primus_mysql::MysqlConn,
+        o: &primus_mysql::Observation,
+        replica: &InstanceAddr,
+        to: &InstanceAddr,
+    ) -> Result<Option<String>, String> {
+        let t = self.step_timeout();
+        p.execute(&[o.server.stop_replica_sql()], t).await.map_err(|e| e.to_string())?;
+        let now = p.probe().await.map_err(|e| e.to_string())?;
+        let primary = self.prober(to).probe().await.map_err(|e| format!("cannot read the new primary {to}: {e}"))?;
+        match primus_mysql::errant_transactions(&now, &primary) {
+            Some(report) if !report.is_empty() => {
+                tracing::error!(instance = %replica, primary = %to, errant = %report,
+                    "replica holds transactions the new primary lacks: not repointed, its replication stays stopped");
+                Ok(Some(format!(
+                    "holds transactions {to} lacks ({report}): not repointed, replication stopped; \
+                     `primusctl rejoin` decides"
+                )))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Perform one step on MySQL. Idempotent: each checks the instance first.
     pub(super) async fn run_step(
         &self,
@@ -433,6 +467,12 @@ impl Engine {
                 self.promote(candidate, f.epoch, semi_sync).await.map(|(detail, _)| StepOutcome::Done(detail))
             }
             Step::RepointReplica { replica, to } | Step::RepointOldPrimary { addr: replica, to } => {
+                if crate::faults::get().active("failover.repoint_delay") {
+                    // Tests: a window between the decision and the repoint in which the
+                    // replica may still receive from its old source.
+                    tracing::warn!(instance = %replica, "failpoint failover.repoint_delay: repointing in 3 s");
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
                 let (user, password) = self.replication_credentials()?;
                 let p = self.prober(replica);
                 let o = match p.probe().await {
@@ -445,7 +485,14 @@ impl Engine {
                         return Ok(StepOutcome::Done("already replicating from the new primary".into()));
                     }
                 }
-                let sql = repoint_sql(&o, to, &user, &password, matches!(step, Step::RepointOldPrimary { .. }));
+                let former_primary = matches!(step, Step::RepointOldPrimary { .. });
+                if !former_primary && !o.replication.is_empty() {
+                    if let Some(refused) = self.stop_unless_errant(p.as_ref(), &o, replica, to).await? {
+                        p.disconnect().await;
+                        return Ok(StepOutcome::Skipped(refused));
+                    }
+                }
+                let sql = repoint_sql(&o, to, &user, &password, former_primary);
                 // The error of a refused CHANGE MASTER quotes the statement: never let the
                 // password reach logs or the Raft record.
                 p.execute(&sql, t).await.map_err(|e| redact(&e.to_string(), &password))?;
