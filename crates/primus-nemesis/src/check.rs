@@ -64,6 +64,9 @@ pub struct Final {
     /// The last write tried on the agreed primary failed: why.
     #[serde(default)]
     pub write_error: Option<String>,
+    /// States accepted as converged that need an operator by design (reported).
+    #[serde(default)]
+    pub notes: Vec<String>,
     /// How long after the heal the cluster converged (`None`: not within the bound).
     pub converged_after_ms: Option<u64>,
     /// The convergence bound (10 s).

@@ -144,6 +144,9 @@ fn real_main() -> Result<()> {
                     .map(|ms| format!("{ms} ms after the heal"))
                     .unwrap_or_else(|| "NOT within 10 s".into())
             );
+            for n in &r.final_state.notes {
+                println!("  note: {n}");
+            }
             for v in &r.violations {
                 println!("  VIOLATION [{}]: {}", v.invariant, v.detail);
             }
@@ -244,6 +247,9 @@ fn run_many(a: RunArgs) -> Result<()> {
                         r.tally.acknowledged,
                         if r.no_loss { " (no-loss mode)" } else { "" }
                     );
+                    for n in &r.final_state.notes {
+                        println!("  note: {n}");
+                    }
                     for e in r.episodes.iter().filter(|e| e.detail.starts_with("not injected")) {
                         println!("  @{} ms {}: {}", e.at_ms, e.kind, e.detail);
                     }
