@@ -338,3 +338,66 @@ async fn a_no_loss_primary_waiting_for_acks_of_a_transaction_every_replica_alrea
     anyhow::ensure!(after > before, "a later commit was not acknowledged by a semi-sync replica ({before} -> {after})");
     Ok(())
 }
+
+/// Found by the nemesis (seed 106): in no-loss mode a replica that acknowledged a write
+/// and was killed before any coordinator saw it receive that write restarts without it
+/// (a restart discards the relay log); if the primary is gone by then, nobody but the
+/// primary holds the write, and promoting that replica lost it. Here, with one replica:
+/// the coordinators are cut off from it (so none sees what it receives), its SQL thread
+/// is stopped (so it only receives), the write is acknowledged by it, it is killed, the
+/// primary frozen, and the replica restarted and reachable again. The failover must be
+/// refused, not promote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_loss_mode_refuses_to_promote_a_replica_that_restarted_after_acknowledging_what_only_the_frozen_primary_holds(
+) -> anyhow::Result<()> {
+    let w = World::start(WorldOptions {
+        proxied: true,
+        topology: primus_testkit::mariadb::Topology::PrimaryWithReplicas(1),
+        ..Default::default()
+    })
+    .await?;
+    w.register_sandbox("c", Duration::from_millis(500)).await?;
+    let client = w.client()?;
+    client.set_semi_sync("c", Some(true)).await?;
+    wait_no_loss_mode(&w, Duration::from_secs(15)).await?;
+    let primary = w.sandbox.primary().clone();
+    let replica = w.sandbox.instance(1).clone();
+    primary.insert_test_rows(1).await?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // From now on no coordinator sees what the replica receives.
+    let links = w.links.as_ref().expect("proxied");
+    for coord in 0..3 {
+        links.cut(coord, 1, primus_testkit::proxy::CutMode::Reset);
+    }
+    replica.stop_replication_sql().await?;
+    let acked = primary.insert_test_rows(1).await?;
+    println!("acknowledged by {} (its SQL thread stopped): {acked}", replica.addr());
+    replica.kill9()?;
+    // The coordinators see the primary execute it; then it freezes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    primary.sigstop()?;
+    replica.restart().await?;
+    let pos = replica.gtid_current_pos().await?;
+    println!("{} restarted, at {pos}: the acknowledged write is gone from it", replica.addr());
+    for coord in 0..3 {
+        links.heal(coord, 1);
+    }
+    // DeadPrimary: the only candidate lacks what it acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refusal = loop {
+        let h = client.history("c").await?;
+        anyhow::ensure!(
+            h.failovers.iter().all(|f| f.outcome != "succeeded"),
+            "promoted a replica that had lost an acknowledged write: {:#?}",
+            h.failovers
+        );
+        if let Some(r) = h.refusals.iter().find(|r| format!("{r:?}").contains("restarted")) {
+            break r.clone();
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no refusal within 15 s: {h:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("refused: {}", refusal.reason);
+    let _ = primary.sigcont();
+    Ok(())
+}

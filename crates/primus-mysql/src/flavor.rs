@@ -90,6 +90,11 @@ impl fmt::Display for ServerInfo {
 /// The statement whose two columns [`detect`] reads.
 pub const DETECT_SQL: &str = "SELECT @@version, @@version_comment";
 
+/// Sessions that have waited 2 s or more for a semi-sync acknowledgement (MariaDB's
+/// state name; MySQL 8.0.26+ says "replica"), one `ID` per row.
+pub const SEMI_SYNC_WAITERS_SQL: &str = "SELECT ID FROM information_schema.PROCESSLIST \
+     WHERE STATE LIKE 'Waiting for semi-sync ACK%' AND TIME >= 2";
+
 /// Recognises the server from `@@version` and `@@version_comment`.
 ///
 /// MariaDB says so in `@@version` (`10.11.6-MariaDB-0+deb12u1`, sometimes behind the

@@ -213,7 +213,7 @@ impl Engine {
         if c.settings.semi_sync == Some(true) && kind != FailoverKind::Switchover {
             let seen = self.seen_received(name, &primary);
             let promoted_with = Self::promoted_with(&c, &primary);
-            let gaps = primus_failover::no_loss_gaps(
+            let mut gaps = primus_failover::no_loss_gaps(
                 &input,
                 &primary,
                 &candidate.addr,
@@ -221,6 +221,8 @@ impl Engine {
                 seen.as_ref(),
                 promoted_with.as_deref(),
             );
+            let candidate_has = fresh.get(&candidate.addr).and_then(|r| r.as_ref().ok()).map(|o| o.gtid.executed());
+            gaps.extend(self.restart_gaps(name, &primary, candidate_has.as_ref()));
             if gaps.is_empty() {
                 self.no_loss_refused.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
                 evidence.push(format!(

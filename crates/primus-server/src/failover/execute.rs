@@ -534,7 +534,7 @@ impl Engine {
             let input = self.input(&c);
             let seen = self.seen_received(name, &f.old_primary);
             let promoted_with = Self::promoted_with(&c, &f.old_primary);
-            let gaps = primus_failover::no_loss_gaps(
+            let mut gaps = primus_failover::no_loss_gaps(
                 &input,
                 &f.old_primary,
                 &f.candidate,
@@ -542,6 +542,8 @@ impl Engine {
                 seen.as_ref(),
                 promoted_with.as_deref(),
             );
+            let candidate_has = fresh.get(&f.candidate).and_then(|r| r.as_ref().ok()).map(|o| o.gtid.executed());
+            gaps.extend(self.restart_gaps(name, &f.old_primary, candidate_has.as_ref()));
             if gaps.is_empty() {
                 return Ok(());
             }

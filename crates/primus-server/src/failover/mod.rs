@@ -176,6 +176,9 @@ pub struct Engine {
     /// that restarts loses its relay log; what it acknowledged before must still be on
     /// any candidate.
     seen_received: Mutex<HashMap<ClusterName, (InstanceAddr, primus_mysql::AnyGtidSet)>>,
+    /// No-loss mode: per cluster, semi-sync replicas of its primary seen to restart
+    /// (see [`Restarts`]).
+    restarts: Mutex<HashMap<ClusterName, Restarts>>,
     /// Every task of this engine (stopped together by [`Engine::stop`]).
     tasks: crate::tasks::Tasks,
 }
@@ -241,6 +244,7 @@ impl Engine {
             unfence_failures: Mutex::new(HashMap::new()),
             no_loss_refused: Mutex::new(HashMap::new()),
             seen_received: Mutex::new(HashMap::new()),
+            restarts: Mutex::new(HashMap::new()),
             tasks: crate::tasks::Tasks::default(),
         })
     }
@@ -339,6 +343,7 @@ impl Engine {
     /// what they were seen to have received since it became primary.
     fn note_received(&self, c: &ClusterRecord) {
         let Some(primary) = c.topology.primary.clone() else { return };
+        self.note_restarts(c, &primary);
         let mut seen = self.seen_received.lock().unwrap_or_else(|p| p.into_inner());
         if seen.get(&c.name).is_some_and(|(p, _)| *p != primary) {
             seen.remove(&c.name);
@@ -360,6 +365,102 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// No-loss mode: note semi-sync replicas of `primary` that restarted (their start
+    /// time, from `uptime`, moved), what the primary had executed by then, and when a
+    /// restarted one has received all of that again. See [`Restarts`].
+    fn note_restarts(&self, c: &ClusterRecord, primary: &InstanceAddr) {
+        let mut all = self.restarts.lock().unwrap_or_else(|p| p.into_inner());
+        let r = all.entry(c.name.clone()).or_default();
+        if r.primary.as_ref() != Some(primary) {
+            *r = Restarts { primary: Some(primary.clone()), ..Default::default() };
+        }
+        if let Some(o) = self.monitor.own_observation(primary) {
+            if r.primary_seen.as_ref().is_none_or(|(_, at)| o.taken_at_ms > *at) {
+                r.primary_seen = Some((o.gtid.executed().clone(), o.taken_at_ms));
+            }
+        }
+        for addr in c.topology.instances.keys().filter(|a| *a != primary) {
+            let Some(o) = self.monitor.own_observation(addr) else { continue };
+            // Semi-sync may be off right after a restart (a runtime setting): any
+            // replica of the primary counts.
+            if !primus_failover::replicates_from(&o, primary) {
+                continue;
+            }
+            let Some(up) = o.uptime_s else { continue };
+            let started = o.taken_at_ms.saturating_sub(up.saturating_mul(1000));
+            match r.started.get(addr).copied() {
+                // Uptime has a 1 s resolution, and probes are not instantaneous.
+                Some(before) if started > before + 2000 => {
+                    r.started.insert(addr.clone(), started);
+                    let owed = r.primary_seen.as_ref().map(|(e, _)| e.clone());
+                    r.restarted.insert(addr.clone(), (started, owed));
+                }
+                Some(_) => {}
+                None => {
+                    r.started.insert(addr.clone(), started);
+                }
+            }
+            // Received again everything the primary had executed when it restarted:
+            // whatever it acknowledged before the restart is back.
+            if let (Some((_, Some(owed))), Some(got)) =
+                (r.restarted.get(addr), primus_failover::received_from(&o, primary))
+            {
+                if got.contains(owed) == Some(true) {
+                    r.restarted.remove(addr);
+                }
+            }
+        }
+    }
+
+    /// No-loss mode: why promoting a candidate holding `candidate_has` could lose what a
+    /// restarted semi-sync replica of `primary` acknowledged (empty: nothing). A replica
+    /// loses its relay log when it restarts; what it acknowledged since this node last
+    /// saw its received position is then only on the primary. While a restarted replica
+    /// has not received again everything the primary had executed when it restarted,
+    /// the candidate must hold everything the primary was last seen to execute — and if
+    /// the restart came after that last sight of the primary, nothing bounds what was
+    /// acknowledged (found by the nemesis, seed 106: a replica killed right after it
+    /// acknowledged a write, restarted while the primary was frozen, then promoted
+    /// without it).
+    fn restart_gaps(
+        &self,
+        name: &ClusterName,
+        primary: &InstanceAddr,
+        candidate_has: Option<&primus_mysql::AnyGtidSet>,
+    ) -> Vec<String> {
+        let all = self.restarts.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(r) = all.get(name).filter(|r| r.primary.as_ref() == Some(primary)) else { return Vec::new() };
+        if r.restarted.is_empty() {
+            return Vec::new();
+        }
+        let who: Vec<String> = r.restarted.keys().map(|a| a.to_string()).collect();
+        let Some((executed, seen_at)) = &r.primary_seen else {
+            return vec![format!(
+                "semi-sync replica(s) {} restarted while {primary} was their source, and {primary}'s executed set \
+                 was never seen: what they acknowledged is unknown",
+                who.join(", ")
+            )];
+        };
+        let mut gaps = Vec::new();
+        for (addr, (at, _)) in &r.restarted {
+            if at > seen_at {
+                gaps.push(format!(
+                    "semi-sync replica {addr} restarted after {primary} was last seen: what it acknowledged before \
+                     its restart may be on no server but {primary}"
+                ));
+            }
+        }
+        match candidate_has.map(|h| h.contains(executed)) {
+            Some(Some(true)) => {}
+            _ => gaps.push(format!(
+                "semi-sync replica(s) {} restarted (losing their relay logs) and have not received again all that \
+                 {primary} had executed ({executed}); the candidate does not hold all of it",
+                who.join(", ")
+            )),
+        }
+        gaps
     }
 
     /// `primary`'s promotion point, if a failover made it the primary of `c` (the latest
@@ -632,4 +733,21 @@ impl Engine {
         let password = self.mysql.replication_password()?.ok_or("no replication password configured")?;
         Ok((user, password))
     }
+}
+
+/// No-loss mode, per cluster: the semi-sync replicas of the current primary that
+/// restarted while it was their source (their start time moved), from this node's own
+/// probes. A restart discards the relay log, so what the replica acknowledged since its
+/// received position was last seen may then be on the primary alone; a replica leaves
+/// the list once it has received again everything the primary had executed when it
+/// restarted (`owed`).
+#[derive(Debug, Default)]
+struct Restarts {
+    primary: Option<InstanceAddr>,
+    /// The primary's executed set at its latest successful probe, and when.
+    primary_seen: Option<(primus_mysql::AnyGtidSet, u64)>,
+    /// Each replica's server start time (unix ms) as last computed.
+    started: HashMap<InstanceAddr, u64>,
+    /// Restarted replicas: when, and what the primary had executed by then.
+    restarted: std::collections::BTreeMap<InstanceAddr, (u64, Option<primus_mysql::AnyGtidSet>)>,
 }

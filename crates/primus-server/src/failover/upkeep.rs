@@ -400,14 +400,7 @@ impl Engine {
         if info.flavor != primus_mysql::Flavor::MariaDb {
             return Ok(None);
         }
-        let rows = p
-            .query_rows(
-                "SELECT ID FROM information_schema.PROCESSLIST \
-                 WHERE STATE LIKE 'Waiting for semi-sync ACK%' AND TIME >= 2",
-                t,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        let rows = p.query_rows(primus_mysql::flavor::SEMI_SYNC_WAITERS_SQL, t).await.map_err(|e| e.to_string())?;
         let ids: Vec<String> = rows
             .iter()
             .filter_map(|r| r.get(&["ID"]).flatten().map(str::to_string))

@@ -205,6 +205,7 @@ impl World {
                 let n = self.dump_threads(addr).len();
                 return rows(vec![row(vec![("COUNT(*)", Some(n.to_string()))])]);
             }
+            Stmt::SelectSemiSyncWaiters => return rows(Vec::new()),
             Stmt::Kill { id } => return self.kill(addr, session, *id, now),
             _ => {}
         }
@@ -383,9 +384,11 @@ impl World {
                 }
                 Run::Commit(vec![Payload::Heartbeat { db, table: t, row: new }], CommitOut::Affected(affected))
             }
-            Stmt::ShowStatus(_) | Stmt::ShowHosts { .. } | Stmt::SelectDumpThreadCount | Stmt::Kill { .. } => {
-                Run::Dropped
-            }
+            Stmt::ShowStatus(_)
+            | Stmt::ShowHosts { .. }
+            | Stmt::SelectDumpThreadCount
+            | Stmt::SelectSemiSyncWaiters
+            | Stmt::Kill { .. } => Run::Dropped,
         }
     }
 

@@ -310,6 +310,11 @@ pub(crate) enum Stmt {
     SelectClientIds,
     /// `ServerInfo::binlog_dump_count_sql`.
     SelectDumpThreadCount,
+    /// `flavor::SEMI_SYNC_WAITERS_SQL`: the leader's check for commits stranded waiting
+    /// on acknowledgements nobody will give. Not modelled beyond its syntax: a simulated
+    /// replica never reconnects past a transaction it has not acknowledged (its semi-sync
+    /// side survives a restart here), so no wait is ever stranded, and the answer is empty.
+    SelectSemiSyncWaiters,
     ShowStatus(ShowStatus),
     /// `SHOW SLAVE HOSTS` (`replicas = false`) or `SHOW REPLICAS`.
     ShowHosts {
@@ -579,13 +584,14 @@ fn toks_of(sql: &str) -> Vec<Tok> {
 }
 
 fn parse_select(toks: &[Tok]) -> Option<Stmt> {
-    let fixed: [(&str, Stmt); 6] = [
+    let fixed: [(&str, Stmt); 7] = [
         (primus_mysql::flavor::DETECT_SQL, Stmt::SelectVersion),
         ("SELECT @@global.read_only, @@global.super_read_only", Stmt::SelectReadOnly { super_read_only: true }),
         ("SELECT @@global.read_only, 0", Stmt::SelectReadOnly { super_read_only: false }),
         ("SELECT @@global.pid_file", Stmt::SelectPidFile),
         (CLIENT_IDS_SQL, Stmt::SelectClientIds),
         (DUMP_COUNT_SQL, Stmt::SelectDumpThreadCount),
+        (primus_mysql::flavor::SEMI_SYNC_WAITERS_SQL, Stmt::SelectSemiSyncWaiters),
     ];
     for (sql, stmt) in fixed {
         if same_tokens(toks, &toks_of(sql)) {
