@@ -353,10 +353,7 @@ impl Lab {
             }
             Fault::Ack => {
                 let r = client.ack(CLUSTER, None).await;
-                (
-                    format!("{}", r.map(|_| "acknowledged".to_string()).unwrap_or_else(|e| format!("refused: {e}"))),
-                    Undo::Nothing,
-                )
+                (r.map(|_| "acknowledged".to_string()).unwrap_or_else(|e| format!("refused: {e}")), Undo::Nothing)
             }
         })
     }
