@@ -66,11 +66,14 @@ struct Partitioned {
     cut_pos: String,
 }
 
-/// A 3-coordinator proxied world over a primary with two replicas. The primary is cut off
-/// from the leader and one more coordinator (a majority) and from its replicas, takes
-/// `writes` application transactions, and the majority fails over. Links are then healed.
-async fn partition_write_and_fail_over(writes: usize) -> anyhow::Result<Partitioned> {
-    let w = World::start(WorldOptions { proxied: true, ..Default::default() }).await?;
+/// Over a proxied 3-coordinator world: an application table and user on the primary, the
+/// sandbox registered as cluster "c" and seen by everyone; then the primary cut off from
+/// the leader (the only heartbeat writer) and one more coordinator (a majority), and,
+/// once no heartbeat can be in flight, the replicas' IO threads stopped. The links are
+/// reset, not just silenced: a silenced link would deliver the heartbeat write stuck in
+/// it when healed, and that late write is a divergent transaction too (it lands after
+/// the promotion point). Returns the majority.
+async fn cut_off_the_primary(w: &World) -> anyhow::Result<[u64; 2]> {
     let primary = w.sandbox.primary().clone();
     primary.insert_test_rows(1).await?;
     primary
@@ -87,12 +90,6 @@ async fn partition_write_and_fail_over(writes: usize) -> anyhow::Result<Partitio
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-
-    // Cut the leader (the only heartbeat writer) and one more coordinator off the primary;
-    // then, once no heartbeat can be in flight, the replicas' IO threads. The links are
-    // reset, not just silenced: a silenced link would deliver the heartbeat write stuck in
-    // it when healed, and that late write is a divergent transaction too (it lands after
-    // the promotion point).
     let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
     let other = (1..=3u64).find(|i| *i != leader).expect("three coordinators");
     let majority = [leader, other];
@@ -106,6 +103,16 @@ async fn partition_write_and_fail_over(writes: usize) -> anyhow::Result<Partitio
     for r in w.sandbox.replicas() {
         r.stop_replication_io().await?;
     }
+    Ok(majority)
+}
+
+/// A 3-coordinator proxied world over a primary with two replicas. The primary is cut off
+/// from the leader and one more coordinator (a majority) and from its replicas, takes
+/// `writes` application transactions, and the majority fails over. Links are then healed.
+async fn partition_write_and_fail_over(writes: usize) -> anyhow::Result<Partitioned> {
+    let w = World::start(WorldOptions { proxied: true, ..Default::default() }).await?;
+    let primary = w.sandbox.primary().clone();
+    let majority = cut_off_the_primary(&w).await?;
     let cut_pos = primary.gtid_current_pos().await?;
 
     let client = w.client()?;
@@ -293,33 +300,7 @@ async fn a_replica_that_fetched_divergent_transactions_before_its_repoint_is_not
     })
     .await?;
     let primary = w.sandbox.primary().clone();
-    primary.insert_test_rows(1).await?;
-    primary
-        .exec(&format!(
-            "CREATE TABLE {APP_TABLE} (id BIGINT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(64) NOT NULL) ENGINE=InnoDB"
-        ))
-        .await?;
-    primary.exec("CREATE USER 'app'@'%' IDENTIFIED BY 'app-pass'").await?;
-    primary.exec("GRANT SELECT, INSERT ON primus_test.* TO 'app'@'%'").await?;
-    w.sandbox.wait_replicas_caught_up(Duration::from_secs(10)).await?;
-    w.client()?.register_cluster("c", &[primary.addr()], ClusterSettings::default()).await?;
-    w.wait_topology("c", "all coordinators see every instance", Duration::from_secs(15), |t| {
-        t.instances.len() == 3 && t.instances.iter().all(|i| i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok))
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
-    let other = (1..=3u64).find(|i| *i != leader).expect("three coordinators");
-    {
-        let links = w.links.as_ref().expect("proxied");
-        for m in [leader, other] {
-            links.cut(m as usize - 1, 0, CutMode::Reset);
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for r in w.sandbox.replicas() {
-        r.stop_replication_io().await?;
-    }
+    cut_off_the_primary(&w).await?;
     // Wait for the promotion; the repoints then wait 3 s (failpoint).
     let client = w.client()?;
     let deadline = Instant::now() + Duration::from_secs(30);
