@@ -191,6 +191,10 @@ pub fn maria(
     let old_pairs = MariaBinlogState::from_gtids(
         old_binlog_state.gtids().chain(old_current_pos.last_gtids()).filter(|g| g.seq_no > 0),
     );
+    // Per domain, the last seq the old primary received from other servers: its own writes
+    // in that domain come after it (strict mode keeps a domain's seqs increasing).
+    let received =
+        |d: u32| old_pairs.gtids().filter(|g| g.domain_id == d && g.server_id != old_server_id).map(|g| g.seq_no).max();
     let mut out = Vec::new();
     for MariaGtid { domain_id, server_id, seq_no } in old_pairs.gtids() {
         let domain_seq = promotion_pos.last(domain_id).map(|g| g.seq_no);
@@ -198,7 +202,16 @@ pub fn maria(
             Some(k) if k >= seq_no => continue,
             Some(k) => Some(k),
             None if promotion_pairs.is_empty() && domain_seq.is_some_and(|p| p >= seq_no) => continue,
-            None if server_id == old_server_id => Some(domain_seq.unwrap_or(0)).filter(|p| *p < seq_no),
+            // The promotion point holds none of the old primary's own writes in this domain:
+            // all of them are divergent, from just after what it had received from others.
+            // (The promotion point's own seq there may be higher: transactions of a third
+            // server the old primary never had — found by the nemesis, seed 153, where that
+            // undercount was reported as exact.) Without a recorded binlog state, the
+            // promotion position's seq is the best bound there is.
+            None if server_id == old_server_id => {
+                let base = if promotion_pairs.is_empty() { domain_seq } else { received(domain_id) };
+                Some(base.unwrap_or(0)).filter(|p| *p < seq_no)
+            }
             None => None,
         };
         out.push(match from.filter(|_| server_id == old_server_id) {
@@ -275,6 +288,16 @@ mod tests {
                 true,
             ),
             ("a single divergent transaction", "0-1-101", "0-1-101", "0-1-100", Some("0-1-100"), "0-1-101", 1, true),
+            (
+                "chained: the promotion point holds a third server's seqs the old primary never had",
+                "0-1-321",
+                "0-3-314,0-1-321",
+                "0-3-317",
+                Some("0-3-317"),
+                "0-1-315..321",
+                7,
+                true,
+            ),
             (
                 "earlier primaries' pairs are covered; slave_pos pair of the old primary",
                 "0-1-103",
