@@ -344,6 +344,13 @@ async fn a_replica_that_fetched_divergent_transactions_before_its_repoint_is_not
         "repointed under the new primary"
     );
     assert!(!s.is_running(), "its replication must stay stopped: {s:?}");
+    // And no repair tries to move it again and again (the nemesis, seed 176: the leader
+    // judged it movable by positions, the step refused it by binlog states, hundreds of
+    // times, until the failover that demoted its source fell out of the kept history).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let h = client.history("c").await?;
+    let ids: Vec<&str> = h.failovers.iter().map(|f| f.id.as_str()).collect();
+    assert_eq!(ids, [f.id.as_str()], "repairs started after the refused repoint: {ids:?}");
     Ok(())
 }
 

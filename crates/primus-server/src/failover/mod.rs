@@ -575,7 +575,9 @@ impl Engine {
                         if let Err(err) = e.repoint_left_behind(&name).await {
                             tracing::warn!(cluster = %name, error = %err, "replica left behind not moved");
                             let until = e.now_ms() + 2000;
-                            e.backoff.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), until);
+                            let mut b = e.backoff.lock().unwrap_or_else(|p| p.into_inner());
+                            let v = b.entry(name.clone()).or_insert(until);
+                            *v = (*v).max(until);
                         }
                     });
                     continue;

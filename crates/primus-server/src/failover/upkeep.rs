@@ -493,8 +493,16 @@ impl Engine {
             if source == primary || !c.demoted.contains(&source) {
                 continue;
             }
+            // The same judgement as the repoint step's (binlog states, not only
+            // positions): a replica the step would refuse is not "movable" here, or the
+            // leader would start a repair the step skips, again and again (found by the
+            // nemesis, seed 176: hundreds of repairs, pushing the failover that demoted
+            // the source out of the kept history).
+            let errant = primus_mysql::errant_transactions(&o, &p).is_some_and(|r| !r.is_empty());
             match p.gtid.executed().contains(&o.gtid.executed()) {
-                Some(true) => return Some(LeftBehind { replica: addr.clone(), demoted_source: source, primary }),
+                Some(true) if !errant => {
+                    return Some(LeftBehind { replica: addr.clone(), demoted_source: source, primary })
+                }
                 _ => {
                     self.say_once(
                         &c.name,
@@ -554,6 +562,26 @@ impl Engine {
         )
         .await?;
         self.execute(name, &id).await?;
+        // A repoint the step skipped (the replica found holding what the primary lacks,
+        // or unreachable) leaves the replica where it was: no new repair of this cluster
+        // for a while, whatever the next probe says, so a disagreement between this
+        // judgement and the step's can never become a loop of repairs filling the history.
+        let skipped = self.cluster(name).ok().and_then(|c| {
+            c.history.iter().rev().find(|f| f.id == id).and_then(|f| {
+                f.steps.iter().find_map(|s| match &s.outcome {
+                    primus_types::StepOutcome::Skipped(why) => Some(why.clone()),
+                    _ => None,
+                })
+            })
+        });
+        if let Some(why) = skipped {
+            let until = self.now_ms() + LEFT_BEHIND_BACKOFF_MS;
+            self.backoff.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), until);
+            return Err(FailoverError::Refused(format!("repair {id} did not move the replica: {why}")));
+        }
         Ok(id)
     }
 }
+
+/// After a repair whose repoint was skipped, no new repair of the cluster for this long.
+const LEFT_BEHIND_BACKOFF_MS: u64 = 60_000;
