@@ -203,7 +203,21 @@ async fn switchover_and_failover_issued_the_moment_the_coordinator_leader_dies_a
     assert_eq!(client.node_status().await?.node_id, leader, "the client starts on the leader");
     w.group.kill9(leader)?;
     let t0 = Instant::now();
-    let r = client.failover("c", Some(to), false).await;
+    let mut r = client.failover("c", Some(to), false).await;
+    // The primary is alive and writes a heartbeat every 200 ms: a candidate probed a moment
+    // after it may lack the latest one, and a manual failover is then refused with "wait for
+    // it to catch up" (seen once under CI load). That answer is primus' to give, and not
+    // what this test is about (the leader's death): ask again, as an operator would.
+    for _ in 0..3 {
+        match &r {
+            Err(e) if e.to_string().contains("to catch up") => {
+                println!("refused while the candidate caught up ({e}); asking again");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                r = client.failover("c", Some(to), false).await;
+            }
+            _ => break,
+        }
+    }
     let took = t0.elapsed();
     println!("client failover at +0 ms after kill -9 of coordinator leader {leader}: {} ms", took.as_millis());
     let f = r.map_err(|e| anyhow::anyhow!("failover failed after {} ms: {e}", took.as_millis()))?.failover;
