@@ -364,8 +364,13 @@ impl Engine {
             return;
         }
         let Some(primary) = c.topology.primary.clone() else { return };
+        // Only a MariaDB primary whose semi-sync side is active can have sessions waiting
+        // on acknowledgements: judged from the latest probe, without a connection.
+        let waits_possible = self.monitor.own_observation(&primary).is_some_and(|o| {
+            o.server.flavor == primus_mysql::Flavor::MariaDb && o.semi_sync.source_active == Some(true)
+        });
         let replicas: Vec<InstanceAddr> = c.topology.instances.keys().filter(|a| **a != primary).cloned().collect();
-        if replicas.is_empty() {
+        if !waits_possible || replicas.is_empty() {
             return;
         }
         {
@@ -396,10 +401,6 @@ impl Engine {
     ) -> Result<Option<String>, String> {
         let t = self.step_timeout();
         let p = self.prober(primary);
-        let info = p.server_info().await.map_err(|e| e.to_string())?;
-        if info.flavor != primus_mysql::Flavor::MariaDb {
-            return Ok(None);
-        }
         let rows = p.query_rows(primus_mysql::flavor::SEMI_SYNC_WAITERS_SQL, t).await.map_err(|e| e.to_string())?;
         let ids: Vec<String> = rows
             .iter()
