@@ -17,12 +17,14 @@
 pub mod config;
 pub mod fence;
 pub mod lease;
+pub mod seams;
 pub mod sentinel;
 
 use crate::config::{Config, Escalation, RestartGuard};
 use crate::fence::{Escalated, FenceError, LocalMysql};
 use crate::lease::{Answer, Event, LeaseState};
-use primus_client::{Client, ClientError};
+use crate::seams::{ClientCoordinators, Coordinators, Host, LeasePublisher, LocalServer, RealHost};
+use primus_client::ClientError;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -90,17 +92,92 @@ impl Shared {
     }
 }
 
+/// The effects the agent's loop runs over ([`seams`]): the real ones in [`run`], simulated
+/// ones in `primus-sim`.
+pub struct Seams {
+    pub mysql: Box<dyn LocalServer>,
+    pub coordinators: Arc<dyn Coordinators>,
+    pub host: Arc<dyn Host>,
+    pub publisher: Option<Arc<dyn LeasePublisher>>,
+}
+
+/// One agent's lease state and the signals between its tasks. [`Agent::run`] runs the
+/// renewer and the guard; the watchdog (the real one watches mysqld's pidfd) reports
+/// mysqld's exits with [`Agent::mysqld_exited`].
+#[derive(Clone)]
+pub struct Agent {
+    shared: Arc<Shared>,
+}
+
+impl Agent {
+    pub fn new(cfg: &Config) -> Agent {
+        Agent {
+            shared: Arc::new(Shared {
+                state: Mutex::new(LeaseState::new(cfg.lease.ttl(), Instant::now())),
+                changed: Notify::new(),
+                renew_now: Notify::new(),
+                restart: Mutex::new(Restart::default()),
+                handback: Mutex::new(Handback::default()),
+            }),
+        }
+    }
+
+    /// Run the renewer and the guard until one of them ends (a fatal error). Dropping
+    /// the future stops both.
+    pub async fn run(&self, cfg: Config, agent_id: String, seams: Seams) -> Result<(), AgentError> {
+        let Seams { mysql, coordinators, host, publisher } = seams;
+        let mut guard = AbortOnDrop(tokio::spawn(
+            guard(cfg.clone(), self.shared.clone(), mysql, host, publisher.clone()).in_current_span(),
+        ));
+        let mut renewer = AbortOnDrop(tokio::spawn(
+            renewer(cfg, agent_id, self.shared.clone(), coordinators, publisher).in_current_span(),
+        ));
+        tokio::select! {
+            r = &mut renewer.0 => match r {
+                Ok(r) => r,
+                Err(e) => Err(AgentError::Task(format!("renewer: {e}"))),
+            },
+            r = &mut guard.0 => Err(AgentError::Task(format!("guard ended: {:?}", r.map(|_| ())))),
+        }
+    }
+
+    /// mysqld's process (`what`, for logs) exited. `blocked`: no client can reach the
+    /// server it restarts as before the guard has fenced it (the real agent blocked its
+    /// TCP port). The guard fences that server before anything else, and with
+    /// `fence.release_lease_on_exit` the renewer hands the lease back.
+    pub fn mysqld_exited(&self, cfg: &Config, what: &str, blocked: bool) {
+        let shared = &self.shared;
+        {
+            let mut r = shared.restart();
+            r.pending = true;
+            r.blocked |= blocked;
+        }
+        // The process is gone and no TCP client can reach its successor before the
+        // guard has fenced it: the lease protects nothing any more, so hand it back and
+        // spare a failover the wait for it (issue 14). Not without the block.
+        if blocked && cfg.fence.release_lease_on_exit {
+            let reason = format!(
+                "{what} exited; TCP port {} is blocked until the restarted server is fenced",
+                cfg.mysqld_port().unwrap_or_default()
+            );
+            shared.handback().reason = Some(reason);
+            shared.renew_now.notify_one();
+        } else if cfg.fence.release_lease_on_exit {
+            tracing::warn!(
+                what,
+                "mysqld exited but its port is not blocked: the lease is not handed back (a failover \
+                waits for it to run out)"
+            );
+        }
+        shared.changed.notify_one();
+    }
+}
+
 /// Run the agent until `shutdown` completes or a fatal error.
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
     let span = tracing::info_span!("agent", cluster = %cfg.cluster, instance = %cfg.instance);
     async move {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(LeaseState::new(cfg.lease.ttl(), Instant::now())),
-            changed: Notify::new(),
-            renew_now: Notify::new(),
-            restart: Mutex::new(Restart::default()),
-            handback: Mutex::new(Handback::default()),
-        });
+        let agent = Agent::new(&cfg);
         let agent_id = cfg.agent_id();
         tracing::info!(
             agent_id = %agent_id,
@@ -113,7 +190,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         // Validated at load; an error here is a file that changed since.
         let password = cfg.mysql.password().map_err(|e| AgentError::Task(format!("mysql password: {e}")))?;
         let mysql = LocalMysql::new(&cfg.mysql, password);
-        let publisher = if cfg.fence.sentinel {
+        let publisher: Option<Arc<dyn LeasePublisher>> = if cfg.fence.sentinel {
             let path = sentinel::lease_file(&cfg);
             let p = sentinel::Publisher::start(path.clone())
                 .map_err(|e| AgentError::Task(format!("fence.lease_file: cannot write {}: {e}", path.display())))?;
@@ -121,32 +198,24 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         } else {
             None
         };
+        let seams = Seams {
+            mysql: Box::new(mysql),
+            coordinators: Arc::new(ClientCoordinators::new(&cfg)?),
+            host: Arc::new(RealHost(cfg.fence.clone())),
+            publisher,
+        };
         let restart_mode = restart_mode(&cfg).await;
         let watchdog = (restart_mode != RestartGuard::Off).then(|| {
             let m = LocalMysql::new(&cfg.mysql, cfg.mysql.password().ok().flatten());
-            tokio::spawn(watchdog(cfg.clone(), shared.clone(), m, restart_mode).in_current_span())
+            tokio::spawn(watchdog(cfg.clone(), agent.clone(), m, restart_mode).in_current_span())
         });
-        let mut guard = tokio::spawn(guard(cfg.clone(), shared.clone(), mysql, publisher.clone()).in_current_span());
-        let mut renewer = tokio::spawn(renewer(cfg.clone(), agent_id, shared.clone(), publisher).in_current_span());
         let _watchdog = watchdog.map(AbortOnDrop);
         tokio::select! {
             _ = shutdown => {
                 tracing::info!("primus-agent stopping (the lease is no longer renewed; the server is left as it is)");
-                guard.abort();
-                renewer.abort();
                 Ok(())
             }
-            r = &mut renewer => {
-                guard.abort();
-                match r {
-                    Ok(r) => r,
-                    Err(e) => Err(AgentError::Task(format!("renewer: {e}"))),
-                }
-            }
-            r = &mut guard => {
-                renewer.abort();
-                Err(AgentError::Task(format!("guard ended: {r:?}")))
-            }
+            r = agent.run(cfg.clone(), agent_id, seams) => r,
         }
     }
     .instrument(span)
@@ -154,9 +223,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
 }
 
 /// Aborts the task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -187,7 +256,7 @@ async fn restart_mode(cfg: &Config) -> RestartGuard {
 /// Watch mysqld's process (pidfd: the kernel says at once when it exits). When it
 /// exits: block its TCP port (`block_port`), and ask the guard to fence the server it
 /// restarts as before anything else; then wait for the new process and watch it.
-async fn watchdog(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, mode: RestartGuard) {
+async fn watchdog(cfg: Config, agent: Agent, mut mysql: LocalMysql, mode: RestartGuard) {
     let pid_file = match &cfg.fence.mysqld_pid_file {
         Some(p) => p.clone(),
         None => loop {
@@ -243,29 +312,7 @@ async fn watchdog(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, mode:
             "mysqld exited: its restarted server will be fenced before it takes a write{}",
             if blocked { " (TCP port blocked until then)" } else { "" }
         );
-        {
-            let mut r = shared.restart();
-            r.pending = true;
-            r.blocked |= blocked;
-        }
-        // The process is gone and no TCP client can reach its successor before the
-        // guard has fenced it: the lease protects nothing any more, so hand it back and
-        // spare a failover the wait for it (issue 14). Not without the block.
-        if blocked && cfg.fence.release_lease_on_exit {
-            let reason = format!(
-                "mysqld pid {pid} exited; TCP port {} is blocked until the restarted server is fenced",
-                port.unwrap_or_default()
-            );
-            shared.handback().reason = Some(reason);
-            shared.renew_now.notify_one();
-        } else if cfg.fence.release_lease_on_exit {
-            tracing::warn!(
-                pid,
-                "mysqld exited but its port is not blocked: the lease is not handed back (a failover \
-                waits for it to run out)"
-            );
-        }
-        shared.changed.notify_one();
+        agent.mysqld_exited(&cfg, &format!("mysqld pid {pid}"), blocked);
     }
 }
 
@@ -278,6 +325,7 @@ async fn hand_back(
     cfg: &Config,
     agent_id: &str,
     shared: &Shared,
+    coords: &dyn Coordinators,
     reason: &str,
     registration: u64,
     i: &mut usize,
@@ -286,19 +334,18 @@ async fn hand_back(
     // (the leader may have died with mysqld) costs one interval, not a registration
     // timeout, before the next endpoint is tried.
     let attempt = cfg.lease.renew_interval();
-    let clients = endpoint_clients(cfg, attempt)?;
     let t0 = Instant::now();
     let mut failures = 0u64;
     while shared.restart().pending {
-        let (name, c) = &clients[*i % clients.len()];
+        let name = coords.name(*i);
         match tokio::time::timeout(
             attempt,
-            c.release_lease(&cfg.cluster, &cfg.instance, agent_id, registration, reason),
+            coords.release(*i, &cfg.cluster, &cfg.instance, agent_id, registration, reason),
         )
         .await
         {
-            Ok(Ok(r)) => {
-                tracing::warn!(endpoint = %name, log_index = r.log_index, took_ms = t0.elapsed().as_millis() as u64,
+            Ok(Ok(log_index)) => {
+                tracing::warn!(endpoint = %name, log_index, took_ms = t0.elapsed().as_millis() as u64,
                     reason, "LEASE HANDED BACK: a failover need not wait for it; renewing again once the restarted \
                     server is fenced");
                 break;
@@ -325,7 +372,7 @@ async fn hand_back(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::info!("the restarted server is fenced: registering again to renew the lease");
-    let registration = register(cfg, agent_id, i).await?;
+    let registration = register(cfg, agent_id, coords, i).await?;
     shared.handback().reason = None;
     Ok(registration)
 }
@@ -345,22 +392,6 @@ fn wait_exit(pid: i32) -> Result<(), String> {
     }
 }
 
-fn endpoint_clients(cfg: &Config, timeout: Duration) -> Result<Vec<(String, Client)>, AgentError> {
-    // One client per endpoint: a frozen coordinator costs one renewal, then the
-    // next endpoint is tried (a single multi-endpoint client would keep waiting on
-    // the endpoint that answered last).
-    let opts = cfg.client_options().map_err(|(k, e)| AgentError::Task(format!("{k}: {e}")))?;
-    let opts = primus_client::ClientOptions { timeout, connect_timeout: timeout.min(opts.connect_timeout), ..opts };
-    let mut out = Vec::new();
-    for e in cfg.coordinators.iter().flat_map(|e| e.split(',')).map(str::trim).filter(|e| !e.is_empty()) {
-        out.push((e.to_string(), Client::new(&[e.to_string()], opts.clone())?));
-    }
-    if out.is_empty() {
-        return Err(AgentError::Client(ClientError::NoEndpoints));
-    }
-    Ok(out)
-}
-
 /// Log the first of a run of failures and then every `every`-th.
 fn worth_logging(n: u64, every: u64) -> bool {
     n == 1 || n.is_multiple_of(every)
@@ -368,8 +399,7 @@ fn worth_logging(n: u64, every: u64) -> bool {
 
 /// Register (a Raft write), retried until it succeeds; `i` is the endpoint to try first.
 /// Returns the log index the registration was committed at (a hand-back names it).
-async fn register(cfg: &Config, agent_id: &str, i: &mut usize) -> Result<u64, AgentError> {
-    let reg = endpoint_clients(cfg, cfg.lease.register_timeout())?;
+async fn register(cfg: &Config, agent_id: &str, coords: &dyn Coordinators, i: &mut usize) -> Result<u64, AgentError> {
     let timings = primus_client::AgentTimings {
         ttl_ms: cfg.lease.ttl_ms,
         renew_interval_ms: cfg.lease.renew_interval_ms,
@@ -377,12 +407,12 @@ async fn register(cfg: &Config, agent_id: &str, i: &mut usize) -> Result<u64, Ag
     };
     let mut failures = 0u64;
     loop {
-        let (name, c) = &reg[*i % reg.len()];
+        let name = coords.name(*i);
         let t = cfg.lease.register_timeout();
-        match tokio::time::timeout(t, c.register_agent_with(&cfg.cluster, &cfg.instance, agent_id, timings)).await {
-            Ok(Ok(r)) => {
-                tracing::info!(endpoint = %name, log_index = r.log_index, agent_id = %agent_id, "agent registered");
-                return Ok(r.log_index);
+        match tokio::time::timeout(t, coords.register(*i, &cfg.cluster, &cfg.instance, agent_id, timings)).await {
+            Ok(Ok(log_index)) => {
+                tracing::info!(endpoint = %name, log_index, agent_id = %agent_id, "agent registered");
+                return Ok(log_index);
             }
             Ok(Err(e)) if matches!(e.code(), Some(tonic::Code::NotFound | tonic::Code::InvalidArgument)) => {
                 return Err(AgentError::NotFound {
@@ -416,26 +446,30 @@ async fn renewer(
     cfg: Config,
     agent_id: String,
     shared: Arc<Shared>,
-    publisher: Option<Arc<sentinel::Publisher>>,
+    coords: Arc<dyn Coordinators>,
+    publisher: Option<Arc<dyn LeasePublisher>>,
 ) -> Result<(), AgentError> {
     let interval = cfg.lease.renew_interval();
     let ttl_ms = cfg.lease.ttl_ms;
+    let coords = coords.as_ref();
     let mut i = 0usize;
-    let mut registration = register(&cfg, &agent_id, &mut i).await?;
+    let mut registration = register(&cfg, &agent_id, coords, &mut i).await?;
 
-    let clients = endpoint_clients(&cfg, interval)?;
     let mut failures = 0u64;
     let mut last_reason = String::from("none");
     loop {
         let handback = shared.handback().reason.clone();
         if let Some(reason) = handback {
-            registration = hand_back(&cfg, &agent_id, &shared, &reason, registration, &mut i).await?;
+            registration = hand_back(&cfg, &agent_id, &shared, coords, &reason, registration, &mut i).await?;
             continue;
         }
         let sent_at = Instant::now();
-        let (name, c) = &clients[i % clients.len()];
-        let answer = match tokio::time::timeout(interval, c.renew_lease(&cfg.cluster, &cfg.instance, &agent_id, ttl_ms))
-            .await
+        let name = coords.name(i);
+        let answer = match tokio::time::timeout(
+            interval,
+            coords.renew(i, &cfg.cluster, &cfg.instance, &agent_id, ttl_ms),
+        )
+        .await
         {
             Ok(Ok(r)) => {
                 tracing::debug!(endpoint = %name, granted = r.granted, ttl_ms = r.ttl_ms, epoch = r.epoch,
@@ -491,7 +525,7 @@ async fn renewer(
                 "the leader has no registration of this agent under its lease settings (a new agent replaced it, or \
                  a leader with a larger [fencing] lease_margin_ms took over): registering again"
             );
-            registration = register(&cfg, &agent_id, &mut i).await?;
+            registration = register(&cfg, &agent_id, coords, &mut i).await?;
         }
         match &event {
             Event::Granted { epoch, .. } => {
@@ -533,7 +567,13 @@ async fn renewer(
 }
 
 /// Decide and fence. Never waits on the renewer; bounded by the fence timeout.
-async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, publisher: Option<Arc<sentinel::Publisher>>) {
+async fn guard(
+    cfg: Config,
+    shared: Arc<Shared>,
+    mut mysql: Box<dyn LocalServer>,
+    host: Arc<dyn Host>,
+    publisher: Option<Arc<dyn LeasePublisher>>,
+) {
     // The agent fenced the server, or found it read-only, after its lease ran out: the
     // sentinel need not fence for that lease end (see sentinel::LeaseRecord::fenced_ns).
     let mark_fenced = |shared: &Shared| {
@@ -563,7 +603,7 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, publishe
     let port = cfg.mysqld_port();
     let mut blocked = false;
     if let (Escalation::BlockPort, Some(p)) = (cfg.fence.escalation, port) {
-        if fence::port_blocked(&cfg.fence, p).await {
+        if host.port_blocked(p).await {
             tracing::warn!(
                 port = p,
                 "mysqld's port is blocked (left by an earlier agent); it stays blocked until \
@@ -589,7 +629,7 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, publishe
                     let mut lifted = true;
                     if restart.blocked {
                         let epoch = shared.state().epoch;
-                        lifted = unblock(&cfg, port, epoch).await;
+                        lifted = unblock(host.as_ref(), port, epoch).await;
                     }
                     let mut r = shared.restart();
                     r.pending = false;
@@ -649,7 +689,7 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, publishe
                 false
             };
             let need = if need && reason.needs_confirmation() {
-                match confirm_refusal(&cfg, &shared, &mut mysql, fence_timeout).await {
+                match confirm_refusal(&cfg, &shared, mysql.as_mut(), fence_timeout).await {
                     Confirmed::ReadOnly => {
                         if !fenced {
                             tracing::info!(epoch, reason = %reason, "must be read-only, and is already: keeping it so");
@@ -689,7 +729,7 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, publishe
                         errors = 0;
                         mark_fenced(&shared);
                         if blocked {
-                            blocked = !unblock(&cfg, port, epoch).await;
+                            blocked = !unblock(host.as_ref(), port, epoch).await;
                         }
                     }
                     Err(FenceError::Down(m)) => {
@@ -715,7 +755,7 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, publishe
                         // How long mysqld has not answered, this attempt included.
                         let attempt_ms = started.elapsed().as_millis() as u64;
                         let waited = attempt_ms + silent.as_millis() as u64;
-                        match fence::escalate(&cfg.fence, port).await {
+                        match host.escalate(port).await {
                             Ok(Escalated::Blocked { port }) => {
                                 tracing::error!(epoch, reason = %reason, port, waited_ms = waited, attempt_ms,
                                     "ESCALATED: mysqld did not answer the fence in time; its TCP port is blocked \
@@ -766,7 +806,7 @@ async fn guard(cfg: Config, shared: Arc<Shared>, mut mysql: LocalMysql, publishe
                     // read-only (the coordinators cannot have made it writable
                     // through the block); let them reach it.
                     if blocked && !w.writable() {
-                        blocked = !unblock(&cfg, port, epoch).await;
+                        blocked = !unblock(host.as_ref(), port, epoch).await;
                     }
                 }
                 Ok(Err(e)) => tracing::debug!(error = %e, "local mysqld check failed"),
@@ -802,7 +842,7 @@ enum Confirmed {
 /// writable, so a request sent after it was seen writable tells a promotion from a
 /// stray write. Waits at most one renewal interval (the renewer's own timeout); no
 /// fresh answer in that time means fence.
-async fn confirm_refusal(cfg: &Config, shared: &Shared, mysql: &mut LocalMysql, bound: Duration) -> Confirmed {
+async fn confirm_refusal(cfg: &Config, shared: &Shared, mysql: &mut dyn LocalServer, bound: Duration) -> Confirmed {
     match tokio::time::timeout(bound, mysql.writability()).await {
         Ok(Ok(w)) if !w.writable() => return Confirmed::ReadOnly,
         Ok(Ok(_)) => {}
@@ -828,9 +868,9 @@ async fn confirm_refusal(cfg: &Config, shared: &Shared, mysql: &mut LocalMysql, 
 }
 
 /// Reset the connections from before the block and lift it; true when lifted.
-async fn unblock(cfg: &Config, port: Option<u16>, epoch: u64) -> bool {
+async fn unblock(host: &dyn Host, port: Option<u16>, epoch: u64) -> bool {
     let Some(port) = port else { return true };
-    match fence::unblock_port(&cfg.fence, port).await {
+    match host.unblock_port(port).await {
         Ok(()) => {
             tracing::warn!(
                 epoch,

@@ -1,30 +1,34 @@
-//! A simulated `primus-agent`: the real lease decision ([`primus_agent::lease::LeaseState`],
-//! fed with [`Answer::from_response`] as the agent's renewer does) and the agent's fence
-//! (kill client connections, `read_only` on, again for whoever connected meanwhile;
-//! mysqld killed when that does not finish within the fence timeout — escalation
-//! `kill`), over the simulated servers' local socket.
+//! `primus-agent` in the simulation: the agent's own loop ([`primus_agent::Agent::run`]:
+//! the renewer, the guard with its fence budget and escalation, the confirmation of a
+//! refusal, the lease hand-back after mysqld exits) over simulated effects — the
+//! simulated server's local socket ([`SimLocal`], which sends the statements
+//! `primus_agent::fence::LocalMysql` sends), the coordinators over the simulated
+//! network ([`SimCoordinators`]), SIGKILL of the simulated mysqld ([`SimHost`]) and a
+//! [`LeaseFile`] for the sentinel. What decides is the agent's code, not a copy.
 //!
-//! The loop mirrors `primus_agent::run`'s renewer and guard (including the confirmation
-//! of a refusal before a writable server is fenced on it) rather than sharing them:
-//! those are written against mysql_async, nftables and the gRPC client. What decides
-//! — when a lease holds, when to fence — is the agent's own code.
+//! Not modelled: the port block of `restart_guard = "block_port"`. A simulated server
+//! starts read-only (from its config), which gives what the block guarantees (no client
+//! write before the agent fenced the restarted server); the agent's watchdog is a 20 ms
+//! poll of the process state rather than a pidfd, and reports the exit as blocked so the
+//! lease is handed back as the real agent does with a working block.
 //!
-//! The agent publishes its lease end in a [`LeaseFile`], as the real one does for its
-//! sentinel. When the agent alone is killed, its [`sentinel`] fences the server at the
-//! end of that lease, deciding with the real sentinel's `decide`.
+//! When the agent alone is killed, its [`sentinel`] fences the server at the end of the
+//! lease it last published, deciding with the real sentinel's `decide`.
 
-use crate::mysql::{Peer, SimMysql};
-use primus_agent::lease::{Answer, Event, LeaseState};
+use crate::mysql::{Peer, ProcState, SimConn, SimMysql};
+use primus_agent::fence::{Escalated, FenceError, FenceReport, Writability};
+use primus_agent::seams::{Coordinators, Host, LeasePublisher, LocalServer};
 use primus_agent::sentinel::{AgentIs, Step};
+use primus_client::{AgentTimings, ClientError, RenewLeaseResponse};
 use primus_mysql::conn::MysqlConn;
-use primus_mysql::ProbeConfig;
+use primus_mysql::{ProbeConfig, ProbeError};
 use primus_types::{ClusterName, InstanceAddr, NodeId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// What an agent needs from the simulation around it.
 #[async_trait::async_trait]
@@ -59,73 +63,93 @@ pub trait AgentEnv: Send + Sync + 'static {
 pub struct LeaseFile(Arc<Mutex<(Option<Instant>, Option<Instant>)>>);
 
 impl LeaseFile {
-    fn publish(&self, until: Option<Instant>) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).0 = until;
-    }
-
-    fn publish_fenced(&self, until: Option<Instant>) {
-        if let Some(u) = until {
-            self.0.lock().unwrap_or_else(PoisonError::into_inner).1 = Some(u);
-        }
-    }
-
     /// (lease end, lease end after which the agent found the server fenced).
     pub fn read(&self) -> (Option<Instant>, Option<Instant>) {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
+impl LeasePublisher for LeaseFile {
+    fn publish(&self, until: Option<Instant>) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).0 = until;
+    }
+
+    fn publish_fenced(&self, until: Instant) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).1 = Some(until);
+    }
+}
+
 /// The agent's settings in the simulation (the sandbox's: TTL 1.5 s, renewal every
-/// 300 ms, fence bound 500 ms, checks every 100 ms).
+/// 300 ms, fence bound 500 ms; checks every 100 ms).
 const TTL: Duration = Duration::from_millis(1500);
-const RENEW: Duration = Duration::from_millis(300);
 const FENCE_TIMEOUT: Duration = Duration::from_millis(500);
-const CHECK: Duration = Duration::from_millis(100);
+const LOCAL_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// The agent's configuration for server `addr` of `cluster`, as a TOML file would give it.
+fn agent_config(cluster: &ClusterName, addr: &InstanceAddr) -> Result<primus_agent::config::Config, String> {
+    let text = format!(
+        r#"
+cluster = "{cluster}"
+instance = "{addr}"
+coordinators = ["simulated:1"]
+[lease]
+renew_interval_ms = 300
+ttl_ms = {ttl}
+register_timeout_ms = 3000
+[mysql]
+socket = "/simulated/mysqld.sock"
+user = "root"
+connect_timeout_ms = {local}
+query_timeout_ms = {local}
+[fence]
+timeout_ms = {fence}
+escalation = "kill"
+mysqld_pid_file = "/simulated/mysqld.pid"
+check_interval_ms = 100
+sentinel = true
+restart_guard = "block_port"
+release_lease_on_exit = true
+"#,
+        ttl = TTL.as_millis(),
+        local = LOCAL_TIMEOUT.as_millis(),
+        fence = FENCE_TIMEOUT.as_millis(),
+    );
+    primus_agent::config::Config::parse(std::path::Path::new("simulated-agent.toml"), &text).map_err(|e| e.to_string())
+}
 
 /// Run the agent of server `i` until aborted (a crash of it or of its host), publishing
 /// its lease in `file`.
 pub async fn agent_loop(env: Arc<dyn AgentEnv>, i: usize, seed: u64, file: LeaseFile) {
     let addr = env.addr(i);
-    let agent_id = format!("agent-{addr}-{seed:x}");
-    let state = Arc::new(Mutex::new(LeaseState::new(TTL, Instant::now())));
-    let renew_now = Arc::new(Notify::new());
-    let guard = tokio::spawn(guard(env.clone(), addr.clone(), state.clone(), renew_now.clone(), file.clone()));
-    let _abort = AbortOnDrop(guard);
-    let coords = env.coordinators();
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut k = rng.gen_range(0..coords.len());
-    // Register (until a leader takes it).
-    let register = |k: &mut usize| {
-        let env = env.clone();
-        let coords = coords.clone();
-        let agent_id = agent_id.clone();
-        let mut at = *k;
-        async move {
-            loop {
-                let to = coords[at % coords.len()];
-                if let Some(r) = env.renew(i, to, &agent_id, TTL, true).await {
-                    return (at, r.epoch);
-                }
-                at += 1;
-                tokio::time::sleep(RENEW).await;
-            }
+    let cfg = match agent_config(env.cluster(), &addr) {
+        Ok(c) => c,
+        Err(e) => {
+            env.note(format!("agent of {addr}: bad configuration: {e}"));
+            return;
         }
     };
-    let (mut k, mut registration) = register(&mut k).await;
-    // The agent's watchdog (`primus_agent::watchdog`): the moment mysqld's process
-    // exits, hand the lease back. The simulated servers start read-only, standing for
-    // the real agent's blocked port until it has fenced the restarted server.
-    let handback = Arc::new(Mutex::new(None::<String>));
+    let agent_id = format!("agent-{addr}-{seed:x}");
+    // The endpoint list, starting at a seeded coordinator.
+    let mut order = env.coordinators();
+    let k = StdRng::seed_from_u64(seed).gen_range(0..order.len().max(1));
+    order.rotate_left(k);
+    let agent = primus_agent::Agent::new(&cfg);
+    let seams = primus_agent::Seams {
+        mysql: Box::new(SimLocal::new(env.sim(), &addr)),
+        coordinators: Arc::new(SimCoordinators { env: env.clone(), i, order }),
+        host: Arc::new(SimHost { sim: env.sim().clone(), addr: addr.clone() }),
+        publisher: Some(Arc::new(file)),
+    };
+    // The watchdog: the moment mysqld's process exits, tell the agent (which fences
+    // the restarted server first and hands the lease back meanwhile).
     let watch = {
-        let (sim, addr, handback, renew_now) = (env.sim().clone(), addr.clone(), handback.clone(), renew_now.clone());
+        let (sim, addr, agent, cfg) = (env.sim().clone(), addr.clone(), agent.clone(), cfg.clone());
         tokio::spawn(async move {
             let mut was_up = true;
             loop {
-                let up = sim.process_state(&addr).ok() != Some(crate::mysql::ProcState::Crashed);
+                let up = sim.process_state(&addr).ok() != Some(ProcState::Crashed);
                 if was_up && !up {
-                    *handback.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some(format!("mysqld of {addr} exited; its port is blocked until the restart is fenced"));
-                    renew_now.notify_one();
+                    agent.mysqld_exited(&cfg, &format!("mysqld of {addr}"), true);
                 }
                 was_up = up;
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -133,61 +157,9 @@ pub async fn agent_loop(env: Arc<dyn AgentEnv>, i: usize, seed: u64, file: Lease
         })
     };
     let _watch = AbortOnDrop(watch);
-    let crashed =
-        |env: &Arc<dyn AgentEnv>| env.sim().process_state(&addr).ok() == Some(crate::mysql::ProcState::Crashed);
-    loop {
-        // As the agent's `hand_back`: tell a leader (until one recorded it, or the server
-        // is back), renew nothing meanwhile, register again once the restarted server is
-        // read-only, then renew.
-        let reason = handback.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        if let Some(reason) = reason {
-            while crashed(&env) {
-                let to = coords[k % coords.len()];
-                match env.release(i, to, &agent_id, registration, &reason).await {
-                    Some(ok) => {
-                        env.note(format!(
-                            "agent of {addr}: lease handed back ({})",
-                            if ok { "recorded" } else { "refused" }
-                        ));
-                        break;
-                    }
-                    None => {
-                        k += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-            // The restarted server answers (read-only from its config): the real
-            // agent's restart fence is done at that moment.
-            while crashed(&env) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (k, registration) = register(&mut k).await;
-            *handback.lock().unwrap_or_else(PoisonError::into_inner) = None;
-            continue;
-        }
-        let sent_at = Instant::now();
-        let to = coords[k % coords.len()];
-        let answer = match tokio::time::timeout(RENEW, env.renew(i, to, &agent_id, TTL, false)).await {
-            Ok(Some(r)) => Answer::from_response(&r),
-            _ => Answer::NoAnswer,
-        };
-        if answer == Answer::NoAnswer {
-            k += 1;
-        }
-        let event = {
-            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
-            let event = s.on_answer(sent_at, &answer);
-            file.publish(s.lease_until());
-            event
-        };
-        if matches!(&event, Event::Refused { reason, .. } if reason == "not_registered") {
-            (k, registration) = register(&mut k).await;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep_until(sent_at + RENEW) => {}
-            _ = renew_now.notified() => {}
-        }
+    let span = tracing::info_span!("agent", instance = %addr);
+    if let Err(e) = agent.run(cfg, agent_id, seams).instrument(span).await {
+        env.note(format!("agent of {addr}: stopped: {e}"));
     }
 }
 
@@ -199,101 +171,222 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Fence when the lease says so; check a fenced server stays read-only.
-async fn guard(
+/// The coordinators as the agent of server `i` reaches them over the simulated network.
+struct SimCoordinators {
     env: Arc<dyn AgentEnv>,
+    i: usize,
+    order: Vec<NodeId>,
+}
+
+impl SimCoordinators {
+    fn to(&self, k: usize) -> NodeId {
+        self.order[k % self.order.len()]
+    }
+}
+
+fn no_answer(to: NodeId) -> ClientError {
+    ClientError::Unreachable { timeout_ms: 0, details: format!("coordinator {to} did not answer") }
+}
+
+#[async_trait::async_trait]
+impl Coordinators for SimCoordinators {
+    fn count(&self) -> usize {
+        self.order.len()
+    }
+
+    fn name(&self, k: usize) -> String {
+        format!("coordinator-{}", self.to(k))
+    }
+
+    async fn register(&self, k: usize, _: &str, _: &str, agent_id: &str, t: AgentTimings) -> Result<u64, ClientError> {
+        let to = self.to(k);
+        match self.env.renew(self.i, to, agent_id, Duration::from_millis(t.ttl_ms), true).await {
+            Some(r) => Ok(r.epoch),
+            None => Err(no_answer(to)),
+        }
+    }
+
+    async fn renew(
+        &self,
+        k: usize,
+        _: &str,
+        _: &str,
+        agent_id: &str,
+        ttl_ms: u64,
+    ) -> Result<RenewLeaseResponse, ClientError> {
+        let to = self.to(k);
+        self.env.renew(self.i, to, agent_id, Duration::from_millis(ttl_ms), false).await.ok_or_else(|| no_answer(to))
+    }
+
+    async fn release(
+        &self,
+        k: usize,
+        _: &str,
+        _: &str,
+        agent_id: &str,
+        registration: u64,
+        reason: &str,
+    ) -> Result<u64, ClientError> {
+        let to = self.to(k);
+        match self.env.release(self.i, to, agent_id, registration, reason).await {
+            Some(true) => Ok(0),
+            Some(false) => Err(ClientError::Rpc {
+                endpoint: self.name(k),
+                code: tonic::Code::FailedPrecondition,
+                message: "the leader did not take the lease back".into(),
+            }),
+            None => Err(no_answer(to)),
+        }
+    }
+}
+
+/// SIGKILL of the simulated mysqld (escalation = "kill"); the port block is not modelled.
+struct SimHost {
+    sim: SimMysql,
     addr: InstanceAddr,
-    state: Arc<Mutex<LeaseState>>,
-    renew_now: Arc<Notify>,
-    file: LeaseFile,
-) {
-    // As the agent's `mark_fenced`: the sentinel need not fence for this lease end.
-    let mark_fenced = || {
-        let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
-        s.mark_fenced();
-        file.publish_fenced(s.lease_until());
-    };
-    let sim = env.sim().clone();
-    let mut cfg = ProbeConfig::new("root", "");
-    cfg.connect_timeout = Duration::from_millis(200);
-    cfg.query_timeout = Duration::from_millis(200);
-    let local = sim.connector(Peer::Local(addr.clone()), cfg);
-    let conn = local.conn(&addr);
-    let mut fenced = false;
-    let mut next_check = Instant::now();
-    loop {
-        let now = Instant::now();
-        let (decision, deadline) = {
-            let s = state.lock().unwrap_or_else(PoisonError::into_inner);
-            (s.must_fence(now), s.next_deadline(now))
+}
+
+#[async_trait::async_trait]
+impl Host for SimHost {
+    async fn escalate(&self, _port: Option<u16>) -> Result<Escalated, String> {
+        if self.sim.process_state(&self.addr).ok() == Some(ProcState::Crashed) {
+            return Ok(Escalated::NotRunning("mysqld is not running".into()));
+        }
+        self.sim.crash(&self.addr).map_err(|e| e.to_string())?;
+        Ok(Escalated::Killed { pid: 0 })
+    }
+
+    async fn unblock_port(&self, _port: u16) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn port_blocked(&self, _port: u16) -> bool {
+        false
+    }
+}
+
+/// The agent's local connection to a simulated server: the statements
+/// `primus_agent::fence::LocalMysql` sends, over the server's local socket (a paused
+/// server answers none of them; a crashed one refuses the connection).
+pub struct SimLocal {
+    sim: SimMysql,
+    addr: InstanceAddr,
+    connector: crate::mysql::SimConnector,
+    conn: Arc<SimConn>,
+}
+
+impl SimLocal {
+    pub fn new(sim: &SimMysql, addr: &InstanceAddr) -> SimLocal {
+        let mut cfg = ProbeConfig::new("root", "");
+        cfg.connect_timeout = LOCAL_TIMEOUT;
+        cfg.query_timeout = LOCAL_TIMEOUT;
+        let connector = sim.connector(Peer::Local(addr.clone()), cfg);
+        let conn = Arc::new(connector.conn(addr));
+        SimLocal { sim: sim.clone(), addr: addr.clone(), connector, conn }
+    }
+
+    async fn fence(&mut self) -> Result<FenceReport, FenceError> {
+        let w = self.writability_inner().await?;
+        let was_writable = w.writable();
+        if !was_writable && w.super_read_only != Some(false) {
+            return Ok(FenceReport { was_writable, killed: 0 });
+        }
+        let info = self.conn.server_info().await.map_err(fence_error)?;
+        let mut killed = 0;
+        if was_writable {
+            killed += self.kill_clients().await?;
+        }
+        self.conn.execute(&info.set_read_only_sql(true), LOCAL_TIMEOUT).await.map_err(fence_error)?;
+        if was_writable {
+            killed += self.kill_clients().await?;
+        }
+        Ok(FenceReport { was_writable, killed })
+    }
+
+    async fn writability_inner(&mut self) -> Result<Writability, FenceError> {
+        let info = self.conn.server_info().await.map_err(fence_error)?;
+        let mysql = info.has_super_read_only();
+        let sql =
+            if mysql { "SELECT @@global.read_only, @@global.super_read_only" } else { "SELECT @@global.read_only, 0" };
+        let rows = self.conn.query_rows(sql, LOCAL_TIMEOUT).await.map_err(fence_error)?;
+        let flag = |names: &[&str]| {
+            rows.first()
+                .and_then(|r| r.get(names))
+                .flatten()
+                .is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("off"))
         };
-        match decision {
-            None => fenced = false,
-            Some(reason) => {
-                let need = if !fenced {
-                    true
-                } else if now >= next_check {
-                    next_check = now + CHECK;
-                    sim.writable(&addr).unwrap_or(false)
-                } else {
-                    false
-                };
-                // As the agent's `confirm_refusal`: a refusal may predate a promotion of
-                // this server, so a writable server is fenced on it only after an answer
-                // to a renewal sent once it was seen writable still refuses.
-                let need = if need && reason.needs_confirmation() {
-                    if sim.process_state(&addr).ok() == Some(crate::mysql::ProcState::Running)
-                        && !sim.writable(&addr).unwrap_or(true)
-                    {
-                        fenced = true;
-                        mark_fenced();
-                        false
-                    } else {
-                        let seen = Instant::now();
-                        renew_now.notify_one();
-                        let until = seen + RENEW;
-                        loop {
-                            let (fresh, still) = {
-                                let s = state.lock().unwrap_or_else(PoisonError::into_inner);
-                                (s.answered_since(seen), s.must_fence(Instant::now()).is_some())
-                            };
-                            if fresh || Instant::now() >= until {
-                                if fresh && !still {
-                                    env.note(format!(
-                                        "agent of {addr}: refusal outdated by a fresh answer; not fencing"
-                                    ));
-                                }
-                                break !fresh || still;
-                            }
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                    }
-                } else {
-                    need
-                };
-                if need {
-                    env.note(format!("agent of {addr}: fencing ({reason})"));
-                    match tokio::time::timeout(FENCE_TIMEOUT, fence(&sim, &conn, &addr)).await {
-                        Ok(Ok(())) => {
-                            env.note(format!("agent of {addr}: fenced ({reason})"));
-                            fenced = true;
-                            mark_fenced();
-                        }
-                        Ok(Err(_)) | Err(_) => {
-                            // Escalation: mysqld does not confirm the fence in time.
-                            if sim.process_state(&addr).ok() != Some(crate::mysql::ProcState::Crashed) {
-                                env.note(format!("agent of {addr}: fence not confirmed; killing mysqld ({reason})"));
-                                let _ = sim.crash(&addr);
-                            }
-                            fenced = true;
-                            conn.disconnect().await;
-                        }
-                    }
-                }
+        let ro = flag(&["@@global.read_only"]);
+        let sro = flag(&["@@global.super_read_only"]);
+        Ok(Writability { read_only: ro, super_read_only: mysql.then_some(sro) })
+    }
+
+    /// Clients' connections (the applications'; replication and this one are kept).
+    async fn kill_clients(&mut self) -> Result<usize, FenceError> {
+        let ids: Vec<u64> = self
+            .sim
+            .processlist(&self.addr)
+            .into_iter()
+            .filter(|p| matches!(p.peer, Some(Peer::App(_))))
+            .map(|p| p.id)
+            .collect();
+        let mut n = 0;
+        for id in ids {
+            // Unknown thread (it ended meanwhile) is fine.
+            if self.conn.execute(&[format!("KILL CONNECTION {id}")], LOCAL_TIMEOUT).await.is_ok() {
+                n += 1;
             }
         }
-        let wake = deadline.unwrap_or(now + CHECK).min(now + CHECK);
-        tokio::time::sleep_until(wake.max(Instant::now() + Duration::from_millis(1))).await;
+        Ok(n)
+    }
+}
+
+fn fence_error(e: ProbeError) -> FenceError {
+    match e {
+        ProbeError::Unreachable { message } | ProbeError::ConnectionLost { message, .. } => FenceError::Down(message),
+        ProbeError::Timeout { stage, after_ms } => {
+            FenceError::Timeout { what: stage.to_string(), after_ms: u128::from(after_ms) }
+        }
+        e => FenceError::Sql { what: "local statement".into(), message: e.to_string() },
+    }
+}
+
+#[async_trait::async_trait]
+impl LocalServer for SimLocal {
+    async fn writability(&mut self) -> Result<Writability, FenceError> {
+        let r = self.writability_inner().await;
+        if r.is_err() {
+            self.reset();
+        }
+        r
+    }
+
+    async fn fence_within(&mut self, bound: Duration) -> Result<FenceReport, FenceError> {
+        let attempt = async {
+            loop {
+                match self.fence().await {
+                    Err(FenceError::Timeout { .. }) => continue,
+                    other => return other,
+                }
+            }
+        };
+        match tokio::time::timeout(bound, attempt).await {
+            Ok(r) => {
+                if r.is_err() {
+                    self.reset();
+                }
+                r
+            }
+            Err(_) => {
+                self.reset();
+                Err(FenceError::Timeout { what: "the fence".into(), after_ms: bound.as_millis() })
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        // A fresh connection for the next statement; the old one is closed.
+        let old = std::mem::replace(&mut self.conn, Arc::new(self.connector.conn(&self.addr)));
+        tokio::spawn(async move { old.disconnect().await });
     }
 }
 
@@ -306,10 +399,7 @@ async fn guard(
 pub async fn sentinel(env: Arc<dyn AgentEnv>, i: usize, mine: LeaseFile) {
     let addr = env.addr(i);
     let sim = env.sim().clone();
-    let mut cfg = ProbeConfig::new("root", "");
-    cfg.connect_timeout = Duration::from_millis(200);
-    cfg.query_timeout = Duration::from_millis(200);
-    let conn = sim.connector(Peer::Local(addr.clone()), cfg).conn(&addr);
+    let mut local = SimLocal::new(&sim, &addr);
     // Lease ends as nanoseconds on one clock (0: none), as in the lease file.
     let base = Instant::now().checked_sub(Duration::from_secs(3600)).unwrap_or_else(Instant::now);
     let ns = |t: Instant| t.saturating_duration_since(base).as_nanos() as u64 + 1;
@@ -331,42 +421,18 @@ pub async fn sentinel(env: Arc<dyn AgentEnv>, i: usize, mine: LeaseFile) {
             }
             Step::Fence { until_ns } => {
                 fenced_for = until_ns;
-                match tokio::time::timeout(FENCE_TIMEOUT, fence(&sim, &conn, &addr)).await {
-                    Ok(Ok(())) => env.note(format!("sentinel of {addr}: lease ran out with no agent; fenced")),
-                    _ if sim.process_state(&addr).ok() == Some(crate::mysql::ProcState::Crashed) => {
+                match local.fence_within(FENCE_TIMEOUT).await {
+                    Ok(_) => env.note(format!("sentinel of {addr}: lease ran out with no agent; fenced")),
+                    _ if sim.process_state(&addr).ok() == Some(ProcState::Crashed) => {
                         env.note(format!("sentinel of {addr}: lease ran out; mysqld is down (nothing can write)"));
                     }
                     _ => {
                         env.note(format!("sentinel of {addr}: fence not confirmed; killing mysqld"));
                         let _ = sim.crash(&addr);
-                        conn.disconnect().await;
+                        local.reset();
                     }
                 }
             }
         }
     }
-}
-
-/// The agent's fence (`LocalMysql::fence`): kill clients, read-only on, kill again.
-async fn fence(sim: &SimMysql, conn: &crate::mysql::SimConn, addr: &InstanceAddr) -> Result<(), String> {
-    // Already read-only (the agent learns it with a query, which a paused server does
-    // not answer: then the fence times out and escalates).
-    let running = sim.process_state(addr).ok() == Some(crate::mysql::ProcState::Running);
-    if running && !sim.writable(addr).map_err(|e| e.to_string())? {
-        return Ok(());
-    }
-    let info = conn.server_info().await.map_err(|e| e.to_string())?;
-    kill_clients(sim, conn, addr).await?;
-    conn.execute(&info.set_read_only_sql(true), FENCE_TIMEOUT).await.map_err(|e| e.to_string())?;
-    kill_clients(sim, conn, addr).await
-}
-
-async fn kill_clients(sim: &SimMysql, conn: &crate::mysql::SimConn, addr: &InstanceAddr) -> Result<(), String> {
-    let ids: Vec<u64> =
-        sim.processlist(addr).into_iter().filter(|p| matches!(p.peer, Some(Peer::App(_)))).map(|p| p.id).collect();
-    for id in ids {
-        // Unknown thread (it ended meanwhile) is fine.
-        let _ = conn.execute(&[format!("KILL CONNECTION {id}")], FENCE_TIMEOUT).await;
-    }
-    Ok(())
 }

@@ -5,6 +5,7 @@
 //! * [`mysql`]: simulated MySQL/MariaDB servers behind the `primus_mysql::MysqlConn` seam.
 
 pub mod agent;
+pub mod agentlog;
 pub mod coord;
 pub mod mysql;
 pub mod raft;

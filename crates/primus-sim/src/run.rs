@@ -332,6 +332,13 @@ pub async fn run(opts: Options) -> Outcome {
         origin,
     });
     h.install_links();
+    // The agents' own log lines (the real agent loop logs through `tracing`).
+    let weak = Arc::downgrade(&h);
+    crate::agentlog::set_sink(Some(Box::new(move |line| {
+        if let Some(h) = weak.upgrade() {
+            h.trace(line);
+        }
+    })));
     if let Err(e) = setup(&h, &mut rng).await {
         return failed_setup(&opts, schedule, e);
     }
@@ -1360,7 +1367,8 @@ pub fn run_blocking(opts: Options) -> Outcome {
     b.rng_seed(tokio::runtime::RngSeed::from_bytes(&opts.seed.to_le_bytes()));
     match b.build() {
         Ok(rt) => {
-            let out = rt.block_on(run(opts));
+            let out = crate::agentlog::with_agent_log(|| rt.block_on(run(opts)));
+            crate::agentlog::set_sink(None);
             rt.shutdown_background();
             out
         }

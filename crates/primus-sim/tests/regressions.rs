@@ -65,7 +65,11 @@ fn item_1_a_coordinator_stall_longer_than_the_ttl_ends_with_the_same_primary_wri
     o.operator_rejoins = false;
     let out =
         run(o, "@3000 pause c1; @3000 pause c2; @3000 pause c3; @4800 resume c1; @4800 resume c2; @4800 resume c3");
-    assert!(out.trace.iter().any(|l| l.contains("agent of db1:3306: fenced")), "{}", report(&out));
+    assert!(
+        out.trace.iter().any(|l| l.contains("agent[instance=db1:3306]") && l.contains("FENCED: server set read-only")),
+        "{}",
+        report(&out)
+    );
     assert_eq!(out.failovers, 0, "{}", report(&out));
 }
 
@@ -332,7 +336,7 @@ fn lease_step(out: &primus_sim::run::Outcome) -> String {
 fn a_crashed_mysqld_s_agent_hands_its_lease_back_and_the_failover_does_not_wait_for_it() {
     let out = run(shape(31, false, 2), "@3000 crash db1; @12000 restart db1");
     assert!(
-        out.trace.iter().any(|l| l.contains("agent of db1:3306: lease handed back (recorded)")),
+        out.trace.iter().any(|l| l.contains("agent[instance=db1:3306]") && l.contains("LEASE HANDED BACK")),
         "{}",
         report(&out)
     );
