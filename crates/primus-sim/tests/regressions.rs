@@ -352,3 +352,21 @@ fn a_crashed_host_hands_nothing_back_and_the_failover_waits_the_lease_out() {
     assert_eq!(out.failovers, 1, "{}", report(&out));
     assert!(lease_step(&out).contains("ran out"), "{}\n{}", lease_step(&out), report(&out));
 }
+
+/// Issue 13: the pre-promote no-loss recheck, alone. No-loss mode without agents: the
+/// primary db1 is SIGSTOPped, the failover to db2 is decided with db2 holding everything;
+/// then db1 loses its link to db2 and resumes before the promotion. Its commits that were
+/// waiting for an acknowledgement reach db3 alone, which acknowledges them, so clients
+/// hold acknowledged rows db2 lacks. The decision's check was right when made; only the
+/// check right before the promotion (fresh probes: db2 lacks what db3 received) refuses
+/// db2: the failover is aborted before anything irreversible, and db1 (back, and fenced
+/// by the failover's own best-effort fence) is the primary again. Checked by reverting
+/// the recheck: db2 is promoted without 2 acknowledged rows. (With agents, the agent's fence of the resumed primary kills the
+/// waiting sessions before they are acknowledged; the recheck is defence in depth there.)
+#[test]
+fn no_loss_mode_rechecks_the_candidate_right_before_the_promotion() {
+    let mut o = shape(2, true, 2);
+    o.agents = false;
+    let out = run(o, "@3000 pause db1; @4810 cut db1 db2; @4850 resume db1");
+    assert!(out.trace.iter().any(|l| l.contains("no-loss mode: not promoted")), "{}", report(&out));
+}
