@@ -95,6 +95,10 @@ pub const DETECT_SQL: &str = "SELECT @@version, @@version_comment";
 pub const SEMI_SYNC_WAITERS_SQL: &str = "SELECT ID FROM information_schema.PROCESSLIST \
      WHERE STATE LIKE 'Waiting for semi-sync ACK%' AND TIME >= 2";
 
+/// MariaDB's binlogged position, in one column `pos` (the stranded-acknowledgement check
+/// reads it right after [`SEMI_SYNC_WAITERS_SQL`]).
+pub const BINLOG_POS_SQL: &str = "SELECT @@GLOBAL.gtid_binlog_pos AS pos";
+
 /// Recognises the server from `@@version` and `@@version_comment`.
 ///
 /// MariaDB says so in `@@version` (`10.11.6-MariaDB-0+deb12u1`, sometimes behind the

@@ -1,8 +1,9 @@
-//! The agents' own log lines in a run's trace. The simulated agents run the real agent
-//! loop, which logs through `tracing`; this layer takes its events (targets
-//! `primus_agent`, INFO and up, with the `agent` span the simulation puts around each
-//! agent naming its server) and hands each, formatted, to the run's sink on this thread.
-//! Every other target is disabled at its call site, so the engine's logs cost nothing.
+//! The agents' and the failover engine's own log lines in a run's trace. The simulated
+//! agents run the real agent loop and the coordinators the real engine, which log through
+//! `tracing`; this layer takes their events (target `primus_agent` from INFO, with the
+//! `agent` span the simulation puts around each agent naming its server; the engine's
+//! `primus_server::failover` from WARN) and hands each, formatted, to the run's sink on
+//! this thread. Every other target is disabled at its call site and costs nothing.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -25,7 +26,8 @@ thread_local! {
 pub fn with_agent_log<T>(f: impl FnOnce() -> T) -> T {
     let filter = Targets::new()
         .with_target("primus_agent", LevelFilter::INFO)
-        .with_target("primus_sim::agent", LevelFilter::INFO);
+        .with_target("primus_sim::agent", LevelFilter::INFO)
+        .with_target("primus_server::failover", LevelFilter::WARN);
     let subscriber = tracing_subscriber::registry().with(AgentLog.with_filter(filter));
     tracing::subscriber::with_default(subscriber, f)
 }
@@ -81,6 +83,10 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for AgentLog {
                     let _ = write!(line, "{}[{}] ", span.name(), f.0);
                 }
             }
+        }
+        if line.is_empty() {
+            // The engine's lines name no coordinator (its tasks carry no span).
+            let _ = write!(line, "{} ", event.metadata().target());
         }
         let mut f = Format::default();
         event.record(&mut f);

@@ -411,7 +411,7 @@ impl Engine {
             return Ok(None);
         }
         // Read after the list: every listed session's transaction is in it.
-        let rows = p.query_rows("SELECT @@GLOBAL.gtid_binlog_pos AS pos", t).await.map_err(|e| e.to_string())?;
+        let rows = p.query_rows(primus_mysql::flavor::BINLOG_POS_SQL, t).await.map_err(|e| e.to_string())?;
         let binlogged = rows.first().and_then(|r| r.get(&["pos"]).flatten().map(str::to_string)).unwrap_or_default();
         let want = binlogged.parse().map(primus_mysql::AnyGtidSet::MariaDb).map_err(
             |e: primus_mysql::gtid::GtidParseError| {

@@ -205,7 +205,27 @@ impl World {
                 let n = self.dump_threads(addr).len();
                 return rows(vec![row(vec![("COUNT(*)", Some(n.to_string()))])]);
             }
-            Stmt::SelectSemiSyncWaiters => return rows(Vec::new()),
+            Stmt::SelectSemiSyncWaiters => {
+                // Sessions in `Waiting for semi-sync ACK from slave` for 2 s or more.
+                let Some(s) = self.servers.get(addr) else { return Run::Dropped };
+                let ids = s.waiters.iter().filter_map(|w| match (&w.kind, w.session) {
+                    (WaitKind::SemiSync { since, .. }, Some(k))
+                        if now.saturating_duration_since(*since) >= Duration::from_secs(2) =>
+                    {
+                        Some(row(vec![("ID", Some(k.id.to_string()))]))
+                    }
+                    _ => None,
+                });
+                return rows(ids.collect());
+            }
+            Stmt::SelectBinlogPos => {
+                let Some(s) = self.servers.get(addr) else { return Run::Dropped };
+                if !s.is_maria() {
+                    return err(unknown_variable("gtid_binlog_pos"));
+                }
+                let pos = super::server::position(&s.binlog_pos).to_string();
+                return rows(vec![row(vec![("pos", Some(pos))])]);
+            }
             Stmt::Kill { id } => return self.kill(addr, session, *id, now),
             _ => {}
         }
@@ -388,6 +408,7 @@ impl World {
             | Stmt::ShowHosts { .. }
             | Stmt::SelectDumpThreadCount
             | Stmt::SelectSemiSyncWaiters
+            | Stmt::SelectBinlogPos
             | Stmt::Kill { .. } => Run::Dropped,
         }
     }

@@ -311,10 +311,11 @@ pub(crate) enum Stmt {
     /// `ServerInfo::binlog_dump_count_sql`.
     SelectDumpThreadCount,
     /// `flavor::SEMI_SYNC_WAITERS_SQL`: the leader's check for commits stranded waiting
-    /// on acknowledgements nobody will give. Not modelled beyond its syntax: a simulated
-    /// replica never reconnects past a transaction it has not acknowledged (its semi-sync
-    /// side survives a restart here), so no wait is ever stranded, and the answer is empty.
+    /// on acknowledgements nobody will give: the sessions whose commit has waited for a
+    /// semi-sync acknowledgement for 2 s or more.
     SelectSemiSyncWaiters,
+    /// `flavor::BINLOG_POS_SQL` (MariaDB): `gtid_binlog_pos` as `pos`.
+    SelectBinlogPos,
     ShowStatus(ShowStatus),
     /// `SHOW SLAVE HOSTS` (`replicas = false`) or `SHOW REPLICAS`.
     ShowHosts {
@@ -584,7 +585,7 @@ fn toks_of(sql: &str) -> Vec<Tok> {
 }
 
 fn parse_select(toks: &[Tok]) -> Option<Stmt> {
-    let fixed: [(&str, Stmt); 7] = [
+    let fixed: [(&str, Stmt); 8] = [
         (primus_mysql::flavor::DETECT_SQL, Stmt::SelectVersion),
         ("SELECT @@global.read_only, @@global.super_read_only", Stmt::SelectReadOnly { super_read_only: true }),
         ("SELECT @@global.read_only, 0", Stmt::SelectReadOnly { super_read_only: false }),
@@ -592,6 +593,7 @@ fn parse_select(toks: &[Tok]) -> Option<Stmt> {
         (CLIENT_IDS_SQL, Stmt::SelectClientIds),
         (DUMP_COUNT_SQL, Stmt::SelectDumpThreadCount),
         (primus_mysql::flavor::SEMI_SYNC_WAITERS_SQL, Stmt::SelectSemiSyncWaiters),
+        (primus_mysql::flavor::BINLOG_POS_SQL, Stmt::SelectBinlogPos),
     ];
     for (sql, stmt) in fixed {
         if same_tokens(toks, &toks_of(sql)) {

@@ -300,6 +300,13 @@ async fn no_loss_semi_sync_never_falls_back_and_read_only_waits_for_the_waiting_
     sleep(Duration::from_secs(60)).await;
     assert!(!write.is_finished(), "no replica: the commit waits (for ~49 days)");
     assert_eq!(sim.observe(&p).expect("obs").gtid.executed().to_string(), "", "AFTER_SYNC: not committed");
+    // primus' stranded-acknowledgement check lists it (waiting 2 s or more).
+    let waiters = conn(&sim, &p)
+        .query_rows(primus_mysql::flavor::SEMI_SYNC_WAITERS_SQL, Duration::from_secs(1))
+        .await
+        .expect("waiters");
+    let app = conn(&sim, &p).query_rows(sql::CLIENT_IDS_SQL, Duration::from_secs(1)).await.expect("ids");
+    assert_eq!(waiters, app, "the waiting application session, by id");
 
     // The global read lock of read_only waits for the commit in progress: primus' fence
     // (read_only first) times out...

@@ -85,6 +85,8 @@ pub(crate) enum WaitKind {
     SemiSync {
         generation: u64,
         upto: usize,
+        /// When the commit began to wait (PROCESSLIST's `TIME`).
+        since: Instant,
         deadline: Instant,
         /// Committed in the engine when the wait ends (`AFTER_SYNC`).
         prepared: Vec<TxnId>,
@@ -419,6 +421,7 @@ impl World {
                 kind: WaitKind::SemiSync {
                     generation: s.binlog.generation,
                     upto: s.binlog.entries.len(),
+                    since: now,
                     deadline,
                     prepared: if after_sync { ids } else { Vec::new() },
                     out,
