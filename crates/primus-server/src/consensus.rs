@@ -7,6 +7,7 @@ use openraft::impls::OneshotResponder;
 use openraft::RaftTypeConfig;
 use primus_types::{Member, NodeId, Request, Response};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// This node's view of the group, from Raft's metrics.
@@ -21,9 +22,11 @@ pub struct GroupView {
     pub is_leader: bool,
     /// On the leader: how long ago a quorum last acknowledged it.
     pub millis_since_quorum_ack: Option<u64>,
-    pub voters: BTreeSet<NodeId>,
+    /// Shared between views of one membership: [`Consensus::view`] is called on every
+    /// engine tick and lease renewal, and copying the sets each time was a measurable cost.
+    pub voters: Arc<BTreeSet<NodeId>>,
     /// Every member's gRPC address.
-    pub addrs: BTreeMap<NodeId, String>,
+    pub addrs: Arc<BTreeMap<NodeId, String>>,
 }
 
 impl GroupView {
@@ -76,21 +79,49 @@ where
 {
     raft: openraft::Raft<C>,
     view: watch::Receiver<GroupView>,
+    members: Arc<MembershipCache>,
 }
 
-fn view_of<C>(m: &openraft::RaftMetrics<NodeId, Member>) -> GroupView
+fn view_of<C>(m: &openraft::RaftMetrics<NodeId, Member>, cache: &MembershipCache) -> GroupView
 where
     C: RaftTypeConfig<D = Request, R = Response, NodeId = NodeId, Node = Member, Responder = OneshotResponder<C>>,
 {
-    let membership = m.membership_config.membership();
+    let (voters, addrs) = cache.members(&m.membership_config);
     GroupView {
         me: m.id,
         term: m.current_term,
         leader: m.current_leader,
         is_leader: m.state == openraft::ServerState::Leader,
         millis_since_quorum_ack: m.millis_since_quorum_ack,
-        voters: membership.voter_ids().collect(),
-        addrs: membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect(),
+        voters,
+        addrs,
+    }
+}
+
+/// The voters and addresses of the latest membership seen, by the log id it was
+/// committed at: rebuilt only when the membership changes.
+#[derive(Default)]
+struct MembershipCache(
+    Mutex<Option<(Option<openraft::LogId<NodeId>>, Arc<BTreeSet<NodeId>>, Arc<BTreeMap<NodeId, String>>)>>,
+);
+
+impl MembershipCache {
+    fn members(
+        &self,
+        stored: &openraft::StoredMembership<NodeId, Member>,
+    ) -> (Arc<BTreeSet<NodeId>>, Arc<BTreeMap<NodeId, String>>) {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, voters, addrs)) = c.as_ref() {
+            if at == stored.log_id() {
+                return (voters.clone(), addrs.clone());
+            }
+        }
+        let membership = stored.membership();
+        let voters: Arc<BTreeSet<NodeId>> = Arc::new(membership.voter_ids().collect());
+        let addrs: Arc<BTreeMap<NodeId, String>> =
+            Arc::new(membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect());
+        *c = Some((*stored.log_id(), voters.clone(), addrs.clone()));
+        (voters, addrs)
     }
 }
 
@@ -101,10 +132,12 @@ where
     /// Wraps `raft`; a task keeps the view current (it ends with Raft's metrics).
     pub fn new(raft: openraft::Raft<C>) -> RaftConsensus<C> {
         let mut metrics = raft.metrics();
-        let (tx, rx) = watch::channel(view_of::<C>(&metrics.borrow()));
+        let members = Arc::new(MembershipCache::default());
+        let (tx, rx) = watch::channel(view_of::<C>(&metrics.borrow(), &members));
+        let cache = members.clone();
         tokio::spawn(async move {
             while metrics.changed().await.is_ok() {
-                let v = view_of::<C>(&metrics.borrow());
+                let v = view_of::<C>(&metrics.borrow(), &cache);
                 tx.send_if_modified(|old| {
                     let changed = *old != v;
                     if changed {
@@ -114,7 +147,7 @@ where
                 });
             }
         });
-        RaftConsensus { raft, view: rx }
+        RaftConsensus { raft, view: rx, members }
     }
 
     pub fn raft(&self) -> &openraft::Raft<C> {
@@ -150,7 +183,7 @@ where
     fn view(&self) -> GroupView {
         // The metrics themselves, not the mapped copy: callers test leadership right
         // after a change (the mapping task may not have run yet).
-        view_of::<C>(&self.raft.metrics().borrow())
+        view_of::<C>(&self.raft.metrics().borrow(), &self.members)
     }
 
     fn watch(&self) -> watch::Receiver<GroupView> {

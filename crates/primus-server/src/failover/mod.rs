@@ -288,7 +288,7 @@ impl Engine {
     /// Build the decision input from every coordinator's latest views.
     pub fn input(&self, c: &ClusterRecord) -> ClusterInput {
         let now = self.now_ms();
-        let voters = self.consensus.view().voters;
+        let voters = (*self.consensus.view().voters).clone();
         let instances = c
             .topology
             .instances
