@@ -98,29 +98,27 @@ where
     }
 }
 
+/// The voters and addresses of one membership.
+type Members = (Arc<BTreeSet<NodeId>>, Arc<BTreeMap<NodeId, String>>);
+
 /// The voters and addresses of the latest membership seen, by the log id it was
 /// committed at: rebuilt only when the membership changes.
 #[derive(Default)]
-struct MembershipCache(
-    Mutex<Option<(Option<openraft::LogId<NodeId>>, Arc<BTreeSet<NodeId>>, Arc<BTreeMap<NodeId, String>>)>>,
-);
+struct MembershipCache(Mutex<Option<(Option<openraft::LogId<NodeId>>, Members)>>);
 
 impl MembershipCache {
-    fn members(
-        &self,
-        stored: &openraft::StoredMembership<NodeId, Member>,
-    ) -> (Arc<BTreeSet<NodeId>>, Arc<BTreeMap<NodeId, String>>) {
+    fn members(&self, stored: &openraft::StoredMembership<NodeId, Member>) -> Members {
         let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, voters, addrs)) = c.as_ref() {
+        if let Some((at, members)) = c.as_ref() {
             if at == stored.log_id() {
-                return (voters.clone(), addrs.clone());
+                return members.clone();
             }
         }
         let membership = stored.membership();
         let voters: Arc<BTreeSet<NodeId>> = Arc::new(membership.voter_ids().collect());
         let addrs: Arc<BTreeMap<NodeId, String>> =
             Arc::new(membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect());
-        *c = Some((*stored.log_id(), voters.clone(), addrs.clone()));
+        *c = Some((*stored.log_id(), (voters.clone(), addrs.clone())));
         (voters, addrs)
     }
 }
