@@ -71,14 +71,17 @@ pub(crate) async fn round_trip(
     let rx = {
         let mut w = sim.lock();
         let now = Instant::now();
-        w.advance(now);
+        w.advance_if_needed(now);
         let link = if local { Link::Up } else { w.link(from, addr) };
         match link {
             Link::Refused => {
                 return Err(Rt::Refused(format!("Can't connect to server on '{addr}' (111 \"Connection refused\")")))
             }
             Link::Silent => None,
-            Link::Up => Some(w.submit(addr, session, ident.clone(), req, now)?),
+            Link::Up => {
+                w.settled_at = None;
+                Some(w.submit(addr, session, ident.clone(), req, now)?)
+            }
         }
     };
     sim.wake();

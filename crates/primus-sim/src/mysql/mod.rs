@@ -349,7 +349,7 @@ async fn drive(weak: Weak<Shared>) {
         let now = Instant::now();
         let next = {
             let mut w = shared.world.lock().unwrap_or_else(|p| p.into_inner());
-            w.advance(now);
+            w.advance_if_needed(now);
             w.next_event(now)
         };
         // Never spin at one instant (timers have millisecond resolution anyway).
@@ -384,10 +384,27 @@ impl SimMysql {
         let out = {
             let mut w = self.lock();
             let now = Instant::now();
-            w.advance(now);
-            f(&mut w, now)
+            w.advance_if_needed(now);
+            let out = f(&mut w, now);
+            w.settled_at = None;
+            out
         };
         self.wake();
+        out
+    }
+
+    /// Read the world at this instant: like [`SimMysql::with`] for a reader that changes
+    /// nothing (the driver is woken only when bringing the world up to now moved it).
+    fn peek<T>(&self, f: impl FnOnce(&World, Instant) -> T) -> T {
+        let (out, moved) = {
+            let mut w = self.lock();
+            let now = Instant::now();
+            let moved = w.advance_if_needed(now);
+            (f(&w, now), moved)
+        };
+        if moved {
+            self.wake();
+        }
         out
     }
 
@@ -484,23 +501,23 @@ impl SimMysql {
 
     /// `addr`'s executed GTIDs now: MariaDB `gtid_current_pos`, MySQL `gtid_executed`.
     pub fn executed(&self, addr: &InstanceAddr) -> Result<AnyGtidSet, SimError> {
-        self.with(|w, _| w.server(addr).map(|s| s.executed_set()))
+        self.peek(|w, _| w.server(addr).map(|s| s.executed_set()))
     }
 
     /// `addr` is up (running, or paused: it takes writes again when resumed) and an
     /// application write would pass `read_only` (for invariants: cheaper than
     /// [`SimMysql::observe`]).
     pub fn writable(&self, addr: &InstanceAddr) -> Result<bool, SimError> {
-        self.with(|w, _| w.server(addr).map(|s| s.proc != ProcState::Crashed && !s.read_only && !s.super_read_only))
+        self.peek(|w, _| w.server(addr).map(|s| s.proc != ProcState::Crashed && !s.read_only && !s.super_read_only))
     }
 
     pub fn process_state(&self, addr: &InstanceAddr) -> Result<ProcState, SimError> {
-        self.with(|w, _| w.server(addr).map(|s| s.proc))
+        self.peek(|w, _| w.server(addr).map(|s| s.proc))
     }
 
     /// Application rows committed (visible) on `addr`.
     pub fn rows(&self, addr: &InstanceAddr) -> Result<BTreeSet<u64>, SimError> {
-        self.with(|w, _| w.server(addr).map(|s| s.data.rows.keys().copied().collect()))
+        self.peek(|w, _| w.server(addr).map(|s| s.data.rows.keys().copied().collect()))
     }
 
     /// Transactions committed on `addr`, by id.
@@ -563,7 +580,9 @@ impl SimMysql {
     /// The client side of a session closed (also from `Drop`: touches nothing but the
     /// session, and does not need a runtime).
     pub(crate) fn close_session(&self, addr: &InstanceAddr, key: SessionKey) {
-        self.lock().close_session(addr, key);
+        let mut w = self.lock();
+        w.close_session(addr, key);
+        w.settled_at = None;
         self.wake();
     }
 }

@@ -147,6 +147,9 @@ pub(crate) struct World {
     pub unmodelled: Vec<(InstanceAddr, String)>,
     /// Application clients' open sessions.
     pub app_sessions: BTreeMap<(u64, InstanceAddr), SessionKey>,
+    /// The instant of the last [`World::advance`] after which nothing changed: advancing
+    /// again at that instant would find nothing to do. Cleared by every change.
+    pub(crate) settled_at: Option<Instant>,
 }
 
 impl World {
@@ -161,6 +164,7 @@ impl World {
             txns: Vec::new(),
             unmodelled: Vec::new(),
             app_sessions: BTreeMap::new(),
+            settled_at: None,
         }
     }
 
@@ -217,8 +221,16 @@ impl World {
 
     /// Moves the whole world up to `now`: replication threads, then statements in progress,
     /// until nothing more happens at this instant.
-    pub fn advance(&mut self, now: Instant) {
+    /// [`World::advance`], unless nothing changed since the last advance at this instant
+    /// (the entry points call this: reads are frequent, and every change made through
+    /// them clears `settled_at`). True when the world moved.
+    pub fn advance_if_needed(&mut self, now: Instant) -> bool {
+        self.settled_at != Some(now) && self.advance(now)
+    }
+
+    pub fn advance(&mut self, now: Instant) -> bool {
         let addrs = self.order.clone();
+        let mut any = false;
         for _ in 0..64 {
             let mut progress = false;
             for a in addrs.iter() {
@@ -231,10 +243,13 @@ impl World {
                 progress |= self.step_delayed(a, now);
             }
             if !progress {
-                return;
+                self.settled_at = Some(now);
+                return any;
             }
+            any = true;
         }
         tracing::warn!("simulated servers still changing after 64 rounds at one instant");
+        any
     }
 
     /// Run the held requests of a running server that are due.
