@@ -26,6 +26,11 @@
 //!     *repoint* (all repoint steps), *heartbeat*;
 //!   - *raft commit*: `finished_at_ms` − the `complete` step's `at_ms`: the commit of one
 //!     record, with no MySQL work in between.
+//! * **kill -9 of the primary's mysqld and of the Raft leader's primusd together**
+//!   (`FAILOVER_LEADER_KILL_RUNS`, default 0; issue 14): the same measurement, but the
+//!   coordinator that would run the failover dies with the primary; the new leader must
+//!   be elected, see the primary dead and fail over. With agents, the primary's agent
+//!   lives and hands its lease back to whichever coordinator leads.
 //! * **switchover** (`FAILOVER_SWITCHOVER_RUNS`, default 3): a writer inserts rows into the
 //!   primary in a loop as an unprivileged user (so `read_only` applies to it), one row per
 //!   transaction, remembering every acknowledged row and the time of every failed attempt;
@@ -356,6 +361,8 @@ impl AnalysisWatch {
 enum Fault {
     Kill9,
     Stop,
+    /// kill -9 of the primary's mysqld and of the Raft leader's primusd at once.
+    Kill9WithLeader,
 }
 
 impl Fault {
@@ -363,6 +370,7 @@ impl Fault {
         match self {
             Fault::Kill9 => "kill9",
             Fault::Stop => "sigstop",
+            Fault::Kill9WithLeader => "kill9+leader",
         }
     }
 }
@@ -393,7 +401,7 @@ enum Failure {
 }
 
 async fn fault_run(fault: Fault, run: usize, t: Timing) -> Result<(FaultRun, Duration), Failure> {
-    let w = World::start(t).await.map_err(Failure::Setup)?;
+    let mut w = World::start(t).await.map_err(Failure::Setup)?;
     let setup = w.setup;
     // Spread the fault over the probe schedule: primusd probes every instance on a fixed
     // tick, and the bench's setup is regular enough that without this every run would hit
@@ -401,7 +409,7 @@ async fn fault_run(fault: Fault, run: usize, t: Timing) -> Result<(FaultRun, Dur
     let phase = (run as f64 * 0.618_034).fract();
     let jitter = Duration::from_millis((phase * t.probe_interval_ms as f64) as u64);
     tokio::time::sleep(jitter).await;
-    let r = measure_fault(&w, fault).await;
+    let r = measure_fault(&mut w, fault).await;
     if fault == Fault::Stop {
         let _ = w.sandbox.primary().sigcont();
     }
@@ -414,21 +422,29 @@ async fn fault_run(fault: Fault, run: usize, t: Timing) -> Result<(FaultRun, Dur
     }
 }
 
-async fn measure_fault(w: &World, fault: Fault) -> Result<FaultRun> {
+async fn measure_fault(w: &mut World, fault: Fault) -> Result<FaultRun> {
     let client = w.client()?;
     let rows_before = w.sandbox.primary().test_row_count().await?;
     let old = w.sandbox.primary().addr();
     let watch_client = w.group.client(Duration::from_secs(2))?;
 
+    let leader = match fault {
+        Fault::Kill9WithLeader => Some(w.group.wait_leader(&[], Duration::from_secs(5)).await?.0),
+        _ => None,
+    };
     let t0_wall = wall_ms();
     let watch = AnalysisWatch::start(watch_client, t0_wall);
     let t0 = Instant::now();
     match fault {
         Fault::Kill9 => w.sandbox.primary().kill9()?,
         Fault::Stop => w.sandbox.primary().sigstop()?,
+        Fault::Kill9WithLeader => {
+            w.sandbox.primary().kill9()?;
+            w.group.kill9(leader.ok_or_else(|| anyhow!("no leader"))?)?;
+        }
     }
     let limit = match fault {
-        Fault::Kill9 => Duration::from_secs(10),
+        Fault::Kill9 | Fault::Kill9WithLeader => Duration::from_secs(10),
         Fault::Stop => Duration::from_secs(20),
     };
     let mut writable: Option<(Instance, Instant)> = None;
@@ -768,12 +784,17 @@ enum Kind {
 }
 
 /// Interleave the runs so that a cut by the time budget leaves every kind represented.
-fn schedule(kill: usize, stop: usize, switchover: usize) -> Vec<Kind> {
-    let kinds = [(Kind::Fault(Fault::Kill9), kill), (Kind::Fault(Fault::Stop), stop), (Kind::Switchover, switchover)];
-    let mut done = [0usize; 3];
+fn schedule(kill: usize, stop: usize, switchover: usize, with_leader: usize) -> Vec<Kind> {
+    let kinds = [
+        (Kind::Fault(Fault::Kill9), kill),
+        (Kind::Fault(Fault::Stop), stop),
+        (Kind::Switchover, switchover),
+        (Kind::Fault(Fault::Kill9WithLeader), with_leader),
+    ];
+    let mut done = [0usize; 4];
     let mut out = Vec::new();
-    for _ in 0..kill + stop + switchover {
-        let k = (0..3)
+    for _ in 0..kill + stop + switchover + with_leader {
+        let k = (0..4)
             .filter(|k| done[*k] < kinds[*k].1)
             .min_by(|a, b| {
                 let ra = done[*a] as f64 / kinds[*a].1 as f64;
@@ -801,12 +822,14 @@ async fn main() -> Result<()> {
     let kill_runs: usize = env_or("FAILOVER_KILL_RUNS", 20);
     let stop_runs: usize = env_or("FAILOVER_STOP_RUNS", 10);
     let sw_runs: usize = env_or("FAILOVER_SWITCHOVER_RUNS", 3);
+    let leader_runs: usize = env_or("FAILOVER_LEADER_KILL_RUNS", 0);
     let budget = Duration::from_secs(env_or("FAILOVER_BUDGET_SECS", 540));
     let t = DEFAULT_TIMING;
     println!(
         "failover_time config: [mysql] probe_interval_ms={} query_timeout_ms={} connect_timeout_ms={} \
          heartbeat_interval_ms={} (primusd defaults); [failover] and [raft] defaults; MariaDB {}; 3 coordinators, \
-         primary + 2 replicas; agents: {}; runs: kill9={kill_runs} sigstop={stop_runs} switchover={sw_runs}; \
+         primary + 2 replicas; agents: {}; runs: kill9={kill_runs} sigstop={stop_runs} switchover={sw_runs} \
+         kill9+leader={leader_runs}; \
          budget {} s",
         t.probe_interval_ms,
         t.query_timeout_ms,
@@ -820,15 +843,18 @@ async fn main() -> Result<()> {
     let began = Instant::now();
     let mut kill: Vec<FaultRun> = Vec::new();
     let mut stop: Vec<FaultRun> = Vec::new();
+    let mut with_leader: Vec<FaultRun> = Vec::new();
     let mut sw: Vec<SwitchoverRun> = Vec::new();
-    // [failed after the fault, setup errors, skipped] per kind: kill9, sigstop, switchover.
-    let mut counts = [[0usize; 3]; 3];
-    let mut n = [0usize; 3];
-    for kind in schedule(kill_runs, stop_runs, sw_runs) {
+    // [failed after the fault, setup errors, skipped] per kind: kill9, sigstop, switchover,
+    // kill9+leader.
+    let mut counts = [[0usize; 3]; 4];
+    let mut n = [0usize; 4];
+    for kind in schedule(kill_runs, stop_runs, sw_runs, leader_runs) {
         let k = match kind {
             Kind::Fault(Fault::Kill9) => 0,
             Kind::Fault(Fault::Stop) => 1,
             Kind::Switchover => 2,
+            Kind::Fault(Fault::Kill9WithLeader) => 3,
         };
         n[k] += 1;
         let run = n[k];
@@ -840,7 +866,12 @@ async fn main() -> Result<()> {
             Kind::Fault(fault) => match fault_run(fault, run, t).await {
                 Ok((r, setup)) => {
                     println!("{}", fault_line(fault, run, &r, setup));
-                    if fault == Fault::Kill9 { &mut kill } else { &mut stop }.push(r);
+                    match fault {
+                        Fault::Kill9 => &mut kill,
+                        Fault::Stop => &mut stop,
+                        Fault::Kill9WithLeader => &mut with_leader,
+                    }
+                    .push(r);
                     None
                 }
                 Err(f) => Some(f),
@@ -870,7 +901,7 @@ async fn main() -> Result<()> {
                 Err(f) => Some(f),
             },
         };
-        let label = ["kill9", "sigstop", "switchover"][k];
+        let label = ["kill9", "sigstop", "switchover", "kill9+leader"][k];
         match failure {
             None => {}
             Some(Failure::Setup(e)) => {
@@ -887,6 +918,9 @@ async fn main() -> Result<()> {
     println!("failover_time: {} runs in {:.0} s", n.iter().sum::<usize>(), began.elapsed().as_secs_f64());
     fault_summary(Fault::Kill9, &kill, counts[0][0], counts[0][1], counts[0][2]);
     fault_summary(Fault::Stop, &stop, counts[1][0], counts[1][1], counts[1][2]);
+    if leader_runs > 0 {
+        fault_summary(Fault::Kill9WithLeader, &with_leader, counts[3][0], counts[3][1], counts[3][2]);
+    }
     let windows: Vec<Duration> = sw.iter().map(|r| r.window).collect();
     let gaps: Vec<Duration> = sw.iter().map(|r| r.max_gap).collect();
     println!(
@@ -907,5 +941,9 @@ async fn main() -> Result<()> {
     goal("kill9 p99", quantile_ms(&totals(&kill), 0.99), 1500.0, counts[0][0]);
     goal("sigstop p50", quantile_ms(&totals(&stop), 0.5), 3000.0, counts[1][0]);
     goal("switchover unavailability max", quantile_ms(&windows, 1.0), 1000.0, counts[2][0]);
+    if leader_runs > 0 {
+        // Issue 14's goal, with agents on.
+        goal("kill9+leader p50", quantile_ms(&totals(&with_leader), 0.5), 1200.0, counts[3][0]);
+    }
     Ok(())
 }
