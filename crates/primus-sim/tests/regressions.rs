@@ -370,3 +370,26 @@ fn no_loss_mode_rechecks_the_candidate_right_before_the_promotion() {
     let out = run(o, "@3000 pause db1; @4810 cut db1 db2; @4850 resume db1");
     assert!(out.trace.iter().any(|l| l.contains("no-loss mode: not promoted")), "{}", report(&out));
 }
+
+/// Issue 14 (found by the nemesis, now in the agent's own loop that the simulator runs):
+/// a primary frozen (SIGSTOP) long before its failover starts gets one short fence
+/// attempt, then its agent kills it — not the whole 500 ms fence timeout again, counted
+/// from the decision.
+#[test]
+fn a_primary_frozen_long_before_its_failover_is_killed_by_its_agent_after_one_short_attempt() {
+    let out = run(shape(2, false, 2), "@3000 pause db1");
+    let line = out
+        .trace
+        .iter()
+        .find(|l| l.contains("agent[instance=db1:3306]") && l.contains("ESCALATED"))
+        .unwrap_or_else(|| panic!("no escalation\n{}", report(&out)));
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    assert!(field("attempt_ms=") <= 100, "{line}");
+    assert!(field("waited_ms=") >= 500, "{line}");
+    assert_eq!(out.failovers, 1, "{}", report(&out));
+}
