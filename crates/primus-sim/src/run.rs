@@ -938,25 +938,46 @@ fn all_parties(h: &Harness) -> Vec<Party> {
 
 /// An application client: finds the primary as primus-client does (asks a coordinator,
 /// moving to the next when one does not answer) and writes unique rows to it.
+/// An application client, following the primary as docs/clients.md tells applications to:
+/// connect with a `LINEARIZABLE` GetPrimary, follow with the watch (the answering node's
+/// applied `primary_state`, as `STALE` reads and `WatchPrimary` events give it), and ask
+/// again with `LINEARIZABLE` when a write fails. A linearizable read is answered when the
+/// node reached is, or can reach, a leader that has heard from a quorum (a follower
+/// forwards it), from that leader's applied state; otherwise the next endpoint is tried.
 async fn client_loop(h: Arc<Harness>, id: u64, mut rng: StdRng) {
     let mut endpoint = id as usize;
     let n = h.opts.coordinators as NodeId;
+    let mut linearizable = true;
     loop {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(10..40))).await;
         let to = (endpoint % n as usize) as NodeId + 1;
-        // GetPrimary (stale read: what a client's cached watch gives).
         let primary = if h.blocked(&Party::Apps, &Party::Coord(to)) {
             None
         } else {
             let coords = h.coords.lock().await;
-            coords.get(&to).filter(|c| !c.gate.paused()).and_then(|c| c.running.as_ref()).and_then(|r| {
-                r.state.read(|s| s.registry.clusters.get(&h.cluster).and_then(|c| c.topology.primary.clone()))
+            let reachable = |c: &SimCoordinator| !c.gate.paused() && c.running.is_some();
+            let node = coords.get(&to).filter(|c| reachable(c));
+            let answering = if linearizable {
+                let window = h.cfg.raft.election_timeout_min_ms;
+                node.and_then(|_| {
+                    coords.values().find(|l| {
+                        reachable(l)
+                            && l.running.as_ref().is_some_and(|r| r.consensus.view().leads_with_quorum(window))
+                            && (l.id == to || !h.blocked(&Party::Coord(to), &Party::Coord(l.id)))
+                    })
+                })
+            } else {
+                node
+            };
+            answering.and_then(|c| c.running.as_ref()).and_then(|r| {
+                r.state.read(|s| s.registry.clusters.get(&h.cluster).and_then(|c| c.primary_state().primary))
             })
         };
         let Some(primary) = primary else {
             endpoint += 1;
             continue;
         };
+        linearizable = false;
         let row = (id << 40) | rng.gen_range(0..(1u64 << 39));
         match tokio::time::timeout(Duration::from_secs(1), h.sim.app_write(id, &primary, row)).await {
             Ok(Ok(ack)) => {
@@ -965,9 +986,11 @@ async fn client_loop(h: Arc<Harness>, id: u64, mut rng: StdRng) {
             }
             Ok(Err(AppError::ConnectionLost)) | Err(_) => {
                 h.log.lock().unwrap_or_else(PoisonError::into_inner).unknown += 1;
+                linearizable = true;
             }
             Ok(Err(_)) => {
                 h.log.lock().unwrap_or_else(PoisonError::into_inner).failed += 1;
+                linearizable = true;
                 endpoint += 1;
             }
         }
