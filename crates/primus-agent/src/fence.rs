@@ -179,30 +179,6 @@ impl LocalMysql {
     }
 }
 
-impl LocalMysql {
-    /// [`LocalMysql::fence`] until confirmed within `bound`: statement timeouts are
-    /// shorter than the fence's own bound, so a timed-out statement is retried on a
-    /// fresh connection until then. `Err(Timeout)` means mysqld did not confirm the
-    /// fence in time (the caller escalates).
-    pub async fn fence_within(&mut self, bound: Duration) -> Result<FenceReport, FenceError> {
-        let attempt = async {
-            loop {
-                match self.fence().await {
-                    Err(FenceError::Timeout { .. }) => continue,
-                    other => return other,
-                }
-            }
-        };
-        match tokio::time::timeout(bound, attempt).await {
-            Ok(r) => r,
-            Err(_) => {
-                self.reset();
-                Err(FenceError::Timeout { what: "the fence".into(), after_ms: bound.as_millis() })
-            }
-        }
-    }
-}
-
 const CLIENTS_SQL: &str = "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() \
      AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Slave_IO', 'Slave_SQL', 'Slave_worker') \
      AND USER NOT IN ('system user', 'event_scheduler')";

@@ -20,11 +20,33 @@ use tokio::time::Instant;
 pub trait LocalServer: Send + 'static {
     /// `read_only` as the server reports it now.
     async fn writability(&mut self) -> Result<Writability, FenceError>;
-    /// Make the server read-only and kill its clients, confirmed within `bound`;
-    /// `Err(Timeout)` when mysqld did not confirm in time (the caller escalates).
-    async fn fence_within(&mut self, bound: Duration) -> Result<FenceReport, FenceError>;
+    /// One attempt to make the server read-only and kill its clients, each statement
+    /// bounded by the query timeout.
+    async fn fence(&mut self) -> Result<FenceReport, FenceError>;
     /// Drop the connection (a timed-out statement may still be running on it).
     fn reset(&mut self);
+
+    /// [`LocalServer::fence`] until confirmed within `bound`: statement timeouts are
+    /// shorter than the fence's own bound, so a timed-out statement is retried on a fresh
+    /// connection until then. `Err(Timeout)` means mysqld did not confirm the fence in
+    /// time (the caller escalates).
+    async fn fence_within(&mut self, bound: Duration) -> Result<FenceReport, FenceError> {
+        let attempt = async {
+            loop {
+                match self.fence().await {
+                    Err(FenceError::Timeout { .. }) => continue,
+                    other => return other,
+                }
+            }
+        };
+        match tokio::time::timeout(bound, attempt).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.reset();
+                Err(FenceError::Timeout { what: "the fence".into(), after_ms: bound.as_millis() })
+            }
+        }
+    }
 }
 
 /// The coordinators, addressed one endpoint at a time (`i` modulo [`Coordinators::count`]):
@@ -84,8 +106,8 @@ impl LocalServer for LocalMysql {
         LocalMysql::writability(self).await
     }
 
-    async fn fence_within(&mut self, bound: Duration) -> Result<FenceReport, FenceError> {
-        LocalMysql::fence_within(self, bound).await
+    async fn fence(&mut self) -> Result<FenceReport, FenceError> {
+        LocalMysql::fence(self).await
     }
 
     fn reset(&mut self) {

@@ -20,6 +20,7 @@
 
 use crate::config::Config;
 use crate::fence::{self, Escalated, FenceError, LocalMysql};
+use crate::seams::LocalServer;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::time::Instant;

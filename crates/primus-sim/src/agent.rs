@@ -285,7 +285,7 @@ impl SimLocal {
         SimLocal { sim: sim.clone(), addr: addr.clone(), connector, conn }
     }
 
-    async fn fence(&mut self) -> Result<FenceReport, FenceError> {
+    async fn fence_once(&mut self) -> Result<FenceReport, FenceError> {
         let w = self.writability_inner().await?;
         let was_writable = w.writable();
         if !was_writable && w.super_read_only != Some(false) {
@@ -360,27 +360,12 @@ impl LocalServer for SimLocal {
         r
     }
 
-    async fn fence_within(&mut self, bound: Duration) -> Result<FenceReport, FenceError> {
-        let attempt = async {
-            loop {
-                match self.fence().await {
-                    Err(FenceError::Timeout { .. }) => continue,
-                    other => return other,
-                }
-            }
-        };
-        match tokio::time::timeout(bound, attempt).await {
-            Ok(r) => {
-                if r.is_err() {
-                    self.reset();
-                }
-                r
-            }
-            Err(_) => {
-                self.reset();
-                Err(FenceError::Timeout { what: "the fence".into(), after_ms: bound.as_millis() })
-            }
+    async fn fence(&mut self) -> Result<FenceReport, FenceError> {
+        let r = self.fence_once().await;
+        if r.is_err() {
+            self.reset();
         }
+        r
     }
 
     fn reset(&mut self) {
