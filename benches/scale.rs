@@ -116,6 +116,15 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(get(14)? + get(15)?)
 }
 
+/// Busy clock ticks of the whole machine (all CPUs: /proc/stat minus idle and iowait).
+fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().take(8).sum();
+    total.saturating_sub(v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0))
+}
+
 /// (VmRSS, VmHWM) of `pid` in KiB.
 fn rss_kib(pid: u32) -> Result<(u64, u64)> {
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("/proc/{pid}/status"))?;
@@ -185,7 +194,7 @@ impl Coordinators {
 
 /// Registers every cluster of `farm` (its primary as the seed), 8 at a time, as
 /// `primusctl cluster add` does.
-async fn register_all(client: &Arc<Client>, farm: &Farm) -> Result<Duration> {
+async fn register_all(client: &Arc<Client>, farm: &Farm) -> Result<(Duration, u32)> {
     let t0 = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(8));
     let mut set = tokio::task::JoinSet::new();
@@ -195,16 +204,31 @@ async fn register_all(client: &Arc<Client>, farm: &Farm) -> Result<Duration> {
         let permit = sem.clone().acquire_owned().await?;
         set.spawn(async move {
             let _permit = permit;
-            client
-                .register_cluster(&cluster_name(c), &[seed], ClusterSettings::default())
-                .await
-                .with_context(|| format!("register {}", cluster_name(c)))
+            // As an operator would: `cluster add` again when discovery timed out on an
+            // overloaded coordinator ("nothing was registered").
+            let mut retries = 0u32;
+            loop {
+                match client
+                    .register_cluster(&cluster_name(c), std::slice::from_ref(&seed), ClusterSettings::default())
+                    .await
+                {
+                    Ok(_) => return Ok(retries),
+                    Err(e) if e.to_string().to_lowercase().contains("already") && retries > 0 => return Ok(retries),
+                    Err(e) if retries < 10 => {
+                        eprintln!("register {}: {e}; again in 2 s", cluster_name(c));
+                        retries += 1;
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    Err(e) => return Err(anyhow!("register {}: {e}", cluster_name(c))),
+                }
+            }
         });
     }
+    let mut retries = 0;
     while let Some(r) = set.join_next().await {
-        r??;
+        retries += r??;
     }
-    Ok(t0.elapsed())
+    Ok((t0.elapsed(), retries))
 }
 
 /// `name value` of every series of `metric` (`name{labels} value` lines).
@@ -526,10 +550,10 @@ async fn single(rep: &mut Report, kills: usize, baseline: Option<&[FailoverResul
     let n = farm.instances();
     println!("farm: {n} fake servers up in {:.1} s", t_farm.elapsed().as_secs_f64());
     let co = Coordinators::start(1).await?;
-    let reg = register_all(&co.client, &farm).await?;
+    let (reg, retries) = register_all(&co.client, &farm).await?;
     rep.add(
         format!("single: register {clusters} clusters (discovery + Raft commit each, 8 at a time)"),
-        format!("{:.1} s", reg.as_secs_f64()),
+        format!("{:.1} s ({retries} retried after a discovery timeout)", reg.as_secs_f64()),
     );
     let up = wait_all_up(&co, 1, n, Duration::from_secs(180)).await?;
     println!("single: all {n} instances up {:.1} s after registration", up.as_secs_f64());
@@ -537,11 +561,22 @@ async fn single(rep: &mut Report, kills: usize, baseline: Option<&[FailoverResul
     let bench_pid = std::process::id();
     let hz = clock_ticks();
     let bench_cpu0 = cpu_ticks(bench_pid)?;
+    let busy0 = machine_busy_ticks();
     let t_steady = Instant::now();
     farm.set_phase(1);
     let figs = steady(&co, secs).await?;
     farm.set_phase(2);
-    let bench_cores = (cpu_ticks(bench_pid)? - bench_cpu0) as f64 / hz / t_steady.elapsed().as_secs_f64();
+    let el = t_steady.elapsed().as_secs_f64();
+    let bench_cores = (cpu_ticks(bench_pid)? - bench_cpu0) as f64 / hz / el;
+    let busy = (machine_busy_ticks() - busy0) as f64 / hz / el;
+    let primusd_cores: f64 = figs.iter().map(|f| f.cores).sum();
+    rep.add(
+        "single: machine CPU during the steady window",
+        format!(
+            "{busy:.2} of 2 cores busy: primusd {primusd_cores:.2}, fake servers {bench_cores:.2}, other processes {:.2}",
+            (busy - primusd_cores - bench_cores).max(0.0)
+        ),
+    );
     farm_lines(rep, &format!("single ({n} instances, {secs} s)"), &farm, 1);
     node_lines(rep, &format!("single ({n} instances, {secs} s)"), &figs);
     rep.add("single: the fake servers' own CPU (this process)", format!("{bench_cores:.2} cores"));
@@ -560,33 +595,46 @@ async fn single(rep: &mut Report, kills: usize, baseline: Option<&[FailoverResul
 
     // Failovers under load: one at a time.
     let singles: Vec<usize> = (0..kills).map(|k| clusters - 1 - k).collect();
-    let rs = one_at_a_time(&farm, &co.client, &singles).await?;
-    check_one_promotion(&rs)?;
-    rep.add(format!("single: failover under load ({n} instances)"), failover_line(&rs));
-    if let Some(b) = baseline {
-        let mut bw: Vec<f64> = b.iter().map(|r| ms(r.to_writable)).collect();
-        let mut lw: Vec<f64> = rs.iter().map(|r| ms(r.to_writable)).collect();
-        let (b50, l50) = (q(&mut bw, 0.5), q(&mut lw, 0.5));
-        rep.add(
-            "single: under load − no load (p50)",
-            format!("{:+.0} ms (goal ≤ +100 ms: {})", l50 - b50, if l50 - b50 <= 100.0 { "met" } else { "MISSED" }),
-        );
+    match one_at_a_time(&farm, &co.client, &singles).await.and_then(|rs| check_one_promotion(&rs).map(|_| rs)) {
+        Ok(rs) => {
+            rep.add(format!("single: failover under load ({n} instances)"), failover_line(&rs));
+            if let Some(b) = baseline {
+                let mut bw: Vec<f64> = b.iter().map(|r| ms(r.to_writable)).collect();
+                let mut lw: Vec<f64> = rs.iter().map(|r| ms(r.to_writable)).collect();
+                let (b50, l50) = (q(&mut bw, 0.5), q(&mut lw, 0.5));
+                rep.add(
+                    "single: under load − no load (p50)",
+                    format!(
+                        "{:+.0} ms (goal ≤ +100 ms: {})",
+                        l50 - b50,
+                        if l50 - b50 <= 100.0 { "met" } else { "MISSED" }
+                    ),
+                );
+            }
+        }
+        Err(e) => rep.add(format!("single: failover under load ({n} instances)"), format!("FAILED: {e:#}")),
     }
 
     // Item 4: many primaries at once.
     farm.set_phase(3);
     let victims: Vec<usize> = (0..mass).map(|k| k * (clusters - kills) / mass.max(1)).collect();
-    let rs = kill_and_measure(&farm, &co.client, &victims).await?;
-    check_one_promotion(&rs)?;
-    rep.add(format!("single: {mass} primaries killed at once ({n} instances)"), failover_line(&rs));
-    rep.add(
-        format!("single: {mass} at once, promotions"),
-        format!(
-            "{} clusters failed over, {} with exactly one promotion and one record",
-            rs.len(),
-            rs.iter().filter(|r| r.promotions == 1 && r.records == 1).count()
-        ),
-    );
+    match kill_and_measure(&farm, &co.client, &victims).await {
+        Ok(rs) => {
+            rep.add(format!("single: {mass} primaries killed at once ({n} instances)"), failover_line(&rs));
+            rep.add(
+                format!("single: {mass} at once, promotions"),
+                format!(
+                    "{} clusters failed over, {} with exactly one promotion and one record",
+                    rs.len(),
+                    rs.iter().filter(|r| r.promotions == 1 && r.records == 1).count()
+                ),
+            );
+            if let Err(e) = check_one_promotion(&rs) {
+                rep.add(format!("single: {mass} at once"), format!("FAILED: {e:#}"));
+            }
+        }
+        Err(e) => rep.add(format!("single: {mass} primaries killed at once ({n} instances)"), format!("FAILED: {e:#}")),
+    }
     farm_lines(rep, "single (during the failovers)", &farm, 2);
     let (rss, hwm) = rss_kib(co.pids().first().map(|p| p.1).unwrap_or(0))?;
     rep.add(
@@ -606,23 +654,37 @@ async fn group(rep: &mut Report, kills: usize) -> Result<()> {
     let farm = Farm::start(clusters, 4).await?;
     let n = farm.instances();
     let co = Coordinators::start(3).await?;
-    let reg = register_all(&co.client, &farm).await?;
-    rep.add(format!("group: register {clusters} clusters"), format!("{:.1} s", reg.as_secs_f64()));
+    let (reg, retries) = register_all(&co.client, &farm).await?;
+    rep.add(format!("group: register {clusters} clusters"), format!("{:.1} s ({retries} retried)", reg.as_secs_f64()));
     for id in 1..=3 {
         wait_all_up(&co, id, n, Duration::from_secs(180)).await?;
     }
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (leader, _) = co.group.wait_leader(&[], Duration::from_secs(10)).await?;
     farm.set_phase(11);
+    let (hz, bench_pid) = (clock_ticks(), std::process::id());
+    let (bench_cpu0, busy0, t_steady) = (cpu_ticks(bench_pid)?, machine_busy_ticks(), Instant::now());
     let figs = steady(&co, secs).await?;
     farm.set_phase(12);
+    let el = t_steady.elapsed().as_secs_f64();
+    let bench_cores = (cpu_ticks(bench_pid)? - bench_cpu0) as f64 / hz / el;
+    let busy = (machine_busy_ticks() - busy0) as f64 / hz / el;
+    let primusd_cores: f64 = figs.iter().map(|f| f.cores).sum();
+    rep.add(
+        "group: machine CPU during the steady window",
+        format!(
+            "{busy:.2} of 2 cores busy: 3 primusd {primusd_cores:.2}, fake servers {bench_cores:.2}, other processes {:.2}",
+            (busy - primusd_cores - bench_cores).max(0.0)
+        ),
+    );
     let label = format!("group (3 nodes, {n} instances, {secs} s, leader node {leader})");
     farm_lines(rep, &label, &farm, 11);
     node_lines(rep, &label, &figs);
     let singles: Vec<usize> = (0..kills.min(clusters)).collect();
-    let rs = one_at_a_time(&farm, &co.client, &singles).await?;
-    check_one_promotion(&rs)?;
-    rep.add(format!("group: failover under load ({n} instances, 3 nodes)"), failover_line(&rs));
+    match one_at_a_time(&farm, &co.client, &singles).await.and_then(|rs| check_one_promotion(&rs).map(|_| rs)) {
+        Ok(rs) => rep.add(format!("group: failover under load ({n} instances, 3 nodes)"), failover_line(&rs)),
+        Err(e) => rep.add(format!("group: failover under load ({n} instances, 3 nodes)"), format!("FAILED: {e:#}")),
+    }
     Ok(())
 }
 
@@ -644,13 +706,20 @@ async fn main() -> Result<()> {
     let mut rep = Report { rows: Vec::new() };
     let mut base = None;
     if parts.contains("baseline") {
-        base = Some(baseline(&mut rep, kills).await?);
+        match baseline(&mut rep, kills).await {
+            Ok(b) => base = Some(b),
+            Err(e) => rep.add("baseline", format!("FAILED: {e:#}")),
+        }
     }
     if parts.contains("single") {
-        single(&mut rep, kills, base.as_deref()).await?;
+        if let Err(e) = single(&mut rep, kills, base.as_deref()).await {
+            rep.add("single", format!("FAILED: {e:#}"));
+        }
     }
     if parts.contains("group") {
-        group(&mut rep, kills).await?;
+        if let Err(e) = group(&mut rep, kills).await {
+            rep.add("group", format!("FAILED: {e:#}"));
+        }
     }
     println!("\n| figure | value |\n|---|---|");
     for (k, v) in &rep.rows {

@@ -454,8 +454,17 @@ async fn connection(stream: TcpStream, shim: Shim, mut kill: watch::Receiver<boo
         return;
     }
     let (r, w) = stream.into_split();
-    let w =
-        MoreResults { inner: w, pending: shim.more.clone(), header: [0; 4], got: 0, left: 0, offset: 0, patch: false };
+    // opensrv writes every packet on its own and flushes after each command: buffered, a
+    // probe answer (~100 packets) is one send instead of ~100.
+    let w = MoreResults {
+        inner: tokio::io::BufWriter::with_capacity(32 * 1024, w),
+        pending: shim.more.clone(),
+        header: [0; 4],
+        got: 0,
+        left: 0,
+        offset: 0,
+        patch: false,
+    };
     tokio::select! {
         _ = AsyncMysqlIntermediary::run_on(shim, r, w) => {}
         _ = kill.wait_for(|k| *k) => {}
