@@ -289,6 +289,16 @@ fn raft_index(text: &str) -> (f64, f64) {
     (g("primus_raft_commit_index "), g("primus_raft_applied_index "))
 }
 
+/// Copies node `id`'s log next to the bench's temporary files (the group's directory goes
+/// with it).
+fn keep_log(co: &Coordinators, id: u64) {
+    let to = std::env::temp_dir().join(format!("primus-scale-{}-node{id}.log", std::process::id()));
+    match std::fs::copy(&co.group.node(id).log_path, &to) {
+        Ok(_) => println!("primusd log of node {id} kept in {}", to.display()),
+        Err(e) => println!("cannot keep the log of node {id}: {e}"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Failovers
 // ---------------------------------------------------------------------------------------------
@@ -302,6 +312,8 @@ struct FailoverResult {
     final_commit_ms: Option<u64>,
     promotions: u32,
     records: usize,
+    /// Every record of the cluster: id, outcome, reason.
+    outcomes: String,
 }
 
 /// Kills the primaries of `clusters` at the same moment and waits for each to be replaced by
@@ -380,6 +392,12 @@ async fn kill_and_measure(farm: &Farm, client: &Client, clusters: &[usize]) -> R
             final_commit_ms: complete.zip(f.finished_at_ms).map(|(c, fin)| fin.saturating_sub(c)),
             promotions,
             records: h.failovers.len(),
+            outcomes: h
+                .failovers
+                .iter()
+                .map(|f| format!("{} {} → {} {} {}", f.id, f.old_primary, f.candidate, f.outcome, f.outcome_reason))
+                .collect::<Vec<_>>()
+                .join("; "),
         });
     }
     Ok(out)
@@ -404,10 +422,11 @@ fn check_one_promotion(rs: &[FailoverResult]) -> Result<()> {
     for r in rs {
         if r.promotions != 1 || r.records != 1 {
             bail!(
-                "{}: {} instances made writable, {} failover records (want exactly one of each)",
+                "{}: {} instances made writable, {} failover records (want exactly one of each): {}",
                 cluster_name(r.cluster),
                 r.promotions,
-                r.records
+                r.records,
+                r.outcomes
             );
         }
     }
@@ -631,6 +650,7 @@ async fn single(rep: &mut Report, kills: usize, baseline: Option<&[FailoverResul
             );
             if let Err(e) = check_one_promotion(&rs) {
                 rep.add(format!("single: {mass} at once"), format!("FAILED: {e:#}"));
+                keep_log(&co, 1);
             }
         }
         Err(e) => rep.add(format!("single: {mass} primaries killed at once ({n} instances)"), format!("FAILED: {e:#}")),
