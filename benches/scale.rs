@@ -655,6 +655,18 @@ async fn single(rep: &mut Report, kills: usize, baseline: Option<&[FailoverResul
         }
         Err(e) => rep.add(format!("single: {mass} primaries killed at once ({n} instances)"), format!("FAILED: {e:#}")),
     }
+    // Nothing else may have failed over: the node's failover gauges (from the replicated
+    // history) must add up to the primaries killed.
+    let text = co.metrics(1).await?;
+    let recorded: f64 = series(&text, "primus_failovers{").iter().map(|(_, v)| v).sum();
+    rep.add(
+        "single: failover records in all 1,000 clusters",
+        format!(
+            "{recorded:.0} for {} primaries killed{}",
+            kills + mass,
+            if recorded as usize == kills + mass { "" } else { " (MISMATCH)" }
+        ),
+    );
     farm_lines(rep, "single (during the failovers)", &farm, 2);
     let (rss, hwm) = rss_kib(co.pids().first().map(|p| p.1).unwrap_or(0))?;
     rep.add(
@@ -701,10 +713,17 @@ async fn group(rep: &mut Report, kills: usize) -> Result<()> {
     farm_lines(rep, &label, &farm, 11);
     node_lines(rep, &label, &figs);
     let singles: Vec<usize> = (0..kills.min(clusters)).collect();
+    let killed = singles.len();
     match one_at_a_time(&farm, &co.client, &singles).await.and_then(|rs| check_one_promotion(&rs).map(|_| rs)) {
         Ok(rs) => rep.add(format!("group: failover under load ({n} instances, 3 nodes)"), failover_line(&rs)),
         Err(e) => rep.add(format!("group: failover under load ({n} instances, 3 nodes)"), format!("FAILED: {e:#}")),
     }
+    let text = co.metrics(leader).await?;
+    let recorded: f64 = series(&text, "primus_failovers{").iter().map(|(_, v)| v).sum();
+    rep.add(
+        format!("group: failover records in all {clusters} clusters"),
+        format!("{recorded:.0} for {killed} primaries killed"),
+    );
     Ok(())
 }
 
