@@ -25,6 +25,12 @@ use std::sync::Mutex;
 pub const PROBE_BUCKETS: [f64; 14] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0];
 
+/// Buckets of the interval between two scheduled probes of one instance, seconds: around
+/// the default 1 s probe interval, finer near it; above 1.5 × the interval a tick was late,
+/// at 2 × one was missed.
+pub const PROBE_INTERVAL_BUCKETS: [f64; 16] =
+    [0.25, 0.5, 0.9, 0.95, 0.99, 1.01, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0];
+
 pub struct Metrics {
     registry: Registry,
     /// Open `WatchPrimary` streams on this node (inc when one opens, dec when it ends).
@@ -33,6 +39,9 @@ pub struct Metrics {
     pub probe_duration: HistogramVec,
     /// This node's failed probes, by instance and error kind (`ProbeError::kind`).
     pub probe_errors: IntCounterVec,
+    /// Time between the starts of two consecutive *scheduled* probes of one instance (all
+    /// instances in one series: a per-instance histogram would be 16 series per instance).
+    pub probe_interval: prometheus::Histogram,
     raft_term: IntGauge,
     raft_is_leader: IntGauge,
     raft_leader_id: IntGauge,
@@ -102,10 +111,20 @@ impl Metrics {
             &["instance", "kind"],
         )?;
         r.register(Box::new(probe_errors.clone()))?;
+        let probe_interval = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "primus_probe_interval_seconds",
+                "Time between the starts of two consecutive scheduled probes of the same instance by this node \
+                 (every instance in one series); above probe_interval_ms the probe was late",
+            )
+            .buckets(PROBE_INTERVAL_BUCKETS.to_vec()),
+        )?;
+        r.register(Box::new(probe_interval.clone()))?;
         Ok(Metrics {
             watch_subscribers: int_gauge(&r, "primus_watch_subscribers", "Open WatchPrimary streams on this node")?,
             probe_duration,
             probe_errors,
+            probe_interval,
             raft_term: int_gauge(&r, "primus_raft_term", "Current Raft term of this node")?,
             raft_is_leader: int_gauge(
                 &r,
@@ -324,6 +343,11 @@ mod tests {
         prometheus::TextEncoder::new().encode_utf8(&m.registry.gather(), &mut text).expect("encode");
         assert!(text.contains("primus_watch_subscribers 1"), "{text}");
         assert!(text.contains("primus_probe_duration_seconds_bucket{instance=\"db1:3306\",le=\"0.0005\"} 1"), "{text}");
+        m.probe_interval.observe(1.003);
+        let mut text = String::new();
+        prometheus::TextEncoder::new().encode_utf8(&m.registry.gather(), &mut text).expect("encode");
+        assert!(text.contains("primus_probe_interval_seconds_bucket{le=\"1.01\"} 1"), "{text}");
+        assert!(text.contains("primus_probe_interval_seconds_bucket{le=\"0.99\"} 0"), "{text}");
         assert!(text.contains("primus_probe_errors_total{instance=\"db1:3306\",kind=\"unreachable\"} 1"), "{text}");
         m.forget_instance("db1:3306");
         let mut text = String::new();

@@ -271,13 +271,20 @@ impl Monitor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_ok: Option<bool> = None;
         let mut last_io: Option<String> = None;
+        // Start of the last scheduled probe (not the extra ones `probe_now` asks for).
+        let mut last_scheduled: Option<Instant> = None;
         loop {
-            tokio::select! {
+            let scheduled = tokio::select! {
                 biased;
-                _ = tick.tick() => {}
-                _ = now.notified() => {}
-            }
+                _ = tick.tick() => true,
+                _ = now.notified() => false,
+            };
             let started = Instant::now();
+            if scheduled {
+                if let Some(prev) = last_scheduled.replace(started) {
+                    self.metrics.probe_interval.observe(started.duration_since(prev).as_secs_f64());
+                }
+            }
             let result = match tokio::time::timeout(self.connector.probe_deadline(), prober.probe()).await {
                 Ok(r) => r,
                 Err(_) => {
