@@ -58,7 +58,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
-use primus_benches::quantile_ms;
+use primus_benches::{env_or, ms, quantile_ms, wall_ms};
 use primus_client::{Client, ClusterSettings, FailoverView, HistoryResponse, ReadConsistency};
 use primus_testkit::coordinator::{bin, CoordinatorGroup, GroupOptions};
 use primus_testkit::mariadb::{find_binaries, Credentials, Instance, Sandbox, SandboxOptions, Topology};
@@ -66,7 +66,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const CLUSTER: &str = "c";
 /// An application user without SUPER/READ_ONLY ADMIN: `read_only` stops its writes.
@@ -84,18 +84,6 @@ struct Timing {
 
 const DEFAULT_TIMING: Timing =
     Timing { probe_interval_ms: 1000, query_timeout_ms: 1000, connect_timeout_ms: 1000, heartbeat_interval_ms: 500 };
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 fn between(later: u64, earlier: u64) -> Duration {
     Duration::from_millis(later.saturating_sub(earlier))

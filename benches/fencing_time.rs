@@ -17,7 +17,7 @@
 //! Goal from issue 7: failover time of this case p50 ≤ 3 s.
 
 use anyhow::{bail, Context, Result};
-use primus_benches::summarize;
+use primus_benches::{summarize, wall_ms};
 use primus_client::{ClusterSettings, ReadConsistency};
 use primus_testkit::agent::{AgentOptions, AgentProc};
 use primus_testkit::coordinator::{CoordinatorGroup, GroupOptions};
@@ -28,10 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CLUSTER: &str = "main";
-
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// One insert as the app user: over TCP, or through the unix socket (`local`: a client
 /// on the primary's own host, which a partition does not cut off).

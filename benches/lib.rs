@@ -1,6 +1,21 @@
 //! Shared helpers for the benchmarks: latency summaries printed the same way everywhere.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The environment variable `name` parsed, or `default` when unset or unparsable.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The wall clock, unix milliseconds (what primusd stamps failover records with).
+pub fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A duration in milliseconds.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
 
 /// p50/p90/p99/max of a set of latencies, in milliseconds with two decimals.
 pub fn summarize(mut samples: Vec<Duration>) -> String {

@@ -31,7 +31,7 @@
 //! Goal from issue 4: 5,000 instances at a 1 s interval per coordinator (on one core), i.e.
 //! at most 200 µs of CPU per probe; checked against the worse of the two figures.
 
-use primus_benches::{quantile_ms, summarize};
+use primus_benches::{env_or, quantile_ms, summarize};
 use primus_mysql::{ProbeConfig, Prober};
 use primus_testkit::mariadb::{Sandbox, SandboxOptions, Topology, COORDINATOR_PASSWORD, COORDINATOR_USER};
 use primus_testkit::proxy::LinkProxy;
@@ -42,10 +42,6 @@ use std::time::{Duration, Instant};
 const PROBE_DEADLINE: Duration = Duration::from_secs(3);
 /// Instances per core per second the goal asks for.
 const GOAL_INSTANCES: f64 = 5000.0;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 /// CPU accounting (the only unsafe code here: plain libc calls with valid pointers).
 #[allow(unsafe_code)]

@@ -45,25 +45,14 @@ mod fake_mysql;
 
 use anyhow::{anyhow, bail, Context, Result};
 use fake_mysql::Farm;
+use primus_benches::{env_or, ms, wall_ms};
 use primus_client::{Client, ClusterSettings};
 use primus_testkit::coordinator::{CoordinatorGroup, GroupOptions};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const INTERVAL_MS: u64 = 1000;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 fn cluster_name(c: usize) -> String {
     format!("s{c:04}")
@@ -114,6 +103,39 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     // Fields after the command: state is field 3 of stat(5), utime 14, stime 15.
     let get = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| anyhow!("no field {i}"));
     Ok(get(14)? + get(15)?)
+}
+
+/// The machine's CPU over a steady window: the coordinators' share (from their figures),
+/// the fake servers' (this process) and everything else's.
+struct CpuWindow {
+    hz: f64,
+    bench_cpu0: u64,
+    busy0: u64,
+    started: Instant,
+}
+
+impl CpuWindow {
+    fn start() -> Result<CpuWindow> {
+        Ok(CpuWindow {
+            hz: clock_ticks(),
+            bench_cpu0: cpu_ticks(std::process::id())?,
+            busy0: machine_busy_ticks(),
+            started: Instant::now(),
+        })
+    }
+
+    /// The summary line, and the fake servers' cores.
+    fn finish(self, figs: &[NodeFigures], who: &str) -> Result<(String, f64)> {
+        let el = self.started.elapsed().as_secs_f64();
+        let bench_cores = (cpu_ticks(std::process::id())? - self.bench_cpu0) as f64 / self.hz / el;
+        let busy = (machine_busy_ticks() - self.busy0) as f64 / self.hz / el;
+        let primusd_cores: f64 = figs.iter().map(|f| f.cores).sum();
+        let line = format!(
+            "{busy:.2} of 2 cores busy: {who} {primusd_cores:.2}, fake servers {bench_cores:.2}, other processes {:.2}",
+            (busy - primusd_cores - bench_cores).max(0.0)
+        );
+        Ok((line, bench_cores))
+    }
 }
 
 /// Busy clock ticks of the whole machine (all CPUs: /proc/stat minus idle and iowait).
@@ -577,25 +599,12 @@ async fn single(rep: &mut Report, kills: usize, baseline: Option<&[FailoverResul
     let up = wait_all_up(&co, 1, n, Duration::from_secs(180)).await?;
     println!("single: all {n} instances up {:.1} s after registration", up.as_secs_f64());
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let bench_pid = std::process::id();
-    let hz = clock_ticks();
-    let bench_cpu0 = cpu_ticks(bench_pid)?;
-    let busy0 = machine_busy_ticks();
-    let t_steady = Instant::now();
+    let window = CpuWindow::start()?;
     farm.set_phase(1);
     let figs = steady(&co, secs).await?;
     farm.set_phase(2);
-    let el = t_steady.elapsed().as_secs_f64();
-    let bench_cores = (cpu_ticks(bench_pid)? - bench_cpu0) as f64 / hz / el;
-    let busy = (machine_busy_ticks() - busy0) as f64 / hz / el;
-    let primusd_cores: f64 = figs.iter().map(|f| f.cores).sum();
-    rep.add(
-        "single: machine CPU during the steady window",
-        format!(
-            "{busy:.2} of 2 cores busy: primusd {primusd_cores:.2}, fake servers {bench_cores:.2}, other processes {:.2}",
-            (busy - primusd_cores - bench_cores).max(0.0)
-        ),
-    );
+    let (line, bench_cores) = window.finish(&figs, "primusd")?;
+    rep.add("single: machine CPU during the steady window", line);
     farm_lines(rep, &format!("single ({n} instances, {secs} s)"), &farm, 1);
     node_lines(rep, &format!("single ({n} instances, {secs} s)"), &figs);
     rep.add("single: the fake servers' own CPU (this process)", format!("{bench_cores:.2} cores"));
@@ -694,21 +703,10 @@ async fn group(rep: &mut Report, kills: usize) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (leader, _) = co.group.wait_leader(&[], Duration::from_secs(10)).await?;
     farm.set_phase(11);
-    let (hz, bench_pid) = (clock_ticks(), std::process::id());
-    let (bench_cpu0, busy0, t_steady) = (cpu_ticks(bench_pid)?, machine_busy_ticks(), Instant::now());
+    let window = CpuWindow::start()?;
     let figs = steady(&co, secs).await?;
     farm.set_phase(12);
-    let el = t_steady.elapsed().as_secs_f64();
-    let bench_cores = (cpu_ticks(bench_pid)? - bench_cpu0) as f64 / hz / el;
-    let busy = (machine_busy_ticks() - busy0) as f64 / hz / el;
-    let primusd_cores: f64 = figs.iter().map(|f| f.cores).sum();
-    rep.add(
-        "group: machine CPU during the steady window",
-        format!(
-            "{busy:.2} of 2 cores busy: 3 primusd {primusd_cores:.2}, fake servers {bench_cores:.2}, other processes {:.2}",
-            (busy - primusd_cores - bench_cores).max(0.0)
-        ),
-    );
+    rep.add("group: machine CPU during the steady window", window.finish(&figs, "3 primusd")?.0);
     let label = format!("group (3 nodes, {n} instances, {secs} s, leader node {leader})");
     farm_lines(rep, &label, &farm, 11);
     node_lines(rep, &label, &figs);

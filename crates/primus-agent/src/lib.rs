@@ -338,12 +338,7 @@ async fn hand_back(
     let mut failures = 0u64;
     while shared.restart().pending {
         let name = coords.name(*i);
-        match tokio::time::timeout(
-            attempt,
-            coords.release(*i, &cfg.cluster, &cfg.instance, agent_id, registration, reason),
-        )
-        .await
-        {
+        match tokio::time::timeout(attempt, coords.release(*i, agent_id, registration, reason)).await {
             Ok(Ok(log_index)) => {
                 tracing::warn!(endpoint = %name, log_index, took_ms = t0.elapsed().as_millis() as u64,
                     reason, "LEASE HANDED BACK: a failover need not wait for it; renewing again once the restarted \
@@ -409,7 +404,7 @@ async fn register(cfg: &Config, agent_id: &str, coords: &dyn Coordinators, i: &m
     loop {
         let name = coords.name(*i);
         let t = cfg.lease.register_timeout();
-        match tokio::time::timeout(t, coords.register(*i, &cfg.cluster, &cfg.instance, agent_id, timings)).await {
+        match tokio::time::timeout(t, coords.register(*i, agent_id, timings)).await {
             Ok(Ok(log_index)) => {
                 tracing::info!(endpoint = %name, log_index, agent_id = %agent_id, "agent registered");
                 return Ok(log_index);
@@ -465,12 +460,7 @@ async fn renewer(
         }
         let sent_at = Instant::now();
         let name = coords.name(i);
-        let answer = match tokio::time::timeout(
-            interval,
-            coords.renew(i, &cfg.cluster, &cfg.instance, &agent_id, ttl_ms),
-        )
-        .await
-        {
+        let answer = match tokio::time::timeout(interval, coords.renew(i, &agent_id, ttl_ms)).await {
             Ok(Ok(r)) => {
                 tracing::debug!(endpoint = %name, granted = r.granted, ttl_ms = r.ttl_ms, epoch = r.epoch,
                     reason = %r.reason, fence_now = r.fence_now, served_by = r.served_by, "renewal answered");

@@ -50,39 +50,18 @@ pub trait LocalServer: Send + 'static {
 }
 
 /// The coordinators, addressed one endpoint at a time (`i` modulo [`Coordinators::count`]):
-/// a frozen coordinator costs one call, then the caller tries the next one.
+/// a frozen coordinator costs one call, then the caller tries the next one. Every call is
+/// about this agent's own cluster and instance.
 #[async_trait::async_trait]
 pub trait Coordinators: Send + Sync + 'static {
     fn count(&self) -> usize;
     /// For logs.
     fn name(&self, i: usize) -> String;
     /// RegisterAgent; the log index the registration was committed at.
-    async fn register(
-        &self,
-        i: usize,
-        cluster: &str,
-        instance: &str,
-        agent_id: &str,
-        timings: AgentTimings,
-    ) -> Result<u64, ClientError>;
-    async fn renew(
-        &self,
-        i: usize,
-        cluster: &str,
-        instance: &str,
-        agent_id: &str,
-        ttl_ms: u64,
-    ) -> Result<RenewLeaseResponse, ClientError>;
+    async fn register(&self, i: usize, agent_id: &str, timings: AgentTimings) -> Result<u64, ClientError>;
+    async fn renew(&self, i: usize, agent_id: &str, ttl_ms: u64) -> Result<RenewLeaseResponse, ClientError>;
     /// Hand the lease of registration `registration` back; the log index of the release.
-    async fn release(
-        &self,
-        i: usize,
-        cluster: &str,
-        instance: &str,
-        agent_id: &str,
-        registration: u64,
-        reason: &str,
-    ) -> Result<u64, ClientError>;
+    async fn release(&self, i: usize, agent_id: &str, registration: u64, reason: &str) -> Result<u64, ClientError>;
 }
 
 /// What the agent does to the host beyond SQL: the escalation when mysqld does not
@@ -129,6 +108,8 @@ impl LeasePublisher for Publisher {
 /// would keep waiting on the endpoint that answered last), registrations bounded by
 /// `lease.register_timeout_ms`, renewals and hand-backs by one renewal interval.
 pub struct ClientCoordinators {
+    cluster: String,
+    instance: String,
     register: Vec<(String, Client)>,
     renew: Vec<(String, Client)>,
 }
@@ -136,6 +117,8 @@ pub struct ClientCoordinators {
 impl ClientCoordinators {
     pub fn new(cfg: &Config) -> Result<ClientCoordinators, AgentError> {
         Ok(ClientCoordinators {
+            cluster: cfg.cluster.clone(),
+            instance: cfg.instance.clone(),
             register: endpoint_clients(cfg, cfg.lease.register_timeout())?,
             renew: endpoint_clients(cfg, cfg.lease.renew_interval())?,
         })
@@ -165,40 +148,18 @@ impl Coordinators for ClientCoordinators {
         self.renew[i % self.renew.len()].0.clone()
     }
 
-    async fn register(
-        &self,
-        i: usize,
-        cluster: &str,
-        instance: &str,
-        agent_id: &str,
-        timings: AgentTimings,
-    ) -> Result<u64, ClientError> {
+    async fn register(&self, i: usize, agent_id: &str, timings: AgentTimings) -> Result<u64, ClientError> {
         let c = &self.register[i % self.register.len()].1;
-        c.register_agent_with(cluster, instance, agent_id, timings).await.map(|r| r.log_index)
+        c.register_agent_with(&self.cluster, &self.instance, agent_id, timings).await.map(|r| r.log_index)
     }
 
-    async fn renew(
-        &self,
-        i: usize,
-        cluster: &str,
-        instance: &str,
-        agent_id: &str,
-        ttl_ms: u64,
-    ) -> Result<RenewLeaseResponse, ClientError> {
-        self.renew[i % self.renew.len()].1.renew_lease(cluster, instance, agent_id, ttl_ms).await
+    async fn renew(&self, i: usize, agent_id: &str, ttl_ms: u64) -> Result<RenewLeaseResponse, ClientError> {
+        self.renew[i % self.renew.len()].1.renew_lease(&self.cluster, &self.instance, agent_id, ttl_ms).await
     }
 
-    async fn release(
-        &self,
-        i: usize,
-        cluster: &str,
-        instance: &str,
-        agent_id: &str,
-        registration: u64,
-        reason: &str,
-    ) -> Result<u64, ClientError> {
+    async fn release(&self, i: usize, agent_id: &str, registration: u64, reason: &str) -> Result<u64, ClientError> {
         let c = &self.renew[i % self.renew.len()].1;
-        c.release_lease(cluster, instance, agent_id, registration, reason).await.map(|r| r.log_index)
+        c.release_lease(&self.cluster, &self.instance, agent_id, registration, reason).await.map(|r| r.log_index)
     }
 }
 

@@ -198,7 +198,7 @@ impl Coordinators for SimCoordinators {
         format!("coordinator-{}", self.to(k))
     }
 
-    async fn register(&self, k: usize, _: &str, _: &str, agent_id: &str, t: AgentTimings) -> Result<u64, ClientError> {
+    async fn register(&self, k: usize, agent_id: &str, t: AgentTimings) -> Result<u64, ClientError> {
         let to = self.to(k);
         match self.env.renew(self.i, to, agent_id, Duration::from_millis(t.ttl_ms), true).await {
             Some(r) => Ok(r.epoch),
@@ -206,27 +206,12 @@ impl Coordinators for SimCoordinators {
         }
     }
 
-    async fn renew(
-        &self,
-        k: usize,
-        _: &str,
-        _: &str,
-        agent_id: &str,
-        ttl_ms: u64,
-    ) -> Result<RenewLeaseResponse, ClientError> {
+    async fn renew(&self, k: usize, agent_id: &str, ttl_ms: u64) -> Result<RenewLeaseResponse, ClientError> {
         let to = self.to(k);
         self.env.renew(self.i, to, agent_id, Duration::from_millis(ttl_ms), false).await.ok_or_else(|| no_answer(to))
     }
 
-    async fn release(
-        &self,
-        k: usize,
-        _: &str,
-        _: &str,
-        agent_id: &str,
-        registration: u64,
-        reason: &str,
-    ) -> Result<u64, ClientError> {
+    async fn release(&self, k: usize, agent_id: &str, registration: u64, reason: &str) -> Result<u64, ClientError> {
         let to = self.to(k);
         match self.env.release(self.i, to, agent_id, registration, reason).await {
             Some(true) => Ok(0),
