@@ -301,14 +301,17 @@ impl SimCoordinator {
         Ok(())
     }
 
-    /// kill -9: every task stops where it is.
-    pub async fn crash(&mut self, net: &SimNet) {
-        let Some(r) = self.running.take() else { return };
+    /// kill -9: every task stops where it is. How the state primusd would load from
+    /// the pairs its store wrote differs from the state applied, if it does.
+    pub async fn crash(&mut self, net: &SimNet) -> Option<String> {
+        let r = self.running.take()?;
+        let differs = r.state.read(|s| self.disk.persisted_state_differs(&s.registry));
         net.down(self.id);
         r.engine.stop();
         r.monitor.stop();
         r.leases.stop();
         let _ = r.raft.shutdown().await;
+        differs
     }
 
     /// Make this node (and the given members) a new group.

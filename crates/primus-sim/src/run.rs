@@ -128,6 +128,10 @@ pub struct Outcome {
 /// The simulated wall clock at the start of a run (unix ms); trace times are ms after it.
 const WALL_START_MS: u64 = 1_700_000_000_000;
 
+/// Checked at every coordinator crash and at the end of the run: what primusd would
+/// load from the pairs its store wrote is the state it applied.
+const PERSISTED_STATE: &str = "the persisted state is the applied state";
+
 fn addr(i: usize) -> InstanceAddr {
     format!("db{}:3306", i + 1).parse().unwrap_or_else(|_| unreachable!("a valid address"))
 }
@@ -441,7 +445,9 @@ pub async fn run(opts: Options) -> Outcome {
     {
         let mut coords = h.coords.lock().await;
         for c in coords.values_mut() {
-            c.crash(&net).await;
+            if let Some(why) = c.crash(&net).await {
+                h.violate(PERSISTED_STATE, format!("node {}: {why}", c.id));
+            }
         }
     }
     for (_, (a, _)) in std::mem::take(&mut *h.agents.lock().unwrap_or_else(PoisonError::into_inner)) {
@@ -766,7 +772,9 @@ async fn apply(h: &Arc<Harness>, f: &Fault) {
         Fault::CrashCoord(n) => {
             let mut coords = h.coords.lock().await;
             if let Some(c) = coords.get_mut(n) {
-                c.crash(&h.net).await;
+                if let Some(why) = c.crash(&h.net).await {
+                    h.violate(PERSISTED_STATE, format!("node {}: {why}", c.id));
+                }
             }
         }
         Fault::RestartCoord(n) => {

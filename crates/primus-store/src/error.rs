@@ -16,8 +16,10 @@ pub enum StoreError {
     /// The data directory was written by a primus whose on-disk format this build
     /// does not know (usually a newer release). Nothing was changed on disk.
     #[error(
-        "data directory format version {found} is not supported by this primusd (it supports version {supported}); \
-         run the primusd release that wrote it, or restore the node from its peers into an empty data directory"
+        "data directory format version {found} is not supported by this primusd (it writes version {supported} \
+         and reads versions {} to {supported}); run the primusd release that wrote it, or restore the node from \
+         its peers into an empty data directory",
+        crate::format::OLDEST_READABLE_FORMAT
     )]
     UnsupportedFormat { found: u32, supported: u32 },
 

@@ -10,6 +10,10 @@
 //! | `raft_log`      | log index, `u64` big-endian          | JSON `openraft::Entry<TypeConfig>`         |
 //! | `raft_state`    | `vote`, `committed`, `last_purged`   | JSON `Vote` / `LogId`                      |
 //! | `state_machine` | `Registry::encode` keys, `m/applied` | registry JSON / JSON [`AppliedMeta`]       |
+//!
+//! `Registry::encode` keys: `c/NAME` a cluster's record without its history,
+//! `h/NAME/INDEX` one failover record of it (INDEX: the log index that started it,
+//! big-endian), `a/INDEX` an audit record, `n/members_seen`.
 //! | `snapshot`      | `meta`, `data`, `counter`            | JSON `SnapshotMeta`, raw bytes, `u64` BE   |
 //!
 //! Indexes are big-endian so that sled's byte order is numeric order: range scans
@@ -18,13 +22,21 @@
 //! The format version is written when a directory is created. A directory with a
 //! version this build does not know (typically a newer release after a downgrade)
 //! is refused instead of being misread; so is one that holds data but no version.
+//!
+//! Versions: **1** kept each cluster's failover history inside its `c/` record, so
+//! every failover step rewrote up to 100 failover records; **2** (this build) keeps
+//! each failover record under its own `h/` key. A version-1 directory is rewritten
+//! in the version-2 layout once, at open (one batch), and then marked 2; a
+//! version-1 primusd refuses a version-2 directory with a clear error.
 
 use crate::error::StoreError;
 use primus_types::{LogId, StoredMembership};
 use serde::{Deserialize, Serialize};
 
-/// The data-format version this build writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The data-format version this build writes.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version this build reads (and migrates to [`FORMAT_VERSION`] at open).
+pub const OLDEST_READABLE_FORMAT: u32 = 1;
 
 pub(crate) const TREE_META: &str = "meta";
 pub(crate) const TREE_LOG: &str = "raft_log";
@@ -62,18 +74,18 @@ pub(crate) fn key_index(key: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
 }
 
-/// Checks (or, on a new directory, writes) the data-format version.
-pub(crate) fn check_or_init_format(db: &sled::Db) -> Result<(), StoreError> {
+/// Checks (or, on a new directory, writes) the data-format version; the version found.
+pub(crate) fn check_or_init_format(db: &sled::Db) -> Result<u32, StoreError> {
     let meta = db.open_tree(TREE_META)?;
     match meta.get(KEY_FORMAT_VERSION)? {
         Some(raw) => {
             let bytes = <[u8; 4]>::try_from(raw.as_ref())
                 .map_err(|_| StoreError::corrupt("meta/format_version", format!("{} bytes, expected 4", raw.len())))?;
             let found = u32::from_be_bytes(bytes);
-            if found != FORMAT_VERSION {
+            if !(OLDEST_READABLE_FORMAT..=FORMAT_VERSION).contains(&found) {
                 return Err(StoreError::UnsupportedFormat { found, supported: FORMAT_VERSION });
             }
-            Ok(())
+            Ok(found)
         }
         None => {
             if holds_data(db)? {
@@ -83,9 +95,18 @@ pub(crate) fn check_or_init_format(db: &sled::Db) -> Result<(), StoreError> {
             // Once, at creation: the version must be on disk before any Raft data is.
             db.flush()?;
             tracing::info!(version = FORMAT_VERSION, "initialised new data directory");
-            Ok(())
+            Ok(FORMAT_VERSION)
         }
     }
+}
+
+/// Marks the directory as written in [`FORMAT_VERSION`]'s layout, durably (after the
+/// state machine was migrated to it).
+pub(crate) fn mark_current_format(db: &sled::Db) -> Result<(), StoreError> {
+    db.open_tree(TREE_META)?.insert(KEY_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+    db.flush()?;
+    tracing::info!(version = FORMAT_VERSION, "data directory format upgraded");
+    Ok(())
 }
 
 /// Whether any tree (including sled's default tree) has a key.

@@ -40,7 +40,7 @@ use std::path::Path;
 
 pub use error::StoreError;
 pub use flusher::FlushStats;
-pub use format::FORMAT_VERSION;
+pub use format::{FORMAT_VERSION, OLDEST_READABLE_FORMAT};
 pub use log_store::{LogReader, LogStore};
 pub use state_machine::{AppliedState, SnapshotBuilder, StateHandle, StateMachineStore};
 
@@ -55,7 +55,7 @@ pub use state_machine::{AppliedState, SnapshotBuilder, StateHandle, StateMachine
 /// starting Raft, or from `spawn_blocking`.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
     let db = sled::Config::new().path(path).open()?;
-    format::check_or_init_format(&db)?;
+    let format = format::check_or_init_format(&db)?;
     let log = db.open_tree(format::TREE_LOG)?;
     let raft_state = db.open_tree(format::TREE_RAFT_STATE)?;
     let sm = db.open_tree(format::TREE_STATE_MACHINE)?;
@@ -63,7 +63,13 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
 
     log_store::finish_interrupted_purge(&log, &raft_state)?;
     let flusher = flusher::Flusher::start(db.clone())?;
+    // Rewrites an older layout (format 1: history inside the cluster records) in one
+    // batch; only then is the directory marked with the new version. A crash between
+    // the two leaves a version-1 mark on a version-2 layout, which loads the same.
     let sm_store = StateMachineStore::open(sm, snapshot, flusher.clone())?;
+    if format < format::FORMAT_VERSION {
+        format::mark_current_format(&db)?;
+    }
     let log_store = LogStore::new(log, raft_state, flusher);
     tracing::info!(path = %path.display(), "store opened");
     Ok((log_store, sm_store))

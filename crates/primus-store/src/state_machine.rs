@@ -13,6 +13,10 @@
 //! written after the snapshot and state it relies on). Flushing here would only
 //! double the fsyncs on the commit path.
 //!
+//! The keys are fine-grained so that the write stays small as the state grows: a
+//! failover step rewrites its own failover record (`h/…`), not the cluster's record
+//! with its hundred-failover history (format 1 did, up to 258 KiB per step).
+//!
 //! ## Snapshots
 //!
 //! A snapshot is the JSON of [`SnapshotData`] (the whole state); it is stored in
@@ -34,7 +38,7 @@ use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, Membership, OptionalSend, RaftSnapshotBuilder, StorageError,
     StorageIOError,
 };
-use primus_types::state::{Registry, StateKey};
+use primus_types::state::{Loaded, Registry, StateKey};
 use primus_types::{Entry, LogId, Member, NodeId, Response, SnapshotMeta, StoredMembership, TypeConfig};
 use serde::{Deserialize, Serialize};
 
@@ -103,26 +107,30 @@ impl StateHandle {
     }
 
     /// Apply one entry's request exactly as [`StateMachineStore`] does (the same pure
-    /// [`Registry`] call), without persisting anything; its response.
-    pub fn apply_request(&self, log_id: LogId, request: &primus_types::Request) -> Response {
-        let response = {
+    /// [`Registry`] call), without persisting anything; its response and the keys the
+    /// store would write.
+    pub fn apply_request(&self, log_id: LogId, request: &primus_types::Request) -> (Response, Vec<StateKey>) {
+        let applied = {
             let mut guard = self.write();
             guard.last_applied = Some(log_id);
-            guard.registry.apply(&log_id, request).0
+            guard.registry.apply(&log_id, request)
         };
         self.published();
-        response
+        applied
     }
 
-    /// Apply a membership entry (recorded in the audit trail, as the store does).
-    pub fn apply_membership(&self, log_id: LogId, membership: &Membership<NodeId, Member>) {
-        {
+    /// Apply a membership entry (recorded in the audit trail, as the store does); the
+    /// keys the store would write.
+    pub fn apply_membership(&self, log_id: LogId, membership: &Membership<NodeId, Member>) -> Vec<StateKey> {
+        let touched = {
             let mut guard = self.write();
             guard.last_applied = Some(log_id);
-            guard.registry.apply_internal(&log_id, membership_summary(membership));
+            let touched = guard.registry.apply_internal(&log_id, membership_summary(membership));
             guard.membership = StoredMembership::new(Some(log_id), membership.clone());
-        }
+            touched
+        };
         self.published();
+        touched
     }
 
     /// Apply a blank entry (a new leader's first).
@@ -229,7 +237,16 @@ impl StateMachineStore {
     /// snapshot if, against the ordering rules, the snapshot is ahead of it).
     pub(crate) fn open(tree: sled::Tree, snapshot_tree: sled::Tree, flusher: Flusher) -> Result<Self, StoreError> {
         let snapshots = SnapshotTree { tree: snapshot_tree, write_lock: Arc::default() };
-        let mut state = load_state(&tree)?;
+        let (mut state, legacy) = load_state(&tree)?;
+        if legacy {
+            // The next write of such a cluster's record would drop its history from
+            // disk: rewrite the whole state in the current layout first.
+            replace_tree(&tree, &state)?;
+            tracing::info!(
+                clusters = state.registry.clusters.len(),
+                "state machine rewritten with each failover record under its own key (data format 1 -> 2)"
+            );
+        }
         if let Some((meta, data)) = snapshots.current()? {
             if meta.last_log_id > state.last_applied {
                 tracing::warn!(snapshot = %meta, applied = ?state.last_applied,
@@ -255,9 +272,10 @@ impl StateMachineStore {
     }
 }
 
-/// Reads the whole `state_machine` tree.
-fn load_state(tree: &sled::Tree) -> Result<AppliedState, StoreError> {
+/// Reads the whole `state_machine` tree; whether it holds pairs of an older layout.
+fn load_state(tree: &sled::Tree) -> Result<(AppliedState, bool), StoreError> {
     let mut state = AppliedState::default();
+    let mut legacy = false;
     for item in tree.iter() {
         let (key, value) = item?;
         if key.as_ref() == KEY_SM_META {
@@ -266,10 +284,11 @@ fn load_state(tree: &sled::Tree) -> Result<AppliedState, StoreError> {
             state.last_applied = meta.last_applied;
             state.membership = meta.membership;
         } else {
-            state.registry.load(&key, &value).map_err(|e| StoreError::corrupt("state_machine", e))?;
+            let loaded = state.registry.load(&key, &value).map_err(|e| StoreError::corrupt("state_machine", e))?;
+            legacy |= loaded == Loaded::Legacy;
         }
     }
-    Ok(state)
+    Ok((state, legacy))
 }
 
 /// Makes the tree hold exactly `state`, in one atomic batch.

@@ -7,7 +7,7 @@ use std::path::Path;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder, StorageError};
-use primus_store::{LogStore, StateMachineStore, StoreError, FORMAT_VERSION};
+use primus_store::{LogStore, StateMachineStore, StoreError, FORMAT_VERSION, OLDEST_READABLE_FORMAT};
 use primus_types::{Command, Entry, LogId, NodeId, Origin, Request, Response, TypeConfig, Vote};
 use tempfile::TempDir;
 
@@ -174,6 +174,127 @@ fn set_format_version(path: &Path, version: &[u8]) -> TestResult {
     Ok(())
 }
 
+fn request(command: Command, term: u64, index: u64) -> Entry {
+    Entry {
+        log_id: lid(term, index),
+        payload: EntryPayload::Normal(Request::new(command, Origin { actor: "test".into(), via_node: 1 })),
+    }
+}
+
+/// Issue 14: a directory of data format 1 (each cluster's failover history inside its
+/// record) is rewritten once at open with every failover record under its own key,
+/// marked format 2, and holds the same state across later restarts; a failover step
+/// then writes its own record only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_1_directory_is_migrated_with_each_failover_record_under_its_own_key() -> TestResult {
+    assert_eq!(OLDEST_READABLE_FORMAT, 1);
+    let dir = tempfile::tempdir()?;
+    let name: primus_types::ClusterName = "alpha".parse()?;
+    let addr = |p: u16| primus_types::InstanceAddr::new("db.example", p);
+    let topology = primus_types::Topology::from_edges(
+        vec![
+            (addr(1)?, None, 1, "mariadb".into(), "10.11".into()),
+            (addr(2)?, Some(addr(1)?), 2, "mariadb".into(), "10.11".into()),
+        ],
+        None,
+    );
+    let mut entries =
+        vec![register(1, 1, "alpha"), request(Command::UpdateTopology { name: name.clone(), topology }, 1, 2)];
+    for (i, epoch) in [(3u64, 2u64), (6, 3)] {
+        let id = format!("alpha-e{epoch}");
+        entries.push(request(
+            Command::StartFailover {
+                name: name.clone(),
+                id: id.clone(),
+                kind: primus_types::FailoverKind::Automatic,
+                analysis_code: primus_types::AnalysisCode::DeadPrimary,
+                evidence: vec!["dead".into()],
+                old_primary: addr(1)?,
+                candidate: addr(2)?,
+                epoch,
+                plan: vec![],
+                request_id: None,
+            },
+            1,
+            i,
+        ));
+        entries.push(request(
+            Command::FailoverStep {
+                name: name.clone(),
+                id: id.clone(),
+                index: 0,
+                description: "fence".into(),
+                outcome: primus_types::StepOutcome::Done("done".into()),
+            },
+            1,
+            i + 1,
+        ));
+        let outcome = primus_types::FailoverOutcome::Aborted("test".into());
+        entries.push(request(
+            Command::FinishFailover { name: name.clone(), id, outcome, promotion_gtid: None },
+            1,
+            i + 2,
+        ));
+    }
+    let before = {
+        let (_log, mut sm) = open_store(dir.path())?;
+        sm.apply(entries).await?;
+        sm.state().cloned()
+    };
+    assert_eq!(before.registry.clusters[&name].history.len(), 2);
+    // Rewrite it as format 1 wrote it: the whole record under `c/alpha`, no `h/` keys.
+    {
+        let db = sled::open(dir.path())?;
+        let tree = db.open_tree("state_machine")?;
+        assert_eq!(tree.scan_prefix(b"h/alpha/").count(), 2, "format 2 writes a key per failover");
+        for key in tree.scan_prefix(b"h/").keys() {
+            tree.remove(key?)?;
+        }
+        tree.insert(b"c/alpha", serde_json::to_vec(&*before.registry.clusters[&name])?)?;
+        db.open_tree("meta")?.insert("format_version", &1u32.to_be_bytes())?;
+        db.flush()?;
+    }
+    {
+        let (_log, sm) = open_store(dir.path())?;
+        assert_eq!(sm.state().cloned(), before, "format 1 loads the same state");
+    }
+    {
+        let db = sled::open(dir.path())?;
+        assert_eq!(db.open_tree("meta")?.get("format_version")?.as_deref(), Some(&2u32.to_be_bytes()[..]));
+        let tree = db.open_tree("state_machine")?;
+        assert_eq!(tree.scan_prefix(b"h/alpha/").count(), 2, "each failover record under its own key");
+        let core: serde_json::Value = serde_json::from_slice(&tree.get(b"c/alpha")?.ok_or("record gone")?)?;
+        assert!(core.get("history").is_none(), "{core}");
+    }
+    let (_log, mut sm) = open_store(dir.path())?;
+    assert_eq!(sm.state().cloned(), before, "and the same after another restart");
+    // A third failover: applied, restarted, all three there.
+    let id = "alpha-e4".to_string();
+    sm.apply([request(
+        Command::StartFailover {
+            name: name.clone(),
+            id: id.clone(),
+            kind: primus_types::FailoverKind::Automatic,
+            analysis_code: primus_types::AnalysisCode::DeadPrimary,
+            evidence: vec![],
+            old_primary: addr(1)?,
+            candidate: addr(2)?,
+            epoch: 4,
+            plan: vec![],
+            request_id: None,
+        },
+        1,
+        9,
+    )])
+    .await?;
+    let after = sm.state().cloned();
+    drop((_log, sm));
+    let (_log, sm) = open_store(dir.path())?;
+    assert_eq!(sm.state().cloned(), after);
+    assert_eq!(after.registry.clusters[&name].history.len(), 3);
+    Ok(())
+}
+
 #[test]
 fn newer_data_format_is_refused() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -187,7 +308,7 @@ fn newer_data_format_is_refused() -> TestResult {
     );
     let msg = err.to_string();
     assert!(msg.contains(&format!("format version {}", FORMAT_VERSION + 1)), "{msg}");
-    assert!(msg.contains(&format!("supports version {FORMAT_VERSION}")), "{msg}");
+    assert!(msg.contains(&format!("writes version {FORMAT_VERSION}")), "{msg}");
 
     // An unknown (older, never released) version is refused too.
     set_format_version(dir.path(), &0u32.to_be_bytes())?;

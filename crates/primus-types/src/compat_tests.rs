@@ -6,7 +6,7 @@
 //! plus the step and outcome shapes older releases wrote that the fixture lacks.
 #![cfg(feature = "raft")]
 
-use crate::state::{ClusterRecord, Registry};
+use crate::state::{ClusterRecord, KeyImage, Loaded, Registry};
 use crate::{AnalysisCode, Command, FailoverKind, FailoverOutcome, Request, Step, StepOutcome};
 use serde_json::{json, Value};
 
@@ -368,7 +368,8 @@ fn failover_step_entries_of_3315362_decode_as_done_or_skipped_and_summarize_as_b
 #[test]
 fn a_cluster_record_of_3315362_loads_from_its_state_key_with_typed_history_and_refusals() {
     let mut registry = Registry::default();
-    registry.load(b"c/legacy", CLUSTER.as_bytes()).unwrap();
+    // Written with the history inside the record (data format 1): loads, and says so.
+    assert_eq!(registry.load(b"c/legacy", CLUSTER.as_bytes()).unwrap(), Loaded::Legacy);
     let c = &registry.clusters[&"legacy".parse().unwrap()];
     let f = &c.history[0];
     assert_eq!((f.kind, f.analysis_code), (FailoverKind::Automatic, AnalysisCode::DeadPrimary));
@@ -391,6 +392,11 @@ fn a_cluster_record_of_3315362_loads_from_its_state_key_with_typed_history_and_r
     let from_snapshot: Registry = serde_json::from_value(snapshot).unwrap();
     assert_eq!(from_snapshot.clusters, registry.clusters);
     let _: ClusterRecord = decodes_and_round_trips(&serde_json::to_value(&**c).unwrap());
+    // Rewritten in the current layout (what the store does once), it loads the same,
+    // with the history under its own keys.
+    let image = KeyImage::of(&registry).unwrap();
+    assert_eq!(image.0.keys().filter(|k| k.starts_with(b"h/legacy/")).count(), c.history.len());
+    assert_eq!(image.load().unwrap(), registry);
 }
 
 #[test]

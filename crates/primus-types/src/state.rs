@@ -133,6 +133,13 @@ impl ClusterRecord {
         self.history.iter().rev().find(|f| f.request_id.as_deref() == Some(request_id))
     }
 
+    /// The failover of the history that the entry at `started_index` started.
+    pub fn failover_started_at(&self, started_index: u64) -> Option<&FailoverRecord> {
+        // Oldest first and ordered by index; the one asked for is usually the last.
+        let at = self.history.partition_point(|f| f.started_index < started_index);
+        self.history.get(at).filter(|f| f.started_index == started_index)
+    }
+
     fn in_flight_mut(&mut self, id: &str) -> Option<&mut FailoverRecord> {
         self.history.last_mut().filter(|r| r.in_progress() && r.id == id)
     }
@@ -173,13 +180,21 @@ pub struct AuditRecord {
 /// A key of the persisted state; see [`Registry::encode`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum StateKey {
+    /// A cluster's record without its history (`c/NAME`).
     Cluster(ClusterName),
+    /// One failover record of a cluster's history, by the log index that started it
+    /// (`h/NAME/INDEX`): a failover step rewrites its own record, not the cluster's
+    /// hundred.
+    Failover(ClusterName, u64),
     Audit(u64),
     /// [`Registry::members_seen`], one value.
     MembersSeen,
 }
 
 const CLUSTER_PREFIX: &[u8] = b"c/";
+/// `h/NAME/` then the failover's `started_index`, 8 bytes big-endian (so a cluster's
+/// records sort oldest first and follow its `c/` key). Cluster names hold no `/`.
+const HISTORY_PREFIX: &[u8] = b"h/";
 const AUDIT_PREFIX: &[u8] = b"a/";
 /// A whole key, not a prefix. Absent in a data_dir written before it existed
 /// (the set is then empty until the leader records the members again).
@@ -202,6 +217,8 @@ pub struct EncodeError {
 pub enum DecodeError {
     #[error("unknown state key prefix in {0:?}")]
     UnknownKey(String),
+    #[error("failover record under {key:?} belongs to no stored cluster, or its key does not match it")]
+    StrayFailover { key: String },
     #[error("bad state value for key {key:?}: {source}")]
     BadValue { key: String, source: serde_json::Error },
 }
@@ -371,8 +388,10 @@ impl Registry {
                     acked_by: None,
                     request_id: request_id.clone(),
                 });
+                touched.push(StateKey::Failover(name.clone(), log_id.index));
                 if c.history.len() > HISTORY_RETENTION {
-                    c.history.remove(0);
+                    let dropped = c.history.remove(0);
+                    touched.push(StateKey::Failover(name.clone(), dropped.started_index));
                 }
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
@@ -393,7 +412,8 @@ impl Registry {
                     at_ms: req.proposed_at_ms,
                     log_index: log_id.index,
                 });
-                touched.push(StateKey::Cluster(name.clone()));
+                // Only this failover's record: the cluster's own fields did not change.
+                touched.push(StateKey::Failover(name.clone(), f.started_index));
                 Ok(())
             }
             Command::FinishFailover { name, id, outcome, promotion_gtid } => {
@@ -415,6 +435,7 @@ impl Registry {
                 }
                 f.outcome = Some(outcome.clone());
                 f.finished_at_ms = Some(req.proposed_at_ms);
+                touched.push(StateKey::Failover(name.clone(), f.started_index));
                 // The point recorded at the promote step wins over a later reading.
                 if f.promotion_gtid.is_none() {
                     f.promotion_gtid = promotion_gtid.clone();
@@ -474,12 +495,12 @@ impl Registry {
                     found = true;
                     if f.acked_by.is_none() {
                         f.acked_by = Some(req.origin.actor.clone());
+                        touched.push(StateKey::Failover(name.clone(), f.started_index));
                     }
                 }
                 if let (Some(id), false) = (id, found) {
                     return Err(Rejection::NoSuchFailover { name: name.clone(), id: id.clone() });
                 }
-                touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
             }
             Command::SetPromotionRule { name, instance, rule } => {
@@ -692,7 +713,7 @@ impl Registry {
                 if f.promotion_gtid.is_none() {
                     f.promotion_gtid = Some(gtid.clone());
                     f.promotion_binlog_state = binlog_state.clone();
-                    touched.push(StateKey::Cluster(name.clone()));
+                    touched.push(StateKey::Failover(name.clone(), f.started_index));
                 }
                 Ok(())
             }
@@ -703,10 +724,11 @@ impl Registry {
                 Ok(())
             }
             Command::UnregisterCluster { name } => {
-                if self.clusters.remove(name).is_none() {
+                let Some(removed) = self.clusters.remove(name) else {
                     return Err(Rejection::ClusterNotFound(name.clone()));
-                }
+                };
                 touched.push(StateKey::Cluster(name.clone()));
+                touched.extend(removed.history.iter().map(|f| StateKey::Failover(name.clone(), f.started_index)));
                 Ok(())
             }
         }
@@ -738,7 +760,13 @@ impl Registry {
             StateKey::Cluster(name) => {
                 let mut k = CLUSTER_PREFIX.to_vec();
                 k.extend_from_slice(name.as_str().as_bytes());
-                let v = json(&k, self.clusters.get(name))?;
+                let v = json(&k, self.clusters.get(name).map(|c| ClusterCore::of(c)).as_ref())?;
+                Ok((k, v))
+            }
+            StateKey::Failover(name, started_index) => {
+                let k = history_key(name, *started_index);
+                let record = self.clusters.get(name).and_then(|c| c.failover_started_at(*started_index));
+                let v = json(&k, record)?;
                 Ok((k, v))
             }
             StateKey::Audit(idx) => {
@@ -760,6 +788,11 @@ impl Registry {
             .clusters
             .keys()
             .map(|n| StateKey::Cluster(n.clone()))
+            .chain(
+                self.clusters
+                    .iter()
+                    .flat_map(|(n, c)| c.history.iter().map(move |f| StateKey::Failover(n.clone(), f.started_index))),
+            )
             .chain(self.audit.keys().map(|i| StateKey::Audit(*i)))
             .chain(std::iter::once(StateKey::MembersSeen));
         let mut out = Vec::new();
@@ -771,8 +804,12 @@ impl Registry {
         Ok(out)
     }
 
-    /// Load one persisted pair (inverse of [`Registry::encode`]).
-    pub fn load(&mut self, key: &[u8], value: &[u8]) -> Result<(), DecodeError> {
+    /// Load one persisted pair (inverse of [`Registry::encode`]). Pairs come in key
+    /// order, as the store iterates them: a cluster's `c/` key before its `h/` keys.
+    ///
+    /// [`Loaded::Legacy`]: the pair was written by a release that kept the history
+    /// inside the cluster's record; the store rewrites the whole state once.
+    pub fn load(&mut self, key: &[u8], value: &[u8]) -> Result<Loaded, DecodeError> {
         let name = || String::from_utf8_lossy(key).into_owned();
         if key == MEMBERS_SEEN_KEY {
             self.members_seen =
@@ -780,7 +817,29 @@ impl Registry {
         } else if key.starts_with(CLUSTER_PREFIX) {
             let rec: ClusterRecord =
                 serde_json::from_slice(value).map_err(|source| DecodeError::BadValue { key: name(), source })?;
+            let legacy = !rec.history.is_empty();
             self.clusters.insert(rec.name.clone(), Arc::new(rec));
+            if legacy {
+                return Ok(Loaded::Legacy);
+            }
+        } else if let Some(rest) = key.strip_prefix(HISTORY_PREFIX) {
+            let rec: FailoverRecord =
+                serde_json::from_slice(value).map_err(|source| DecodeError::BadValue { key: name(), source })?;
+            let cluster = rest
+                .len()
+                .checked_sub(9)
+                .filter(|&at| rest[at] == b'/' && rest[at + 1..] == rec.started_index.to_be_bytes())
+                .and_then(|at| std::str::from_utf8(&rest[..at]).ok())
+                .and_then(|n| n.parse::<ClusterName>().ok())
+                .and_then(|n| self.clusters.get_mut(&n))
+                .ok_or_else(|| DecodeError::StrayFailover { key: name() })?;
+            let history = &mut Arc::make_mut(cluster).history;
+            let at = history.partition_point(|f| f.started_index < rec.started_index);
+            if history.get(at).is_some_and(|f| f.started_index == rec.started_index) {
+                history[at] = rec;
+            } else {
+                history.insert(at, rec);
+            }
         } else if key.starts_with(AUDIT_PREFIX) {
             let rec: AuditRecord =
                 serde_json::from_slice(value).map_err(|source| DecodeError::BadValue { key: name(), source })?;
@@ -788,7 +847,137 @@ impl Registry {
         } else {
             return Err(DecodeError::UnknownKey(name()));
         }
+        Ok(Loaded::Current)
+    }
+}
+
+/// How a persisted pair was written (see [`Registry::load`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Loaded {
+    /// In this release's layout.
+    Current,
+    /// A cluster record with its history inside (data format 1): the state must be
+    /// rewritten in the current layout, or the next write of that cluster's record
+    /// would drop its history from disk.
+    Legacy,
+}
+
+/// The persisted pairs of a state, kept up to date the way the store keeps its tree:
+/// after each apply, the touched keys' encodings. The simulator and tests compare
+/// [`KeyImage::load`] with the state in memory, which shows that every apply names
+/// every key it changed (a key it forgot would be lost at the next restart).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyImage(pub BTreeMap<Vec<u8>, Vec<u8>>);
+
+impl KeyImage {
+    /// Every pair of `registry`, as written at once (a snapshot install).
+    pub fn of(registry: &Registry) -> Result<KeyImage, EncodeError> {
+        Ok(KeyImage(registry.encode_all()?.into_iter().collect()))
+    }
+
+    /// Write the current encoding of `touched`, as the store does after an apply.
+    pub fn write<'k>(
+        &mut self,
+        registry: &Registry,
+        touched: impl IntoIterator<Item = &'k StateKey>,
+    ) -> Result<(), EncodeError> {
+        for key in touched {
+            match registry.encode(key)? {
+                (k, Some(v)) => self.0.insert(k, v),
+                (k, None) => self.0.remove(&k),
+            };
+        }
         Ok(())
+    }
+
+    /// The registry these pairs load as (as the store loads its tree at start).
+    pub fn load(&self) -> Result<Registry, DecodeError> {
+        let mut r = Registry::default();
+        for (k, v) in &self.0 {
+            let _ = r.load(k, v)?;
+        }
+        Ok(r)
+    }
+}
+
+fn history_key(name: &ClusterName, started_index: u64) -> Vec<u8> {
+    let mut k = HISTORY_PREFIX.to_vec();
+    k.extend_from_slice(name.as_str().as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(&started_index.to_be_bytes());
+    k
+}
+
+/// A [`ClusterRecord`] as stored under its `c/` key: every field but `history`, which
+/// is stored a record per key. Decodes as a `ClusterRecord` with an empty history.
+#[derive(Serialize)]
+struct ClusterCore<'a> {
+    name: &'a ClusterName,
+    seeds: &'a Vec<InstanceAddr>,
+    settings: &'a ClusterSettings,
+    registered_at_index: u64,
+    registered_at_ms: u64,
+    registered_by: &'a str,
+    topology: &'a Topology,
+    epoch: u64,
+    topology_index: u64,
+    demoted: &'a BTreeSet<InstanceAddr>,
+    promotion_rules: &'a BTreeMap<InstanceAddr, PromotionRule>,
+    instance_maintenance: &'a BTreeMap<InstanceAddr, Maintenance>,
+    cluster_maintenance: &'a Option<Maintenance>,
+    refusals: &'a Vec<crate::RefusalRecord>,
+    datacenters: &'a BTreeMap<InstanceAddr, String>,
+    agents: &'a BTreeMap<InstanceAddr, crate::failover::AgentRecord>,
+    split_fences: &'a Vec<crate::SplitFenceRecord>,
+    unfences: &'a Vec<crate::SplitFenceRecord>,
+}
+
+impl<'a> ClusterCore<'a> {
+    fn of(c: &'a ClusterRecord) -> Self {
+        // No `..`: a field added to ClusterRecord must be added here, or it would not
+        // be persisted.
+        let ClusterRecord {
+            name,
+            seeds,
+            settings,
+            registered_at_index,
+            registered_at_ms,
+            registered_by,
+            topology,
+            epoch,
+            topology_index,
+            history: _,
+            demoted,
+            promotion_rules,
+            instance_maintenance,
+            cluster_maintenance,
+            refusals,
+            datacenters,
+            agents,
+            split_fences,
+            unfences,
+        } = c;
+        ClusterCore {
+            name,
+            seeds,
+            settings,
+            registered_at_index: *registered_at_index,
+            registered_at_ms: *registered_at_ms,
+            registered_by,
+            topology,
+            epoch: *epoch,
+            topology_index: *topology_index,
+            demoted,
+            promotion_rules,
+            instance_maintenance,
+            cluster_maintenance,
+            refusals,
+            datacenters,
+            agents,
+            split_fences,
+            unfences,
+        }
     }
 }
 
@@ -841,11 +1030,7 @@ mod tests {
         let unreg = Request::new(Command::UnregisterCluster { name: "a".parse().unwrap() }, Origin::default());
         let (_, touched) = r.apply(&log_id(3), &unreg);
         assert!(r.encode(&touched[0]).unwrap().1.is_none(), "unregistered cluster must encode as a delete");
-        let mut copy = Registry::default();
-        for (k, v) in r.encode_all().unwrap() {
-            copy.load(&k, &v).unwrap();
-        }
-        assert_eq!(copy, r);
+        assert_eq!(KeyImage::of(&r).unwrap().load().unwrap(), r);
     }
 
     fn seen(id: NodeId) -> Request {
@@ -869,11 +1054,7 @@ mod tests {
         assert_eq!(key, b"n/members_seen");
         assert_eq!(value.as_deref(), Some(&b"[1,2]"[..]));
         r.apply(&log_id(4), &reg("c1"));
-        let mut copy = Registry::default();
-        for (k, v) in r.encode_all().unwrap() {
-            copy.load(&k, &v).unwrap();
-        }
-        assert_eq!(copy, r);
+        assert_eq!(KeyImage::of(&r).unwrap().load().unwrap(), r);
         // Nothing recorded: no key at all (the store deletes it / never writes it).
         assert_eq!(Registry::default().encode(&StateKey::MembersSeen).unwrap().1, None);
         assert!(Registry::default().encode_all().unwrap().is_empty());
@@ -884,10 +1065,7 @@ mod tests {
         // A data_dir of an earlier release: cluster and audit keys only.
         let mut old = Registry::default();
         old.apply(&log_id(1), &reg("c1"));
-        let mut loaded = Registry::default();
-        for (k, v) in old.encode_all().unwrap() {
-            loaded.load(&k, &v).unwrap();
-        }
+        let mut loaded = KeyImage::of(&old).unwrap().load().unwrap();
         assert!(loaded.members_seen.is_empty());
         assert_eq!(loaded, old);
         // A snapshot of an earlier release: the registry's JSON without the field.
@@ -1254,6 +1432,140 @@ mod tests {
         let c = &r.clusters[&"c".parse().unwrap()];
         assert_eq!(c.topology.instances[&a(1)].role, crate::InstanceRole::Demoted);
     }
+    /// Issue 14: a failover step rewrites its own failover record, not the cluster's
+    /// record with its hundred-failover history (up to 258 KiB per step before).
+    #[test]
+    fn a_failover_step_persists_its_own_record_not_the_cluster_with_its_history() {
+        let mut r = registered_with_topology();
+        let (_, touched) = r.apply(&log_id(3), &start("c", 2));
+        let c: ClusterName = "c".parse().unwrap();
+        assert_eq!(touched, vec![StateKey::Failover(c.clone(), 3), StateKey::Cluster(c.clone()), StateKey::Audit(3)]);
+        let step = Request::new(
+            Command::FailoverStep {
+                name: c.clone(),
+                id: "c-e2".into(),
+                index: 0,
+                description: "s0".into(),
+                outcome: StepOutcome::Done("done".into()),
+            },
+            Origin::default(),
+        );
+        let (_, touched) = r.apply(&log_id(4), &step);
+        assert_eq!(touched, vec![StateKey::Failover(c.clone(), 3), StateKey::Audit(4)]);
+        let (key, value) = r.encode(&StateKey::Failover(c.clone(), 3)).unwrap();
+        assert_eq!(key, [&b"h/c/"[..], &3u64.to_be_bytes()].concat());
+        let stored: FailoverRecord = serde_json::from_slice(&value.unwrap()).unwrap();
+        assert_eq!(stored.steps.len(), 1);
+        // The cluster's own key holds no history at all.
+        let (_, core) = r.encode(&StateKey::Cluster(c.clone())).unwrap();
+        let core: serde_json::Value = serde_json::from_slice(&core.unwrap()).unwrap();
+        assert!(core.get("history").is_none(), "{core}");
+        assert_eq!(core["epoch"], 2);
+    }
+
+    /// Every apply names every key it changed: the pairs written after each entry (as
+    /// the store writes them) load as the state in memory, through failovers, steps,
+    /// promotion points, finishes, acknowledgements, the history's retention, and a
+    /// cluster removed and registered again under the same name.
+    #[test]
+    fn persisting_the_touched_keys_after_every_entry_reproduces_the_state() {
+        let mut r = Registry::default();
+        let mut image = KeyImage::default();
+        let mut idx = 0u64;
+        let mut apply = |r: &mut Registry, image: &mut KeyImage, cmd: Command| {
+            idx += 1;
+            let (resp, touched) = r.apply(&log_id(idx), &Request::new(cmd, Origin::default()));
+            image.write(r, &touched).unwrap();
+            assert_eq!(&image.load().unwrap(), r, "after entry {idx}");
+            resp
+        };
+        let c: ClusterName = "c".parse().unwrap();
+        let a = |p: u16| crate::InstanceAddr::new("h", p).unwrap();
+        let topology = Topology::from_edges(
+            vec![
+                (a(1), None, 1, "mariadb".into(), "10.11".into()),
+                (a(2), Some(a(1)), 2, "mariadb".into(), "10.11".into()),
+            ],
+            None,
+        );
+        for round in 0..2 {
+            apply(&mut r, &mut image, reg("c").command);
+            apply(&mut r, &mut image, Command::UpdateTopology { name: c.clone(), topology: topology.clone() });
+            let mut epoch = r.clusters[&c].epoch;
+            for n in 0..HISTORY_RETENTION + 3 {
+                epoch += 1;
+                let id = format!("c-e{epoch}");
+                let (old, new) = if epoch % 2 == 0 { (a(1), a(2)) } else { (a(2), a(1)) };
+                let resp = apply(
+                    &mut r,
+                    &mut image,
+                    Command::StartFailover {
+                        name: c.clone(),
+                        id: id.clone(),
+                        kind: crate::FailoverKind::Automatic,
+                        analysis_code: crate::AnalysisCode::DeadPrimary,
+                        evidence: vec![format!("round {round} failover {n}")],
+                        old_primary: old,
+                        candidate: new,
+                        epoch,
+                        plan: vec![Step::Complete],
+                        request_id: None,
+                    },
+                );
+                assert_eq!(resp, Response::Done);
+                apply(
+                    &mut r,
+                    &mut image,
+                    Command::RecordPromotionPoint {
+                        name: c.clone(),
+                        id: id.clone(),
+                        gtid: format!("0-1-{n}"),
+                        binlog_state: None,
+                    },
+                );
+                let outcome = if n % 3 == 2 {
+                    crate::FailoverOutcome::Aborted("no".into())
+                } else {
+                    apply(
+                        &mut r,
+                        &mut image,
+                        Command::FailoverStep {
+                            name: c.clone(),
+                            id: id.clone(),
+                            index: 0,
+                            description: "s0".into(),
+                            outcome: StepOutcome::Done("done".into()),
+                        },
+                    );
+                    crate::FailoverOutcome::Succeeded
+                };
+                let finish = Command::FinishFailover { name: c.clone(), id: id.clone(), outcome, promotion_gtid: None };
+                assert_eq!(apply(&mut r, &mut image, finish), Response::Done);
+                if n % 10 == 0 {
+                    apply(&mut r, &mut image, Command::AckFailover { name: c.clone(), id: Some(id) });
+                }
+            }
+            apply(&mut r, &mut image, Command::AckFailover { name: c.clone(), id: None });
+            assert_eq!(r.clusters[&c].history.len(), HISTORY_RETENTION);
+            assert_eq!(image.0.keys().filter(|k| k.starts_with(b"h/")).count(), HISTORY_RETENTION);
+            apply(&mut r, &mut image, Command::UnregisterCluster { name: c.clone() });
+            assert!(!image.0.keys().any(|k| k.starts_with(b"h/") || k.starts_with(b"c/")), "removed with its history");
+        }
+    }
+
+    #[test]
+    fn a_failover_record_without_its_cluster_or_under_a_wrong_key_is_refused() {
+        let mut r = registered_with_topology();
+        r.apply(&log_id(3), &start("c", 2));
+        let image = KeyImage::of(&r).unwrap();
+        let (key, value) = image.0.iter().find(|(k, _)| k.starts_with(b"h/")).unwrap();
+        assert!(matches!(Registry::default().load(key, value), Err(DecodeError::StrayFailover { .. })));
+        let mut loaded = image.load().unwrap();
+        let wrong = [&b"h/c/"[..], &4u64.to_be_bytes()].concat();
+        assert!(matches!(loaded.load(&wrong, value), Err(DecodeError::StrayFailover { .. })));
+        assert!(matches!(loaded.load(b"h/c", value), Err(DecodeError::StrayFailover { .. })));
+    }
+
     fn update(topology: Topology) -> Request {
         Request::new(Command::UpdateTopology { name: "c".parse().unwrap(), topology }, Origin::default())
     }

@@ -6,7 +6,14 @@
 //! Everything written is "flushed" at once: the simulator checks primus' decisions,
 //! not sled's durability (the real-process crash tests cover that). After a restart
 //! the state machine starts empty and openraft re-applies the log up to the saved
-//! committed index, as it does for primusd.
+//! committed index.
+//!
+//! primusd instead restarts from the key/value pairs its store wrote after each
+//! apply (the keys `Registry::apply` says it touched). The disk keeps those pairs too
+//! ([`KeyImage`]), and [`Disk::persisted_state_differs`] compares them with the state
+//! in memory: the run checks it whenever a coordinator crashes and at the end, so an
+//! apply that forgot a key it changed (lost at primusd's next restart) is a
+//! violation here.
 
 use super::SimConfig;
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -14,7 +21,7 @@ use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
 };
 use primus_store::{AppliedState, StateHandle};
-use primus_types::state::Registry;
+use primus_types::state::{KeyImage, Registry};
 use primus_types::{LogId, Member, NodeId, Response, SnapshotMeta, StoredMembership, Vote};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -33,6 +40,10 @@ struct DiskInner {
     last_purged: Option<LogId>,
     log: BTreeMap<u64, Entry>,
     snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    /// What primusd's store would hold for this incarnation's applied state.
+    image: KeyImage,
+    /// An encoding failed (reported by the check).
+    image_error: Option<String>,
 }
 
 /// One coordinator's durable storage; survives the node's crash and restart.
@@ -52,6 +63,21 @@ impl Disk {
     /// Entries stored in the log (for checks).
     pub fn log_len(&self) -> usize {
         self.with(|d| d.log.len())
+    }
+
+    /// How the state primusd would load from the pairs it wrote differs from `state`
+    /// (the registry in memory), if it does.
+    pub fn persisted_state_differs(&self, state: &Registry) -> Option<String> {
+        self.with(|d| {
+            if let Some(e) = &d.image_error {
+                return Some(e.clone());
+            }
+            match d.image.load() {
+                Err(e) => Some(format!("the pairs written do not load: {e}")),
+                Ok(loaded) if loaded != *state => Some(describe_difference(&loaded, state)),
+                Ok(_) => None,
+            }
+        })
     }
 }
 
@@ -160,7 +186,22 @@ pub struct SimStateMachine {
 impl SimStateMachine {
     /// A fresh (empty) state machine over `disk`'s snapshot, applying into `state`.
     pub fn new(disk: Disk, state: StateHandle) -> SimStateMachine {
+        // The state starts empty and is applied again: so do the pairs.
+        disk.with(|d| {
+            d.image = KeyImage::default();
+            d.image_error = None;
+        });
         SimStateMachine { state, disk }
+    }
+
+    fn persist(&self, touched: &[primus_types::state::StateKey]) {
+        self.state.read(|s| {
+            self.disk.with(|d| {
+                if let Err(e) = d.image.write(&s.registry, touched) {
+                    d.image_error.get_or_insert_with(|| e.to_string());
+                }
+            })
+        });
     }
 
     #[allow(clippy::result_large_err)] // openraft's error type
@@ -204,9 +245,14 @@ impl RaftStateMachine<SimConfig> for SimStateMachine {
                     self.state.apply_blank(e.log_id);
                     out.push(Response::Internal);
                 }
-                EntryPayload::Normal(req) => out.push(self.state.apply_request(e.log_id, req)),
+                EntryPayload::Normal(req) => {
+                    let (response, touched) = self.state.apply_request(e.log_id, req);
+                    self.persist(&touched);
+                    out.push(response);
+                }
                 EntryPayload::Membership(m) => {
-                    self.state.apply_membership(e.log_id, m);
+                    let touched = self.state.apply_membership(e.log_id, m);
+                    self.persist(&touched);
                     out.push(Response::Internal);
                 }
             }
@@ -225,10 +271,15 @@ impl RaftStateMachine<SimConfig> for SimStateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> StorageResult<()> {
         let bytes = snapshot.into_inner();
         let data: SnapshotData = serde_json::from_slice(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let image = KeyImage::of(&data.registry);
         self.state.replace(AppliedState {
             last_applied: data.last_applied,
             membership: data.membership,
             registry: data.registry,
+        });
+        self.disk.with(|d| match image {
+            Ok(image) => d.image = image,
+            Err(e) => d.image_error = Some(e.to_string()),
         });
         self.disk.with(|d| d.snapshot = Some((meta.clone(), bytes)));
         Ok(())
@@ -240,6 +291,47 @@ impl RaftStateMachine<SimConfig> for SimStateMachine {
             .with(|d| d.snapshot.clone())
             .map(|(meta, bytes)| Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) }))
     }
+}
+
+/// Where two registries differ first: a cluster (and whether in its history), the
+/// audit trail, or the members seen.
+fn describe_difference(loaded: &Registry, applied: &Registry) -> String {
+    for (name, c) in &applied.clusters {
+        match loaded.clusters.get(name) {
+            None => return format!("cluster {name} is missing from the persisted pairs"),
+            Some(l) if l.history != c.history => {
+                let first = c.history.iter().find(|f| l.failover_started_at(f.started_index) != Some(*f));
+                return match first {
+                    Some(f) => match l.failover_started_at(f.started_index) {
+                        Some(p) => format!(
+                            "cluster {name}'s failover {} differs: {} steps and outcome {:?} persisted, \
+                             {} steps and outcome {:?} applied",
+                            f.id,
+                            p.steps.len(),
+                            p.outcome,
+                            f.steps.len(),
+                            f.outcome
+                        ),
+                        None => format!("cluster {name}'s failover {} is not persisted", f.id),
+                    },
+                    None => format!(
+                        "cluster {name}'s history differs: {} failovers persisted, {} applied",
+                        l.history.len(),
+                        c.history.len()
+                    ),
+                };
+            }
+            Some(l) if l != c => return format!("cluster {name}'s record differs from the applied one"),
+            Some(_) => {}
+        }
+    }
+    if let Some(extra) = loaded.clusters.keys().find(|n| !applied.clusters.contains_key(*n)) {
+        return format!("cluster {extra} is persisted but not applied");
+    }
+    if loaded.audit != applied.audit {
+        return "the audit trail differs".into();
+    }
+    "the members seen differ".into()
 }
 
 /// A member record for node `id` (the simulator needs no real address).
