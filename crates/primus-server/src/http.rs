@@ -649,8 +649,11 @@ fn instance_samples(mon: &crate::monitor::Monitor, c: &ClusterRecord) -> Vec<cra
     let primary_obs = c.topology.primary.as_ref().and_then(|p| mon.own_observation(p));
     let view = mon.view(c, false);
     let mut out = Vec::new();
-    for i in view.instances.into_iter().filter(|i| i.observed_at_ms.is_some()) {
-        let Some(inst) = c.topology.instances.values().find(|t| t.addr.to_string() == i.addr) else { continue };
+    // The view lists the topology's instances in its order.
+    for (inst, i) in c.topology.instances.values().zip(view.instances) {
+        if i.observed_at_ms.is_none() || inst.addr.to_string() != i.addr {
+            continue;
+        }
         let obs = mon.own_observation(&inst.addr);
         let is_replica = matches!(inst.role, InstanceRole::Replica | InstanceRole::Intermediate);
         let divergent = obs.as_ref().and_then(|o| match crate::divergence::check(c, &inst.addr, o) {
