@@ -142,6 +142,18 @@ async fn a_leader_cut_off_from_its_group_fails_its_checks_and_the_new_leader_pas
     let rest: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
     let (new, _) = g.wait_leader(&rest, Duration::from_secs(20)).await?;
     wait_get(&http_addr(&g, new), "/leader", "new leader", Duration::from_secs(10), |r| r.status == 200).await?;
+    // The new leader counted the change, and sees the cut-off node stop answering while
+    // the other follower answers (the data behind the quorum-at-risk alert).
+    let silent = format!("primus_raft_member_last_answer_seconds{{member=\"{old}\",voter=\"true\"}}");
+    let text = wait_get(&http_addr(&g, new), "/metrics", "the cut-off node silent", Duration::from_secs(10), |r| {
+        metric_value(&r.text(), &silent).is_some_and(|s| s > 1.0)
+    })
+    .await?
+    .text();
+    assert!(metric_value(&text, "primus_raft_leader_changes_total").is_some_and(|n| n >= 1.0), "{text}");
+    let other = rest.iter().find(|i| **i != new).expect("the other follower");
+    let answering = format!("primus_raft_member_last_answer_seconds{{member=\"{other}\",voter=\"true\"}}");
+    assert!(metric_value(&text, &answering).is_some_and(|s| s < 1.0), "{answering}:\n{text}");
     for id in &rest {
         wait_get(&http_addr(&g, *id), "/health", "majority health", Duration::from_secs(10), |r| r.status == 200)
             .await?;
