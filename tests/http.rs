@@ -409,6 +409,15 @@ async fn primary_and_replica_checks_follow_the_real_topology_on_every_node() -> 
         let count = format!("primus_probe_duration_seconds_count{{instance=\"{i}\"}}");
         assert!(metric_value(&text, &count).is_some_and(|n| n >= 1.0), "{count}:\n{text}");
     }
+    // r0's replication was restarted above: the leader's own probe may see it a probe later.
+    let r0_replicating = format!("primus_instance_replicating{{cluster=\"c\",instance=\"{r0}\"}}");
+    let r0_lag = format!("primus_instance_replication_lag_seconds{{cluster=\"c\",instance=\"{r0}\"}}");
+    let text = wait_get(&a, "/metrics", "r0 replicating again", Duration::from_secs(10), |r| {
+        let t = r.text();
+        metric_value(&t, &r0_replicating) == Some(1.0) && metric_value(&t, &r0_lag).is_some()
+    })
+    .await?
+    .text();
     for r in [&r0, &r1] {
         let labels = format!("{{cluster=\"c\",instance=\"{r}\"}}");
         assert_eq!(metric_value(&text, &format!("primus_instance_replicating{labels}")), Some(1.0), "{text}");
