@@ -631,3 +631,49 @@ async fn write_check_moves_to_the_promoted_replica_after_a_failover() -> anyhow:
     assert_eq!(parse_prometheus(&text)?.get("primus_probe_errors_total").map(String::as_str), Some("counter"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_s_lease_shows_expired_on_the_leader_while_no_failover_replaces_the_primary(
+) -> anyhow::Result<()> {
+    // Automatic failover off: the primary stays the primary once its agent's lease ran
+    // out, which is what PrimusAgentLeaseLost and PrimusFailoverBlocked fire on.
+    let w = World::start(WorldOptions {
+        http: true,
+        extra_config: "[failover]\nautomatic = false\n".into(),
+        ..Default::default()
+    })
+    .await?;
+    w.client()?.register_cluster("c", &[w.sandbox.primary().addr()], ClusterSettings::default()).await?;
+    w.wait_topology("c", "every instance seen", Duration::from_secs(15), |t| t.instances.len() == 3).await?;
+    let primary = w.sandbox.primary().addr();
+    let opts = AgentOptions { cluster: "c".into(), coordinators: vec![w.group.endpoints()], ..Default::default() };
+    let mut agent = AgentProc::start(w.sandbox.primary(), &opts)?;
+    agent.wait_log("lease granted", Duration::from_secs(10)).await?;
+    agent.wait_log("sentinel started", Duration::from_secs(5)).await?;
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
+    let a = http_addr(&w.group, leader);
+    let state = |s: &str| format!("primus_agent_lease{{cluster=\"c\",instance=\"{primary}\",state=\"{s}\"}} 1");
+    wait_get(&a, "/metrics", "lease held", Duration::from_secs(5), |r| r.text().contains(&state("held"))).await?;
+
+    agent.kill9()?;
+    let text =
+        wait_get(&a, "/metrics", "lease expired", Duration::from_secs(15), |r| r.text().contains(&state("expired")))
+            .await?
+            .text();
+    let left = format!("primus_agent_lease_remaining_seconds{{cluster=\"c\",instance=\"{primary}\"}}");
+    assert_eq!(metric_value(&text, &left), Some(0.0), "{text}");
+    assert!(!text.contains(&state("held")), "{text}");
+    // The sentinel fenced it: every coordinator's probe sees the primary read-only.
+    let ro = format!("primus_instance_read_only{{cluster=\"c\",instance=\"{primary}\"}}");
+    for id in 1..=3u64 {
+        wait_get(&http_addr(&w.group, id), "/metrics", "primary read-only", Duration::from_secs(10), |r| {
+            metric_value(&r.text(), &ro) == Some(1.0)
+        })
+        .await?;
+    }
+    // Followers export no lease state (leases live on the leader).
+    let follower = (1..=3).find(|i| *i != leader).expect("a follower");
+    let text = get(&http_addr(&w.group, follower), "/metrics", T).await?.text();
+    assert!(!text.contains("primus_agent_lease{"), "{text}");
+    Ok(())
+}
