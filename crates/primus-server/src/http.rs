@@ -663,7 +663,8 @@ fn instance_samples(mon: &crate::monitor::Monitor, c: &ClusterRecord) -> Vec<cra
         });
         let errant = match (&obs, &primary_obs) {
             (Some(o), Some(p)) if is_replica => primus_mysql::errant_transactions(o, p).map(|r| r.count()),
-            (Some(_), _) => Some(0),
+            // A replica compared with no primary observation: unknown.
+            (Some(_), _) if !is_replica => Some(0),
             _ => None,
         };
         out.push(crate::metrics::InstanceSample {
