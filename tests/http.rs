@@ -1,13 +1,16 @@
 //! primusd's HTTP endpoint on real processes: the documented status codes on
 //! leaders and followers, the HAProxy write/read checks against a real MariaDB
-//! topology (before and after a failover), Prometheus metrics, and garbage that
-//! must not take the endpoint down.
+//! topology (before and after a failover), Prometheus metrics (and that the shipped
+//! alerting rules and Grafana dashboard use only metrics primusd exports), and garbage
+//! that must not take the endpoint down.
 
 use primus_client::ClusterSettings;
 use primus_integration_tests::world::{World, WorldOptions};
+use primus_testkit::agent::{AgentOptions, AgentProc};
 use primus_testkit::coordinator::{bin, CoordinatorGroup, GroupOptions};
 use primus_testkit::http::{get, parse_prometheus, request, send_raw, HttpResponse};
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(5);
@@ -139,6 +142,18 @@ async fn a_leader_cut_off_from_its_group_fails_its_checks_and_the_new_leader_pas
     let rest: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
     let (new, _) = g.wait_leader(&rest, Duration::from_secs(20)).await?;
     wait_get(&http_addr(&g, new), "/leader", "new leader", Duration::from_secs(10), |r| r.status == 200).await?;
+    // The new leader counted the change, and sees the cut-off node stop answering while
+    // the other follower answers (the data behind the quorum-at-risk alert).
+    let silent = format!("primus_raft_member_last_answer_seconds{{member=\"{old}\",voter=\"true\"}}");
+    let text = wait_get(&http_addr(&g, new), "/metrics", "the cut-off node silent", Duration::from_secs(10), |r| {
+        metric_value(&r.text(), &silent).is_some_and(|s| s > 1.0)
+    })
+    .await?
+    .text();
+    assert!(metric_value(&text, "primus_raft_leader_changes_total").is_some_and(|n| n >= 1.0), "{text}");
+    let other = rest.iter().find(|i| **i != new).expect("the other follower");
+    let answering = format!("primus_raft_member_last_answer_seconds{{member=\"{other}\",voter=\"true\"}}");
+    assert!(metric_value(&text, &answering).is_some_and(|s| s < 1.0), "{answering}:\n{text}");
     for id in &rest {
         wait_get(&http_addr(&g, *id), "/health", "majority health", Duration::from_secs(10), |r| r.status == 200)
             .await?;
@@ -342,9 +357,45 @@ async fn primary_and_replica_checks_follow_the_real_topology_on_every_node() -> 
         "primus_probe_duration_seconds",
         "primus_instance_up",
         "primus_watch_subscribers",
+        // Issue 17's observability pack.
+        "primus_build_info",
+        "primus_raft_voters",
+        "primus_raft_leader_changes_total",
+        "primus_raft_member_last_answer_seconds",
+        "primus_instance_role",
+        "primus_instance_read_only",
+        "primus_instance_replicating",
+        "primus_instance_replication_lag_seconds",
+        "primus_instance_heartbeat_delay_seconds",
+        "primus_instance_divergent_transactions",
+        "primus_instance_errant_transactions",
+        "primus_last_split_fence_timestamp_seconds",
+        "primus_hook_runs_total",
+        "primus_hook_failures_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_threads",
     ] {
         assert!(families.contains_key(f), "family {f} missing from /metrics:\n{text}");
     }
+    assert_eq!(families["primus_raft_leader_changes_total"], "counter");
+    assert_eq!(families["primus_hook_runs_total"], "counter");
+    assert_eq!(metric_value(&text, "primus_raft_voters"), Some(3.0), "{text}");
+    let build = "primus_build_info{commit=\"";
+    assert!(
+        text.lines().any(|l| l.starts_with(build) && l.contains(env!("CARGO_PKG_VERSION")) && l.ends_with(" 1")),
+        "{text}"
+    );
+    // The leader answers itself at once; the followers answer its heartbeats.
+    for id in 1..=3u64 {
+        let s = format!("primus_raft_member_last_answer_seconds{{member=\"{id}\",voter=\"true\"}}");
+        assert!(metric_value(&text, &s).is_some_and(|v| v < 2.0), "{s}:\n{text}");
+    }
+    let role = format!("primus_instance_role{{cluster=\"c\",instance=\"{primary}\",role=\"primary\"}}");
+    assert_eq!(metric_value(&text, &role), Some(1.0), "{text}");
+    let ro = format!("primus_instance_read_only{{cluster=\"c\",instance=\"{primary}\"}}");
+    assert_eq!(metric_value(&text, &ro), Some(0.0), "{text}");
     assert_eq!(families["primus_probe_duration_seconds"], "histogram");
     // primus_probe_errors_total has no series until a probe fails (see the failover test).
     assert_eq!(metric_value(&text, "primus_raft_is_leader"), Some(1.0), "{text}");
@@ -358,9 +409,179 @@ async fn primary_and_replica_checks_follow_the_real_topology_on_every_node() -> 
         let count = format!("primus_probe_duration_seconds_count{{instance=\"{i}\"}}");
         assert!(metric_value(&text, &count).is_some_and(|n| n >= 1.0), "{count}:\n{text}");
     }
+    // r0's replication was restarted above: the leader's own probe may see it a probe later.
+    let r0_replicating = format!("primus_instance_replicating{{cluster=\"c\",instance=\"{r0}\"}}");
+    let r0_lag = format!("primus_instance_replication_lag_seconds{{cluster=\"c\",instance=\"{r0}\"}}");
+    let text = wait_get(&a, "/metrics", "r0 replicating again", Duration::from_secs(10), |r| {
+        let t = r.text();
+        metric_value(&t, &r0_replicating) == Some(1.0) && metric_value(&t, &r0_lag).is_some()
+    })
+    .await?
+    .text();
+    for r in [&r0, &r1] {
+        let labels = format!("{{cluster=\"c\",instance=\"{r}\"}}");
+        assert_eq!(metric_value(&text, &format!("primus_instance_replicating{labels}")), Some(1.0), "{text}");
+        assert_eq!(metric_value(&text, &format!("primus_instance_read_only{labels}")), Some(1.0), "{text}");
+        assert_eq!(metric_value(&text, &format!("primus_instance_errant_transactions{labels}")), Some(0.0), "{text}");
+        let lag = format!("primus_instance_replication_lag_seconds{labels}");
+        assert!(metric_value(&text, &lag).is_some_and(|s| s < 30.0), "{lag}:\n{text}");
+    }
+    // The heartbeat row reaches the replicas within a few heartbeat periods.
+    let hb = format!("primus_instance_heartbeat_delay_seconds{{cluster=\"c\",instance=\"{r1}\"}}");
+    let text = wait_get(&a, "/metrics", "heartbeat delay in metrics", Duration::from_secs(10), |r| {
+        metric_value(&r.text(), &hb).is_some()
+    })
+    .await?
+    .text();
+    assert!(metric_value(&text, &hb).is_some_and(|s| s < 10.0), "{hb}:\n{text}");
     let follower = (1..=3).find(|i| *i != leader).expect("a follower");
     let text = get(&http_addr(&w.group, follower), "/metrics", T).await?.text();
     assert_eq!(metric_value(&text, "primus_raft_is_leader"), Some(0.0), "{text}");
+    // Only the leader knows when members answered it.
+    assert!(!text.contains("primus_raft_member_last_answer_seconds{"), "{text}");
+    Ok(())
+}
+
+/// Every metric name (`primus_…`, `process_…`) in a rules file or dashboard.
+fn metric_names_in(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    for prefix in ["primus_", "process_"] {
+        let mut from = 0;
+        while let Some(at) = text[from..].find(prefix).map(|i| i + from) {
+            let starts_word = at == 0 || !(bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_');
+            let end = text[at..].find(|c: char| !(c.is_ascii_lowercase() || c == '_')).map_or(text.len(), |i| i + at);
+            if starts_word {
+                names.insert(text[at..end].to_string());
+            }
+            from = end.max(at + 1);
+        }
+    }
+    names
+}
+
+/// The sample names of a Prometheus text exposition (`…_bucket`, `…_sum`, `…_count` of
+/// histograms included) and its family names.
+fn exported_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            names.extend(rest.split_whitespace().next().map(str::to_string));
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            names.insert(line[..end].to_string());
+        }
+    }
+    names
+}
+
+fn repo_file(path: &str) -> anyhow::Result<String> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+}
+
+#[test]
+fn every_alert_links_a_runbook_section_of_the_operations_guide() -> anyhow::Result<()> {
+    let rules = repo_file("deploy/prometheus/alerts.yml")?;
+    let ops = repo_file("docs/operations.md")?;
+    // GitHub's anchors: headings lowercased, spaces to '-', other punctuation dropped.
+    let anchors: BTreeSet<String> = ops
+        .lines()
+        .filter_map(|l| l.strip_prefix('#').map(|h| h.trim_start_matches('#').trim()))
+        .map(|h| {
+            h.to_lowercase()
+                .chars()
+                .filter_map(|c| match c {
+                    ' ' => Some('-'),
+                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    let (mut alerts, mut urls) = (0, 0);
+    for line in rules.lines().map(str::trim) {
+        if line.starts_with("- alert:") {
+            alerts += 1;
+        }
+        if let Some(url) = line.strip_prefix("runbook_url:") {
+            urls += 1;
+            let anchor = url.trim().strip_prefix("docs/operations.md#");
+            let anchor = anchor.ok_or_else(|| anyhow::anyhow!("runbook_url {url} is not into docs/operations.md"))?;
+            anyhow::ensure!(anchors.contains(anchor), "runbook_url {url}: no such section in docs/operations.md");
+        }
+    }
+    assert!(alerts >= 10 && urls == alerts, "{alerts} alerts, {urls} runbook links");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_and_dashboard_use_only_metrics_a_real_primusd_exports() -> anyhow::Result<()> {
+    let rules = repo_file("deploy/prometheus/alerts.yml")?;
+    let dashboard = repo_file("deploy/grafana/primus.json")?;
+    serde_json::from_str::<Value>(&dashboard).map_err(|e| anyhow::anyhow!("primus.json is not JSON: {e}"))?;
+    let mut used = metric_names_in(&rules);
+    used.extend(metric_names_in(&dashboard));
+    assert!(used.len() > 20, "{used:?}");
+
+    // A hook, so hook runs are counted; an agent, so its lease is; a switchover, so
+    // the last failover's series exist; a maintenance; a dead replica, so probe errors do.
+    let w = World::start(WorldOptions {
+        http: true,
+        extra_config: "[hooks]\npost_switchover = [\"true\"]\n".into(),
+        ..Default::default()
+    })
+    .await?;
+    w.client()?.register_cluster("c", &[w.sandbox.primary().addr()], ClusterSettings::default()).await?;
+    w.wait_topology("c", "all coordinators see every instance", Duration::from_secs(15), |t| {
+        t.instances.len() == 3 && t.instances.iter().all(|i| i.seen_by.len() == 3 && i.seen_by.values().all(|ok| *ok))
+    })
+    .await?;
+    let primary = w.sandbox.primary().addr();
+    let (new, other) = (w.sandbox.replicas()[0].addr(), w.sandbox.replicas()[1].clone());
+    let opts = AgentOptions { cluster: "c".into(), coordinators: vec![w.group.endpoints()], ..Default::default() };
+    let agent = AgentProc::start(w.sandbox.primary(), &opts)?;
+    agent.wait_log("lease granted", Duration::from_secs(10)).await?;
+
+    // The leader counts the agent's lease as held, with time left.
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
+    let held = format!("primus_agent_lease{{cluster=\"c\",instance=\"{primary}\",state=\"held\"}} 1");
+    let text = wait_get(&http_addr(&w.group, leader), "/metrics", "lease held", Duration::from_secs(10), |r| {
+        r.text().contains(&held)
+    })
+    .await?
+    .text();
+    let left = format!("primus_agent_lease_remaining_seconds{{cluster=\"c\",instance=\"{primary}\"}}");
+    assert!(metric_value(&text, &left).is_some_and(|s| s > 0.0 && s <= 1.5), "{left}:\n{text}");
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let client = w.client()?;
+    client.failover("c", Some(&new), true).await?;
+    w.wait_topology("c", "the switchover's primary", Duration::from_secs(30), |t| t.primary == new).await?;
+    client.maintenance("c", Some(&other.addr()), true, "metrics test", Duration::from_secs(600)).await?;
+    other.kill9()?;
+
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
+    let errors = format!("primus_probe_errors_total{{instance=\"{}\",kind=", other.addr());
+    let text =
+        wait_get(&http_addr(&w.group, leader), "/metrics", "everything exported", Duration::from_secs(20), |r| {
+            let t = r.text();
+            t.contains(&errors)
+                && t.contains("primus_hook_runs_total{hook=\"post_switchover\"} 1")
+                && t.contains("primus_last_failover_duration_seconds{cluster=\"c\",kind=\"switchover\"")
+                && t.contains("primus_in_maintenance{")
+        })
+        .await?
+        .text();
+    assert!(text.contains("primus_hook_failures_total{hook=\"post_switchover\"} 0"), "{text}");
+    let exported = exported_names(&text);
+    let missing: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "used by deploy/prometheus/alerts.yml or deploy/grafana/primus.json but not on a real primusd's /metrics: \
+         {missing:?}\n{text}"
+    );
+    drop(agent);
     Ok(())
 }
 
@@ -408,5 +629,51 @@ async fn write_check_moves_to_the_promoted_replica_after_a_failover() -> anyhow:
     assert_eq!(metric_value(&text, &down), Some(0.0), "{text}");
     assert!(text.contains(&format!("primus_probe_errors_total{{instance=\"{old}\",kind=")), "{text}");
     assert_eq!(parse_prometheus(&text)?.get("primus_probe_errors_total").map(String::as_str), Some("counter"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_s_lease_shows_expired_on_the_leader_while_no_failover_replaces_the_primary(
+) -> anyhow::Result<()> {
+    // Automatic failover off: the primary stays the primary once its agent's lease ran
+    // out, which is what PrimusAgentLeaseLost and PrimusFailoverBlocked fire on.
+    let w = World::start(WorldOptions {
+        http: true,
+        extra_config: "[failover]\nautomatic = false\n".into(),
+        ..Default::default()
+    })
+    .await?;
+    w.client()?.register_cluster("c", &[w.sandbox.primary().addr()], ClusterSettings::default()).await?;
+    w.wait_topology("c", "every instance seen", Duration::from_secs(15), |t| t.instances.len() == 3).await?;
+    let primary = w.sandbox.primary().addr();
+    let opts = AgentOptions { cluster: "c".into(), coordinators: vec![w.group.endpoints()], ..Default::default() };
+    let mut agent = AgentProc::start(w.sandbox.primary(), &opts)?;
+    agent.wait_log("lease granted", Duration::from_secs(10)).await?;
+    agent.wait_log("sentinel started", Duration::from_secs(5)).await?;
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(5)).await?;
+    let a = http_addr(&w.group, leader);
+    let state = |s: &str| format!("primus_agent_lease{{cluster=\"c\",instance=\"{primary}\",state=\"{s}\"}} 1");
+    wait_get(&a, "/metrics", "lease held", Duration::from_secs(5), |r| r.text().contains(&state("held"))).await?;
+
+    agent.kill9()?;
+    let text =
+        wait_get(&a, "/metrics", "lease expired", Duration::from_secs(15), |r| r.text().contains(&state("expired")))
+            .await?
+            .text();
+    let left = format!("primus_agent_lease_remaining_seconds{{cluster=\"c\",instance=\"{primary}\"}}");
+    assert_eq!(metric_value(&text, &left), Some(0.0), "{text}");
+    assert!(!text.contains(&state("held")), "{text}");
+    // The sentinel fenced it: every coordinator's probe sees the primary read-only.
+    let ro = format!("primus_instance_read_only{{cluster=\"c\",instance=\"{primary}\"}}");
+    for id in 1..=3u64 {
+        wait_get(&http_addr(&w.group, id), "/metrics", "primary read-only", Duration::from_secs(10), |r| {
+            metric_value(&r.text(), &ro) == Some(1.0)
+        })
+        .await?;
+    }
+    // Followers export no lease state (leases live on the leader).
+    let follower = (1..=3).find(|i| *i != leader).expect("a follower");
+    let text = get(&http_addr(&w.group, follower), "/metrics", T).await?.text();
+    assert!(!text.contains("primus_agent_lease{"), "{text}");
     Ok(())
 }

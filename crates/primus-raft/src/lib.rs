@@ -22,6 +22,6 @@ pub mod security;
 pub mod service;
 
 pub use faults::Faults;
-pub use network::{NetworkConfig, PeerNetwork};
+pub use network::{NetworkConfig, PeerAnswers, PeerNetwork};
 pub use security::{PeerSecurity, PeerTls};
 pub use service::{Admission, JoinCheckAnswer, ObservationSink, RaftService};

@@ -46,6 +46,35 @@ impl Default for NetworkConfig {
     }
 }
 
+/// When each peer last answered an RPC of this node (any reply that came back, an
+/// error from the peer's Raft included). openraft 0.9's metrics say how far each
+/// follower's log matches, not when it last answered a heartbeat: that is what the
+/// leader's `primus_raft_member_last_answer_seconds` needs. Shared by every clone.
+#[derive(Clone, Debug)]
+pub struct PeerAnswers {
+    started: tokio::time::Instant,
+    last: Arc<Mutex<HashMap<NodeId, tokio::time::Instant>>>,
+}
+
+impl Default for PeerAnswers {
+    fn default() -> Self {
+        PeerAnswers { started: tokio::time::Instant::now(), last: Arc::default() }
+    }
+}
+
+impl PeerAnswers {
+    fn record(&self, peer: NodeId) {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, tokio::time::Instant::now());
+    }
+
+    /// How long ago `peer` last answered this node; for a peer that has not answered
+    /// since this node started, how long ago it started (at least that long).
+    pub fn since(&self, peer: NodeId) -> Duration {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).get(&peer).copied();
+        last.unwrap_or(self.started).elapsed()
+    }
+}
+
 /// Factory of peer connections; cheap to clone, channels shared across clones.
 #[derive(Clone)]
 pub struct PeerNetwork {
@@ -54,11 +83,24 @@ pub struct PeerNetwork {
     faults: Arc<Faults>,
     security: PeerSecurity,
     channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+    answers: PeerAnswers,
 }
 
 impl PeerNetwork {
     pub fn new(me: NodeId, cfg: NetworkConfig, faults: Arc<Faults>, security: PeerSecurity) -> Self {
-        PeerNetwork { me, cfg, faults, security, channels: Arc::new(Mutex::new(HashMap::new())) }
+        PeerNetwork {
+            me,
+            cfg,
+            faults,
+            security,
+            channels: Arc::new(Mutex::new(HashMap::new())),
+            answers: PeerAnswers::default(),
+        }
+    }
+
+    /// When each peer last answered this node's RPCs (for metrics).
+    pub fn answers(&self) -> PeerAnswers {
+        self.answers.clone()
     }
 
     /// The reused channel to `target` at `addr` (re-created if the address changed).
@@ -99,6 +141,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             cfg: self.cfg.clone(),
             faults: self.faults.clone(),
             security: self.security.clone(),
+            answers: self.answers.clone(),
         }
     }
 }
@@ -112,6 +155,7 @@ pub struct PeerConnection {
     cfg: NetworkConfig,
     faults: Arc<Faults>,
     security: PeerSecurity,
+    answers: PeerAnswers,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +198,7 @@ impl PeerConnection {
             Ok(Err(status)) => return Err(self.map_status(status, timeout_err)),
             Ok(Ok(r)) => r.into_inner(),
         };
+        self.answers.record(self.target);
         let decoded: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply.payload).map_err(|e| {
             RPCError::Network(NetworkError::new(&Msg(format!("undecodable reply from node {}: {e}", self.target))))
         })?;

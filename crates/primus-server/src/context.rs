@@ -27,6 +27,8 @@ pub struct NodeCtx {
     pub leases: Arc<crate::lease::LeaseTable>,
     /// Prometheus metrics of this node (served on `GET /metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// When each peer last answered this node's Raft RPCs (for metrics, on the leader).
+    pub peer_answers: primus_raft::PeerAnswers,
     /// How this node reaches other coordinators (TLS, its token).
     pub peer: PeerSecurity,
     pub(crate) channels: Mutex<HashMap<String, Channel>>,

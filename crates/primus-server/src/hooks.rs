@@ -640,14 +640,28 @@ impl fmt::Display for HookError {
 impl std::error::Error for HookError {}
 
 /// The configured hooks, ready to run.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Hooks {
     section: HooksSection,
+    /// Where runs and failures are counted (`primus_hook_*`), when set.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+impl fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hooks").field("section", &self.section).finish_non_exhaustive()
+    }
 }
 
 impl Hooks {
     pub fn new(section: HooksSection) -> Hooks {
-        Hooks { section }
+        Hooks { section, metrics: None }
+    }
+
+    /// Count every command run, and every failure, in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Hooks {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn section(&self) -> &HooksSection {
@@ -671,6 +685,9 @@ impl Hooks {
             let o = self.run_one(kind, index, template, ctx).await;
             log_outcome(&o, ctx);
             let ok = o.success();
+            if let Some(m) = &self.metrics {
+                m.observe_hook(kind, ok);
+            }
             outcomes.push(o);
             if !ok {
                 first_failure.get_or_insert(outcomes.len() - 1);

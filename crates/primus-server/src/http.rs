@@ -599,24 +599,40 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
             .collect(),
         None => Default::default(),
     };
-    let mut instance_up = Vec::new();
+    let raft = ctx.raft.metrics().borrow().clone();
+    let leads_with_quorum = NodeCtx::leads_with_quorum(&ctx.raft, ctx.id, ctx.cfg.raft.election_timeout_min_ms);
+    let mut instances = Vec::new();
+    let mut leases = Vec::new();
     if let Some(mon) = &ctx.monitor {
         for c in &clusters {
-            // Not probed yet: neither up nor down.
-            for i in mon.view(c, false).instances.into_iter().filter(|i| i.observed_at_ms.is_some()) {
-                instance_up.push((c.name.to_string(), i.addr, i.reachable));
-            }
+            instances.extend(instance_samples(mon, c));
+        }
+    }
+    if leads_with_quorum {
+        for c in &clusters {
+            leases.extend(lease_samples(&ctx, c));
+        }
+    }
+    let mut members = Vec::new();
+    if raft.state == openraft::ServerState::Leader && raft.current_leader == Some(ctx.id) {
+        let membership = raft.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        for (id, _) in membership.nodes() {
+            let last_answer = if *id == ctx.id { Duration::ZERO } else { ctx.peer_answers.since(*id) };
+            members.push(crate::metrics::MemberSample { id: *id, voter: voters.contains(id), last_answer });
         }
     }
     let snapshot = crate::metrics::Snapshot {
-        raft: ctx.raft.metrics().borrow().clone(),
-        leads_with_quorum: NodeCtx::leads_with_quorum(&ctx.raft, ctx.id, ctx.cfg.raft.election_timeout_min_ms),
+        raft,
+        leads_with_quorum,
         committed_index: ctx.committed_index(),
         watch_subscribers: ctx.feed.subscribers(),
         clusters,
         now_ms: crate::clock::now_ms(),
         analysis,
-        instance_up,
+        instances,
+        leases,
+        members,
     };
     match ctx.metrics.render(&snapshot) {
         Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::Metrics::content_type())], text).into_response(),
@@ -625,6 +641,76 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
             error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}"))
         }
     }
+}
+
+/// This node's latest probe of each instance of `c` it has probed (not probed yet:
+/// no sample, neither up nor down).
+fn instance_samples(mon: &crate::monitor::Monitor, c: &ClusterRecord) -> Vec<crate::metrics::InstanceSample> {
+    let primary_obs = c.topology.primary.as_ref().and_then(|p| mon.own_observation(p));
+    let view = mon.view(c, false);
+    let mut out = Vec::new();
+    // The view lists the topology's instances in its order.
+    for (inst, i) in c.topology.instances.values().zip(view.instances) {
+        if i.observed_at_ms.is_none() || inst.addr.to_string() != i.addr {
+            continue;
+        }
+        let obs = mon.own_observation(&inst.addr);
+        let is_replica = matches!(inst.role, InstanceRole::Replica | InstanceRole::Intermediate);
+        let divergent = obs.as_ref().and_then(|o| match crate::divergence::check(c, &inst.addr, o) {
+            None => Some(0),
+            Some(Ok(d)) => Some(d.divergence.count()),
+            Some(Err(_)) => None,
+        });
+        let errant = match (&obs, &primary_obs) {
+            (Some(o), Some(p)) if is_replica => primus_mysql::errant_transactions(o, p).map(|r| r.count()),
+            // A replica compared with no primary observation: unknown.
+            (Some(_), _) if !is_replica => Some(0),
+            _ => None,
+        };
+        out.push(crate::metrics::InstanceSample {
+            cluster: c.name.to_string(),
+            up: i.reachable,
+            read_only: i.read_only,
+            replicating: (i.reachable && is_replica)
+                .then(|| i.io_running.as_deref() == Some("yes") && i.sql_running == Some(true)),
+            lag_seconds: i.seconds_behind,
+            heartbeat_delay_ms: i.heartbeat_delay_ms,
+            divergent,
+            errant,
+            instance: i.addr,
+        });
+    }
+    out
+}
+
+/// The lease of each registered agent of `c`, as this leader counts it.
+fn lease_samples(ctx: &NodeCtx, c: &ClusterRecord) -> Vec<crate::metrics::LeaseSample> {
+    use crate::metrics::LeaseState;
+    let now = tokio::time::Instant::now();
+    c.agents
+        .iter()
+        .map(|(addr, agent)| {
+            let granted = ctx.leases.granted(&c.name, addr);
+            let fenced = ctx.monitor.as_ref().and_then(|m| m.own_observation(addr)).is_some_and(|o| o.read_only);
+            let state = if agent.released.is_some() {
+                LeaseState::Released
+            } else if ctx.leases.holds(&c.name, addr) {
+                LeaseState::Held
+            } else if c.topology.primary.as_ref() == Some(addr)
+                && ctx.leases.expired_for(&c.name, addr, Some(agent), fenced).is_some()
+            {
+                LeaseState::Expired
+            } else {
+                LeaseState::NotHeld
+            };
+            crate::metrics::LeaseSample {
+                cluster: c.name.to_string(),
+                instance: addr.to_string(),
+                state,
+                remaining: granted.map_or(Duration::ZERO, |until| until.saturating_duration_since(now)),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

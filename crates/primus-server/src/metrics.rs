@@ -2,7 +2,8 @@
 //!
 //! Two kinds of series:
 //! * **Event series** updated where the event happens: probe latency and probe
-//!   errors (monitor.rs), watch subscribers (the gRPC watch stream).
+//!   errors (monitor.rs), watch subscribers (the gRPC watch stream), hook runs and
+//!   failures (hooks.rs), leader changes (a task watching Raft's metrics).
 //! * **State series** computed at scrape time from what the node already holds:
 //!   Raft metrics, the replicated registry (epochs, failover history) and this
 //!   node's latest probes and analyses. Nothing has to be kept in sync, and a
@@ -14,12 +15,18 @@
 //! once. The history is bounded (`HISTORY_RETENTION` per cluster), so the series is
 //! a gauge (`primus_failovers`), not a `_total` counter; to alert on a new failover
 //! use `changes(primus_cluster_epoch[…])` (the epoch only ever grows).
+//!
+//! Labels are bounded by what the node holds: clusters, their instances, the group's
+//! members, hook kinds, and small fixed sets (roles, lease states, error kinds).
+//! The process series (`process_*`: CPU, memory, file descriptors, threads) come from
+//! the `prometheus` crate's process collector.
 
 use primus_types::FailoverOutcome;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Probe latency buckets, seconds: 0.1 ms to 2 s.
 pub const PROBE_BUCKETS: [f64; 14] =
@@ -42,12 +49,20 @@ pub struct Metrics {
     /// Time between the starts of two consecutive *scheduled* probes of one instance (all
     /// instances in one series: a per-instance histogram would be 16 series per instance).
     pub probe_interval: prometheus::Histogram,
+    /// Hook commands run by this node, by hook kind (`pre_failover` …).
+    hook_runs: IntCounterVec,
+    /// Hook commands that did not succeed (non-zero exit, signal, timeout, not started).
+    hook_failures: IntCounterVec,
+    /// Times this node learned of a new leader (another node, or a new term).
+    leader_changes: prometheus::IntCounter,
     raft_term: IntGauge,
     raft_is_leader: IntGauge,
     raft_leader_id: IntGauge,
     raft_commit_index: IntGauge,
     raft_applied_index: IntGauge,
     raft_last_log_index: IntGauge,
+    raft_voters: IntGauge,
+    raft_member_last_answer: GaugeVec,
     cluster_analysis: IntGaugeVec,
     cluster_epoch: IntGaugeVec,
     cluster_failover_in_progress: IntGaugeVec,
@@ -58,7 +73,17 @@ pub struct Metrics {
     failovers: IntGaugeVec,
     last_failover_duration: GaugeVec,
     last_failover_finished: GaugeVec,
+    last_split_fence: GaugeVec,
     instance_up: IntGaugeVec,
+    instance_role: IntGaugeVec,
+    instance_read_only: IntGaugeVec,
+    instance_replicating: IntGaugeVec,
+    instance_lag: GaugeVec,
+    instance_heartbeat_delay: GaugeVec,
+    instance_divergent: IntGaugeVec,
+    instance_errant: IntGaugeVec,
+    agent_lease: IntGaugeVec,
+    agent_lease_remaining: GaugeVec,
     /// One scrape at a time: state series are reset and refilled for each.
     scrape: Mutex<()>,
 }
@@ -120,7 +145,46 @@ impl Metrics {
             .buckets(PROBE_INTERVAL_BUCKETS.to_vec()),
         )?;
         r.register(Box::new(probe_interval.clone()))?;
+        let hook_runs = IntCounterVec::new(
+            Opts::new("primus_hook_runs_total", "Hook commands this node ran, by hook kind"),
+            &["hook"],
+        )?;
+        r.register(Box::new(hook_runs.clone()))?;
+        let hook_failures = IntCounterVec::new(
+            Opts::new(
+                "primus_hook_failures_total",
+                "Hook commands this node ran that failed (non-zero exit, killed, timed out, or not started), \
+                 by hook kind",
+            ),
+            &["hook"],
+        )?;
+        r.register(Box::new(hook_failures.clone()))?;
+        // Every kind from the start: increase() sees the first run, and a dashboard the zero.
+        for kind in crate::hooks::HookKind::ALL {
+            hook_runs.with_label_values(&[kind.key()]).inc_by(0);
+            hook_failures.with_label_values(&[kind.key()]).inc_by(0);
+        }
+        let leader_changes = prometheus::IntCounter::new(
+            "primus_raft_leader_changes_total",
+            "Times this node learned of a new leader (another node, or the same one in a new term) since it \
+             started; the first leader it learns of is not counted",
+        )?;
+        r.register(Box::new(leader_changes.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "primus_build_info",
+                "Always 1: the primusd version, and the git commit when it was built with one",
+            ),
+            &["version", "commit"],
+        )?;
+        r.register(Box::new(build_info.clone()))?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), BUILD_COMMIT.unwrap_or("unknown")]).set(1);
+        // CPU, memory, file descriptors and threads of this process (Linux /proc).
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(Metrics {
+            hook_runs,
+            hook_failures,
+            leader_changes,
             watch_subscribers: int_gauge(&r, "primus_watch_subscribers", "Open WatchPrimary streams on this node")?,
             probe_duration,
             probe_errors,
@@ -139,6 +203,15 @@ impl Metrics {
             )?,
             raft_applied_index: int_gauge(&r, "primus_raft_applied_index", "Last log index applied on this node")?,
             raft_last_log_index: int_gauge(&r, "primus_raft_last_log_index", "Last log index in this node's log")?,
+            raft_voters: int_gauge(&r, "primus_raft_voters", "Voters in the group's membership as this node knows it")?,
+            raft_member_last_answer: gauge_vec(
+                &r,
+                "primus_raft_member_last_answer_seconds",
+                "On the leader only: seconds since each member last answered one of its Raft RPCs (heartbeats \
+                 included); 0 for the leader itself; the time since this node started for a member that has not \
+                 answered since",
+                &["member", "voter"],
+            )?,
             cluster_analysis: int_gauge_vec(
                 &r,
                 "primus_cluster_analysis",
@@ -202,10 +275,79 @@ impl Metrics {
                 "When the cluster's last finished failover ended (unix seconds, leader's clock)",
                 &["cluster"],
             )?,
+            last_split_fence: gauge_vec(
+                &r,
+                "primus_last_split_fence_timestamp_seconds",
+                "When the leader last set a writable non-primary of the cluster read-only (unix seconds, leader's \
+                 clock); 0 when its replicated record holds no split fence",
+                &["cluster"],
+            )?,
             instance_up: int_gauge_vec(
                 &r,
                 "primus_instance_up",
                 "1 when this node's latest probe of the instance succeeded, 0 when it failed",
+                &["cluster", "instance"],
+            )?,
+            instance_role: int_gauge_vec(
+                &r,
+                "primus_instance_role",
+                "1 for the instance's role in the cluster's replicated topology (primary, replica, intermediate, \
+                 demoted, detached)",
+                &["cluster", "instance", "role"],
+            )?,
+            instance_read_only: int_gauge_vec(
+                &r,
+                "primus_instance_read_only",
+                "1 when this node's latest successful probe found the instance read_only, 0 when writable",
+                &["cluster", "instance"],
+            )?,
+            instance_replicating: int_gauge_vec(
+                &r,
+                "primus_instance_replicating",
+                "For replicas and intermediates this node reached: 1 when the IO thread is connected and the SQL \
+                 thread runs, 0 otherwise (no replication configured included)",
+                &["cluster", "instance"],
+            )?,
+            instance_lag: gauge_vec(
+                &r,
+                "primus_instance_replication_lag_seconds",
+                "Seconds_Behind_Master (Seconds_Behind_Source) of the instance at this node's latest probe; absent \
+                 when unknown (not a replica, replication stopped, probe failed)",
+                &["cluster", "instance"],
+            )?,
+            instance_heartbeat_delay: gauge_vec(
+                &r,
+                "primus_instance_heartbeat_delay_seconds",
+                "Age of the cluster's primus heartbeat row on the instance at this node's latest probe (probe time \
+                 minus the row's timestamp): how far replication of writes lags, even when idle",
+                &["cluster", "instance"],
+            )?,
+            instance_divergent: int_gauge_vec(
+                &r,
+                "primus_instance_divergent_transactions",
+                "Transactions a former primary executed beyond the promotion point of the failover that replaced \
+                 it (at least this many when inexact); 0 for an instance that is not a former primary or has none",
+                &["cluster", "instance"],
+            )?,
+            instance_errant: int_gauge_vec(
+                &r,
+                "primus_instance_errant_transactions",
+                "Errant transactions of a replica: executed on it but not on the primary, by this node's latest \
+                 probes of both; 0 when none",
+                &["cluster", "instance"],
+            )?,
+            agent_lease: int_gauge_vec(
+                &r,
+                "primus_agent_lease",
+                "On the leader only: 1 for the lease state of each instance with a registered fencing agent \
+                 (held, expired: the primary's lease ran out, released, not_held)",
+                &["cluster", "instance", "state"],
+            )?,
+            agent_lease_remaining: gauge_vec(
+                &r,
+                "primus_agent_lease_remaining_seconds",
+                "On the leader only: seconds left of the lease it granted the instance's agent; 0 when none \
+                 is running",
                 &["cluster", "instance"],
             )?,
             registry: r,
@@ -246,6 +388,14 @@ impl Metrics {
         self.raft_last_log_index.set(i64_of(m.last_log_index.unwrap_or(0)));
         self.raft_commit_index.set(i64_of(s.committed_index.unwrap_or(0)));
         self.watch_subscribers.set(i64::try_from(s.watch_subscribers).unwrap_or(i64::MAX));
+        let membership = m.membership_config.membership();
+        self.raft_voters.set(i64_of(membership.voter_ids().count() as u64));
+        self.raft_member_last_answer.reset();
+        for member in &s.members {
+            let secs = member.last_answer.as_secs_f64();
+            let voter = if member.voter { "true" } else { "false" };
+            self.raft_member_last_answer.with_label_values(&[member.id.to_string().as_str(), voter]).set(secs);
+        }
 
         // Clusters and instances that went away must take their series with them.
         self.cluster_analysis.reset();
@@ -258,7 +408,17 @@ impl Metrics {
         self.failovers.reset();
         self.last_failover_duration.reset();
         self.last_failover_finished.reset();
+        self.last_split_fence.reset();
         self.instance_up.reset();
+        self.instance_role.reset();
+        self.instance_read_only.reset();
+        self.instance_replicating.reset();
+        self.instance_lag.reset();
+        self.instance_heartbeat_delay.reset();
+        self.instance_divergent.reset();
+        self.instance_errant.reset();
+        self.agent_lease.reset();
+        self.agent_lease_remaining.reset();
 
         for c in &s.clusters {
             let name = c.name.as_str();
@@ -267,6 +427,12 @@ impl Metrics {
             self.cluster_has_primary.with_label_values(&[name]).set(i64::from(c.topology.primary.is_some()));
             self.split_fences.with_label_values(&[name]).set(i64_of(c.split_fences.len() as u64));
             self.unfences.with_label_values(&[name]).set(i64_of(c.unfences.len() as u64));
+            let last_fence = c.split_fences.iter().map(|f| f.at_ms).max().unwrap_or(0);
+            self.last_split_fence.with_label_values(&[name]).set(last_fence as f64 / 1000.0);
+            for i in c.topology.instances.values() {
+                let role = i.role.to_string();
+                self.instance_role.with_label_values(&[name, i.addr.to_string().as_str(), role.as_str()]).set(1);
+            }
             let now = s.now_ms;
             if c.cluster_maintenance_at(now).is_some() {
                 self.in_maintenance.with_label_values(&[name, ""]).set(1);
@@ -292,10 +458,125 @@ impl Metrics {
                 self.cluster_analysis.with_label_values(&[name, code.as_str()]).set(1);
             }
         }
-        for (cluster, instance, up) in &s.instance_up {
-            self.instance_up.with_label_values(&[cluster.as_str(), instance.as_str()]).set(i64::from(*up));
+        for i in &s.instances {
+            let labels = [i.cluster.as_str(), i.instance.as_str()];
+            self.instance_up.with_label_values(&labels).set(i64::from(i.up));
+            if let Some(ro) = i.read_only {
+                self.instance_read_only.with_label_values(&labels).set(i64::from(ro));
+            }
+            if let Some(r) = i.replicating {
+                self.instance_replicating.with_label_values(&labels).set(i64::from(r));
+            }
+            if let Some(lag) = i.lag_seconds {
+                self.instance_lag.with_label_values(&labels).set(lag as f64);
+            }
+            if let Some(ms) = i.heartbeat_delay_ms {
+                self.instance_heartbeat_delay.with_label_values(&labels).set(ms as f64 / 1000.0);
+            }
+            if let Some(n) = i.divergent {
+                self.instance_divergent.with_label_values(&labels).set(i64_of(n));
+            }
+            if let Some(n) = i.errant {
+                self.instance_errant.with_label_values(&labels).set(i64_of(n));
+            }
+        }
+        for l in &s.leases {
+            let labels = [l.cluster.as_str(), l.instance.as_str()];
+            self.agent_lease.with_label_values(&[labels[0], labels[1], l.state.as_str()]).set(1);
+            self.agent_lease_remaining.with_label_values(&labels).set(l.remaining.as_secs_f64());
         }
     }
+
+    /// Count leader changes as this node learns of them, until `rx` closes (Raft stopped).
+    pub fn watch_leader(self: &Arc<Self>, mut rx: tokio::sync::watch::Receiver<RaftMetricsOf>) {
+        let counter = self.leader_changes.clone();
+        tokio::spawn(async move {
+            let mut known: Option<(u64, u64)> = None;
+            loop {
+                let now = {
+                    let m = rx.borrow_and_update();
+                    m.current_leader.map(|l| (l, m.current_term))
+                };
+                if let Some(now) = now {
+                    if known.is_some_and(|k| k != now) {
+                        counter.inc();
+                    }
+                    known = Some(now);
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// The git commit primusd was built from, when the build set `PRIMUS_GIT_COMMIT`
+/// (`PRIMUS_GIT_COMMIT=$(git rev-parse --short HEAD) cargo build`); a build from a
+/// tarball has none and reports `unknown`.
+const BUILD_COMMIT: Option<&str> = option_env!("PRIMUS_GIT_COMMIT");
+
+type RaftMetricsOf = openraft::RaftMetrics<primus_types::NodeId, primus_types::Member>;
+
+/// One instance of a cluster as this node probed it (scrape-time data).
+#[derive(Debug, Clone, Default)]
+pub struct InstanceSample {
+    pub cluster: String,
+    pub instance: String,
+    /// This node's latest probe succeeded.
+    pub up: bool,
+    pub read_only: Option<bool>,
+    /// For replicas and intermediates reached by the probe: IO thread `Yes` and SQL thread running.
+    pub replicating: Option<bool>,
+    pub lag_seconds: Option<u64>,
+    pub heartbeat_delay_ms: Option<i64>,
+    pub divergent: Option<u64>,
+    pub errant: Option<u64>,
+}
+
+/// The lease state of an instance's fencing agent, as the leader counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// This leader granted a lease that is still running.
+    Held,
+    /// The primary's lease ran out (its agent has fenced it).
+    Expired,
+    /// The agent handed its lease back (its mysqld exited).
+    Released,
+    /// Registered, no running lease from this leader (an agent beside a replica, or one
+    /// that has not renewed since this node became leader).
+    NotHeld,
+}
+
+impl LeaseState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseState::Held => "held",
+            LeaseState::Expired => "expired",
+            LeaseState::Released => "released",
+            LeaseState::NotHeld => "not_held",
+        }
+    }
+}
+
+/// A registered agent's lease (leader only).
+#[derive(Debug, Clone)]
+pub struct LeaseSample {
+    pub cluster: String,
+    pub instance: String,
+    pub state: LeaseState,
+    /// What is left of the lease this leader granted (zero when none runs).
+    pub remaining: Duration,
+}
+
+/// When a member of the group last answered the leader (leader only).
+#[derive(Debug, Clone)]
+pub struct MemberSample {
+    pub id: primus_types::NodeId,
+    pub voter: bool,
+    /// Zero for the leader itself; for a member that has not answered since this node
+    /// started, the time since it started.
+    pub last_answer: Duration,
 }
 
 /// What a scrape reads, gathered by the caller: the node's handles, not the node.
@@ -308,8 +589,12 @@ pub struct Snapshot {
     pub now_ms: u64,
     /// The latest analysis code per cluster (this node's).
     pub analysis: std::collections::BTreeMap<primus_types::ClusterName, String>,
-    /// (cluster, instance, up) for each instance this node has probed.
-    pub instance_up: Vec<(String, String, bool)>,
+    /// Each instance this node has probed.
+    pub instances: Vec<InstanceSample>,
+    /// Registered agents' leases (empty unless this node leads).
+    pub leases: Vec<LeaseSample>,
+    /// Members and when they last answered (empty unless this node leads).
+    pub members: Vec<MemberSample>,
 }
 
 impl Metrics {
@@ -323,6 +608,14 @@ impl Metrics {
         match result {
             Ok(_) => self.probe_duration.with_label_values(&[instance]).observe(elapsed.as_secs_f64()),
             Err(e) => self.probe_errors.with_label_values(&[instance, e.kind()]).inc(),
+        }
+    }
+
+    /// Record one hook command run by this node.
+    pub fn observe_hook(&self, kind: crate::hooks::HookKind, success: bool) {
+        self.hook_runs.with_label_values(&[kind.key()]).inc();
+        if !success {
+            self.hook_failures.with_label_values(&[kind.key()]).inc();
         }
     }
 }
@@ -353,5 +646,159 @@ mod tests {
         let mut text = String::new();
         prometheus::TextEncoder::new().encode_utf8(&m.registry.gather(), &mut text).expect("encode");
         assert!(!text.contains("db1:3306"), "{text}");
+    }
+
+    fn cluster() -> primus_types::state::ClusterRecord {
+        use primus_mysql::samples::{a, P, R1, R2};
+        let n = |p: u16, s: Option<u16>| (a(p), s.map(a), p as u32 - 3305, "mariadb".into(), "10.11.6".into());
+        let json = serde_json::json!({"name": "c", "seeds": [a(P)], "registered_at_index": 1,
+            "registered_at_ms": 0, "registered_by": "t"});
+        let mut c: primus_types::state::ClusterRecord = serde_json::from_value(json).expect("record");
+        c.topology = primus_types::Topology::from_edges(vec![n(P, None), n(R1, Some(P)), n(R2, Some(P))], Some(&a(P)));
+        c
+    }
+
+    fn snapshot(leader: bool) -> Snapshot {
+        let mut raft = openraft::RaftMetrics::new_initial(1);
+        raft.current_term = 3;
+        raft.current_leader = Some(1);
+        let members: Vec<MemberSample> = if leader {
+            vec![
+                MemberSample { id: 1, voter: true, last_answer: Duration::ZERO },
+                MemberSample { id: 2, voter: true, last_answer: Duration::from_millis(250) },
+                MemberSample { id: 3, voter: false, last_answer: Duration::from_secs(90) },
+            ]
+        } else {
+            vec![]
+        };
+        let sample = |port: u16| InstanceSample {
+            cluster: "c".into(),
+            instance: format!("127.0.0.1:{port}"),
+            up: true,
+            ..Default::default()
+        };
+        let p = InstanceSample { read_only: Some(false), divergent: Some(0), errant: Some(0), ..sample(3306) };
+        let r1 = InstanceSample {
+            read_only: Some(true),
+            replicating: Some(true),
+            lag_seconds: Some(7),
+            heartbeat_delay_ms: Some(1250),
+            divergent: Some(0),
+            errant: Some(2),
+            ..sample(3307)
+        };
+        let r2 = InstanceSample { up: false, replicating: None, ..sample(3308) };
+        Snapshot {
+            raft,
+            leads_with_quorum: leader,
+            committed_index: Some(5),
+            watch_subscribers: 0,
+            clusters: vec![Arc::new(cluster())],
+            now_ms: 1_000,
+            analysis: Default::default(),
+            instances: vec![p, r1, r2],
+            leases: if leader {
+                vec![LeaseSample {
+                    cluster: "c".into(),
+                    instance: "127.0.0.1:3306".into(),
+                    state: LeaseState::Held,
+                    remaining: Duration::from_millis(1200),
+                }]
+            } else {
+                vec![]
+            },
+            members,
+        }
+    }
+
+    #[test]
+    fn instance_lease_member_and_build_series_are_rendered_and_leader_only_ones_only_on_the_leader() {
+        let m = Metrics::new().expect("metrics");
+        let text = m.render(&snapshot(true)).expect("render");
+        for line in [
+            "primus_instance_replication_lag_seconds{cluster=\"c\",instance=\"127.0.0.1:3307\"} 7",
+            "primus_instance_heartbeat_delay_seconds{cluster=\"c\",instance=\"127.0.0.1:3307\"} 1.25",
+            "primus_instance_replicating{cluster=\"c\",instance=\"127.0.0.1:3307\"} 1",
+            "primus_instance_read_only{cluster=\"c\",instance=\"127.0.0.1:3306\"} 0",
+            "primus_instance_errant_transactions{cluster=\"c\",instance=\"127.0.0.1:3307\"} 2",
+            "primus_instance_divergent_transactions{cluster=\"c\",instance=\"127.0.0.1:3306\"} 0",
+            "primus_instance_up{cluster=\"c\",instance=\"127.0.0.1:3308\"} 0",
+            "primus_instance_role{cluster=\"c\",instance=\"127.0.0.1:3306\",role=\"primary\"} 1",
+            "primus_instance_role{cluster=\"c\",instance=\"127.0.0.1:3308\",role=\"replica\"} 1",
+            "primus_agent_lease{cluster=\"c\",instance=\"127.0.0.1:3306\",state=\"held\"} 1",
+            "primus_agent_lease_remaining_seconds{cluster=\"c\",instance=\"127.0.0.1:3306\"} 1.2",
+            "primus_raft_member_last_answer_seconds{member=\"1\",voter=\"true\"} 0",
+            "primus_raft_member_last_answer_seconds{member=\"2\",voter=\"true\"} 0.25",
+            "primus_raft_member_last_answer_seconds{member=\"3\",voter=\"false\"} 90",
+            "primus_last_split_fence_timestamp_seconds{cluster=\"c\"} 0",
+            "primus_hook_runs_total{hook=\"pre_failover\"} 0",
+            "primus_hook_failures_total{hook=\"fence\"} 0",
+            "primus_raft_leader_changes_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        let version = format!(
+            "primus_build_info{{commit=\"{}\",version=\"{}\"}} 1",
+            BUILD_COMMIT.unwrap_or("unknown"),
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&version), "{version}:\n{text}");
+        // No lag or heartbeat series where the probe did not say.
+        assert!(
+            !text.contains("primus_instance_replication_lag_seconds{cluster=\"c\",instance=\"127.0.0.1:3306\"}"),
+            "{text}"
+        );
+        assert!(!text.contains("primus_instance_replicating{cluster=\"c\",instance=\"127.0.0.1:3308\"}"), "{text}");
+        // The process collector (Linux).
+        for f in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"] {
+            assert!(text.lines().any(|l| l.starts_with(f)), "{f} missing:\n{text}");
+        }
+        // On a follower: no lease or member series (leases and answers live on the leader).
+        let text = m.render(&snapshot(false)).expect("render");
+        assert!(!text.contains("primus_agent_lease{"), "{text}");
+        assert!(!text.contains("primus_raft_member_last_answer_seconds{"), "{text}");
+        assert!(text.contains("primus_raft_voters 0"), "no membership in the initial metrics: {text}");
+    }
+
+    #[test]
+    fn hook_runs_and_failures_are_counted_by_kind() {
+        let m = Metrics::new().expect("metrics");
+        m.observe_hook(crate::hooks::HookKind::PostFailover, true);
+        m.observe_hook(crate::hooks::HookKind::PostFailover, false);
+        m.observe_hook(crate::hooks::HookKind::Fence, false);
+        let mut text = String::new();
+        prometheus::TextEncoder::new().encode_utf8(&m.registry.gather(), &mut text).expect("encode");
+        assert!(text.contains("primus_hook_runs_total{hook=\"post_failover\"} 2"), "{text}");
+        assert!(text.contains("primus_hook_failures_total{hook=\"post_failover\"} 1"), "{text}");
+        assert!(text.contains("primus_hook_runs_total{hook=\"fence\"} 1"), "{text}");
+        assert!(text.contains("primus_hook_failures_total{hook=\"fence\"} 1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn leader_changes_count_new_leaders_and_new_terms_not_the_first_leader() {
+        let m = Arc::new(Metrics::new().expect("metrics"));
+        let mut raft = openraft::RaftMetrics::new_initial(1);
+        let (tx, rx) = tokio::sync::watch::channel(raft.clone());
+        m.watch_leader(rx);
+        let count = |m: &Metrics| m.leader_changes.get();
+        let settle = || tokio::time::sleep(Duration::from_millis(50));
+        raft.current_term = 1;
+        raft.current_leader = Some(1);
+        tx.send(raft.clone()).expect("send");
+        settle().await;
+        assert_eq!(count(&m), 0, "the first leader is not a change");
+        raft.current_leader = None;
+        tx.send(raft.clone()).expect("send");
+        settle().await;
+        assert_eq!(count(&m), 0, "no leader known is not a change either");
+        raft.current_term = 2;
+        raft.current_leader = Some(2);
+        tx.send(raft.clone()).expect("send");
+        settle().await;
+        assert_eq!(count(&m), 1);
+        raft.current_term = 3;
+        tx.send(raft.clone()).expect("send");
+        settle().await;
+        assert_eq!(count(&m), 2, "the same node elected again in a new term");
     }
 }

@@ -146,6 +146,7 @@ pub async fn run(
     };
     let peer_security = PeerSecurity::new(tls.as_ref().map(|(t, f)| crate::tls::peer_tls(t, f)), bearer);
     let network = PeerNetwork::new(cfg.node_id, net_cfg, faults.clone(), peer_security.clone());
+    let peer_answers = network.answers();
     let raft = Raft::new(cfg.node_id, raft_config, network, log, sm).await.context("cannot start the Raft node")?;
 
     let listen: std::net::SocketAddr = cfg.listen.parse().context("listen")?;
@@ -163,6 +164,7 @@ pub async fn run(
         None => None,
     };
     let metrics = Arc::new(crate::metrics::Metrics::new().context("cannot register metrics")?);
+    metrics.watch_leader(raft.metrics());
 
     let consensus: Arc<dyn crate::consensus::Consensus> = Arc::new(crate::consensus::RaftConsensus::new(raft.clone()));
     let monitor = match &cfg.mysql {
@@ -214,7 +216,7 @@ pub async fn run(
                 mon.clone(),
                 cfg.failover.clone(),
                 m.clone(),
-                crate::hooks::Hooks::new(cfg.hooks.clone()),
+                crate::hooks::Hooks::new(cfg.hooks.clone()).with_metrics(metrics.clone()),
                 leases.clone(),
                 cfg.fencing.clone(),
             );
@@ -237,6 +239,7 @@ pub async fn run(
         feed,
         leases,
         metrics,
+        peer_answers,
         peer: peer_security,
         channels: Mutex::new(HashMap::new()),
     });
