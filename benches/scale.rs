@@ -608,6 +608,20 @@ async fn single(rep: &mut Report, kills: usize, baseline: Option<&[FailoverResul
     farm_lines(rep, &format!("single ({n} instances, {secs} s)"), &farm, 1);
     node_lines(rep, &format!("single ({n} instances, {secs} s)"), &figs);
     rep.add("single: the fake servers' own CPU (this process)", format!("{bench_cores:.2} cores"));
+    // What one Prometheus scrape costs at this size (every instance's series, its
+    // divergence and errant counts computed from the latest probes).
+    let mut scrapes = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        bytes = co.metrics(1).await?.len();
+        scrapes.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    scrapes.sort_by(f64::total_cmp);
+    rep.add(
+        format!("single: one GET /metrics ({n} instances, n = 5)"),
+        format!("median {:.0} ms, max {:.0} ms, {:.1} MiB", scrapes[2], scrapes[4], bytes as f64 / 1048576.0),
+    );
     let c = &farm.counters;
     rep.add(
         "single: fake server counters",
