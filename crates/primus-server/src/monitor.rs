@@ -293,7 +293,7 @@ impl Monitor {
         let mut tick = tokio::time::interval(self.cfg.probe_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_ok: Option<bool> = None;
-        let mut last_io: Option<String> = None;
+        let mut last_mark = None;
         // Start of the last scheduled probe (not the extra ones `probe_now` asks for).
         let mut last_scheduled: Option<Instant> = None;
         loop {
@@ -324,12 +324,9 @@ impl Monitor {
             });
             self.metrics.observe_probe(&addr.to_string(), started.elapsed(), &result);
             let ok = result.is_ok();
-            let io = result.as_ref().ok().and_then(|o| o.replication.first()).map(|r| format!("{:?}", r.io_running));
             if let Ok(o) = &result {
                 self.track_progress(&addr, o);
             }
-            let changed = last_ok != Some(ok) || (ok && io != last_io);
-            last_io = io;
             if last_ok == Some(true) && !ok {
                 // Emergency checks (orchestrator's double-checking): a primary that just
                 // failed a probe gets its replicas probed every 250 ms for a while, so
@@ -345,6 +342,9 @@ impl Monitor {
                 last_ok = Some(ok);
             }
             let rec = ProbeRecord { addr: addr.clone(), at_ms: self.now_ms(), result, started: Some(started) };
+            let mark = Some(change_mark(&rec));
+            let changed = mark != last_mark;
+            last_mark = mark;
             self.own.write().unwrap_or_else(|p| p.into_inner()).insert(addr.clone(), rec);
             if changed {
                 self.note_changed([addr.clone()]);
@@ -700,7 +700,12 @@ impl Monitor {
     }
 
     /// Record that `instances` changed and wake the engine and the reporter.
+    /// Nothing to record (a report that changed nothing) wakes nobody.
     fn note_changed(&self, instances: impl IntoIterator<Item = InstanceAddr>) {
+        let mut instances = instances.into_iter().peekable();
+        if instances.peek().is_none() {
+            return;
+        }
         self.changed.lock().unwrap_or_else(|p| p.into_inner()).instances.extend(instances);
         self.changes.send_modify(|n| *n += 1);
     }
