@@ -11,12 +11,8 @@ if [ -e "$lib" ]; then
     log "libfaketime already installed: $lib"
     exit 0
 fi
-if [ "$(id -u)" -ne 0 ]; then
-    log "not root: run as root (or: sudo apt-get install -y libfaketime)" >&2
-    exit 1
-fi
-log "installing libfaketime with apt-get"
-apt-get update
-DEBIAN_FRONTEND=noninteractive apt-get install -y libfaketime
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "$0")/apt-install.sh"
+apt_install ensure-faketime "the nemesis's clock steps" libfaketime
 [ -e "$lib" ] || { log "$lib still not found after install" >&2; exit 1; }
 log "installed: $lib"

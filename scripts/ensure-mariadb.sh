@@ -7,6 +7,8 @@
 set -euo pipefail
 
 log() { echo "ensure-mariadb: $*"; }
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "$0")/apt-install.sh"
 
 have_server() {
     command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || [ -x /usr/libexec/mariadbd ]
@@ -20,15 +22,7 @@ have_client() {
 
 stop_system_service() {
     # Whatever the package did, leave no system mariadb running.
-    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-        systemctl stop mariadb >/dev/null 2>&1 && log "stopped systemd service mariadb" || true
-        systemctl disable mariadb >/dev/null 2>&1 && log "disabled systemd service mariadb" || true
-    fi
-    if command -v service >/dev/null 2>&1; then
-        if service mariadb status >/dev/null 2>&1; then
-            service mariadb stop >/dev/null 2>&1 && log "stopped service mariadb" || true
-        fi
-    fi
+    stop_service ensure-mariadb mariadb
     if command -v update-rc.d >/dev/null 2>&1 && [ -e /etc/init.d/mariadb ]; then
         update-rc.d mariadb disable >/dev/null 2>&1 || true
     fi
@@ -55,27 +49,7 @@ if have_server && have_install_db && have_client; then
     exit 0
 fi
 
-if [ "$(id -u)" -ne 0 ]; then
-    log "not root: run as root (or: sudo apt-get install -y mariadb-server mariadb-client)" >&2
-    exit 1
-fi
-
-log "installing mariadb-server and mariadb-client with apt-get"
-# Keep the package from starting the service where policy-rc.d is honoured (Debian/Ubuntu).
-policy=/usr/sbin/policy-rc.d
-created_policy=0
-if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy"
-    chmod +x "$policy"
-    created_policy=1
-fi
-cleanup_policy() {
-    if [ "$created_policy" = 1 ]; then rm -f "$policy"; fi
-}
-trap cleanup_policy EXIT
-
-apt-get update
-DEBIAN_FRONTEND=noninteractive apt-get install -y mariadb-server mariadb-client
+apt_install ensure-mariadb "primus-testkit's sandboxes" mariadb-server mariadb-client
 
 stop_system_service
 

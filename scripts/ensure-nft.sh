@@ -10,12 +10,8 @@ if command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ]; then
     log "nft already installed: $(command -v nft || echo /usr/sbin/nft)"
     exit 0
 fi
-if [ "$(id -u)" -ne 0 ]; then
-    log "not root: run as root (or: sudo apt-get install -y nftables)" >&2
-    exit 1
-fi
-log "installing nftables with apt-get"
-apt-get update
-DEBIAN_FRONTEND=noninteractive apt-get install -y nftables
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "$0")/apt-install.sh"
+apt_install ensure-nft "primus-agent's block_port escalation" nftables
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || { log "nft still not found after install" >&2; exit 1; }
 log "installed: $(nft --version)"
