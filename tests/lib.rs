@@ -109,6 +109,9 @@ pub mod world {
         /// Extra TOML for one coordinator (by node id), after `extra_config`: nodes
         /// configured differently from each other.
         pub node_config: BTreeMap<u64, String>,
+        /// Servers with these certificates and `require_secure_transport=ON`, replicating
+        /// over TLS (the coordinators' `[mysql] tls_*` keys go in `extra_config`).
+        pub mysql_tls: Option<primus_testkit::pki::TestPki>,
     }
 
     impl Default for WorldOptions {
@@ -127,6 +130,7 @@ pub mod world {
                 primary_in_netns: false,
                 raft: Default::default(),
                 node_config: BTreeMap::new(),
+                mysql_tls: None,
             }
         }
     }
@@ -143,6 +147,9 @@ pub mod world {
             let mut sopts = SandboxOptions::new(o.topology);
             if let Some((_, h)) = &net {
                 sopts.netns = vec![Some(h.clone())];
+            }
+            if let Some(pki) = &o.mysql_tls {
+                sopts = sopts.with_tls(pki, true);
             }
             let sandbox = Sandbox::start(sopts).await?;
             let secrets = tempfile::tempdir()?;

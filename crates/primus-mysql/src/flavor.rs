@@ -181,6 +181,26 @@ pub struct ChangeSource<'a> {
     pub heartbeat_period: Option<Duration>,
     /// `MASTER_CONNECT_RETRY`/`SOURCE_CONNECT_RETRY` in seconds; `None` leaves it unchanged.
     pub connect_retry_s: Option<u32>,
+    /// How the replica's IO thread secures and authenticates its connection.
+    pub tls: ReplicationTls,
+}
+
+/// TLS and authentication options of a replica's connection to its source, set on every
+/// repoint (`[mysql] replication_ssl*`, `get_source_public_key`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicationTls {
+    /// `MASTER_SSL=1`/`SOURCE_SSL=1`: the IO thread connects over TLS.
+    pub ssl: bool,
+    /// `MASTER_SSL_CA`/`SOURCE_SSL_CA`: a CA file path **on the replica's host**.
+    pub ssl_ca: Option<String>,
+    /// `MASTER_SSL_VERIFY_SERVER_CERT=1`/`SOURCE_SSL_VERIFY_SERVER_CERT=1`: check the
+    /// source's certificate names the host it is reached by.
+    pub verify_server_cert: bool,
+    /// MySQL 8: `GET_SOURCE_PUBLIC_KEY=1` (8.0.23+) / `GET_MASTER_PUBLIC_KEY=1` (8.0.4+), so
+    /// a `caching_sha2_password` replication user can authenticate without TLS after its
+    /// cached entry is gone (a new source has none). MariaDB and MySQL 5.7 have no such
+    /// option and no such plugin: left out there.
+    pub get_source_public_key: bool,
 }
 
 impl fmt::Debug for ChangeSource<'_> {
@@ -192,6 +212,7 @@ impl fmt::Debug for ChangeSource<'_> {
             .field("password", &"<redacted>")
             .field("heartbeat_period", &self.heartbeat_period)
             .field("connect_retry_s", &self.connect_retry_s)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -207,6 +228,8 @@ pub enum ResetReplica {
 
 const MYSQL_REPLICA_KEYWORDS: Version = Version::new(8, 0, 22);
 const MYSQL_CHANGE_SOURCE: Version = Version::new(8, 0, 23);
+/// `GET_MASTER_PUBLIC_KEY` (caching_sha2_password's RSA key exchange) exists from 8.0.4.
+const MYSQL_PUBLIC_KEY: Version = Version::new(8, 0, 4);
 const MYSQL_REPLICA_VARIABLES: Version = Version::new(8, 0, 26);
 const MYSQL_84: Version = Version::new(8, 4, 0);
 const MYSQL_SUPER_READ_ONLY: Version = Version::new(5, 7, 8);
@@ -332,6 +355,19 @@ impl ServerInfo {
         }
         if let Some(r) = to.connect_retry_s {
             parts.push(format!("{p}_CONNECT_RETRY={r}"));
+        }
+        let tls = &to.tls;
+        if tls.ssl {
+            parts.push(format!("{p}_SSL=1"));
+        }
+        if let Some(ca) = &tls.ssl_ca {
+            parts.push(format!("{p}_SSL_CA={}", quote_string(ca)));
+        }
+        if tls.verify_server_cert {
+            parts.push(format!("{p}_SSL_VERIFY_SERVER_CERT=1"));
+        }
+        if tls.get_source_public_key && self.flavor == Flavor::MySql && self.version >= MYSQL_PUBLIC_KEY {
+            parts.push(format!("GET_{p}_PUBLIC_KEY=1"));
         }
         format!("{head} {}", parts.join(", "))
     }
@@ -539,7 +575,41 @@ mod tests {
             password,
             heartbeat_period: Some(Duration::from_millis(1500)),
             connect_retry_s: None,
+            tls: ReplicationTls::default(),
         }
+    }
+
+    #[test]
+    fn replication_tls_options_per_flavor_and_version() {
+        let tls = ReplicationTls {
+            ssl: true,
+            ssl_ca: Some("/etc/mysql/ca's.pem".into()),
+            verify_server_cert: true,
+            get_source_public_key: true,
+        };
+        let t = ChangeSource { heartbeat_period: None, tls, ..target("p") };
+        let tail = |v: &str, c: &str| {
+            let sql = info(v, c).change_source_sql(&t);
+            sql[sql.find("_SSL=1").map(|i| i - 6).unwrap_or(0)..].to_string()
+        };
+        assert_eq!(
+            tail("10.11.6-MariaDB", ""),
+            "MASTER_SSL=1, MASTER_SSL_CA='/etc/mysql/ca''s.pem', MASTER_SSL_VERIFY_SERVER_CERT=1"
+        );
+        assert_eq!(
+            tail("8.0.23", ""),
+            "SOURCE_SSL=1, SOURCE_SSL_CA='/etc/mysql/ca''s.pem', SOURCE_SSL_VERIFY_SERVER_CERT=1, GET_SOURCE_PUBLIC_KEY=1"
+        );
+        assert_eq!(
+            tail("8.0.22", ""),
+            "MASTER_SSL=1, MASTER_SSL_CA='/etc/mysql/ca''s.pem', MASTER_SSL_VERIFY_SERVER_CERT=1, GET_MASTER_PUBLIC_KEY=1"
+        );
+        assert!(tail("8.4.0", "").ends_with("GET_SOURCE_PUBLIC_KEY=1"));
+        // MySQL 5.7 and MariaDB have no caching_sha2_password: no public-key option.
+        assert!(!info("5.7.44", "").change_source_sql(&t).contains("PUBLIC_KEY"));
+        assert!(!info("10.11.6-MariaDB", "").change_source_sql(&t).contains("PUBLIC_KEY"));
+        // Off by default: nothing added.
+        assert!(!info("8.0.36", "").change_source_sql(&target("p")).contains("SSL"));
     }
 
     #[test]

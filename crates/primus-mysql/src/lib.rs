@@ -39,10 +39,10 @@ pub mod status;
 pub use conn::{Connector, MysqlConn};
 pub use divergence::{divergent_transactions, promotion_point, Divergence, DivergenceError, PromotionPoint};
 pub use errant::{errant_transactions, ErrantReport};
-pub use flavor::{Flavor, ServerInfo, Version};
+pub use flavor::{Flavor, ReplicationTls, ServerInfo, Version};
 pub use gtid::{AnyGtidSet, GtidOrdering, GtidSetOps, MariaBinlogState, MariaGtidSet, MySqlGtidSet};
 pub use heartbeat::{HeartbeatRow, HeartbeatTable};
 #[cfg(feature = "client")]
 pub use probe::Prober;
-pub use probe::{GtidState, Observation, ProbeConfig, ProbeCost, ProbeError, ProbeStage, Secret};
+pub use probe::{ClientTls, GtidState, Observation, ProbeConfig, ProbeCost, ProbeError, ProbeStage, Secret, TlsMode};
 pub use status::{ConnectedReplica, IoThreadState, ReplicaStatus, StatusRow};

@@ -460,6 +460,7 @@ async fn flavor_statements_run_on_a_real_server() -> Result<()> {
         password: REPLICATION_PASSWORD,
         heartbeat_period: Some(Duration::from_millis(250)),
         connect_retry_s: Some(1),
+        tls: Default::default(),
     });
     p2.execute(&[info.stop_replica_sql(), repoint, info.start_replica_sql()], t).await?;
     let o = probe_until(&p2, CATCH_UP, "replica 2 replicating from replica 1", |o| {

@@ -249,6 +249,31 @@ pub struct MysqlSection {
     /// address their replicas use.
     #[serde(default)]
     pub connect_via: BTreeMap<String, String>,
+    /// TLS of primusd's own connections (probes and failover statements):
+    /// `disabled` (default), `required`, `verify_ca`, `verify_identity`.
+    #[serde(default)]
+    pub tls_mode: primus_mysql::TlsMode,
+    /// PEM CA file that signs the servers' certificates (then only it is trusted).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for users created `REQUIRE X509`.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// Repoints set `MASTER_SSL=1`/`SOURCE_SSL=1`: replication runs over TLS.
+    #[serde(default)]
+    pub replication_ssl: bool,
+    /// `MASTER_SSL_CA`/`SOURCE_SSL_CA`: a CA path on the *replicas'* hosts.
+    #[serde(default)]
+    pub replication_ssl_ca: Option<String>,
+    /// `MASTER_SSL_VERIFY_SERVER_CERT=1`: replicas check the source's host name.
+    #[serde(default)]
+    pub replication_ssl_verify_server_cert: bool,
+    /// MySQL 8: `GET_SOURCE_PUBLIC_KEY=1` on repoints, so a `caching_sha2_password`
+    /// replication user can log in to a new source without TLS.
+    #[serde(default)]
+    pub get_source_public_key: bool,
 }
 
 fn d_connect_timeout() -> u64 {
@@ -291,6 +316,26 @@ impl MysqlSection {
     /// The replication user's password, if configured.
     pub fn replication_password(&self) -> Result<Option<String>, String> {
         Self::secret(&self.replication_password_file, &self.replication_password_env, "replication_password")
+    }
+
+    /// TLS of primusd's own connections.
+    pub fn client_tls(&self) -> primus_mysql::ClientTls {
+        primus_mysql::ClientTls {
+            mode: self.tls_mode,
+            ca_file: self.tls_ca_file.clone(),
+            cert_file: self.tls_cert_file.clone(),
+            key_file: self.tls_key_file.clone(),
+        }
+    }
+
+    /// TLS and authentication options every repoint sets.
+    pub fn replication_tls(&self) -> primus_mysql::ReplicationTls {
+        primus_mysql::ReplicationTls {
+            ssl: self.replication_ssl,
+            ssl_ca: self.replication_ssl_ca.clone(),
+            verify_server_cert: self.replication_ssl_verify_server_cert,
+            get_source_public_key: self.get_source_public_key,
+        }
     }
 
     pub fn connect_timeout(&self) -> Duration {
@@ -462,6 +507,37 @@ impl Config {
                 from.parse::<primus_types::InstanceAddr>()
                     .map_err(|e| invalid(&format!("mysql.connect_via.\"{from}\""), e.to_string()))?;
                 check_host_port(to).map_err(|e| invalid(&format!("mysql.connect_via.\"{from}\""), e))?;
+            }
+            // TLS files are read at each connect; a typo must fail the start, not every probe.
+            for (key, file) in [
+                ("mysql.tls_ca_file", &m.tls_ca_file),
+                ("mysql.tls_cert_file", &m.tls_cert_file),
+                ("mysql.tls_key_file", &m.tls_key_file),
+            ] {
+                if let Some(f) = file {
+                    std::fs::File::open(f).map_err(|e| invalid(key, format!("cannot read {}: {e}", f.display())))?;
+                }
+            }
+            if m.tls_cert_file.is_some() != m.tls_key_file.is_some() {
+                return Err(invalid(
+                    "mysql.tls_cert_file",
+                    "set both tls_cert_file and tls_key_file, or neither".into(),
+                ));
+            }
+            let uses_tls_files = m.tls_ca_file.is_some() || m.tls_cert_file.is_some();
+            if m.tls_mode == primus_mysql::TlsMode::Disabled && uses_tls_files {
+                return Err(invalid(
+                    "mysql.tls_mode",
+                    "is disabled but TLS files are set: set tls_mode = \"verify_identity\" (or required, verify_ca)"
+                        .into(),
+                ));
+            }
+            if !m.replication_ssl && (m.replication_ssl_ca.is_some() || m.replication_ssl_verify_server_cert) {
+                return Err(invalid(
+                    "mysql.replication_ssl",
+                    "is false but replication_ssl_ca or replication_ssl_verify_server_cert is set: set replication_ssl = true"
+                        .into(),
+                ));
             }
         }
         let f = &self.failover;
@@ -681,5 +757,49 @@ addr = "127.0.0.1:7101"
         // Omitting initial_members is how a node asks to wait to be added.
         let c = Config::parse(Path::new("c.toml"), GOOD.split("[[initial_members]]").next().unwrap()).unwrap();
         assert!(c.check_bootstrap(Path::new("c.toml")).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod mysql_tls_tests {
+    use super::*;
+
+    fn with_mysql(keys: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "x").map_err(|e| e.to_string())?;
+        let text = format!(
+            "node_id = 1\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"/tmp/x\"\n[[initial_members]]\nid = 1\n\
+             addr = \"127.0.0.1:7101\"\n[mysql]\nuser = \"primus\"\npassword_file = \"{}\"\n{keys}\n",
+            pw.display()
+        );
+        let c = Config::parse(Path::new("c.toml"), &text).map_err(|e| e.to_string())?;
+        c.validate(Path::new("c.toml")).map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn mysql_tls_keys_are_checked_at_start_with_the_key_named() {
+        let cases = [
+            ("tls_mode = \"verify_identity\"\ntls_ca_file = \"/nonexistent/ca.pem\"", "mysql.tls_ca_file"),
+            ("tls_mode = \"sometimes\"", "tls_mode"),
+            ("tls_mode = \"required\"\ntls_cert_file = \"/etc/hostname\"", "mysql.tls_cert_file"),
+            ("tls_ca_file = \"/etc/hostname\"", "mysql.tls_mode"),
+            ("replication_ssl_ca = \"/etc/mysql/ca.pem\"", "mysql.replication_ssl"),
+        ];
+        for (keys, want) in cases {
+            let e = with_mysql(keys).err().unwrap_or_else(|| panic!("accepted: {keys}"));
+            assert!(e.contains(want), "{keys}: {e}");
+        }
+        let c = with_mysql(
+            "tls_mode = \"verify_ca\"\ntls_ca_file = \"/etc/hostname\"\nreplication_ssl = true\n\
+             get_source_public_key = true",
+        )
+        .expect("valid");
+        let m = c.mysql.expect("[mysql]");
+        assert_eq!(m.client_tls().mode, primus_mysql::TlsMode::VerifyCa);
+        assert!(m.client_tls().ssl_opts().is_some());
+        assert!(m.replication_tls().ssl && m.replication_tls().get_source_public_key);
+        assert!(with_mysql("").expect("valid").mysql.expect("[mysql]").client_tls().ssl_opts().is_none());
     }
 }

@@ -26,6 +26,7 @@ impl Targets {
     pub fn from_config(m: &MysqlSection) -> Result<Targets, String> {
         let mut pc = ProbeConfig::new(m.user.clone(), m.password()?);
         pc.connect_timeout = m.connect_timeout();
+        pc.tls = m.client_tls();
         pc.query_timeout = m.query_timeout();
         pc.heartbeat_table =
             m.heartbeat_table.parse().map_err(|e: primus_mysql::heartbeat::BadHeartbeatTable| e.to_string())?;

@@ -342,6 +342,9 @@ pub struct SandboxOptions {
     /// on all of that namespace's addresses and known to everybody by its address there
     /// (see [`crate::netns`]). Other instances stay on 127.0.0.1.
     pub netns: Vec<Option<crate::netns::NetHost>>,
+    /// Replicas connect to their sources over TLS (`MASTER_SSL=1`); see
+    /// [`SandboxOptions::with_tls`].
+    pub replication_ssl: bool,
 }
 
 impl Default for SandboxOptions {
@@ -360,6 +363,7 @@ impl Default for SandboxOptions {
             startup_timeout: Duration::from_secs(30),
             db_timeout: Duration::from_secs(10),
             extra_args: Vec::new(),
+            replication_ssl: false,
         }
     }
 }
@@ -387,6 +391,23 @@ impl SandboxOptions {
     /// Sets `MASTER_HEARTBEAT_PERIOD`.
     pub fn with_heartbeat_period(mut self, period: Duration) -> Self {
         self.heartbeat_period = period;
+        self
+    }
+
+    /// Every server gets `pki`'s node certificate (valid for 127.0.0.1 and localhost) and
+    /// CA; replication runs over TLS (`MASTER_SSL=1`); with `require_secure_transport`,
+    /// servers refuse every TCP client without TLS (unix-socket clients, as the testkit's
+    /// own root connections, stay allowed).
+    pub fn with_tls(mut self, pki: &crate::pki::TestPki, require_secure_transport: bool) -> Self {
+        self.extra_args.extend([
+            format!("--ssl-ca={}", pki.ca.display()),
+            format!("--ssl-cert={}", pki.node_cert.display()),
+            format!("--ssl-key={}", pki.node_key.display()),
+        ]);
+        if require_secure_transport {
+            self.extra_args.push("--require-secure-transport=ON".into());
+        }
+        self.replication_ssl = true;
         self
     }
 
@@ -845,6 +866,7 @@ struct InstanceInner {
     startup_timeout: Duration,
     heartbeat_period: Duration,
     connect_retry_secs: u32,
+    replication_ssl: bool,
     /// Its address (127.0.0.1, or its network namespace's).
     host: Ipv4Addr,
     /// The network namespace it runs in, if any.
@@ -1137,9 +1159,10 @@ impl Instance {
         let sql = format!(
             "CHANGE MASTER TO MASTER_HOST='{host}', MASTER_PORT={port}, MASTER_USER='{REPLICATION_USER}', \
              MASTER_PASSWORD='{REPLICATION_PASSWORD}', MASTER_USE_GTID=slave_pos, MASTER_HEARTBEAT_PERIOD={:.3}, \
-             MASTER_CONNECT_RETRY={}",
+             MASTER_CONNECT_RETRY={}{}",
             self.inner.heartbeat_period.as_secs_f64(),
-            self.inner.connect_retry_secs
+            self.inner.connect_retry_secs,
+            if self.inner.replication_ssl { ", MASTER_SSL=1" } else { "" }
         );
         self.exec(&sql).await?;
         self.exec("START SLAVE").await
@@ -1532,6 +1555,7 @@ impl Sandbox {
                 startup_timeout: opts.startup_timeout,
                 heartbeat_period: opts.heartbeat_period,
                 connect_retry_secs: opts.connect_retry_secs,
+                replication_ssl: opts.replication_ssl,
                 host,
                 netns: host_net.map(|h| h.ns.clone()),
                 child: Mutex::new(None),

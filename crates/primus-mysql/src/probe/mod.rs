@@ -88,6 +88,63 @@ pub struct ProbeConfig {
     pub user: String,
     pub password: Secret,
     pub heartbeat_table: HeartbeatTable,
+    /// TLS of these connections (off by default).
+    pub tls: ClientTls,
+}
+
+/// How a coordinator's own connections to MySQL/MariaDB (probes and failover
+/// statements) use TLS, as MySQL's `--ssl-mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// Plain TCP.
+    #[default]
+    Disabled,
+    /// Encrypted; the server's certificate is not checked (protects against passive
+    /// listeners only).
+    Required,
+    /// Encrypted; the certificate must be signed by the CA (`ca_file`, or the system's roots).
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate must name the host primus connects to.
+    VerifyIdentity,
+}
+
+/// TLS settings of [`ProbeConfig`]. Files are read at each connect, so a renewed
+/// certificate is picked up without a restart; a missing file fails that connect
+/// with the path in the error.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    pub mode: TlsMode,
+    /// PEM CA certificate(s) that sign the servers' certificates; with it, only these
+    /// roots are trusted.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate chain and key (PEM), for servers that require X509 users.
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl ClientTls {
+    /// mysql_async's TLS options for this mode; `None` when TLS is off.
+    pub fn ssl_opts(&self) -> Option<mysql_async::SslOpts> {
+        use mysql_async::{ClientIdentity, SslOpts};
+        if self.mode == TlsMode::Disabled {
+            return None;
+        }
+        let mut o = SslOpts::default();
+        if let Some(ca) = &self.ca_file {
+            o = o.with_root_certs(vec![ca.clone().into()]).with_disable_built_in_roots(true);
+        }
+        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+            o = o.with_client_identity(Some(ClientIdentity::new(cert.clone().into(), key.clone().into())));
+        }
+        Some(match self.mode {
+            TlsMode::Disabled | TlsMode::Required => {
+                o.with_danger_accept_invalid_certs(true).with_danger_skip_domain_validation(true)
+            }
+            TlsMode::VerifyCa => o.with_danger_skip_domain_validation(true),
+            TlsMode::VerifyIdentity => o,
+        })
+    }
 }
 
 impl ProbeConfig {
@@ -99,6 +156,7 @@ impl ProbeConfig {
             user: user.into(),
             password: password.into(),
             heartbeat_table: HeartbeatTable::default(),
+            tls: ClientTls::default(),
         }
     }
 }

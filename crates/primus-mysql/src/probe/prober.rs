@@ -1,7 +1,7 @@
 //! [`Prober`]: one reused connection per instance, one round trip per probe, strict
 //! timeouts (feature `client`). See the [module](super) for why it is built this way.
 
-use super::{GtidState, Observation, ProbeConfig, ProbeCost, ProbeError, ProbeStage, SemiSyncStatus};
+use super::{GtidState, Observation, ProbeConfig, ProbeCost, ProbeError, ProbeStage, SemiSyncStatus, TlsMode};
 use crate::flavor::{self, Flavor, ServerInfo};
 use crate::heartbeat::{self, HeartbeatError, HeartbeatRow, HeartbeatTable, ER_BAD_DB_ERROR, ER_NO_SUCH_TABLE};
 use crate::status::{ConnectedReplica, ReplicaStatus, StatusRow};
@@ -257,8 +257,20 @@ fn unix_ms() -> u64 {
 /// unix_socket/no-password mismatch (1698).
 const ACCESS_DENIED_CODES: [u16; 3] = [1045, 1044, 1698];
 
-fn connect_error(e: mysql_async::Error) -> ProbeError {
+fn connect_error(e: mysql_async::Error, tls: &super::ClientTls) -> ProbeError {
     match e {
+        // MariaDB answers a plain-TCP client of a `require_secure_transport=ON` server
+        // with "Access denied", as for a wrong password (seen on 10.11): say so.
+        mysql_async::Error::Server(s) if ACCESS_DENIED_CODES.contains(&s.code) && tls.mode == TlsMode::Disabled => {
+            ProbeError::AccessDenied {
+                code: s.code,
+                message: format!(
+                    "{} (primus connected without TLS: if the server sets require_secure_transport, set [mysql] \
+                     tls_mode)",
+                    s.message
+                ),
+            }
+        }
         mysql_async::Error::Server(s) if ACCESS_DENIED_CODES.contains(&s.code) => {
             ProbeError::AccessDenied { code: s.code, message: s.message }
         }
@@ -343,11 +355,13 @@ impl Prober {
             .max_allowed_packet(Some(64 * 1024 * 1024))
             .wait_timeout(Some(28_800))
             .stmt_cache_size(0)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .ssl_opts(self.config.tls.ssl_opts());
         let started = Instant::now();
         let deadline = started + self.config.connect_timeout;
-        let mut conn =
-            bounded(deadline, started, ProbeStage::Connect, Conn::new(opts)).await?.map_err(connect_error)?;
+        let mut conn = bounded(deadline, started, ProbeStage::Connect, Conn::new(opts))
+            .await?
+            .map_err(|e| connect_error(e, &self.config.tls))?;
 
         let started = Instant::now();
         let deadline = started + self.config.query_timeout;

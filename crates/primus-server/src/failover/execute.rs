@@ -473,7 +473,7 @@ impl Engine {
                     tracing::warn!(instance = %replica, "failpoint failover.repoint_delay: repointing in 3 s");
                     tokio::time::sleep(Duration::from_secs(3)).await;
                 }
-                let (user, password) = self.replication_credentials()?;
+                let login = self.replication_credentials()?;
                 let p = self.prober(replica);
                 let o = match p.probe().await {
                     Ok(o) => o,
@@ -492,10 +492,10 @@ impl Engine {
                         return Ok(StepOutcome::Skipped(refused));
                     }
                 }
-                let sql = repoint_sql(&o, to, &user, &password, former_primary);
+                let sql = repoint_sql(&o, to, &login, former_primary);
                 // The error of a refused CHANGE MASTER quotes the statement: never let the
                 // password reach logs or the Raft record.
-                p.execute(&sql, t).await.map_err(|e| redact(&e.to_string(), &password))?;
+                p.execute(&sql, t).await.map_err(|e| redact(&e.to_string(), &login.password))?;
                 p.disconnect().await;
                 Ok(StepOutcome::Done(format!("replicating from {to}")))
             }

@@ -732,13 +732,13 @@ impl Engine {
         Duration::from_millis(self.cfg.step_timeout_ms)
     }
 
-    fn replication_credentials(&self) -> Result<(String, String), String> {
+    fn replication_credentials(&self) -> Result<sql::ReplicationLogin, String> {
         let user = self.mysql.replication_user.clone().ok_or(
             "no [mysql] replication_user configured: cannot repoint replicas (set replication_user and \
              replication_password_file)",
         )?;
         let password = self.mysql.replication_password()?.ok_or("no replication password configured")?;
-        Ok((user, password))
+        Ok(sql::ReplicationLogin { user, password, tls: self.mysql.replication_tls() })
     }
 }
 

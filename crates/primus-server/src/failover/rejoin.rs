@@ -91,12 +91,11 @@ impl Engine {
                 )));
             }
         }
-        let (user, password) = self.replication_credentials().map_err(FailoverError::Refused)?;
+        let login = self.replication_credentials().map_err(FailoverError::Refused)?;
+        let password = login.password.clone();
         let sql = match &diverged {
-            Some(d) => {
-                discard_sql(&o, &d.promotion_gtid, &primary, &user, &password).map_err(FailoverError::Refused)?
-            }
-            None => repoint_sql(&o, &primary, &user, &password, true),
+            Some(d) => discard_sql(&o, &d.promotion_gtid, &primary, &login).map_err(FailoverError::Refused)?,
+            None => repoint_sql(&o, &primary, &login, true),
         };
         let prober = self.prober(addr);
         prober

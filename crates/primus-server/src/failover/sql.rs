@@ -8,16 +8,26 @@ pub(super) async fn set_read_only_over(p: &dyn MysqlConn, on: bool, t: Duration)
     p.execute(&info.set_read_only_sql(on), t).await
 }
 
+/// The replication user, its password and the TLS options every repoint sets
+/// (`[mysql] replication_*`, `get_source_public_key`).
+#[derive(Clone)]
+pub(super) struct ReplicationLogin {
+    pub user: String,
+    pub password: String,
+    pub tls: primus_mysql::ReplicationTls,
+}
+
 /// How primus points a replica at a source: GTID positioning (per flavor), heartbeat
-/// every 0.5 s, reconnect every 1 s.
-pub(super) fn change_source_to<'a>(to: &'a InstanceAddr, user: &'a str, password: &'a str) -> ChangeSource<'a> {
+/// every 0.5 s, reconnect every 1 s, the configured replication TLS.
+pub(super) fn change_source_to<'a>(to: &'a InstanceAddr, login: &'a ReplicationLogin) -> ChangeSource<'a> {
     ChangeSource {
         host: to.host(),
         port: to.port(),
-        user,
-        password,
+        user: &login.user,
+        password: &login.password,
         heartbeat_period: Some(Duration::from_millis(500)),
         connect_retry_s: Some(1),
+        tls: login.tls.clone(),
     }
 }
 
@@ -36,11 +46,10 @@ pub(super) fn stop_and_fence_sql(o: &primus_mysql::Observation) -> Vec<String> {
 pub(super) fn repoint_sql(
     o: &primus_mysql::Observation,
     to: &InstanceAddr,
-    user: &str,
-    password: &str,
+    login: &ReplicationLogin,
     former_primary: bool,
 ) -> Vec<String> {
-    let change = change_source_to(to, user, password);
+    let change = change_source_to(to, login);
     let mut sql = stop_and_fence_sql(o);
     sql.push(change_source_for(o, &change, former_primary));
     sql.push(o.server.start_replica_sql());
@@ -56,8 +65,7 @@ pub(super) fn discard_sql(
     o: &primus_mysql::Observation,
     promotion_gtid: &str,
     to: &InstanceAddr,
-    user: &str,
-    password: &str,
+    login: &ReplicationLogin,
 ) -> Result<Vec<String>, String> {
     let primus_mysql::GtidState::MariaDb { strict_mode, .. } = &o.gtid else {
         return Err("--discard-divergent is MariaDB only".into());
@@ -67,7 +75,7 @@ pub(super) fn discard_sql(
     if !point.is_position() {
         return Err(format!("the promotion point {promotion_gtid} is not a MariaDB position"));
     }
-    let change = change_source_to(to, user, password);
+    let change = change_source_to(to, login);
     let mut sql = stop_and_fence_sql(o);
     if *strict_mode {
         sql.push("RESET MASTER".to_string());
@@ -124,6 +132,46 @@ mod tests {
     use super::*;
     use primus_mysql::probe::SemiSyncStatus;
     use primus_mysql::{Flavor, GtidState, Observation, ServerInfo, Version};
+
+    fn login() -> ReplicationLogin {
+        ReplicationLogin { user: "repl".into(), password: "pw".into(), tls: Default::default() }
+    }
+
+    #[test]
+    fn a_refused_repoint_error_carries_no_password() {
+        let o = observation(Flavor::MariaDb, maria(true));
+        let to = InstanceAddr::new("new", 3306).expect("valid");
+        let secret = "s3cr'et pass";
+        let sql = repoint_sql(&o, &to, &ReplicationLogin { password: secret.into(), ..login() }, false);
+        let change = sql.iter().find(|s| s.starts_with("CHANGE MASTER")).expect("a CHANGE MASTER");
+        // What a refused statement's error looks like: the driver's text quotes it.
+        let e = ProbeError::QueryFailed {
+            query: change.clone(),
+            code: Some(1064),
+            message: format!("You have an error in your SQL syntax near '{change}'"),
+        };
+        let text = redact(&e.to_string(), secret);
+        assert!(!text.contains("s3cr"), "{text}");
+        assert!(text.contains("MASTER_PASSWORD='<redacted>'"), "{text}");
+    }
+
+    #[test]
+    fn a_repoint_sets_the_configured_replication_tls() {
+        let to = InstanceAddr::new("new", 3306).expect("valid");
+        let o = observation(Flavor::MariaDb, maria(true));
+        let plain = repoint_sql(&o, &to, &login(), false).join("; ");
+        assert!(!plain.contains("MASTER_SSL"), "{plain}");
+        let tls = primus_mysql::ReplicationTls {
+            ssl: true,
+            ssl_ca: Some("/etc/mysql/ca.pem".into()),
+            verify_server_cert: true,
+            get_source_public_key: true,
+        };
+        let secured = repoint_sql(&o, &to, &ReplicationLogin { tls, ..login() }, true).join("; ");
+        for want in ["MASTER_SSL=1", "MASTER_SSL_CA='/etc/mysql/ca.pem'", "MASTER_SSL_VERIFY_SERVER_CERT=1"] {
+            assert!(secured.contains(want), "{want} missing in {secured}");
+        }
+    }
 
     fn observation(flavor: Flavor, gtid: GtidState) -> Observation {
         Observation {
@@ -199,7 +247,7 @@ mod tests {
             ),
         ];
         for (case, o, point, want) in cases {
-            let got = discard_sql(&o, point, &to, "repl", "pw");
+            let got = discard_sql(&o, point, &to, &login());
             match (want, got) {
                 (Ok(must), Ok(sql)) => {
                     let all = sql.join("; ");

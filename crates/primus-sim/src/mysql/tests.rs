@@ -358,6 +358,7 @@ async fn change_master_current_pos_and_start_slave_repoints_a_former_primary() {
         password: "pw",
         heartbeat_period: Some(Duration::from_millis(500)),
         connect_retry_s: Some(1),
+        tls: Default::default(),
     };
     let change = info.change_source_sql(&to).replace("MASTER_USE_GTID=slave_pos", "MASTER_USE_GTID=current_pos");
     let mut sql = info.set_read_only_sql(true);
@@ -410,6 +411,7 @@ async fn a_divergent_former_primary_is_refused_by_gtid_and_rejoins_after_discard
         password: "pw",
         heartbeat_period: None,
         connect_retry_s: None,
+        tls: Default::default(),
     };
     let info = conn(&sim, &a).server_info().await.expect("info");
     let change = info.change_source_sql(&to).replace("slave_pos", "current_pos");
@@ -633,6 +635,7 @@ async fn every_statement_primus_builds_is_understood_by_its_flavor_and_version()
             password: "p'w",
             heartbeat_period: Some(Duration::from_millis(500)),
             connect_retry_s: Some(1),
+            tls: Default::default(),
         };
         run(vec![flavor::SESSION_SQL_MODE_FIX.to_string()]).await;
         for on in [true, false] {
