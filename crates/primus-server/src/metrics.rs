@@ -22,9 +22,9 @@
 //! the `prometheus` crate's process collector.
 
 use primus_types::FailoverOutcome;
-use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::core::{Atomic, AtomicF64, AtomicI64, GenericGaugeVec};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,46 +62,71 @@ pub struct Metrics {
     raft_applied_index: IntGauge,
     raft_last_log_index: IntGauge,
     raft_voters: IntGauge,
-    raft_member_last_answer: GaugeVec,
-    cluster_analysis: IntGaugeVec,
-    cluster_epoch: IntGaugeVec,
-    cluster_failover_in_progress: IntGaugeVec,
-    cluster_has_primary: IntGaugeVec,
-    split_fences: IntGaugeVec,
-    unfences: IntGaugeVec,
-    in_maintenance: IntGaugeVec,
-    failovers: IntGaugeVec,
-    last_failover_duration: GaugeVec,
-    last_failover_finished: GaugeVec,
-    last_split_fence: GaugeVec,
-    instance_up: IntGaugeVec,
-    instance_role: IntGaugeVec,
-    instance_read_only: IntGaugeVec,
-    instance_replicating: IntGaugeVec,
-    instance_lag: GaugeVec,
-    instance_heartbeat_delay: GaugeVec,
-    instance_divergent: IntGaugeVec,
-    instance_errant: IntGaugeVec,
-    agent_lease: IntGaugeVec,
-    agent_lease_remaining: GaugeVec,
-    /// One scrape at a time: state series are reset and refilled for each.
+    raft_member_last_answer: StateGauges<AtomicF64>,
+    cluster_analysis: StateGauges<AtomicI64>,
+    cluster_epoch: StateGauges<AtomicI64>,
+    cluster_failover_in_progress: StateGauges<AtomicI64>,
+    cluster_has_primary: StateGauges<AtomicI64>,
+    split_fences: StateGauges<AtomicI64>,
+    unfences: StateGauges<AtomicI64>,
+    in_maintenance: StateGauges<AtomicI64>,
+    failovers: StateGauges<AtomicI64>,
+    last_failover_duration: StateGauges<AtomicF64>,
+    last_failover_finished: StateGauges<AtomicF64>,
+    last_split_fence: StateGauges<AtomicF64>,
+    instance_up: StateGauges<AtomicI64>,
+    instance_role: StateGauges<AtomicI64>,
+    instance_read_only: StateGauges<AtomicI64>,
+    instance_replicating: StateGauges<AtomicI64>,
+    instance_lag: StateGauges<AtomicF64>,
+    instance_heartbeat_delay: StateGauges<AtomicF64>,
+    instance_divergent: StateGauges<AtomicI64>,
+    instance_errant: StateGauges<AtomicI64>,
+    agent_lease: StateGauges<AtomicI64>,
+    agent_lease_remaining: StateGauges<AtomicF64>,
+    /// One scrape at a time: state series are refilled for each.
     scrape: Mutex<()>,
+}
+
+type LabelSets = HashSet<Vec<String>>;
+
+/// A labelled gauge family that each scrape refills from the state: the children set
+/// by this refresh stay, the ones it did not set are removed. (`reset()` and refilling
+/// re-created every child at every scrape: about half a second of CPU at 5,000
+/// instances, `benches/metrics_render.rs`.) Used under [`Metrics::render`]'s lock.
+struct StateGauges<P: Atomic + 'static> {
+    vec: GenericGaugeVec<P>,
+    /// Label values set by the refresh in progress, and by the previous one.
+    live: Mutex<(LabelSets, LabelSets)>,
+}
+
+impl<P: Atomic + 'static> StateGauges<P> {
+    fn new(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<Self> {
+        let vec = GenericGaugeVec::<P>::new(Opts::new(name, help), labels)?;
+        r.register(Box::new(vec.clone()))?;
+        Ok(StateGauges { vec, live: Mutex::new(Default::default()) })
+    }
+
+    fn set(&self, labels: &[&str], v: P::T) {
+        self.vec.with_label_values(labels).set(v);
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.0.insert(labels.iter().map(|l| l.to_string()).collect());
+    }
+
+    /// Remove the children the refresh that just ended did not set.
+    fn sweep(&self) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let (now, before) = &mut *live;
+        for gone in before.difference(now) {
+            let labels: Vec<&str> = gone.iter().map(String::as_str).collect();
+            let _ = self.vec.remove_label_values(&labels);
+        }
+        *before = std::mem::take(now);
+    }
 }
 
 fn int_gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
     let g = IntGauge::new(name, help)?;
-    r.register(Box::new(g.clone()))?;
-    Ok(g)
-}
-
-fn int_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-    r.register(Box::new(g.clone()))?;
-    Ok(g)
-}
-
-fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<GaugeVec> {
-    let g = GaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
 }
@@ -204,7 +229,7 @@ impl Metrics {
             raft_applied_index: int_gauge(&r, "primus_raft_applied_index", "Last log index applied on this node")?,
             raft_last_log_index: int_gauge(&r, "primus_raft_last_log_index", "Last log index in this node's log")?,
             raft_voters: int_gauge(&r, "primus_raft_voters", "Voters in the group's membership as this node knows it")?,
-            raft_member_last_answer: gauge_vec(
+            raft_member_last_answer: StateGauges::new(
                 &r,
                 "primus_raft_member_last_answer_seconds",
                 "On the leader only: seconds since each member last answered one of its Raft RPCs (heartbeats \
@@ -212,138 +237,138 @@ impl Metrics {
                  answered since",
                 &["member", "voter"],
             )?,
-            cluster_analysis: int_gauge_vec(
+            cluster_analysis: StateGauges::new(
                 &r,
                 "primus_cluster_analysis",
                 "This node's latest analysis of a cluster: 1 for the current code (the leader's decides)",
                 &["cluster", "code"],
             )?,
-            cluster_epoch: int_gauge_vec(
+            cluster_epoch: StateGauges::new(
                 &r,
                 "primus_cluster_epoch",
                 "A cluster's fencing epoch (bumped by every promotion)",
                 &["cluster"],
             )?,
-            cluster_failover_in_progress: int_gauge_vec(
+            cluster_failover_in_progress: StateGauges::new(
                 &r,
                 "primus_cluster_failover_in_progress",
                 "1 while a failover or switchover of the cluster is in progress",
                 &["cluster"],
             )?,
-            cluster_has_primary: int_gauge_vec(
+            cluster_has_primary: StateGauges::new(
                 &r,
                 "primus_cluster_has_primary",
                 "1 when the cluster has an agreed primary",
                 &["cluster"],
             )?,
-            split_fences: int_gauge_vec(
+            split_fences: StateGauges::new(
                 &r,
                 "primus_split_fences",
                 "Split-brain fences in the cluster's replicated record (the last 50): writable non-primaries \
                  the leader set read-only; the same on every node",
                 &["cluster"],
             )?,
-            unfences: int_gauge_vec(
+            unfences: StateGauges::new(
                 &r,
                 "primus_unfences",
                 "Times the leader made the cluster's read-only primary writable again, in its replicated record \
                  (the last 50), e.g. after its agent fenced it during a coordinator stall; the same on every node",
                 &["cluster"],
             )?,
-            in_maintenance: int_gauge_vec(
+            in_maintenance: StateGauges::new(
                 &r,
                 "primus_in_maintenance",
                 "1 per active maintenance: instance=\"\" for the whole cluster",
                 &["cluster", "instance"],
             )?,
-            failovers: int_gauge_vec(
+            failovers: StateGauges::new(
                 &r,
                 "primus_failovers",
                 "Failovers in the cluster's replicated history (the last 100), by kind and outcome; \
                  the same on every node",
                 &["cluster", "kind", "outcome"],
             )?,
-            last_failover_duration: gauge_vec(
+            last_failover_duration: StateGauges::new(
                 &r,
                 "primus_last_failover_duration_seconds",
                 "Duration of the cluster's last finished failover (finished_at - started_at)",
                 &["cluster", "kind", "outcome"],
             )?,
-            last_failover_finished: gauge_vec(
+            last_failover_finished: StateGauges::new(
                 &r,
                 "primus_last_failover_finished_timestamp_seconds",
                 "When the cluster's last finished failover ended (unix seconds, leader's clock)",
                 &["cluster"],
             )?,
-            last_split_fence: gauge_vec(
+            last_split_fence: StateGauges::new(
                 &r,
                 "primus_last_split_fence_timestamp_seconds",
                 "When the leader last set a writable non-primary of the cluster read-only (unix seconds, leader's \
                  clock); 0 when its replicated record holds no split fence",
                 &["cluster"],
             )?,
-            instance_up: int_gauge_vec(
+            instance_up: StateGauges::new(
                 &r,
                 "primus_instance_up",
                 "1 when this node's latest probe of the instance succeeded, 0 when it failed",
                 &["cluster", "instance"],
             )?,
-            instance_role: int_gauge_vec(
+            instance_role: StateGauges::new(
                 &r,
                 "primus_instance_role",
                 "1 for the instance's role in the cluster's replicated topology (primary, replica, intermediate, \
                  demoted, detached)",
                 &["cluster", "instance", "role"],
             )?,
-            instance_read_only: int_gauge_vec(
+            instance_read_only: StateGauges::new(
                 &r,
                 "primus_instance_read_only",
                 "1 when this node's latest successful probe found the instance read_only, 0 when writable",
                 &["cluster", "instance"],
             )?,
-            instance_replicating: int_gauge_vec(
+            instance_replicating: StateGauges::new(
                 &r,
                 "primus_instance_replicating",
                 "For replicas and intermediates this node reached: 1 when the IO thread is connected and the SQL \
                  thread runs, 0 otherwise (no replication configured included)",
                 &["cluster", "instance"],
             )?,
-            instance_lag: gauge_vec(
+            instance_lag: StateGauges::new(
                 &r,
                 "primus_instance_replication_lag_seconds",
                 "Seconds_Behind_Master (Seconds_Behind_Source) of the instance at this node's latest probe; absent \
                  when unknown (not a replica, replication stopped, probe failed)",
                 &["cluster", "instance"],
             )?,
-            instance_heartbeat_delay: gauge_vec(
+            instance_heartbeat_delay: StateGauges::new(
                 &r,
                 "primus_instance_heartbeat_delay_seconds",
                 "Age of the cluster's primus heartbeat row on the instance at this node's latest probe (probe time \
                  minus the row's timestamp): how far replication of writes lags, even when idle",
                 &["cluster", "instance"],
             )?,
-            instance_divergent: int_gauge_vec(
+            instance_divergent: StateGauges::new(
                 &r,
                 "primus_instance_divergent_transactions",
                 "Transactions a former primary executed beyond the promotion point of the failover that replaced \
                  it (at least this many when inexact); 0 for an instance that is not a former primary or has none",
                 &["cluster", "instance"],
             )?,
-            instance_errant: int_gauge_vec(
+            instance_errant: StateGauges::new(
                 &r,
                 "primus_instance_errant_transactions",
                 "Errant transactions of a replica: executed on it but not on the primary, by this node's latest \
                  probes of both; 0 when none",
                 &["cluster", "instance"],
             )?,
-            agent_lease: int_gauge_vec(
+            agent_lease: StateGauges::new(
                 &r,
                 "primus_agent_lease",
                 "On the leader only: 1 for the lease state of each instance with a registered fencing agent \
                  (held, expired: the primary's lease ran out, released, not_held)",
                 &["cluster", "instance", "state"],
             )?,
-            agent_lease_remaining: gauge_vec(
+            agent_lease_remaining: StateGauges::new(
                 &r,
                 "primus_agent_lease_remaining_seconds",
                 "On the leader only: seconds left of the lease it granted the instance's agent; 0 when none \
@@ -390,101 +415,110 @@ impl Metrics {
         self.watch_subscribers.set(i64::try_from(s.watch_subscribers).unwrap_or(i64::MAX));
         let membership = m.membership_config.membership();
         self.raft_voters.set(i64_of(membership.voter_ids().count() as u64));
-        self.raft_member_last_answer.reset();
         for member in &s.members {
             let secs = member.last_answer.as_secs_f64();
             let voter = if member.voter { "true" } else { "false" };
-            self.raft_member_last_answer.with_label_values(&[member.id.to_string().as_str(), voter]).set(secs);
+            self.raft_member_last_answer.set(&[member.id.to_string().as_str(), voter], secs);
         }
-
-        // Clusters and instances that went away must take their series with them.
-        self.cluster_analysis.reset();
-        self.cluster_epoch.reset();
-        self.cluster_failover_in_progress.reset();
-        self.cluster_has_primary.reset();
-        self.split_fences.reset();
-        self.unfences.reset();
-        self.in_maintenance.reset();
-        self.failovers.reset();
-        self.last_failover_duration.reset();
-        self.last_failover_finished.reset();
-        self.last_split_fence.reset();
-        self.instance_up.reset();
-        self.instance_role.reset();
-        self.instance_read_only.reset();
-        self.instance_replicating.reset();
-        self.instance_lag.reset();
-        self.instance_heartbeat_delay.reset();
-        self.instance_divergent.reset();
-        self.instance_errant.reset();
-        self.agent_lease.reset();
-        self.agent_lease_remaining.reset();
 
         for c in &s.clusters {
             let name = c.name.as_str();
-            self.cluster_epoch.with_label_values(&[name]).set(i64_of(c.epoch));
-            self.cluster_failover_in_progress.with_label_values(&[name]).set(i64::from(c.in_flight().is_some()));
-            self.cluster_has_primary.with_label_values(&[name]).set(i64::from(c.topology.primary.is_some()));
-            self.split_fences.with_label_values(&[name]).set(i64_of(c.split_fences.len() as u64));
-            self.unfences.with_label_values(&[name]).set(i64_of(c.unfences.len() as u64));
+            self.cluster_epoch.set(&[name], i64_of(c.epoch));
+            self.cluster_failover_in_progress.set(&[name], i64::from(c.in_flight().is_some()));
+            self.cluster_has_primary.set(&[name], i64::from(c.topology.primary.is_some()));
+            self.split_fences.set(&[name], i64_of(c.split_fences.len() as u64));
+            self.unfences.set(&[name], i64_of(c.unfences.len() as u64));
             let last_fence = c.split_fences.iter().map(|f| f.at_ms).max().unwrap_or(0);
-            self.last_split_fence.with_label_values(&[name]).set(last_fence as f64 / 1000.0);
+            self.last_split_fence.set(&[name], last_fence as f64 / 1000.0);
             for i in c.topology.instances.values() {
                 let role = i.role.to_string();
-                self.instance_role.with_label_values(&[name, i.addr.to_string().as_str(), role.as_str()]).set(1);
+                self.instance_role.set(&[name, i.addr.to_string().as_str(), role.as_str()], 1);
             }
             let now = s.now_ms;
             if c.cluster_maintenance_at(now).is_some() {
-                self.in_maintenance.with_label_values(&[name, ""]).set(1);
+                self.in_maintenance.set(&[name, ""], 1);
             }
             for addr in c.instance_maintenance.keys().filter(|a| c.instance_maintenance_at(a, now).is_some()) {
-                self.in_maintenance.with_label_values(&[name, addr.to_string().as_str()]).set(1);
+                self.in_maintenance.set(&[name, addr.to_string().as_str()], 1);
             }
+            let mut counts: std::collections::BTreeMap<(String, &str), i64> = Default::default();
             for f in &c.history {
-                let kind = f.kind.to_string();
-                self.failovers.with_label_values(&[name, kind.as_str(), outcome_label(&f.outcome)]).inc();
+                *counts.entry((f.kind.to_string(), outcome_label(&f.outcome))).or_default() += 1;
+            }
+            for ((kind, outcome), n) in counts {
+                self.failovers.set(&[name, kind.as_str(), outcome], n);
             }
             if let Some(f) = c.history.iter().rev().find(|f| f.finished_at_ms.is_some()) {
                 if let Some(end) = f.finished_at_ms {
                     let secs = end.saturating_sub(f.started_at_ms) as f64 / 1000.0;
                     let kind = f.kind.to_string();
-                    self.last_failover_duration
-                        .with_label_values(&[name, kind.as_str(), outcome_label(&f.outcome)])
-                        .set(secs);
-                    self.last_failover_finished.with_label_values(&[name]).set(end as f64 / 1000.0);
+                    self.last_failover_duration.set(&[name, kind.as_str(), outcome_label(&f.outcome)], secs);
+                    self.last_failover_finished.set(&[name], end as f64 / 1000.0);
                 }
             }
             if let Some(code) = s.analysis.get(&c.name) {
-                self.cluster_analysis.with_label_values(&[name, code.as_str()]).set(1);
+                self.cluster_analysis.set(&[name, code.as_str()], 1);
             }
         }
         for i in &s.instances {
             let labels = [i.cluster.as_str(), i.instance.as_str()];
-            self.instance_up.with_label_values(&labels).set(i64::from(i.up));
+            self.instance_up.set(&labels, i64::from(i.up));
             if let Some(ro) = i.read_only {
-                self.instance_read_only.with_label_values(&labels).set(i64::from(ro));
+                self.instance_read_only.set(&labels, i64::from(ro));
             }
             if let Some(r) = i.replicating {
-                self.instance_replicating.with_label_values(&labels).set(i64::from(r));
+                self.instance_replicating.set(&labels, i64::from(r));
             }
             if let Some(lag) = i.lag_seconds {
-                self.instance_lag.with_label_values(&labels).set(lag as f64);
+                self.instance_lag.set(&labels, lag as f64);
             }
             if let Some(ms) = i.heartbeat_delay_ms {
-                self.instance_heartbeat_delay.with_label_values(&labels).set(ms as f64 / 1000.0);
+                self.instance_heartbeat_delay.set(&labels, ms as f64 / 1000.0);
             }
             if let Some(n) = i.divergent {
-                self.instance_divergent.with_label_values(&labels).set(i64_of(n));
+                self.instance_divergent.set(&labels, i64_of(n));
             }
             if let Some(n) = i.errant {
-                self.instance_errant.with_label_values(&labels).set(i64_of(n));
+                self.instance_errant.set(&labels, i64_of(n));
             }
         }
         for l in &s.leases {
             let labels = [l.cluster.as_str(), l.instance.as_str()];
-            self.agent_lease.with_label_values(&[labels[0], labels[1], l.state.as_str()]).set(1);
-            self.agent_lease_remaining.with_label_values(&labels).set(l.remaining.as_secs_f64());
+            self.agent_lease.set(&[labels[0], labels[1], l.state.as_str()], 1);
+            self.agent_lease_remaining.set(&labels, l.remaining.as_secs_f64());
         }
+        // Clusters, instances, members and leases that went away take their series with them.
+        for sweep in self.state_families() {
+            sweep();
+        }
+    }
+
+    /// The sweep of every state family (see [`StateGauges`]).
+    fn state_families(&self) -> [Box<dyn Fn() + '_>; 22] {
+        [
+            Box::new(|| self.raft_member_last_answer.sweep()),
+            Box::new(|| self.cluster_analysis.sweep()),
+            Box::new(|| self.cluster_epoch.sweep()),
+            Box::new(|| self.cluster_failover_in_progress.sweep()),
+            Box::new(|| self.cluster_has_primary.sweep()),
+            Box::new(|| self.split_fences.sweep()),
+            Box::new(|| self.unfences.sweep()),
+            Box::new(|| self.in_maintenance.sweep()),
+            Box::new(|| self.failovers.sweep()),
+            Box::new(|| self.last_failover_duration.sweep()),
+            Box::new(|| self.last_failover_finished.sweep()),
+            Box::new(|| self.last_split_fence.sweep()),
+            Box::new(|| self.instance_up.sweep()),
+            Box::new(|| self.instance_role.sweep()),
+            Box::new(|| self.instance_read_only.sweep()),
+            Box::new(|| self.instance_replicating.sweep()),
+            Box::new(|| self.instance_lag.sweep()),
+            Box::new(|| self.instance_heartbeat_delay.sweep()),
+            Box::new(|| self.instance_divergent.sweep()),
+            Box::new(|| self.instance_errant.sweep()),
+            Box::new(|| self.agent_lease.sweep()),
+            Box::new(|| self.agent_lease_remaining.sweep()),
+        ]
     }
 
     /// Count leader changes as this node learns of them, until `rx` closes (Raft stopped).
