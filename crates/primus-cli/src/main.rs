@@ -8,7 +8,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use primus_client::{Client, ClientOptions, ClusterSettings, ReadConsistency, Role, TlsOptions};
+use primus_client::{Client, ClientOptions, ClusterSettings, ReadConsistency, TlsOptions};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -358,17 +358,6 @@ fn human_duration(d: Duration) -> String {
     parts.iter().filter(|(n, _)| *n > 0).map(|(n, u)| format!("{n}{u}")).collect::<Vec<_>>().join(" ")
 }
 
-fn role_name(r: i32) -> &'static str {
-    match Role::try_from(r).unwrap_or(Role::Unspecified) {
-        Role::Leader => "leader",
-        Role::Follower => "follower",
-        Role::Learner => "learner",
-        Role::Candidate => "candidate",
-        Role::Uninitialized => "uninitialized",
-        Role::Unspecified => "unknown",
-    }
-}
-
 /// Print rows as aligned columns.
 fn divergence_json(d: &primus_client::DivergenceResponse) -> Value {
     json!({"instance": d.instance, "former_primary": d.former_primary, "failover_id": d.failover_id,
@@ -471,25 +460,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status { stale } => {
             let s = if stale { client.node_status().await? } else { client.status().await? };
             if json_out {
-                let members: Vec<Value> = s
-                    .members
-                    .iter()
-                    .map(|m| {
-                        json!({"id": m.id, "addr": m.addr, "datacenter": m.datacenter,
-                               "role": role_name(m.role), "matched_index": m.matched_index})
-                    })
-                    .collect();
-                print_json(json!({
-                    "leader_id": s.leader_id, "leader_addr": s.leader_addr, "term": s.term,
-                    "commit_index": s.commit_index, "applied_index": s.applied_index,
-                    "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
-                    "served_by": s.node_id, "members": members,
-                    "millis_since_quorum_ack": s.millis_since_quorum_ack,
-                    "role": role_name(s.role), "consistency": if s.linearizable { "linearizable" } else { "stale" },
-                }));
+                print_json(primus_client::json::status(&s));
             } else {
                 if stale {
-                    println!("(stale: node {}'s own view; it is {})", s.node_id, role_name(s.role));
+                    println!("(stale: node {}'s own view; it is {})", s.node_id, primus_client::json::role_name(s.role));
                 }
                 println!(
                     "leader: node {} at {}   term: {}   commit index: {}   applied: {}   snapshot: {}   quorum ack: {} ms ago",
@@ -509,7 +483,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             m.id.to_string(),
                             m.addr.clone(),
                             m.datacenter.clone(),
-                            role_name(m.role).to_string(),
+                            primus_client::json::role_name(m.role).to_string(),
                             opt(m.matched_index),
                         ]
                     })
@@ -560,16 +534,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let c = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
             let r = client.list_clusters(c).await?;
             if json_out {
-                let clusters: Vec<Value> = r
-                    .clusters
-                    .iter()
-                    .map(|c| {
-                        json!({"name": c.name, "seeds": c.seeds, "registered_at_index": c.registered_at_index,
-                               "registered_at_ms": c.registered_at_ms, "registered_by": c.registered_by,
-                               "automatic_failover": c.settings.as_ref().and_then(|s| s.automatic_failover)})
-                    })
-                    .collect();
-                print_json(json!({"clusters": clusters, "applied_index": r.applied_index, "served_by": r.served_by}));
+                print_json(primus_client::json::cluster_list(&r));
             } else if r.clusters.is_empty() {
                 println!("no clusters registered");
             } else {
@@ -600,7 +565,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let c = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
             let t = client.topology(&name, c).await?;
             if json_out {
-                print_json(topology_json(&t));
+                print_json(primus_client::json::topology(&t));
             } else {
                 print_topology(&t);
             }
@@ -630,20 +595,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::History { name } => {
             let r = client.history(&name).await?;
             if json_out {
-                let refusals: Vec<Value> = r
-                    .refusals
-                    .iter()
-                    .map(|x| json!({"at_ms": x.at_ms, "analysis": x.analysis_code, "evidence": x.evidence, "reason": x.reason}))
-                    .collect();
-                let fences = |v: &[primus_client::SplitFenceView]| -> Vec<Value> {
-                    v.iter()
-                        .map(|f| json!({"id": f.id, "at_ms": f.at_ms, "instance": f.instance, "epoch": f.epoch,
-                            "evidence": f.evidence, "outcome": if f.outcome.is_empty() { Value::Null } else { Value::String(f.outcome.clone()) },
-                            "finished_at_ms": f.finished_at_ms}))
-                        .collect()
-                };
-                print_json(json!({"failovers": r.failovers.iter().map(failover_json).collect::<Vec<_>>(),
-                    "refusals": refusals, "split_fences": fences(&r.split_fences), "unfences": fences(&r.unfences)}));
+                print_json(primus_client::json::history(&r));
             } else {
                 if r.failovers.is_empty() {
                     println!("no failovers of {name}");
@@ -670,9 +622,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let c = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
             let a = client.analysis_with(&name, c).await?;
             if json_out {
-                print_json(json!({"cluster": name, "code": a.code, "subject": a.subject, "evidence": a.evidence,
-                    "actionable": a.actionable, "at_ms": a.at_ms, "served_by": a.served_by, "epoch": a.epoch,
-                    "consistency": if a.linearizable { "linearizable" } else { "stale" }}));
+                print_json(primus_client::json::analysis(&name, &a));
             } else {
                 println!(
                     "{name}: {}{} (epoch {}, by node {}{})",
@@ -737,13 +687,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = if stale { client.primary_stale(&name).await? } else { client.primary(&name).await? };
             let st = r.state.clone().unwrap_or_default();
             if json_out {
-                let mut v = primary_state_json(&st);
-                v["applied_index"] = json!(r.applied_index);
-                v["served_by"] = json!(r.served_by);
-                v["leader_id"] = json!(r.leader_id);
-                v["leader_addr"] = json!(r.leader_addr);
-                v["consistency"] = json!(if stale { "stale" } else { "linearizable" });
-                print_json(v);
+                print_json(primus_client::json::primary(&r));
             } else {
                 println!("{}", primary_line(&st));
                 if stale {
@@ -776,7 +720,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let st = ev.state.clone().unwrap_or_default();
                 let kind = event_kind_name(ev.kind);
                 if json_out {
-                    let mut v = primary_state_json(&st);
+                    let mut v = primus_client::json::primary_state(&st);
                     v["event"] = json!(kind);
                     v["detail"] = json!(ev.detail);
                     v["applied_index"] = json!(ev.applied_index);
@@ -899,21 +843,10 @@ fn done(json_out: bool, what: &str, log_index: u64) {
     }
 }
 
-fn failover_json(f: &primus_client::FailoverView) -> Value {
-    json!({
-        "id": f.id, "kind": f.kind, "analysis": f.analysis_code, "evidence": f.evidence,
-        "old_primary": f.old_primary, "new_primary": f.candidate, "epoch": f.epoch,
-        "outcome": f.outcome, "outcome_reason": f.outcome_reason, "started_at_ms": f.started_at_ms,
-        "finished_at_ms": f.finished_at_ms, "started_by": f.started_by, "acked_by": f.acked_by,
-        "promotion_gtid": f.promotion_gtid, "request_id": f.request_id,
-        "steps": f.steps.iter().map(|s| json!({"index": s.index, "step": s.description, "outcome": s.outcome, "at_ms": s.at_ms})).collect::<Vec<_>>(),
-    })
-}
-
 fn print_failover(f: Option<&primus_client::FailoverView>, json_out: bool) {
     let Some(f) = f else { return };
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&failover_json(f)).unwrap_or_default());
+        println!("{}", serde_json::to_string_pretty(&primus_client::json::failover(f)).unwrap_or_default());
         return;
     }
     let took = f.finished_at_ms.map(|t| format!(" in {} ms", t.saturating_sub(f.started_at_ms))).unwrap_or_default();
@@ -944,41 +877,6 @@ fn print_failover(f: Option<&primus_client::FailoverView>, json_out: bool) {
     if !f.acked_by.is_empty() {
         println!("  acknowledged by {}", f.acked_by);
     }
-}
-
-fn topology_json(t: &primus_client::GetTopologyResponse) -> Value {
-    let instances: Vec<Value> = t
-        .instances
-        .iter()
-        .map(|i| {
-            let seen_by: serde_json::Map<String, Value> =
-                i.seen_by.iter().map(|(k, v)| (k.to_string(), Value::Bool(*v))).collect();
-            json!({
-                "addr": i.addr, "role": i.role, "source": i.source, "server_id": i.server_id,
-                "flavor": i.flavor, "version": i.version, "read_only": i.read_only,
-                "gtid_executed": i.gtid_executed, "io_running": i.io_running, "sql_running": i.sql_running,
-                "seconds_behind": i.seconds_behind, "heartbeat_delay_ms": i.heartbeat_delay_ms,
-                "reachable": i.reachable, "seen_by": seen_by, "flags": i.flags,
-                "last_error": i.last_error, "last_io_error": i.last_io_error, "last_sql_error": i.last_sql_error,
-                "observed_at_ms": i.observed_at_ms, "probe_latency_us": i.probe_latency_us,
-                "promotion_rule": i.promotion_rule,
-                "datacenter": if i.datacenter.is_empty() { Value::Null } else { Value::String(i.datacenter.clone()) },
-                "maintenance": i.maintenance.as_ref().map(maintenance_json),
-            })
-        })
-        .collect();
-    let settings = t.settings.unwrap_or_default();
-    json!({
-        "cluster": t.cluster, "epoch": t.epoch,
-        "primary": if t.primary.is_empty() { Value::Null } else { Value::String(t.primary.clone()) },
-        "topology_index": t.topology_index, "served_by": t.served_by, "instances": instances,
-        "maintenance": t.cluster_maintenance.as_ref().map(maintenance_json),
-        "settings": {"automatic_failover": settings.automatic_failover, "semi_sync": settings.semi_sync},
-    })
-}
-
-fn maintenance_json(m: &primus_client::MaintenanceView) -> Value {
-    json!({"reason": m.reason, "by": m.by, "since_ms": m.since_ms, "until_ms": m.until_ms})
 }
 
 /// orchestrator-style tree: each instance under its source.
@@ -1069,15 +967,6 @@ fn print_topology(t: &primus_client::GetTopologyResponse) {
             line(i, 0);
         }
     }
-}
-
-fn primary_state_json(s: &primus_client::PrimaryState) -> Value {
-    json!({
-        "cluster": s.cluster, "primary": s.primary, "epoch": s.epoch, "datacenter": s.datacenter,
-        "failover": s.failover.as_ref().map(|f| json!({"id": f.id, "kind": f.kind, "old_primary": f.old_primary,
-            "candidate": f.candidate, "epoch": f.epoch})),
-        "demoted": s.demoted,
-    })
 }
 
 /// `db1:3306 epoch 3 (dc eu) — failover c-e4 in progress: promoting …`
