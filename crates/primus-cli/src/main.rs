@@ -463,7 +463,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_json(primus_client::json::status(&s));
             } else {
                 if stale {
-                    println!("(stale: node {}'s own view; it is {})", s.node_id, primus_client::json::role_name(s.role));
+                    println!(
+                        "(stale: node {}'s own view; it is {})",
+                        s.node_id,
+                        primus_client::json::role_name(s.role)
+                    );
                 }
                 println!(
                     "leader: node {} at {}   term: {}   commit index: {}   applied: {}   snapshot: {}   quorum ack: {} ms ago",

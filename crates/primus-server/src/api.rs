@@ -54,7 +54,8 @@ impl ApiAuth {
     /// `token` is `[auth]`'s token when reads require it, `None` otherwise.
     pub fn reads_need(token: Option<Token>) -> Self {
         ApiAuth {
-            policy: token.map(|t| Arc::new(AuthPolicy { token: Some(t), require_token_for_reads: true, ..Default::default() })),
+            policy: token
+                .map(|t| Arc::new(AuthPolicy { token: Some(t), require_token_for_reads: true, ..Default::default() })),
         }
     }
 }
@@ -173,9 +174,24 @@ async fn analysis(State(ctx): State<Arc<NodeCtx>>, path: Result<Path<String>, Pa
         Ok(n) => n,
         Err(e) => return e,
     };
+    // An unknown cluster is 404 before a node without [mysql] is 503.
+    if let Err(e) = known(&ctx, &cluster) {
+        return e;
+    }
     let svc = CoordinatorService::new(ctx);
     let r = svc.analysis(tonic::Request::new(AnalysisRequest { cluster: cluster.clone(), consistency: STALE })).await;
     answer(r.map(|r| primus_client::json::analysis(&cluster, r.get_ref())))
+}
+
+/// 400 for a malformed cluster name, 404 for one not registered here.
+fn known(ctx: &NodeCtx, name: &str) -> Result<primus_types::ClusterName, Response> {
+    let name: primus_types::ClusterName =
+        name.parse().map_err(|e: primus_types::NameError| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+    if ctx.read_state(|s| s.clusters.contains_key(&name)).1 {
+        Ok(name)
+    } else {
+        Err(error(StatusCode::NOT_FOUND, format!("cluster {name} is not registered")))
+    }
 }
 
 /// `GET /api/v1/clusters/{name}/history` (`primusctl history`), from this node's state.
@@ -184,9 +200,9 @@ async fn history(State(ctx): State<Arc<NodeCtx>>, path: Result<Path<String>, Pat
         Ok(n) => n,
         Err(e) => return e,
     };
-    let name: primus_types::ClusterName = match name.parse() {
+    let name = match known(&ctx, &name) {
         Ok(n) => n,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}")),
+        Err(e) => return e,
     };
     match ctx.read_state(|s| s.clusters.get(&name).map(|c| crate::service::history_response(c))).1 {
         Some(h) => answer(Ok(primus_client::json::history(&h))),
