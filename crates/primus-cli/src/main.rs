@@ -190,6 +190,14 @@ enum Cmd {
         #[arg(value_parser = ["on", "off", "default"])]
         state: String,
     },
+    /// Print a shell completion script for primusctl, e.g.
+    /// `primusctl completions bash > /etc/bash_completion.d/primusctl`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print primusctl's manual page (roff), e.g. `primusctl man > primusctl.1; man ./primusctl.1`.
+    Man,
     /// Show the audit trail: every command the group applied, who asked, and the outcome.
     Audit {
         /// How many of the most recent records to show.
@@ -300,8 +308,15 @@ enum ClusterCmd {
         #[arg(long)]
         stale: bool,
     },
-    /// Unregister a cluster.
-    Remove { name: String },
+    /// Unregister a cluster: primus stops watching it and forgets its topology and
+    /// failover history. Asks for confirmation on a terminal; scripts pass --yes (without
+    /// it, and without a terminal to ask on, nothing is removed).
+    Remove {
+        name: String,
+        /// Do not ask: remove it.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
 }
 
 /// `maintenance start|end TARGET [INSTANCE]`: a TARGET with a `:` is an instance
@@ -426,7 +441,65 @@ fn opt(v: Option<u64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
+/// Milliseconds since the Unix epoch in this machine's time zone, for tables.
+fn local_time(ms: u64) -> String {
+    use chrono::TimeZone;
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| chrono::Local.timestamp_millis_opt(ms).single())
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f %:z").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `cluster remove` without `--yes`: ask on a terminal; refuse without one.
+fn confirm_remove(
+    name: &str,
+    stdin_is_terminal: bool,
+    answer: impl FnOnce() -> std::io::Result<String>,
+) -> anyhow::Result<()> {
+    if !stdin_is_terminal {
+        anyhow::bail!(
+            "not removing cluster {name}: stdin is not a terminal to confirm on; pass --yes to remove it without asking"
+        );
+    }
+    eprint!("Unregister cluster {name}? primus stops watching it and forgets its topology and history. [y/N] ");
+    let line = answer().context("cannot read the answer")?;
+    match line.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => anyhow::bail!("not removing cluster {name}: not confirmed"),
+    }
+}
+
+/// Commands that need no coordinator: completions and the manual page.
+fn print_local(cmd: &Cmd) -> anyhow::Result<bool> {
+    use clap::CommandFactory;
+    use std::io::Write;
+    // Rendered into memory first: clap_complete panics on a write error (`| head`).
+    let mut out = Vec::new();
+    match cmd {
+        Cmd::Completions { shell } => clap_complete::generate(*shell, &mut Cli::command(), "primusctl", &mut out),
+        Cmd::Man => clap_mangen::Man::new(Cli::command()).render(&mut out).context("cannot render the man page")?,
+        _ => return Ok(false),
+    }
+    match std::io::stdout().write_all(&out) {
+        Ok(()) => Ok(true),
+        // The reader stopped early (`| head`): nothing left to do.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
+        Err(e) => Err(e).context("cannot write to stdout"),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if print_local(&cli.cmd)? {
+        return Ok(());
+    }
+    if let Cmd::Cluster(ClusterCmd::Remove { name, yes: false }) = &cli.cmd {
+        use std::io::IsTerminal;
+        confirm_remove(name, std::io::stdin().is_terminal(), || {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map(|_| line)
+        })?;
+    }
     let timeout = match cli.cmd {
         // Adding a member may wait for a snapshot transfer: give it the server's own bound.
         Cmd::Members(_) => cli.timeout.max(Duration::from_secs(130)),
@@ -489,10 +562,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             m.datacenter.clone(),
                             primus_client::json::role_name(m.role).to_string(),
                             opt(m.matched_index),
+                            m.millis_since_last_contact.map(|ms| format!("{ms} ms ago")).unwrap_or_else(|| "-".into()),
                         ]
                     })
                     .collect();
-                table(&["id", "addr", "datacenter", "role", "matched_index"], rows);
+                table(&["id", "addr", "datacenter", "role", "matched_index", "last_contact"], rows);
             }
         }
         Cmd::Members(MembersCmd::Add { id, addr, datacenter }) => {
@@ -557,7 +631,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 table(&["name", "seeds", "registered_at_index", "registered_by"], rows);
             }
         }
-        Cmd::Cluster(ClusterCmd::Remove { name }) => {
+        Cmd::Cluster(ClusterCmd::Remove { name, yes: _ }) => {
             let r = client.unregister_cluster(&name).await?;
             if json_out {
                 print_json(json!({"removed": name, "log_index": r.log_index}));
@@ -609,13 +683,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!();
                 }
                 for x in &r.refusals {
-                    println!("refused at {} ms ({}): {}", x.at_ms, x.analysis_code, x.reason);
+                    println!("refused at {} ({}): {}", local_time(x.at_ms), x.analysis_code, x.reason);
                 }
                 let fences = r.split_fences.iter().map(|f| (f, "split brain: fenced"));
                 for (f, what) in fences.chain(r.unfences.iter().map(|f| (f, "read-only primary made writable again:")))
                 {
                     let outcome = if f.outcome.is_empty() { "not completed (leader changed?)" } else { &f.outcome };
-                    println!("{} {what} {} (epoch {}): {outcome}", f.id, f.instance, f.epoch);
+                    println!("{} {} {what} {} (epoch {}): {outcome}", local_time(f.at_ms), f.id, f.instance, f.epoch);
                     for e in &f.evidence {
                         println!("    - {e}");
                     }
@@ -771,6 +845,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = client.set_automatic_failover(&name, enabled).await?;
             done(json_out, &format!("automatic failover of {name}: {state}"), r.log_index);
         }
+        Cmd::Completions { .. } | Cmd::Man => {}
         Cmd::Audit { limit } => {
             let r = client.audit(limit, ReadConsistency::Linearizable).await?;
             if json_out {
@@ -778,7 +853,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .records
                     .iter()
                     .map(|a| {
-                        json!({"index": a.index, "term": a.term, "time_ms": a.time_ms, "actor": a.actor,
+                        json!({"index": a.index, "term": a.term, "time_ms": a.time_ms,
+                               "time": primus_client::json::rfc3339_ms(a.time_ms), "actor": a.actor,
                                "via_node": a.via_node, "summary": a.summary, "outcome": a.outcome})
                     })
                     .collect();
@@ -791,13 +867,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         vec![
                             a.index.to_string(),
                             a.term.to_string(),
+                            local_time(a.time_ms),
                             a.actor.clone(),
                             a.summary.clone(),
                             a.outcome.clone(),
                         ]
                     })
                     .collect();
-                table(&["index", "term", "actor", "command", "outcome"], rows);
+                table(&["index", "term", "time", "actor", "command", "outcome"], rows);
             }
         }
     }
@@ -865,6 +942,7 @@ fn print_failover(f: Option<&primus_client::FailoverView>, json_out: bool) {
         if f.outcome_reason.is_empty() { String::new() } else { format!(": {}", f.outcome_reason) },
         took
     );
+    println!("  started {} by {}", local_time(f.started_at_ms), f.started_by);
     println!("  analysis: {}", f.analysis_code);
     for e in &f.evidence {
         println!("    - {e}");
@@ -1079,6 +1157,24 @@ mod tests {
         assert_eq!(a("c1", "db:3306", Some("prefer")).ok(), Some(("c1".into(), "db:3306".into(), "prefer".into())));
         let e = a("c1", "db:3306", None).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("RULE is missing"), "{e}");
+    }
+
+    #[test]
+    fn cluster_remove_refuses_without_a_terminal_and_goes_on_only_on_yes() {
+        let e = confirm_remove("c1", false, || Ok("y\n".into())).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("--yes") && e.contains("not a terminal"), "{e}");
+        assert!(confirm_remove("c1", true, || Ok("y\n".into())).is_ok());
+        assert!(confirm_remove("c1", true, || Ok(" YES \n".into())).is_ok());
+        for no in ["\n", "n\n", "no\n", "yep\n", ""] {
+            assert!(confirm_remove("c1", true, || Ok(no.into())).is_err(), "{no:?} confirmed");
+        }
+    }
+
+    #[test]
+    fn local_times_show_date_time_milliseconds_and_offset() {
+        let t = local_time(1_795_438_343_092);
+        assert!(t.len() == "2026-11-23 12:52:23.092 +00:00".len() && t.contains(".092 "), "{t}");
+        assert_eq!(local_time(u64::MAX), "-");
     }
 
     #[test]
