@@ -130,8 +130,17 @@ async fn authorize(State(auth): State<ApiAuth>, req: Request, next: Next) -> Res
     }
 }
 
-fn cluster_name(path: Result<Path<String>, PathRejection>) -> Result<String, Response> {
-    path.map(|Path(n)| n).map_err(|r| error(StatusCode::BAD_REQUEST, format!("malformed path: {}", r.body_text())))
+/// A refused request: its status and why (small, unlike a `Response`).
+struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+fn cluster_name(path: Result<Path<String>, PathRejection>) -> Result<String, Refused> {
+    path.map(|Path(n)| n).map_err(|r| Refused(StatusCode::BAD_REQUEST, format!("malformed path: {}", r.body_text())))
 }
 
 fn answer(r: Result<Value, tonic::Status>) -> Response {
@@ -161,7 +170,7 @@ async fn clusters(State(ctx): State<Arc<NodeCtx>>) -> Response {
 async fn topology(State(ctx): State<Arc<NodeCtx>>, path: Result<Path<String>, PathRejection>) -> Response {
     let cluster = match cluster_name(path) {
         Ok(n) => n,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     let svc = CoordinatorService::new(ctx);
     let r = svc.get_topology(tonic::Request::new(GetTopologyRequest { cluster, consistency: STALE })).await;
@@ -172,11 +181,11 @@ async fn topology(State(ctx): State<Arc<NodeCtx>>, path: Result<Path<String>, Pa
 async fn analysis(State(ctx): State<Arc<NodeCtx>>, path: Result<Path<String>, PathRejection>) -> Response {
     let cluster = match cluster_name(path) {
         Ok(n) => n,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     // An unknown cluster is 404 before a node without [mysql] is 503.
     if let Err(e) = known(&ctx, &cluster) {
-        return e;
+        return e.into_response();
     }
     let svc = CoordinatorService::new(ctx);
     let r = svc.analysis(tonic::Request::new(AnalysisRequest { cluster: cluster.clone(), consistency: STALE })).await;
@@ -184,13 +193,13 @@ async fn analysis(State(ctx): State<Arc<NodeCtx>>, path: Result<Path<String>, Pa
 }
 
 /// 400 for a malformed cluster name, 404 for one not registered here.
-fn known(ctx: &NodeCtx, name: &str) -> Result<primus_types::ClusterName, Response> {
+fn known(ctx: &NodeCtx, name: &str) -> Result<primus_types::ClusterName, Refused> {
     let name: primus_types::ClusterName =
-        name.parse().map_err(|e: primus_types::NameError| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+        name.parse().map_err(|e: primus_types::NameError| Refused(StatusCode::BAD_REQUEST, e.to_string()))?;
     if ctx.read_state(|s| s.clusters.contains_key(&name)).1 {
         Ok(name)
     } else {
-        Err(error(StatusCode::NOT_FOUND, format!("cluster {name} is not registered")))
+        Err(Refused(StatusCode::NOT_FOUND, format!("cluster {name} is not registered")))
     }
 }
 
@@ -198,11 +207,11 @@ fn known(ctx: &NodeCtx, name: &str) -> Result<primus_types::ClusterName, Respons
 async fn history(State(ctx): State<Arc<NodeCtx>>, path: Result<Path<String>, PathRejection>) -> Response {
     let name = match cluster_name(path) {
         Ok(n) => n,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     let name = match known(&ctx, &name) {
         Ok(n) => n,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     match ctx.read_state(|s| s.clusters.get(&name).map(|c| crate::service::history_response(c))).1 {
         Some(h) => answer(Ok(primus_client::json::history(&h))),
@@ -214,7 +223,7 @@ async fn history(State(ctx): State<Arc<NodeCtx>>, path: Result<Path<String>, Pat
 async fn primary(State(ctx): State<Arc<NodeCtx>>, path: Result<Path<String>, PathRejection>) -> Response {
     let cluster = match cluster_name(path) {
         Ok(n) => n,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     let svc = CoordinatorService::new(ctx);
     let r = svc.get_primary(tonic::Request::new(GetPrimaryRequest { cluster, consistency: STALE })).await;
