@@ -814,6 +814,20 @@ async fn every_api_endpoint_answers_what_primusctl_json_prints_for_the_same_comm
         // RFC 3339 next to the milliseconds.
         assert!(f["started_at"].as_str().is_some_and(|t| t.ends_with('Z') && t.contains('T')), "{f}");
         assert!(f["steps"][0]["at"].as_str().is_some_and(|t| t.ends_with('Z')), "{f}");
+        // The table shows when it started in local time (`2026-12-04 02:25:03.120 +01:00`).
+        let out = tokio::task::block_in_place(|| {
+            std::process::Command::new(bin("primusctl")?)
+                .args(["--endpoints", &g.node(id).addr(), "history", "c"])
+                .output()
+                .map_err(anyhow::Error::from)
+        })?;
+        let table = String::from_utf8_lossy(&out.stdout);
+        let started = table.lines().find_map(|l| l.trim().strip_prefix("started ")).unwrap_or_default();
+        let b = started.as_bytes();
+        assert!(
+            b.len() > 29 && b[4] == b'-' && b[10] == b' ' && b[19] == b'.' && (b[24] == b'+' || b[24] == b'-'),
+            "no local start time in the history table:\n{table}"
+        );
 
         let p = api_equals_primusctl(g, id, "/api/v1/clusters/c/primary", &["primary", "c", "--stale"], &[]).await?;
         has_fields(
@@ -909,6 +923,10 @@ async fn api_reads_need_the_token_when_grpc_reads_do() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_json_lists_every_served_api_path_and_every_listed_path_is_served() -> anyhow::Result<()> {
     let w = world().await?;
@@ -916,11 +934,22 @@ async fn openapi_json_lists_every_served_api_path_and_every_listed_path_is_serve
     let doc = assert_json(&get(&a, "/api/v1/openapi.json", T).await?, 200, "openapi.json")?;
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", doc["openapi"]);
     let listed: BTreeSet<String> = doc["paths"].as_object().map(|p| p.keys().cloned().collect()).unwrap_or_default();
-    // Every listed path answers 200 with JSON.
+    // Every listed path answers 200 with JSON, with exactly the fields its schema lists.
     for p in &listed {
         let path = p.replace("{name}", "c");
         wait_get(&a, &path, "a listed path", Duration::from_secs(10), |r| r.status == 200).await?;
-        assert_json(&get(&a, &path, T).await?, 200, &path)?;
+        let body = assert_json(&get(&a, &path, T).await?, 200, &path)?;
+        let schema = &doc["paths"][p.as_str()]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+        if let Some(name) = schema["$ref"].as_str().and_then(|r| r.strip_prefix("#/components/schemas/")) {
+            let schema = &doc["components"]["schemas"][name];
+            assert_eq!(keys(&body), keys(&schema["properties"]), "{path}: answer vs schema {name}");
+            // Arrays of objects described inline (members, clusters, instances): their items too.
+            for (field, prop) in schema["properties"].as_object().into_iter().flatten() {
+                if let (Some(first), Some(items)) = (body[field].get(0), prop["items"].get("properties")) {
+                    assert_eq!(keys(first), keys(items), "{path}: {field}[0] vs schema {name}.{field}");
+                }
+            }
+        }
     }
     // Every /api/v1 path documented in docs/http.md (which lists every endpoint) is listed,
     // and each listed one is documented.

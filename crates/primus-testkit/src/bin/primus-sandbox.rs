@@ -152,6 +152,9 @@ async fn up(dir: &Path) -> Result<()> {
     })?;
     let (leader, term) = group.wait_leader(&[], Duration::from_secs(30)).await?;
     println!("  leader: node {leader} (term {term})");
+    if let Some(api) = group.nodes.values().find_map(|n| n.http_addr()) {
+        println!("  API: http://{api}/api/v1/status");
+    }
     let client = group.client(Duration::from_secs(20))?;
     let primary = sandbox.primary().addr();
     println!("registering cluster {CLUSTER} from seed {primary} (discovers the replicas)…");
@@ -184,7 +187,6 @@ async fn up(dir: &Path) -> Result<()> {
     std::fs::write(dir.join("state.json"), serde_json::to_vec_pretty(&state)?)?;
     group.detach();
     sandbox.keep();
-    print_api(&state);
     primusctl(&state.endpoints, &["status"])?;
     println!();
     primusctl(&state.endpoints, &["topology", CLUSTER])?;
