@@ -806,7 +806,9 @@ async fn every_api_endpoint_answers_what_primusctl_json_prints_for_the_same_comm
         has_fields(&a, &["cluster", "code", "evidence", "actionable", "epoch", "consistency"], "analysis");
         assert_eq!(a["consistency"], "stale");
 
-        let h = api_equals_primusctl(g, id, "/api/v1/clusters/c/history", &["history", "c"], &[]).await?;
+        // primusctl history is answered by the leader, the API by the node asked.
+        let h = api_equals_primusctl(g, id, "/api/v1/clusters/c/history", &["history", "c"], &["served_by"]).await?;
+        assert_eq!(h["served_by"], id, "{h}");
         has_fields(&h, &["failovers", "refusals", "split_fences", "unfences"], "history");
         let f = &h["failovers"][0];
         assert_eq!(f["kind"], "switchover", "{h}");

@@ -146,7 +146,8 @@ pub fn history(r: &HistoryResponse) -> Value {
             .collect()
     };
     json!({"failovers": r.failovers.iter().map(failover).collect::<Vec<_>>(),
-        "refusals": refusals, "split_fences": fences(&r.split_fences), "unfences": fences(&r.unfences)})
+        "refusals": refusals, "split_fences": fences(&r.split_fences), "unfences": fences(&r.unfences),
+        "applied_index": r.applied_index, "served_by": r.served_by})
 }
 
 /// `primusctl analysis` / `GET /api/v1/clusters/{name}/analysis`.

@@ -213,9 +213,12 @@ async fn history(State(ctx): State<Arc<NodeCtx>>, path: Result<Path<String>, Pat
         Ok(n) => n,
         Err(e) => return e.into_response(),
     };
-    match ctx.read_state(|s| s.clusters.get(&name).map(|c| crate::service::history_response(c))).1 {
-        Some(h) => answer(Ok(primus_client::json::history(&h))),
-        None => error(StatusCode::NOT_FOUND, format!("cluster {name} is not registered")),
+    match ctx.read_state(|s| s.clusters.get(&name).map(|c| crate::service::history_response(c))) {
+        (applied_index, Some(h)) => {
+            let h = primus_proto::v1::HistoryResponse { applied_index, served_by: ctx.id, ..h };
+            answer(Ok(primus_client::json::history(&h)))
+        }
+        (_, None) => error(StatusCode::NOT_FOUND, format!("cluster {name} is not registered")),
     }
 }
 

@@ -583,8 +583,11 @@ fn parse_seeds(seeds: &[String]) -> Result<Vec<InstanceAddr>, Status> {
 }
 
 /// A cluster's failovers, refusals and fences, as `History` answers them.
+/// (`applied_index` and `served_by` are the caller's to set.)
 pub(crate) fn history_response(c: &primus_types::state::ClusterRecord) -> HistoryResponse {
     HistoryResponse {
+        applied_index: 0,
+        served_by: 0,
         failovers: c.history.iter().map(failover_view).collect(),
         refusals: c
             .refusals
@@ -991,8 +994,9 @@ impl Coordinator for CoordinatorService {
                 .await
                 .map(Response::new);
         }
-        let h = self.with_cluster(&name, history_response)?;
-        Ok(Response::new(h))
+        let (applied, h) = self.node.read_state(|s| s.clusters.get(&name).map(|c| history_response(c)));
+        let h = h.ok_or_else(|| cluster_not_found(&name))?;
+        Ok(Response::new(HistoryResponse { applied_index: applied, served_by: self.node.id, ..h }))
     }
 
     async fn analysis(&self, req: Request<AnalysisRequest>) -> Result<Response<AnalysisResponse>, Status> {
