@@ -677,3 +677,296 @@ async fn a_killed_agent_s_lease_shows_expired_on_the_leader_while_no_failover_re
     assert!(!text.contains("primus_agent_lease{"), "{text}");
     Ok(())
 }
+
+// ---- The JSON API under /api/v1 -------------------------------------------------------
+
+/// Run the real `primusctl -o json` against one coordinator's gRPC port (stdin closed).
+fn primusctl_json(g: &CoordinatorGroup, id: u64, args: &[&str]) -> anyhow::Result<Value> {
+    let out = std::process::Command::new(bin("primusctl")?)
+        .args(["--endpoints", &g.node(id).addr(), "--timeout", "15s", "-o", "json"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "primusctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).map_err(|e| anyhow::anyhow!("primusctl {args:?} printed no JSON: {e}"))
+}
+
+/// Where `a` and `b` differ: a key present in one only, or a value that differs at a
+/// key not named in `volatile` (values that move between two reads: clocks, probes).
+fn differences(a: &Value, b: &Value, volatile: &[&str], at: &str, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                match (x.get(k), y.get(k)) {
+                    (Some(_), Some(_)) if volatile.contains(&k.as_str()) => {}
+                    (Some(u), Some(v)) => differences(u, v, volatile, &format!("{at}.{k}"), out),
+                    _ => out.push(format!("{at}.{k}: only in one")),
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                differences(u, v, volatile, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ if a != b => out.push(format!("{at}: {a} != {b}")),
+        _ => {}
+    }
+}
+
+/// GET `path` on node `id`'s HTTP API and run `primusctl -o json ARGS` on its gRPC
+/// port until the two agree (the applied index may move between the two reads).
+async fn api_equals_primusctl(
+    g: &CoordinatorGroup,
+    id: u64,
+    path: &str,
+    args: &[&str],
+    volatile: &[&str],
+) -> anyhow::Result<Value> {
+    let mut last = Vec::new();
+    for _ in 0..10 {
+        let r = get(&http_addr(g, id), path, T).await?;
+        let api = assert_json(&r, 200, path)?;
+        let cli = tokio::task::block_in_place(|| primusctl_json(g, id, args))?;
+        last.clear();
+        differences(&api, &cli, volatile, "", &mut last);
+        if last.is_empty() {
+            return Ok(api);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("GET {path} on node {id} and primusctl {args:?} differ: {last:?}")
+}
+
+fn has_fields(v: &Value, fields: &[&str], what: &str) {
+    for f in fields {
+        assert!(v.get(*f).is_some(), "{what}: no field {f:?} in {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_endpoint_answers_what_primusctl_json_prints_for_the_same_command() -> anyhow::Result<()> {
+    let w = world().await?;
+    // A switchover, so that the history has a failover with steps to compare.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let new = w.sandbox.replicas()[0].addr();
+    w.client()?.failover("c", Some(&new), true).await?;
+    w.wait_topology("c", "the switchover's primary", Duration::from_secs(30), |t| t.primary == new).await?;
+    let g = &w.group;
+    let (leader, _) = g.wait_leader(&[], Duration::from_secs(5)).await?;
+    let follower = (1..=3).find(|i| *i != leader).expect("a follower");
+    // Probe results, clocks and the GTID the heartbeat writes move between two reads.
+    let probe = ["observed_at_ms", "heartbeat_delay_ms", "probe_latency_us", "gtid_executed", "seconds_behind"];
+    for id in [leader, follower] {
+        let s = api_equals_primusctl(
+            g,
+            id,
+            "/api/v1/status",
+            &["status", "--stale"],
+            &["millis_since_quorum_ack", "millis_since_last_contact"],
+        )
+        .await?;
+        has_fields(
+            &s,
+            &["leader_id", "term", "commit_index", "applied_index", "members", "served_by", "role"],
+            "status",
+        );
+        assert_eq!(s["served_by"], id);
+        assert_eq!(s["leader_id"], leader);
+        assert_eq!(s["members"].as_array().map(Vec::len), Some(3), "{s}");
+        // Only the leader knows when each member last answered it.
+        let contact = &s["members"][0]["millis_since_last_contact"];
+        assert_eq!(contact.is_u64(), id == leader, "{s}");
+
+        let c = api_equals_primusctl(g, id, "/api/v1/clusters", &["cluster", "list", "--stale"], &[]).await?;
+        has_fields(&c, &["clusters", "applied_index", "served_by"], "clusters");
+        assert_eq!(c["clusters"][0]["name"], "c", "{c}");
+
+        let t =
+            api_equals_primusctl(g, id, "/api/v1/clusters/c/topology", &["topology", "c", "--stale"], &probe).await?;
+        has_fields(&t, &["cluster", "epoch", "primary", "instances", "settings", "served_by"], "topology");
+        assert_eq!(t["primary"], new.as_str(), "{t}");
+        assert_eq!(t["epoch"], 2, "{t}");
+        assert_eq!(t["instances"].as_array().map(Vec::len), Some(3), "{t}");
+
+        let a = api_equals_primusctl(
+            g,
+            id,
+            "/api/v1/clusters/c/analysis",
+            &["analysis", "c", "--stale"],
+            &["at_ms", "evidence"],
+        )
+        .await?;
+        has_fields(&a, &["cluster", "code", "evidence", "actionable", "epoch", "consistency"], "analysis");
+        assert_eq!(a["consistency"], "stale");
+
+        // primusctl history is answered by the leader, the API by the node asked.
+        let h = api_equals_primusctl(g, id, "/api/v1/clusters/c/history", &["history", "c"], &["served_by"]).await?;
+        assert_eq!(h["served_by"], id, "{h}");
+        has_fields(&h, &["failovers", "refusals", "split_fences", "unfences"], "history");
+        let f = &h["failovers"][0];
+        assert_eq!(f["kind"], "switchover", "{h}");
+        assert_eq!(f["new_primary"], new.as_str(), "{h}");
+        // RFC 3339 next to the milliseconds.
+        assert!(f["started_at"].as_str().is_some_and(|t| t.ends_with('Z') && t.contains('T')), "{f}");
+        assert!(f["steps"][0]["at"].as_str().is_some_and(|t| t.ends_with('Z')), "{f}");
+        // The table shows when it started in local time (`2026-12-04 02:25:03.120 +01:00`).
+        let out = tokio::task::block_in_place(|| {
+            std::process::Command::new(bin("primusctl")?)
+                .args(["--endpoints", &g.node(id).addr(), "history", "c"])
+                .output()
+                .map_err(anyhow::Error::from)
+        })?;
+        let table = String::from_utf8_lossy(&out.stdout);
+        let started = table.lines().find_map(|l| l.trim().strip_prefix("started ")).unwrap_or_default();
+        let b = started.as_bytes();
+        assert!(
+            b.len() > 29 && b[4] == b'-' && b[10] == b' ' && b[19] == b'.' && (b[24] == b'+' || b[24] == b'-'),
+            "no local start time in the history table:\n{table}"
+        );
+
+        let p = api_equals_primusctl(g, id, "/api/v1/clusters/c/primary", &["primary", "c", "--stale"], &[]).await?;
+        has_fields(
+            &p,
+            &["cluster", "primary", "epoch", "failover", "demoted", "applied_index", "served_by"],
+            "primary",
+        );
+        assert_eq!(p["primary"], new.as_str(), "{p}");
+        assert_eq!(p["served_by"], id);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_are_json_404_for_an_unknown_cluster_and_400_for_a_malformed_name() -> anyhow::Result<()> {
+    let g = http_group(3, false)?;
+    g.wait_leader(&[], Duration::from_secs(20)).await?;
+    primus_integration_tests::register(&g.client(Duration::from_secs(10))?, "c1").await?;
+    let a = http_addr(&g, 2);
+    wait_get(&a, "/api/v1/clusters", "registered", Duration::from_secs(10), |r| {
+        r.json().is_ok_and(|b| b["clusters"][0]["name"] == "c1")
+    })
+    .await?;
+    for what in ["topology", "analysis", "history", "primary"] {
+        let path = format!("/api/v1/clusters/nope/{what}");
+        let body = assert_json(&get(&a, &path, T).await?, 404, &path)?;
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("nope")), "{path}: {body}");
+        let path = format!("/api/v1/clusters/-bad-/{what}");
+        let body = assert_json(&get(&a, &path, T).await?, 400, &path)?;
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{path}: {body}");
+    }
+    // A node without [mysql] probes nothing and analyses nothing: 503, in JSON.
+    for path in ["/api/v1/clusters/c1/topology", "/api/v1/clusters/c1/analysis"] {
+        let body = assert_json(&get(&a, path, T).await?, 503, path)?;
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("[mysql]")), "{path}: {body}");
+    }
+    for (method, path, code) in [("GET", "/api/v1/nothing", 404), ("POST", "/api/v1/status", 405)] {
+        let body = assert_json(&request(&a, method, path, T).await?, code, path)?;
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{method} {path}: {body}");
+    }
+    Ok(())
+}
+
+/// One GET with an `Authorization` header (or none).
+async fn get_with_token(addr: &str, path: &str, token: Option<&str>) -> anyhow::Result<HttpResponse> {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let raw =
+        send_raw(addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes(), T)
+            .await?;
+    primus_testkit::http::parse(&raw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_reads_need_the_token_when_grpc_reads_do() -> anyhow::Result<()> {
+    let token = "s3cret-api-token";
+    let g = CoordinatorGroup::start(GroupOptions {
+        nodes: 1,
+        http: true,
+        token: Some(token.into()),
+        require_token_for_reads: true,
+        ..Default::default()
+    })?;
+    g.wait_leader(&[], Duration::from_secs(20)).await?;
+    let a = http_addr(&g, 1);
+    wait_get(&a, "/health", "health", Duration::from_secs(10), |r| r.status == 200).await?;
+    for path in ["/api/v1/status", "/api/v1/clusters", "/api/v1/clusters/c/primary", "/api/v1/clusters/c/history"] {
+        let r = get_with_token(&a, path, None).await?;
+        let body = assert_json(&r, 401, path)?;
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("Bearer")), "{path}: {body}");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{path}");
+        assert_json(&get_with_token(&a, path, Some("wrong")).await?, 403, path)?;
+    }
+    let ok = assert_json(&get_with_token(&a, "/api/v1/status", Some(token)).await?, 200, "with the token")?;
+    assert_eq!(ok["served_by"], 1);
+    let missing = get_with_token(&a, "/api/v1/clusters/c/primary", Some(token)).await?;
+    assert_json(&missing, 404, "an unknown cluster, with the token")?;
+    // The description is open; the health checks stay open too.
+    assert_json(&get_with_token(&a, "/api/v1/openapi.json", None).await?, 200, "openapi.json")?;
+    assert_eq!(get_with_token(&a, "/health", None).await?.status, 200);
+
+    // Without require_token_for_reads the token guards writes only: reads are open.
+    let open = CoordinatorGroup::start(GroupOptions {
+        nodes: 1,
+        http: true,
+        token: Some(token.into()),
+        ..Default::default()
+    })?;
+    open.wait_leader(&[], Duration::from_secs(20)).await?;
+    let r =
+        wait_get(&http_addr(&open, 1), "/api/v1/status", "open reads", Duration::from_secs(10), |r| r.status == 200)
+            .await?;
+    assert_json(&r, 200, "reads without a token")?;
+    Ok(())
+}
+
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_json_lists_every_served_api_path_and_every_listed_path_is_served() -> anyhow::Result<()> {
+    let w = world().await?;
+    let a = http_addr(&w.group, 1);
+    let doc = assert_json(&get(&a, "/api/v1/openapi.json", T).await?, 200, "openapi.json")?;
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", doc["openapi"]);
+    let listed: BTreeSet<String> = doc["paths"].as_object().map(|p| p.keys().cloned().collect()).unwrap_or_default();
+    // Every listed path answers 200 with JSON, with exactly the fields its schema lists.
+    for p in &listed {
+        let path = p.replace("{name}", "c");
+        wait_get(&a, &path, "a listed path", Duration::from_secs(10), |r| r.status == 200).await?;
+        let body = assert_json(&get(&a, &path, T).await?, 200, &path)?;
+        let schema = &doc["paths"][p.as_str()]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+        if let Some(name) = schema["$ref"].as_str().and_then(|r| r.strip_prefix("#/components/schemas/")) {
+            let schema = &doc["components"]["schemas"][name];
+            assert_eq!(keys(&body), keys(&schema["properties"]), "{path}: answer vs schema {name}");
+            // Arrays of objects described inline (members, clusters, instances): their items too.
+            for (field, prop) in schema["properties"].as_object().into_iter().flatten() {
+                if let (Some(first), Some(items)) = (body[field].get(0), prop["items"].get("properties")) {
+                    assert_eq!(keys(first), keys(items), "{path}: {field}[0] vs schema {name}.{field}");
+                }
+            }
+        }
+    }
+    // Every /api/v1 path documented in docs/http.md (which lists every endpoint) is listed,
+    // and each listed one is documented.
+    let docs = repo_file("docs/http.md")?;
+    let mut documented = BTreeSet::new();
+    for line in docs.lines() {
+        if let Some(rest) = line.strip_prefix("### `GET /api/v1/") {
+            let path = rest.split('`').next().unwrap_or_default();
+            documented.insert(format!("/api/v1/{}", path.replace("NAME", "{name}")));
+        }
+    }
+    assert_eq!(documented, listed, "docs/http.md's /api/v1 sections vs openapi.json");
+    // Paths next to the served ones are not served: the API is exactly what is listed.
+    for p in ["/api/v1", "/api/v1/", "/api/v1/clusters/c", "/api/v1/clusters/c/audit", "/api/v2/status"] {
+        assert_json(&get(&a, p, T).await?, 404, p)?;
+    }
+    Ok(())
+}

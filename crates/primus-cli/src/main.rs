@@ -8,7 +8,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use primus_client::{Client, ClientOptions, ClusterSettings, ReadConsistency, Role, TlsOptions};
+use primus_client::{Client, ClientOptions, ClusterSettings, ReadConsistency, TlsOptions};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -190,6 +190,14 @@ enum Cmd {
         #[arg(value_parser = ["on", "off", "default"])]
         state: String,
     },
+    /// Print a shell completion script for primusctl, e.g.
+    /// `primusctl completions bash > /etc/bash_completion.d/primusctl`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print primusctl's manual page (roff), e.g. `primusctl man > primusctl.1; man ./primusctl.1`.
+    Man,
     /// Show the audit trail: every command the group applied, who asked, and the outcome.
     Audit {
         /// How many of the most recent records to show.
@@ -300,8 +308,15 @@ enum ClusterCmd {
         #[arg(long)]
         stale: bool,
     },
-    /// Unregister a cluster.
-    Remove { name: String },
+    /// Unregister a cluster: primus stops watching it and forgets its topology and
+    /// failover history. Asks for confirmation on a terminal; scripts pass --yes (without
+    /// it, and without a terminal to ask on, nothing is removed).
+    Remove {
+        name: String,
+        /// Do not ask: remove it.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
 }
 
 /// `maintenance start|end TARGET [INSTANCE]`: a TARGET with a `:` is an instance
@@ -356,17 +371,6 @@ fn human_duration(d: Duration) -> String {
     }
     let parts = [(s / 86400, "d"), (s / 3600 % 24, "h"), (s / 60 % 60, "m"), (s % 60, "s")];
     parts.iter().filter(|(n, _)| *n > 0).map(|(n, u)| format!("{n}{u}")).collect::<Vec<_>>().join(" ")
-}
-
-fn role_name(r: i32) -> &'static str {
-    match Role::try_from(r).unwrap_or(Role::Unspecified) {
-        Role::Leader => "leader",
-        Role::Follower => "follower",
-        Role::Learner => "learner",
-        Role::Candidate => "candidate",
-        Role::Uninitialized => "uninitialized",
-        Role::Unspecified => "unknown",
-    }
 }
 
 /// Print rows as aligned columns.
@@ -437,7 +441,65 @@ fn opt(v: Option<u64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
+/// Milliseconds since the Unix epoch in this machine's time zone, for tables.
+fn local_time(ms: u64) -> String {
+    use chrono::TimeZone;
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| chrono::Local.timestamp_millis_opt(ms).single())
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f %:z").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `cluster remove` without `--yes`: ask on a terminal; refuse without one.
+fn confirm_remove(
+    name: &str,
+    stdin_is_terminal: bool,
+    answer: impl FnOnce() -> std::io::Result<String>,
+) -> anyhow::Result<()> {
+    if !stdin_is_terminal {
+        anyhow::bail!(
+            "not removing cluster {name}: stdin is not a terminal to confirm on; pass --yes to remove it without asking"
+        );
+    }
+    eprint!("Unregister cluster {name}? primus stops watching it and forgets its topology and history. [y/N] ");
+    let line = answer().context("cannot read the answer")?;
+    match line.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => anyhow::bail!("not removing cluster {name}: not confirmed"),
+    }
+}
+
+/// Commands that need no coordinator: completions and the manual page.
+fn print_local(cmd: &Cmd) -> anyhow::Result<bool> {
+    use clap::CommandFactory;
+    use std::io::Write;
+    // Rendered into memory first: clap_complete panics on a write error (`| head`).
+    let mut out = Vec::new();
+    match cmd {
+        Cmd::Completions { shell } => clap_complete::generate(*shell, &mut Cli::command(), "primusctl", &mut out),
+        Cmd::Man => clap_mangen::Man::new(Cli::command()).render(&mut out).context("cannot render the man page")?,
+        _ => return Ok(false),
+    }
+    match std::io::stdout().write_all(&out) {
+        Ok(()) => Ok(true),
+        // The reader stopped early (`| head`): nothing left to do.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
+        Err(e) => Err(e).context("cannot write to stdout"),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if print_local(&cli.cmd)? {
+        return Ok(());
+    }
+    if let Cmd::Cluster(ClusterCmd::Remove { name, yes: false }) = &cli.cmd {
+        use std::io::IsTerminal;
+        confirm_remove(name, std::io::stdin().is_terminal(), || {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map(|_| line)
+        })?;
+    }
     let timeout = match cli.cmd {
         // Adding a member may wait for a snapshot transfer: give it the server's own bound.
         Cmd::Members(_) => cli.timeout.max(Duration::from_secs(130)),
@@ -471,25 +533,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status { stale } => {
             let s = if stale { client.node_status().await? } else { client.status().await? };
             if json_out {
-                let members: Vec<Value> = s
-                    .members
-                    .iter()
-                    .map(|m| {
-                        json!({"id": m.id, "addr": m.addr, "datacenter": m.datacenter,
-                               "role": role_name(m.role), "matched_index": m.matched_index})
-                    })
-                    .collect();
-                print_json(json!({
-                    "leader_id": s.leader_id, "leader_addr": s.leader_addr, "term": s.term,
-                    "commit_index": s.commit_index, "applied_index": s.applied_index,
-                    "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
-                    "served_by": s.node_id, "members": members,
-                    "millis_since_quorum_ack": s.millis_since_quorum_ack,
-                    "role": role_name(s.role), "consistency": if s.linearizable { "linearizable" } else { "stale" },
-                }));
+                print_json(primus_client::json::status(&s));
             } else {
                 if stale {
-                    println!("(stale: node {}'s own view; it is {})", s.node_id, role_name(s.role));
+                    println!(
+                        "(stale: node {}'s own view; it is {})",
+                        s.node_id,
+                        primus_client::json::role_name(s.role)
+                    );
                 }
                 println!(
                     "leader: node {} at {}   term: {}   commit index: {}   applied: {}   snapshot: {}   quorum ack: {} ms ago",
@@ -509,12 +560,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             m.id.to_string(),
                             m.addr.clone(),
                             m.datacenter.clone(),
-                            role_name(m.role).to_string(),
+                            primus_client::json::role_name(m.role).to_string(),
                             opt(m.matched_index),
+                            m.millis_since_last_contact.map(|ms| format!("{ms} ms ago")).unwrap_or_else(|| "-".into()),
                         ]
                     })
                     .collect();
-                table(&["id", "addr", "datacenter", "role", "matched_index"], rows);
+                table(&["id", "addr", "datacenter", "role", "matched_index", "last_contact"], rows);
             }
         }
         Cmd::Members(MembersCmd::Add { id, addr, datacenter }) => {
@@ -560,16 +612,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let c = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
             let r = client.list_clusters(c).await?;
             if json_out {
-                let clusters: Vec<Value> = r
-                    .clusters
-                    .iter()
-                    .map(|c| {
-                        json!({"name": c.name, "seeds": c.seeds, "registered_at_index": c.registered_at_index,
-                               "registered_at_ms": c.registered_at_ms, "registered_by": c.registered_by,
-                               "automatic_failover": c.settings.as_ref().and_then(|s| s.automatic_failover)})
-                    })
-                    .collect();
-                print_json(json!({"clusters": clusters, "applied_index": r.applied_index, "served_by": r.served_by}));
+                print_json(primus_client::json::cluster_list(&r));
             } else if r.clusters.is_empty() {
                 println!("no clusters registered");
             } else {
@@ -588,7 +631,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 table(&["name", "seeds", "registered_at_index", "registered_by"], rows);
             }
         }
-        Cmd::Cluster(ClusterCmd::Remove { name }) => {
+        Cmd::Cluster(ClusterCmd::Remove { name, yes: _ }) => {
             let r = client.unregister_cluster(&name).await?;
             if json_out {
                 print_json(json!({"removed": name, "log_index": r.log_index}));
@@ -600,7 +643,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let c = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
             let t = client.topology(&name, c).await?;
             if json_out {
-                print_json(topology_json(&t));
+                print_json(primus_client::json::topology(&t));
             } else {
                 print_topology(&t);
             }
@@ -630,20 +673,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::History { name } => {
             let r = client.history(&name).await?;
             if json_out {
-                let refusals: Vec<Value> = r
-                    .refusals
-                    .iter()
-                    .map(|x| json!({"at_ms": x.at_ms, "analysis": x.analysis_code, "evidence": x.evidence, "reason": x.reason}))
-                    .collect();
-                let fences = |v: &[primus_client::SplitFenceView]| -> Vec<Value> {
-                    v.iter()
-                        .map(|f| json!({"id": f.id, "at_ms": f.at_ms, "instance": f.instance, "epoch": f.epoch,
-                            "evidence": f.evidence, "outcome": if f.outcome.is_empty() { Value::Null } else { Value::String(f.outcome.clone()) },
-                            "finished_at_ms": f.finished_at_ms}))
-                        .collect()
-                };
-                print_json(json!({"failovers": r.failovers.iter().map(failover_json).collect::<Vec<_>>(),
-                    "refusals": refusals, "split_fences": fences(&r.split_fences), "unfences": fences(&r.unfences)}));
+                print_json(primus_client::json::history(&r));
             } else {
                 if r.failovers.is_empty() {
                     println!("no failovers of {name}");
@@ -653,13 +683,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!();
                 }
                 for x in &r.refusals {
-                    println!("refused at {} ms ({}): {}", x.at_ms, x.analysis_code, x.reason);
+                    println!("refused at {} ({}): {}", local_time(x.at_ms), x.analysis_code, x.reason);
                 }
                 let fences = r.split_fences.iter().map(|f| (f, "split brain: fenced"));
                 for (f, what) in fences.chain(r.unfences.iter().map(|f| (f, "read-only primary made writable again:")))
                 {
                     let outcome = if f.outcome.is_empty() { "not completed (leader changed?)" } else { &f.outcome };
-                    println!("{} {what} {} (epoch {}): {outcome}", f.id, f.instance, f.epoch);
+                    println!("{} {} {what} {} (epoch {}): {outcome}", local_time(f.at_ms), f.id, f.instance, f.epoch);
                     for e in &f.evidence {
                         println!("    - {e}");
                     }
@@ -670,9 +700,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let c = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
             let a = client.analysis_with(&name, c).await?;
             if json_out {
-                print_json(json!({"cluster": name, "code": a.code, "subject": a.subject, "evidence": a.evidence,
-                    "actionable": a.actionable, "at_ms": a.at_ms, "served_by": a.served_by, "epoch": a.epoch,
-                    "consistency": if a.linearizable { "linearizable" } else { "stale" }}));
+                print_json(primus_client::json::analysis(&name, &a));
             } else {
                 println!(
                     "{name}: {}{} (epoch {}, by node {}{})",
@@ -737,13 +765,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = if stale { client.primary_stale(&name).await? } else { client.primary(&name).await? };
             let st = r.state.clone().unwrap_or_default();
             if json_out {
-                let mut v = primary_state_json(&st);
-                v["applied_index"] = json!(r.applied_index);
-                v["served_by"] = json!(r.served_by);
-                v["leader_id"] = json!(r.leader_id);
-                v["leader_addr"] = json!(r.leader_addr);
-                v["consistency"] = json!(if stale { "stale" } else { "linearizable" });
-                print_json(v);
+                print_json(primus_client::json::primary(&r));
             } else {
                 println!("{}", primary_line(&st));
                 if stale {
@@ -776,7 +798,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let st = ev.state.clone().unwrap_or_default();
                 let kind = event_kind_name(ev.kind);
                 if json_out {
-                    let mut v = primary_state_json(&st);
+                    let mut v = primus_client::json::primary_state(&st);
                     v["event"] = json!(kind);
                     v["detail"] = json!(ev.detail);
                     v["applied_index"] = json!(ev.applied_index);
@@ -823,6 +845,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = client.set_automatic_failover(&name, enabled).await?;
             done(json_out, &format!("automatic failover of {name}: {state}"), r.log_index);
         }
+        Cmd::Completions { .. } | Cmd::Man => {}
         Cmd::Audit { limit } => {
             let r = client.audit(limit, ReadConsistency::Linearizable).await?;
             if json_out {
@@ -830,7 +853,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .records
                     .iter()
                     .map(|a| {
-                        json!({"index": a.index, "term": a.term, "time_ms": a.time_ms, "actor": a.actor,
+                        json!({"index": a.index, "term": a.term, "time_ms": a.time_ms,
+                               "time": primus_client::json::rfc3339_ms(a.time_ms), "actor": a.actor,
                                "via_node": a.via_node, "summary": a.summary, "outcome": a.outcome})
                     })
                     .collect();
@@ -843,13 +867,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         vec![
                             a.index.to_string(),
                             a.term.to_string(),
+                            local_time(a.time_ms),
                             a.actor.clone(),
                             a.summary.clone(),
                             a.outcome.clone(),
                         ]
                     })
                     .collect();
-                table(&["index", "term", "actor", "command", "outcome"], rows);
+                table(&["index", "term", "time", "actor", "command", "outcome"], rows);
             }
         }
     }
@@ -899,21 +924,10 @@ fn done(json_out: bool, what: &str, log_index: u64) {
     }
 }
 
-fn failover_json(f: &primus_client::FailoverView) -> Value {
-    json!({
-        "id": f.id, "kind": f.kind, "analysis": f.analysis_code, "evidence": f.evidence,
-        "old_primary": f.old_primary, "new_primary": f.candidate, "epoch": f.epoch,
-        "outcome": f.outcome, "outcome_reason": f.outcome_reason, "started_at_ms": f.started_at_ms,
-        "finished_at_ms": f.finished_at_ms, "started_by": f.started_by, "acked_by": f.acked_by,
-        "promotion_gtid": f.promotion_gtid, "request_id": f.request_id,
-        "steps": f.steps.iter().map(|s| json!({"index": s.index, "step": s.description, "outcome": s.outcome, "at_ms": s.at_ms})).collect::<Vec<_>>(),
-    })
-}
-
 fn print_failover(f: Option<&primus_client::FailoverView>, json_out: bool) {
     let Some(f) = f else { return };
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&failover_json(f)).unwrap_or_default());
+        println!("{}", serde_json::to_string_pretty(&primus_client::json::failover(f)).unwrap_or_default());
         return;
     }
     let took = f.finished_at_ms.map(|t| format!(" in {} ms", t.saturating_sub(f.started_at_ms))).unwrap_or_default();
@@ -928,6 +942,7 @@ fn print_failover(f: Option<&primus_client::FailoverView>, json_out: bool) {
         if f.outcome_reason.is_empty() { String::new() } else { format!(": {}", f.outcome_reason) },
         took
     );
+    println!("  started {} by {}", local_time(f.started_at_ms), f.started_by);
     println!("  analysis: {}", f.analysis_code);
     for e in &f.evidence {
         println!("    - {e}");
@@ -944,41 +959,6 @@ fn print_failover(f: Option<&primus_client::FailoverView>, json_out: bool) {
     if !f.acked_by.is_empty() {
         println!("  acknowledged by {}", f.acked_by);
     }
-}
-
-fn topology_json(t: &primus_client::GetTopologyResponse) -> Value {
-    let instances: Vec<Value> = t
-        .instances
-        .iter()
-        .map(|i| {
-            let seen_by: serde_json::Map<String, Value> =
-                i.seen_by.iter().map(|(k, v)| (k.to_string(), Value::Bool(*v))).collect();
-            json!({
-                "addr": i.addr, "role": i.role, "source": i.source, "server_id": i.server_id,
-                "flavor": i.flavor, "version": i.version, "read_only": i.read_only,
-                "gtid_executed": i.gtid_executed, "io_running": i.io_running, "sql_running": i.sql_running,
-                "seconds_behind": i.seconds_behind, "heartbeat_delay_ms": i.heartbeat_delay_ms,
-                "reachable": i.reachable, "seen_by": seen_by, "flags": i.flags,
-                "last_error": i.last_error, "last_io_error": i.last_io_error, "last_sql_error": i.last_sql_error,
-                "observed_at_ms": i.observed_at_ms, "probe_latency_us": i.probe_latency_us,
-                "promotion_rule": i.promotion_rule,
-                "datacenter": if i.datacenter.is_empty() { Value::Null } else { Value::String(i.datacenter.clone()) },
-                "maintenance": i.maintenance.as_ref().map(maintenance_json),
-            })
-        })
-        .collect();
-    let settings = t.settings.unwrap_or_default();
-    json!({
-        "cluster": t.cluster, "epoch": t.epoch,
-        "primary": if t.primary.is_empty() { Value::Null } else { Value::String(t.primary.clone()) },
-        "topology_index": t.topology_index, "served_by": t.served_by, "instances": instances,
-        "maintenance": t.cluster_maintenance.as_ref().map(maintenance_json),
-        "settings": {"automatic_failover": settings.automatic_failover, "semi_sync": settings.semi_sync},
-    })
-}
-
-fn maintenance_json(m: &primus_client::MaintenanceView) -> Value {
-    json!({"reason": m.reason, "by": m.by, "since_ms": m.since_ms, "until_ms": m.until_ms})
 }
 
 /// orchestrator-style tree: each instance under its source.
@@ -1069,15 +1049,6 @@ fn print_topology(t: &primus_client::GetTopologyResponse) {
             line(i, 0);
         }
     }
-}
-
-fn primary_state_json(s: &primus_client::PrimaryState) -> Value {
-    json!({
-        "cluster": s.cluster, "primary": s.primary, "epoch": s.epoch, "datacenter": s.datacenter,
-        "failover": s.failover.as_ref().map(|f| json!({"id": f.id, "kind": f.kind, "old_primary": f.old_primary,
-            "candidate": f.candidate, "epoch": f.epoch})),
-        "demoted": s.demoted,
-    })
 }
 
 /// `db1:3306 epoch 3 (dc eu) — failover c-e4 in progress: promoting …`
@@ -1186,6 +1157,24 @@ mod tests {
         assert_eq!(a("c1", "db:3306", Some("prefer")).ok(), Some(("c1".into(), "db:3306".into(), "prefer".into())));
         let e = a("c1", "db:3306", None).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("RULE is missing"), "{e}");
+    }
+
+    #[test]
+    fn cluster_remove_refuses_without_a_terminal_and_goes_on_only_on_yes() {
+        let e = confirm_remove("c1", false, || Ok("y\n".into())).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("--yes") && e.contains("not a terminal"), "{e}");
+        assert!(confirm_remove("c1", true, || Ok("y\n".into())).is_ok());
+        assert!(confirm_remove("c1", true, || Ok(" YES \n".into())).is_ok());
+        for no in ["\n", "n\n", "no\n", "yep\n", ""] {
+            assert!(confirm_remove("c1", true, || Ok(no.into())).is_err(), "{no:?} confirmed");
+        }
+    }
+
+    #[test]
+    fn local_times_show_date_time_milliseconds_and_offset() {
+        let t = local_time(1_795_438_343_092);
+        assert!(t.len() == "2026-11-23 12:52:23.092 +00:00".len() && t.contains(".092 "), "{t}");
+        assert_eq!(local_time(u64::MAX), "-");
     }
 
     #[test]

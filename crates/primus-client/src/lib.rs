@@ -12,6 +12,8 @@
 //! `authorization: Bearer <token>`. A refused token, or a TLS handshake that fails
 //! on every endpoint, is reported at once and not retried.
 
+pub mod json;
+
 use primus_proto::v1::coordinator_client::CoordinatorClient;
 pub use primus_proto::v1::*;
 use rustls::pki_types::pem::PemObject;

@@ -1,5 +1,6 @@
 //! primusd's HTTP endpoint (`http_listen`): health checks for load balancers and
-//! HAProxy, the agreed primary of each cluster, and Prometheus metrics.
+//! HAProxy, the agreed primary of each cluster, Prometheus metrics, and the JSON
+//! API under `/api/v1` (crate::api).
 //!
 //! Every answer is a **local, possibly stale read**: no Raft round trip, no
 //! forwarding to the leader, so checks are cheap and every coordinator answers
@@ -50,10 +51,11 @@ pub async fn serve(
     ctx: Arc<NodeCtx>,
     listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    api_auth: crate::api::ApiAuth,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let limits = ctx.cfg.http.clone();
-    serve_app(router(ctx), &limits, listener, tls, shutdown).await
+    serve_app(router(ctx, api_auth), &limits, listener, tls, shutdown).await
 }
 
 /// [`serve`] for any router: the accept loop, TLS and connection limits.
@@ -233,8 +235,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     }
 }
 
-/// The endpoint's routes, with the request timeout and JSON 404/405 answers.
-pub fn router(ctx: Arc<NodeCtx>) -> Router {
+/// The endpoint's routes (the `/api/v1` JSON API included), with the request
+/// timeout and JSON 404/405 answers.
+pub fn router(ctx: Arc<NodeCtx>, api_auth: crate::api::ApiAuth) -> Router {
     let timeout = ctx.cfg.http.request_timeout();
     Router::new()
         .route("/health", get(health))
@@ -243,9 +246,10 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         .route("/primary/{cluster}/{instance}", get(primary_instance))
         .route("/replica/{cluster}/{instance}", get(replica))
         .route("/metrics", get(metrics))
+        .with_state(ctx.clone())
+        .merge(crate::api::routes(ctx, api_auth))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(ctx)
         .layer(axum::middleware::from_fn_with_state(timeout, bounded))
 }
 

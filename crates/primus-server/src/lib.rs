@@ -1,5 +1,6 @@
 //! primusd: configuration, node wiring and the client-facing gRPC service.
 
+pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod clock;

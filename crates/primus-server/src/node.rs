@@ -351,12 +351,14 @@ pub async fn run(
         }
         let _ = stop_tx.send(true);
     };
+    // The JSON API follows the gRPC rule for reads: the token when reads require it.
+    let api_auth = crate::api::ApiAuth::reads_need(policy.token.clone().filter(|_| policy.require_token_for_reads));
     let http = http_listener.map(|l| {
         let mut rx = stop_rx.clone();
         let stop = async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        tokio::spawn(crate::http::serve(ctx.clone(), l, http_tls.clone(), stop))
+        tokio::spawn(crate::http::serve(ctx.clone(), l, http_tls.clone(), api_auth.clone(), stop))
     });
 
     let incoming = crate::tls::incoming(listener, acceptor);

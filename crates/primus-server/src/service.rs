@@ -582,6 +582,28 @@ fn parse_seeds(seeds: &[String]) -> Result<Vec<InstanceAddr>, Status> {
     seeds.iter().map(|s| s.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))).collect()
 }
 
+/// A cluster's failovers, refusals and fences, as `History` answers them.
+/// (`applied_index` and `served_by` are the caller's to set.)
+pub(crate) fn history_response(c: &primus_types::state::ClusterRecord) -> HistoryResponse {
+    HistoryResponse {
+        applied_index: 0,
+        served_by: 0,
+        failovers: c.history.iter().map(failover_view).collect(),
+        refusals: c
+            .refusals
+            .iter()
+            .map(|r| RefusalView {
+                at_ms: r.at_ms,
+                analysis_code: r.analysis_code.to_string(),
+                evidence: r.evidence.clone(),
+                reason: r.reason.clone(),
+            })
+            .collect(),
+        split_fences: c.split_fences.iter().map(fence_view).collect(),
+        unfences: c.unfences.iter().map(fence_view).collect(),
+    }
+}
+
 fn parse_name(name: &str) -> Result<ClusterName, Status> {
     name.parse().map_err(|e: primus_types::NameError| Status::invalid_argument(e.to_string()))
 }
@@ -616,12 +638,21 @@ impl Coordinator for CoordinatorService {
                 } else {
                     matched.get(id).and_then(|l| l.map(|l| l.index))
                 };
+                // Only the leader hears from every member.
+                let millis_since_last_contact = (m.state == ServerState::Leader).then(|| {
+                    if *id == m.id {
+                        0
+                    } else {
+                        u64::try_from(self.node.peer_answers.since(*id).as_millis()).unwrap_or(u64::MAX)
+                    }
+                });
                 MemberStatus {
                     id: *id,
                     addr: node.addr.clone(),
                     datacenter: node.datacenter.clone(),
                     role: role as i32,
                     matched_index,
+                    millis_since_last_contact,
                 }
             })
             .collect();
@@ -963,22 +994,9 @@ impl Coordinator for CoordinatorService {
                 .await
                 .map(Response::new);
         }
-        let h = self.with_cluster(&name, |c| HistoryResponse {
-            failovers: c.history.iter().map(failover_view).collect(),
-            refusals: c
-                .refusals
-                .iter()
-                .map(|r| RefusalView {
-                    at_ms: r.at_ms,
-                    analysis_code: r.analysis_code.to_string(),
-                    evidence: r.evidence.clone(),
-                    reason: r.reason.clone(),
-                })
-                .collect(),
-            split_fences: c.split_fences.iter().map(fence_view).collect(),
-            unfences: c.unfences.iter().map(fence_view).collect(),
-        })?;
-        Ok(Response::new(h))
+        let (applied, h) = self.node.read_state(|s| s.clusters.get(&name).map(|c| history_response(c)));
+        let h = h.ok_or_else(|| cluster_not_found(&name))?;
+        Ok(Response::new(HistoryResponse { applied_index: applied, served_by: self.node.id, ..h }))
     }
 
     async fn analysis(&self, req: Request<AnalysisRequest>) -> Result<Response<AnalysisResponse>, Status> {

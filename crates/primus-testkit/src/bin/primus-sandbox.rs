@@ -45,6 +45,16 @@ struct State {
     /// (instance, pid) of each primus-agent.
     #[serde(default)]
     agents: Vec<(String, u32)>,
+    /// Each coordinator's `http_listen` (health checks, metrics, the JSON API).
+    #[serde(default)]
+    http: Vec<String>,
+}
+
+/// The JSON API's URL on the first coordinator, and every coordinator's HTTP address.
+fn print_api(s: &State) {
+    if let Some(first) = s.http.first() {
+        println!("API: http://{first}/api/v1/status   (every coordinator: {})", s.http.join(", "));
+    }
 }
 
 const CLUSTER: &str = "sandbox";
@@ -73,6 +83,7 @@ fn primusctl(endpoints: &str, args: &[&str]) -> Result<()> {
 fn print_next_steps(dir: &Path, s: &State) -> Result<()> {
     let ctl = bin("primusctl")?;
     println!();
+    print_api(s);
     println!("The sandbox runs in the background (data and logs under {}).", dir.display());
     println!("  export PRIMUS_ENDPOINTS={}", s.endpoints);
     println!("  {} status                  # the coordinator group", ctl.display());
@@ -100,6 +111,7 @@ async fn up(dir: &Path) -> Result<()> {
             .chain(s.mariadb.iter().filter(|(_, pid)| !alive(*pid)).map(|(a, _)| format!("mariadbd {a}")))
             .collect();
         if down.is_empty() {
+            print_api(&s);
             println!("The sandbox is already running in {}; reusing it.", dir.display());
             primusctl(&s.endpoints, &["status"])?;
             primusctl(&s.endpoints, &["topology", &s.cluster])?;
@@ -134,11 +146,15 @@ async fn up(dir: &Path) -> Result<()> {
         nodes: 3,
         base_dir: Some(dir.join("coordinators")),
         keep: true,
+        http: true,
         extra_config: extra,
         ..Default::default()
     })?;
     let (leader, term) = group.wait_leader(&[], Duration::from_secs(30)).await?;
     println!("  leader: node {leader} (term {term})");
+    if let Some(api) = group.nodes.values().find_map(|n| n.http_addr()) {
+        println!("  API: http://{api}/api/v1/status");
+    }
     let client = group.client(Duration::from_secs(20))?;
     let primary = sandbox.primary().addr();
     println!("registering cluster {CLUSTER} from seed {primary} (discovers the replicas)…");
@@ -166,6 +182,7 @@ async fn up(dir: &Path) -> Result<()> {
         coordinators: group.nodes.values().map(|n| (n.id, n.pid().unwrap_or(0), n.addr())).collect(),
         mariadb: sandbox.instances().iter().map(|i| (i.addr(), i.pid().unwrap_or(0))).collect(),
         agents,
+        http: group.nodes.values().filter_map(|n| n.http_addr()).collect(),
     };
     std::fs::write(dir.join("state.json"), serde_json::to_vec_pretty(&state)?)?;
     group.detach();
@@ -210,6 +227,7 @@ fn status(dir: &Path) -> Result<()> {
     let Some(s) = load(dir)? else {
         bail!("no sandbox in {} (start one with scripts/sandbox.sh)", dir.display());
     };
+    print_api(&s);
     for (id, pid, addr) in &s.coordinators {
         println!("primusd {id} at {addr}: {}", if alive(*pid) { "running" } else { "DOWN" });
     }
