@@ -72,10 +72,8 @@ if [ ! -f "$sts" ] || [ ! -f "$cm" ]; then
     exit 0
 fi
 target="${CARGO_TARGET_DIR:-target}"
-if [ ! -x "$target/debug/primusd" ] || [ -n "$(find crates -newer "$target/debug/primusd" -name '*.rs' -print -quit)" ]; then
-    log "building primusd"
-    cargo build -p primus-server --bin primusd --locked
-fi
+# A no-op when primusd is up to date (test.sh builds every binary later anyway).
+cargo build -p primus-server --bin primusd --locked
 primusd_dir="$(cd "$target/debug" && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -112,7 +110,7 @@ check_pod() {
     if [ "$rc" -ne "$want_rc" ] || ! printf '%s\n' "$out" | grep -q "is node $want_node\$" ||
         ! printf '%s\n' "$out" | grep -qF -- "$want_text"; then
         printf '%s\n' "$out" | sed 's/^/    /' >&2
-        fail "pod $pod ($label): expected node $want_node and exit $want_rc from primusd --check-config${want_text:+ saying '$want_text'}, got exit $rc"
+        fail "pod $pod ($label): expected node $want_node and exit $want_rc from primusd --check-config${want_text:+ saying \"$want_text\"}, got exit $rc"
     fi
     log "pod $pod ($label): node $want_node, primusd --check-config exit $rc as expected"
 }
