@@ -448,6 +448,18 @@ mysqld_pid_file = "/run/mysqld/mysqld.pid"
         }
     }
 
+    /// A reserved variable must not shadow one of the agent's top-level keys (it could
+    /// not be set from the environment); PRIMUS_TOKEN_FILE is the agent's own key.
+    #[test]
+    fn reserved_variables_name_no_agent_key() {
+        let e = Config::parse(Path::new("agent.toml"), &format!("zz_not_a_key = 1\n{GOOD}")).unwrap_err().to_string();
+        assert!(e.contains("`token_file`"), "{e}");
+        for var in agent_reserved_env() {
+            let key = var.strip_prefix("PRIMUS_").unwrap().to_ascii_lowercase();
+            assert!(!e.contains(&format!("`{key}`")), "{var} is reserved but names the agent key {key}");
+        }
+    }
+
     #[test]
     fn environment_overrides_the_file() {
         let dir = tempfile::tempdir().unwrap();
