@@ -71,6 +71,69 @@ fn malformed_configs_exit_2_with_one_line_naming_the_key() -> anyhow::Result<()>
     Ok(())
 }
 
+/// `PRIMUS_*` variables reach a real primusd: they override the file, a bad or unknown
+/// one is one error line naming the variable (exit 2), and the environment alone is a
+/// configuration (no `--config`). Checked with `--check-config`, which starts nothing.
+#[test]
+fn environment_overrides_reach_primusd() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let path = dir.path().join("primusd.toml");
+    std::fs::write(&path, GOOD.replace("DATA", &data.display().to_string()))?;
+    let run =
+        |file: Option<&std::path::Path>, vars: &[(&str, &str)]| -> anyhow::Result<(Option<i32>, String, String)> {
+            let mut cmd = Command::new(bin("primusd")?);
+            cmd.arg("--check-config").env_remove("PRIMUS_CONFIG");
+            if let Some(f) = file {
+                cmd.arg("--config").arg(f);
+            }
+            for (k, v) in vars {
+                cmd.env(k, v);
+            }
+            let out = cmd.output()?;
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            Ok((out.status.code(), stdout, String::from_utf8_lossy(&out.stderr).into_owned()))
+        };
+    let (code, stdout, stderr) = run(Some(&path), &[])?;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    // The environment wins over the file: node 7 is not among the file's initial_members…
+    let (code, _, stderr) = run(Some(&path), &[("PRIMUS_NODE_ID", "7")])?;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("node_id 7 is not among initial_members"), "{stderr}");
+    // …unless the environment lists it too (an array of inline tables).
+    let members = r#"[{id=7,addr="127.0.0.1:17999"},{id=8,addr="primus-1.primus:7100"}]"#;
+    let (code, _, stderr) = run(Some(&path), &[("PRIMUS_NODE_ID", "7"), ("PRIMUS_INITIAL_MEMBERS", members)])?;
+    assert_eq!(code, Some(0), "{stderr}");
+    for (var, value, want) in [
+        ("PRIMUS_RAFT__HEARTBEAT_MS", "fast", "PRIMUS_RAFT__HEARTBEAT_MS: invalid type: string \"fast\", expected u64"),
+        ("PRIMUS_RAFT__TURBO", "1", "PRIMUS_RAFT__TURBO: unknown field `turbo`"),
+        ("PRIMUS_LISTEN", "localhost:7100", "PRIMUS_LISTEN: \"localhost:7100\" is not an IP:port address"),
+    ] {
+        let (code, _, stderr) = run(Some(&path), &[(var, value)])?;
+        assert_eq!(code, Some(2), "{var}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{var}: error is not one line: {stderr}");
+        assert!(lines[0].contains(want), "{var}: {stderr}");
+    }
+    // No file at all: every key from the environment.
+    let env_only = [
+        ("PRIMUS_NODE_ID", "1"),
+        ("PRIMUS_LISTEN", "127.0.0.1:17998"),
+        ("PRIMUS_DATA_DIR", &*data.display().to_string()),
+        ("PRIMUS_INITIAL_MEMBERS", r#"[{id=1,addr="127.0.0.1:17998"}]"#),
+    ]
+    .map(|(k, v)| (k, v.to_string()));
+    let vars: Vec<(&str, &str)> = env_only.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, stdout, stderr) = run(None, &vars)?;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("environment only) is valid"), "{stdout}");
+    let (code, _, stderr) = run(None, &[])?;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("missing field `node_id`"), "{stderr}");
+    assert!(!data.exists(), "--check-config created data_dir");
+    Ok(())
+}
+
 #[test]
 fn primusctl_with_every_endpoint_down_fails_clearly() -> anyhow::Result<()> {
     let p1 = primus_testkit::ports::free_port()?;

@@ -7,6 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use primus_daemon::ConfigError;
+use primus_daemon::EnvOverrides;
+
+/// primusd's reserved names, but `PRIMUS_TOKEN_FILE`: for the agent it is its own
+/// top-level `token_file` (the same meaning primusctl gives it).
+pub fn agent_reserved_env() -> Vec<&'static str> {
+    primus_daemon::RESERVED_ENV.iter().copied().filter(|v| *v != "PRIMUS_TOKEN_FILE").collect()
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -222,9 +229,16 @@ pub struct TlsSection {
 }
 
 impl Config {
+    /// Read, merge the `PRIMUS_*` environment overrides (as primusd does; see
+    /// docs/fencing.md), validate.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = primus_daemon::read_toml(path)?;
-        cfg.validate(path)?;
+        let env = EnvOverrides::from_env(&agent_reserved_env())?;
+        Self::load_with_env(path, &env)
+    }
+
+    pub fn load_with_env(path: &Path, env: &EnvOverrides) -> Result<Config, ConfigError> {
+        let cfg: Config = primus_daemon::read_toml_with_env(path, env)?;
+        cfg.validate(path).map_err(|e| env.attribute(e))?;
         Ok(cfg)
     }
 
@@ -432,6 +446,51 @@ mysqld_pid_file = "/run/mysqld/mysqld.pid"
             let missing = primus_daemon::undocumented_keys(&e, docs).unwrap_or_else(|m| panic!("[{sec}]: {m}"));
             assert!(missing.is_empty(), "[{sec}] not documented in docs/fencing.md: {missing:?}");
         }
+    }
+
+    /// A reserved variable must not shadow one of the agent's top-level keys (it could
+    /// not be set from the environment); PRIMUS_TOKEN_FILE is the agent's own key.
+    #[test]
+    fn reserved_variables_name_no_agent_key() {
+        let e = Config::parse(Path::new("agent.toml"), &format!("zz_not_a_key = 1\n{GOOD}")).unwrap_err().to_string();
+        assert!(e.contains("`token_file`"), "{e}");
+        for var in agent_reserved_env() {
+            let key = var.strip_prefix("PRIMUS_").unwrap().to_ascii_lowercase();
+            assert!(!e.contains(&format!("`{key}`")), "{var} is reserved but names the agent key {key}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t0ken\n").unwrap();
+        let token = token.display().to_string();
+        let reserved = agent_reserved_env();
+        let load = |vars: &[(&str, &str)]| {
+            let env = EnvOverrides::from_vars(vars.iter().copied(), &reserved).unwrap();
+            Config::load_with_env(&path, &env).map_err(|e| e.to_string())
+        };
+        let c = load(&[
+            ("PRIMUS_INSTANCE", "db2:3306"),
+            ("PRIMUS_COORDINATORS", r#"["primus-0.primus:7100", "primus-1.primus:7100"]"#),
+            ("PRIMUS_LEASE__TTL_MS", "2000"),
+            ("PRIMUS_MYSQL__USER", "fence"),
+            ("PRIMUS_TOKEN_FILE", token.as_str()),
+        ])
+        .unwrap();
+        assert_eq!(c.instance, "db2:3306");
+        assert_eq!(c.coordinators, ["primus-0.primus:7100", "primus-1.primus:7100"]);
+        assert_eq!(c.lease.ttl_ms, 2000);
+        assert_eq!(c.mysql.user, "fence");
+        assert_eq!(c.mysql.socket.as_deref(), Some(Path::new("/run/mysqld/mysqld.sock")));
+        assert_eq!(c.token_file.as_deref(), Some(Path::new(&token)));
+        let e = load(&[("PRIMUS_LEASE__TTL_MS", "long")]).unwrap_err();
+        assert!(e.contains("PRIMUS_LEASE__TTL_MS: invalid type"), "{e}");
+        let e = load(&[("PRIMUS_FENCE__BOGUS", "1")]).unwrap_err();
+        assert!(e.contains("PRIMUS_FENCE__BOGUS: unknown field `bogus`"), "{e}");
     }
 
     #[test]

@@ -29,14 +29,15 @@ use tracing::Instrument;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
-    /// Path to the TOML configuration file.
-    #[arg(long, short = 'c')]
+    /// Path to the TOML configuration file. PRIMUS_* variables override its keys as
+    /// for primusd (PRIMUS_LEASE__TTL_MS=2000, PRIMUS_TOKEN_FILE=…; docs/fencing.md).
+    #[arg(long, short = 'c', env = "PRIMUS_CONFIG")]
     config: PathBuf,
     /// Log format: `text` for people, `json` for log shippers.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    #[arg(long, env = "PRIMUS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
-    #[arg(long, default_value = "info")]
+    #[arg(long, env = "PRIMUS_LOG", default_value = "info")]
     log: String,
     /// Check the configuration and exit (0 when valid, 2 otherwise).
     #[arg(long)]

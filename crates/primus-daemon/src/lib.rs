@@ -3,6 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod env;
+pub use env::{parse_toml_with_env, read_toml_with_env, EnvOverrides, RESERVED_ENV};
+
 /// A configuration file that cannot be used: one line, naming the file and, where
 /// it can, the line and the key. Daemons exit with code 2 on any of them.
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +16,17 @@ pub enum ConfigError {
     Parse { path: PathBuf, location: String, message: String },
     #[error("config error: {path}: key `{key}`: {message}")]
     Invalid { path: PathBuf, key: String, message: String },
+    /// About a `PRIMUS_*` environment override (see [`env`]): names the variable.
+    #[error("config error: {var}: {message}{}", env_key_suffix(key))]
+    Env { var: String, key: String, message: String },
+}
+
+fn env_key_suffix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" (key `{key}`)")
+    }
 }
 
 /// Parse `text` (the contents of `path`) as `T`, with one-line errors.

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use primus_daemon::ConfigError;
+use primus_daemon::EnvOverrides;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -412,9 +413,29 @@ pub struct InitialMember {
 impl Config {
     /// Read, parse and validate (the bootstrap check, which depends on whether
     /// `data_dir` holds a store, is `check_bootstrap`).
+    ///
+    /// `PRIMUS_*` environment variables override the file's keys (see
+    /// [`primus_daemon::env`] and docs/config.md, "Environment overrides").
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = primus_daemon::read_toml(path)?;
-        cfg.validate(path)?;
+        let env = EnvOverrides::from_env(primus_daemon::RESERVED_ENV)?;
+        Self::load_with_env(Some(path), path, &env)
+    }
+
+    /// Without a file: every key from the environment (`path` only names the source
+    /// in error messages).
+    pub fn load_env_only(path: &Path) -> Result<Config, ConfigError> {
+        let env = EnvOverrides::from_env(primus_daemon::RESERVED_ENV)?;
+        Self::load_with_env(None, path, &env)
+    }
+
+    /// Read `file` (none: an empty one), merge `env`'s overrides, validate. Errors
+    /// about a key an override set name the variable.
+    pub fn load_with_env(file: Option<&Path>, path: &Path, env: &EnvOverrides) -> Result<Config, ConfigError> {
+        let cfg: Config = match file {
+            Some(f) => primus_daemon::read_toml_with_env(f, env)?,
+            None => primus_daemon::parse_toml_with_env(path, "", env)?,
+        };
+        cfg.validate(path).map_err(|e| env.attribute(e))?;
         Ok(cfg)
     }
 
@@ -747,6 +768,129 @@ addr = "127.0.0.1:7101"
         let auth = c.auth.as_ref().unwrap();
         assert!(!auth.require_token_for_reads);
         assert!(!format!("{:?}", auth.token().unwrap()).contains("s3cret"));
+    }
+
+    fn load_env(file_text: Option<&str>, vars: &[(&str, &str)]) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("primusd.toml");
+        if let Some(t) = file_text {
+            std::fs::write(&path, t).unwrap();
+        }
+        let env =
+            EnvOverrides::from_vars(vars.iter().copied(), primus_daemon::RESERVED_ENV).map_err(|e| e.to_string())?;
+        Config::load_with_env(file_text.map(|_| path.as_path()), &path, &env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn environment_overrides_any_key_over_the_file() {
+        let c = load_env(
+            Some(GOOD),
+            &[
+                ("PRIMUS_NODE_ID", "2"),
+                ("PRIMUS_DATACENTER", "zone-b"),
+                ("PRIMUS_HTTP_LISTEN", "0.0.0.0:7200"),
+                ("PRIMUS_RAFT__HEARTBEAT_MS", "100"),
+                ("PRIMUS_RAFT__ELECTION_TIMEOUT_MIN_MS", "1000"),
+                ("PRIMUS_RAFT__ELECTION_TIMEOUT_MAX_MS", "2000"),
+                ("PRIMUS_FAILOVER__AUTOMATIC", "false"),
+                ("PRIMUS_HTTP__MAX_REPLICA_LAG_S", "5"),
+                (
+                    "PRIMUS_INITIAL_MEMBERS",
+                    r#"[{id=1,addr="primus-0.primus:7100"},{id=2,addr="primus-1.primus:7100",datacenter="b"}]"#,
+                ),
+                ("PRIMUS_ENDPOINTS", "ignored:1"),
+                ("PRIMUS_FAULT_INJECTION", "1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.datacenter, "zone-b");
+        assert_eq!(c.listen, "127.0.0.1:7101", "keys the environment does not set keep the file's value");
+        assert_eq!(c.http_listen.as_deref(), Some("0.0.0.0:7200"));
+        assert_eq!((c.raft.heartbeat_ms, c.raft.election_timeout_max_ms), (100, 2000));
+        assert_eq!(c.raft.snapshot_every_entries, 5000, "defaults stay");
+        assert!(!c.failover.automatic);
+        assert_eq!(c.http.max_replica_lag_s, 5);
+        assert_eq!(c.initial_members.len(), 2);
+        assert_eq!(c.initial_members[1].addr, "primus-1.primus:7100");
+        assert_eq!(c.initial_members[1].datacenter, "b");
+        assert_eq!(c.initial_members[0].datacenter, "default");
+        // A section that is absent from the file is created.
+        let c = load_env(
+            Some(GOOD),
+            &[
+                ("PRIMUS_MYSQL__USER", "primus"),
+                ("PRIMUS_MYSQL__PASSWORD_ENV", "PRIMUS_MYSQL_PASSWORD"),
+                ("PRIMUS_MYSQL_PASSWORD", "pw"),
+            ],
+        );
+        // PRIMUS_MYSQL_PASSWORD is named by password_env: a secret, not an override; it
+        // is read from the real environment, where this test does not set it.
+        let e = c.unwrap_err();
+        assert!(e.contains("environment variable PRIMUS_MYSQL_PASSWORD is not set"), "{e}");
+    }
+
+    /// A reserved variable must not shadow a top-level key (it could not be set from
+    /// the environment), and docs/config.md must list every one.
+    #[test]
+    fn reserved_variables_name_no_key_and_are_documented() {
+        let docs = include_str!("../../../docs/config.md");
+        let e = Config::parse(Path::new("c.toml"), &format!("zz_not_a_key = 1\n{GOOD}")).unwrap_err().to_string();
+        for var in primus_daemon::RESERVED_ENV {
+            let key = var.strip_prefix("PRIMUS_").unwrap().to_ascii_lowercase();
+            assert!(!e.contains(&format!("`{key}`")), "{var} is reserved but names the key {key}");
+            assert!(docs.contains(var), "{var} is reserved but docs/config.md does not list it");
+        }
+        for (_, var) in crate::hooks::PLACEHOLDERS.iter().chain([&("", "PRIMUS_HOOK")]) {
+            assert!(primus_daemon::RESERVED_ENV.contains(var), "hooks set {var}: add it to RESERVED_ENV");
+        }
+    }
+
+    #[test]
+    fn environment_alone_is_a_configuration() {
+        let c = load_env(
+            None,
+            &[
+                ("PRIMUS_NODE_ID", "1"),
+                ("PRIMUS_LISTEN", "0.0.0.0:7100"),
+                ("PRIMUS_DATA_DIR", "/var/lib/primus"),
+                ("PRIMUS_INITIAL_MEMBERS", r#"[{id=1,addr="primus-0.primus:7100"}]"#),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/primus"));
+        assert!(load_env(None, &[]).unwrap_err().contains("missing field `node_id`"));
+    }
+
+    #[test]
+    fn environment_errors_name_the_variable() {
+        let cases = [
+            (
+                "PRIMUS_RAFT__HEARTBEAT_MS",
+                "fast",
+                "PRIMUS_RAFT__HEARTBEAT_MS: invalid type: string \"fast\", expected u64",
+            ),
+            (
+                "PRIMUS_FAILOVER__AUTOMATIC",
+                "yes",
+                "PRIMUS_FAILOVER__AUTOMATIC: invalid type: string \"yes\", expected a boolean",
+            ),
+            ("PRIMUS_RAFT__TURBO", "1", "PRIMUS_RAFT__TURBO: unknown field `turbo`"),
+            ("PRIMUS_COLOUR", "blue", "PRIMUS_COLOUR: unknown field `colour`"),
+            ("PRIMUS_LISTEN", "localhost:7100", "PRIMUS_LISTEN: \"localhost:7100\" is not an IP:port address"),
+            ("PRIMUS_RAFT__HEARTBEAT_MS", "0", "PRIMUS_RAFT__HEARTBEAT_MS: must be greater than 0"),
+            (
+                "PRIMUS_INITIAL_MEMBERS",
+                "[{id=1,addr=\"x\"}]",
+                "PRIMUS_INITIAL_MEMBERS: \"x\" is not a HOST:PORT address",
+            ),
+            ("PRIMUS_INITIAL_MEMBERS", "[{id=1}]", "PRIMUS_INITIAL_MEMBERS: missing field `addr`"),
+        ];
+        for (var, value, want) in cases {
+            let e = load_env(Some(GOOD), &[(var, value)]).unwrap_err();
+            assert!(e.contains(want), "{var}={value}: {e}");
+            assert!(!e.contains('\n'), "multi-line error: {e}");
+        }
     }
 
     #[test]
