@@ -139,6 +139,9 @@ async fn a_leader_cut_off_from_its_group_fails_its_checks_and_the_new_leader_pas
     let r = wait_get(&old_addr, "/leader", "isolated leader", Duration::from_secs(10), |r| r.status == 503).await?;
     assert_eq!(r.json()?["leads_with_quorum"], false);
     wait_get(&old_addr, "/health", "isolated leader health", Duration::from_secs(10), |r| r.status == 503).await?;
+    // Liveness is not health: the process answers, so a liveness probe must not restart it.
+    let live = get(&old_addr, "/live", T).await?;
+    assert_eq!(assert_json(&live, 200, "/live on the isolated leader")?["has_leader"], false);
     let rest: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
     let (new, _) = g.wait_leader(&rest, Duration::from_secs(20)).await?;
     wait_get(&http_addr(&g, new), "/leader", "new leader", Duration::from_secs(10), |r| r.status == 200).await?;

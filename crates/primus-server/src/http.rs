@@ -241,6 +241,7 @@ pub fn router(ctx: Arc<NodeCtx>, api_auth: crate::api::ApiAuth) -> Router {
     let timeout = ctx.cfg.http.request_timeout();
     Router::new()
         .route("/health", get(health))
+        .route("/live", get(live))
         .route("/leader", get(leader))
         .route("/primary/{cluster}", get(primary))
         .route("/primary/{cluster}/{instance}", get(primary_instance))
@@ -357,6 +358,12 @@ fn in_led_group(ctx: &NodeCtx) -> bool {
 async fn health(State(ctx): State<Arc<NodeCtx>>) -> Response {
     let h = node_health(&ctx);
     json(h.has_leader, h)
+}
+
+/// `GET /live`: 200 whenever the process answers (the same body as `/health`): for
+/// liveness probes, which must not restart every coordinator when quorum is lost.
+async fn live(State(ctx): State<Arc<NodeCtx>>) -> Response {
+    json(true, node_health(&ctx))
 }
 
 /// `GET /leader`: 200 only on the leader a quorum acknowledged recently.
