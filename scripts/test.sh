@@ -27,6 +27,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "Prometheus alerting rules: promtool check rules + promtool test rules (scripts/test-alerts.sh)"
 bash scripts/test-alerts.sh
 
+step "container files: entrypoint, healthcheck, Containerfile, compose.yaml (scripts/test-container.sh; builds no image)"
+bash scripts/test-container.sh
+
 step "primus-failover is pure: no tokio, no mysql_async among its dependencies"
 # The decisions must not be able to do I/O (issue 13). primus-failover uses
 # primus-mysql without its `client` feature and primus-types without `raft`
