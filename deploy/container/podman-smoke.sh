@@ -54,7 +54,7 @@ up() {
             -v "smoke-mariadb$n-data:/var/lib/mysql" -v "smoke-mariadb$n-run:/run/mysqld" \
             "$mariadb" --server-id="$n" --report-host="mariadb$n" --read-only="$ro" \
             --log-bin=mariadb-bin --log-slave-updates=ON --binlog-format=ROW --gtid-strict-mode=ON \
-            --gtid-domain-id=0 --report-port=3306 --pid-file=/run/mysqld/mysqld.pid \
+            --gtid-domain-id=0 --report-port=3306 --skip-name-resolve --pid-file=/run/mysqld/mysqld.pid \
             --socket=/run/mysqld/mysqld.sock >/dev/null
     done
     for n in 1 2 3; do
@@ -70,7 +70,13 @@ up() {
     done
 
     log "register the cluster (as compose.yaml's register job does)"
-    ctl cluster list | grep -qw sandbox || ctl cluster add sandbox --seed mariadb1:3306
+    # The first probes of a just-started server can time out here (seen: "timed out
+    # after 1001 ms during connect", then fine): retry, as compose's restart: on-failure does.
+    for _ in $(seq 30); do
+        ctl cluster list | grep -qw sandbox && break
+        ctl cluster add sandbox --seed mariadb1:3306 && break
+        sleep 2
+    done
 
     log "one primus-agent per mariadbd, in its pod (uid $agent_user)"
     for n in 1 2 3; do
