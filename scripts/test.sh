@@ -29,6 +29,8 @@ bash scripts/test-alerts.sh
 
 step "Kubernetes manifests: kubernetes-validate --strict + each pod's start-up through primusd --check-config (scripts/test-k8s.sh)"
 bash scripts/test-k8s.sh
+step "container files: entrypoint, healthcheck, Containerfile, compose.yaml (scripts/test-container.sh; builds no image)"
+bash scripts/test-container.sh
 
 step "primus-failover is pure: no tokio, no mysql_async among its dependencies"
 # The decisions must not be able to do I/O (issue 13). primus-failover uses
