@@ -23,15 +23,11 @@ fail() {
     exit 1
 }
 
+# shellcheck source=scripts/apt-install.sh
+source scripts/apt-install.sh
 need_apt() { # need_apt COMMAND-TO-CHECK PACKAGE
     if eval "$1" >/dev/null 2>&1; then return 0; fi
-    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-        fail "$2 is missing and cannot be installed here (not root, or no apt-get): apt-get install -y $2"
-    fi
-    log "installing $2 with apt-get"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null 2>&1 ||
-        { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null; } ||
-        fail "apt-get install $2 failed"
+    apt_install --no-install-recommends test-container "the container checks" "$2" || fail "cannot install $2"
     eval "$1" >/dev/null 2>&1 || fail "$2 installed but '$1' still fails"
 }
 need_apt "command -v shellcheck" shellcheck
