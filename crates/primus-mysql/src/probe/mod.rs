@@ -125,6 +125,7 @@ pub struct ClientTls {
 
 impl ClientTls {
     /// mysql_async's TLS options for this mode; `None` when TLS is off.
+    #[cfg(feature = "client")]
     pub fn ssl_opts(&self) -> Option<mysql_async::SslOpts> {
         use mysql_async::{ClientIdentity, SslOpts};
         if self.mode == TlsMode::Disabled {
