@@ -71,6 +71,7 @@ fn snapshot(clusters: &[Arc<ClusterRecord>]) -> Snapshot {
         instances,
         leases,
         members,
+        group_feature_level: primus_types::FEATURE_LEVEL,
     }
 }
 

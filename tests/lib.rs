@@ -112,6 +112,8 @@ pub mod world {
         /// Servers with these certificates and `require_secure_transport=ON`, replicating
         /// over TLS (the coordinators' `[mysql] tls_*` keys go in `extra_config`).
         pub mysql_tls: Option<primus_testkit::pki::TestPki>,
+        /// The coordinators' primusd binary (default: this build's).
+        pub primusd: Option<std::path::PathBuf>,
     }
 
     impl Default for WorldOptions {
@@ -131,6 +133,7 @@ pub mod world {
                 raft: Default::default(),
                 node_config: BTreeMap::new(),
                 mysql_tls: None,
+                primusd: None,
             }
         }
     }
@@ -187,6 +190,7 @@ pub mod world {
                 http: o.http,
                 listen_all: o.primary_in_netns,
                 raft: o.raft,
+                primusd: o.primusd,
                 ..Default::default()
             })?;
             group.wait_leader(&[], Duration::from_secs(20)).await?;

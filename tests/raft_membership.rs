@@ -232,3 +232,108 @@ async fn a_founding_member_started_late_joins_and_catches_up() -> anyhow::Result
     }
     Ok(())
 }
+
+fn audit_summaries(a: &primus_client::AuditResponse) -> Vec<String> {
+    a.records.iter().map(|r| r.summary.clone()).collect()
+}
+
+/// A command kind added after a release (here `MemberSeen`, and the feature-level
+/// record itself) is not written while a member says its release does not know it (a
+/// node started with `PRIMUS_FEATURE_LEVEL=1` stands in for primusd 3315362; the real
+/// old binary is `scripts/upgrade-test.sh`'s). Once that member runs the new release the
+/// leader raises the group's level by itself, the new commands follow, and a node of
+/// an older release is then refused by `members add`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_commands_wait_until_every_member_runs_a_release_that_knows_them() -> anyhow::Result<()> {
+    use primus_client::ReadConsistency;
+    let older = vec![("PRIMUS_FEATURE_LEVEL".to_string(), "1".to_string())];
+    let mut g = CoordinatorGroup::start(GroupOptions {
+        nodes: 3,
+        fault_injection: true,
+        not_started: vec![3],
+        ..Default::default()
+    })?;
+    g.node_mut(3).env = older.clone();
+    g.start_node(3)?;
+    g.wait_leader(&[], Duration::from_secs(20)).await?;
+    let client = g.client(Duration::from_secs(10))?;
+    // Commands every release knows go through as before.
+    register(&client, "mixed").await?;
+    // Three rounds of the leader's question (once a second) and dozens of recorder ticks.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let summaries = audit_summaries(&client.audit(10_000, ReadConsistency::Linearizable).await?);
+    assert!(
+        !summaries.iter().any(|s| s.starts_with("group feature level") || s.contains("holds Raft log entries")),
+        "a level-2 command was written while node 3 knows level 1 only: {summaries:#?}"
+    );
+    for id in 1..=3 {
+        let s = match g.status_of(id).await {
+            Ok(s) => s,
+            Err(e) => anyhow::bail!("node {id}: {e}\n{}", g.node(id).log_tail(30)),
+        };
+        assert_eq!(s.group_feature_level.max(1), 1, "node {id}: {s:?}");
+        let knows = if id == 3 { 1 } else { primus_types::FEATURE_LEVEL };
+        assert_eq!(s.feature_level, knows, "node {id}: {s:?}");
+    }
+    let out = std::process::Command::new(bin("primusctl")?).args(["--endpoints", &g.endpoints(), "status"]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("feature level: group 1"), "{text}");
+    // A leader of the new release says why it does not raise the level (node 3, the
+    // stand-in for the older release, has nothing to raise: it is handed leadership off).
+    let mut leader = g.wait_leader(&[], Duration::from_secs(5)).await?.0;
+    if leader == 3 {
+        let out = std::process::Command::new(bin("primusctl")?)
+            .args(["--endpoints", &g.endpoints(), "members", "transfer-leader", "1"])
+            .output()?;
+        assert!(out.status.success(), "transfer-leader: {}", String::from_utf8_lossy(&out.stderr));
+        leader = g.wait_leader(&[1, 2], Duration::from_secs(5)).await?.0;
+        anyhow::ensure!(leader != 3, "leadership stayed on node 3");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let log = std::fs::read_to_string(&g.node(leader).log_path)?;
+    assert!(
+        log.contains("group feature level stays at 1") && log.contains("node 3 (level 1)"),
+        "the leader does not say why the level stays:\n{}",
+        g.node(leader).log_tail(30)
+    );
+
+    // Node 3 "upgraded": restarted without the stand-in.
+    g.terminate(3, Duration::from_secs(10))?;
+    g.node_mut(3).env.clear();
+    g.start_node(3)?;
+    let upgraded = Instant::now();
+    'raised: loop {
+        let mut levels = Vec::new();
+        for id in 1..=3 {
+            levels.push(g.status_of(id).await.map(|s| s.group_feature_level).unwrap_or(0));
+        }
+        if levels.iter().all(|l| *l == primus_types::FEATURE_LEVEL) {
+            break 'raised;
+        }
+        anyhow::ensure!(
+            upgraded.elapsed() < Duration::from_secs(15),
+            "group feature level not raised on every node 15 s after the last member was upgraded: {levels:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("group feature level raised on every node {} ms after the restart", upgraded.elapsed().as_millis());
+    wait_members_recorded(&client, &[1, 2, 3], Duration::from_secs(10)).await?;
+    let summaries = audit_summaries(&client.audit(10_000, ReadConsistency::Linearizable).await?);
+    let raised: Vec<&String> = summaries.iter().filter(|s| s.starts_with("group feature level")).collect();
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert!(raised[0].starts_with(&format!("group feature level {}", primus_types::FEATURE_LEVEL)), "{raised:?}");
+
+    // From now on a node of an older release could not decode the log: refused.
+    let addr4 = g.spawn_joining_node_with_env(4, older)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = std::process::Command::new(bin("primusctl")?)
+        .args(["--endpoints", &g.endpoints_except(&[4]), "members", "add", "4", &addr4])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("older than the group's feature level 2"),
+        "a node of an older release was let into a level-2 group: {err}"
+    );
+    assert_eq!(client.status().await?.members.len(), 3);
+    Ok(())
+}

@@ -567,6 +567,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                     .collect();
                 table(&["id", "addr", "datacenter", "role", "matched_index", "last_contact"], rows);
+                // Mid-upgrade, commands added by the new release wait for every member.
+                let group = s.group_feature_level.max(1);
+                let knows = s.feature_level.max(1);
+                println!(
+                    "feature level: group {group}, node {} ({}) knows {knows}{}",
+                    s.node_id,
+                    if s.version.is_empty() { "version unknown" } else { &s.version },
+                    if group < knows { "   (raised once every member runs a release that knows it)" } else { "" }
+                );
             }
         }
         Cmd::Members(MembersCmd::Add { id, addr, datacenter }) => {

@@ -58,6 +58,8 @@ pub fn status(s: &GetStatusResponse) -> Value {
         "served_by": s.node_id, "members": members,
         "millis_since_quorum_ack": s.millis_since_quorum_ack,
         "role": role_name(s.role), "consistency": consistency(s.linearizable),
+        "version": s.version, "feature_level": s.feature_level,
+        "group_feature_level": s.group_feature_level.max(1),
     })
 }
 

@@ -34,6 +34,7 @@ pub const RESERVED_ENV: &[&str] = &[
     "PRIMUS_FAULT_INJECTION",
     "PRIMUS_FAILPOINT",
     "PRIMUS_CLOCK_SKEW_MS",
+    "PRIMUS_FEATURE_LEVEL",
     // set for hook commands
     "PRIMUS_HOOK",
     "PRIMUS_FAILURE_TYPE",

@@ -56,8 +56,6 @@ pub const RETRY: Duration = Duration::from_millis(500);
 const FIRST_RETRY: Duration = Duration::from_millis(25);
 /// A waiting node repeats an unchanged reason this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
-/// How often the leader asks again whether a peer runs a release that knows `MemberSeen`.
-const RELEASE_RECHECK: Duration = Duration::from_secs(5);
 
 /// What one other initial member answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,7 +257,7 @@ async fn ask(ctx: &NodeCtx, id: NodeId, addr: &str) -> PeerView {
     }
 }
 
-async fn join_check(ctx: &NodeCtx, id: NodeId, addr: &str) -> Result<JoinCheckReply, tonic::Status> {
+pub(crate) async fn join_check(ctx: &NodeCtx, id: NodeId, addr: &str) -> Result<JoinCheckReply, tonic::Status> {
     let rpc = Duration::from_millis(ctx.cfg.raft.rpc_timeout_ms);
     let bound = rpc + Duration::from_millis(ctx.cfg.raft.connect_timeout_ms);
     let ch = ctx.channel_to(addr)?;
@@ -307,6 +305,8 @@ impl primus_raft::JoinCheckAnswer for Answerer {
             leader_id: m.current_leader.unwrap_or(0),
             last_log_index: m.last_log_index.unwrap_or(0),
             members_seen: members_seen.into_iter().collect(),
+            feature_level: crate::features::known_level(),
+            group_feature_level: ctx.read_state(|r| r.feature_level).1,
         }
     }
 }
@@ -329,54 +329,22 @@ pub fn unrecorded_holders(
         .collect()
 }
 
-/// Whether a peer runs a release that can decode `MemberSeen`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Release {
-    /// It answered `JoinCheck`.
-    Knows,
-    /// It answered UNIMPLEMENTED.
-    Older,
-}
-
-/// Whether the leader may propose `MemberSeen`: no member is known to run an older
-/// release (it could not decode the entry and would stop catching up), and the voters
-/// known to run this one (the leader included) are a majority, so the entry commits
-/// without any node whose release is unknown (down ones).
-pub fn may_record(
-    me: NodeId,
-    voters: &BTreeSet<NodeId>,
-    members: &BTreeSet<NodeId>,
-    releases: &BTreeMap<NodeId, Release>,
-) -> bool {
-    if members.iter().any(|id| *id != me && releases.get(id) == Some(&Release::Older)) {
-        return false;
-    }
-    let knowing = voters.iter().filter(|id| **id == me || releases.get(*id) == Some(&Release::Knows)).count();
-    knowing * 2 > voters.len()
-}
-
 /// On every node: while it leads, record each member it sees holding log entries
 /// (`MemberSeen`, once per node id), so that the member is recognised if it ever starts
 /// again with an empty data_dir.
 pub fn spawn_recorder(ctx: Arc<NodeCtx>) {
     tokio::spawn(async move {
         let tick = Duration::from_millis(ctx.cfg.raft.heartbeat_ms.max(10));
-        let mut releases: BTreeMap<NodeId, (Release, Instant)> = BTreeMap::new();
-        let mut asked: BTreeMap<NodeId, Instant> = BTreeMap::new();
         loop {
             tokio::time::sleep(tick).await;
-            record(&ctx, &mut releases, &mut asked).await;
+            record(&ctx).await;
         }
     });
 }
 
-async fn record(
-    ctx: &NodeCtx,
-    releases: &mut BTreeMap<NodeId, (Release, Instant)>,
-    asked: &mut BTreeMap<NodeId, Instant>,
-) {
+async fn record(ctx: &NodeCtx) {
     let me = ctx.id;
-    let (last, matched, voters, members, addrs) = {
+    let (last, matched, members) = {
         let rx = ctx.raft.metrics();
         let m = rx.borrow();
         if m.state != ServerState::Leader || m.current_leader != Some(me) {
@@ -387,49 +355,15 @@ async fn record(
             .as_ref()
             .map(|r| r.iter().filter_map(|(id, l)| l.map(|l| (*id, l.index))).collect())
             .unwrap_or_default();
-        let membership = m.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let addrs: BTreeMap<NodeId, String> = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
-        let members: BTreeSet<NodeId> = addrs.keys().copied().collect();
-        (m.last_log_index, matched, voters, members, addrs)
+        let members: BTreeSet<NodeId> = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
+        (m.last_log_index, matched, members)
     };
-    let (_, recorded) = ctx.read_state(|r| r.members_seen.clone());
+    let (_, (recorded, group_level)) = ctx.read_state(|r| (r.members_seen.clone(), r.group_feature_level()));
     let todo = unrecorded_holders(me, last, &matched, &members, &recorded);
-    if todo.is_empty() {
-        return;
-    }
-    // Which peers run a release that knows MemberSeen (asked again now and then).
-    let stale: Vec<(NodeId, String)> = addrs
-        .iter()
-        .filter(|(id, _)| **id != me)
-        .filter(|(id, _)| match releases.get(id) {
-            Some((Release::Knows, _)) => false,
-            _ => asked.get(id).is_none_or(|at| at.elapsed() >= RELEASE_RECHECK),
-        })
-        .map(|(id, a)| (*id, a.clone()))
-        .collect();
-    let checks = stale.iter().map(|(id, addr)| async move { (*id, join_check(ctx, *id, addr).await) });
-    for (id, result) in futures::future::join_all(checks).await {
-        asked.insert(id, Instant::now());
-        match result {
-            Ok(_) => {
-                releases.insert(id, (Release::Knows, Instant::now()));
-            }
-            Err(s) if s.code() == tonic::Code::Unimplemented => {
-                if !matches!(releases.get(&id), Some((Release::Older, _))) {
-                    tracing::warn!(
-                        node = id,
-                        "node runs an older primusd: the group does not record which members hold log entries (so \
-                         a member restarted with an emptied data_dir cannot be recognised) until it is upgraded"
-                    );
-                }
-                releases.insert(id, (Release::Older, Instant::now()));
-            }
-            Err(s) => tracing::debug!(node = id, error = %s.message(), "cannot tell which primusd release a peer runs"),
-        }
-    }
-    let known: BTreeMap<NodeId, Release> = releases.iter().map(|(id, (r, _))| (*id, *r)).collect();
-    if !may_record(me, &voters, &members, &known) {
+    // Until every member runs a release that decodes MemberSeen (the group's feature
+    // level, raised by crate::features), nothing is recorded: an older member would stop
+    // catching up at the entry.
+    if todo.is_empty() || (Command::MemberSeen { id: me }).check_feature_level(group_level).is_err() {
         return;
     }
     for id in todo {
@@ -562,26 +496,6 @@ mod tests {
         let with_learner: BTreeSet<NodeId> = [1, 2, 3, 4].into();
         let matched: BTreeMap<NodeId, u64> = [(2, 7), (3, 7), (4, 3)].into();
         assert_eq!(unrecorded_holders(1, Some(7), &matched, &with_learner, &[1, 2, 3].into()), vec![4]);
-    }
-
-    #[test]
-    fn members_are_recorded_only_when_no_older_release_could_choke_on_the_entry() {
-        let voters: BTreeSet<NodeId> = [1, 2, 3].into();
-        let knows =
-            |ids: &[NodeId]| -> BTreeMap<NodeId, Release> { ids.iter().map(|i| (*i, Release::Knows)).collect() };
-        assert!(may_record(1, &voters, &voters, &knows(&[2, 3])));
-        // Node 3 down (release unknown): 1 and 2 commit the entry on their own.
-        assert!(may_record(1, &voters, &voters, &knows(&[2])));
-        // Only the leader known: the entry might need a node that cannot decode it.
-        assert!(!may_record(1, &voters, &voters, &knows(&[])));
-        let mut older = knows(&[2]);
-        older.insert(3, Release::Older);
-        assert!(!may_record(1, &voters, &voters, &older));
-        // An older learner could not decode it either.
-        let members: BTreeSet<NodeId> = [1, 2, 3, 4].into();
-        let mut learner = knows(&[2, 3]);
-        learner.insert(4, Release::Older);
-        assert!(!may_record(1, &voters, &members, &learner));
     }
 
     #[test]

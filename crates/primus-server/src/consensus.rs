@@ -53,7 +53,14 @@ pub enum WriteError {
     /// Raft failed otherwise (stopped, storage error, quorum lost mid-write).
     #[error("{0}")]
     Raft(String),
+    /// Not proposed: the group's feature level is below the command's, so a member may
+    /// run a release that cannot decode it (see [`primus_types::FEATURE_LEVEL`]).
+    #[error("{0}")]
+    FeatureNotEnabled(#[from] primus_types::FeatureNotEnabled),
 }
+
+/// The group's committed feature level, as this node applied it.
+pub type FeatureGate = Arc<dyn Fn() -> u32 + Send + Sync>;
 
 #[async_trait::async_trait]
 pub trait Consensus: Send + Sync + 'static {
@@ -80,6 +87,8 @@ where
     raft: openraft::Raft<C>,
     view: watch::Receiver<GroupView>,
     members: Arc<MembershipCache>,
+    /// `None`: every command is proposed (a group of one build, as the simulator runs).
+    gate: Option<FeatureGate>,
 }
 
 fn view_of<C>(m: &openraft::RaftMetrics<NodeId, Member>, cache: &MembershipCache) -> GroupView
@@ -145,7 +154,15 @@ where
                 });
             }
         });
-        RaftConsensus { raft, view: rx, members }
+        RaftConsensus { raft, view: rx, members, gate: None }
+    }
+
+    /// Propose a command only when the group's feature level (read through `gate`) is
+    /// at least the command's: a node of a mixed-release group must never be sent an
+    /// entry it cannot decode.
+    pub fn with_feature_gate(mut self, gate: FeatureGate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     pub fn raft(&self) -> &openraft::Raft<C> {
@@ -159,6 +176,9 @@ where
     C: RaftTypeConfig<D = Request, R = Response, NodeId = NodeId, Node = Member, Responder = OneshotResponder<C>>,
 {
     async fn write(&self, req: Request) -> Result<(u64, Response), WriteError> {
+        if let Some(gate) = &self.gate {
+            req.command.check_feature_level(gate())?;
+        }
         match self.raft.client_write(req).await {
             Ok(r) => Ok((r.log_id.index, r.data)),
             Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {

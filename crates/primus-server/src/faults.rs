@@ -8,6 +8,9 @@
 //!   [`Faults::active`] callers, e.g. `failover.promote_answer_lost`).
 //! * `PRIMUS_CLOCK_SKEW_MS`: offset of this coordinator's wall clock, so tests can run
 //!   coordinators whose clocks disagree on one machine.
+//! * `PRIMUS_FEATURE_LEVEL`: the feature level this node says its release knows (to
+//!   its peers and in `GetStatus`), so tests can stand in for an older release in a
+//!   mixed group (see `crate::features`).
 
 use std::sync::OnceLock;
 
@@ -16,6 +19,7 @@ pub struct Faults {
     enabled: bool,
     failpoints: Vec<String>,
     clock_skew_ms: i64,
+    feature_level: Option<u32>,
 }
 
 impl Faults {
@@ -31,7 +35,8 @@ impl Faults {
             .filter(|s| !s.is_empty())
             .collect();
         let clock_skew_ms = std::env::var("PRIMUS_CLOCK_SKEW_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-        Faults { enabled, failpoints, clock_skew_ms }
+        let feature_level = std::env::var("PRIMUS_FEATURE_LEVEL").ok().and_then(|v| v.parse().ok());
+        Faults { enabled, failpoints, clock_skew_ms, feature_level }
     }
 
     pub fn enabled(&self) -> bool {
@@ -45,6 +50,11 @@ impl Faults {
 
     pub fn clock_skew_ms(&self) -> i64 {
         self.clock_skew_ms
+    }
+
+    /// `PRIMUS_FEATURE_LEVEL`, when set.
+    pub fn feature_level(&self) -> Option<u32> {
+        self.feature_level
     }
 
     /// SIGKILL this process when the failpoint `name` (or `name=step`) is set.

@@ -654,6 +654,7 @@ fn render_metrics(ctx: &Arc<NodeCtx>) -> Response {
         instances,
         leases,
         members,
+        group_feature_level: ctx.read_state(|r| r.group_feature_level()).1,
     };
     match ctx.metrics.render(&snapshot) {
         Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::Metrics::content_type())], text).into_response(),

@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod divergence;
 pub mod failover;
 pub mod faults;
+pub mod features;
 pub mod hooks;
 pub mod http;
 pub mod leadership;

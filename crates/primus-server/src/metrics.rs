@@ -55,6 +55,8 @@ pub struct Metrics {
     hook_failures: IntCounterVec,
     /// Times this node learned of a new leader (another node, or a new term).
     leader_changes: prometheus::IntCounter,
+    /// `primus_feature_level{of="build"|"group"}`.
+    feature_level: IntGaugeVec,
     raft_term: IntGauge,
     raft_is_leader: IntGauge,
     raft_leader_id: IntGauge,
@@ -204,12 +206,24 @@ impl Metrics {
         )?;
         r.register(Box::new(build_info.clone()))?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), BUILD_COMMIT.unwrap_or("unknown")]).set(1);
+        let feature_level = IntGaugeVec::new(
+            Opts::new(
+                "primus_feature_level",
+                "Feature levels (docs/operations.md, Upgrading): of=\"build\" the newest this primusd knows, \
+                 of=\"group\" the group's as this node applied it; commands of a level above the group's are not \
+                 written. group < build after every member was upgraded: a member did not answer the leader",
+            ),
+            &["of"],
+        )?;
+        r.register(Box::new(feature_level.clone()))?;
+        feature_level.with_label_values(&["build"]).set(i64::from(primus_types::FEATURE_LEVEL));
         // CPU, memory, file descriptors and threads of this process (Linux /proc).
         r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(Metrics {
             hook_runs,
             hook_failures,
             leader_changes,
+            feature_level,
             watch_subscribers: int_gauge(&r, "primus_watch_subscribers", "Open WatchPrimary streams on this node")?,
             probe_duration,
             probe_errors,
@@ -413,6 +427,7 @@ impl Metrics {
         self.raft_last_log_index.set(i64_of(m.last_log_index.unwrap_or(0)));
         self.raft_commit_index.set(i64_of(s.committed_index.unwrap_or(0)));
         self.watch_subscribers.set(i64::try_from(s.watch_subscribers).unwrap_or(i64::MAX));
+        self.feature_level.with_label_values(&["group"]).set(i64::from(s.group_feature_level));
         let membership = m.membership_config.membership();
         self.raft_voters.set(i64_of(membership.voter_ids().count() as u64));
         for member in &s.members {
@@ -629,6 +644,8 @@ pub struct Snapshot {
     pub leases: Vec<LeaseSample>,
     /// Members and when they last answered (empty unless this node leads).
     pub members: Vec<MemberSample>,
+    /// The group's feature level as this node applied it.
+    pub group_feature_level: u32,
 }
 
 impl Metrics {
@@ -742,6 +759,7 @@ mod tests {
                 vec![]
             },
             members,
+            group_feature_level: 2,
         }
     }
 

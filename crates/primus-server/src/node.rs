@@ -166,7 +166,11 @@ pub async fn run(
     let metrics = Arc::new(crate::metrics::Metrics::new().context("cannot register metrics")?);
     metrics.watch_leader(raft.metrics());
 
-    let consensus: Arc<dyn crate::consensus::Consensus> = Arc::new(crate::consensus::RaftConsensus::new(raft.clone()));
+    let gate_state = state.clone();
+    let consensus: Arc<dyn crate::consensus::Consensus> = Arc::new(
+        crate::consensus::RaftConsensus::new(raft.clone())
+            .with_feature_gate(Arc::new(move || gate_state.read(|s| s.registry.group_feature_level()))),
+    );
     let monitor = match &cfg.mysql {
         Some(m) => {
             let config_error = |message: String| {
@@ -289,6 +293,7 @@ pub async fn run(
         tracing::info!(node_id = cfg.node_id, "recovered from data_dir; initial_members ignored");
     }
     crate::bootstrap::spawn_recorder(ctx.clone());
+    crate::features::spawn_finalizer(ctx.clone());
 
     let coordinator = CoordinatorServer::new(CoordinatorService::new(ctx.clone()))
         .max_decoding_message_size(primus_raft::network::MAX_MESSAGE_BYTES);

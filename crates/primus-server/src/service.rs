@@ -338,6 +338,11 @@ impl CoordinatorService {
     }
 
     async fn write(&self, command: Command, actor: String) -> Result<u64, NotHere> {
+        // The leader decides (a follower's applied level may lag): it forwards.
+        if self.node.is_leader() {
+            let (_, group) = self.node.read_state(|r| r.group_feature_level());
+            command.check_feature_level(group).map_err(|e| Status::failed_precondition(e.to_string()))?;
+        }
         let req = primus_types::Request::new(command, Origin { actor, via_node: self.node.id });
         let timeout = self.node.cfg.raft.write_timeout();
         match tokio::time::timeout(timeout, self.node.raft.client_write(req)).await {
@@ -533,6 +538,17 @@ impl CoordinatorService {
         if s.node_id != id {
             return Err(Status::failed_precondition(format!("{addr} is node {}, not node {id}", s.node_id)));
         }
+        // A release older than the group's level could not decode the log it would be sent.
+        let (_, group) = self.node.read_state(|r| r.group_feature_level());
+        let knows = s.feature_level.max(primus_types::BASE_FEATURE_LEVEL);
+        if knows < group {
+            return Err(Status::failed_precondition(format!(
+                "node {id} at {addr} runs primusd {} (feature level {knows}), older than the group's feature level \
+                 {group}: it could not decode the group's log; run the group's release on it (`primusctl status` \
+                 shows each node's version)",
+                if s.version.is_empty() { "of an unknown version" } else { &s.version }
+            )));
+        }
         Ok(())
     }
 }
@@ -680,6 +696,8 @@ impl Coordinator for CoordinatorService {
             version: env!("CARGO_PKG_VERSION").to_string(),
             millis_since_quorum_ack: m.millis_since_quorum_ack,
             linearizable,
+            feature_level: crate::features::known_level(),
+            group_feature_level: self.node.read_state(|r| r.group_feature_level()).1,
         }))
     }
 

@@ -13,7 +13,7 @@
 //!
 //! `Registry::encode` keys: `c/NAME` a cluster's record without its history,
 //! `h/NAME/INDEX` one failover record of it (INDEX: the log index that started it,
-//! big-endian), `a/INDEX` an audit record, `n/members_seen`.
+//! big-endian), `a/INDEX` an audit record, `n/members_seen`, `n/feature_level`.
 //! | `snapshot`      | `meta`, `data`, `counter`            | JSON `SnapshotMeta`, raw bytes, `u64` BE   |
 //!
 //! Indexes are big-endian so that sled's byte order is numeric order: range scans
@@ -50,7 +50,7 @@ pub(crate) const KEY_VOTE: &[u8] = b"vote";
 pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
 pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
-/// Must not start with a `Registry` key prefix (`c/`, `a/`) nor be one of its keys (`n/members_seen`).
+/// Must not start with a `Registry` key prefix (`c/`, `a/`) nor be one of its keys (`n/members_seen`, `n/feature_level`).
 pub(crate) const KEY_SM_META: &[u8] = b"m/applied";
 
 pub(crate) const KEY_SNAPSHOT_META: &[u8] = b"meta";

@@ -75,6 +75,10 @@ pub struct GroupOptions {
     /// Founding members whose configs are written but whose processes `start` leaves
     /// alone (a founding member started late: the caller runs `start_node` later).
     pub not_started: Vec<u64>,
+    /// Run this primusd binary instead of the build's own (`bin("primusd")`), e.g. an
+    /// older release for a rolling-upgrade rehearsal; one node's `NodeProc::primusd`
+    /// overrides it.
+    pub primusd: Option<PathBuf>,
     /// Run node `i + 1` inside network namespace `netns[i]` (when present), listening
     /// on that namespace's address, which its peers and clients use too (see
     /// [`crate::netns`]). Other nodes stay on 127.0.0.1 (or `listen_all`).
@@ -92,6 +96,8 @@ pub struct NodeProc {
     pub log_path: PathBuf,
     /// Environment for this node only (after the group's), from its next start.
     pub env: Vec<(String, String)>,
+    /// The primusd binary of this node from its next start (default: the group's).
+    pub primusd: Option<PathBuf>,
     /// The address peers and clients reach it on (127.0.0.1, or its namespace's).
     pub host: std::net::Ipv4Addr,
     /// Its network namespace, when it runs in one.
@@ -267,7 +273,19 @@ impl CoordinatorGroup {
         let netns = net.map(|h| h.ns);
         self.nodes.insert(
             id,
-            NodeProc { id, port, http_port, dir, config_path, log_path, env: Vec::new(), host, netns, child: None },
+            NodeProc {
+                id,
+                port,
+                http_port,
+                dir,
+                config_path,
+                log_path,
+                env: Vec::new(),
+                primusd: None,
+                host,
+                netns,
+                child: None,
+            },
         );
         Ok(())
     }
@@ -278,9 +296,13 @@ impl CoordinatorGroup {
 
     /// Start (or restart) node `id` from its existing directory.
     pub fn start_node(&mut self, id: u64) -> Result<()> {
-        let primusd = bin("primusd")?;
         let fault = self.opts.fault_injection;
+        let default_primusd = self.opts.primusd.clone();
         let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        let primusd = match node.primusd.clone().or(default_primusd) {
+            Some(p) => p,
+            None => bin("primusd")?,
+        };
         if node.is_running() {
             bail!("node {id} is already running");
         }
@@ -318,8 +340,16 @@ impl CoordinatorGroup {
     /// Add a node that starts with an empty data_dir and no initial_members (it
     /// waits to be added). Returns its address; the caller runs `members add`.
     pub fn spawn_joining_node(&mut self, id: u64) -> Result<String> {
+        self.spawn_joining_node_with_env(id, Vec::new())
+    }
+
+    /// [`CoordinatorGroup::spawn_joining_node`] with environment for this node only.
+    pub fn spawn_joining_node_with_env(&mut self, id: u64, env: Vec<(String, String)>) -> Result<String> {
         let port = crate::ports::free_port()?;
         self.create_node(id, port, false)?;
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.env = env;
+        }
         self.start_node(id)?;
         Ok(self.nodes[&id].addr())
     }

@@ -20,6 +20,39 @@ use serde::{Deserialize, Serialize};
 /// The entry format this build writes and the newest it can read.
 pub const REQUEST_FORMAT: u32 = 1;
 
+/// The newest feature level this build knows: it decodes and applies every command of
+/// this level and below ([`Command::feature_level`]).
+///
+/// A command kind added after a release can only be written once every member of the
+/// group runs a release that knows it: an older node cannot decode the entry and stops
+/// catching up. The leader therefore commits [`Command::SetFeatureLevel`] once every
+/// member answers that it supports a level (the `JoinCheck` peer RPC), and proposes a
+/// command only when the group's committed level is at least the command's level.
+///
+/// * 1 — every command of the releases before the gate (commit 3315362 and earlier).
+/// * 2 — `UnfencePrimary`, `FinishUnfence`, `MemberSeen`, `SetFeatureLevel`.
+///
+/// Bump it, and give the new commands the new level, whenever a command kind is added.
+pub const FEATURE_LEVEL: u32 = 2;
+
+/// The level of a group that never recorded one, and of a peer that does not say
+/// (a release before the gate): the commands every release decodes.
+pub const BASE_FEATURE_LEVEL: u32 = 1;
+
+/// A command that the group cannot take yet: some member may run a release that
+/// cannot decode it (see [`FEATURE_LEVEL`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{command} needs group feature level {needs} but the group is at level {group}: a member may run an older \
+     primusd that cannot decode it; the leader raises the level once every member runs a release that knows it \
+     (`primusctl status` shows the level)"
+)]
+pub struct FeatureNotEnabled {
+    pub command: &'static str,
+    pub needs: u32,
+    pub group: u32,
+}
+
 fn format_v1() -> u32 {
     1
 }
@@ -238,9 +271,83 @@ pub enum Command {
     MemberSeen {
         id: NodeId,
     },
+    /// Every member of the group answered that it runs a release of at least feature
+    /// `level` ([`FEATURE_LEVEL`]): commands of that level may be written from now on.
+    /// The level never goes down (a lower one changes nothing); committed by the leader,
+    /// and only once every member knows this command, which is itself of level 2.
+    SetFeatureLevel {
+        level: u32,
+    },
 }
 
 impl Command {
+    /// The variant's name, as it is tagged in the log.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::RegisterCluster { .. } => "RegisterCluster",
+            Command::UnregisterCluster { .. } => "UnregisterCluster",
+            Command::UpdateTopology { .. } => "UpdateTopology",
+            Command::StartFailover { .. } => "StartFailover",
+            Command::FailoverStep { .. } => "FailoverStep",
+            Command::FinishFailover { .. } => "FinishFailover",
+            Command::AckFailover { .. } => "AckFailover",
+            Command::SetPromotionRule { .. } => "SetPromotionRule",
+            Command::SetMaintenance { .. } => "SetMaintenance",
+            Command::SetAutomaticFailover { .. } => "SetAutomaticFailover",
+            Command::ClearDemoted { .. } => "ClearDemoted",
+            Command::RecordPromotionPoint { .. } => "RecordPromotionPoint",
+            Command::RecordRefusal { .. } => "RecordRefusal",
+            Command::SetInstanceDatacenter { .. } => "SetInstanceDatacenter",
+            Command::SetSemiSync { .. } => "SetSemiSync",
+            Command::RegisterAgent { .. } => "RegisterAgent",
+            Command::FenceSplit { .. } => "FenceSplit",
+            Command::FinishSplitFence { .. } => "FinishSplitFence",
+            Command::UnfencePrimary { .. } => "UnfencePrimary",
+            Command::FinishUnfence { .. } => "FinishUnfence",
+            Command::MemberSeen { .. } => "MemberSeen",
+            Command::SetFeatureLevel { .. } => "SetFeatureLevel",
+        }
+    }
+
+    /// The feature level that introduced this command: a node of a lower level cannot
+    /// decode it (see [`FEATURE_LEVEL`]).
+    pub fn feature_level(&self) -> u32 {
+        match self {
+            Command::UnfencePrimary { .. }
+            | Command::FinishUnfence { .. }
+            | Command::MemberSeen { .. }
+            | Command::SetFeatureLevel { .. } => 2,
+            Command::RegisterCluster { .. }
+            | Command::UnregisterCluster { .. }
+            | Command::UpdateTopology { .. }
+            | Command::StartFailover { .. }
+            | Command::FailoverStep { .. }
+            | Command::FinishFailover { .. }
+            | Command::AckFailover { .. }
+            | Command::SetPromotionRule { .. }
+            | Command::SetMaintenance { .. }
+            | Command::SetAutomaticFailover { .. }
+            | Command::ClearDemoted { .. }
+            | Command::RecordPromotionPoint { .. }
+            | Command::RecordRefusal { .. }
+            | Command::SetInstanceDatacenter { .. }
+            | Command::SetSemiSync { .. }
+            | Command::RegisterAgent { .. }
+            | Command::FenceSplit { .. }
+            | Command::FinishSplitFence { .. } => BASE_FEATURE_LEVEL,
+        }
+    }
+
+    /// Whether a group at feature level `group` may take this command.
+    pub fn check_feature_level(&self, group: u32) -> Result<(), FeatureNotEnabled> {
+        let needs = self.feature_level();
+        if needs <= group.max(BASE_FEATURE_LEVEL) {
+            Ok(())
+        } else {
+            Err(FeatureNotEnabled { command: self.kind(), needs, group: group.max(BASE_FEATURE_LEVEL) })
+        }
+    }
+
     /// One line for the audit log and for operators.
     pub fn summary(&self) -> String {
         match self {
@@ -302,6 +409,9 @@ impl Command {
             }
             Command::FinishUnfence { name, id, outcome } => format!("unfence {id} of {name}: {outcome}"),
             Command::MemberSeen { id } => format!("node {id} holds Raft log entries"),
+            Command::SetFeatureLevel { level } => {
+                format!("group feature level {level}: every member runs a primusd that knows its commands")
+            }
         }
     }
 }
@@ -431,6 +541,40 @@ mod tests {
         let back: Request = serde_json::from_value(json).unwrap();
         assert_eq!(back, r);
         assert_eq!(r.command.summary(), "node 3 holds Raft log entries");
+    }
+
+    #[test]
+    fn commands_added_after_3315362_need_level_2_and_the_older_ones_level_1() {
+        // The commands primusd 3315362 decodes (tests/fixtures/old-data-dir-3315362 wrote
+        // them): a group of such nodes takes them at the base level.
+        let name: ClusterName = "c".parse().unwrap();
+        let old = Command::AckFailover { name: name.clone(), id: None };
+        assert_eq!(old.feature_level(), BASE_FEATURE_LEVEL);
+        assert_eq!(old.check_feature_level(0), Ok(()));
+        let new = [
+            Command::UnfencePrimary {
+                name: name.clone(),
+                id: "u".into(),
+                instance: "h:1".parse().unwrap(),
+                epoch: 2,
+                evidence: vec![],
+            },
+            Command::FinishUnfence { name, id: "u".into(), outcome: "ok".into() },
+            Command::MemberSeen { id: 2 },
+            Command::SetFeatureLevel { level: 2 },
+        ];
+        for c in &new {
+            assert_eq!(c.feature_level(), 2, "{c:?}");
+            // A group that never recorded a level (0) is at the base level.
+            let err = c.check_feature_level(0).unwrap_err();
+            assert_eq!(err, FeatureNotEnabled { command: c.kind(), needs: 2, group: BASE_FEATURE_LEVEL });
+            assert!(err.to_string().starts_with(&format!("{} needs group feature level 2", c.kind())), "{err}");
+            assert_eq!(c.check_feature_level(2), Ok(()));
+            assert!(c.feature_level() <= FEATURE_LEVEL);
+        }
+        // The tag in the log is the kind's name.
+        let json = serde_json::to_value(&new[3]).unwrap();
+        assert_eq!(json, serde_json::json!({"SetFeatureLevel": {"level": 2}}));
     }
 
     #[test]

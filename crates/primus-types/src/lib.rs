@@ -21,7 +21,10 @@ pub mod state;
 pub mod topology;
 
 pub use analysis::{AnalysisCode, UnknownAnalysisCode};
-pub use command::{ClusterSettings, Command, Origin, Rejection, Request, Response};
+pub use command::{
+    ClusterSettings, Command, FeatureNotEnabled, Origin, Rejection, Request, Response, BASE_FEATURE_LEVEL,
+    FEATURE_LEVEL,
+};
 pub use failover::{
     AgentRecord, FailoverKind, FailoverOutcome, FailoverRecord, LeaseRelease, Maintenance, PromotionRule,
     RefusalRecord, SplitFenceRecord, Step, StepOutcome, StepRecord,

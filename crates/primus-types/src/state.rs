@@ -189,6 +189,8 @@ pub enum StateKey {
     Audit(u64),
     /// [`Registry::members_seen`], one value.
     MembersSeen,
+    /// [`Registry::feature_level`], one value.
+    FeatureLevel,
 }
 
 const CLUSTER_PREFIX: &[u8] = b"c/";
@@ -199,6 +201,8 @@ const AUDIT_PREFIX: &[u8] = b"a/";
 /// A whole key, not a prefix. Absent in a data_dir written before it existed
 /// (the set is then empty until the leader records the members again).
 const MEMBERS_SEEN_KEY: &[u8] = b"n/members_seen";
+/// A whole key; absent until the group records a feature level.
+const FEATURE_LEVEL_KEY: &[u8] = b"n/feature_level";
 
 /// A persisted key and its value (see [`Registry::encode`]).
 pub type Encoded = (Vec<u8>, Vec<u8>);
@@ -238,9 +242,20 @@ pub struct Registry {
     /// states written before it existed.
     #[serde(default)]
     pub members_seen: BTreeSet<NodeId>,
+    /// The group's feature level ([`Command::SetFeatureLevel`]); 0 until one is
+    /// recorded (states and snapshots written before it existed): read it through
+    /// [`Registry::group_feature_level`].
+    #[serde(default)]
+    pub feature_level: u32,
 }
 
 impl Registry {
+    /// The group's feature level: the commands the leader may propose
+    /// ([`Command::check_feature_level`]). [`crate::BASE_FEATURE_LEVEL`] until one is recorded.
+    pub fn group_feature_level(&self) -> u32 {
+        self.feature_level.max(crate::BASE_FEATURE_LEVEL)
+    }
+
     /// Apply one committed application entry. Deterministic: uses only the entry.
     pub fn apply(&mut self, log_id: &LogId, req: &Request) -> (Response, Vec<StateKey>) {
         let mut touched = Vec::new();
@@ -723,6 +738,14 @@ impl Registry {
                 }
                 Ok(())
             }
+            Command::SetFeatureLevel { level } => {
+                // Never down: a delayed proposal of a lower level changes nothing.
+                if *level > self.feature_level {
+                    self.feature_level = *level;
+                    touched.push(StateKey::FeatureLevel);
+                }
+                Ok(())
+            }
             Command::UnregisterCluster { name } => {
                 let Some(removed) = self.clusters.remove(name) else {
                     return Err(Rejection::ClusterNotFound(name.clone()));
@@ -779,6 +802,10 @@ impl Registry {
                 let v = json(MEMBERS_SEEN_KEY, Some(&self.members_seen).filter(|s| !s.is_empty()))?;
                 Ok((MEMBERS_SEEN_KEY.to_vec(), v))
             }
+            StateKey::FeatureLevel => {
+                let v = json(FEATURE_LEVEL_KEY, Some(&self.feature_level).filter(|l| **l > 0))?;
+                Ok((FEATURE_LEVEL_KEY.to_vec(), v))
+            }
         }
     }
 
@@ -794,7 +821,7 @@ impl Registry {
                     .flat_map(|(n, c)| c.history.iter().map(move |f| StateKey::Failover(n.clone(), f.started_index))),
             )
             .chain(self.audit.keys().map(|i| StateKey::Audit(*i)))
-            .chain(std::iter::once(StateKey::MembersSeen));
+            .chain([StateKey::MembersSeen, StateKey::FeatureLevel]);
         let mut out = Vec::new();
         for key in keys {
             if let (k, Some(v)) = self.encode(&key)? {
@@ -813,6 +840,9 @@ impl Registry {
         let name = || String::from_utf8_lossy(key).into_owned();
         if key == MEMBERS_SEEN_KEY {
             self.members_seen =
+                serde_json::from_slice(value).map_err(|source| DecodeError::BadValue { key: name(), source })?;
+        } else if key == FEATURE_LEVEL_KEY {
+            self.feature_level =
                 serde_json::from_slice(value).map_err(|source| DecodeError::BadValue { key: name(), source })?;
         } else if key.starts_with(CLUSTER_PREFIX) {
             let rec: ClusterRecord =
@@ -1058,6 +1088,33 @@ mod tests {
         // Nothing recorded: no key at all (the store deletes it / never writes it).
         assert_eq!(Registry::default().encode(&StateKey::MembersSeen).unwrap().1, None);
         assert!(Registry::default().encode_all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_feature_level_only_grows_is_persisted_under_its_own_key_and_defaults_to_the_base() {
+        let set =
+            |level| Request::new(Command::SetFeatureLevel { level }, Origin { actor: "primusd".into(), via_node: 1 });
+        let mut r = Registry::default();
+        assert_eq!(r.group_feature_level(), crate::BASE_FEATURE_LEVEL);
+        assert_eq!(r.encode(&StateKey::FeatureLevel).unwrap().1, None, "nothing stored until recorded");
+        let (resp, touched) = r.apply(&log_id(1), &set(2));
+        assert_eq!(resp, Response::Done);
+        assert_eq!(touched, vec![StateKey::FeatureLevel, StateKey::Audit(1)]);
+        assert_eq!(r.group_feature_level(), 2);
+        // A lower (delayed) proposal changes nothing but the audit.
+        let (resp, touched) = r.apply(&log_id(2), &set(1));
+        assert_eq!(resp, Response::Done);
+        assert_eq!(touched, vec![StateKey::Audit(2)]);
+        assert_eq!(r.group_feature_level(), 2);
+        let (key, value) = r.encode(&StateKey::FeatureLevel).unwrap();
+        assert_eq!(key, b"n/feature_level");
+        assert_eq!(value.as_deref(), Some(&b"2"[..]));
+        assert_eq!(KeyImage::of(&r).unwrap().load().unwrap(), r);
+        // A snapshot written before the field existed loads at the base level.
+        let mut json = serde_json::to_value(Registry::default()).unwrap();
+        json.as_object_mut().unwrap().remove("feature_level");
+        let old: Registry = serde_json::from_value(json).unwrap();
+        assert_eq!(old.group_feature_level(), crate::BASE_FEATURE_LEVEL);
     }
 
     #[test]

@@ -694,6 +694,10 @@ impl Engine {
                 Err(FailoverError::NotLeader(format!("not the leader (leader: {leader:?})")))
             }
             Ok(Err(crate::consensus::WriteError::Raft(e))) => Err(FailoverError::Raft(e)),
+            // Mid-upgrade: nothing was proposed; the next tick tries again.
+            Ok(Err(e @ crate::consensus::WriteError::FeatureNotEnabled(_))) => {
+                Err(FailoverError::Refused(e.to_string()))
+            }
             Ok(Ok((index, resp))) => match resp.into_result() {
                 Ok(()) => Ok(index),
                 Err(Rejection::FailoverInProgress(_, id)) => {
