@@ -8,6 +8,8 @@
 # that the group's feature level rises only once every node is upgraded.
 #   scripts/upgrade-test.sh                 # from 3315362
 #   OLD_COMMIT=abc1234 scripts/upgrade-test.sh
+#   scripts/upgrade-test.sh --no-gate       # the counterfactual: the new nodes run
+#                                           # without the feature gate (must fail)
 # The old release is built once (release profile) in a git worktree under /var/tmp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,4 +36,4 @@ cargo build --workspace --bins --locked
 cargo build -p primus-integration-tests --example upgrade --locked
 
 echo "==> rolling upgrade $short -> $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo '+changes')"
-exec "$CARGO_TARGET_DIR/debug/examples/upgrade" --old-bin "$old_target/release" --new-bin "$CARGO_TARGET_DIR/debug"
+exec "$CARGO_TARGET_DIR/debug/examples/upgrade" --old-bin "$old_target/release" --new-bin "$CARGO_TARGET_DIR/debug" "$@"

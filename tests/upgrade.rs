@@ -39,25 +39,33 @@ const APP_PASS: &str = "app-pass";
 struct Args {
     old_bin: PathBuf,
     new_bin: Option<PathBuf>,
+    /// Run the new nodes without the feature gate (failpoint `features.no_gate`): the
+    /// counterfactual, expected to fail.
+    no_gate: bool,
 }
 
 fn args() -> Result<Args> {
     let mut old_bin = None;
     let mut new_bin = None;
+    let mut no_gate = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--old-bin" => old_bin = it.next().map(PathBuf::from),
             "--new-bin" => new_bin = it.next().map(PathBuf::from),
+            "--no-gate" => no_gate = true,
             "-h" | "--help" => {
-                println!("upgrade --old-bin DIR [--new-bin DIR]   (DIR: a directory holding a primusd binary)");
+                println!(
+                    "upgrade --old-bin DIR [--new-bin DIR] [--no-gate]   (DIR: a directory holding a primusd \
+                     binary; --no-gate: the new nodes run without the feature gate, which must fail)"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
         }
     }
     let old_bin = old_bin.context("--old-bin DIR is required (a directory with the old release's primusd)")?;
-    Ok(Args { old_bin, new_bin })
+    Ok(Args { old_bin, new_bin, no_gate })
 }
 
 /// What the application writer saw.
@@ -126,6 +134,8 @@ struct Rehearsal {
     w: World,
     client: Client,
     new_primusd: PathBuf,
+    /// Environment of the upgraded nodes.
+    new_env: Vec<(String, String)>,
     /// Which node runs which release, for the report.
     upgraded: BTreeSet<u64>,
     gate: Arc<tokio::sync::Mutex<()>>,
@@ -213,23 +223,68 @@ impl Rehearsal {
         out
     }
 
+    /// Node `id` applies everything the leader committed (within 15 s).
+    async fn wait_caught_up(&self, id: u64, what: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let leader = self.client.status().await;
+            let mine = self.w.group.status_of(id).await;
+            if let (Ok(l), Ok(m)) = (&leader, &mine) {
+                if m.applied_index.unwrap_or(0) >= l.commit_index.unwrap_or(u64::MAX) {
+                    return Ok(());
+                }
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "node {id} ({what}) does not apply what the leader commits: leader {leader:?}, node {mine:?}\n--- \
+                 its log ---\n{}",
+                self.w.group.node(id).log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stop the old node `old` until an upgraded node leads, then start it again (same
+    /// old binary): the window where a new leader replicates to an older member.
+    /// (openraft resumes the leadership of a leader restarted at once.)
+    async fn hand_leadership_to_new(&mut self, old: u64) -> Result<u64> {
+        let (leader, _) = self.w.group.wait_leader(&[], Duration::from_secs(10)).await?;
+        if leader == old {
+            self.w.group.terminate(old, Duration::from_secs(20))?;
+            let new: Vec<u64> = self.upgraded.iter().copied().collect();
+            self.w.group.wait_leader(&new, Duration::from_secs(10)).await?;
+            self.w.group.start_node(old)?;
+        }
+        let (leader, _) = self.w.group.wait_leader(&[], Duration::from_secs(10)).await?;
+        ensure!(self.upgraded.contains(&leader), "node {leader} (old release) leads again");
+        let mix = self.mix();
+        self.note(format!("node {leader} (new release) leads, node {old} runs the old one ({mix})"));
+        Ok(leader)
+    }
+
     /// SIGTERM node `id`, start it with the new binary, wait until it has caught up.
     async fn upgrade(&mut self, id: u64) -> Result<()> {
         let stopped = Instant::now();
         let code = self.w.group.terminate(id, Duration::from_secs(20))?;
         self.w.group.node_mut(id).primusd = Some(self.new_primusd.clone());
+        self.w.group.node_mut(id).env = self.new_env.clone();
         self.w.group.start_node(id)?;
         self.upgraded.insert(id);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let leader = self.client.status().await.ok();
-            let mine = self.w.group.status_of(id).await.ok();
-            if let (Some(l), Some(m)) = (leader, mine) {
+            let leader = self.client.status().await;
+            let mine = self.w.group.status_of(id).await;
+            if let (Ok(l), Ok(m)) = (&leader, &mine) {
                 if m.applied_index.unwrap_or(0) >= l.commit_index.unwrap_or(u64::MAX) {
                     break;
                 }
             }
-            ensure!(Instant::now() < deadline, "node {id} did not catch up within 30 s of its upgrade");
+            ensure!(
+                Instant::now() < deadline,
+                "node {id} did not catch up within 30 s of its upgrade: leader {leader:?}, node {mine:?}\n--- its \
+                 log ---\n{}",
+                self.w.group.node(id).log_tail(60)
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let mix = self.mix();
@@ -271,7 +326,18 @@ async fn main() -> Result<()> {
     let gate = Arc::new(tokio::sync::Mutex::new(()));
     let tally = Arc::new(Tally::default());
     let writer = spawn_writer(w.client()?, all.clone(), stop.clone(), gate.clone(), tally.clone());
-    let mut r = Rehearsal { w, client, new_primusd, upgraded: BTreeSet::new(), gate, report: Vec::new(), t0 };
+    let new_env = if a.no_gate {
+        vec![
+            ("PRIMUS_FAULT_INJECTION".to_string(), "1".to_string()),
+            ("PRIMUS_FAILPOINT".to_string(), "features.no_gate".to_string()),
+        ]
+    } else {
+        Vec::new()
+    };
+    let mut r = Rehearsal { w, client, new_primusd, new_env, upgraded: BTreeSet::new(), gate, report: Vec::new(), t0 };
+    if a.no_gate {
+        r.note("--no-gate: the new nodes run WITHOUT the feature gate; this run is expected to fail".into());
+    }
     r.note(format!("old group up: {} (every node)", old_primusd.display()));
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -286,7 +352,14 @@ async fn main() -> Result<()> {
     r.switchover().await?;
     r.upgrade(order[1]).await?;
     r.switchover().await?;
+    // A new leader with an old follower: commands only the new release knows (the
+    // lost-data_dir records, at least) would now be written but for the gate.
+    r.hand_leadership_to_new(order[2]).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    r.wait_caught_up(order[2], "old release, new leader").await?;
+    r.switchover().await?;
     r.crash_failover().await?;
+    r.wait_caught_up(order[2], "old release, new leader").await?;
     let levels = r.group_levels().await;
     r.note(format!("feature levels (node, knows, group) with one old node left: {levels:?}"));
     ensure!(

@@ -632,12 +632,15 @@ impl Client {
     /// attempt's bound. During an election this waits for the new leader, whichever
     /// endpoints are dead; when the timeout runs out with no leader answering, the
     /// error says what the last node that answered knew.
+    /// The group's status from its leader, confirmed with a quorum while answering (a
+    /// primusd before the feature gate, which cannot confirm, answers with its own view:
+    /// see [`leader_answer`]).
     pub async fn status(&self) -> Result<GetStatusResponse, ClientError> {
         self.read(|mut c, t| async move {
             let started = Instant::now();
             let ask = GetStatusRequest { linearizable: true };
             let s = c.get_status(req(ask, t)).await?.into_inner();
-            if s.role == Role::Leader as i32 && s.linearizable {
+            if leader_answer(&s) {
                 return Ok(s);
             }
             let (node, role, term) = (s.node_id, role_name(s.role), s.term);
@@ -659,9 +662,7 @@ impl Client {
             let left = t.saturating_sub(started.elapsed()) * 3 / 4;
             let mut hop = CoordinatorClient::new(ch);
             match tokio::time::timeout(left, hop.get_status(req(ask, left))).await {
-                Ok(Ok(ls)) if ls.get_ref().role == Role::Leader as i32 && ls.get_ref().linearizable => {
-                    Ok(ls.into_inner())
-                }
+                Ok(Ok(ls)) if leader_answer(ls.get_ref()) => Ok(ls.into_inner()),
                 Ok(Ok(ls)) => {
                     let ls = ls.into_inner();
                     Err(unanswered(format!("it is {:?} in term {}", role_name(ls.role), ls.term)))
@@ -1292,9 +1293,34 @@ fn short(m: &str) -> String {
     m.lines().next().unwrap_or(m).chars().take(300).collect()
 }
 
+/// A `GetStatus` answer that comes from the leader: confirmed with a quorum, or from a
+/// release before the feature gate (`feature_level` 0), which does not know the
+/// `linearizable` request and answers with its own view — during a rolling upgrade the
+/// new primusctl must still work against an old leader.
+pub fn leader_answer(s: &GetStatusResponse) -> bool {
+    s.role == Role::Leader as i32 && (s.linearizable || s.feature_level == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leader_answer_is_confirmed_or_comes_from_a_release_before_the_gate() {
+        let leader = |linearizable, feature_level| GetStatusResponse {
+            role: Role::Leader as i32,
+            linearizable,
+            feature_level,
+            ..Default::default()
+        };
+        assert!(leader_answer(&leader(true, 2)));
+        // A leader of this release that could not confirm with a quorum: not an answer.
+        assert!(!leader_answer(&leader(false, 2)));
+        // primusd 3315362 knows neither field: its leader's own view is the best there is.
+        assert!(leader_answer(&leader(false, 0)));
+        let follower = GetStatusResponse { role: Role::Follower as i32, ..Default::default() };
+        assert!(!leader_answer(&follower));
+    }
 
     #[test]
     fn debug_of_options_hides_token_and_key() {

@@ -363,7 +363,8 @@ async fn record(ctx: &NodeCtx) {
     // Until every member runs a release that decodes MemberSeen (the group's feature
     // level, raised by crate::features), nothing is recorded: an older member would stop
     // catching up at the entry.
-    if todo.is_empty() || (Command::MemberSeen { id: me }).check_feature_level(group_level).is_err() {
+    let gate = crate::features::gate_level(group_level);
+    if todo.is_empty() || (Command::MemberSeen { id: me }).check_feature_level(gate).is_err() {
         return;
     }
     for id in todo {

@@ -12,14 +12,11 @@
 //!
 //! The leader raises the level ([`spawn_finalizer`]): every second it asks each member
 //! (voters and learners) which level its release knows (`JoinCheck`; a release before
-//! the gate answers UNIMPLEMENTED or leaves the field 0: level 1), and once every member
-//! that holds log entries (or ever answered) has answered within the last few seconds,
-//! and with a majority of voters among them, it commits the lowest of the answers if
-//! that is above the group's level ([`raise`]). A member that is down holds the level
-//! back (it could be coming back with an older release); so does one last heard running
-//! an older release. Only a founding member that never started (no entries, no answer)
-//! does not. A new member whose release knows less than the group's level is refused by
-//! `members add`.
+//! the gate answers UNIMPLEMENTED or leaves the field 0: level 1), and once *every*
+//! member has answered within the last few seconds, it commits the lowest of the answers
+//! if that is above the group's level ([`raise`]). A member that is down, or was never
+//! started, holds the level back: it could come up with an older release. A new member
+//! whose release knows less than the group's level is refused by `members add`.
 //!
 //! Once raised, the level stays: an older release cannot decode the log any more, so a
 //! downgrade means replacing the node (docs/operations.md, "Upgrading").
@@ -27,7 +24,7 @@
 use crate::context::NodeCtx;
 use openraft::ServerState;
 use primus_types::{Command, NodeId, Origin, Request, BASE_FEATURE_LEVEL, FEATURE_LEVEL};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -45,6 +42,18 @@ pub fn known_level() -> u32 {
     crate::faults::get().feature_level().unwrap_or(FEATURE_LEVEL)
 }
 
+/// The level the gate holds commands to: the group's, or — under fault injection with
+/// the failpoint `features.no_gate` — no limit at all, so that a rehearsal can show
+/// what an older member does with entries it cannot decode (`scripts/upgrade-test.sh
+/// --no-gate`).
+pub fn gate_level(group: u32) -> u32 {
+    if crate::faults::get().active("features.no_gate") {
+        u32::MAX
+    } else {
+        group
+    }
+}
+
 /// What the leader may do with the group's level.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Raise {
@@ -56,16 +65,6 @@ pub enum Raise {
     Waiting { unanswered: Vec<NodeId> },
 }
 
-/// A member as the leader sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemberInfo {
-    pub id: NodeId,
-    pub voter: bool,
-    /// It holds (or held) log entries: the leader replicated to it, or the group
-    /// recorded it (`MemberSeen`), or it is the leader.
-    pub held_entries: bool,
-}
-
 /// A member's latest answer: the level its release knows, and whether it came
 /// within [`ANSWER_TTL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,31 +73,21 @@ pub struct Answer {
     pub fresh: bool,
 }
 
-/// The level to raise the group to: the lowest level a member knows, once
+/// The level to raise the group to: the lowest level a member knows, once every member
+/// (voters and learners) has answered recently and that is above `group`.
 ///
-/// * every member that holds log entries or has ever answered has answered recently
-///   (a member down now may come back with an older release; a member last heard
-///   running an older release holds the level back even while it is down), and
-/// * the voters that answered recently are a majority.
-///
-/// A member that never held an entry and never answered (a founding member not
-/// started yet) does not hold the level back: if it comes up with an older release,
-/// it stops at the first entry it cannot decode and must be upgraded.
-pub fn raise(group: u32, members: &[MemberInfo], answers: &BTreeMap<NodeId, Answer>) -> Raise {
-    let fresh = |id: &NodeId| answers.get(id).is_some_and(|a| a.fresh);
-    let relevant: Vec<&MemberInfo> = members.iter().filter(|m| m.held_entries || answers.contains_key(&m.id)).collect();
-    let unanswered: Vec<NodeId> = relevant.iter().map(|m| m.id).filter(|id| !fresh(id)).collect();
+/// Strictly every member: a member that is down may come back with an older release,
+/// one never started may be started with one, and a leader elected a moment ago cannot
+/// tell a member that has held entries from one that never started (its replication
+/// progress starts empty). A member that is gone for good holds the level back until it
+/// is removed (`primusctl members remove`).
+pub fn raise(group: u32, members: &[NodeId], answers: &BTreeMap<NodeId, Answer>) -> Raise {
+    let unanswered: Vec<NodeId> =
+        members.iter().copied().filter(|id| !answers.get(id).is_some_and(|a| a.fresh)).collect();
     if !unanswered.is_empty() {
         return Raise::Waiting { unanswered };
     }
-    let voters = members.iter().filter(|m| m.voter).count();
-    let answered_voters = members.iter().filter(|m| m.voter && fresh(&m.id)).count();
-    if answered_voters * 2 <= voters {
-        let unanswered = members.iter().filter(|m| m.voter && !fresh(&m.id)).map(|m| m.id).collect();
-        return Raise::Waiting { unanswered };
-    }
-    let lowest = relevant.iter().filter_map(|m| answers.get(&m.id)).map(|a| a.level).min();
-    match lowest {
+    match members.iter().filter_map(|id| answers.get(id)).map(|a| a.level).min() {
         Some(l) if l > group.max(BASE_FEATURE_LEVEL) => Raise::To(l),
         _ => Raise::Nothing,
     }
@@ -136,23 +125,15 @@ async fn finalize(
     said: &mut String,
 ) {
     let me = ctx.id;
-    let (addrs, voters, replicated) = {
+    let addrs: BTreeMap<NodeId, String> = {
         let rx = ctx.raft.metrics();
         let m = rx.borrow();
         if m.state != ServerState::Leader || m.current_leader != Some(me) {
             return;
         }
-        let membership = m.membership_config.membership();
-        let addrs: BTreeMap<NodeId, String> = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let replicated: BTreeSet<NodeId> = m
-            .replication
-            .as_ref()
-            .map(|r| r.iter().filter(|(_, l)| l.is_some_and(|l| l.index > 0)).map(|(id, _)| *id).collect())
-            .unwrap_or_default();
-        (addrs, voters, replicated)
+        m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
     };
-    let (_, (group, seen)) = ctx.read_state(|r| (r.group_feature_level(), r.members_seen.clone()));
+    let (_, group) = ctx.read_state(|r| r.group_feature_level());
     let mine = known_level();
     if group >= mine {
         return;
@@ -187,14 +168,7 @@ async fn finalize(
         .iter()
         .map(|(id, (level, at))| (*id, Answer { level: *level, fresh: at.elapsed() < ANSWER_TTL }))
         .collect();
-    let members: Vec<MemberInfo> = addrs
-        .keys()
-        .map(|id| MemberInfo {
-            id: *id,
-            voter: voters.contains(id),
-            held_entries: *id == me || replicated.contains(id) || seen.contains(id),
-        })
-        .collect();
+    let members: Vec<NodeId> = addrs.keys().copied().collect();
     let why = match raise(group, &members, &known) {
         Raise::To(level) => {
             let req =
@@ -236,18 +210,13 @@ async fn finalize(
 mod tests {
     use super::*;
 
-    fn members(list: &[(NodeId, bool, bool)]) -> Vec<MemberInfo> {
-        list.iter()
-            .map(|(id, voter, held_entries)| MemberInfo { id: *id, voter: *voter, held_entries: *held_entries })
-            .collect()
-    }
     fn answers(list: &[(NodeId, u32, bool)]) -> BTreeMap<NodeId, Answer> {
         list.iter().map(|(id, level, fresh)| (*id, Answer { level: *level, fresh: *fresh })).collect()
     }
 
     #[test]
     fn the_level_rises_only_to_what_every_member_knows() {
-        let three = members(&[(1, true, true), (2, true, true), (3, true, true)]);
+        let three = [1, 2, 3];
         // All upgraded: raise to the common level (a group that never recorded one is at 1).
         let all = answers(&[(1, 2, true), (2, 2, true), (3, 2, true)]);
         assert_eq!(raise(1, &three, &all), Raise::To(2));
@@ -257,7 +226,8 @@ mod tests {
         // ...also once it is down: it may come back with the older release.
         let older_down = answers(&[(1, 2, true), (2, 2, true), (3, 1, false)]);
         assert_eq!(raise(1, &three, &older_down), Raise::Waiting { unanswered: vec![3] });
-        // A member that held entries and does not answer is not assumed upgraded.
+        // A member that does not answer (down, or never started, or unknown to a leader
+        // elected a moment ago) is not assumed upgraded.
         assert_eq!(raise(1, &three, &answers(&[(1, 2, true), (2, 2, true)])), Raise::Waiting { unanswered: vec![3] });
         assert_eq!(
             raise(1, &three, &answers(&[(1, 2, true), (2, 2, true), (3, 2, false)])),
@@ -269,22 +239,8 @@ mod tests {
         assert_eq!(raise(2, &three, &all), Raise::Nothing);
         assert_eq!(raise(2, &three, &answers(&[(1, 2, true), (2, 2, true), (3, 1, true)])), Raise::Nothing);
         // Learners count like voters (they are sent the log too).
-        let with_learner = members(&[(1, true, true), (2, true, true), (3, true, true), (4, false, true)]);
         let learner_older = answers(&[(1, 2, true), (2, 2, true), (3, 2, true), (4, 1, true)]);
-        assert_eq!(raise(1, &with_learner, &learner_older), Raise::Nothing);
-    }
-
-    #[test]
-    fn a_founding_member_never_started_does_not_hold_the_level_back_but_a_majority_must_answer() {
-        // Node 3 never held an entry and never answered (not started yet).
-        let late = members(&[(1, true, true), (2, true, true), (3, true, false)]);
-        assert_eq!(raise(1, &late, &answers(&[(1, 2, true), (2, 2, true)])), Raise::To(2));
-        // Once it answers it counts like any member.
-        assert_eq!(raise(1, &late, &answers(&[(1, 2, true), (2, 2, true), (3, 1, true)])), Raise::Nothing);
-        // The leader alone (followers not replicated to yet) is not a majority.
-        let fresh_group = members(&[(1, true, true), (2, true, false), (3, true, false)]);
-        assert_eq!(raise(1, &fresh_group, &answers(&[(1, 2, true)])), Raise::Waiting { unanswered: vec![2, 3] });
-        assert_eq!(raise(1, &fresh_group, &answers(&[(1, 2, true), (2, 2, true)])), Raise::To(2));
+        assert_eq!(raise(1, &[1, 2, 3, 4], &learner_older), Raise::Nothing);
     }
 
     #[test]

@@ -167,10 +167,10 @@ pub async fn run(
     metrics.watch_leader(raft.metrics());
 
     let gate_state = state.clone();
-    let consensus: Arc<dyn crate::consensus::Consensus> = Arc::new(
-        crate::consensus::RaftConsensus::new(raft.clone())
-            .with_feature_gate(Arc::new(move || gate_state.read(|s| s.registry.group_feature_level()))),
-    );
+    let consensus: Arc<dyn crate::consensus::Consensus> =
+        Arc::new(crate::consensus::RaftConsensus::new(raft.clone()).with_feature_gate(Arc::new(move || {
+            crate::features::gate_level(gate_state.read(|s| s.registry.group_feature_level()))
+        })));
     let monitor = match &cfg.mysql {
         Some(m) => {
             let config_error = |message: String| {

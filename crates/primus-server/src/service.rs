@@ -341,7 +341,9 @@ impl CoordinatorService {
         // The leader decides (a follower's applied level may lag): it forwards.
         if self.node.is_leader() {
             let (_, group) = self.node.read_state(|r| r.group_feature_level());
-            command.check_feature_level(group).map_err(|e| Status::failed_precondition(e.to_string()))?;
+            command
+                .check_feature_level(crate::features::gate_level(group))
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
         }
         let req = primus_types::Request::new(command, Origin { actor, via_node: self.node.id });
         let timeout = self.node.cfg.raft.write_timeout();
