@@ -72,6 +72,7 @@ fn snapshot(clusters: &[Arc<ClusterRecord>]) -> Snapshot {
         leases,
         members,
         group_feature_level: primus_types::FEATURE_LEVEL,
+        automatic_off: false,
     }
 }
 

@@ -152,6 +152,24 @@ enum Cmd {
     /// Put an instance (HOST:PORT) or a whole cluster in maintenance, or take it out.
     #[command(subcommand)]
     Maintenance(MaintenanceCmd),
+    /// Switch automatic failover off for every cluster at once (`off --all --reason R`:
+    /// an emergency stop, shown in `status`, that overrides each cluster's own setting;
+    /// manual failovers and switchovers still work), or back on (`on --all`: each
+    /// cluster follows its own setting again). With a cluster NAME instead of --all:
+    /// that cluster only, as `automatic-failover NAME on|off`.
+    Automatic {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// One cluster (or --all).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Every cluster.
+        #[arg(long)]
+        all: bool,
+        /// Why (required with `off --all`): shown in `status` and the audit.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Turn automatic failover of a cluster on or off, or back to the global default.
     AutomaticFailover {
         name: String,
@@ -257,6 +275,23 @@ enum InstanceCmd {
         /// DC (when CLUSTER is given).
         #[arg(value_name = "DC")]
         third: Option<String>,
+    },
+    /// Drop a decommissioned instance from its cluster: its topology entry, seed,
+    /// promotion rule, maintenance, datacenter label, agent and demoted mark, so that it
+    /// is no longer probed, shown UNREACHABLE or alerted on. Refused for the primary
+    /// (switch over first), for an instance others replicate from (relocate them first),
+    /// for one the leader sees still replicating (stop replication or shut it down
+    /// first: it would be found again at once) and during a failover. Audited; the
+    /// cluster's history, rules and epoch stay (unlike `cluster remove`).
+    ///
+    /// `forget [CLUSTER] HOST:PORT`; without CLUSTER the instance's cluster is looked up.
+    Forget {
+        /// CLUSTER, or HOST:PORT when the cluster is left out.
+        #[arg(value_name = "CLUSTER|HOST:PORT")]
+        first: String,
+        /// HOST:PORT (when CLUSTER is given).
+        #[arg(value_name = "HOST:PORT")]
+        second: Option<String>,
     },
 }
 
@@ -567,6 +602,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                     .collect();
                 table(&["id", "addr", "datacenter", "role", "matched_index", "last_contact"], rows);
+                if let Some(off) = &s.automatic_off {
+                    println!(
+                        "automatic failover: OFF for every cluster since {} by {} ({}); `primusctl automatic on --all` \
+                         ends it",
+                        local_time(off.at_ms),
+                        off.actor,
+                        off.reason
+                    );
+                }
                 // Mid-upgrade, commands added by the new release wait for every member.
                 let group = s.group_feature_level.max(1);
                 let knows = s.feature_level.max(1);
@@ -765,6 +809,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = client.set_promotion_rule(&cluster, &instance, &rule).await?;
             done(json_out, &format!("{instance}: promotion rule {rule}"), r.log_index);
         }
+        Cmd::Instance(InstanceCmd::Forget { first, second }) => {
+            let (cluster, instance) = match second {
+                Some(i) => (first, i),
+                None => (String::new(), first),
+            };
+            let r = client.forget_instance(&cluster, &instance).await?;
+            if json_out {
+                print_json(json!({"forgotten": instance, "cluster": cluster, "log_index": r.log_index}));
+            } else {
+                println!("{instance} forgotten (log index {}): no longer probed or shown", r.log_index);
+            }
+        }
         Cmd::Instance(InstanceCmd::SetDatacenter { first, second, third }) => {
             let (cluster, instance, datacenter) = instance_args(first, second, third, "DC")?;
             let r = client.set_instance_datacenter(&cluster, &instance, &datacenter).await?;
@@ -844,6 +900,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let r = client.set_semi_sync(&name, enabled).await?;
             done(json_out, &format!("semi-sync no-loss mode of {name}: {state}"), r.log_index);
+        }
+        Cmd::Automatic { state, name, all, reason } => {
+            let enabled = state == "on";
+            let reason = reason.unwrap_or_default();
+            let r = match (all, name) {
+                (true, _) => {
+                    if !enabled && reason.trim().is_empty() {
+                        anyhow::bail!(
+                            "`automatic off --all` needs --reason \"…\" (shown in status until it is back on)"
+                        );
+                    }
+                    client.set_automatic_failover_all(enabled, &reason).await?
+                }
+                (false, Some(name)) => client.set_automatic_failover(&name, Some(enabled)).await?,
+                (false, None) => anyhow::bail!("name a cluster or pass --all"),
+            };
+            let what = if !all {
+                format!("automatic failover of the cluster: {state}")
+            } else if enabled {
+                "automatic failover of every cluster: back to each cluster's own setting".to_string()
+            } else {
+                format!("automatic failover OFF for every cluster ({reason}); `primusctl automatic on --all` ends it")
+            };
+            done(json_out, &what, r.log_index);
         }
         Cmd::AutomaticFailover { name, state } => {
             let enabled = match state.as_str() {

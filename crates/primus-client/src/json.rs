@@ -60,6 +60,10 @@ pub fn status(s: &GetStatusResponse) -> Value {
         "role": role_name(s.role), "consistency": consistency(s.linearizable),
         "version": s.version, "feature_level": s.feature_level,
         "group_feature_level": s.group_feature_level.max(1),
+        "automatic_off": s.automatic_off.as_ref().map(|a| json!({
+            "reason": a.reason, "actor": a.actor, "at_ms": a.at_ms, "at": rfc3339_ms(a.at_ms),
+            "log_index": a.log_index,
+        })),
     })
 }
 

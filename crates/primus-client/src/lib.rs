@@ -1026,10 +1026,55 @@ impl Client {
         cluster: &str,
         enabled: Option<bool>,
     ) -> Result<LogIndexResponse, ClientError> {
-        let r = SetAutomaticFailoverRequest { cluster: cluster.into(), enabled, actor: self.opts.actor.clone() };
+        let r = SetAutomaticFailoverRequest {
+            cluster: cluster.into(),
+            enabled,
+            actor: self.opts.actor.clone(),
+            ..Default::default()
+        };
         self.write(|mut c, t| {
             let r = r.clone();
             async move { c.set_automatic_failover(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
+    /// Switch automatic failover off for every cluster (`enabled: false`, with a reason
+    /// shown in status and the audit), or clear that switch (`true`): each cluster
+    /// follows its own setting again.
+    pub async fn set_automatic_failover_all(
+        &self,
+        enabled: bool,
+        reason: &str,
+    ) -> Result<LogIndexResponse, ClientError> {
+        let r = SetAutomaticFailoverRequest {
+            enabled: Some(enabled),
+            actor: self.opts.actor.clone(),
+            all: true,
+            reason: reason.into(),
+            ..Default::default()
+        };
+        self.write(|mut c, t| {
+            let r = r.clone();
+            async move { c.set_automatic_failover(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
+    /// Drop a decommissioned instance from its cluster (`cluster` empty: the cluster
+    /// that has it). Refused (FAILED_PRECONDITION) for the primary, an instance others
+    /// replicate from or that still replicates, and during a failover.
+    pub async fn forget_instance(&self, cluster: &str, instance: &str) -> Result<LogIndexResponse, ClientError> {
+        let r = ForgetInstanceRequest {
+            cluster: cluster.into(),
+            instance: instance.into(),
+            actor: self.opts.actor.clone(),
+        };
+        self.write(|mut c, t| {
+            let r = r.clone();
+            async move { c.forget_instance(req(r, t)).await.map(|r| r.into_inner()) }
         })
         .await
         .map(|(_, v)| v)

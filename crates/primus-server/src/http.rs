@@ -655,6 +655,7 @@ fn render_metrics(ctx: &Arc<NodeCtx>) -> Response {
         leases,
         members,
         group_feature_level: ctx.read_state(|r| r.group_feature_level()).1,
+        automatic_off: ctx.read_state(|r| r.automatic_off.is_some()).1,
     };
     match ctx.metrics.render(&snapshot) {
         Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::Metrics::content_type())], text).into_response(),

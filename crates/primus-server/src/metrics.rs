@@ -57,6 +57,8 @@ pub struct Metrics {
     leader_changes: prometheus::IntCounter,
     /// `primus_feature_level{of="build"|"group"}`.
     feature_level: IntGaugeVec,
+    /// `primus_automatic_failover_off_everywhere`.
+    automatic_off: IntGauge,
     raft_term: IntGauge,
     raft_is_leader: IntGauge,
     raft_leader_id: IntGauge,
@@ -224,6 +226,12 @@ impl Metrics {
             hook_failures,
             leader_changes,
             feature_level,
+            automatic_off: int_gauge(
+                &r,
+                "primus_automatic_failover_off_everywhere",
+                "1 while automatic failover is switched off for every cluster (primusctl automatic off --all; the \
+                 reason is in primusctl status)",
+            )?,
             watch_subscribers: int_gauge(&r, "primus_watch_subscribers", "Open WatchPrimary streams on this node")?,
             probe_duration,
             probe_errors,
@@ -428,6 +436,7 @@ impl Metrics {
         self.raft_commit_index.set(i64_of(s.committed_index.unwrap_or(0)));
         self.watch_subscribers.set(i64::try_from(s.watch_subscribers).unwrap_or(i64::MAX));
         self.feature_level.with_label_values(&["group"]).set(i64::from(s.group_feature_level));
+        self.automatic_off.set(i64::from(s.automatic_off));
         let membership = m.membership_config.membership();
         self.raft_voters.set(i64_of(membership.voter_ids().count() as u64));
         for member in &s.members {
@@ -646,6 +655,8 @@ pub struct Snapshot {
     pub members: Vec<MemberSample>,
     /// The group's feature level as this node applied it.
     pub group_feature_level: u32,
+    /// Automatic failover is switched off for every cluster.
+    pub automatic_off: bool,
 }
 
 impl Metrics {
@@ -760,6 +771,7 @@ mod tests {
             },
             members,
             group_feature_level: 2,
+            automatic_off: false,
         }
     }
 

@@ -76,7 +76,8 @@ fn rejection_status(r: Rejection) -> Status {
         Rejection::IsPrimary { .. }
         | Rejection::NotPrimary { .. }
         | Rejection::PrimaryMovesWithoutFailover { .. }
-        | Rejection::AgentNotRegistered { .. } => Status::failed_precondition(msg),
+        | Rejection::AgentNotRegistered { .. }
+        | Rejection::InstanceInUse { .. } => Status::failed_precondition(msg),
     }
 }
 
@@ -700,6 +701,12 @@ impl Coordinator for CoordinatorService {
             linearizable,
             feature_level: crate::features::known_level(),
             group_feature_level: self.node.read_state(|r| r.group_feature_level()).1,
+            automatic_off: self.node.read_state(|r| r.automatic_off.clone()).1.map(|a| AutomaticOff {
+                reason: a.reason,
+                actor: a.actor,
+                at_ms: a.at_ms,
+                log_index: a.index,
+            }),
         }))
     }
 
@@ -1195,6 +1202,38 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(resp))
     }
 
+    async fn forget_instance(&self, req: Request<ForgetInstanceRequest>) -> Result<Response<LogIndexResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let instance = r.instance.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let name = self.cluster_named_or_of(&r.cluster, Some(&instance))?;
+        // The leader's own probe decides (followers forward): an instance that still
+        // replicates would be discovered again at once, and it may be a replica that
+        // was meant to stay.
+        if self.node.is_leader() {
+            if let Some(o) = self.node.monitor.as_ref().and_then(|m| m.own_observation(&instance)) {
+                let running: Vec<String> = o
+                    .replication
+                    .iter()
+                    .filter(|c| c.sql_running || c.io_running != primus_mysql::IoThreadState::No)
+                    .map(|c| format!("{}:{}", c.source_host, c.source_port))
+                    .collect();
+                if !running.is_empty() {
+                    return Err(Status::failed_precondition(format!(
+                        "{instance} still replicates from {}: it would be found again at once; stop replication on \
+                         it (STOP REPLICA; RESET REPLICA ALL) or shut it down, then forget it",
+                        running.join(", ")
+                    )));
+                }
+            }
+        }
+        let actor = r.actor.clone();
+        self.commit_or_forward(Command::ForgetInstance { name, instance }, actor, forwarded, r, |mut c, q| async move {
+            c.forget_instance(q).await
+        })
+        .await
+    }
+
     async fn set_instance_datacenter(
         &self,
         req: Request<SetInstanceDatacenterRequest>,
@@ -1383,8 +1422,33 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<LogIndexResponse>, Status> {
         let forwarded = Self::is_forwarded(&req);
         let r = req.into_inner();
-        let name = parse_name(&r.cluster)?;
         let actor = r.actor.clone();
+        if r.all {
+            if !r.cluster.is_empty() {
+                return Err(Status::invalid_argument("name a cluster or ask for all of them, not both"));
+            }
+            let enabled = r.enabled.ok_or_else(|| {
+                Status::invalid_argument("with all: say on or off (every cluster back to its own setting, or off)")
+            })?;
+            let reason = r.reason.trim().to_string();
+            if !enabled && reason.is_empty() {
+                return Err(Status::invalid_argument(
+                    "switching automatic failover off for every cluster needs a reason (--reason): it is shown in \
+                     status and the audit until someone switches it back on",
+                ));
+            }
+            let reason = (!reason.is_empty()).then_some(reason);
+            return self
+                .commit_or_forward(
+                    Command::SetGlobalAutomaticFailover { enabled, reason },
+                    actor,
+                    forwarded,
+                    r,
+                    |mut c, q| async move { c.set_automatic_failover(q).await },
+                )
+                .await;
+        }
+        let name = parse_name(&r.cluster)?;
         self.commit_or_forward(
             Command::SetAutomaticFailover { name, enabled: r.enabled },
             actor,

@@ -9,6 +9,10 @@
 //! * New fields on an existing variant carry `#[serde(default)]`.
 //! * `Request::format` is bumped only if the meaning of an existing field changes;
 //!   a node refuses entries of a format it does not know (see `Request::check_format`).
+//! * A new variant belongs to a new feature level ([`FEATURE_LEVEL`] bumped,
+//!   [`Command::feature_level`] extended): the leader writes it only once every member
+//!   runs a release that decodes it. A new field that an older release would ignore
+//!   needs no level; a new *variant of an enum inside* a command or the state does.
 
 use crate::analysis::AnalysisCode;
 use crate::failover::{FailoverKind, FailoverOutcome, PromotionRule, Step, StepOutcome};
@@ -31,9 +35,10 @@ pub const REQUEST_FORMAT: u32 = 1;
 ///
 /// * 1 — every command of the releases before the gate (commit 3315362 and earlier).
 /// * 2 — `UnfencePrimary`, `FinishUnfence`, `MemberSeen`, `SetFeatureLevel`.
+/// * 3 — `SetGlobalAutomaticFailover`, `ForgetInstance` (issue 16's day-2 commands).
 ///
 /// Bump it, and give the new commands the new level, whenever a command kind is added.
-pub const FEATURE_LEVEL: u32 = 2;
+pub const FEATURE_LEVEL: u32 = 3;
 
 /// The level of a group that never recorded one, and of a peer that does not say
 /// (a release before the gate): the commands every release decodes.
@@ -278,6 +283,24 @@ pub enum Command {
     SetFeatureLevel {
         level: u32,
     },
+    /// `primusctl automatic off --all --reason R` (`enabled: false`): no automatic
+    /// failover or repair of any cluster, whatever its own setting, until `on --all`
+    /// (`enabled: true`, which clears the switch: each cluster follows its own setting
+    /// and the config again). Manual failovers and switchovers are not affected.
+    SetGlobalAutomaticFailover {
+        enabled: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// `primusctl instance forget`: drop a decommissioned instance from the cluster's
+    /// topology, seeds and per-instance settings (promotion rule, maintenance,
+    /// datacenter, agent, demoted mark). Refused for the primary, for an instance others
+    /// replicate from, and during a failover. (The leader also refuses, before proposing,
+    /// an instance it sees still replicating: it would be discovered again at once.)
+    ForgetInstance {
+        name: ClusterName,
+        instance: InstanceAddr,
+    },
 }
 
 impl Command {
@@ -306,6 +329,8 @@ impl Command {
             Command::FinishUnfence { .. } => "FinishUnfence",
             Command::MemberSeen { .. } => "MemberSeen",
             Command::SetFeatureLevel { .. } => "SetFeatureLevel",
+            Command::SetGlobalAutomaticFailover { .. } => "SetGlobalAutomaticFailover",
+            Command::ForgetInstance { .. } => "ForgetInstance",
         }
     }
 
@@ -317,6 +342,7 @@ impl Command {
             | Command::FinishUnfence { .. }
             | Command::MemberSeen { .. }
             | Command::SetFeatureLevel { .. } => 2,
+            Command::SetGlobalAutomaticFailover { .. } | Command::ForgetInstance { .. } => 3,
             Command::RegisterCluster { .. }
             | Command::UnregisterCluster { .. }
             | Command::UpdateTopology { .. }
@@ -412,6 +438,14 @@ impl Command {
             Command::SetFeatureLevel { level } => {
                 format!("group feature level {level}: every member runs a primusd that knows its commands")
             }
+            Command::SetGlobalAutomaticFailover { enabled: true, .. } => {
+                "automatic failover of every cluster: back to each cluster's own setting".to_string()
+            }
+            Command::SetGlobalAutomaticFailover { enabled: false, reason } => format!(
+                "automatic failover OFF for every cluster: {}",
+                reason.as_deref().unwrap_or("(no reason given)")
+            ),
+            Command::ForgetInstance { name, instance } => format!("forget instance {instance} of {name}"),
         }
     }
 }
@@ -489,6 +523,9 @@ pub enum Rejection {
         "the topology update of {name} would move the primary from {from} to {to}: only a failover (with a new epoch) changes the primary"
     )]
     PrimaryMovesWithoutFailover { name: ClusterName, from: InstanceAddr, to: String },
+    /// `ForgetInstance` of an instance the cluster still relies on.
+    #[error("{instance} cannot be forgotten from cluster {name}: {why}")]
+    InstanceInUse { name: ClusterName, instance: InstanceAddr, why: String },
     /// A lease released by an agent that is not the one registered for the instance, or
     /// for a registration other than the current one.
     #[error(
@@ -575,6 +612,24 @@ mod tests {
         // The tag in the log is the kind's name.
         let json = serde_json::to_value(&new[3]).unwrap();
         assert_eq!(json, serde_json::json!({"SetFeatureLevel": {"level": 2}}));
+    }
+
+    #[test]
+    fn the_day_2_commands_need_level_3() {
+        let off = Command::SetGlobalAutomaticFailover { enabled: false, reason: Some("DC move".into()) };
+        let forget = Command::ForgetInstance { name: "c".parse().unwrap(), instance: "h:1".parse().unwrap() };
+        for c in [&off, &forget] {
+            assert_eq!(c.feature_level(), 3);
+            assert!(c.check_feature_level(2).is_err());
+            assert_eq!(c.check_feature_level(3), Ok(()));
+        }
+        assert_eq!(off.summary(), "automatic failover OFF for every cluster: DC move");
+        assert_eq!(forget.summary(), "forget instance h:1 of c");
+        let on = Command::SetGlobalAutomaticFailover { enabled: true, reason: None };
+        assert_eq!(
+            serde_json::to_value(&on).unwrap(),
+            serde_json::json!({"SetGlobalAutomaticFailover": {"enabled": true}})
+        );
     }
 
     #[test]

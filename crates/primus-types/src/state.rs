@@ -191,6 +191,8 @@ pub enum StateKey {
     MembersSeen,
     /// [`Registry::feature_level`], one value.
     FeatureLevel,
+    /// [`Registry::automatic_off`], one value.
+    AutomaticOff,
 }
 
 const CLUSTER_PREFIX: &[u8] = b"c/";
@@ -203,6 +205,8 @@ const AUDIT_PREFIX: &[u8] = b"a/";
 const MEMBERS_SEEN_KEY: &[u8] = b"n/members_seen";
 /// A whole key; absent until the group records a feature level.
 const FEATURE_LEVEL_KEY: &[u8] = b"n/feature_level";
+/// A whole key; absent while automatic failover is not switched off globally.
+const AUTOMATIC_OFF_KEY: &[u8] = b"n/automatic_off";
 
 /// A persisted key and its value (see [`Registry::encode`]).
 pub type Encoded = (Vec<u8>, Vec<u8>);
@@ -247,6 +251,18 @@ pub struct Registry {
     /// [`Registry::group_feature_level`].
     #[serde(default)]
     pub feature_level: u32,
+    /// `primusctl automatic off --all`: automatic failover is off for every cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automatic_off: Option<GlobalSwitch>,
+}
+
+/// Who switched automatic failover off for every cluster, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalSwitch {
+    pub reason: String,
+    pub actor: String,
+    pub at_ms: u64,
+    pub index: u64,
 }
 
 impl Registry {
@@ -738,6 +754,53 @@ impl Registry {
                 }
                 Ok(())
             }
+            Command::SetGlobalAutomaticFailover { enabled, reason } => {
+                self.automatic_off = (!enabled).then(|| GlobalSwitch {
+                    reason: reason.clone().unwrap_or_default(),
+                    actor: req.origin.actor.clone(),
+                    at_ms: req.proposed_at_ms,
+                    index: log_id.index,
+                });
+                touched.push(StateKey::AutomaticOff);
+                Ok(())
+            }
+            Command::ForgetInstance { name, instance } => {
+                let c = self.cluster_mut(name)?;
+                let in_use =
+                    |why: String| Rejection::InstanceInUse { name: name.clone(), instance: instance.clone(), why };
+                if !c.topology.instances.contains_key(instance) && !c.seeds.contains(instance) {
+                    return Err(Rejection::UnknownInstance { name: name.clone(), instance: instance.clone() });
+                }
+                if c.topology.primary.as_ref() == Some(instance) {
+                    return Err(in_use("it is the primary (switch over to another instance first)".into()));
+                }
+                if let Some(f) = c.in_flight() {
+                    return Err(Rejection::FailoverInProgress(name.clone(), f.id.clone()));
+                }
+                let below: Vec<String> = c
+                    .topology
+                    .instances
+                    .values()
+                    .filter(|i| i.source.as_ref() == Some(instance))
+                    .map(|i| i.addr.to_string())
+                    .collect();
+                if !below.is_empty() {
+                    return Err(in_use(format!("{} replicate from it (relocate them first)", below.join(", "))));
+                }
+                c.topology.instances.remove(instance);
+                c.seeds.retain(|s| s != instance);
+                if c.seeds.is_empty() {
+                    c.seeds.extend(c.topology.primary.clone());
+                }
+                c.promotion_rules.remove(instance);
+                c.instance_maintenance.remove(instance);
+                c.datacenters.remove(instance);
+                c.agents.remove(instance);
+                c.demoted.remove(instance);
+                c.topology_index = log_id.index;
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
             Command::SetFeatureLevel { level } => {
                 // Never down: a delayed proposal of a lower level changes nothing.
                 if *level > self.feature_level {
@@ -806,6 +869,10 @@ impl Registry {
                 let v = json(FEATURE_LEVEL_KEY, Some(&self.feature_level).filter(|l| **l > 0))?;
                 Ok((FEATURE_LEVEL_KEY.to_vec(), v))
             }
+            StateKey::AutomaticOff => {
+                let v = json(AUTOMATIC_OFF_KEY, self.automatic_off.as_ref())?;
+                Ok((AUTOMATIC_OFF_KEY.to_vec(), v))
+            }
         }
     }
 
@@ -821,7 +888,7 @@ impl Registry {
                     .flat_map(|(n, c)| c.history.iter().map(move |f| StateKey::Failover(n.clone(), f.started_index))),
             )
             .chain(self.audit.keys().map(|i| StateKey::Audit(*i)))
-            .chain([StateKey::MembersSeen, StateKey::FeatureLevel]);
+            .chain([StateKey::MembersSeen, StateKey::FeatureLevel, StateKey::AutomaticOff]);
         let mut out = Vec::new();
         for key in keys {
             if let (k, Some(v)) = self.encode(&key)? {
@@ -844,6 +911,9 @@ impl Registry {
         } else if key == FEATURE_LEVEL_KEY {
             self.feature_level =
                 serde_json::from_slice(value).map_err(|source| DecodeError::BadValue { key: name(), source })?;
+        } else if key == AUTOMATIC_OFF_KEY {
+            self.automatic_off =
+                Some(serde_json::from_slice(value).map_err(|source| DecodeError::BadValue { key: name(), source })?);
         } else if key.starts_with(CLUSTER_PREFIX) {
             let rec: ClusterRecord =
                 serde_json::from_slice(value).map_err(|source| DecodeError::BadValue { key: name(), source })?;
@@ -1177,6 +1247,75 @@ mod tests {
             Request::new(Command::UpdateTopology { name: "c".parse().unwrap(), topology: topo }, Origin::default());
         assert_eq!(r.apply(&log_id(2), &up).0, Response::Done);
         r
+    }
+
+    /// Issue 16: `instance forget` drops a decommissioned instance and everything kept
+    /// for it, and refuses the primary, an instance others replicate from, and
+    /// instances the cluster does not have.
+    #[test]
+    fn forgetting_an_instance_drops_it_and_its_settings_and_refuses_what_the_cluster_relies_on() {
+        let mut r = registered_with_topology();
+        let a = |p: u16| crate::InstanceAddr::new("h", p).unwrap();
+        let c: ClusterName = "c".parse().unwrap();
+        let forget =
+            |p: u16| Request::new(Command::ForgetInstance { name: c.clone(), instance: a(p) }, Origin::default());
+        let rule = Request::new(
+            Command::SetPromotionRule { name: c.clone(), instance: a(3), rule: crate::PromotionRule::MustNot },
+            Origin::default(),
+        );
+        assert_eq!(r.apply(&log_id(3), &rule).0, Response::Done);
+        // The primary, and an instance the cluster does not have.
+        assert!(matches!(r.apply(&log_id(4), &forget(1)).0, Response::Rejected(Rejection::InstanceInUse { .. })));
+        assert!(matches!(r.apply(&log_id(5), &forget(9)).0, Response::Rejected(Rejection::UnknownInstance { .. })));
+        // A replica: gone, with its rule; persisted that way.
+        let (resp, touched) = r.apply(&log_id(6), &forget(3));
+        assert_eq!(resp, Response::Done);
+        assert!(touched.contains(&StateKey::Cluster(c.clone())));
+        let rec = &r.clusters[&c];
+        assert!(!rec.topology.instances.contains_key(&a(3)));
+        assert!(rec.promotion_rules.is_empty());
+        assert_eq!(rec.topology.instances.len(), 2);
+        assert_eq!(KeyImage::of(&r).unwrap().load().unwrap(), r);
+        // Again: unknown now.
+        assert!(matches!(r.apply(&log_id(7), &forget(3)).0, Response::Rejected(Rejection::UnknownInstance { .. })));
+        // An intermediate primary (h:4 replicates from h:2): refused, naming its replica.
+        let topo = Topology::from_edges(
+            vec![
+                (a(1), None, 1, "mariadb".into(), "10.11".into()),
+                (a(2), Some(a(1)), 2, "mariadb".into(), "10.11".into()),
+                (a(4), Some(a(2)), 4, "mariadb".into(), "10.11".into()),
+            ],
+            Some(&a(1)),
+        );
+        let up = Request::new(Command::UpdateTopology { name: c.clone(), topology: topo }, Origin::default());
+        assert_eq!(r.apply(&log_id(8), &up).0, Response::Done);
+        match r.apply(&log_id(9), &forget(2)).0 {
+            Response::Rejected(e @ Rejection::InstanceInUse { .. }) => {
+                assert!(e.to_string().contains("h:4 replicate from it"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn automatic_failover_switched_off_for_every_cluster_is_recorded_persisted_and_cleared() {
+        let mut r = registered_with_topology();
+        let off = Request::at(
+            Command::SetGlobalAutomaticFailover { enabled: false, reason: Some("DC move".into()) },
+            Origin { actor: "ops".into(), via_node: 1 },
+            1234,
+        );
+        let (resp, touched) = r.apply(&log_id(3), &off);
+        assert_eq!(resp, Response::Done);
+        assert_eq!(touched[0], StateKey::AutomaticOff);
+        let sw = r.automatic_off.clone().unwrap();
+        assert_eq!((sw.reason.as_str(), sw.actor.as_str(), sw.at_ms, sw.index), ("DC move", "ops", 1234, 3));
+        assert_eq!(KeyImage::of(&r).unwrap().load().unwrap(), r);
+        let on = Request::new(Command::SetGlobalAutomaticFailover { enabled: true, reason: None }, Origin::default());
+        r.apply(&log_id(4), &on);
+        assert_eq!(r.automatic_off, None);
+        assert_eq!(r.encode(&StateKey::AutomaticOff).unwrap().1, None, "cleared: the key is deleted");
+        assert_eq!(KeyImage::of(&r).unwrap().load().unwrap(), r);
     }
 
     /// Issue 14: the registered agent hands its lease back (recorded with the reason;

@@ -599,6 +599,18 @@ impl Engine {
                     });
                     continue;
                 }
+                if dead && analysis.actionable && self.globally_off() {
+                    let why =
+                        self.state.read(|s| s.registry.automatic_off.clone()).map(|a| a.reason).unwrap_or_default();
+                    self.say_once(
+                        &c.name,
+                        &format!(
+                            "{}: no automatic failover, it is switched off for every cluster ({why}); `primusctl \
+                             automatic on --all` or a manual `primusctl failover`",
+                            analysis.code
+                        ),
+                    );
+                }
                 if dead && analysis.actionable && self.automatic_allowed(&c) {
                     self.spawn_for(&c.name, |e, name| async move {
                         if let Err(err) = e.decide_and_run(&name, FailoverAsk::automatic()).await {
@@ -631,9 +643,14 @@ impl Engine {
         });
     }
 
+    /// `primusctl automatic off --all`: no automatic failover or repair anywhere.
+    fn globally_off(&self) -> bool {
+        self.state.read(|s| s.registry.automatic_off.is_some())
+    }
+
     /// Automatic failover enabled, and not blocked by a recent unacknowledged one.
     fn automatic_allowed(&self, c: &ClusterRecord) -> bool {
-        if !c.settings.automatic_failover.unwrap_or(self.cfg.automatic) {
+        if !c.settings.automatic_failover.unwrap_or(self.cfg.automatic) || self.globally_off() {
             return false;
         }
         let now = self.now_ms();
@@ -664,6 +681,7 @@ impl Engine {
     /// it is done.
     fn repair_allowed(&self, c: &ClusterRecord) -> bool {
         c.settings.automatic_failover.unwrap_or(self.cfg.automatic)
+            && !self.globally_off()
             && self.backoff.lock().unwrap_or_else(|p| p.into_inner()).get(&c.name).is_none_or(|t| self.now_ms() >= *t)
     }
 
