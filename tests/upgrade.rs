@@ -360,6 +360,14 @@ async fn main() -> Result<()> {
     r.switchover().await?;
     r.crash_failover().await?;
     r.wait_caught_up(order[2], "old release, new leader").await?;
+    // A client command of the new release is refused, saying why, while an old node
+    // remains (it could not decode it).
+    match r.client.set_automatic_failover_all(false, "upgrade rehearsal").await {
+        Err(e) if e.to_string().contains("needs group feature level") => {
+            r.note(format!("`automatic off --all` refused in the mixed group: {e}"))
+        }
+        other => bail!("`automatic off --all` in a mixed group: {other:?}"),
+    }
     let levels = r.group_levels().await;
     r.note(format!("feature levels (node, knows, group) with one old node left: {levels:?}"));
     ensure!(
@@ -386,6 +394,9 @@ async fn main() -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    r.client.set_automatic_failover_all(false, "upgrade rehearsal").await.context("automatic off --all")?;
+    r.client.set_automatic_failover_all(true, "").await.context("automatic on --all")?;
+    r.note("`automatic off --all` / `on --all` accepted once every node runs the new release".into());
     r.switchover().await?;
     r.crash_failover().await?;
     tokio::time::sleep(Duration::from_secs(1)).await;

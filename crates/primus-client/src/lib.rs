@@ -555,6 +555,9 @@ impl Client {
             // TLS failures this round: when every endpoint fails its handshake,
             // retrying will not help.
             let mut tls_failures: Vec<(String, String)> = Vec::new();
+            // Endpoints whose release does not know the request (UNIMPLEMENTED: nothing
+            // happened there): during a rolling upgrade another endpoint may.
+            let mut older: Vec<String> = Vec::new();
             for k in 0..n {
                 let i = (start + k) % n;
                 let (name, ch) = &self.endpoints[i];
@@ -580,6 +583,11 @@ impl Client {
                             tls_failures.push((name.clone(), m));
                             continue;
                         }
+                        if s.code() == Code::Unimplemented {
+                            last_errors.push(format!("{name}: runs a primusd that does not know this request"));
+                            older.push(name.clone());
+                            continue;
+                        }
                         if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) {
                             return Err(ClientError::Auth {
                                 endpoint: name.clone(),
@@ -597,6 +605,15 @@ impl Client {
                     }
                     Err(_) => last_errors.push(format!("{name}: no answer within {} ms", bound.as_millis())),
                 }
+            }
+            if older.len() == n {
+                return Err(ClientError::Rpc {
+                    endpoint: older.join(", "),
+                    code: Code::Unimplemented,
+                    message: "every endpoint runs a primusd that does not know this request (an older release): \
+                              upgrade the coordinators first (docs/operations.md, Upgrading)"
+                        .into(),
+                });
             }
             if tls_failures.len() == n {
                 let (endpoint, message) = tls_failures.swap_remove(0);
@@ -631,10 +648,9 @@ impl Client {
     /// follower's answer is followed to the leader it names, once, within the same
     /// attempt's bound. During an election this waits for the new leader, whichever
     /// endpoints are dead; when the timeout runs out with no leader answering, the
-    /// error says what the last node that answered knew.
-    /// The group's status from its leader, confirmed with a quorum while answering (a
-    /// primusd before the feature gate, which cannot confirm, answers with its own view:
-    /// see [`leader_answer`]).
+    /// error says what the last node that answered knew. The answer is confirmed with a
+    /// quorum, except from a primusd before the feature gate, which cannot confirm and
+    /// answers with its own view (see [`leader_answer`]).
     pub async fn status(&self) -> Result<GetStatusResponse, ClientError> {
         self.read(|mut c, t| async move {
             let started = Instant::now();
@@ -1026,12 +1042,7 @@ impl Client {
         cluster: &str,
         enabled: Option<bool>,
     ) -> Result<LogIndexResponse, ClientError> {
-        let r = SetAutomaticFailoverRequest {
-            cluster: cluster.into(),
-            enabled,
-            actor: self.opts.actor.clone(),
-            ..Default::default()
-        };
+        let r = SetAutomaticFailoverRequest { cluster: cluster.into(), enabled, actor: self.opts.actor.clone() };
         self.write(|mut c, t| {
             let r = r.clone();
             async move { c.set_automatic_failover(req(r, t)).await.map(|r| r.into_inner()) }
@@ -1048,16 +1059,10 @@ impl Client {
         enabled: bool,
         reason: &str,
     ) -> Result<LogIndexResponse, ClientError> {
-        let r = SetAutomaticFailoverRequest {
-            enabled: Some(enabled),
-            actor: self.opts.actor.clone(),
-            all: true,
-            reason: reason.into(),
-            ..Default::default()
-        };
+        let r = SetGlobalAutomaticFailoverRequest { enabled, reason: reason.into(), actor: self.opts.actor.clone() };
         self.write(|mut c, t| {
             let r = r.clone();
-            async move { c.set_automatic_failover(req(r, t)).await.map(|r| r.into_inner()) }
+            async move { c.set_global_automatic_failover(req(r, t)).await.map(|r| r.into_inner()) }
         })
         .await
         .map(|(_, v)| v)

@@ -47,8 +47,10 @@ pub const WRITE_METHODS: &[&str] = &[
     "SetPromotionRule",
     "Maintenance",
     "SetAutomaticFailover",
+    "SetGlobalAutomaticFailover",
     "Rejoin",
     "SetInstanceDatacenter",
+    "ForgetInstance",
     "SetSemiSync",
     // Agents: a lease lets a server take writes; only holders of the token may ask.
     "RegisterAgent",

@@ -1423,31 +1423,6 @@ impl Coordinator for CoordinatorService {
         let forwarded = Self::is_forwarded(&req);
         let r = req.into_inner();
         let actor = r.actor.clone();
-        if r.all {
-            if !r.cluster.is_empty() {
-                return Err(Status::invalid_argument("name a cluster or ask for all of them, not both"));
-            }
-            let enabled = r.enabled.ok_or_else(|| {
-                Status::invalid_argument("with all: say on or off (every cluster back to its own setting, or off)")
-            })?;
-            let reason = r.reason.trim().to_string();
-            if !enabled && reason.is_empty() {
-                return Err(Status::invalid_argument(
-                    "switching automatic failover off for every cluster needs a reason (--reason): it is shown in \
-                     status and the audit until someone switches it back on",
-                ));
-            }
-            let reason = (!reason.is_empty()).then_some(reason);
-            return self
-                .commit_or_forward(
-                    Command::SetGlobalAutomaticFailover { enabled, reason },
-                    actor,
-                    forwarded,
-                    r,
-                    |mut c, q| async move { c.set_automatic_failover(q).await },
-                )
-                .await;
-        }
         let name = parse_name(&r.cluster)?;
         self.commit_or_forward(
             Command::SetAutomaticFailover { name, enabled: r.enabled },
@@ -1455,6 +1430,30 @@ impl Coordinator for CoordinatorService {
             forwarded,
             r,
             |mut c, q| async move { c.set_automatic_failover(q).await },
+        )
+        .await
+    }
+
+    async fn set_global_automatic_failover(
+        &self,
+        req: Request<SetGlobalAutomaticFailoverRequest>,
+    ) -> Result<Response<LogIndexResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let reason = r.reason.trim().to_string();
+        if !r.enabled && reason.is_empty() {
+            return Err(Status::invalid_argument(
+                "switching automatic failover off for every cluster needs a reason (--reason): it is shown in status \
+                 and the audit until someone switches it back on",
+            ));
+        }
+        let actor = r.actor.clone();
+        self.commit_or_forward(
+            Command::SetGlobalAutomaticFailover { enabled: r.enabled, reason: (!reason.is_empty()).then_some(reason) },
+            actor,
+            forwarded,
+            r,
+            |mut c, q| async move { c.set_global_automatic_failover(q).await },
         )
         .await
     }
