@@ -111,3 +111,56 @@ async fn automatic_failover_switched_off_for_every_cluster_waits_until_switched_
     assert!(!status.contains("OFF for every cluster"), "{status}");
     Ok(())
 }
+
+/// `relocate` moves a replica under another replica by GTID (which becomes an
+/// intermediate primary and passes the primary's writes on), write-ahead and audited;
+/// a loop, the primary and a replica with errant transactions are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_is_relocated_below_another_and_loops_the_primary_and_errant_ones_are_refused() -> anyhow::Result<()>
+{
+    let w = World::start(WorldOptions::default()).await?;
+    w.register_sandbox("c", Duration::from_millis(500)).await?;
+    let primary = w.sandbox.primary().clone();
+    let (r1, r2) = (w.sandbox.replicas()[0].clone(), w.sandbox.replicas()[1].clone());
+
+    let o = primusctl(&w, &["-o", "json", "relocate", &r2.addr(), "--below", &r1.addr()])?;
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    assert!(v["message"].as_str().is_some_and(|m| m.contains("now replicates from")), "{v:#}");
+    let t = w
+        .wait_topology("c", "r2 below r1", Duration::from_secs(10), |t| {
+            t.instances.iter().any(|i| i.addr == r2.addr() && i.source.as_deref() == Some(r1.addr().as_str()))
+        })
+        .await?;
+    let role = |addr: &str| t.instances.iter().find(|i| i.addr == addr).map(|i| i.role.clone()).unwrap_or_default();
+    assert_eq!(role(&r1.addr()), "intermediate", "{t:#?}");
+    // The primary's writes reach r2 through r1.
+    let pos = primary.insert_test_rows(10).await?;
+    r2.wait_gtid(&pos, Duration::from_secs(10)).await?;
+    let st = r2.slave_status().await?.ok_or_else(|| anyhow::anyhow!("r2 does not replicate"))?;
+    assert_eq!(st.master_port, r1.port());
+
+    // A loop, the primary, itself.
+    let o = primusctl(&w, &["relocate", &r1.addr(), "--below", &r2.addr()])?;
+    assert!(!o.status.success() && text(&o).contains("replication loop"), "{}", text(&o));
+    let o = primusctl(&w, &["relocate", &primary.addr(), "--below", &r1.addr()])?;
+    assert!(!o.status.success() && text(&o).contains("is the primary"), "{}", text(&o));
+    let o = primusctl(&w, &["relocate", &r2.addr(), "--below", &r2.addr()])?;
+    assert!(!o.status.success() && text(&o).contains("itself"), "{}", text(&o));
+
+    // An errant transaction on r2 (written on the replica itself): it would stay errant.
+    r2.exec("CREATE DATABASE errant_on_r2").await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = primusctl(&w, &["relocate", &r2.addr(), "--below", &primary.addr()])?;
+        anyhow::ensure!(!o.status.success(), "a replica with an errant transaction was relocated: {}", text(&o));
+        if text(&o).contains("does not have") {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not refused for its errant transaction: {}", text(&o));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let audit = text(&primusctl(&w, &["audit"])?);
+    assert!(audit.contains(&format!("relocate {} of c below {}", r2.addr(), r1.addr())), "{audit}");
+    Ok(())
+}

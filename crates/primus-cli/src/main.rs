@@ -152,6 +152,24 @@ enum Cmd {
     /// Put an instance (HOST:PORT) or a whole cluster in maintenance, or take it out.
     #[command(subcommand)]
     Maintenance(MaintenanceCmd),
+    /// Move a replica under another member of its cluster (GTID repoint): `relocate
+    /// [CLUSTER] HOST:PORT --below HOST:PORT`. The target may be another replica (which
+    /// becomes an intermediate primary), an intermediate, or the primary. Refused, with
+    /// the reason, when it would make a replication loop, when either server has
+    /// transactions the primary lacks (errant), when the target keeps no binary log of
+    /// what it applies (log_bin, log_slave_updates), for the primary, and during a
+    /// failover. Committed to Raft before the replica is touched (audited).
+    Relocate {
+        /// CLUSTER, or HOST:PORT when the cluster is left out.
+        #[arg(value_name = "CLUSTER|HOST:PORT")]
+        first: String,
+        /// HOST:PORT (when CLUSTER is given).
+        #[arg(value_name = "HOST:PORT")]
+        second: Option<String>,
+        /// The member it replicates from afterwards.
+        #[arg(long, value_name = "HOST:PORT")]
+        below: String,
+    },
     /// Switch automatic failover off for every cluster at once (`off --all --reason R`:
     /// an emergency stop, shown in `status`, that overrides each cluster's own setting;
     /// manual failovers and switchovers still work), or back on (`on --all`: each
@@ -900,6 +918,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let r = client.set_semi_sync(&name, enabled).await?;
             done(json_out, &format!("semi-sync no-loss mode of {name}: {state}"), r.log_index);
+        }
+        Cmd::Relocate { first, second, below } => {
+            let (cluster, instance) = match second {
+                Some(i) => (first, i),
+                None => (String::new(), first),
+            };
+            let r = client.relocate(&cluster, &instance, &below).await?;
+            if json_out {
+                print_json(json!({"relocated": instance, "below": below, "message": r.message,
+                                  "log_index": r.log_index}));
+            } else {
+                println!("{} (log index {})", r.message, r.log_index);
+            }
         }
         Cmd::Automatic { state, name, all, reason } => {
             let enabled = state == "on";

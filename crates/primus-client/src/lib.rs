@@ -1068,6 +1068,25 @@ impl Client {
         .map(|(_, v)| v)
     }
 
+    /// Move replica `instance` under `below` (another member of its cluster) by GTID;
+    /// `cluster` empty: the cluster that has it. Refused (FAILED_PRECONDITION, with the
+    /// reason) for a loop, errant transactions, a source without binary log, the
+    /// primary, and during a failover.
+    pub async fn relocate(&self, cluster: &str, instance: &str, below: &str) -> Result<RelocateResponse, ClientError> {
+        let r = RelocateRequest {
+            cluster: cluster.into(),
+            instance: instance.into(),
+            below: below.into(),
+            actor: self.opts.actor.clone(),
+        };
+        self.write(|mut c, t| {
+            let r = r.clone();
+            async move { c.relocate(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
     /// Drop a decommissioned instance from its cluster (`cluster` empty: the cluster
     /// that has it). Refused (FAILED_PRECONDITION) for the primary, an instance others
     /// replicate from or that still replicates, and during a failover.

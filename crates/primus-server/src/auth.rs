@@ -51,6 +51,7 @@ pub const WRITE_METHODS: &[&str] = &[
     "Rejoin",
     "SetInstanceDatacenter",
     "ForgetInstance",
+    "Relocate",
     "SetSemiSync",
     // Agents: a lease lets a server take writes; only holders of the token may ask.
     "RegisterAgent",

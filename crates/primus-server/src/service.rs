@@ -1151,6 +1151,33 @@ impl Coordinator for CoordinatorService {
         }
     }
 
+    async fn relocate(&self, req: Request<RelocateRequest>) -> Result<Response<RelocateResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let addr = r.instance.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let below = r.below.parse::<InstanceAddr>().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let name = self.cluster_named_or_of(&r.cluster, Some(&addr))?;
+        let engine = self.engine()?;
+        if !self.node.is_leader() {
+            let nh = NotHere::Forward(self.node.leader_target());
+            return self
+                .forward(nh, forwarded, r, |mut c, q| async move { c.relocate(q).await })
+                .await
+                .map(Response::new);
+        }
+        // Refused before anything is proposed when the group cannot take the record yet.
+        let (_, group) = self.node.read_state(|s| s.group_feature_level());
+        let probe =
+            Command::RelocateReplica { name: name.clone(), instance: addr.clone(), below: below.clone(), from: None };
+        probe
+            .check_feature_level(crate::features::gate_level(group))
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        match engine.relocate(&name, &addr, &below, &r.actor).await {
+            Ok(done) => Ok(Response::new(RelocateResponse { log_index: done.log_index, message: done.message })),
+            Err(e) => Err(failover_status(e)),
+        }
+    }
+
     async fn divergence(&self, req: Request<DivergenceRequest>) -> Result<Response<DivergenceResponse>, Status> {
         let forwarded = Self::is_forwarded(&req);
         let r = req.into_inner();

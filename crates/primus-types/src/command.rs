@@ -35,7 +35,8 @@ pub const REQUEST_FORMAT: u32 = 1;
 ///
 /// * 1 — every command of the releases before the gate (commit 3315362 and earlier).
 /// * 2 — `UnfencePrimary`, `FinishUnfence`, `MemberSeen`, `SetFeatureLevel`.
-/// * 3 — `SetGlobalAutomaticFailover`, `ForgetInstance` (issue 16's day-2 commands).
+/// * 3 — `SetGlobalAutomaticFailover`, `ForgetInstance`, `RelocateReplica` (issue 16's
+///   day-2 commands).
 ///
 /// Bump it, and give the new commands the new level, whenever a command kind is added.
 pub const FEATURE_LEVEL: u32 = 3;
@@ -301,6 +302,19 @@ pub enum Command {
         name: ClusterName,
         instance: InstanceAddr,
     },
+    /// `primusctl relocate`: the leader is about to repoint replica `instance` (today
+    /// replicating from `from`) under `below`, by GTID. Committed before the instance is
+    /// touched (write-ahead, audited); the topology follows from the next probes.
+    /// Refused for the primary, for `below` not in the cluster or equal to `instance`,
+    /// and during a failover. (The leader refuses before proposing a loop, errant
+    /// transactions, and a `below` that cannot serve as a source.)
+    RelocateReplica {
+        name: ClusterName,
+        instance: InstanceAddr,
+        below: InstanceAddr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<InstanceAddr>,
+    },
 }
 
 impl Command {
@@ -331,6 +345,7 @@ impl Command {
             Command::SetFeatureLevel { .. } => "SetFeatureLevel",
             Command::SetGlobalAutomaticFailover { .. } => "SetGlobalAutomaticFailover",
             Command::ForgetInstance { .. } => "ForgetInstance",
+            Command::RelocateReplica { .. } => "RelocateReplica",
         }
     }
 
@@ -342,7 +357,9 @@ impl Command {
             | Command::FinishUnfence { .. }
             | Command::MemberSeen { .. }
             | Command::SetFeatureLevel { .. } => 2,
-            Command::SetGlobalAutomaticFailover { .. } | Command::ForgetInstance { .. } => 3,
+            Command::SetGlobalAutomaticFailover { .. }
+            | Command::ForgetInstance { .. }
+            | Command::RelocateReplica { .. } => 3,
             Command::RegisterCluster { .. }
             | Command::UnregisterCluster { .. }
             | Command::UpdateTopology { .. }
@@ -446,6 +463,10 @@ impl Command {
                 reason.as_deref().unwrap_or("(no reason given)")
             ),
             Command::ForgetInstance { name, instance } => format!("forget instance {instance} of {name}"),
+            Command::RelocateReplica { name, instance, below, from } => format!(
+                "relocate {instance} of {name} below {below} (was below {})",
+                from.as_ref().map(ToString::to_string).unwrap_or_else(|| "nothing".into())
+            ),
         }
     }
 }

@@ -801,6 +801,33 @@ impl Registry {
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
             }
+            Command::RelocateReplica { name, instance, below, .. } => {
+                let c = self.cluster_mut(name)?;
+                for a in [instance, below] {
+                    if !c.topology.instances.contains_key(a) {
+                        return Err(Rejection::UnknownInstance { name: name.clone(), instance: a.clone() });
+                    }
+                }
+                if c.topology.primary.as_ref() == Some(instance) {
+                    return Err(Rejection::InstanceInUse {
+                        name: name.clone(),
+                        instance: instance.clone(),
+                        why: "it is the primary: it is not relocated (a switchover moves the primary)".into(),
+                    });
+                }
+                if instance == below {
+                    return Err(Rejection::InstanceInUse {
+                        name: name.clone(),
+                        instance: instance.clone(),
+                        why: "it cannot replicate from itself".into(),
+                    });
+                }
+                if let Some(f) = c.in_flight() {
+                    return Err(Rejection::FailoverInProgress(name.clone(), f.id.clone()));
+                }
+                // The record is the audit line; the topology follows from the probes.
+                Ok(())
+            }
             Command::SetFeatureLevel { level } => {
                 // Never down: a delayed proposal of a lower level changes nothing.
                 if *level > self.feature_level {

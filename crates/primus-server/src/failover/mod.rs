@@ -135,6 +135,8 @@ pub struct Rejoined {
     pub discarded: Option<primus_mysql::Divergence>,
 }
 
+pub use relocate::Relocated;
+
 pub struct Engine {
     me: NodeId,
     consensus: Arc<dyn Consensus>,
@@ -202,6 +204,7 @@ fn thresholds(cfg: &FailoverSection) -> Thresholds {
 mod decide;
 mod execute;
 mod rejoin;
+mod relocate;
 mod sql;
 mod upkeep;
 
