@@ -164,3 +164,57 @@ async fn a_replica_is_relocated_below_another_and_loops_the_primary_and_errant_o
     assert!(audit.contains(&format!("relocate {} of c below {}", r2.addr(), r1.addr())), "{audit}");
     Ok(())
 }
+
+/// `cluster set` puts `[failover]` keys in Raft, and every coordinator applies them
+/// over its own file: with `fence_split = false` in every config, a writable replica
+/// is left alone until `cluster set c fence_split=true`, then fenced; `fence_split=`
+/// clears it. Unknown keys and bad values are refused without a log entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_settings_in_raft_override_every_coordinators_file() -> anyhow::Result<()> {
+    let w =
+        World::start(WorldOptions { extra_config: "[failover]\nfence_split = false\n".into(), ..Default::default() })
+            .await?;
+    w.register_sandbox("c", Duration::from_millis(500)).await?;
+    let r1 = w.sandbox.replicas()[0].clone();
+
+    let audit_len = |a: &str| a.lines().count();
+    let before = text(&primusctl(&w, &["audit", "--limit", "1000"])?);
+    let o = primusctl(&w, &["cluster", "set", "c", "step_timeout_ms=5"])?;
+    assert!(!o.status.success() && text(&o).contains("unknown cluster setting"), "{}", text(&o));
+    let o = primusctl(&w, &["cluster", "set", "c", "catch_up_timeout_ms=0"])?;
+    assert!(!o.status.success() && text(&o).contains("from 1 to"), "{}", text(&o));
+    let after = text(&primusctl(&w, &["audit", "--limit", "1000"])?);
+    assert_eq!(audit_len(&before), audit_len(&after), "a refused setting reached the log");
+
+    // The files say no split fencing: a writable replica stays writable.
+    r1.set_read_only(false).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!r1.read_only().await?, "fenced although every config has fence_split = false");
+
+    let o = primusctl(&w, &["cluster", "set", "c", "fence_split=true", "catch_up_timeout_ms=2500"])?;
+    assert!(o.status.success(), "{}", text(&o));
+    let set = Instant::now();
+    loop {
+        if r1.read_only().await? {
+            break;
+        }
+        anyhow::ensure!(set.elapsed() < Duration::from_secs(10), "the Raft setting fence_split=true was not applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("writable replica fenced {} ms after `cluster set c fence_split=true`", set.elapsed().as_millis());
+    let list = text(&primusctl(&w, &["cluster", "list"])?);
+    assert!(list.contains("fence_split=true") && list.contains("catch_up_timeout_ms=2500"), "{list}");
+    let v: serde_json::Value = serde_json::from_slice(&primusctl(&w, &["-o", "json", "cluster", "list"])?.stdout)?;
+    assert_eq!(v["clusters"][0]["failover_settings"]["fence_split"], "true", "{v:#}");
+
+    // Cleared: back to the files.
+    let o = primusctl(&w, &["cluster", "set", "c", "fence_split="])?;
+    assert!(o.status.success(), "{}", text(&o));
+    r1.set_read_only(false).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!r1.read_only().await?, "fenced after fence_split was cleared back to the files' false");
+    let list = text(&primusctl(&w, &["cluster", "list"])?);
+    assert!(!list.contains("fence_split") && list.contains("catch_up_timeout_ms=2500"), "{list}");
+    r1.set_read_only(true).await?;
+    Ok(())
+}

@@ -361,6 +361,19 @@ enum ClusterCmd {
         #[arg(long)]
         stale: bool,
     },
+    /// Set failover settings of one cluster in Raft, so that every coordinator (and
+    /// every future leader) applies the same: `cluster set NAME KEY=VALUE [KEY=VALUE…]`;
+    /// `KEY=` (empty) clears a key, back to each coordinator's `[failover]` section.
+    /// Keys: automatic, recovery_block_period_ms, replica_progress_stale_ms,
+    /// view_max_age_ms, catch_up_timeout_ms, prefer_same_datacenter,
+    /// max_lag_for_candidate_s, fence_split. All or none are applied; `cluster list`
+    /// and `topology` show them.
+    Set {
+        name: String,
+        /// KEY=VALUE (an empty VALUE clears the key).
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+    },
     /// Unregister a cluster: primus stops watching it and forgets its topology and
     /// failover history. Asks for confirmation on a terminal; scripts pass --yes (without
     /// it, and without a terminal to ask on, nothing is removed).
@@ -691,15 +704,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .clusters
                     .iter()
                     .map(|c| {
+                        let settings: Vec<String> = c
+                            .settings
+                            .iter()
+                            .flat_map(|s| {
+                                s.automatic_failover
+                                    .map(|a| format!("automatic={a}"))
+                                    .into_iter()
+                                    .chain(s.failover.iter().map(|(k, v)| format!("{k}={v}")))
+                            })
+                            .collect();
                         vec![
                             c.name.clone(),
                             c.seeds.join(","),
                             c.registered_at_index.to_string(),
                             c.registered_by.clone(),
+                            if settings.is_empty() { "-".into() } else { settings.join(" ") },
                         ]
                     })
                     .collect();
-                table(&["name", "seeds", "registered_at_index", "registered_by"], rows);
+                table(&["name", "seeds", "registered_at_index", "registered_by", "settings"], rows);
+            }
+        }
+        Cmd::Cluster(ClusterCmd::Set { name, settings }) => {
+            let mut kv = Vec::new();
+            for s in &settings {
+                let (k, v) = s
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("expected KEY=VALUE (KEY= clears it), got {s:?}"))?;
+                let v = v.trim();
+                kv.push((k.trim().to_string(), (!v.is_empty()).then(|| v.to_string())));
+            }
+            let r = client.set_cluster_settings(&name, &kv).await?;
+            if json_out {
+                let set: serde_json::Map<String, Value> =
+                    kv.iter().map(|(k, v)| (k.clone(), v.clone().map(Value::String).unwrap_or(Value::Null))).collect();
+                print_json(json!({"cluster": name, "settings": set, "log_index": r.log_index}));
+            } else {
+                let text: Vec<String> =
+                    kv.iter().map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("(config file)"))).collect();
+                println!("{name}: {} (log index {})", text.join(" "), r.log_index);
             }
         }
         Cmd::Cluster(ClusterCmd::Remove { name, yes: _ }) => {
@@ -1089,9 +1133,13 @@ fn print_topology(t: &primus_client::GetTopologyResponse) {
         t.epoch,
         if t.primary.is_empty() { "none" } else { &t.primary }
     );
-    let settings = t.settings.unwrap_or_default();
+    let settings = t.settings.clone().unwrap_or_default();
     if settings.automatic_failover == Some(false) {
         println!("automatic failover: off for this cluster");
+    }
+    if !settings.failover.is_empty() {
+        let kv: Vec<String> = settings.failover.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("failover settings in Raft (cluster set): {}", kv.join(" "));
     }
     if let Some(on) = settings.semi_sync {
         println!("semi-sync no-loss mode: {}", if on { "on" } else { "off" });

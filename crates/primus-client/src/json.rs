@@ -75,7 +75,8 @@ pub fn cluster_list(r: &ListClustersResponse) -> Value {
         .map(|c| {
             json!({"name": c.name, "seeds": c.seeds, "registered_at_index": c.registered_at_index,
                    "registered_at_ms": c.registered_at_ms, "registered_by": c.registered_by,
-                   "automatic_failover": c.settings.as_ref().and_then(|s| s.automatic_failover)})
+                   "automatic_failover": c.settings.as_ref().and_then(|s| s.automatic_failover),
+                   "failover_settings": c.settings.as_ref().map(|s| s.failover.clone()).unwrap_or_default()})
         })
         .collect();
     json!({"clusters": clusters, "applied_index": r.applied_index, "served_by": r.served_by})
@@ -103,13 +104,14 @@ pub fn topology(t: &GetTopologyResponse) -> Value {
             })
         })
         .collect();
-    let settings = t.settings.unwrap_or_default();
+    let settings = t.settings.clone().unwrap_or_default();
     json!({
         "cluster": t.cluster, "epoch": t.epoch,
         "primary": non_empty(&t.primary),
         "topology_index": t.topology_index, "served_by": t.served_by, "instances": instances,
         "maintenance": t.cluster_maintenance.as_ref().map(maintenance),
-        "settings": {"automatic_failover": settings.automatic_failover, "semi_sync": settings.semi_sync},
+        "settings": {"automatic_failover": settings.automatic_failover, "semi_sync": settings.semi_sync,
+                     "failover": settings.failover},
     })
 }
 

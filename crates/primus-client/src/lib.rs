@@ -1068,6 +1068,26 @@ impl Client {
         .map(|(_, v)| v)
     }
 
+    /// Set per-cluster failover settings in Raft (`KEY`, `Some(VALUE)`), or clear them
+    /// (`None`: back to each coordinator's config file). All or none are applied.
+    pub async fn set_cluster_settings(
+        &self,
+        cluster: &str,
+        settings: &[(String, Option<String>)],
+    ) -> Result<LogIndexResponse, ClientError> {
+        let r = SetClusterSettingsRequest {
+            cluster: cluster.into(),
+            settings: settings.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())).collect(),
+            actor: self.opts.actor.clone(),
+        };
+        self.write(|mut c, t| {
+            let r = r.clone();
+            async move { c.set_cluster_settings(req(r, t)).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map(|(_, v)| v)
+    }
+
     /// Move replica `instance` under `below` (another member of its cluster) by GTID;
     /// `cluster` empty: the cluster that has it. Refused (FAILED_PRECONDITION, with the
     /// reason) for a loop, errant transactions, a source without binary log, the

@@ -52,6 +52,7 @@ pub const WRITE_METHODS: &[&str] = &[
     "SetInstanceDatacenter",
     "ForgetInstance",
     "Relocate",
+    "SetClusterSettings",
     "SetSemiSync",
     // Agents: a lease lets a server take writes; only holders of the token may ask.
     "RegisterAgent",

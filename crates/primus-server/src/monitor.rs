@@ -846,6 +846,7 @@ impl Monitor {
             settings: Some(primus_proto::v1::ClusterSettings {
                 automatic_failover: c.settings.automatic_failover,
                 semi_sync: c.settings.semi_sync,
+                failover: c.settings.failover.entries().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             }),
             linearizable: false,
         }

@@ -78,6 +78,7 @@ fn rejection_status(r: Rejection) -> Status {
         | Rejection::PrimaryMovesWithoutFailover { .. }
         | Rejection::AgentNotRegistered { .. }
         | Rejection::InstanceInUse { .. } => Status::failed_precondition(msg),
+        Rejection::BadSetting { .. } => Status::invalid_argument(msg),
     }
 }
 
@@ -808,6 +809,7 @@ impl Coordinator for CoordinatorService {
         let settings = primus_types::ClusterSettings {
             automatic_failover: r.settings.as_ref().and_then(|s| s.automatic_failover),
             semi_sync: r.settings.as_ref().and_then(|s| s.semi_sync),
+            failover: Default::default(),
         };
         // Discovery runs on the leader, right before it commits what it found.
         let topology = match &self.node.monitor {
@@ -880,6 +882,7 @@ impl Coordinator for CoordinatorService {
                     settings: Some(primus_proto::v1::ClusterSettings {
                         automatic_failover: c.settings.automatic_failover,
                         semi_sync: c.settings.semi_sync,
+                        failover: c.settings.failover.entries().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
                     }),
                     registered_at_index: c.registered_at_index,
                     registered_at_ms: c.registered_at_ms,
@@ -1149,6 +1152,37 @@ impl Coordinator for CoordinatorService {
             })),
             Err(e) => Err(failover_status(e)),
         }
+    }
+
+    async fn set_cluster_settings(
+        &self,
+        req: Request<SetClusterSettingsRequest>,
+    ) -> Result<Response<LogIndexResponse>, Status> {
+        let forwarded = Self::is_forwarded(&req);
+        let r = req.into_inner();
+        let name = parse_name(&r.cluster)?;
+        if r.settings.is_empty() {
+            return Err(Status::invalid_argument("no setting given: KEY=VALUE (an empty VALUE clears the key)"));
+        }
+        let settings: std::collections::BTreeMap<String, Option<String>> = r
+            .settings
+            .iter()
+            .map(|(k, v)| (k.trim().to_string(), (!v.trim().is_empty()).then(|| v.trim().to_string())))
+            .collect();
+        // Checked here too, so that a typo is answered without a log entry.
+        let mut check = primus_types::ClusterSettings::default();
+        for (k, v) in &settings {
+            check.set(k, v.as_deref()).map_err(Status::invalid_argument)?;
+        }
+        let actor = r.actor.clone();
+        self.commit_or_forward(
+            Command::SetClusterSettings { name, settings },
+            actor,
+            forwarded,
+            r,
+            |mut c, q| async move { c.set_cluster_settings(q).await },
+        )
+        .await
     }
 
     async fn relocate(&self, req: Request<RelocateRequest>) -> Result<Response<RelocateResponse>, Status> {

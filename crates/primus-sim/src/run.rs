@@ -534,7 +534,11 @@ async fn setup(h: &Arc<Harness>, rng: &mut StdRng) -> Result<(), String> {
         .map_err(|e| format!("discovery: {e}"))?;
         break found.topology;
     };
-    let settings = ClusterSettings { automatic_failover: Some(true), semi_sync: opts.semi_sync.then_some(true) };
+    let settings = ClusterSettings {
+        automatic_failover: Some(true),
+        semi_sync: opts.semi_sync.then_some(true),
+        ..Default::default()
+    };
     let cmd = Command::RegisterCluster {
         name: h.cluster.clone(),
         seeds: h.servers[..1].to_vec(),

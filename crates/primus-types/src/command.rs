@@ -35,8 +35,8 @@ pub const REQUEST_FORMAT: u32 = 1;
 ///
 /// * 1 — every command of the releases before the gate (commit 3315362 and earlier).
 /// * 2 — `UnfencePrimary`, `FinishUnfence`, `MemberSeen`, `SetFeatureLevel`.
-/// * 3 — `SetGlobalAutomaticFailover`, `ForgetInstance`, `RelocateReplica` (issue 16's
-///   day-2 commands).
+/// * 3 — `SetGlobalAutomaticFailover`, `ForgetInstance`, `RelocateReplica`,
+///   `SetClusterSettings` (issue 16's day-2 commands).
 ///
 /// Bump it, and give the new commands the new level, whenever a command kind is added.
 pub const FEATURE_LEVEL: u32 = 3;
@@ -73,6 +73,103 @@ pub struct Origin {
     pub via_node: NodeId,
 }
 
+/// Per-cluster overrides of `[failover]` keys (`primusctl cluster set NAME KEY=VALUE`),
+/// kept in Raft so that every coordinator — and every future leader — applies the same
+/// ones; a key not set here follows each coordinator's own config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FailoverOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_block_period_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_progress_stale_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_max_age_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefer_same_datacenter: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag_for_candidate_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_split: Option<bool>,
+}
+
+/// The keys `cluster set` takes (`automatic` is the cluster's `automatic_failover`).
+pub const CLUSTER_SETTING_KEYS: &[&str] = &[
+    "automatic",
+    "recovery_block_period_ms",
+    "replica_progress_stale_ms",
+    "view_max_age_ms",
+    "catch_up_timeout_ms",
+    "prefer_same_datacenter",
+    "max_lag_for_candidate_s",
+    "fence_split",
+];
+
+/// Longest duration a `*_ms` setting takes: one day.
+const MAX_SETTING_MS: u64 = 86_400_000;
+
+impl FailoverOverrides {
+    pub fn is_empty(&self) -> bool {
+        *self == FailoverOverrides::default()
+    }
+
+    /// Every override that is set, as `(key, value)`.
+    pub fn entries(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut put = |k: &'static str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push((k, v));
+            }
+        };
+        put("recovery_block_period_ms", self.recovery_block_period_ms.map(|v| v.to_string()));
+        put("replica_progress_stale_ms", self.replica_progress_stale_ms.map(|v| v.to_string()));
+        put("view_max_age_ms", self.view_max_age_ms.map(|v| v.to_string()));
+        put("catch_up_timeout_ms", self.catch_up_timeout_ms.map(|v| v.to_string()));
+        put("prefer_same_datacenter", self.prefer_same_datacenter.map(|v| v.to_string()));
+        put("max_lag_for_candidate_s", self.max_lag_for_candidate_s.map(|v| v.to_string()));
+        put("fence_split", self.fence_split.map(|v| v.to_string()));
+        out
+    }
+}
+
+impl ClusterSettings {
+    /// Set (`Some`) or clear (`None`: back to the config file) one `cluster set` key,
+    /// checking its value. Deterministic: the state machine applies it.
+    pub fn set(&mut self, key: &str, value: Option<&str>) -> Result<(), String> {
+        fn ms(key: &str, v: &str) -> Result<u64, String> {
+            match v.parse::<u64>() {
+                Ok(n) if (1..=MAX_SETTING_MS).contains(&n) => Ok(n),
+                _ => Err(format!("{key} must be a number of milliseconds from 1 to {MAX_SETTING_MS}, not {v:?}")),
+            }
+        }
+        fn flag(key: &str, v: &str) -> Result<bool, String> {
+            match v {
+                "true" | "on" => Ok(true),
+                "false" | "off" => Ok(false),
+                _ => Err(format!("{key} must be true or false, not {v:?}")),
+            }
+        }
+        let o = &mut self.failover;
+        match (key, value) {
+            ("automatic", v) => self.automatic_failover = v.map(|v| flag(key, v)).transpose()?,
+            ("recovery_block_period_ms", v) => o.recovery_block_period_ms = v.map(|v| ms(key, v)).transpose()?,
+            ("replica_progress_stale_ms", v) => o.replica_progress_stale_ms = v.map(|v| ms(key, v)).transpose()?,
+            ("view_max_age_ms", v) => o.view_max_age_ms = v.map(|v| ms(key, v)).transpose()?,
+            ("catch_up_timeout_ms", v) => o.catch_up_timeout_ms = v.map(|v| ms(key, v)).transpose()?,
+            ("prefer_same_datacenter", v) => o.prefer_same_datacenter = v.map(|v| flag(key, v)).transpose()?,
+            ("max_lag_for_candidate_s", v) => {
+                o.max_lag_for_candidate_s = v
+                    .map(|v| v.parse::<u64>().map_err(|_| format!("{key} must be a number of seconds, not {v:?}")))
+                    .transpose()?
+            }
+            ("fence_split", v) => o.fence_split = v.map(|v| flag(key, v)).transpose()?,
+            _ => return Err(format!("unknown cluster setting {key:?}: one of {}", CLUSTER_SETTING_KEYS.join(", "))),
+        }
+        Ok(())
+    }
+}
+
 /// Per-cluster settings stored with the registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ClusterSettings {
@@ -83,6 +180,9 @@ pub struct ClusterSettings {
     /// instance, `Some(false)` keeps it off, `None` leaves it to the operator.
     #[serde(default)]
     pub semi_sync: Option<bool>,
+    /// `[failover]` keys set for this cluster in Raft (`cluster set`).
+    #[serde(default, skip_serializing_if = "FailoverOverrides::is_empty")]
+    pub failover: FailoverOverrides,
 }
 
 /// A state-machine command. See the module docs for the compatibility rules.
@@ -315,6 +415,13 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         from: Option<InstanceAddr>,
     },
+    /// `primusctl cluster set NAME KEY=VALUE …`: per-cluster `[failover]` settings
+    /// (value `None`: back to each coordinator's config). All or none are applied; an
+    /// unknown key or a bad value refuses the whole command.
+    SetClusterSettings {
+        name: ClusterName,
+        settings: std::collections::BTreeMap<String, Option<String>>,
+    },
 }
 
 impl Command {
@@ -346,6 +453,7 @@ impl Command {
             Command::SetGlobalAutomaticFailover { .. } => "SetGlobalAutomaticFailover",
             Command::ForgetInstance { .. } => "ForgetInstance",
             Command::RelocateReplica { .. } => "RelocateReplica",
+            Command::SetClusterSettings { .. } => "SetClusterSettings",
         }
     }
 
@@ -359,7 +467,8 @@ impl Command {
             | Command::SetFeatureLevel { .. } => 2,
             Command::SetGlobalAutomaticFailover { .. }
             | Command::ForgetInstance { .. }
-            | Command::RelocateReplica { .. } => 3,
+            | Command::RelocateReplica { .. }
+            | Command::SetClusterSettings { .. } => 3,
             Command::RegisterCluster { .. }
             | Command::UnregisterCluster { .. }
             | Command::UpdateTopology { .. }
@@ -463,6 +572,11 @@ impl Command {
                 reason.as_deref().unwrap_or("(no reason given)")
             ),
             Command::ForgetInstance { name, instance } => format!("forget instance {instance} of {name}"),
+            Command::SetClusterSettings { name, settings } => {
+                let kv: Vec<String> =
+                    settings.iter().map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("(config)"))).collect();
+                format!("settings of {name}: {}", kv.join(" "))
+            }
             Command::RelocateReplica { name, instance, below, from } => format!(
                 "relocate {instance} of {name} below {below} (was below {})",
                 from.as_ref().map(ToString::to_string).unwrap_or_else(|| "nothing".into())
@@ -544,6 +658,9 @@ pub enum Rejection {
         "the topology update of {name} would move the primary from {from} to {to}: only a failover (with a new epoch) changes the primary"
     )]
     PrimaryMovesWithoutFailover { name: ClusterName, from: InstanceAddr, to: String },
+    /// `SetClusterSettings` with an unknown key or a bad value.
+    #[error("cluster {name}: {message}")]
+    BadSetting { name: ClusterName, message: String },
     /// `ForgetInstance` of an instance the cluster still relies on.
     #[error("{instance} cannot be forgotten from cluster {name}: {why}")]
     InstanceInUse { name: ClusterName, instance: InstanceAddr, why: String },
@@ -651,6 +768,28 @@ mod tests {
             serde_json::to_value(&on).unwrap(),
             serde_json::json!({"SetGlobalAutomaticFailover": {"enabled": true}})
         );
+    }
+
+    #[test]
+    fn cluster_settings_are_checked_set_and_cleared() {
+        let mut s = ClusterSettings::default();
+        s.set("catch_up_timeout_ms", Some("2500")).unwrap();
+        s.set("fence_split", Some("false")).unwrap();
+        s.set("automatic", Some("off")).unwrap();
+        assert_eq!(s.failover.catch_up_timeout_ms, Some(2500));
+        assert_eq!(s.failover.fence_split, Some(false));
+        assert_eq!(s.automatic_failover, Some(false));
+        assert_eq!(s.failover.entries(), vec![("catch_up_timeout_ms", "2500".into()), ("fence_split", "false".into())]);
+        assert!(s.set("catch_up_timeout_ms", Some("0")).unwrap_err().contains("from 1 to"));
+        assert!(s.set("catch_up_timeout_ms", Some("soon")).is_err());
+        assert!(s.set("fence_split", Some("maybe")).unwrap_err().contains("true or false"));
+        assert!(s.set("step_timeout_ms", Some("5")).unwrap_err().contains("unknown cluster setting"));
+        s.set("catch_up_timeout_ms", None).unwrap();
+        s.set("fence_split", None).unwrap();
+        assert!(s.failover.is_empty());
+        // Settings without overrides encode as before (an older release reads them).
+        let json = serde_json::to_value(ClusterSettings::default()).unwrap();
+        assert_eq!(json, serde_json::json!({"automatic_failover": null, "semi_sync": null}));
     }
 
     #[test]

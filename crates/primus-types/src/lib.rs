@@ -22,8 +22,8 @@ pub mod topology;
 
 pub use analysis::{AnalysisCode, UnknownAnalysisCode};
 pub use command::{
-    ClusterSettings, Command, FeatureNotEnabled, Origin, Rejection, Request, Response, BASE_FEATURE_LEVEL,
-    FEATURE_LEVEL,
+    ClusterSettings, Command, FailoverOverrides, FeatureNotEnabled, Origin, Rejection, Request, Response,
+    BASE_FEATURE_LEVEL, FEATURE_LEVEL,
 };
 pub use failover::{
     AgentRecord, FailoverKind, FailoverOutcome, FailoverRecord, LeaseRelease, Maintenance, PromotionRule,

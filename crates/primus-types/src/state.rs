@@ -801,6 +801,17 @@ impl Registry {
                 touched.push(StateKey::Cluster(name.clone()));
                 Ok(())
             }
+            Command::SetClusterSettings { name, settings } => {
+                let c = self.cluster_mut(name)?;
+                let mut next = c.settings.clone();
+                for (k, v) in settings {
+                    next.set(k, v.as_deref())
+                        .map_err(|message| Rejection::BadSetting { name: name.clone(), message })?;
+                }
+                c.settings = next;
+                touched.push(StateKey::Cluster(name.clone()));
+                Ok(())
+            }
             Command::RelocateReplica { name, instance, below, .. } => {
                 let c = self.cluster_mut(name)?;
                 for a in [instance, below] {

@@ -29,7 +29,7 @@ impl Engine {
         self.monitor.probe_fresh(&addrs).await;
         let c = self.cluster(name)?;
         let input = self.input(&c);
-        let analysis = analyze(&input, &thresholds(&self.cfg));
+        let analysis = analyze(&input, &thresholds(&self.cfg_for(&c)));
         let intermediate = match (&analysis.code, &analysis.subject) {
             (AnalysisCode::DeadIntermediatePrimary, Some(s)) if analysis.actionable => s.clone(),
             _ => return Err(FailoverError::Refused(format!("double-check: {analysis}"))),
@@ -153,7 +153,7 @@ impl Engine {
             self.monitor.probe_fresh_map(&addrs).await;
         let c = self.cluster(name)?;
         let input = self.input(&c);
-        let th = thresholds(&self.cfg);
+        let th = thresholds(&self.cfg_for(&c));
         let analysis = analyze(&input, &th);
         if kind == FailoverKind::Automatic {
             let dead = analysis.code.calls_for_failover();

@@ -140,7 +140,15 @@ impl Engine {
             let result = match &step {
                 Step::PromoteCandidate { .. } if no_loss.is_err() => Err(no_loss.err().unwrap_or_default()),
                 Step::PromoteCandidate { candidate } => {
-                    match self.promote(candidate, f.epoch, c.settings.semi_sync == Some(true)).await {
+                    match self
+                        .promote(
+                            candidate,
+                            f.epoch,
+                            c.settings.semi_sync == Some(true),
+                            self.cfg_for(&c).catch_up_timeout_ms,
+                        )
+                        .await
+                    {
                         Ok((detail, point)) => {
                             // The new primary's agent holds a lease from now on (it was
                             // answered "being promoted", which it counts as one): the leader
@@ -393,7 +401,7 @@ impl Engine {
                 }
                 let p = self.prober(candidate);
                 let info = p.server_info().await.map_err(|e| e.to_string())?;
-                let secs = self.cfg.catch_up_timeout_ms.div_ceil(1000).max(1);
+                let secs = self.cfg_for(c).catch_up_timeout_ms.div_ceil(1000).max(1);
                 for target in targets.iter().filter(|t| !t.is_empty()) {
                     let q = primus_mysql::flavor::quote_string(target);
                     let wait = match info.flavor {
@@ -464,7 +472,9 @@ impl Engine {
             }
             Step::PromoteCandidate { candidate } => {
                 let semi_sync = c.settings.semi_sync == Some(true);
-                self.promote(candidate, f.epoch, semi_sync).await.map(|(detail, _)| StepOutcome::Done(detail))
+                self.promote(candidate, f.epoch, semi_sync, self.cfg_for(c).catch_up_timeout_ms)
+                    .await
+                    .map(|(detail, _)| StepOutcome::Done(detail))
             }
             Step::RepointReplica { replica, to } | Step::RepointOldPrimary { addr: replica, to } => {
                 if crate::faults::get().active("failover.repoint_delay") {
@@ -524,7 +534,8 @@ impl Engine {
     /// worth waiting longer for (the step fails, the failover is aborted, and the next
     /// decision chooses one that holds it).
     pub(super) async fn no_loss_before_promote(&self, name: &ClusterName, f: &FailoverRecord) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.catch_up_timeout_ms.min(2000));
+        let catch_up = self.cfg_of(name).catch_up_timeout_ms;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(catch_up.min(2000));
         loop {
             let c = self.cluster(name).map_err(|e| e.to_string())?;
             let addrs: Vec<InstanceAddr> =
@@ -559,6 +570,7 @@ impl Engine {
         candidate: &InstanceAddr,
         epoch: u64,
         semi_sync: bool,
+        catch_up_timeout_ms: u64,
     ) -> Result<(String, primus_mysql::PromotionPoint), String> {
         let t = self.step_timeout();
         let p = self.prober(candidate);
@@ -571,7 +583,7 @@ impl Engine {
             // (found by primus-sim).
             let io = o.server.restart_io_thread_sql();
             p.execute(&io[..1], t).await.map_err(|e| e.to_string())?;
-            let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.catch_up_timeout_ms);
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(catch_up_timeout_ms);
             loop {
                 let now = p.probe().await.map_err(|e| e.to_string())?;
                 if primus_failover::relay_applied(&now) != Some(false) {
@@ -581,7 +593,7 @@ impl Engine {
                     let _ = p.execute(&io[1..], t).await;
                     return Err(format!(
                         "{candidate} did not apply its relay log within {} ms (not promoted; receiving again)",
-                        self.cfg.catch_up_timeout_ms
+                        catch_up_timeout_ms
                     ));
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -276,7 +276,7 @@ impl Engine {
     pub fn analysis_now(&self, cluster: &ClusterName) -> Option<(u64, u64, Analysis)> {
         self.last_analysis(cluster)?;
         let c = self.cluster(cluster).ok()?;
-        let analysis = analyze(&self.input(&c), &thresholds(&self.cfg));
+        let analysis = analyze(&self.input(&c), &thresholds(&self.cfg_for(&c)));
         Some((self.now_ms(), c.epoch, analysis))
     }
 
@@ -547,7 +547,7 @@ impl Engine {
             let leads = self.leads();
             for c in clusters {
                 let input = self.input(&c);
-                let analysis = analyze(&input, &thresholds(&self.cfg));
+                let analysis = analyze(&input, &thresholds(&self.cfg_for(&c)));
                 self.last
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
@@ -646,6 +646,43 @@ impl Engine {
         });
     }
 
+    /// This node's `[failover]` section with the cluster's settings from Raft
+    /// (`primusctl cluster set`) over it: every coordinator decides with the same.
+    pub(crate) fn cfg_for(&self, c: &ClusterRecord) -> FailoverSection {
+        let o = &c.settings.failover;
+        let mut f = self.cfg.clone();
+        if let Some(v) = o.recovery_block_period_ms {
+            f.recovery_block_period_ms = v;
+        }
+        if let Some(v) = o.replica_progress_stale_ms {
+            f.replica_progress_stale_ms = v;
+        }
+        if let Some(v) = o.view_max_age_ms {
+            f.view_max_age_ms = v;
+        }
+        if let Some(v) = o.catch_up_timeout_ms {
+            f.catch_up_timeout_ms = v;
+        }
+        if let Some(v) = o.prefer_same_datacenter {
+            f.prefer_same_datacenter = v;
+        }
+        if let Some(v) = o.max_lag_for_candidate_s {
+            f.max_lag_for_candidate_s = Some(v);
+        }
+        if let Some(v) = o.fence_split {
+            f.fence_split = v;
+        }
+        f
+    }
+
+    /// [`Engine::cfg_for`] the cluster named `name` (this node's own section when it is gone).
+    fn cfg_of(&self, name: &ClusterName) -> FailoverSection {
+        match self.cluster(name) {
+            Ok(c) => self.cfg_for(&c),
+            Err(_) => self.cfg.clone(),
+        }
+    }
+
     /// `primusctl automatic off --all`: no automatic failover or repair anywhere.
     fn globally_off(&self) -> bool {
         self.state.read(|s| s.registry.automatic_off.is_some())
@@ -664,9 +701,9 @@ impl Engine {
             f.acked_by.is_none()
                 && match &f.outcome {
                     Some(FailoverOutcome::Failed(_)) => true,
-                    Some(FailoverOutcome::Succeeded) => {
-                        f.finished_at_ms.is_some_and(|t| now.saturating_sub(t) < self.cfg.recovery_block_period_ms)
-                    }
+                    Some(FailoverOutcome::Succeeded) => f
+                        .finished_at_ms
+                        .is_some_and(|t| now.saturating_sub(t) < self.cfg_for(c).recovery_block_period_ms),
                     _ => false,
                 }
         });

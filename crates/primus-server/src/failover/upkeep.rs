@@ -42,7 +42,7 @@ impl Engine {
     /// ones (kept read-only by `keep_demoted_fenced`) and instances in maintenance
     /// (an operator's business: alert only). At most one attempt per instance every 5 s.
     pub(super) fn fence_split(self: &Arc<Self>, c: &ClusterRecord) {
-        if !self.cfg.fence_split {
+        if !self.cfg_for(c).fence_split {
             return;
         }
         let Some(primary) = c.topology.primary.clone() else { return };
