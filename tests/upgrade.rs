@@ -10,9 +10,11 @@
 //!
 //! * old group: a switchover;
 //! * 1 new + 2 old: a switchover;
-//! * 2 new + 1 old: a switchover, then the primary killed with kill -9 (an automatic
-//!   failover; writes paused and the replicas caught up first, so that an async
-//!   crash loses nothing by design);
+//! * 2 new + 1 old: a switchover; the old leader stopped until a new node leads, then
+//!   started again (a new leader replicating to an old follower); a switchover and
+//!   the primary killed with kill -9 (an automatic failover; writes paused and the
+//!   replicas caught up first, so that an async crash loses nothing by design); a
+//!   command of the new release (`automatic off --all`) refused, saying why;
 //! * all new: the group's feature level rises to this build's, then a switchover and
 //!   another kill -9 failover.
 //!
@@ -20,7 +22,8 @@
 //! level stayed 1 and no node logged an entry it could not decode; every acknowledged
 //! row is on the final primary and on its replicas; exactly one server is writable.
 //!
-//! Usage: `upgrade --old-bin DIR [--new-bin DIR] [--keep DIR]` (DIR holds `primusd`).
+//! Usage: `upgrade --old-bin DIR [--new-bin DIR] [--no-gate]` (DIR holds `primusd`; `--no-gate`
+//! runs the new nodes without the feature gate, the counterfactual, which must fail).
 
 use anyhow::{bail, ensure, Context, Result};
 use primus_client::{Client, ReadConsistency};
