@@ -13,6 +13,9 @@ bash scripts/ensure-mariadb.sh
 step "nftables (the agent's block_port escalation is tested for real)"
 bash scripts/ensure-nft.sh
 
+step "Chromium + chromedriver (the web page is tested in a real headless browser)"
+bash scripts/ensure-chromium.sh
+
 if ! cargo nextest --version >/dev/null 2>&1; then
     step "installing cargo-nextest"
     cargo install cargo-nextest --locked

@@ -114,6 +114,8 @@ pub mod world {
         pub mysql_tls: Option<primus_testkit::pki::TestPki>,
         /// The coordinators' primusd binary (default: this build's).
         pub primusd: Option<std::path::PathBuf>,
+        /// Give every coordinator `[auth]` with this token (the world's client sends it).
+        pub token: Option<String>,
     }
 
     impl Default for WorldOptions {
@@ -134,6 +136,7 @@ pub mod world {
                 node_config: BTreeMap::new(),
                 mysql_tls: None,
                 primusd: None,
+                token: None,
             }
         }
     }
@@ -191,6 +194,7 @@ pub mod world {
                 listen_all: o.primary_in_netns,
                 raft: o.raft,
                 primusd: o.primusd,
+                token: o.token,
                 ..Default::default()
             })?;
             group.wait_leader(&[], Duration::from_secs(20)).await?;
@@ -374,5 +378,130 @@ pub mod world {
 
     pub fn inst<'a>(t: &'a GetTopologyResponse, addr: &str) -> &'a InstanceView {
         t.instances.iter().find(|i| i.addr == addr).unwrap_or_else(|| panic!("{addr} not in topology {t:#?}"))
+    }
+}
+
+pub mod browser {
+    //! Debian's headless Chromium, driven over WebDriver (chromedriver) with fantoccini:
+    //! the page's tests look at it as an operator's browser does.
+
+    use anyhow::Context;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    const CHROMIUM: &str = "/usr/bin/chromium";
+    const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+    const HOW: &str = "the page's browser tests need Debian's headless Chromium and its WebDriver: \
+                       apt-get install -y chromium chromium-driver (scripts/ensure-chromium.sh, which scripts/test.sh runs)";
+
+    pub struct Browser {
+        pub client: fantoccini::Client,
+        driver: Child,
+        _profile: tempfile::TempDir,
+    }
+
+    impl Browser {
+        /// Start chromedriver and a headless Chromium session with a laptop-sized window.
+        pub async fn start() -> anyhow::Result<Browser> {
+            for bin in [CHROMIUM, CHROMEDRIVER] {
+                anyhow::ensure!(Path::new(bin).exists(), "{bin} is missing: {HOW}");
+            }
+            let profile = tempfile::tempdir()?;
+            let port = primus_testkit::ports::free_port()?;
+            let log = std::fs::File::create(profile.path().join("chromedriver.log"))?;
+            // Its own process group: dropping the browser kills chromedriver and the
+            // Chromium it started, whatever state the session is in.
+            let driver = std::os::unix::process::CommandExt::process_group(&mut Command::new(CHROMEDRIVER), 0)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("start {CHROMEDRIVER}: {HOW}"))?;
+            let mut b = DriverGuard(Some(driver));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                anyhow::ensure!(Instant::now() < deadline, "chromedriver did not listen on port {port} within 20 s");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let args = vec![
+                "--headless=new".to_string(),
+                "--no-sandbox".into(),
+                "--disable-gpu".into(),
+                "--disable-dev-shm-usage".into(),
+                "--disable-quic".into(),
+                "--no-first-run".into(),
+                "--disable-background-networking".into(),
+                "--disable-component-update".into(),
+                "--disable-sync".into(),
+                "--window-size=1440,1000".into(),
+                format!("--user-data-dir={}", profile.path().join("profile").display()),
+            ];
+            let mut caps = serde_json::Map::new();
+            caps.insert("goog:chromeOptions".into(), serde_json::json!({ "binary": CHROMIUM, "args": args }));
+            let client = fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(caps)
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+                .with_context(|| format!("open a Chromium session through chromedriver: {HOW}"))?;
+            let driver = b.0.take().expect("driver present");
+            Ok(Browser { client, driver, _profile: profile })
+        }
+
+        /// Evaluate `js` (a function body: `return …;`) in the page.
+        pub async fn eval(&self, js: &str) -> anyhow::Result<serde_json::Value> {
+            Ok(self.client.execute(js, vec![]).await?)
+        }
+
+        /// Poll `js` until it returns `true`; returns how long that took.
+        pub async fn wait_for(&self, what: &str, js: &str, timeout: Duration) -> anyhow::Result<Duration> {
+            let t0 = Instant::now();
+            loop {
+                if self.eval(js).await.ok().and_then(|v| v.as_bool()) == Some(true) {
+                    return Ok(t0.elapsed());
+                }
+                if t0.elapsed() > timeout {
+                    let text = self.eval("return document.body.innerText;").await.unwrap_or_default();
+                    let html = self.eval("return document.querySelector('main')?.innerHTML;").await.unwrap_or_default();
+                    anyhow::bail!(
+                        "the page did not show {what} within {timeout:?}; it shows:\n{}\n\nHTML: {}",
+                        text.as_str().unwrap_or(""),
+                        html.as_str().unwrap_or("")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+
+        /// Save a PNG of the window to `dir/name.png`.
+        pub async fn screenshot(&self, dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+            std::fs::create_dir_all(dir)?;
+            let png = self.client.screenshot().await?;
+            let path = dir.join(format!("{name}.png"));
+            std::fs::write(&path, png)?;
+            println!("screenshot: {}", path.display());
+            Ok(path)
+        }
+    }
+
+    fn kill_group(c: &mut Child) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", c.id())]).status();
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    struct DriverGuard(Option<Child>);
+    impl Drop for DriverGuard {
+        fn drop(&mut self) {
+            if let Some(c) = &mut self.0 {
+                kill_group(c);
+            }
+        }
+    }
+
+    impl Drop for Browser {
+        fn drop(&mut self) {
+            kill_group(&mut self.driver);
+        }
     }
 }

@@ -15,17 +15,19 @@
 use crate::auth::{AuthPolicy, Token};
 use crate::context::NodeCtx;
 use crate::service::CoordinatorService;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use primus_proto::v1::coordinator_server::Coordinator;
 use primus_proto::v1::{
-    AnalysisRequest, GetPrimaryRequest, GetStatusRequest, GetTopologyRequest, ListClustersRequest, ReadConsistency,
+    AckRequest, AnalysisRequest, FailoverRequest, GetPrimaryRequest, GetStatusRequest, GetTopologyRequest,
+    ListClustersRequest, MaintenanceRequest, ReadConsistency,
 };
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -44,18 +46,95 @@ pub const ROUTES: &[(&str, Option<&str>)] = &[
     ("/api/v1/openapi.json", None),
 ];
 
-/// Who may read the API: the token when `[auth] require_token_for_reads` is set.
+/// Every action served under `/api/v1` (POST), with the gRPC method it calls (and
+/// whose write rule it follows: the `[auth]` token, always).
+pub const ACTION_ROUTES: &[(&str, &str)] = &[
+    ("/api/v1/clusters/{name}/switchover", "Failover"),
+    ("/api/v1/clusters/{name}/maintenance", "Maintenance"),
+    ("/api/v1/clusters/{name}/ack", "Ack"),
+];
+
+/// How long an action may take before the caller gets a 503 (a switchover waits
+/// for its end; it goes on on the leader if the caller stops waiting).
+pub const ACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Who may use the API: reads need the token when `[auth] require_token_for_reads`
+/// is set; actions always need it, and are refused when no `[auth]` token is set
+/// (then the HTTP endpoint is read-only).
 #[derive(Clone, Default)]
 pub struct ApiAuth {
-    policy: Option<Arc<AuthPolicy>>,
+    /// Present when reads need the token.
+    reads: Option<Arc<AuthPolicy>>,
+    /// Present when `[auth]` has a token.
+    actions: Option<Arc<AuthPolicy>>,
 }
 
 impl ApiAuth {
-    /// `token` is `[auth]`'s token when reads require it, `None` otherwise.
-    pub fn reads_need(token: Option<Token>) -> Self {
-        ApiAuth {
-            policy: token
-                .map(|t| Arc::new(AuthPolicy { token: Some(t), require_token_for_reads: true, ..Default::default() })),
+    /// `token` is `[auth]`'s token, if any.
+    pub fn new(token: Option<Token>, require_token_for_reads: bool) -> Self {
+        let policy =
+            token.map(|t| Arc::new(AuthPolicy { token: Some(t), require_token_for_reads, ..Default::default() }));
+        ApiAuth { reads: policy.clone().filter(|_| require_token_for_reads), actions: policy }
+    }
+
+    /// Whether a read following gRPC `method`'s rule may go through.
+    pub(crate) fn check_read(&self, method: &str, headers: &axum::http::HeaderMap) -> Result<(), Denied> {
+        let Some(policy) = &self.reads else {
+            return Ok(());
+        };
+        check(policy, method, headers)
+    }
+
+    /// Whether an action calling gRPC `method` may go through.
+    pub(crate) fn check_action(&self, method: &str, headers: &axum::http::HeaderMap) -> Result<(), Denied> {
+        let Some(policy) = &self.actions else {
+            return Err(Denied {
+                status: StatusCode::FORBIDDEN,
+                message: "this coordinator's HTTP endpoint is read-only: actions need an [auth] token_file on the \
+                          coordinators, sent as `Authorization: Bearer <token>`",
+                challenge: false,
+            });
+        };
+        check(policy, method, headers)
+    }
+}
+
+/// A request the auth rules refuse: its status and why.
+pub(crate) struct Denied {
+    status: StatusCode,
+    message: &'static str,
+    /// Answer with `WWW-Authenticate: Bearer`.
+    challenge: bool,
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        let mut resp = error(self.status, self.message);
+        if self.challenge {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+fn check(policy: &AuthPolicy, method: &str, headers: &axum::http::HeaderMap) -> Result<(), Denied> {
+    let grpc_path = format!("{}{}", crate::auth::COORDINATOR_PREFIX, method);
+    match policy.check(&grpc_path, headers, None) {
+        Ok(()) => Ok(()),
+        Err(s) => {
+            let (code, message) = if s.code() == tonic::Code::PermissionDenied {
+                (StatusCode::FORBIDDEN, "the bearer token is not the one this coordinator accepts")
+            } else if crate::auth::classify(&grpc_path) == crate::auth::Access::Read {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    "this coordinator requires a token for reads: send `Authorization: Bearer <token>` \
+                     ([auth] require_token_for_reads)",
+                )
+            } else {
+                (StatusCode::UNAUTHORIZED, "actions need the [auth] token: send `Authorization: Bearer <token>`")
+            };
+            tracing::info!(method, "API request refused: {}", s.message());
+            Err(Denied { status: code, message, challenge: true })
         }
     }
 }
@@ -106,28 +185,177 @@ fn method_of(path: &str) -> &'static str {
 }
 
 async fn authorize(State(auth): State<ApiAuth>, req: Request, next: Next) -> Response {
-    let Some(policy) = &auth.policy else {
-        return next.run(req).await;
-    };
-    let grpc_path = format!("{}{}", crate::auth::COORDINATOR_PREFIX, method_of(req.uri().path()));
-    match policy.check(&grpc_path, req.headers(), None) {
+    match auth.check_read(method_of(req.uri().path()), req.headers()) {
         Ok(()) => next.run(req).await,
-        Err(s) => {
-            let (code, message) = if s.code() == tonic::Code::PermissionDenied {
-                (StatusCode::FORBIDDEN, "the bearer token is not the one this coordinator accepts")
-            } else {
-                (
-                    StatusCode::UNAUTHORIZED,
-                    "this coordinator requires a token for reads: send `Authorization: Bearer <token>` \
-                     ([auth] require_token_for_reads)",
-                )
-            };
-            tracing::info!(path = %req.uri().path(), "API request refused: {}", s.message());
-            let mut resp = error(code, message);
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            resp
+        Err(denied) => denied.into_response(),
+    }
+}
+
+/// Actions check the write rule of the gRPC method they call.
+async fn authorize_action(State(auth): State<ApiAuth>, req: Request, next: Next) -> Response {
+    if req.method() != axum::http::Method::POST {
+        let mut resp =
+            error(StatusCode::METHOD_NOT_ALLOWED, format!("method {} not allowed here: use POST", req.method()));
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    }
+    let tail = req.uri().path().rsplit('/').next().unwrap_or_default().to_string();
+    let method = ACTION_ROUTES.iter().find(|(r, _)| r.ends_with(&format!("/{tail}"))).map_or("Failover", |(_, m)| m);
+    match auth.check_action(method, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(denied) => denied.into_response(),
+    }
+}
+
+/// The `/api/v1` actions (POST), bounded by [`ACTION_TIMEOUT`] rather than the
+/// endpoint's request timeout (a switchover waits for its end).
+pub fn action_routes(ctx: Arc<NodeCtx>, auth: ApiAuth) -> Router {
+    Router::new()
+        .route(ACTION_ROUTES[0].0, post(switchover))
+        .route(ACTION_ROUTES[1].0, post(maintenance))
+        .route(ACTION_ROUTES[2].0, post(ack))
+        .with_state(ctx)
+        .route_layer(axum::middleware::from_fn_with_state(auth, authorize_action))
+}
+
+/// The caller's credentials go with the request, for the leader to check when
+/// this node forwards it.
+fn with_authorization<T>(headers: &axum::http::HeaderMap, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        if let Ok(mut v) = v.parse::<tonic::metadata::AsciiMetadataValue>() {
+            v.set_sensitive(true);
+            req.metadata_mut().insert(primus_raft::security::AUTHORIZATION, v);
         }
     }
+    req
+}
+
+fn actor_of(given: Option<String>, headers: &axum::http::HeaderMap) -> String {
+    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("unknown client");
+    let agent: String = agent.chars().take(60).collect();
+    match given.filter(|a| !a.trim().is_empty()) {
+        Some(a) => format!("http api: {}", a.chars().take(100).collect::<String>()),
+        None => format!("http api ({agent})"),
+    }
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Refused> {
+    b.map(|Json(v)| v).map_err(|r| Refused(StatusCode::BAD_REQUEST, format!("bad request body: {}", r.body_text())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchoverBody {
+    /// host:port of the replica to promote; absent lets primus choose.
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    actor: Option<String>,
+}
+
+/// `POST /api/v1/clusters/{name}/switchover` (`primusctl switchover`): answers once
+/// the switchover has ended, with its record.
+async fn switchover(
+    State(ctx): State<Arc<NodeCtx>>,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    b: Result<Json<SwitchoverBody>, JsonRejection>,
+) -> Response {
+    let (name, b) = match cluster_name(path).and_then(|n| known(&ctx, &n)).and_then(|n| Ok((n, body(b)?))) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let request_id = format!(
+        "http-{}-{}-{}",
+        ctx.id,
+        crate::clock::now_ms(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let msg = FailoverRequest {
+        cluster: name.to_string(),
+        to: b.to.unwrap_or_default(),
+        actor: actor_of(b.actor, &headers),
+        switchover: true,
+        accept_loss: false,
+        request_id,
+    };
+    let svc = CoordinatorService::new(ctx);
+    let r = svc.failover(with_authorization(&headers, msg)).await;
+    answer(r.map(|r| r.into_inner().failover.as_ref().map(primus_client::json::failover).unwrap_or(Value::Null)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceBody {
+    /// true starts maintenance, false ends it.
+    start: bool,
+    /// host:port of one instance; absent: the whole cluster.
+    #[serde(default)]
+    instance: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    /// How long it lasts (starting only).
+    #[serde(default)]
+    duration_s: Option<u64>,
+    #[serde(default)]
+    actor: Option<String>,
+}
+
+/// `POST /api/v1/clusters/{name}/maintenance` (`primusctl maintenance start|end`).
+async fn maintenance(
+    State(ctx): State<Arc<NodeCtx>>,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    b: Result<Json<MaintenanceBody>, JsonRejection>,
+) -> Response {
+    let (name, b) = match cluster_name(path).and_then(|n| known(&ctx, &n)).and_then(|n| Ok((n, body(b)?))) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    if b.start && b.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        return error(StatusCode::BAD_REQUEST, "starting maintenance needs a reason");
+    }
+    let msg = MaintenanceRequest {
+        cluster: name.to_string(),
+        instance: b.instance.unwrap_or_default(),
+        start: b.start,
+        reason: b.reason.unwrap_or_default(),
+        duration_ms: b.duration_s.unwrap_or(0).saturating_mul(1000),
+        actor: actor_of(b.actor, &headers),
+    };
+    let svc = CoordinatorService::new(ctx);
+    let r = svc.maintenance(with_authorization(&headers, msg)).await;
+    answer(r.map(|r| json!({"log_index": r.get_ref().log_index})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    /// One failover's id; absent acknowledges every failover of the cluster.
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    actor: Option<String>,
+}
+
+/// `POST /api/v1/clusters/{name}/ack` (`primusctl ack`).
+async fn ack(
+    State(ctx): State<Arc<NodeCtx>>,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    b: Result<Json<AckBody>, JsonRejection>,
+) -> Response {
+    let (name, b) = match cluster_name(path).and_then(|n| known(&ctx, &n)).and_then(|n| Ok((n, body(b)?))) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let msg =
+        AckRequest { cluster: name.to_string(), id: b.id.unwrap_or_default(), actor: actor_of(b.actor, &headers) };
+    let svc = CoordinatorService::new(ctx);
+    let r = svc.ack(with_authorization(&headers, msg)).await;
+    answer(r.map(|r| json!({"log_index": r.get_ref().log_index})))
 }
 
 /// A refused request: its status and why (small, unlike a `Response`).
@@ -247,7 +475,8 @@ mod tests {
         assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", doc["openapi"]);
         let described: std::collections::BTreeSet<&str> =
             doc["paths"].as_object().expect("paths").keys().map(String::as_str).collect();
-        let served: std::collections::BTreeSet<&str> = ROUTES.iter().map(|(p, _)| *p).collect();
+        let served: std::collections::BTreeSet<&str> =
+            ROUTES.iter().map(|(p, _)| *p).chain(ACTION_ROUTES.iter().map(|(p, _)| *p)).collect();
         assert_eq!(described, served);
     }
 
@@ -263,6 +492,9 @@ mod tests {
             if let Some(m) = m {
                 assert!(crate::auth::READ_METHODS.contains(m), "{m} is not a read");
             }
+        }
+        for (_, m) in ACTION_ROUTES {
+            assert!(crate::auth::WRITE_METHODS.contains(m), "{m} is not a write");
         }
     }
 }

@@ -1,6 +1,6 @@
 //! primusd's HTTP endpoint (`http_listen`): health checks for load balancers and
-//! HAProxy, the agreed primary of each cluster, Prometheus metrics, and the JSON
-//! API under `/api/v1` (crate::api).
+//! HAProxy, the agreed primary of each cluster, Prometheus metrics, the JSON
+//! API under `/api/v1` (crate::api), and the operator's page (crate::web).
 //!
 //! Every answer is a **local, possibly stale read**: no Raft round trip, no
 //! forwarding to the leader, so checks are cheap and every coordinator answers
@@ -248,10 +248,16 @@ pub fn router(ctx: Arc<NodeCtx>, api_auth: crate::api::ApiAuth) -> Router {
         .route("/replica/{cluster}/{instance}", get(replica))
         .route("/metrics", get(metrics))
         .with_state(ctx.clone())
-        .merge(crate::api::routes(ctx, api_auth))
+        .merge(crate::api::routes(ctx.clone(), api_auth.clone()))
+        .merge(crate::web::routes(ctx.clone(), api_auth.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(timeout, bounded))
+        // Actions wait for what they started (a switchover's end): their own bound.
+        .merge(
+            crate::api::action_routes(ctx, api_auth)
+                .layer(axum::middleware::from_fn_with_state(crate::api::ACTION_TIMEOUT, bounded)),
+        )
 }
 
 /// Answer within `timeout` (503 otherwise), never cached, and log at debug.
@@ -297,7 +303,7 @@ async fn not_found(req: Request) -> Response {
 }
 
 async fn method_not_allowed(req: Request) -> Response {
-    error(StatusCode::METHOD_NOT_ALLOWED, format!("method {} not allowed here: use GET", req.method()))
+    error(StatusCode::METHOD_NOT_ALLOWED, format!("method {} not allowed here; see docs/http.md", req.method()))
 }
 
 /// This node's Raft view, as `/health` and `/leader` report it.

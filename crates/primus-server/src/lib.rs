@@ -24,6 +24,7 @@ pub mod proto_conv;
 pub mod service;
 pub mod tasks;
 pub mod tls;
+pub mod web;
 
 /// An error that decides the process exit code: 2 for configuration errors, 1 otherwise.
 #[derive(Debug, thiserror::Error)]

@@ -356,8 +356,9 @@ pub async fn run(
         }
         let _ = stop_tx.send(true);
     };
-    // The JSON API follows the gRPC rule for reads: the token when reads require it.
-    let api_auth = crate::api::ApiAuth::reads_need(policy.token.clone().filter(|_| policy.require_token_for_reads));
+    // The JSON API and the page follow the gRPC rules: the token for reads when reads
+    // require it, and for actions always (none without [auth]: read-only).
+    let api_auth = crate::api::ApiAuth::new(policy.token.clone(), policy.require_token_for_reads);
     let http = http_listener.map(|l| {
         let mut rx = stop_rx.clone();
         let stop = async move {

@@ -50,10 +50,12 @@ struct State {
     http: Vec<String>,
 }
 
-/// The JSON API's URL on the first coordinator, and every coordinator's HTTP address.
+/// The page's URL first, then the JSON API's, on the first coordinator (every
+/// coordinator serves both).
 fn print_api(s: &State) {
     if let Some(first) = s.http.first() {
-        println!("API: http://{first}/api/v1/status   (every coordinator: {})", s.http.join(", "));
+        println!("Page: http://{first}/clusters/{}   (overview: http://{first}/)", s.cluster);
+        println!("API:  http://{first}/api/v1/status   (every coordinator: {})", s.http.join(", "));
     }
 }
 
@@ -84,6 +86,7 @@ fn print_next_steps(dir: &Path, s: &State) -> Result<()> {
     let ctl = bin("primusctl")?;
     println!();
     print_api(s);
+    println!();
     println!("The sandbox runs in the background (data and logs under {}).", dir.display());
     println!("  export PRIMUS_ENDPOINTS={}", s.endpoints);
     println!("  {} status                  # the coordinator group", ctl.display());
@@ -151,10 +154,10 @@ async fn up(dir: &Path) -> Result<()> {
         ..Default::default()
     })?;
     let (leader, term) = group.wait_leader(&[], Duration::from_secs(30)).await?;
-    println!("  leader: node {leader} (term {term})");
-    if let Some(api) = group.nodes.values().find_map(|n| n.http_addr()) {
-        println!("  API: http://{api}/api/v1/status");
+    if let Some(http) = group.nodes.values().find_map(|n| n.http_addr()) {
+        println!("  page: http://{http}/clusters/{CLUSTER}   (live; API under http://{http}/api/v1/)");
     }
+    println!("  leader: node {leader} (term {term})");
     let client = group.client(Duration::from_secs(20))?;
     let primary = sandbox.primary().addr();
     println!("registering cluster {CLUSTER} from seed {primary} (discovers the replicas)…");
