@@ -259,6 +259,10 @@ async fn pump(ctx: Arc<NodeCtx>, cluster: Option<primus_types::ClusterName>, tx:
 struct LeaderView {
     at: Option<tokio::time::Instant>,
     status: Option<GetStatusResponse>,
+    /// The leader last failed to answer a read: why, and until when the page does
+    /// not ask it again (so that a page of many clusters does not wait
+    /// [`LEADER_BOUND`] for each of them while the leader is away).
+    away: Option<(tokio::time::Instant, String)>,
 }
 
 async fn group_status(ctx: &Arc<NodeCtx>, leader_view: &mut LeaderView) -> Option<(GetStatusResponse, bool)> {
@@ -301,7 +305,7 @@ async fn overview_sections(ctx: &Arc<NodeCtx>, leader_view: &mut LeaderView) -> 
     let names: Vec<String> = ctx.read_state(|s| s.clusters.keys().map(|n| n.to_string()).collect()).1;
     let mut rows = Vec::new();
     for name in names {
-        rows.push(gather_cluster(ctx, &name).await);
+        rows.push(gather_cluster(ctx, &name, leader_view).await);
     }
     vec![
         ("banner", banner(status.as_ref().map(|s| &s.0)).into_string()),
@@ -331,26 +335,41 @@ fn internal<T>(ctx: &NodeCtx, msg: T) -> tonic::Request<T> {
 }
 
 /// The leader's answer within [`LEADER_BOUND`], else this node's own.
-async fn leader_or_own<T, F, Fut>(ask: F) -> (Result<T, String>, Option<String>)
+async fn leader_or_own<T, F, Fut>(lv: &mut LeaderView, ask: F) -> (Result<T, String>, Option<String>)
 where
     F: Fn(i32) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let why = match tokio::time::timeout(LEADER_BOUND, ask(LINEARIZABLE)).await {
-        Ok(Ok(r)) => return (Ok(r.into_inner()), None),
-        Ok(Err(s)) => s.message().to_string(),
-        Err(_) => format!("the leader did not answer within {} ms", LEADER_BOUND.as_millis()),
+    let now = tokio::time::Instant::now();
+    let why = match &lv.away {
+        Some((until, why)) if now < *until => why.clone(),
+        _ => {
+            let why = match tokio::time::timeout(LEADER_BOUND, ask(LINEARIZABLE)).await {
+                Ok(Ok(r)) => {
+                    lv.away = None;
+                    return (Ok(r.into_inner()), None);
+                }
+                // The cluster's own refusal (say, unknown here): not the leader's absence.
+                Ok(Err(s)) if s.code() == tonic::Code::NotFound || s.code() == tonic::Code::InvalidArgument => {
+                    return (Err(s.message().to_string()), None);
+                }
+                Ok(Err(s)) => s.message().to_string(),
+                Err(_) => format!("the leader did not answer within {} ms", LEADER_BOUND.as_millis()),
+            };
+            lv.away = Some((now + 2 * REFRESH, why.clone()));
+            why
+        }
     };
     (ask(STALE).await.map(tonic::Response::into_inner).map_err(|s| s.message().to_string()), Some(why))
 }
 
-async fn gather_cluster(ctx: &Arc<NodeCtx>, name: &str) -> ClusterData {
+async fn gather_cluster(ctx: &Arc<NodeCtx>, name: &str, lv: &mut LeaderView) -> ClusterData {
     let svc = CoordinatorService::new(ctx.clone());
-    let (topology, own_topology) = leader_or_own(|consistency| {
+    let (topology, own_topology) = leader_or_own(lv, |consistency| {
         svc.get_topology(internal(ctx, GetTopologyRequest { cluster: name.to_string(), consistency }))
     })
     .await;
-    let (analysis, own_analysis) = leader_or_own(|consistency| {
+    let (analysis, own_analysis) = leader_or_own(lv, |consistency| {
         svc.analysis(internal(ctx, AnalysisRequest { cluster: name.to_string(), consistency }))
     })
     .await;
@@ -373,7 +392,7 @@ async fn cluster_sections(
         let gone = html! { h2 { (name.as_str()) } p.bad { "cluster " (name.as_str()) " is not registered on this coordinator" } };
         return vec![("banner", banner), ("summary", gone.into_string()), ("group", group)];
     }
-    let d = gather_cluster(ctx, name.as_str()).await;
+    let d = gather_cluster(ctx, name.as_str(), leader_view).await;
     let v = verdicts(ctx, status.as_ref());
     vec![
         ("banner", banner),
