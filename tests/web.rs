@@ -239,6 +239,25 @@ async fn the_page_shows_tree_and_leader_then_follows_a_kill9_failover_live_and_a
         ("switchover", other.as_str(), "succeeded")
     );
     assert_eq!(s.started_by, "http api: web page", "audited as the page's action: {s:#?}");
+
+    // The global switch (`primusctl automatic off --all`) shows at once, and goes.
+    let c = w.client()?;
+    c.set_automatic_failover_all(false, "datacenter move").await?;
+    b.wait_for(
+        "automatic failover off everywhere",
+        "return (document.querySelector('#automatic-off')?.textContent || '').includes('datacenter move') && \
+         document.querySelector('#s-summary [data-automatic]')?.dataset.automatic === 'off';",
+        Duration::from_secs(5),
+    )
+    .await?;
+    c.set_automatic_failover_all(true, "").await?;
+    b.wait_for(
+        "automatic failover back on",
+        "return !document.querySelector('#automatic-off') && \
+         document.querySelector('#s-summary [data-automatic]')?.dataset.automatic === 'on';",
+        Duration::from_secs(5),
+    )
+    .await?;
     Ok(())
 }
 

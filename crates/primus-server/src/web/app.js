@@ -66,7 +66,8 @@
       if (field === "event") name = value;
       else if (field === "data") data.push(value);
     }
-    if (data.length === 0) return;
+    // An emptied section (a banner gone) may come with no data line at all.
+    if (data.length === 0 && name === "message") return;
     const el = $("s-" + name);
     if (!el) return;
     el.innerHTML = data.join("\n");
