@@ -618,7 +618,10 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
 }
 
 fn render_metrics(ctx: &Arc<NodeCtx>) -> Response {
-    let clusters = ctx.read_state(|s| s.clusters.values().cloned().collect::<Vec<_>>()).1;
+    // One read of the state: clusters, feature level and the global switch as of one index.
+    let (_, (clusters, group_feature_level, automatic_off)) = ctx.read_state(|s| {
+        (s.clusters.values().cloned().collect::<Vec<_>>(), s.group_feature_level(), s.automatic_off.is_some())
+    });
     let analysis = match &ctx.engine {
         Some(e) => clusters
             .iter()
@@ -660,8 +663,8 @@ fn render_metrics(ctx: &Arc<NodeCtx>) -> Response {
         instances,
         leases,
         members,
-        group_feature_level: ctx.read_state(|r| r.group_feature_level()).1,
-        automatic_off: ctx.read_state(|r| r.automatic_off.is_some()).1,
+        group_feature_level,
+        automatic_off,
     };
     match ctx.metrics.render(&snapshot) {
         Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::Metrics::content_type())], text).into_response(),

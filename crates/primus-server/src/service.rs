@@ -685,6 +685,9 @@ impl Coordinator for CoordinatorService {
             current_leader.and_then(|l| membership.get_node(&l).map(|n| n.addr.clone())).unwrap_or_default();
         let applied = m.last_applied.map(|l| l.index);
         let committed = self.node.committed_index().max(applied);
+        // One read of the state: both facts as of the same applied index.
+        let (_, (group_feature_level, automatic_off)) =
+            self.node.read_state(|r| (r.group_feature_level(), r.automatic_off.clone()));
         Ok(Response::new(GetStatusResponse {
             node_id: m.id,
             role: role as i32,
@@ -701,8 +704,8 @@ impl Coordinator for CoordinatorService {
             millis_since_quorum_ack: m.millis_since_quorum_ack,
             linearizable,
             feature_level: crate::features::known_level(),
-            group_feature_level: self.node.read_state(|r| r.group_feature_level()).1,
-            automatic_off: self.node.read_state(|r| r.automatic_off.clone()).1.map(|a| AutomaticOff {
+            group_feature_level,
+            automatic_off: automatic_off.map(|a| AutomaticOff {
                 reason: a.reason,
                 actor: a.actor,
                 at_ms: a.at_ms,
