@@ -315,3 +315,50 @@ async fn without_a_token_the_page_is_read_only_and_needs_nothing_from_elsewhere(
     assert!(body["error"].as_str().unwrap_or_default().contains("read-only"), "{body}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_cut_off_from_its_group_says_so_on_its_page_and_recovers_after_the_heal() -> anyhow::Result<()> {
+    let mut w = World::start(WorldOptions { http: true, fault_injection: true, ..Default::default() }).await?;
+    w.register_sandbox("cut", Duration::from_millis(1000)).await?;
+    let (leader, _) = w.group.wait_leader(&[], Duration::from_secs(10)).await?;
+    let me = *w.group.nodes.keys().find(|id| **id != leader).expect("3 nodes");
+    let http = w.group.node(me).http_addr().expect("http endpoint");
+    let b = Browser::start().await?;
+    b.client.goto(&format!("http://{http}/clusters/cut")).await?;
+    b.wait_for(
+        "the group's view",
+        &format!(
+            "return document.querySelectorAll('#s-tree .inst .seen .ok').length === 9 && \
+             !document.querySelector('#own-view') && document.querySelector('#leader')?.dataset.leader === '{leader}';"
+        ),
+        Duration::from_secs(10),
+    )
+    .await?;
+
+    // Cut this coordinator's Raft links: it loses its leader, and its page must not
+    // pass its own probes off as the group's view.
+    w.group.isolate(&[me]).await?;
+    let t = b
+        .wait_for(
+            "no leader, and this coordinator's own view, said so",
+            "return document.querySelector('#leader')?.dataset.leader === '' && \
+             !!document.querySelector('#own-view') && \
+             (document.querySelector('#s-banner')?.textContent || '').includes('No leader');",
+            Duration::from_secs(15),
+        )
+        .await?;
+    println!("the cut-off coordinator's page said so {} ms after the cut", t.as_millis());
+    b.screenshot(&screenshot_dir(), "cut-off-coordinator").await?;
+    // The page stays live meanwhile (its own probes go on).
+    assert_eq!(b.eval("return document.body.dataset.live;").await?, serde_json::json!("1"));
+
+    w.group.heal().await?;
+    b.wait_for(
+        "the group's view again after the heal",
+        "return !!document.querySelector('#leader')?.dataset.leader && !document.querySelector('#own-view') && \
+         !(document.querySelector('#s-banner')?.textContent || '').includes('No leader');",
+        Duration::from_secs(15),
+    )
+    .await?;
+    Ok(())
+}
