@@ -608,7 +608,18 @@ async fn aborted_manual_failover_gives_the_fenced_primary_its_writes_back() -> a
     candidate.stop_replication_sql().await?;
     primary.insert_test_rows(3).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let r = w.client()?.failover("c", Some(&candidate.addr()), false).await;
+    // Until the leader's probes have seen the candidate receive those rows it refuses
+    // ("wait for … to catch up"): ask again (on a loaded machine a probe round can lag).
+    let asked = Instant::now();
+    let r = loop {
+        let r = w.client()?.failover("c", Some(&candidate.addr()), false).await;
+        match &r {
+            Err(e) if e.to_string().contains("catch up") && asked.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            _ => break r,
+        }
+    };
     let h = wait_finished(&w.client()?, "c", 1, Duration::from_secs(30)).await?;
     let f = &h.failovers[0];
     println!("manual failover: {r:?}\n  outcome {} ({})", f.outcome, f.outcome_reason);
