@@ -38,6 +38,18 @@ async fn post(addr: &str, path: &str, body: &str, token: Option<&str>) -> anyhow
     Ok((r.status, r.json()?))
 }
 
+/// Click `button` (a CSS selector) on the page.
+async fn click(b: &Browser, css: &str) -> anyhow::Result<()> {
+    b.client.find(fantoccini::Locator::Css(css)).await?.click().await?;
+    Ok(())
+}
+
+/// Type the cluster's name into the open confirmation and confirm.
+async fn confirm(b: &Browser, cluster: &str) -> anyhow::Result<()> {
+    b.client.find(fantoccini::Locator::Id("confirm-input")).await?.send_keys(cluster).await?;
+    click(b, "#confirm-ok").await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_tree_and_leader_then_follows_a_kill9_failover_live_and_acts_with_the_token(
 ) -> anyhow::Result<()> {
@@ -168,7 +180,7 @@ async fn the_page_shows_tree_and_leader_then_follows_a_kill9_failover_live_and_a
 
     b.client.find(fantoccini::Locator::Id("token-button")).await?.click().await?;
     b.client.find(fantoccini::Locator::Id("token-input")).await?.send_keys(TOKEN).await?;
-    b.client.find(fantoccini::Locator::Css("#token-dialog button[value=save]")).await?.click().await?;
+    click(&b, "#token-dialog button[value=save]").await?;
     b.wait_for(
         "the actions once the token is entered",
         "return getComputedStyle(document.querySelector('.actions')).display !== 'none';",
@@ -177,7 +189,7 @@ async fn the_page_shows_tree_and_leader_then_follows_a_kill9_failover_live_and_a
     .await?;
 
     // Acknowledge the failover.
-    b.client.find(fantoccini::Locator::Css("button[data-action=ack]")).await?.click().await?;
+    click(&b, "button[data-action=ack]").await?;
     let title = b.eval("return document.querySelector('#confirm-title').textContent;").await?;
     assert!(title.as_str().unwrap_or_default().contains("web"), "the confirmation names the cluster: {title}");
     b.client.find(fantoccini::Locator::Id("confirm-input")).await?.send_keys("we").await?;
@@ -197,10 +209,9 @@ async fn the_page_shows_tree_and_leader_then_follows_a_kill9_failover_live_and_a
     .await?;
 
     // Start maintenance from the page.
-    b.client.find(fantoccini::Locator::Css("button[data-action=maintenance-start]")).await?.click().await?;
+    click(&b, "button[data-action=maintenance-start]").await?;
     b.client.find(fantoccini::Locator::Id("f-reason")).await?.send_keys("disk swap").await?;
-    b.client.find(fantoccini::Locator::Id("confirm-input")).await?.send_keys("web").await?;
-    b.client.find(fantoccini::Locator::Id("confirm-ok")).await?.click().await?;
+    confirm(&b, "web").await?;
     b.wait_for(
         "the cluster in maintenance",
         "return (document.querySelector('#maintenance')?.textContent || '').includes('disk swap');",
@@ -211,16 +222,14 @@ async fn the_page_shows_tree_and_leader_then_follows_a_kill9_failover_live_and_a
     let m = t.cluster_maintenance.as_ref().expect("maintenance committed");
     assert_eq!(m.reason, "disk swap");
     // End it, then switch over to the remaining replica from the page.
-    b.client.find(fantoccini::Locator::Css("button[data-action=maintenance-end]")).await?.click().await?;
-    b.client.find(fantoccini::Locator::Id("confirm-input")).await?.send_keys("web").await?;
-    b.client.find(fantoccini::Locator::Id("confirm-ok")).await?.click().await?;
+    click(&b, "button[data-action=maintenance-end]").await?;
+    confirm(&b, "web").await?;
     b.wait_for("maintenance ended", "return !document.querySelector('#maintenance');", Duration::from_secs(10)).await?;
 
     let other = replicas.iter().find(|r| **r != new_primary).expect("a second replica").clone();
-    b.client.find(fantoccini::Locator::Css("button[data-action=switchover]")).await?.click().await?;
+    click(&b, "button[data-action=switchover]").await?;
     b.client.find(fantoccini::Locator::Id("f-to")).await?.send_keys(&other).await?;
-    b.client.find(fantoccini::Locator::Id("confirm-input")).await?.send_keys("web").await?;
-    b.client.find(fantoccini::Locator::Id("confirm-ok")).await?.click().await?;
+    confirm(&b, "web").await?;
     b.wait_for(
         "the switchover's new primary",
         &format!(

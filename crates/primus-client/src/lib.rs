@@ -284,8 +284,8 @@ fn attempt_timeout(effect: Effect, round: u32, remaining: Duration) -> Duration 
 }
 
 /// A fresh request id for a failover: 128 random bits in hex (32 characters), the
-/// same for every attempt of one call.
-fn new_request_id() -> String {
+/// same for every attempt of one call (also primusd's HTTP switchover action).
+pub fn new_request_id() -> String {
     format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
 }
 

@@ -240,8 +240,15 @@ fn actor_of(given: Option<String>, headers: &axum::http::HeaderMap) -> String {
     }
 }
 
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Refused> {
-    b.map(|Json(v)| v).map_err(|r| Refused(StatusCode::BAD_REQUEST, format!("bad request body: {}", r.body_text())))
+/// An action's cluster (400 malformed, 404 unknown) and JSON body (400 malformed).
+fn action_input<T>(
+    ctx: &NodeCtx,
+    path: Result<Path<String>, PathRejection>,
+    b: Result<Json<T>, JsonRejection>,
+) -> Result<(primus_types::ClusterName, T), Refused> {
+    let name = known(ctx, &cluster_name(path)?)?;
+    let Json(body) = b.map_err(|r| Refused(StatusCode::BAD_REQUEST, format!("bad request body: {}", r.body_text())))?;
+    Ok((name, body))
 }
 
 #[derive(Deserialize)]
@@ -262,24 +269,17 @@ async fn switchover(
     path: Result<Path<String>, PathRejection>,
     b: Result<Json<SwitchoverBody>, JsonRejection>,
 ) -> Response {
-    let (name, b) = match cluster_name(path).and_then(|n| known(&ctx, &n)).and_then(|n| Ok((n, body(b)?))) {
+    let (name, b) = match action_input(&ctx, path, b) {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let request_id = format!(
-        "http-{}-{}-{}",
-        ctx.id,
-        crate::clock::now_ms(),
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
     let msg = FailoverRequest {
         cluster: name.to_string(),
         to: b.to.unwrap_or_default(),
         actor: actor_of(b.actor, &headers),
         switchover: true,
         accept_loss: false,
-        request_id,
+        request_id: primus_client::new_request_id(),
     };
     let svc = CoordinatorService::new(ctx);
     let r = svc.failover(with_authorization(&headers, msg)).await;
@@ -310,7 +310,7 @@ async fn maintenance(
     path: Result<Path<String>, PathRejection>,
     b: Result<Json<MaintenanceBody>, JsonRejection>,
 ) -> Response {
-    let (name, b) = match cluster_name(path).and_then(|n| known(&ctx, &n)).and_then(|n| Ok((n, body(b)?))) {
+    let (name, b) = match action_input(&ctx, path, b) {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
@@ -347,7 +347,7 @@ async fn ack(
     path: Result<Path<String>, PathRejection>,
     b: Result<Json<AckBody>, JsonRejection>,
 ) -> Response {
-    let (name, b) = match cluster_name(path).and_then(|n| known(&ctx, &n)).and_then(|n| Ok((n, body(b)?))) {
+    let (name, b) = match action_input(&ctx, path, b) {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
