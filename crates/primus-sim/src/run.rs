@@ -465,20 +465,30 @@ pub async fn run(opts: Options) -> Outcome {
     out.divergent = log.divergent;
     // The digest covers every acknowledged write (time, server, row) too: two runs of
     // one seed agree on those only if they agree event for event.
-    let acks: Vec<String> = log.acks.iter().map(|(at, s, r)| format!("{at} {s} {r}")).collect();
-    out.digest = digest(&log.trace) ^ digest(&acks).rotate_left(1) ^ (log.failed << 32) ^ log.unknown;
+    let mut line = String::new();
+    let mut acks = FNV_START;
+    for (at, s, r) in &log.acks {
+        line.clear();
+        let _ = write!(line, "{at} {s} {r}");
+        acks = fnv(acks, &line);
+    }
+    out.digest = digest(&log.trace) ^ acks.rotate_left(1) ^ (log.failed << 32) ^ log.unknown;
     out.trace = log.trace;
     out
 }
 
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
 fn digest(lines: &[String]) -> u64 {
-    // FNV-1a: stable across builds and platforms (std's hasher is not promised to be).
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for l in lines {
-        for b in l.bytes().chain(std::iter::once(b'\n')) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+    lines.iter().fold(FNV_START, |h, l| fnv(h, l))
+}
+
+/// FNV-1a over `line` and a newline: stable across builds and platforms (std's hasher
+/// is not promised to be).
+fn fnv(mut h: u64, line: &str) -> u64 {
+    for b in line.bytes().chain(std::iter::once(b'\n')) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
 }
@@ -1009,14 +1019,28 @@ async fn client_loop(h: Arc<Harness>, id: u64, mut rng: StdRng) {
     }
 }
 
-/// Sample every coordinator's applied state; their incarnations.
-async fn sample_views(h: &Harness) -> BTreeMap<NodeId, u64> {
+/// Sample every coordinator's applied state; their incarnations, and whether any view
+/// changed since the last sample.
+async fn sample_views(h: &Harness) -> (BTreeMap<NodeId, u64>, bool) {
     let coords = h.coords.lock().await;
     let mut views = h.views.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut changed = false;
     for (id, c) in coords.iter() {
-        views.insert(*id, c.running.as_ref().map(|r| r.state.read(light)));
+        // The applied state is a function of the last applied log id: a view that applied
+        // the same entry is the same view, and is not copied again (the checker samples
+        // every 10 simulated ms; the state changes far less often).
+        let applied = c.running.as_ref().map(|r| r.state.read(|s| s.last_applied));
+        let same = match (views.get(id), applied) {
+            (Some(Some(v)), Some(a)) => v.last_applied == a,
+            (Some(None), None) => true,
+            _ => false,
+        };
+        if !same {
+            views.insert(*id, c.running.as_ref().map(|r| r.state.read(light)));
+            changed = true;
+        }
     }
-    coords.iter().map(|(id, c)| (*id, c.incarnation)).collect()
+    (coords.iter().map(|(id, c)| (*id, c.incarnation)).collect(), changed)
 }
 
 /// What the invariants read of a coordinator's applied state: how far it applied and
@@ -1032,7 +1056,7 @@ fn light(s: &AppliedState) -> AppliedState {
 
 /// Invariants checked every 10 simulated ms.
 async fn check_loop(h: Arc<Harness>) {
-    let mut writable: BTreeMap<InstanceAddr, bool> = BTreeMap::new();
+    let mut writable: Vec<bool> = h.servers.iter().map(|a| a == &h.servers[0]).collect();
     // Per coordinator incarnation: the highest epoch seen.
     let mut epochs: BTreeMap<(NodeId, u64), u64> = BTreeMap::new();
     let mut tick = 0u64;
@@ -1040,25 +1064,35 @@ async fn check_loop(h: Arc<Harness>) {
     loop {
         tokio::time::sleep(Duration::from_millis(10)).await;
         tick += 1;
-        let now_leaders: Vec<(NodeId, u64)> = {
+        let (now_leaders, code) = {
             let coords = h.coords.lock().await;
-            coords
-                .values()
-                .filter_map(|c| c.running.as_ref().map(|r| (c.id, r.consensus.view())))
-                .filter(|(_, v)| v.is_leader)
-                .map(|(id, v)| (id, v.term))
-                .collect()
+            let leading = || {
+                coords
+                    .values()
+                    .filter_map(|c| c.running.as_ref().map(|r| (c.id, r, r.consensus.view())))
+                    .filter(|(_, _, v)| v.is_leader)
+            };
+            let now_leaders: Vec<(NodeId, u64)> = leading().map(|(id, _, v)| (id, v.term)).collect();
+            // The leader's analysis, sampled.
+            let code = if tick.is_multiple_of(10) {
+                leading().next().and_then(|(_, r, _)| r.engine.last_analysis(&h.cluster)).map(|(_, a)| a.code)
+            } else {
+                None
+            };
+            (now_leaders, code)
         };
+        if let Some(code) = code {
+            *h.log.lock().unwrap_or_else(PoisonError::into_inner).codes.entry(format!("{code:?}")).or_default() += 1;
+        }
         if now_leaders != leaders {
             let l: Vec<String> = now_leaders.iter().map(|(id, t)| format!("c{id} (term {t})")).collect();
             h.trace(format!("leader: {}", if l.is_empty() { "none".into() } else { l.join(", ") }));
             leaders = now_leaders;
         }
         // No await from the sample to the writability reads below: nothing moves between.
-        let incarnations = sample_views(&h).await;
-        let best = h.most_applied();
+        let (incarnations, views_changed) = sample_views(&h).await;
         // Epochs only grow (on each node, within one run of it).
-        {
+        if views_changed {
             let views = h.views.lock().unwrap_or_else(PoisonError::into_inner);
             for (id, v) in views.iter() {
                 let Some(v) = v else { continue };
@@ -1072,58 +1106,45 @@ async fn check_loop(h: Arc<Harness>) {
             }
         }
         // A server becomes writable only when a committed record makes it the primary.
-        for a in &h.servers {
-            let now = h.sim.writable(a).unwrap_or(false);
-            let before = writable.insert(a.clone(), now).unwrap_or(a == &h.servers[0]);
-            if now && !before {
-                let ok = best.as_ref().and_then(|s| s.registry.clusters.get(&h.cluster)).is_some_and(|c| {
-                    match c.in_flight() {
-                        Some(f) if f.kind.changes_primary() => &f.candidate == a,
-                        _ => c.topology.primary.as_ref() == Some(a),
-                    }
+        let now_writable = h.sim.writable_all(&h.servers);
+        for (i, a) in h.servers.iter().enumerate() {
+            let now = now_writable.get(i).copied().unwrap_or(false);
+            let before = std::mem::replace(&mut writable[i], now);
+            if !now || before {
+                continue;
+            }
+            let best = h.most_applied();
+            let ok =
+                best.as_ref().and_then(|s| s.registry.clusters.get(&h.cluster)).is_some_and(|c| match c.in_flight() {
+                    Some(f) if f.kind.changes_primary() => &f.candidate == a,
+                    _ => c.topology.primary.as_ref() == Some(a),
                 });
-                if !ok {
+            if !ok {
+                h.violate(
+                    "a server is made writable only by a committed record",
+                    format!("{a} became writable; committed state: {}", describe(best.as_ref(), &h.cluster)),
+                );
+            }
+            // No-loss mode: a server made writable (a promotion, or the primary
+            // unfenced) holds every write acknowledged so far — on every later
+            // primary, not only the final one.
+            if h.opts.semi_sync {
+                let rows = h.sim.rows(a).unwrap_or_default();
+                let missing: Vec<(u64, InstanceAddr, u64)> = {
+                    let log = h.log.lock().unwrap_or_else(PoisonError::into_inner);
+                    log.acks.iter().filter(|(_, _, r)| !rows.contains(r)).cloned().collect()
+                };
+                if let Some((at, server, row)) = missing.first() {
                     h.violate(
-                        "a server is made writable only by a committed record",
-                        format!("{a} became writable; committed state: {}", describe(best.as_ref(), &h.cluster)),
+                        "in no-loss mode every acknowledged write is on every later primary",
+                        format!(
+                            "{a} became writable without {} acknowledged rows, e.g. row {row} committed on {server} at \
+                             {at}; committed state: {}",
+                            missing.len(),
+                            describe(best.as_ref(), &h.cluster)
+                        ),
                     );
                 }
-                // No-loss mode: a server made writable (a promotion, or the primary
-                // unfenced) holds every write acknowledged so far — on every later
-                // primary, not only the final one.
-                if h.opts.semi_sync {
-                    let rows = h.sim.rows(a).unwrap_or_default();
-                    let missing: Vec<(u64, InstanceAddr, u64)> = {
-                        let log = h.log.lock().unwrap_or_else(PoisonError::into_inner);
-                        log.acks.iter().filter(|(_, _, r)| !rows.contains(r)).cloned().collect()
-                    };
-                    if let Some((at, server, row)) = missing.first() {
-                        h.violate(
-                            "in no-loss mode every acknowledged write is on every later primary",
-                            format!(
-                                "{a} became writable without {} acknowledged rows, e.g. row {row} committed on {server} at \
-                                 {at}; committed state: {}",
-                                missing.len(),
-                                describe(best.as_ref(), &h.cluster)
-                            ),
-                        );
-                    }
-                }
-            }
-        }
-        // The leader's analysis, sampled.
-        if tick.is_multiple_of(10) {
-            let code = {
-                let coords = h.coords.lock().await;
-                coords
-                    .values()
-                    .filter_map(|c| c.running.as_ref())
-                    .find(|r| r.consensus.view().is_leader)
-                    .and_then(|r| r.engine.last_analysis(&h.cluster))
-                    .map(|(_, a)| format!("{:?}", a.code))
-            };
-            if let Some(code) = code {
-                *h.log.lock().unwrap_or_else(PoisonError::into_inner).codes.entry(code).or_default() += 1;
             }
         }
     }

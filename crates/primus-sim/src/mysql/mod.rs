@@ -511,6 +511,16 @@ impl SimMysql {
         self.peek(|w, _| w.server(addr).map(|s| s.proc != ProcState::Crashed && !s.read_only && !s.super_read_only))
     }
 
+    /// [`SimMysql::writable`] of each of `addrs` at one instant (unknown servers: false).
+    pub fn writable_all(&self, addrs: &[InstanceAddr]) -> Vec<bool> {
+        self.peek(|w, _| {
+            addrs
+                .iter()
+                .map(|a| w.server(a).is_ok_and(|s| s.proc != ProcState::Crashed && !s.read_only && !s.super_read_only))
+                .collect()
+        })
+    }
+
     pub fn process_state(&self, addr: &InstanceAddr) -> Result<ProcState, SimError> {
         self.peek(|w, _| w.server(addr).map(|s| s.proc))
     }

@@ -427,7 +427,35 @@ impl<'a> Cursor<'a> {
 }
 
 /// Parses one statement.
+///
+/// The coordinators and agents send the same few texts over and over (probes, read-only
+/// checks, waits); parsing each once per thread keeps the simulator's time for the code it
+/// tests. Texts that carry values that change every time (heartbeat upserts, `KILL`) are
+/// parsed every time and not kept.
 pub(crate) fn parse(sql: &str) -> Result<Stmt, ParseError> {
+    /// Texts kept per thread at most (a bound, in case a caller formats values into many).
+    const KEPT: usize = 1024;
+    thread_local! {
+        static PARSED: std::cell::RefCell<std::collections::HashMap<String, Result<Stmt, ParseError>>> =
+            std::cell::RefCell::default();
+    }
+    if let Some(hit) = PARSED.with(|m| m.borrow().get(sql).cloned()) {
+        return hit;
+    }
+    let out = parse_uncached(sql);
+    let varying = matches!(out, Ok(Stmt::UpsertHeartbeat { .. } | Stmt::Kill { .. }));
+    if !varying {
+        PARSED.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.len() < KEPT {
+                m.insert(sql.to_string(), out.clone());
+            }
+        });
+    }
+    out
+}
+
+fn parse_uncached(sql: &str) -> Result<Stmt, ParseError> {
     let toks = tokenize(sql)?;
     let not_modelled = || ParseError::NotModelled(sql.trim().to_string());
     let stmt = parse_tokens(&toks).ok_or_else(not_modelled)?;
