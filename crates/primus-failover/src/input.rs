@@ -17,7 +17,8 @@ pub use primus_types::{NodeId, PromotionRule};
 pub struct CoordinatorView {
     /// When the probe was taken; compared with [`ClusterInput::now_ms`], so on the same clock.
     pub at_ms: u64,
-    pub result: Result<Observation, ProbeError>,
+    /// Shared with the monitor's record (built many times a second, never changed).
+    pub result: Result<std::sync::Arc<Observation>, ProbeError>,
 }
 
 /// One instance of the cluster: its place in the committed topology and what everyone saw.

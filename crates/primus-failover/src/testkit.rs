@@ -304,7 +304,9 @@ impl Sim {
                 let views = s
                     .views
                     .iter()
-                    .map(|(n, (seen, age))| (*n, CoordinatorView { at_ms: NOW - age, result: seen.result(&s.obs) }))
+                    .map(|(n, (seen, age))| {
+                        (*n, CoordinatorView { at_ms: NOW - age, result: seen.result(&s.obs).map(std::sync::Arc::new) })
+                    })
                     .collect();
                 let inst = InstanceInput {
                     addr: a(*port),

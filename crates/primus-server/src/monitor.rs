@@ -51,7 +51,8 @@ pub fn rebase_to_local_clock(records: &mut [ProbeRecord], sent_at_ms: u64, recei
     for r in records.iter_mut() {
         r.at_ms = shift(r.at_ms);
         if let Ok(o) = &mut r.result {
-            o.taken_at_ms = shift(o.taken_at_ms);
+            // Just decoded: the record holds the only reference, nothing is copied.
+            Arc::make_mut(o).taken_at_ms = shift(o.taken_at_ms);
         }
     }
 }
@@ -62,7 +63,8 @@ pub struct ProbeRecord {
     pub addr: InstanceAddr,
     /// When the probe finished (prober's wall clock, unix ms).
     pub at_ms: u64,
-    pub result: Result<Observation, ProbeError>,
+    /// Shared: every decision input and report copies the latest records.
+    pub result: Result<Arc<Observation>, ProbeError>,
     /// When this node started the probe, on its monotonic clock (own probes only: never
     /// sent, never compared with another node's time).
     #[serde(skip)]
@@ -213,7 +215,7 @@ impl Monitor {
     }
 
     /// This node's own latest successful observation of `addr`, if its last probe succeeded.
-    pub fn own_observation(&self, addr: &InstanceAddr) -> Option<primus_mysql::Observation> {
+    pub fn own_observation(&self, addr: &InstanceAddr) -> Option<Arc<primus_mysql::Observation>> {
         self.own.read().unwrap_or_else(|p| p.into_inner()).get(addr).and_then(|r| r.result.as_ref().ok().cloned())
     }
 
@@ -341,7 +343,12 @@ impl Monitor {
                 }
                 last_ok = Some(ok);
             }
-            let rec = ProbeRecord { addr: addr.clone(), at_ms: self.now_ms(), result, started: Some(started) };
+            let rec = ProbeRecord {
+                addr: addr.clone(),
+                at_ms: self.now_ms(),
+                result: result.map(Arc::new),
+                started: Some(started),
+            };
             let mark = Some(change_mark(&rec));
             let changed = mark != last_mark;
             last_mark = mark;
@@ -421,7 +428,11 @@ impl Monitor {
         &self,
         addrs: &[InstanceAddr],
     ) -> std::collections::BTreeMap<InstanceAddr, Result<primus_mysql::Observation, String>> {
-        self.probe_fresh(addrs).await.into_iter().map(|r| (r.addr, r.result.map_err(|e| e.to_string()))).collect()
+        self.probe_fresh(addrs)
+            .await
+            .into_iter()
+            .map(|r| (r.addr, r.result.map(Arc::unwrap_or_clone).map_err(|e| e.to_string())))
+            .collect()
     }
 
     pub async fn probe_fresh(&self, addrs: &[InstanceAddr]) -> Vec<ProbeRecord> {
@@ -444,7 +455,7 @@ impl Monitor {
                 prober.disconnect().await;
                 let result = r.map(|mut o| {
                     o.addr = a.clone();
-                    o
+                    Arc::new(o)
                 });
                 ProbeRecord { addr: a, at_ms: clock.wall_ms(), result, started: Some(started) }
             }
@@ -1009,7 +1020,7 @@ mod clock_tests {
         fn probe(port: u16, source: Option<u16>, started: Instant) -> (InstanceAddr, ProbeRecord) {
             let mut o = observation(port);
             o.replication = source.map(row).into_iter().collect();
-            (a(port), ProbeRecord { addr: a(port), at_ms: 0, result: Ok(o), started: Some(started) })
+            (a(port), ProbeRecord { addr: a(port), at_ms: 0, result: Ok(Arc::new(o)), started: Some(started) })
         }
 
         #[test]

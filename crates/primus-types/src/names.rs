@@ -64,7 +64,9 @@ impl fmt::Display for ClusterName {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct InstanceAddr {
-    host: String,
+    /// Shared: addresses are copied everywhere (every probe record, every decision input,
+    /// every map key) and never change, so a copy is a reference count, not an allocation.
+    host: std::sync::Arc<str>,
     port: u16,
 }
 
@@ -95,7 +97,7 @@ impl FromStr for InstanceAddr {
         if port == 0 || !host_ok {
             return Err(bad());
         }
-        Ok(InstanceAddr { host: host.to_string(), port })
+        Ok(InstanceAddr { host: host.into(), port })
     }
 }
 
