@@ -109,6 +109,7 @@ mod exec;
 mod render;
 mod replication;
 mod server;
+mod servermap;
 mod sql;
 mod world;
 

@@ -305,13 +305,13 @@ impl World {
         if !self.servers.get(addr).is_some_and(|r| r.running() && r.repl.is_some()) {
             return false;
         }
-        let Some((key, mut r)) = self.servers.remove_entry(addr) else { return false };
+        let Some((slot, mut r)) = self.servers.take(addr) else { return false };
         let mut progress = false;
         if r.running() && r.repl.is_some() {
             progress |= self.step_io(&mut r, now);
             progress |= self.step_sql(&mut r, now);
         }
-        self.servers.insert(key, r);
+        self.servers.put(slot, r);
         progress
     }
 

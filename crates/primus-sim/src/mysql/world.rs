@@ -7,6 +7,7 @@
 //! `conn.rs` and never hold the lock across an `.await`.
 
 use super::replication::{Io, Replica};
+use super::servermap::ServerMap;
 use super::server::{Gtid, Identity, Payload, ProcState, Server, ServerConfig, SessionKey, Txn, TxnId, WaitPoint};
 use super::{AppAck, Link, LinkFn, Peer, SemiSyncOutcome, SimError, SqlError, WorldConfig};
 use primus_mysql::flavor;
@@ -135,9 +136,9 @@ pub(crate) struct World {
     /// Simulated instant the world was created (wall clock `cfg.wall_clock_start_ms`).
     pub epoch: Instant,
     pub links: LinkFn,
-    /// Boxed: a replica's step takes its server out of the map and puts it back, many
+    /// Boxed: a replica's step takes its server out of its slot and puts it back, many
     /// times per simulated ms (moving the box, not the server).
-    pub servers: BTreeMap<InstanceAddr, Box<Server>>,
+    pub servers: ServerMap,
     /// The servers' addresses in map order (servers are only ever added): `advance` walks
     /// them without copying every address each time.
     order: std::sync::Arc<Vec<InstanceAddr>>,
@@ -159,7 +160,7 @@ impl World {
             rng,
             epoch: now,
             links,
-            servers: BTreeMap::new(),
+            servers: ServerMap::default(),
             order: std::sync::Arc::new(Vec::new()),
             txns: Vec::new(),
             unmodelled: Vec::new(),
@@ -178,11 +179,11 @@ impl World {
     }
 
     pub fn server(&self, addr: &InstanceAddr) -> Result<&Server, SimError> {
-        self.servers.get(addr).map(|s| &**s).ok_or_else(|| SimError::UnknownServer(addr.clone()))
+        self.servers.get(addr).ok_or_else(|| SimError::UnknownServer(addr.clone()))
     }
 
     pub fn server_mut(&mut self, addr: &InstanceAddr) -> Result<&mut Server, SimError> {
-        self.servers.get_mut(addr).map(|s| &mut **s).ok_or_else(|| SimError::UnknownServer(addr.clone()))
+        self.servers.get_mut(addr).ok_or_else(|| SimError::UnknownServer(addr.clone()))
     }
 
     pub fn txn(&self, id: TxnId) -> Option<&Txn> {
