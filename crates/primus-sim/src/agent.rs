@@ -141,18 +141,19 @@ pub async fn agent_loop(env: Arc<dyn AgentEnv>, i: usize, seed: u64, file: Lease
         publisher: Some(Arc::new(file)),
     };
     // The watchdog: the moment mysqld's process exits, tell the agent (which fences
-    // the restarted server first and hands the lease back meanwhile).
+    // the restarted server first and hands the lease back meanwhile). The real one
+    // holds mysqld's pidfd, which the kernel makes readable at the exit; here the world
+    // counts exits. A mysqld already down when the agent starts is reported at once.
     let watch = {
         let (sim, addr, agent, cfg) = (env.sim().clone(), addr.clone(), agent.clone(), cfg.clone());
         tokio::spawn(async move {
-            let mut was_up = true;
-            loop {
-                let up = sim.process_state(&addr).ok() != Some(ProcState::Crashed);
-                if was_up && !up {
-                    agent.mysqld_exited(&cfg, &format!("mysqld of {addr}"), true);
-                }
-                was_up = up;
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            let Ok(mut exits) = sim.exits(&addr) else { return };
+            exits.mark_unchanged();
+            if sim.process_state(&addr).ok() == Some(ProcState::Crashed) {
+                agent.mysqld_exited(&cfg, &format!("mysqld of {addr}"), true);
+            }
+            while exits.changed().await.is_ok() {
+                agent.mysqld_exited(&cfg, &format!("mysqld of {addr}"), true);
             }
         })
     };

@@ -522,6 +522,12 @@ impl SimMysql {
         })
     }
 
+    /// The count of `addr`'s process exits (crashes), changed at each one: a watcher
+    /// learns of an exit at the instant it happens, as a pidfd tells a real one.
+    pub fn exits(&self, addr: &InstanceAddr) -> Result<tokio::sync::watch::Receiver<u64>, SimError> {
+        self.lock().server(addr).map(|s| s.exits.subscribe())
+    }
+
     pub fn process_state(&self, addr: &InstanceAddr) -> Result<ProcState, SimError> {
         self.peek(|w, _| w.server(addr).map(|s| s.proc))
     }

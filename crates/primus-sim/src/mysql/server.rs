@@ -352,6 +352,9 @@ pub(crate) struct Server {
     pub proc: ProcState,
     /// Increments at every start: connections of an earlier run are dead.
     pub incarnation: u64,
+    /// Counts the process's exits (crashes), for watchers (the agent's watchdog; the
+    /// real one is told by the kernel through a pidfd the moment mysqld exits).
+    pub exits: tokio::sync::watch::Sender<u64>,
     pub started_at: Instant,
     pub read_only: bool,
     pub super_read_only: bool,
@@ -408,6 +411,7 @@ impl Server {
             uuid,
             proc: ProcState::Running,
             incarnation: 1,
+            exits: tokio::sync::watch::Sender::new(0),
             started_at: now,
             data: Data::default(),
             binlog: Binlog::new(),

@@ -7,8 +7,8 @@
 //! `conn.rs` and never hold the lock across an `.await`.
 
 use super::replication::{Io, Replica};
-use super::servermap::ServerMap;
 use super::server::{Gtid, Identity, Payload, ProcState, Server, ServerConfig, SessionKey, Txn, TxnId, WaitPoint};
+use super::servermap::ServerMap;
 use super::{AppAck, Link, LinkFn, Peer, SemiSyncOutcome, SimError, SqlError, WorldConfig};
 use primus_mysql::flavor;
 use primus_mysql::gtid::{MariaGtid, MySqlGtidSet, Uuid};
@@ -597,6 +597,7 @@ impl World {
             r.purge_relay();
             r.received_heartbeats = 0;
         }
+        s.exits.send_modify(|n| *n += 1);
         tracing::debug!(server = %addr, "crashed");
         self.advance(now);
         Ok(())
