@@ -314,7 +314,7 @@ impl Engine {
                         views,
                         io_progress_at_ms: self.monitor.progress_at(&i.addr),
                         maintenance: c.in_maintenance(&i.addr, now),
-                        promotion_rule: rule.to_string().parse().unwrap_or_default(),
+                        promotion_rule: rule,
                     },
                 )
             })
