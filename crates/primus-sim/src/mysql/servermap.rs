@@ -66,3 +66,34 @@ impl ServerMap {
         self.iter().map(|(_, s)| s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mysql::ServerConfig;
+
+    fn server(a: &InstanceAddr) -> Box<Server> {
+        let cfg = ServerConfig::mariadb(a.clone(), 1);
+        let info = primus_mysql::flavor::detect(&cfg.version, &cfg.version_comment).expect("a known version");
+        Box::new(Server::new(cfg, info, None, tokio::time::Instant::now()))
+    }
+
+    #[test]
+    fn servers_are_found_and_iterated_in_address_order_and_a_taken_one_is_absent_until_put_back() {
+        let a = |s: &str| -> InstanceAddr { s.parse().expect("address") };
+        let mut m = ServerMap::default();
+        for s in ["db3:3306", "db1:3306", "db2:3307", "db2:3306"] {
+            m.insert(a(s), server(&a(s)));
+        }
+        let order: Vec<String> = m.keys().map(ToString::to_string).collect();
+        assert_eq!(order, ["db1:3306", "db2:3306", "db2:3307", "db3:3306"], "a BTreeMap's order");
+        assert!(m.get(&a("db2:3307")).is_some_and(|s| s.cfg.addr == a("db2:3307")));
+        assert!(m.get(&a("db4:3306")).is_none());
+        let (slot, s) = m.take(&a("db2:3306")).expect("present");
+        assert!(!m.contains_key(&a("db2:3306")), "taken out");
+        assert_eq!(m.values().count(), 3);
+        m.put(slot, s);
+        assert!(m.get(&a("db2:3306")).is_some_and(|s| s.cfg.addr == a("db2:3306")), "back in its slot");
+        assert_eq!(m.keys().count(), 4);
+    }
+}

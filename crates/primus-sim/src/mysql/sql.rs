@@ -426,6 +426,15 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Texts [`parse`] keeps per thread at most (a bound, in case a caller formats values into many).
+const KEPT: usize = 1024;
+
+thread_local! {
+    /// What [`parse`] made of each text it kept, on this thread.
+    static PARSED: std::cell::RefCell<std::collections::HashMap<String, Result<Stmt, ParseError>>> =
+        std::cell::RefCell::default();
+}
+
 /// Parses one statement.
 ///
 /// The coordinators and agents send the same few texts over and over (probes, read-only
@@ -433,12 +442,6 @@ impl<'a> Cursor<'a> {
 /// tests. Texts that carry values that change every time (heartbeat upserts, `KILL`) are
 /// parsed every time and not kept.
 pub(crate) fn parse(sql: &str) -> Result<Stmt, ParseError> {
-    /// Texts kept per thread at most (a bound, in case a caller formats values into many).
-    const KEPT: usize = 1024;
-    thread_local! {
-        static PARSED: std::cell::RefCell<std::collections::HashMap<String, Result<Stmt, ParseError>>> =
-            std::cell::RefCell::default();
-    }
     if let Some(hit) = PARSED.with(|m| m.borrow().get(sql).cloned()) {
         return hit;
     }
@@ -739,6 +742,22 @@ mod tests {
         );
         let altered = t.upsert_sql("c", 7, 99, 2).replace("GREATEST", "LEAST");
         assert!(matches!(parse(&altered), Err(ParseError::NotModelled(_))));
+    }
+
+    #[test]
+    fn a_text_parsed_again_gives_what_it_gave_the_first_time_and_changing_values_are_not_kept() {
+        let t = HeartbeatTable::default();
+        for sql in [CLIENT_IDS_SQL, "SELECT @@global.read_only, 0", "SHOW SLAVE STATUS", "FLUSH LOGS", "SELECT 'open"] {
+            assert_eq!(parse(sql), parse(sql), "{sql}");
+            assert_eq!(parse(sql), parse_uncached(sql), "{sql}");
+        }
+        let kept = |sql: &str| PARSED.with(|m| m.borrow().contains_key(sql));
+        assert!(kept(CLIENT_IDS_SQL));
+        let upsert = t.upsert_sql("c", 7, 12_345, 2);
+        let kill = "KILL CONNECTION 42";
+        assert!(matches!(parse(&upsert), Ok(Stmt::UpsertHeartbeat { ts_ms: 12_345, .. })));
+        assert_eq!(parse(kill), Ok(Stmt::Kill { id: 42 }));
+        assert!(!kept(&upsert) && !kept(kill), "texts with values that change every time are not kept");
     }
 
     #[test]

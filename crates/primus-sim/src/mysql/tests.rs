@@ -941,3 +941,38 @@ fn the_same_seed_and_the_same_calls_give_the_same_observations() {
     // The seed matters: MySQL server UUIDs (and delays) are drawn from it.
     assert_ne!(a, scenario(43));
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_process_exit_is_counted_at_once_even_a_crash_and_restart_within_one_instant() {
+    let sim = world(7);
+    let servers = cluster(&sim, 1, false, |_| {});
+    let mut exits = sim.exits(&servers[0]).expect("known server");
+    assert!(!exits.has_changed().expect("world alive"), "no exit yet");
+    // A kill -9 followed by an immediate start: a 20 ms poll of the process state missed
+    // this; a pidfd (the real watchdog) sees the exit.
+    sim.restart(&servers[0]).expect("restart");
+    assert!(exits.has_changed().expect("world alive"), "the exit of a restart is seen");
+    assert_eq!(*exits.borrow_and_update(), 1);
+    sim.crash(&servers[0]).expect("crash");
+    assert_eq!(*exits.borrow_and_update(), 2);
+    // Crashing a server already down is refused and is no exit.
+    assert!(sim.crash(&servers[0]).is_err());
+    assert!(!exits.has_changed().expect("world alive"));
+    sim.start(&servers[0]).expect("start");
+    assert!(!exits.has_changed().expect("world alive"), "a start is not an exit");
+    assert!(sim.exits(&addr(9)).is_err(), "an unknown server has no exits to watch");
+}
+
+#[tokio::test(start_paused = true)]
+async fn writability_of_many_servers_at_once_matches_each_read_alone() {
+    let sim = world(8);
+    let servers = cluster(&sim, 2, false, |_| {});
+    exec(&sim, &servers[0], &["SET GLOBAL read_only = OFF"]).await.expect("primary writable");
+    let mut asked = servers.clone();
+    asked.push(addr(9));
+    let alone: Vec<bool> = asked.iter().map(|a| sim.writable(a).unwrap_or(false)).collect();
+    assert_eq!(sim.writable_all(&asked), alone);
+    assert_eq!(alone, [true, false, false, false]);
+    sim.crash(&servers[0]).expect("crash");
+    assert_eq!(sim.writable_all(&asked), [false, false, false, false], "a crashed server takes no writes");
+}
