@@ -433,7 +433,18 @@ impl CoordinatorGroup {
                 }
             }
             if Instant::now() > deadline {
-                bail!("no leader agreed by a majority of {ids:?} within {timeout:?} (leaders seen: {leaders:?})");
+                // Say why: a node that never came up (a port taken between the pick and the
+                // bind, a config it refused) shows it in its log.
+                let logs: Vec<String> = ids
+                    .iter()
+                    .filter_map(|id| {
+                        self.nodes.get(id).map(|n| format!("--- node {id} log (last 15 lines):\n{}", n.log_tail(15)))
+                    })
+                    .collect();
+                bail!(
+                    "no leader agreed by a majority of {ids:?} within {timeout:?} (leaders seen: {leaders:?})\n{}",
+                    logs.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
